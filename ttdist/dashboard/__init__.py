@@ -1,0 +1,1 @@
+"""HTTP dashboard: live page, JSON status, Prometheus metrics."""

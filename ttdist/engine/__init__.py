@@ -1,0 +1,1 @@
+"""Per-replica serving: scheduler, page pool, requests, detokenizer (plain Python)."""

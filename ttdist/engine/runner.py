@@ -1,0 +1,69 @@
+"""The boundary between the engine (scheduling, pages) and a model on a mesh.
+
+The engine decides which tokens run where in the paged KV cache; the runner only computes.
+Everything here is plain Python so the engine never imports torch or ttnn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to pick one user's next token. temperature 0 = greedy; top_k 0 / top_p 0 or 1 = off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    step: int = 0  # index of the token being drawn, mixed into the seed
+
+
+@dataclass(frozen=True)
+class PrefillInput:
+    """One user's prompt chunk at ``start_pos`` (a multiple of the page size).
+
+    ``page_table`` lists the user's pages for the whole sequence so far, in order; the
+    chunk's K/V are written through it. When ``sample`` is set the runner returns the
+    next token drawn from the chunk's last position.
+    """
+
+    token_ids: list[int]
+    start_pos: int
+    page_table: list[int]
+    sample: bool
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+
+
+@dataclass(frozen=True)
+class DecodeInput:
+    """One token per active user, each at its own position (the token's index)."""
+
+    token_ids: list[int]
+    positions: list[int]
+    page_tables: list[list[int]]
+    sampling: list[SamplingSpec]
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """What the engine needs to know about the model and its KV cache."""
+
+    vocab_size: int
+    max_context: int
+    page_size: int
+    num_pages: int
+    max_batch: int
+    eos_token_ids: tuple[int, ...] = ()
+
+
+class ModelRunner(Protocol):
+    info: RunnerInfo
+
+    def prefill(self, inp: PrefillInput) -> int | None:
+        """Run one prompt chunk; the sampled next token when ``inp.sample``, else None."""
+
+    def decode(self, inp: DecodeInput) -> list[int]:
+        """Advance every user one token; the sampled next token per user."""

@@ -1,0 +1,26 @@
+"""Meshes of Tenstorrent chips: topology, placements, precision, accounting, backends."""
+
+from ttdist.mesh.accounting import CclLedger, DramLedger, DramOverflowError
+from ttdist.mesh.backend import Backend, MeshError, PartialTensorError, SamplingBatch
+from ttdist.mesh.placement import REPLICATED, Partial, Placements, Replicate, Shard
+from ttdist.mesh.precision import DType
+from ttdist.mesh.spec import SYSTEMS, MeshSpec, MeshSpecError, Topology, parse_mesh
+
+__all__ = [
+    "Backend", "CclLedger", "DramLedger", "DramOverflowError", "DType", "MeshError", "MeshSpec",
+    "MeshSpecError", "Partial", "PartialTensorError", "Placements", "REPLICATED", "Replicate",
+    "SYSTEMS", "SamplingBatch", "Shard", "Topology", "make_backend", "parse_mesh",
+]
+
+
+def make_backend(spec: MeshSpec, kind: str = "sim", **options) -> Backend:
+    """The backend named ``kind`` (``sim`` or ``ttnn``) on mesh ``spec``."""
+    if kind == "sim":
+        from ttdist.mesh.sim import SimBackend
+
+        return SimBackend(spec, **options)
+    if kind == "ttnn":
+        from ttdist.mesh.ttnn_backend import TtnnBackend
+
+        return TtnnBackend(spec, **options)
+    raise MeshError(f"unknown backend {kind!r}: use 'sim' or 'ttnn'")

@@ -1,0 +1,117 @@
+"""What the mesh spends: bytes moved by collectives and bytes held in each chip's DRAM.
+
+Collective data movement uses the tt-metal LLM guide's formulas (section 3.3.9), where
+``B = K*N*DF`` is the size in bytes of the full (gathered, or pre-reduction) tensor and
+``D`` the number of devices along the axis:
+
+=============  ======================  ======================
+op             Line                    Ring
+=============  ======================  ======================
+all_gather     (B / D) * (D - 1) * D   B * D * log2(D)
+reduce_scatter B * (1 - 1/D)           B * (D - 1) / D
+=============  ======================  ======================
+
+``all_reduce`` is a reduce-scatter followed by an all-gather of the same full tensor, as
+in ttnn's composite all-reduce; its cost is the sum of both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ttdist.mesh.spec import MeshSpec, Topology
+
+
+def all_gather_bytes(full_bytes: float, devices: int, topology: Topology) -> float:
+    if devices <= 1:
+        return 0.0
+    if topology is Topology.RING:
+        return full_bytes * devices * math.log2(devices)
+    return full_bytes / devices * (devices - 1) * devices
+
+
+def reduce_scatter_bytes(full_bytes: float, devices: int, topology: Topology) -> float:
+    if devices <= 1:
+        return 0.0
+    return full_bytes * (devices - 1) / devices
+
+
+def all_reduce_bytes(full_bytes: float, devices: int, topology: Topology) -> float:
+    return reduce_scatter_bytes(full_bytes, devices, topology) + all_gather_bytes(full_bytes, devices, topology)
+
+
+@dataclass(frozen=True)
+class CclRecord:
+    op: str
+    cluster_axis: int
+    devices: int
+    topology: Topology
+    full_bytes: float
+    bytes_moved: float
+
+
+@dataclass
+class CclLedger:
+    """Every collective run on a mesh, and the bytes it moved per axis."""
+
+    records: list[CclRecord] = field(default_factory=list)
+
+    def record(self, rec: CclRecord) -> None:
+        self.records.append(rec)
+
+    def bytes_per_axis(self) -> dict[int, float]:
+        out: dict[int, float] = defaultdict(float)
+        for rec in self.records:
+            out[rec.cluster_axis] += rec.bytes_moved
+        return dict(out)
+
+    def total_bytes(self) -> float:
+        return sum(rec.bytes_moved for rec in self.records)
+
+    def count(self, op: str | None = None) -> int:
+        return sum(1 for rec in self.records if op is None or rec.op == op)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+class DramOverflowError(MemoryError):
+    """A tensor does not fit in a chip's DRAM."""
+
+
+@dataclass
+class DramLedger:
+    """Bytes held in each chip's DRAM; every allocation is checked against capacity."""
+
+    spec: MeshSpec
+    used: dict[tuple[int, int], float] = field(default_factory=dict)
+    peak: dict[tuple[int, int], float] = field(default_factory=dict)
+    by_name: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def __post_init__(self) -> None:
+        for chip in self.spec.chips():
+            self.used.setdefault(chip, 0.0)
+            self.peak.setdefault(chip, 0.0)
+
+    def allocate(self, name: str, bytes_per_chip: float) -> None:
+        capacity = self.spec.dram_bytes_per_chip
+        for chip in self.spec.chips():
+            if self.used[chip] + bytes_per_chip > capacity:
+                raise DramOverflowError(
+                    f"chip {chip} of mesh {self.spec.name}: tensor {name!r} needs {bytes_per_chip:,.0f} bytes, "
+                    f"{self.used[chip]:,.0f} of {capacity:,} bytes are already in use"
+                )
+        for chip in self.spec.chips():
+            self.used[chip] += bytes_per_chip
+            self.peak[chip] = max(self.peak[chip], self.used[chip])
+        self.by_name[name] += bytes_per_chip
+
+    def free(self, name: str, bytes_per_chip: float) -> None:
+        for chip in self.spec.chips():
+            self.used[chip] -= bytes_per_chip
+        self.by_name[name] -= bytes_per_chip
+
+    def used_per_chip(self) -> float:
+        return max(self.used.values())

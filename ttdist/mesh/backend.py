@@ -1,0 +1,151 @@
+"""The op surface a model runs on a mesh, named after the ttnn ops that implement it.
+
+Two backends implement it: the torch simulator (``ttdist.mesh.sim``, exact collective
+semantics, runs anywhere) and ttnn (``ttdist.mesh.ttnn_backend``, real chips). Host arrays
+crossing this boundary are numpy, so model code never imports torch or ttnn.
+
+Shapes are per-device ("local") unless a docstring says global. Activations are
+token-major: ``[T, width]`` where T is the prompt chunk (prefill) or the batch of users
+(decode). Head tensors returned by ``create_qkv_heads`` have a backend-chosen layout;
+the model only passes them on to ``rotary``, the cache ops, the SDPA ops and
+``concat_heads``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ttdist.mesh.accounting import CclLedger, DramLedger
+from ttdist.mesh.placement import Placements
+from ttdist.mesh.precision import DType
+from ttdist.mesh.spec import MeshSpec, Topology
+
+
+class MeshError(ValueError):
+    """An op was asked for something the mesh cannot do (shapes, placements, axes)."""
+
+
+class PartialTensorError(MeshError):
+    """A tensor holding pending partial sums reached an op that is not linear in it."""
+
+
+@dataclass(frozen=True)
+class SamplingBatch:
+    """Per-user sampling settings for one step; arrays of length B.
+
+    temperature 0 means greedy; top_k 0 and top_p 0 or 1 mean off; seed < 0 means
+    unseeded; ``step`` is each user's token index, mixed into the seed so that a seeded
+    request draws the same tokens whatever batch it runs in.
+    """
+
+    temperature: np.ndarray
+    top_k: np.ndarray
+    top_p: np.ndarray
+    seed: np.ndarray
+    step: np.ndarray
+
+    @classmethod
+    def greedy(cls, batch: int) -> "SamplingBatch":
+        zeros = np.zeros(batch)
+        return cls(zeros, zeros.astype(np.int64), zeros, np.full(batch, -1, np.int64), zeros.astype(np.int64))
+
+
+class MeshTensor(Protocol):
+    placements: Placements
+    dtype: DType
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-device shape."""
+
+
+class Backend(Protocol):
+    spec: MeshSpec
+    ccl: CclLedger
+    dram: DramLedger
+    name: str
+
+    # host <-> mesh
+    def from_host(self, array: np.ndarray, placements: Placements, *, dtype: DType = ..., name: str = ...) -> Any:
+        """Place a global host array on the mesh (shard / replicate per axis)."""
+
+    def from_host_per_device(
+        self, array: np.ndarray, placements: Placements, *, dtype: DType = ..., name: str = ...
+    ) -> Any:
+        """Place ``array[r, c]`` on chip (r, c); ``placements`` say what the pieces mean."""
+
+    def zeros(self, shape: Sequence[int], placements: Placements, *, dtype: DType = ..., name: str = ...) -> Any:
+        """A zero tensor of global ``shape``."""
+
+    def to_host(self, t: Any) -> np.ndarray:
+        """The global tensor: shards concatenated, partials summed, replicas read once."""
+
+    def deallocate(self, t: Any) -> None: ...
+
+    # compute
+    def linear(self, x: Any, w: Any, *, out_dtype: DType | None = None) -> Any:
+        """``x @ w`` with ``w`` stored ``[K, N]``; placements propagate (column / row parallel)."""
+
+    def add(self, a: Any, b: Any) -> Any: ...
+
+    def silu_mul(self, gate: Any, up: Any) -> Any:
+        """``silu(gate) * up`` fused."""
+
+    def embedding(self, ids: np.ndarray, table: Any) -> Any:
+        """Rows of ``table`` ([V, H], vocab replicated) for token ids ``[T]`` -> ``[T, H]``."""
+
+    def rms_norm(self, x: Any, weight: Any, *, eps: float, width: int) -> Any:
+        """RMSNorm over the last dim; ``width`` is the unpadded size the mean divides by."""
+
+    def rms_norm_pre_all_gather(self, x: Any) -> Any:
+        """Local sum of squares over the last dim of a width-fractured tensor."""
+
+    def rms_norm_post_all_gather(self, x: Any, stats: Any, weight: Any, *, eps: float, width: int) -> Any:
+        """Normalise a width-fractured tensor with gathered statistics."""
+
+    def slice_rows(self, x: Any, start: int, end: int) -> Any: ...
+
+    # attention
+    def create_qkv_heads(self, qkv: Any, n_q: int, n_kv: int, head_dim: int) -> tuple[Any, Any, Any]: ...
+
+    def concat_heads(self, x: Any) -> Any: ...
+
+    def rotary(self, x: Any, cos: Any, sin: Any) -> Any:
+        """HF rotate-half RoPE; ``cos``/``sin`` are replicated ``[T, head_dim]``."""
+
+    def paged_fill_cache(self, cache: Any, x: Any, page_table: np.ndarray, start_pos: int) -> None:
+        """Write one user's K or V for positions ``start_pos..`` through its page table row."""
+
+    def paged_update_cache(self, cache: Any, x: Any, positions: np.ndarray, page_table: np.ndarray) -> None:
+        """Write one token per user at its own position."""
+
+    def sdpa_prefill(
+        self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, page_table: np.ndarray, start_pos: int, scale: float
+    ) -> Any:
+        """Causal GQA attention for one user's chunk at ``start_pos`` (earlier tokens from the cache)."""
+
+    def sdpa_decode(
+        self, q: Any, k_cache: Any, v_cache: Any, page_table: np.ndarray, positions: np.ndarray, scale: float
+    ) -> Any:
+        """One query token per user attending to its cached positions ``0..pos``."""
+
+    # collectives
+    def all_gather(
+        self, x: Any, dim: int, cluster_axis: int | None = None, *, topology: Topology | None = None, num_links: int | None = None
+    ) -> Any: ...
+
+    def reduce_scatter(
+        self, x: Any, dim: int, cluster_axis: int | None = None, *, topology: Topology | None = None, num_links: int | None = None
+    ) -> Any: ...
+
+    def all_reduce(
+        self, x: Any, cluster_axis: int | None = None, *, topology: Topology | None = None, num_links: int | None = None
+    ) -> Any: ...
+
+    # sampling
+    def sample(self, logits: Any, params: SamplingBatch) -> np.ndarray:
+        """Token ids ``[B]`` from replicated logits ``[B, V]``; only ids leave the mesh."""

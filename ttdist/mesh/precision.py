@@ -1,0 +1,91 @@
+"""Data formats of Wormhole and their storage cost.
+
+``bfloat8_b`` and ``bfloat4_b`` are block-float formats: each group of 16 consecutive
+values (one row of a 16x16 tile face) shares one 8-bit exponent; every value keeps a sign
+and a 7-bit (bfp8) or 3-bit (bfp4) mantissa with the leading one explicit. So a value is
+stored as ``sign * m * 2**(e - (bits - 1))`` with ``e = floor(log2(max |x| in the block))``
+and ``0 <= m < 2**bits``, rounded to nearest. The round-trip error of any value in a block
+is at most ``2**(e - bits)``, i.e. ``max|x| * 2**-bits`` (half a unit in the last place).
+"""
+
+from __future__ import annotations
+
+import enum
+
+BLOCK = 16
+
+
+class DType(enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    bfloat8_b = "bfloat8_b"
+    bfloat4_b = "bfloat4_b"
+    uint32 = "uint32"
+    int32 = "int32"
+
+    @property
+    def bytes_per_element(self) -> float:
+        return _BYTES[self]
+
+    @property
+    def mantissa_bits(self) -> int:
+        return _MANTISSA[self]
+
+    @property
+    def is_block_float(self) -> bool:
+        return self in (DType.bfloat8_b, DType.bfloat4_b)
+
+    @classmethod
+    def parse(cls, text: "str | DType") -> "DType":
+        if isinstance(text, DType):
+            return text
+        try:
+            return cls(text)
+        except ValueError:
+            names = ", ".join(d.value for d in cls)
+            raise ValueError(f"unknown dtype {text!r}: use one of {names}") from None
+
+
+# Block-float formats carry one exponent byte per 16 values.
+_BYTES = {
+    DType.float32: 4.0,
+    DType.bfloat16: 2.0,
+    DType.bfloat8_b: 1.0 + 1.0 / BLOCK,
+    DType.bfloat4_b: 0.5 + 1.0 / BLOCK,
+    DType.uint32: 4.0,
+    DType.int32: 4.0,
+}
+_MANTISSA = {DType.bfloat8_b: 7, DType.bfloat4_b: 3, DType.bfloat16: 8, DType.float32: 24}
+
+
+def quantize(x, dtype: DType):
+    """Round a float torch tensor through ``dtype`` and back to float32 (emulation)."""
+    import torch
+
+    if dtype in (DType.float32, DType.uint32, DType.int32):
+        return x
+    if dtype is DType.bfloat16:
+        return x.to(torch.bfloat16).to(x.dtype)
+    return block_float_round(x, dtype.mantissa_bits)
+
+
+def block_float_round(x, bits: int):
+    """Shared-exponent rounding over groups of 16 along the last dim (padded with zeros)."""
+    import torch
+
+    shape = x.shape
+    width = shape[-1]
+    pad = (-width) % BLOCK
+    flat = x.float()
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    blocks = flat.reshape(*flat.shape[:-1], -1, BLOCK)
+    peak = blocks.abs().amax(dim=-1, keepdim=True)
+    exponent = torch.floor(torch.log2(torch.where(peak > 0, peak, torch.ones_like(peak))))
+    step = torch.pow(2.0, exponent - (bits - 1))
+    limit = 2**bits - 1
+    mantissa = torch.clamp(torch.round(blocks.abs() / step), max=limit)
+    rounded = torch.sign(blocks) * mantissa * step
+    rounded = torch.where(peak > 0, rounded, torch.zeros_like(rounded))
+    out = rounded.reshape(*flat.shape[:-1], width + pad)[..., :width]
+    return out.to(x.dtype).reshape(shape)

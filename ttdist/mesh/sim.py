@@ -1,0 +1,461 @@
+"""The torch mesh simulator: every chip's data, exact collective semantics, one batched op.
+
+A ``SimTensor`` is ONE torch tensor ``[R', C', *local]`` plus a placement per mesh axis.
+A mesh axis whose placement is ``Replicate`` is stored once (``R'`` or ``C'`` is 1) and
+broadcast: every device along it holds the same data by definition, so per-device math is
+one broadcasting torch op over the mesh dims and replicated work is not repeated. Sharded
+and partial axes are stored in full (``R' = R``). ``device_data()`` expands to the full
+``[R, C, *local]`` view of what each chip holds.
+
+Collectives produce exactly the per-device data ttnn produces; each records the bytes it
+moved (``ttdist.mesh.accounting``). Every tensor counts its tile-padded bytes against each
+chip's DRAM while it lives.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
+from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
+from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, normalize
+from ttdist.mesh.precision import DType, quantize
+from ttdist.mesh.spec import MeshSpec, Topology
+
+TILE = 32
+
+
+def tile_padded_bytes(local_shape: Sequence[int], dtype: DType) -> float:
+    """Bytes one chip holds for a tensor stored in 32x32 tiles (last two dims padded)."""
+    dims = list(local_shape) or [1]
+    if len(dims) == 1:
+        dims = [1] + dims
+    dims[-1] = -(-dims[-1] // TILE) * TILE
+    dims[-2] = -(-dims[-2] // TILE) * TILE
+    return math.prod(dims) * dtype.bytes_per_element
+
+
+class SimTensor:
+    __slots__ = ("data", "placements", "dtype", "name", "_free", "__weakref__")
+
+    def __init__(self, backend: "SimBackend", data: torch.Tensor, placements: Placements, dtype: DType, name: str):
+        self.data = data
+        self.placements = placements
+        self.dtype = dtype
+        self.name = name
+        nbytes = tile_padded_bytes(data.shape[2:], dtype)
+        backend.dram.allocate(name, nbytes)
+        self._free = weakref.finalize(self, backend.dram.free, name, nbytes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[2:])
+
+    @property
+    def ndim(self) -> int:
+        return self.data.dim() - 2
+
+    def __repr__(self) -> str:
+        return f"SimTensor({self.name!r}, local={self.shape}, {self.placements}, {self.dtype.value})"
+
+
+class SimBackend:
+    """The ``Backend`` protocol on torch; CPU by default, CUDA when asked and present."""
+
+    name = "sim"
+
+    def __init__(self, spec: MeshSpec, *, device: str = "cpu", activation_dtype: DType = DType.bfloat16):
+        self.spec = spec
+        self.device = torch.device(device)
+        self.activation_dtype = activation_dtype
+        self.ccl = CclLedger()
+        self.dram = DramLedger(spec)
+
+    # ------------------------------------------------------------------ host <-> mesh
+    def _wrap(self, data: torch.Tensor, placements: Placements, dtype: DType | None = None, name: str = "activations"):
+        return SimTensor(self, data, placements, dtype or self.activation_dtype, name)
+
+    def _host(self, array) -> torch.Tensor:
+        t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+        if t.is_floating_point():
+            t = t.float()
+        return t.to(self.device)
+
+    def from_host(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> SimTensor:
+        data = self._host(array)
+        placements = normalize(placements, data.dim())
+        if data.is_floating_point():
+            data = quantize(data, dtype)
+        data = data.unsqueeze(0).unsqueeze(0)
+        for axis in (0, 1):
+            n = self.spec.shape[axis]
+            p = placements[axis]
+            if isinstance(p, Partial):
+                raise MeshError(f"tensor {name!r}: a host array cannot be placed as Partial")
+            if isinstance(p, Shard) and n > 1:
+                data = self._split(data, axis, p.dim, n, name)
+        return SimTensor(self, data, placements, dtype, name)
+
+    def _split(self, data: torch.Tensor, axis: int, dim: int, n: int, name: str) -> torch.Tensor:
+        """Cut local ``dim`` into ``n`` pieces laid along mesh ``axis`` (which has size 1)."""
+        size = data.shape[2 + dim]
+        if size % n:
+            raise MeshError(f"tensor {name!r}: dim {dim} of size {size} does not split evenly over {n} devices on axis {axis}")
+        # [1, C', .., n, size/n, ..] -> n pieces along the mesh axis, dropping its old size-1 dim
+        pieces = data.unflatten(2 + dim, (n, size // n)).movedim(2 + dim, axis)
+        return pieces.squeeze(axis + 1)
+
+    def from_host_per_device(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> SimTensor:
+        data = self._host(array)
+        if data.dim() < 2:
+            raise MeshError(f"tensor {name!r}: per-device arrays start with the mesh dims [R, C]")
+        placements = normalize(placements, data.dim() - 2)
+        for axis in (0, 1):
+            n, got = self.spec.shape[axis], data.shape[axis]
+            if got not in (1, n):
+                raise MeshError(f"tensor {name!r}: mesh dim {axis} has {got} entries for {n} devices")
+            if isinstance(placements[axis], Replicate) and got > 1:
+                first = data.narrow(axis, 0, 1)
+                if not torch.equal(data, first.expand_as(data)):
+                    raise MeshError(f"tensor {name!r}: declared Replicate on axis {axis} but the devices differ")
+                data = first
+            elif not isinstance(placements[axis], Replicate) and got == 1 and n > 1:
+                data = data.expand(*[n if a == axis else -1 for a in range(data.dim())]).contiguous()
+        if data.is_floating_point():
+            data = quantize(data, dtype)
+        return SimTensor(self, data, placements, dtype, name)
+
+    def zeros(self, shape: Sequence[int], placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> SimTensor:
+        placements = normalize(placements, len(shape))
+        local = list(shape)
+        mesh = []
+        for axis in (0, 1):
+            n = self.spec.shape[axis]
+            p = placements[axis]
+            if isinstance(p, Shard):
+                if local[p.dim] % n:
+                    raise MeshError(f"tensor {name!r}: dim {p.dim} of size {local[p.dim]} does not split evenly over {n} devices")
+                local[p.dim] //= n
+            mesh.append(1 if isinstance(p, Replicate) else n)
+        data = torch.zeros(*mesh, *local, device=self.device)
+        return SimTensor(self, data, placements, dtype, name)
+
+    def device_data(self, t: SimTensor) -> torch.Tensor:
+        """What every chip holds: ``[R, C, *local]`` (a broadcast view for replicated axes)."""
+        return t.data.expand(*self.spec.shape, *t.shape)
+
+    def to_host(self, t: SimTensor) -> np.ndarray:
+        data = t.data
+        for axis in (1, 0):
+            p = t.placements[axis]
+            if isinstance(p, Shard):
+                data = data.movedim(axis, 2 + p.dim - 1).flatten(1 + p.dim, 2 + p.dim)
+                data = data.unsqueeze(axis)
+            elif isinstance(p, Partial):
+                data = data.sum(dim=axis, keepdim=True)
+            else:
+                data = data.narrow(axis, 0, 1)
+        return data[0, 0].cpu().numpy()
+
+    def deallocate(self, t: SimTensor) -> None:
+        t._free()
+        t.data = torch.empty(0)
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _no_partial(op: str, *tensors: SimTensor) -> None:
+        for t in tensors:
+            for axis, p in enumerate(t.placements):
+                if isinstance(p, Partial):
+                    raise PartialTensorError(
+                        f"{op}: tensor {t.name!r} holds partial sums on cluster_axis {axis}; "
+                        f"reduce it (all_reduce / reduce_scatter) before a non-linear op"
+                    )
+
+    def _axis(self, op: str, cluster_axis: int | None) -> int:
+        if cluster_axis is None:
+            rows, cols = self.spec.shape
+            if rows > 1 and cols > 1:
+                raise MeshError(f"{op}: cluster_axis is required on the 2D mesh {self.spec.shape_str}")
+            return 0 if rows > 1 else 1
+        if cluster_axis not in (0, 1):
+            raise MeshError(f"{op}: cluster_axis must be 0, 1 or None, got {cluster_axis}")
+        return cluster_axis
+
+    # ------------------------------------------------------------------ compute
+    def linear(self, x: SimTensor, w: SimTensor, *, out_dtype: DType | None = None) -> SimTensor:
+        if w.ndim != 2 or x.ndim < 2 or x.shape[-1] != w.shape[0]:
+            raise MeshError(f"linear: {x.name!r} local {x.shape} does not match weight {w.name!r} local {w.shape}")
+        placements = (_matmul_placement(x, w, 0), _matmul_placement(x, w, 1))
+        return self._wrap(_batched_matmul(x.data, w.data, x.ndim), placements, out_dtype)
+
+    def add(self, a: SimTensor, b: SimTensor) -> SimTensor:
+        if a.placements != b.placements:
+            raise MeshError(f"add: {a.name!r} is {a.placements} but {b.name!r} is {b.placements}")
+        return self._wrap(a.data + b.data, a.placements)
+
+    def silu_mul(self, gate: SimTensor, up: SimTensor) -> SimTensor:
+        self._no_partial("silu_mul", gate, up)
+        if gate.placements != up.placements:
+            raise MeshError(f"silu_mul: {gate.name!r} is {gate.placements} but {up.name!r} is {up.placements}")
+        return self._wrap(torch.nn.functional.silu(gate.data) * up.data, gate.placements)
+
+    def embedding(self, ids: np.ndarray, table: SimTensor) -> SimTensor:
+        for axis, p in enumerate(table.placements):
+            if isinstance(p, Shard) and p.dim == 0:
+                raise MeshError(f"embedding: table {table.name!r} must not be sharded by vocabulary (axis {axis})")
+        self._no_partial("embedding", table)
+        idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        vocab = table.shape[0]
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
+            raise MeshError(f"embedding: token ids must lie in [0, {vocab}), got {int(idx.min())}..{int(idx.max())}")
+        return self._wrap(table.data.index_select(2, idx), table.placements)
+
+    def rms_norm(self, x: SimTensor, weight: SimTensor, *, eps: float, width: int) -> SimTensor:
+        self._no_partial("rms_norm", x)
+        for axis, p in enumerate(x.placements):
+            if p == Shard(x.ndim - 1) and self.spec.shape[axis] > 1:
+                raise MeshError(f"rms_norm: {x.name!r} is width-fractured on axis {axis}; use the distributed norm")
+        ms = x.data.pow(2).sum(-1, keepdim=True) / width
+        return self._wrap(x.data * torch.rsqrt(ms + eps) * weight.data, x.placements)
+
+    def rms_norm_pre_all_gather(self, x: SimTensor) -> SimTensor:
+        self._no_partial("rms_norm_pre_all_gather", x)
+        return self._wrap(x.data.pow(2).sum(-1, keepdim=True), x.placements, DType.float32)
+
+    def rms_norm_post_all_gather(self, x: SimTensor, stats: SimTensor, weight: SimTensor, *, eps: float, width: int) -> SimTensor:
+        self._no_partial("rms_norm_post_all_gather", x, stats)
+        ms = stats.data.sum(-1, keepdim=True) / width
+        return self._wrap(x.data * torch.rsqrt(ms + eps) * weight.data, x.placements)
+
+    def slice_rows(self, x: SimTensor, start: int, end: int) -> SimTensor:
+        for axis, p in enumerate(x.placements):
+            if p == Shard(0) and self.spec.shape[axis] > 1:
+                raise MeshError(f"slice_rows: {x.name!r} is sharded by rows on axis {axis}")
+        return self._wrap(x.data[:, :, start:end], x.placements, x.dtype)
+
+    # ------------------------------------------------------------------ attention
+    def create_qkv_heads(self, qkv: SimTensor, n_q: int, n_kv: int, head_dim: int):
+        self._no_partial("create_qkv_heads", qkv)
+        want = (n_q + 2 * n_kv) * head_dim
+        if qkv.shape[-1] != want:
+            raise MeshError(f"create_qkv_heads: {qkv.name!r} has width {qkv.shape[-1]}, expected {want}")
+        heads = qkv.data.unflatten(-1, (n_q + 2 * n_kv, head_dim))
+        q, k, v = heads.split([n_q, n_kv, n_kv], dim=-2)
+        return (self._wrap(q, qkv.placements), self._wrap(k, qkv.placements), self._wrap(v, qkv.placements))
+
+    def concat_heads(self, x: SimTensor) -> SimTensor:
+        return self._wrap(x.data.flatten(-2), x.placements)
+
+    def rotary(self, x: SimTensor, cos: SimTensor, sin: SimTensor) -> SimTensor:
+        self._no_partial("rotary", x)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x.data[..., half:], x.data[..., :half]), dim=-1)
+        c, s = cos.data.unsqueeze(-2), sin.data.unsqueeze(-2)
+        return self._wrap(x.data * c + rotated * s, x.placements)
+
+    def _slots(self, cache: SimTensor, page_table: np.ndarray, positions: np.ndarray):
+        page_size = cache.shape[2]
+        positions = np.asarray(positions, dtype=np.int64)
+        table = np.asarray(page_table, dtype=np.int64)
+        logical = positions // page_size
+        if table.ndim == 1:
+            if logical.size and logical.max() >= table.shape[0]:
+                raise MeshError(f"page table has {table.shape[0]} pages; position {positions.max()} needs {logical.max() + 1}")
+            pages = table[logical]
+        else:
+            if logical.size and logical.max() >= table.shape[1]:
+                raise MeshError(f"page table has {table.shape[1]} pages per user; position {positions.max()} needs more")
+            pages = table[np.arange(len(positions)), logical]
+        if pages.size and (pages.min() < 0 or pages.max() >= cache.shape[0]):
+            raise MeshError(f"page ids must lie in [0, {cache.shape[0]}), got {pages.min()}..{pages.max()}")
+        return torch.as_tensor(pages, device=self.device), torch.as_tensor(positions % page_size, device=self.device)
+
+    def paged_fill_cache(self, cache: SimTensor, x: SimTensor, page_table: np.ndarray, start_pos: int) -> None:
+        self._no_partial("paged_fill_cache", x)
+        positions = np.arange(start_pos, start_pos + x.shape[0])
+        pages, offsets = self._slots(cache, page_table, positions)
+        cache.data[:, :, pages, :, offsets, :] = x.data.expand(*cache.data.shape[:2], *x.shape).movedim(2, 0)
+
+    def paged_update_cache(self, cache: SimTensor, x: SimTensor, positions: np.ndarray, page_table: np.ndarray) -> None:
+        self._no_partial("paged_update_cache", x)
+        positions = np.asarray(positions, dtype=np.int64)
+        live = np.nonzero(positions >= 0)[0]
+        pages, offsets = self._slots(cache, np.asarray(page_table)[live], positions[live])
+        rows = torch.as_tensor(live, device=self.device)
+        new = x.data.expand(*cache.data.shape[:2], *x.shape)[:, :, rows]
+        cache.data[:, :, pages, :, offsets, :] = new.movedim(2, 0)
+
+    def _gather_cache(self, cache: SimTensor, pages: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Cached vectors at (page, offset) slots, as ``[R', C', *slots_shape, kv, hd]``."""
+        picked = cache.data[:, :, pages, :, offsets, :]  # [*slots, R', C', kv, hd]
+        return picked.movedim(tuple(range(pages.dim())), tuple(range(2, 2 + pages.dim())))
+
+    def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float) -> SimTensor:
+        self._no_partial("sdpa_prefill", q, k, v)
+        t = q.shape[0]
+        if start_pos == 0:
+            keys, values = k.data, v.data
+        else:
+            pages, offsets = self._slots(k_cache, page_table, np.arange(start_pos + t))
+            keys, values = self._gather_cache(k_cache, pages, offsets), self._gather_cache(v_cache, pages, offsets)
+        n_q, n_kv = q.shape[1], keys.shape[-2]
+        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(2, -2)  # [R,C,kv,g,T,hd]
+        kh = keys.movedim(-2, 2).unsqueeze(3)  # [R,C,kv,1,L,hd]
+        vh = values.movedim(-2, 2).unsqueeze(3)
+        scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+        q_pos = torch.arange(start_pos, start_pos + t, device=self.device)
+        k_pos = torch.arange(kh.shape[-2], device=self.device)
+        scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), vh)  # [R,C,kv,g,T,hd]
+        return self._wrap(out.movedim(-2, 2).flatten(3, 4), q.placements)
+
+    def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float) -> SimTensor:
+        self._no_partial("sdpa_decode", q)
+        positions = np.asarray(positions, dtype=np.int64)
+        page_size = k_cache.shape[2]
+        length = int(max(positions.max(), 0)) + 1
+        n_pages = -(-length // page_size)
+        table = np.asarray(page_table, dtype=np.int64)[:, :n_pages].copy()
+        table[table < 0] = 0
+        if table.size and table.max() >= k_cache.shape[0]:
+            raise MeshError(f"page ids must lie in [0, {k_cache.shape[0]}), got up to {table.max()}")
+        pages = torch.as_tensor(table, device=self.device)
+        # [R,C,B,P,kv,ps,hd] -> [R,C,B,kv,P*ps,hd]
+        keys = k_cache.data[:, :, pages].movedim(4, 3).flatten(4, 5)
+        values = v_cache.data[:, :, pages].movedim(4, 3).flatten(4, 5)
+        n_q, n_kv = q.shape[1], keys.shape[3]
+        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv))  # [R,C,B,kv,g,hd]
+        scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale  # [R,C,B,kv,g,L]
+        k_pos = torch.arange(keys.shape[-2], device=self.device)
+        mask = k_pos[None, :] > torch.as_tensor(positions, device=self.device)[:, None]  # [B, L]
+        scores = scores.masked_fill(mask[:, None, None, :], float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), values)  # [R,C,B,kv,g,hd]
+        return self._wrap(out.flatten(3, 4), q.placements)
+
+    # ------------------------------------------------------------------ collectives
+    def _record(self, op: str, axis: int, topology: Topology | None, full_elems: int, dtype: DType, cost) -> Topology:
+        topo = topology or self.spec.topology[axis]
+        n = self.spec.shape[axis]
+        full = full_elems * dtype.bytes_per_element
+        self.ccl.record(CclRecord(op, axis, n, topo, full, cost(full, n, topo)))
+        return topo
+
+    def all_gather(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
+        axis = self._axis("all_gather", cluster_axis)
+        dim = _dim(dim, x.ndim, "all_gather")
+        p = x.placements[axis]
+        if isinstance(p, Partial):
+            raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on axis {axis}; reduce it first")
+        n = self.spec.shape[axis]
+        self._record("all_gather", axis, topology, x.data[0, 0].numel() * n, x.dtype, all_gather_bytes)
+        if n == 1:
+            return self._wrap(x.data, _with(x.placements, axis, Replicate()), x.dtype)
+        if isinstance(p, Replicate):
+            out = torch.cat([x.data] * n, dim=2 + dim)
+        else:
+            out = x.data.movedim(axis, 1 + dim).flatten(1 + dim, 2 + dim).unsqueeze(axis)
+        return self._wrap(out, _with(x.placements, axis, Replicate()), x.dtype)
+
+    def reduce_scatter(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
+        axis = self._axis("reduce_scatter", cluster_axis)
+        dim = _dim(dim, x.ndim, "reduce_scatter")
+        n = self.spec.shape[axis]
+        size = x.shape[dim]
+        if size % n:
+            raise MeshError(f"reduce_scatter: dim {dim} of {x.name!r} has size {size}, not divisible by the {n} devices on axis {axis}")
+        self._record("reduce_scatter", axis, topology, x.data[0, 0].numel(), x.dtype, reduce_scatter_bytes)
+        full = x.data.expand(*[n if a == axis else -1 for a in range(x.data.dim())])
+        summed = full.sum(dim=axis)  # [M, *local]
+        out = summed.unflatten(1 + dim, (n, size // n)).movedim(1 + dim, axis)
+        return self._wrap(out, _with(x.placements, axis, Shard(dim)), x.dtype)
+
+    def all_reduce(self, x: SimTensor, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
+        axis = self._axis("all_reduce", cluster_axis)
+        n = self.spec.shape[axis]
+        self._record("all_reduce", axis, topology, x.data[0, 0].numel(), x.dtype, all_reduce_bytes)
+        if isinstance(x.placements[axis], Replicate):
+            out = x.data * n
+        else:
+            out = x.data.sum(dim=axis, keepdim=True)
+        return self._wrap(out, _with(x.placements, axis, Replicate()), x.dtype)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, logits: SimTensor, params: SamplingBatch) -> np.ndarray:
+        self._no_partial("sample", logits)
+        for axis, p in enumerate(logits.placements):
+            if isinstance(p, Shard) and self.spec.shape[axis] > 1:
+                raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")
+        return sample_logits(logits.data[0, 0], params)
+
+
+def sample_logits(logits: torch.Tensor, params: SamplingBatch) -> np.ndarray:
+    """Greedy, temperature, top-k and top-p sampling per user; seeded users are reproducible."""
+    logits = logits.float()
+    out = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
+    for b in np.nonzero(np.asarray(params.temperature) > 0)[0]:
+        row = logits[b] / float(params.temperature[b])
+        k = int(params.top_k[b])
+        if 0 < k < row.numel():
+            kth = torch.topk(row, k).values[-1]
+            row = row.masked_fill(row < kth, float("-inf"))
+        p = float(params.top_p[b])
+        if 0 < p < 1:
+            sorted_logits, order = torch.sort(row, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            drop = (probs.cumsum(-1) - probs) >= p
+            row = row.clone()
+            row[order[drop]] = float("-inf")
+        probs = torch.softmax(row, dim=-1)
+        gen = None
+        if int(params.seed[b]) >= 0:
+            gen = torch.Generator(device=probs.device)
+            gen.manual_seed((int(params.seed[b]) * 1_000_003 + int(params.step[b])) % (2**63))
+        out[b] = int(torch.multinomial(probs, 1, generator=gen))
+    return out
+
+
+def _batched_matmul(x: torch.Tensor, w: torch.Tensor, x_ndim: int) -> torch.Tensor:
+    """``[R',C',...,K] @ [R',C',K,N]`` broadcasting the mesh dims."""
+    w = w.reshape(w.shape[0], w.shape[1], *([1] * (x_ndim - 2)), w.shape[2], w.shape[3])
+    return torch.matmul(x, w)
+
+
+def _dim(dim: int, ndim: int, op: str) -> int:
+    d = dim + ndim if dim < 0 else dim
+    if not 0 <= d < ndim:
+        raise MeshError(f"{op}: dim {dim} is out of range for a {ndim}-d tensor")
+    return d
+
+
+def _with(placements: Placements, axis: int, p) -> Placements:
+    out = list(placements)
+    out[axis] = p
+    return (out[0], out[1])
+
+
+def _matmul_placement(x: SimTensor, w: SimTensor, axis: int):
+    """How ``x @ w`` lies on one axis: column parallel, row parallel, or replicated."""
+    px, pw = x.placements[axis], w.placements[axis]
+    last = x.ndim - 1
+    if isinstance(pw, Partial):
+        raise PartialTensorError(f"linear: weight {w.name!r} is Partial on axis {axis}")
+    if isinstance(px, Replicate) and isinstance(pw, Replicate):
+        return Replicate()
+    if isinstance(px, Replicate) and pw == Shard(1):
+        return Shard(last)
+    if px == Shard(last) and pw == Shard(0):
+        return Partial()
+    if isinstance(px, Partial) and isinstance(pw, Replicate):
+        return Partial()
+    if isinstance(px, Shard) and px.dim < last and isinstance(pw, Replicate):
+        return px
+    raise MeshError(
+        f"linear: activation {x.name!r} is {px} and weight {w.name!r} is {pw} on cluster_axis {axis}; "
+        f"a matmul needs (Replicate, Shard(1)) column parallel, (Shard(-1), Shard(0)) row parallel, or replicated weights"
+    )
