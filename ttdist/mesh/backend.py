@@ -147,5 +147,6 @@ class Backend(Protocol):
     ) -> Any: ...
 
     # sampling
-    def sample(self, logits: Any, params: SamplingBatch) -> np.ndarray:
-        """Token ids ``[B]`` from replicated logits ``[B, V]``; only ids leave the mesh."""
+    def sample(self, logits: Any, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
+        """Token ids ``[B]`` from replicated logits ``[B, V]`` (columns past ``vocab_size`` are
+        padding and never drawn); only ids leave the mesh."""

@@ -222,7 +222,7 @@ class SimBackend:
             if p == Shard(x.ndim - 1) and self.spec.shape[axis] > 1:
                 raise MeshError(f"rms_norm: {x.name!r} is width-fractured on axis {axis}; use the distributed norm")
         ms = x.data.pow(2).sum(-1, keepdim=True) / width
-        return self._wrap(x.data * torch.rsqrt(ms + eps) * weight.data, x.placements)
+        return self._wrap(x.data * torch.rsqrt(ms + eps) * _per_row(weight, x.ndim), x.placements)
 
     def rms_norm_pre_all_gather(self, x: SimTensor) -> SimTensor:
         self._no_partial("rms_norm_pre_all_gather", x)
@@ -231,7 +231,7 @@ class SimBackend:
     def rms_norm_post_all_gather(self, x: SimTensor, stats: SimTensor, weight: SimTensor, *, eps: float, width: int) -> SimTensor:
         self._no_partial("rms_norm_post_all_gather", x, stats)
         ms = stats.data.sum(-1, keepdim=True) / width
-        return self._wrap(x.data * torch.rsqrt(ms + eps) * weight.data, x.placements)
+        return self._wrap(x.data * torch.rsqrt(ms + eps) * _per_row(weight, x.ndim), x.placements)
 
     def slice_rows(self, x: SimTensor, start: int, end: int) -> SimTensor:
         for axis, p in enumerate(x.placements):
@@ -386,12 +386,12 @@ class SimBackend:
         return self._wrap(out, _with(x.placements, axis, Replicate()), x.dtype)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, logits: SimTensor, params: SamplingBatch) -> np.ndarray:
+    def sample(self, logits: SimTensor, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
         self._no_partial("sample", logits)
         for axis, p in enumerate(logits.placements):
             if isinstance(p, Shard) and self.spec.shape[axis] > 1:
                 raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")
-        return sample_logits(logits.data[0, 0], params)
+        return sample_logits(logits.data[0, 0, :, :vocab_size], params)
 
 
 def sample_logits(logits: torch.Tensor, params: SamplingBatch) -> np.ndarray:
@@ -418,6 +418,11 @@ def sample_logits(logits: torch.Tensor, params: SamplingBatch) -> np.ndarray:
             gen.manual_seed((int(params.seed[b]) * 1_000_003 + int(params.step[b])) % (2**63))
         out[b] = int(torch.multinomial(probs, 1, generator=gen))
     return out
+
+
+def _per_row(w: SimTensor, ndim: int) -> torch.Tensor:
+    """A ``[R', C', width]`` weight viewed to broadcast over ``ndim``-d local activations."""
+    return w.data.reshape(w.data.shape[0], w.data.shape[1], *([1] * (ndim - 1)), w.shape[-1])
 
 
 def _batched_matmul(x: torch.Tensor, w: torch.Tensor, x_ndim: int) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Llama on a mesh: sharding layout, modules, weights, runner (numpy + Backend ops only)."""
