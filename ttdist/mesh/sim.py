@@ -351,7 +351,7 @@ class SimBackend:
         dim = _dim(dim, x.ndim, "all_gather")
         p = x.placements[axis]
         if isinstance(p, Partial):
-            raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on axis {axis}; reduce it first")
+            raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on cluster_axis {axis}; reduce it first")
         n = self.spec.shape[axis]
         self._record("all_gather", axis, topology, x.data[0, 0].numel() * n, x.dtype, all_gather_bytes)
         if n == 1:
