@@ -1,0 +1,141 @@
+"""The whole model on the mesh against transformers, and its decode-step collectives."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.model.conftest import MESHES, pcc
+from ttdist.engine.runner import DecodeInput, PrefillInput, SamplingSpec
+from ttdist.mesh.accounting import all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
+from ttdist.mesh.spec import Topology
+from ttdist.model.runner import MeshModelRunner
+
+PROMPT = [5, 17, 300, 2000, 45, 9, 11, 12, 99, 1000, 3, 77, 8000, 123]
+
+
+def make(ckpt, cache, mesh, **kw):
+    return MeshModelRunner.from_checkpoint(ckpt, mesh=mesh, dtype="float32", num_pages=32, page_size=32, cache_dir=cache, **kw)
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_logits_prefill_and_decode_match_transformers(mesh, tiny_ckpt, weight_cache, hf_tiny):
+    runner = make(tiny_ckpt, weight_cache, mesh)
+    follow = [7, 8, 4242]
+    with torch.no_grad():
+        ref = hf_tiny(torch.tensor([PROMPT + follow])).logits[0].numpy()
+    got = [runner.prefill_logits(PROMPT, 0, [0])[0]]
+    for i, tok in enumerate(follow):
+        got.append(runner.decode_logits([tok], [len(PROMPT) + i], [[0]])[0])
+    for i, row in enumerate(got):
+        assert pcc(row, ref[len(PROMPT) - 1 + i]) >= 0.999
+        np.testing.assert_allclose(row, ref[len(PROMPT) - 1 + i], atol=1e-4)
+
+
+@pytest.mark.parametrize("mesh", ["1x2", "8x4"])
+def test_batched_decode_equals_each_user_alone(mesh, tiny_ckpt, weight_cache):
+    prompts = [PROMPT[:3], PROMPT, PROMPT[::-1] * 3]
+    batch = make(tiny_ckpt, weight_cache, mesh)
+    tables = [[0, 1], [2, 3], [4, 5]]
+    firsts = [batch.prefill(PrefillInput(p, 0, t, True)) for p, t in zip(prompts, tables)]
+    positions = [len(p) for p in prompts]
+    batched = batch.decode_logits(firsts, positions, tables)
+    for u, (p, first) in enumerate(zip(prompts, firsts)):
+        alone = make(tiny_ckpt, weight_cache, mesh)
+        assert alone.prefill(PrefillInput(p, 0, [9, 10], True)) == first
+        np.testing.assert_allclose(batched[u], alone.decode_logits([first], [len(p)], [[9, 10]])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("mesh", ["1x1", "1x8", "2x4"])
+def test_chunked_prefill_equals_one_shot(mesh, tiny_ckpt, weight_cache):
+    prompt = (PROMPT * 6)[:77]
+    one = make(tiny_ckpt, weight_cache, mesh).prefill_logits(prompt, 0, [0, 1, 2])
+    chunked = make(tiny_ckpt, weight_cache, mesh)
+    table = [5, 3, 7]
+    assert chunked.prefill(PrefillInput(prompt[:32], 0, table[:1], False)) is None
+    assert chunked.prefill(PrefillInput(prompt[32:64], 32, table[:2], False)) is None
+    np.testing.assert_allclose(chunked.prefill_logits(prompt[64:], 64, table), one, atol=1e-5)
+
+
+def test_sampling_on_the_mesh_is_seeded_per_request(tiny_ckpt, weight_cache):
+    runner = make(tiny_ckpt, weight_cache, "1x2")
+    spec = SamplingSpec(temperature=0.8, top_k=50, top_p=0.9, seed=1234)
+    a = runner.prefill(PrefillInput(PROMPT, 0, [0], True, spec))
+    b = runner.prefill(PrefillInput(PROMPT, 0, [1], True, spec))
+    assert a == b
+    draws = {runner.prefill(PrefillInput(PROMPT, 0, [2], True, SamplingSpec(temperature=1.0, seed=s))) for s in range(12)}
+    assert len(draws) > 1
+    logits = runner.prefill_logits(PROMPT, 0, [3])[0]
+    top5 = set(np.argsort(logits)[-5:].tolist())
+    for s in range(8):
+        assert runner.prefill(PrefillInput(PROMPT, 0, [4], True, SamplingSpec(temperature=5.0, top_k=5, seed=s))) in top5
+
+
+def decode_step_ccl(runner, batch):
+    be = runner.backend
+    tables = [[i] for i in range(batch)]
+    for u in range(batch):
+        runner.prefill(PrefillInput(PROMPT[: 2 + u], 0, tables[u], True))
+    be.ccl.clear()
+    runner.decode(DecodeInput([1] * batch, [2 + u for u in range(batch)], tables, [SamplingSpec()] * batch))
+    return be.ccl
+
+
+def test_decode_step_bytes_on_1x8_match_hand_computation(tiny_ckpt, weight_cache):
+    runner = make(tiny_ckpt, weight_cache, "1x8")
+    lay, b, d, line = runner.model.layout, 4, 8, Topology.LINE
+    bf16, f32 = 2, 4
+    # per layer: two norms (gather stats), two up-gathers of the residual, two reduce-scatters
+    norm = all_gather_bytes(b * d * f32, d, line)
+    gather = all_gather_bytes(b * lay.hidden * bf16, d, line)
+    scatter = reduce_scatter_bytes(b * lay.hidden * bf16, d, line)
+    per_layer = 2 * norm + 2 * gather + 2 * scatter
+    head = norm + gather + all_gather_bytes(b * lay.vocab * bf16, d, line)
+    ledger = decode_step_ccl(runner, b)
+    assert ledger.count("all_gather") == 4 * 2 + 3 and ledger.count("reduce_scatter") == 2 * 2
+    assert ledger.bytes_per_axis() == {1: pytest.approx(2 * per_layer + head)}
+
+
+def test_decode_step_bytes_on_8x4_match_hand_computation(tiny_ckpt, weight_cache):
+    runner = make(tiny_ckpt, weight_cache, "8x4")
+    lay, b, line = runner.model.layout, 4, Topology.LINE
+    bf16, f32 = 2, 4
+    rows, cols = 8, 4
+    norm = all_gather_bytes(b * cols * f32, cols, line)  # stats over the hidden axis (1)
+    axis1 = 2 * norm + all_reduce_bytes(b * lay.qkv_local * bf16, cols, line) + 2 * all_reduce_bytes(b * lay.ff_local * bf16, cols, line)
+    axis0 = 2 * all_reduce_bytes(b * lay.hidden_local * bf16, rows, line)  # WO and FF2 partials
+    head1 = norm + all_reduce_bytes(b * lay.vocab_local * bf16, cols, line)
+    head0 = all_gather_bytes(b * lay.vocab * bf16, rows, line)
+    ledger = decode_step_ccl(runner, b)
+    assert ledger.count("all_reduce") == 2 * 5 + 1 and ledger.count("reduce_scatter") == 0
+    assert ledger.bytes_per_axis() == {0: pytest.approx(2 * axis0 + head0), 1: pytest.approx(2 * axis1 + head1)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", ["1x8", "8x4"])
+def test_smollm2_greedy_32_tokens_equal_transformers_generate(mesh, smollm2, smollm2_hf, weight_cache):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    ids = tok("Once upon a time, in a small village,", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = smollm2_hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, ids.shape[1]:].tolist()
+    runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, dtype="float32", num_pages=4, page_size=32, cache_dir=weight_cache)
+    prompt, table = ids[0].tolist(), [0, 1]
+    out = [runner.prefill(PrefillInput(prompt, 0, table, True))]
+    for i in range(31):
+        out += runner.decode(DecodeInput([out[-1]], [len(prompt) + i], [table], [SamplingSpec()]))
+    assert out == ref
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from ttdist.model.smollm2 import materialize
+
+    return materialize()
+
+
+@pytest.fixture(scope="module")
+def smollm2_hf(smollm2):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(smollm2).float().eval()
