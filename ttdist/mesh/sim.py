@@ -99,7 +99,7 @@ class SimBackend:
                 raise MeshError(f"tensor {name!r}: a host array cannot be placed as Partial")
             if isinstance(p, Shard) and n > 1:
                 data = self._split(data, axis, p.dim, n, name)
-        return SimTensor(self, data, placements, dtype, name)
+        return SimTensor(self, data.contiguous(), placements, dtype, name)
 
     def _split(self, data: torch.Tensor, axis: int, dim: int, n: int, name: str) -> torch.Tensor:
         """Cut local ``dim`` into ``n`` pieces laid along mesh ``axis`` (which has size 1)."""

@@ -1,0 +1,102 @@
+"""One decode step (batch 32) of the tensor-parallel model on a simulated mesh vs the
+unsharded transformers forward of the same model, same machine, same run.
+
+Also prints the accuracy cost of bfloat8_b / bfloat4_b weights: PCC of prefill logits
+against fp32 weights.
+
+    .venv/bin/python bench/bench_model.py [--mesh 8x4] [--batch 32] [--context 128] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from ttdist.engine.runner import DecodeInput, SamplingSpec
+from ttdist.model.runner import MeshModelRunner
+from ttdist.model.smollm2 import materialize
+
+
+def time_it(fn, steps: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def hf_decode_step(path, batch: int, context: int):
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(path).float().eval()
+    cfg = model.config
+    cache = DynamicCache(config=cfg)
+    g = torch.Generator().manual_seed(0)
+    for layer in range(cfg.num_hidden_layers):
+        k = torch.randn(batch, cfg.num_key_value_heads, context, cfg.head_dim, generator=g)
+        cache.update(k, torch.randn_like(k), layer)
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), generator=g)
+    pos = torch.full((batch, 1), context)
+
+    def step():
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True)
+            cache.crop(-1)  # drop the new token: the context stays fixed across repetitions
+    return step
+
+
+def mesh_decode_step(path, mesh: str, batch: int, context: int, dtype: str):
+    pages_per_user = context // 32 + 1
+    runner = MeshModelRunner.from_checkpoint(path, mesh=mesh, dtype=dtype, page_size=32, num_pages=batch * pages_per_user)
+    tables = [list(range(u * pages_per_user, (u + 1) * pages_per_user)) for u in range(batch)]
+    rng = np.random.default_rng(0)
+    inp = DecodeInput(rng.integers(0, runner.info.vocab_size, batch).tolist(), [context] * batch, tables, [SamplingSpec()] * batch)
+    return runner, (lambda: runner.decode(inp))
+
+
+def precision_cost(path, mesh: str) -> dict[str, float]:
+    prompt = list(range(100, 164))
+    ref = MeshModelRunner.from_checkpoint(path, mesh=mesh, dtype="float32", num_pages=4).prefill_logits(prompt, 0, [0, 1])[0]
+    out = {}
+    for dtype in ("bfloat16", "bfloat8_b", "bfloat4_b"):
+        got = MeshModelRunner.from_checkpoint(path, mesh=mesh, dtype=dtype, num_pages=4).prefill_logits(prompt, 0, [0, 1])[0]
+        out[dtype] = float(np.corrcoef(got, ref)[0, 1])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mesh", default="8x4")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    path = materialize()
+
+    hf_step = hf_decode_step(path, args.batch, args.context)
+    runner, tp_step = mesh_decode_step(path, args.mesh, args.batch, args.context, "float32")
+    hf_s = time_it(hf_step, args.steps)
+    tp_s = time_it(tp_step, args.steps)
+    print(f"model SmolLM2-135M, batch {args.batch}, context {args.context}, torch threads {torch.get_num_threads()}")
+    print(f"  layout: {runner.model.layout.describe()}")
+    print(f"  transformers unsharded decode step : {hf_s * 1e3:8.1f} ms (median of {args.steps})")
+    print(f"  ttdist sim {args.mesh} TP decode step   : {tp_s * 1e3:8.1f} ms (median of {args.steps})")
+    print(f"  ratio sim/transformers             : {tp_s / hf_s:8.2f}x (target <= 1.3x)")
+    runner.backend.ccl.clear()
+    tp_step()
+    per_axis = {k: f"{v / 1e6:.2f} MB" for k, v in sorted(runner.backend.ccl.bytes_per_axis().items())}
+    print(f"  CCL bytes per decode step by axis  : {per_axis} ({runner.backend.ccl.count()} collectives)")
+    print("accuracy of weight formats (prefill logits PCC vs fp32 weights, same mesh):")
+    for dtype, value in precision_cost(path, args.mesh).items():
+        print(f"  {dtype:10s}: {value:.6f}")
+
+
+if __name__ == "__main__":
+    main()
