@@ -155,7 +155,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second")
+    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second", "kv_pages_budget")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,7 @@ class ReplicaStatus(_message.Message):
     WAITING_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_BUDGET_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     state: str
     pid: int
@@ -180,7 +181,8 @@ class ReplicaStatus(_message.Message):
     waiting: int
     address: str
     tokens_per_second: float
-    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ...) -> None: ...
+    kv_pages_budget: int
+    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("replicas", "model", "policy")

@@ -1,0 +1,187 @@
+"""(b) Router capacity: requests/s and streamed tokens/s through one router, zero-compute replicas.
+
+Replicas are scripted engines with no step cost (each in one separate process), so every
+cost measured is the router's: gRPC in, policy, gRPC out, per-token forwarding. The same
+load is also sent straight to the replicas (no router) for comparison. Also the harness
+that bench_scaleout.py and bench_cache_aware.py use.
+
+    .venv/bin/python bench/bench_router.py [--replicas 4] [--requests 2000] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc  # noqa: E402
+
+from ttdist.runtime.protocol import ModelCard  # noqa: E402
+from ttdist.runtime.scripted_engine import ScriptedEngineConfig  # noqa: E402
+from ttdist.v1 import generation_pb2 as pb  # noqa: E402
+from ttdist.v1 import generation_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def card_for(cfg: ScriptedEngineConfig) -> ModelCard:
+    return ModelCard("scripted", cfg.vocab_size, cfg.max_context, cfg.page_size)
+
+
+def _replicas_main(n: int, cfg: ScriptedEngineConfig, conn) -> None:
+    from ttdist.runtime.replica_service import start_replica_server
+    from ttdist.runtime.scripted_engine import ScriptedEngine
+
+    async def main():
+        servers = []
+        for i in range(n):
+            engine = ScriptedEngine(cfg)
+            engine.start()
+            servers.append(await start_replica_server(engine, card_for(cfg), f"replica-{i}", lambda: None))
+        conn.send([s.port for s in servers])
+        while not conn.poll():
+            await asyncio.sleep(0.1)
+        for server in servers:
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+def _router_main(ports: list[int], cfg: ScriptedEngineConfig, policy: str, conn) -> None:
+    from ttdist.router.core import Router, RouterConfig
+    from ttdist.router.service import start_router_server
+    from ttdist.router.sources import StaticSource
+    from ttdist.runtime.table import ReplicaEntry, RoutingTable
+
+    async def main():
+        entries = tuple(ReplicaEntry(f"replica-{i}", f"127.0.0.1:{p}", "ready") for i, p in enumerate(ports))
+        router = Router(RouterConfig(policy=policy, max_inflight=100000), StaticSource(RoutingTable(card_for(cfg), entries)))
+        server = await start_router_server(router, "127.0.0.1", 0)
+        conn.send(server.port)
+        while not conn.poll():
+            await asyncio.sleep(0.1)
+        await server.stop(0)
+        await router.stop()
+
+    asyncio.run(main())
+
+
+class Processes:
+    """Scripted replicas in one process and, optionally, a router in another."""
+
+    def __init__(self, n: int, cfg: ScriptedEngineConfig, policy: str | None = "round_robin", replica_procs: int = 1):
+        ctx = mp.get_context("spawn")
+        self.procs, self.conns, self.replica_ports = [], [], []
+        per = -(-n // replica_procs)
+        for start in range(0, n, per):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_replicas_main, args=(min(per, n - start), cfg, child), daemon=True)
+            proc.start()
+            self.procs.append(proc)
+            self.conns.append(parent)
+            self.replica_ports += parent.recv()
+        self.router_port = None
+        if policy:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_router_main, args=(self.replica_ports, cfg, policy, child), daemon=True)
+            proc.start()
+            self.procs.append(proc)
+            self.conns.append(parent)
+            self.router_port = parent.recv()
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send("stop")
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    tokens: int
+    seconds: float
+    ttft: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.seconds
+
+    def ttft_p50_ms(self) -> float:
+        return 1000 * statistics.median(self.ttft) if self.ttft else 0.0
+
+
+def prompt_for(i: int, length: int = 16) -> list[int]:
+    return [(i * 31 + j) % 997 + 1 for j in range(length)]
+
+
+async def drive(addresses: list[str], requests: int, concurrency: int, max_tokens: int,
+                prompts=prompt_for, duration_s: float | None = None) -> LoadResult:
+    """``concurrency`` users, each sending streaming requests back to back (round robin over
+    ``addresses``), until ``requests`` are done or ``duration_s`` has passed."""
+    channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    stubs = [pb_grpc.GenerationStub(c) for c in channels]
+    counter = iter(range(requests))
+    ttft, tokens = [], [0]
+    t0 = time.perf_counter()
+    done = [0]
+
+    async def user(u):
+        for i in counter:
+            if duration_s is not None and time.perf_counter() - t0 > duration_s:
+                return
+            req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompts(i)), stream=True,
+                                     sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+            start = time.perf_counter()
+            first = True
+            async for resp in stubs[i % len(stubs)].Generate(req):
+                if resp.WhichOneof("kind") == "chunk":
+                    if first:
+                        ttft.append(time.perf_counter() - start)
+                        first = False
+                    tokens[0] += len(resp.chunk.token_ids)
+            done[0] += 1
+
+    await asyncio.gather(*(user(u) for u in range(concurrency)))
+    seconds = time.perf_counter() - t0
+    for c in channels:
+        await c.close()
+    return LoadResult(done[0], tokens[0], seconds, ttft)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    args = ap.parse_args()
+    cfg = ScriptedEngineConfig(vocab_size=1000, step_s=0.0, max_batch=256)
+    procs = Processes(args.replicas, cfg)
+    try:
+        direct = [f"127.0.0.1:{p}" for p in procs.replica_ports]
+        asyncio.run(drive(direct, 200, 16, 8))  # warm up
+        base = asyncio.run(drive(direct, args.requests, args.concurrency, args.max_tokens))
+        routed = asyncio.run(drive([f"127.0.0.1:{procs.router_port}"], args.requests, args.concurrency, args.max_tokens))
+    finally:
+        procs.close()
+    print(f"router capacity: {args.replicas} zero-compute replicas, {args.concurrency} concurrent streams, "
+          f"{args.max_tokens} tokens per request, {args.requests} requests")
+    print(f"{'path':<22}{'requests/s':>12}{'tokens/s':>12}{'TTFT p50 ms':>13}")
+    for name, r in (("direct to replicas", base), ("through one router", routed)):
+        print(f"{name:<22}{r.rps:>12.0f}{r.tps:>12.0f}{r.ttft_p50_ms():>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

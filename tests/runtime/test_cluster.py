@@ -1,0 +1,216 @@
+"""One real Ray cluster of two tiny-model replicas behind the router, over real gRPC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+import ray
+
+from tests.runtime.conftest import greedy, run, stub_for
+from ttdist.router.deploy import deploy, wait_serving
+from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
+from ttdist.v1 import generation_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [[100 + 7 * i + j for j in range(5 + i)] for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_checkpoint, tmp_path_factory):
+    config = ClusterConfig(
+        model=str(tiny_checkpoint), groups=(ReplicaGroup(count=2, mesh="1x1"), ReplicaGroup(count=1, mesh="1x2", devices=((4, 5),))),
+        port=0, dashboard_port=0, max_kv_pages=96, weights_cache=str(tmp_path_factory.mktemp("weights")),
+        health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0, failed_after_s=6.0),
+    )
+    deployment = deploy(config)
+    wait_serving(deployment)
+    channel, stub = stub_for(deployment.address)
+    yield deployment, stub
+    channel.close()
+    deployment.shutdown()
+
+
+def status(stub):
+    return stub.GetClusterStatus(pb.ClusterStatusRequest())
+
+
+def wait_all_ready(stub, n=3, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = status(stub)
+        if sum(r.state == "ready" for r in st.replicas) == n:
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"replicas not ready: {status(stub)}")
+
+
+def reference_greedy(checkpoint, prompt, n):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_status_shows_replicas_meshes_and_kv_budget(cluster):
+    deployment, stub = cluster
+    st = wait_all_ready(stub)
+    assert [r.replica_id for r in st.replicas] == ["replica-0", "replica-1", "replica-2"]
+    assert [r.mesh for r in st.replicas] == ["1x1", "1x1", "1x2"]
+    for r in st.replicas:
+        assert r.backend == "sim" and r.pid > 0 and r.node_id and r.address.startswith("127.0.0.1:")
+        assert r.kv_pages_total == 96 and r.kv_pages_budget > 96
+    # the 1x2 mesh halves the KV heads per chip: twice the pages fit
+    assert st.replicas[2].kv_pages_budget > st.replicas[0].kv_pages_budget
+    assert len({r.pid for r in st.replicas}) == 3
+    models = stub.ListModels(pb.ListModelsRequest())
+    assert models.models[0].id == "tiny-llama" and models.models[0].vocab_size == 49152
+
+
+def test_replica_with_devices_sees_only_them(cluster):
+    deployment, _ = cluster
+    actor = ray.get(deployment.coordinator.actor.remote("replica-2"))
+    assert ray.get(actor.env.remote("TT_VISIBLE_DEVICES")) == "4,5"
+    actor0 = ray.get(deployment.coordinator.actor.remote("replica-0"))
+    assert ray.get(actor0.env.remote("TT_VISIBLE_DEVICES")) is None
+
+
+def test_greedy_equals_transformers_and_streaming_equals_unary(cluster, tiny_checkpoint):
+    _, stub = cluster
+    prompt = PROMPTS[3]
+    want = reference_greedy(tiny_checkpoint, prompt, 12)
+    seen = set()
+    for _ in range(3):   # round robin: every replica, 1x1 and 1x2 alike
+        ids, complete = run(stub, greedy(prompt, 12))
+        assert ids == want and list(complete.output_ids) == want
+        ids_u, complete_u = run(stub, greedy(prompt, 12, stream=False))
+        assert ids_u == [] and list(complete_u.output_ids) == want and complete_u.text == complete.text
+        seen |= {complete.replica_id, complete_u.replica_id}
+    assert seen == {"replica-0", "replica-1", "replica-2"}
+
+
+def test_text_prompt_uses_the_tokenizer(cluster):
+    _, stub = cluster
+    req = pb.GenerateRequest(text="The cluster says", sampling=pb.SamplingParams(max_tokens=4, ignore_eos=True), stream=True)
+    ids, complete = run(stub, req)
+    assert len(ids) == 4 and complete.usage.prompt_tokens == 3 and complete.finish_reason == pb.LENGTH
+
+
+def test_malformed_requests_through_the_cluster(cluster):
+    _, stub = cluster
+    bad = [
+        (pb.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (greedy([1, 49152], 2), grpc.StatusCode.INVALID_ARGUMENT),
+        (greedy([1], 2, model="nope"), grpc.StatusCode.NOT_FOUND),
+        (greedy(list(range(1, 1030)), 2), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.GenerateRequest(text="x", sampling=pb.SamplingParams(top_p=2)), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for req, code in bad:
+        with pytest.raises(grpc.RpcError) as info:
+            run(stub, req)
+        assert info.value.code() == code
+    ids, _ = run(stub, greedy([1, 2, 3], 3))
+    assert len(ids) == 3
+
+
+def replica_status(address):
+    channel, stub = stub_for(address)
+    with channel:
+        return stub.GetClusterStatus(pb.ClusterStatusRequest()).replicas[0]
+
+
+def test_abort_frees_pages(cluster):
+    _, stub = cluster
+    wait_all_ready(stub)
+    call = stub.Generate(greedy(list(range(1, 70)), 900, request_id="to-abort"))
+    first = next(call)
+    assert first.WhichOneof("kind") == "chunk"
+    entry = next(r for r in status(stub).replicas if r.replica_id == _replica_of(stub, "to-abort", call))
+    busy = replica_status(entry.address)
+    assert busy.running == 1 and busy.kv_pages_free < busy.kv_pages_total
+    assert stub.Abort(pb.AbortRequest(request_id="to-abort")).found
+    last = list(call)[-1]
+    assert last.complete.finish_reason == pb.ABORT
+    idle = replica_status(entry.address)
+    assert idle.running == 0 and idle.kv_pages_free == idle.kv_pages_total
+
+
+def _replica_of(stub, request_id, call):
+    """The replica running ``request_id``: the one whose own status shows a running request."""
+    for r in status(stub).replicas:
+        if replica_status(r.address).running:
+            return r.replica_id
+    raise AssertionError("no replica is running the request")
+
+
+def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
+    deployment, stub = cluster
+    wait_all_ready(stub)
+    n = 60
+    undisturbed = [run(stub, greedy(p, n))[0] for p in PROMPTS]
+    got = [[] for _ in PROMPTS]
+    completes = [None] * len(PROMPTS)
+    all_started = threading.Barrier(len(PROMPTS) + 1)
+
+    def stream(i):
+        started = False
+        for resp in stub.Generate(greedy(PROMPTS[i], n), timeout=120):
+            if resp.WhichOneof("kind") == "chunk":
+                got[i].extend(resp.chunk.token_ids)
+                if not started and len(got[i]) >= 2:
+                    started = True
+                    all_started.wait()
+            else:
+                completes[i] = resp.complete
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    all_started.wait()
+    victim = next(r for r in status(stub).replicas if r.replica_id == "replica-0")
+    os.kill(victim.pid, signal.SIGKILL)
+    mid = [len(g) for g in got]
+    for t in threads:
+        t.join()
+    assert any(m < n for m in mid), "the kill came after every stream had finished"
+    for i in range(len(PROMPTS)):
+        assert got[i] == undisturbed[i], i
+        assert list(completes[i].output_ids) == undisturbed[i]
+        assert completes[i].usage.completion_tokens == n and completes[i].usage.prompt_tokens == len(PROMPTS[i])
+        assert completes[i].replica_id in ("replica-1", "replica-2") or mid[i] == n
+    # the coordinator notices, restarts the replica (new process) and reports all of it
+    st = wait_all_ready(stub)
+    restarted = next(r for r in st.replicas if r.replica_id == "replica-0")
+    assert restarted.pid != victim.pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        kinds = [e.kind for e in deployment.snapshot().events]
+        if "request_migrated" in kinds:
+            break
+        time.sleep(0.2)
+    assert {"replica_failed", "replica_restarted", "request_migrated"} <= set(kinds)
+    snap = deployment.snapshot()
+    r0 = next(r for r in snap.replicas if r.replica_id == "replica-0")
+    assert r0.restarts == 1 and r0.state == "ready"
+
+
+def test_snapshot_for_the_dashboard(cluster):
+    deployment, stub = cluster
+    run(stub, greedy([5, 6, 7], 4))
+    time.sleep(0.6)
+    snap = deployment.snapshot()
+    assert snap.model == "tiny-llama" and snap.policy == "round_robin"
+    r2 = next(r for r in snap.replicas if r.replica_id == "replica-2")
+    assert len(r2.chips) == 2 and r2.chips[0].dram_weights_bytes > 0 and r2.chips[0].dram_kv_bytes > 0
+    assert sum(r.generation_tokens_total for r in snap.replicas) > 0
+    assert snap.ttft_seconds.count > 0 and snap.ttft_seconds.p50 > 0
+    assert deployment.dashboard_url.startswith("http://127.0.0.1:")

@@ -1,0 +1,109 @@
+"""The health state machine and the cluster spec files, without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ttdist.runtime.config import ClusterConfigError, HealthConfig
+from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
+from ttdist.runtime.spec import load_spec, parse_spec
+
+BEAT = Heartbeat(1, 0, 10, 12, 0.0, 5.0, 3, 4)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def registry():
+    reg = Registry(HealthConfig(unhealthy_after_s=2.0, failed_after_s=5.0, start_timeout_s=30.0))
+    reg.add(ReplicaRecord("r0", 0, "1x1", "sim"), now=0.0)
+    return reg
+
+
+def test_starting_ready_unhealthy_ready_unhealthy_failed():
+    reg = registry()
+    r = reg.replicas["r0"]
+    assert r.state == "starting"
+    reg.heartbeat("r0", BEAT, 0.5)            # ignored while starting
+    assert r.stats is None
+    reg.started("r0", 1.0, pid=11, node_id="n", address="a:1", kv_pages_total=12)
+    assert r.state == "ready"
+    reg.heartbeat("r0", BEAT, 2.0)
+    reg.tick(3.9)
+    assert r.state == "ready"
+    reg.tick(4.1)
+    assert r.state == "unhealthy"
+    reg.heartbeat("r0", BEAT, 5.0)
+    assert r.state == "ready"
+    reg.tick(7.5)
+    assert r.state == "unhealthy"
+    reg.tick(12.0)
+    assert r.state == "unhealthy"
+    reg.tick(12.6)
+    assert r.state == "failed"
+    assert [e.kind for e in reg.events] == [
+        "replica_started", "replica_unhealthy", "replica_recovered", "replica_unhealthy", "replica_failed",
+    ]
+
+
+def test_dead_process_fails_at_once_and_restart_counts():
+    reg = registry()
+    reg.started("r0", 1.0, pid=11, node_id="n", address="a:1", kv_pages_total=12)
+    reg.failed("r0", 1.5, "process gone")
+    assert reg.replicas["r0"].state == "failed"
+    reg.heartbeat("r0", BEAT, 1.6)            # a late heartbeat does not revive it
+    assert reg.replicas["r0"].state == "failed"
+    reg.restarting("r0", 2.0)
+    r = reg.replicas["r0"]
+    assert (r.state, r.restarts, r.pid, r.address) == ("starting", 1, 0, "")
+    reg.started("r0", 3.0, pid=12, node_id="n", address="a:2", kv_pages_total=12)
+    assert reg.events[-1].kind == "replica_restarted" and r.state == "ready"
+
+
+def test_start_timeout_fails():
+    reg = registry()
+    reg.tick(29.0)
+    assert reg.replicas["r0"].state == "starting"
+    reg.tick(31.0)
+    assert reg.replicas["r0"].state == "failed"
+
+
+def test_entries_carry_heartbeat_figures():
+    reg = registry()
+    reg.replicas["r0"].kv_pages_budget = 999
+    reg.started("r0", 1.0, pid=11, node_id="n", address="a:1", kv_pages_total=12)
+    reg.heartbeat("r0", Heartbeat(2, 3, 7, 12, 0.5, 9.0, 1, 1, prefix_hashes=frozenset({5})), 1.2)
+    (e,) = reg.entries()
+    assert (e.running, e.waiting, e.kv_pages_free, e.kv_pages_total, e.kv_pages_budget) == (2, 3, 7, 12, 999)
+    assert e.prefix_hashes == {5} and e.to_proto().kv_pages_budget == 999
+
+
+@pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy"])
+def test_shipped_specs_load(name):
+    spec = load_spec(ROOT / "cluster" / f"{name}.yaml")
+    assert spec.config.num_replicas >= 1
+
+
+def test_galaxy_partition_spec():
+    spec = load_spec(ROOT / "cluster" / "tg-4x2x4.yaml").config
+    (group,) = spec.groups
+    assert (group.count, group.mesh, group.resources["tt_chips"]) == (4, "2x4", 8.0)
+    assert sorted(d for ids in group.devices for d in ids) == list(range(32))
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"replicas": [{"count": 0}]}, "count"),
+    ({"replicas": [{"mesh": "3y3"}]}, "mesh"),
+    ({"replicas": [{"backend": "gpu"}]}, "backend"),
+    ({"replicas": [{"count": 2, "devices": [[0]]}]}, "devices"),
+    ({"replicas": [{"mesh": "1x2", "devices": [[0]]}]}, "devices"),
+    ({"replicas": [{"colour": "red"}]}, "colour"),
+    ({"portt": 1}, "portt"),
+    ({"port": 70000}, "port"),
+    ({"engine": "magic"}, "engine"),
+    ({"health": {"beat": 1}}, "beat"),
+    ({"replicas": []}, "replicas"),
+])
+def test_bad_specs_name_the_field(raw, field):
+    with pytest.raises(ClusterConfigError, match=field):
+        parse_spec(raw)

@@ -1,0 +1,59 @@
+"""``ttdist serve`` in a subprocess: serves, then SIGTERM leaves no process behind (by PID)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.runtime.conftest import greedy, run, stub_for
+from ttdist.v1 import generation_pb2 as pb
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TTDIST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", "import sys; from ttdist.cli import main; sys.exit(main())",
+           "serve", "--model", str(tiny_checkpoint), "--replicas", "2", "--port", "0", "--dashboard-port", "0",
+           "--max-kv-pages", "32", "--policy", "least_load"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = None
+        deadline = time.monotonic() + 240
+        while address is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                raise AssertionError(f"serve exited with {proc.returncode}")
+            match = re.search(r"serving .* on (\S+:\d+)", line)
+            address = match.group(1) if match else None
+        assert address, "serve did not report its address"
+        channel, stub = stub_for(address)
+        with channel:
+            ids, complete = run(stub, greedy([1, 2, 3], 5))
+            assert len(ids) == 5
+            st = stub.GetClusterStatus(pb.ClusterStatusRequest())
+        assert st.policy == "least_load" and len(st.replicas) == 2
+        started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)} | {proc.pid}
+        replica_pids = {r.pid for r in st.replicas}
+        assert replica_pids <= started
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    alive = started
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+        time.sleep(0.2)
+    assert not alive, [psutil.Process(p).cmdline()[:3] for p in alive]

@@ -1,0 +1,91 @@
+"""``ttdist serve``: run a cluster in the foreground until SIGINT / SIGTERM.
+
+With no flags it serves SmolLM2-135M-Instruct on a local Ray cluster with one simulated
+1x1 mesh replica, the gRPC API on 127.0.0.1:50051 and the dashboard on :8480. Stopping it
+stops the router, the replicas, the coordinator and the local Ray processes it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from ttdist.cli import EXIT_USAGE, CommandError
+
+EPILOG = """examples:
+  ttdist serve
+  ttdist serve --replicas 4 --mesh n300 --policy least_load
+  ttdist serve --model ./my-llama --mesh 2x4 --port 50052 --dashboard-port 0
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve a model on a Ray cluster (foreground; Ctrl-C stops everything)",
+        description="Start the coordinator, N replica actors (one mesh each) and the router on Ray, then "
+                    "serve the gRPC API until interrupted.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="checkpoint directory, or 'smollm2' (default)")
+    p.add_argument("--mesh", default="1x1", help="n150, n300, t3k, tg or RxC (default %(default)s)")
+    p.add_argument("--replicas", type=int, default=1, help="number of replicas (default %(default)s)")
+    p.add_argument("--backend", default="sim", choices=("sim", "ttnn"), help="mesh backend (default %(default)s)")
+    p.add_argument("--policy", default="round_robin",
+                   help="round_robin, least_load, power_of_two or cache_aware (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address the API and dashboard listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port (default %(default)s; 0 = any free)")
+    p.add_argument("--dashboard-port", type=int, default=8480,
+                   help="dashboard HTTP port (default %(default)s; 0 = any free; -1 = no dashboard)")
+    p.add_argument("--address", default=None, help="join the Ray cluster at this address instead of starting one")
+    p.add_argument("--dtype", default="float32", help="weight dtype on the mesh (default %(default)s)")
+    p.add_argument("--max-kv-pages", type=int, default=512, help="cap on KV pages per replica (default %(default)s)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ttdist.runtime.config import ClusterConfig, ClusterConfigError, ReplicaGroup
+
+    try:
+        config = ClusterConfig(
+            model=args.model, groups=(ReplicaGroup(count=args.replicas, mesh=args.mesh, backend=args.backend),),
+            policy=args.policy, host=args.host, port=args.port,
+            dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
+            dtype=args.dtype, max_kv_pages=args.max_kv_pages,
+        )
+        config.check()
+    except ClusterConfigError as err:
+        raise CommandError(str(err), EXIT_USAGE) from None
+    return config
+
+
+def run_cluster(config, address: str | None) -> int:
+    """Deploy, print where it serves, block until SIGINT/SIGTERM, tear everything down."""
+    from ttdist.router.deploy import deploy, wait_serving
+    from ttdist.router.policies import UnknownPolicyError
+
+    try:
+        deployment = deploy(config, address=address)
+    except UnknownPolicyError as err:
+        raise CommandError(str(err), EXIT_USAGE) from None
+    # after deploy: Ray installs its own handlers when it starts
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        wait_serving(deployment)
+        print(f"ttdist: serving {config.model} on {deployment.address} "
+              f"({config.num_replicas} replica(s), policy {config.policy})", flush=True)
+        if deployment.dashboard_url:
+            print(f"ttdist: dashboard at {deployment.dashboard_url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("ttdist: shutting down", file=sys.stderr, flush=True)
+    finally:
+        deployment.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_cluster(config_from_args(args), args.address)

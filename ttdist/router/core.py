@@ -1,0 +1,388 @@
+"""The router: checks a request, picks a replica, streams its tokens, moves it when a replica fails.
+
+``Router`` knows the replicas through a ``ReplicaSource`` (the coordinator in a cluster, a
+fixed table in tests), refreshed every ``refresh_s``. It keeps its own count of streams per
+replica (fresher than heartbeats) for the load-based policies. Per request it:
+
+1. checks the fields (``check_request``), tokenizes text so routing and migration work on ids;
+2. filters ready replicas, lets the policy pick one and opens a stream to it;
+3. forwards chunks (streaming) and builds the final ``Complete`` over all segments;
+4. on a replica failure mid-stream (connection lost, UNAVAILABLE, or the coordinator marking
+   it failed) resubmits prompt + ids already sent to another ready replica with the
+   remaining ``max_tokens``: the client sees no gap and no duplicate. Greedy decoding
+   continues exactly; sampled decoding continues validly but from a fresh random stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+import grpc
+
+from ttdist.dashboard.status import Event
+from ttdist.engine.page_pool import block_hashes
+from ttdist.router.latency import LatencyWindow
+from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
+from ttdist.runtime.protocol import RequestError, check_prompt_length, check_request, invalid
+from ttdist.runtime.table import FAILED, READY, RouterReport, RoutingTable
+from ttdist.v1 import generation_pb2 as pb
+from ttdist.v1 import generation_pb2_grpc as pb_grpc
+
+MIGRATE_CODES = {
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED, grpc.StatusCode.DATA_LOSS,
+}
+SUSPECT = "suspect"
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    policy: str = "round_robin"
+    default_max_tokens: int = 256
+    max_inflight: int = 4096
+    max_migrations: int = 3
+    refresh_s: float = 0.25
+    suspect_s: float = 10.0
+    latency_window: int = 4096
+
+
+class ReplicaSource(Protocol):
+    async def table(self, report: RouterReport) -> RoutingTable:
+        """The current registry; ``report`` carries what the router saw since last time."""
+
+
+@dataclass
+class _Load:
+    running: int = 0
+    waiting: int = 0
+    pending_prefill_tokens: int = 0
+
+
+@dataclass
+class _Stream:
+    request_id: str
+    replica_id: str = ""
+    sub_id: str = ""
+    call: grpc.aio.UnaryStreamCall | None = None
+    evacuate: bool = False
+    aborted: bool = False
+
+
+@dataclass
+class _Progress:
+    """What one request has produced so far, across replicas."""
+
+    started: float
+    ids: list[int]
+    text: str = ""
+    first_at: float = 0.0
+    last_at: float = 0.0
+    migrations: int = 0
+    last_replica: str = ""
+
+
+class Router:
+    def __init__(self, config: RouterConfig, source: ReplicaSource, tokenizer=None) -> None:
+        self.config = config
+        self.policy = make_policy(config.policy)
+        self.source = source
+        self.tokenizer = tokenizer
+        self.on_serving: Callable[[bool], Awaitable[None]] | None = None
+        self._table: RoutingTable | None = None
+        self._serving: bool | None = None
+        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GenerationStub]] = {}
+        self._loads: dict[str, _Load] = {}
+        self._suspect: dict[str, tuple[str, int, float]] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._ttft = LatencyWindow(config.latency_window)
+        self._itl = LatencyWindow(config.latency_window)
+        self._events: list[Event] = []
+        self._requests_total = self._migrations_total = 0
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for channel, _ in self._stubs.values():
+            await channel.close()
+        self._stubs.clear()
+
+    @property
+    def table(self) -> RoutingTable:
+        if self._table is None:
+            raise RuntimeError("the router has no routing table yet: call start()")
+        return self._table
+
+    async def refresh(self) -> None:
+        report = RouterReport(
+            policy=self.policy.name, ttft_seconds=self._ttft.summary(), inter_token_seconds=self._itl.summary(),
+            events=tuple(self._events), requests_total=self._requests_total, migrations_total=self._migrations_total,
+        )
+        table = await self.source.table(report)
+        self._events = self._events[len(report.events):]
+        self._apply(table)
+        serving = any(v.state == READY for v in self.views())
+        if serving != self._serving and self.on_serving is not None:
+            await self.on_serving(serving)
+        self._serving = serving
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.refresh_s)
+            try:
+                await self.refresh()
+            except Exception as err:  # noqa: BLE001 - a failed refresh keeps the last table
+                self._events.append(Event(time.time(), "router_refresh_failed", "", repr(err)))
+
+    def _apply(self, table: RoutingTable) -> None:
+        self._table = table
+        by_id = {e.replica_id: e for e in table.replicas}
+        for stream in self._streams.values():
+            entry = by_id.get(stream.replica_id)
+            gone = entry is None or entry.state == FAILED
+            if stream.replica_id and gone and stream.call is not None and not stream.evacuate:
+                stream.evacuate = True
+                stream.call.cancel()
+        addresses = {e.address for e in table.replicas}
+        for address in [a for a in self._stubs if a not in addresses]:
+            channel, _ = self._stubs.pop(address)
+            asyncio.get_running_loop().create_task(channel.close())
+
+    def views(self) -> list[ReplicaView]:
+        views = []
+        now = time.monotonic()
+        for e in self.table.replicas:
+            load = self._loads.get(e.replica_id, _Load())
+            suspect = self._suspect.get(e.replica_id)
+            state = e.state
+            if suspect and suspect[:2] == (e.address, e.pid) and now < suspect[2]:
+                state = SUSPECT
+            views.append(ReplicaView(
+                e.replica_id, state, max(e.running, load.running), max(e.waiting, load.waiting),
+                load.pending_prefill_tokens, e.prefix_hashes,
+            ))
+        return views
+
+    def _stub(self, address: str) -> pb_grpc.GenerationStub:
+        if address not in self._stubs:
+            channel = grpc.aio.insecure_channel(address)
+            self._stubs[address] = (channel, pb_grpc.GenerationStub(channel))
+        return self._stubs[address][1]
+
+    def _mark_suspect(self, replica_id: str, reason: str, request_id: str) -> None:
+        entry = self.table.entry(replica_id)
+        if entry is not None:
+            self._suspect[replica_id] = (entry.address, entry.pid, time.monotonic() + self.config.suspect_s)
+        self._migrations_total += 1
+        self._events.append(Event(time.time(), "request_migrated", replica_id, f"{request_id}: {reason}"))
+
+    def report_snapshot(self) -> RouterReport:
+        return RouterReport(
+            policy=self.policy.name, ttft_seconds=self._ttft.summary(), inter_token_seconds=self._itl.summary(),
+            requests_total=self._requests_total, migrations_total=self._migrations_total,
+        )
+
+    async def abort(self, request_id: str) -> bool:
+        """Abort a request in flight here: the replica frees its pages, the stream ends with ABORT."""
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return False
+        stream.aborted = True
+        entry = self.table.entry(stream.replica_id) if stream.replica_id else None
+        if entry is not None:
+            try:
+                await self._stub(entry.address).Abort(pb.AbortRequest(request_id=stream.sub_id), timeout=5.0)
+            except grpc.aio.AioRpcError:
+                if stream.call is not None:
+                    stream.call.cancel()
+        return True
+
+    async def generate(self, req: pb.GenerateRequest, timeout: float | None) -> AsyncIterator[pb.GenerateResponse]:
+        """The responses for ``req``; raises ``RequestError`` for a bad request or a lost one."""
+        card = self.table.card
+        check_request(req, card)
+        rid = req.request_id or uuid.uuid4().hex
+        if rid in self._streams:
+            raise invalid("request_id", f"{rid!r} is already in flight")
+        if len(self._streams) >= self.config.max_inflight:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", f"{len(self._streams)} requests in flight")
+        prompt = self._prompt_ids(req)
+        if prompt is not None:
+            check_prompt_length(len(prompt), card)
+        info = RequestInfo(
+            rid, len(prompt) if prompt else len(req.text) // 4,
+            tuple(block_hashes(prompt, card.page_size)) if prompt else (),
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stream = _Stream(rid)
+        self._streams[rid] = stream
+        self._requests_total += 1
+        try:
+            async for resp in self._run(req, stream, prompt, info, deadline):
+                yield resp
+        finally:
+            self._streams.pop(rid, None)
+
+    def _prompt_ids(self, req: pb.GenerateRequest) -> list[int] | None:
+        if req.WhichOneof("input") == "token_ids":
+            return list(req.token_ids.ids)
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.encode(req.text)
+
+    async def _run(self, req, stream: _Stream, prompt, info: RequestInfo, deadline):
+        max_tokens = req.sampling.max_tokens or self.config.default_max_tokens
+        progress = _Progress(time.perf_counter(), [])
+        exclude: set[str] = set()
+        while True:
+            done = self._already_done(req, progress, max_tokens)
+            if done is not None:
+                yield pb.GenerateResponse(request_id=stream.request_id, complete=self._complete(done, progress, prompt))
+                return
+            try:
+                replica = route(self.policy, self.views(), info, frozenset(exclude))
+            except NoReplicaError as err:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "", str(err)) from None
+            outcome = _Outcome()
+            async for resp in self._segment(req, stream, replica.replica_id, prompt, info, progress, max_tokens,
+                                            deadline, outcome):
+                yield resp
+            if outcome.finished:
+                self.policy.on_complete(replica.replica_id, info)
+                return
+            exclude.add(replica.replica_id)
+            if outcome.retry_elsewhere:
+                continue
+            if stream.aborted:
+                yield pb.GenerateResponse(request_id=stream.request_id, complete=self._complete(pb.ABORT, progress, prompt))
+                return
+            if prompt is None:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {replica.replica_id} failed: {outcome.failure}")
+            progress.migrations += 1
+            self._mark_suspect(replica.replica_id, outcome.failure, stream.request_id)
+            if progress.migrations > self.config.max_migrations:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"gave up after {progress.migrations} replica failures")
+
+    def _already_done(self, req, progress: _Progress, max_tokens: int) -> int | None:
+        """The finish reason when the ids sent so far already end the request (after a failure)."""
+        if not progress.ids:
+            return None
+        last = progress.ids[-1]
+        if last in req.sampling.stop_token_ids:
+            return pb.STOP
+        eos = getattr(self.tokenizer, "eos_token_ids", ())
+        if not req.sampling.ignore_eos and last in eos:
+            return pb.EOS
+        if len(progress.ids) >= max_tokens:
+            return pb.LENGTH
+        return None
+
+    def _sub_request(self, req, stream: _Stream, prompt, progress: _Progress, max_tokens: int) -> pb.GenerateRequest:
+        sub = pb.GenerateRequest(request_id=stream.request_id, stream=True)
+        sub.sampling.CopyFrom(req.sampling)
+        sub.sampling.max_tokens = max_tokens - len(progress.ids)
+        if progress.migrations:
+            sub.request_id = f"{stream.request_id}#{progress.migrations}"
+        if prompt is None:
+            sub.text = req.text
+        else:
+            sub.token_ids.ids.extend(prompt + progress.ids)
+        return sub
+
+    async def _segment(self, req, stream, replica_id, prompt, info, progress: _Progress, max_tokens, deadline, outcome):
+        entry = self.table.entry(replica_id)
+        sub = self._sub_request(req, stream, prompt, progress, max_tokens)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        call = self._stub(entry.address).Generate(sub, timeout=timeout)
+        stream.call, stream.replica_id, stream.sub_id, stream.evacuate = call, replica_id, sub.request_id, False
+        progress.last_replica = replica_id
+        load = self._loads.setdefault(replica_id, _Load())
+        pending = len(sub.token_ids.ids) or info.prompt_tokens
+        load.waiting += 1
+        load.pending_prefill_tokens += pending
+        first = True
+        seg_ids, seg_text = len(progress.ids), len(progress.text)
+        try:
+            async for resp in call:
+                if resp.WhichOneof("kind") == "chunk":
+                    if first:
+                        first = False
+                        load.waiting -= 1
+                        load.pending_prefill_tokens -= pending
+                        load.running += 1
+                    self._record_chunk(progress, resp.chunk)
+                    if req.stream:
+                        yield pb.GenerateResponse(request_id=stream.request_id, chunk=resp.chunk)
+                else:
+                    progress.ids[seg_ids:] = list(resp.complete.output_ids)
+                    progress.text = progress.text[:seg_text] + resp.complete.text
+                    complete = self._complete(resp.complete.finish_reason, progress, prompt, resp.complete)
+                    outcome.finished = True
+                    yield pb.GenerateResponse(request_id=stream.request_id, complete=complete)
+                    return
+            outcome.failure = "the stream ended without a result"
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and first:
+                outcome.retry_elsewhere = len(self.views()) > 1
+                if not outcome.retry_elsewhere:
+                    raise RequestError(code, "", err.details() or code.name) from None
+            elif code not in MIGRATE_CODES:
+                raise RequestError(code, "", err.details() or code.name) from None
+            outcome.failure = f"{code.name}: {err.details()}"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not (stream.evacuate or stream.aborted) or (task is not None and task.cancelling()):
+                raise
+            outcome.failure = "the coordinator marked the replica failed"
+        finally:
+            if first:
+                load.waiting -= 1
+                load.pending_prefill_tokens -= pending
+            else:
+                load.running -= 1
+            if not call.done():
+                call.cancel()
+
+    def _record_chunk(self, progress: _Progress, chunk: pb.Chunk) -> None:
+        now = time.perf_counter()
+        if not progress.first_at:
+            progress.first_at = now
+            self._ttft.add(now - progress.started)
+        else:
+            self._itl.add(now - progress.last_at)
+        progress.last_at = now
+        progress.ids.extend(chunk.token_ids)
+        progress.text += chunk.text
+
+    def _complete(self, reason: int, progress: _Progress, prompt, last: pb.Complete | None = None) -> pb.Complete:
+        now = time.perf_counter()
+        prompt_tokens = len(prompt) if prompt is not None else (last.usage.prompt_tokens if last else 0)
+        cached = min(last.usage.cached_tokens, prompt_tokens) if last else 0
+        n = len(progress.ids)
+        itl = (progress.last_at - progress.first_at) / (n - 1) if n > 1 and progress.first_at else 0.0
+        return pb.Complete(
+            finish_reason=reason,
+            usage=pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=n, cached_tokens=cached),
+            output_ids=progress.ids, text=progress.text, replica_id=progress.last_replica,
+            timings=pb.Timings(
+                queue_seconds=last.timings.queue_seconds if last else 0.0,
+                ttft_seconds=(progress.first_at or now) - progress.started,
+                mean_inter_token_seconds=itl, total_seconds=now - progress.started,
+            ),
+        )
+
+
+@dataclass
+class _Outcome:
+    finished: bool = False
+    retry_elsewhere: bool = False
+    failure: str = ""

@@ -1,0 +1,117 @@
+"""Bring a whole cluster up (coordinator, replicas, router) and take it down again.
+
+``deploy(config)`` connects to Ray (a fresh local cluster unless ``address`` names one),
+starts the coordinator as a named actor on this node, waits for its replicas, then starts
+the router actor on this node serving the public port. ``Deployment.shutdown()`` stops
+everything it started, including the local Ray processes, and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ttdist.router.actor import RouterActor
+from ttdist.router.core import RouterConfig
+from ttdist.router.policies import make_policy
+from ttdist.runtime.config import ClusterConfig
+from ttdist.runtime.coordinator import Coordinator
+from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE
+
+
+class DeployError(RuntimeError):
+    """The cluster did not come up; the message says which part and why."""
+
+
+@dataclass
+class Deployment:
+    config: ClusterConfig
+    coordinator: object
+    router: object
+    port: int
+    dashboard_url: str
+    started_ray: bool
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def snapshot(self):
+        """The dashboard's ``ClusterSnapshot`` of this cluster, now."""
+        return ray.get(self.coordinator.snapshot.remote())
+
+    def shutdown(self) -> None:
+        for call in (self.router.stop.remote(), self.coordinator.shutdown.remote()):
+            try:
+                ray.get(call, timeout=15)
+            except Exception:  # noqa: BLE001 - keep tearing down whatever is left
+                pass
+        for actor in (self.router, self.coordinator):
+            ray.kill(actor, no_restart=True)
+        if self.started_ray:
+            ray.shutdown()
+
+
+def connect(address: str | None) -> bool:
+    """Join Ray at ``address`` or start a local one; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address or "local", namespace=NAMESPACE, include_dashboard=False,
+        logging_level="WARNING", log_to_driver=True,
+    )
+    return True
+
+
+def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s: float = 600.0) -> Deployment:
+    config.check()
+    make_policy(config.policy)
+    started = connect(address)
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    coordinator = ray.remote(Coordinator).options(
+        name=COORDINATOR_NAME, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, scheduling_strategy=here,
+    ).remote(config)
+    router = None
+    try:
+        ray.get(coordinator.start.remote(), timeout=ready_timeout_s)
+        ready = ray.get(coordinator.wait_ready.remote(config.num_replicas, ready_timeout_s))
+        if ready == 0:
+            snap = ray.get(coordinator.snapshot.remote())
+            why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == "replica_failed")
+            raise DeployError(f"no replica became ready ({why or 'no reason reported'})")
+        router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens)
+        tokenizer_dir = ray.get(coordinator.model_dir_path.remote())
+        router = ray.remote(RouterActor).options(
+            num_cpus=0, max_concurrency=1000, scheduling_strategy=here,
+        ).remote(router_config, config.host, config.port, tokenizer_dir)
+        port = ray.get(router.start.remote(), timeout=60)
+        url = ray.get(coordinator.dashboard_url.remote())
+    except BaseException:
+        if router is not None:
+            ray.kill(router, no_restart=True)
+        ray.kill(coordinator, no_restart=True)
+        if started:
+            ray.shutdown()
+        raise
+    return Deployment(config, coordinator, router, port, url, started)
+
+
+def wait_serving(deployment: Deployment, timeout_s: float = 30.0) -> None:
+    """Block until the public port answers health SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(deployment.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise DeployError(f"the router at {deployment.address} is not SERVING after {timeout_s} s")

@@ -1,0 +1,87 @@
+"""What every routing policy sees: one view per replica, one request summary.
+
+A policy picks one replica for one request with ``select(replicas, request)``. The router
+filters out replicas that are not ready (and any it must avoid, such as the one a stream
+is migrating away from) before any policy runs, so a policy never sees an unhealthy
+replica and always gets at least one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+READY = "ready"
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica as the router sees it at routing time.
+
+    ``running`` / ``waiting`` are the larger of the replica's last heartbeat and the
+    router's own count of its streams there (fresher, but blind to other routers);
+    ``pending_prefill_tokens`` are the prompt tokens of this router's streams that have
+    not produced a first token yet. ``prefix_hashes`` are the chained page hashes the
+    replica's prefix cache held at its last heartbeat.
+    """
+
+    replica_id: str
+    state: str = READY
+    running: int = 0
+    waiting: int = 0
+    pending_prefill_tokens: int = 0
+    prefix_hashes: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """The part of a request that routing looks at."""
+
+    request_id: str
+    prompt_tokens: int = 0
+    block_hashes: tuple[int, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class LoadWeights:
+    """How queue length and pending prefill combine into one load figure.
+
+    A replica's load is ``running + waiting + pending_prefill_tokens / prefill_tokens_per_request``:
+    ``prefill_tokens_per_request`` prompt tokens waiting for prefill weigh as much as one
+    more request in the batch.
+    """
+
+    prefill_tokens_per_request: float = 512.0
+
+    def load(self, replica: ReplicaView) -> float:
+        pending = replica.pending_prefill_tokens / self.prefill_tokens_per_request
+        return replica.running + replica.waiting + pending
+
+
+class Policy(Protocol):
+    name: str
+
+    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
+        """One of ``replicas`` (never empty, all ready) for ``request``."""
+
+    def on_complete(self, replica_id: str, request: RequestInfo) -> None:
+        """The request finished on ``replica_id`` (policies may ignore this)."""
+
+
+class NoReplicaError(RuntimeError):
+    """No replica is ready to take a request."""
+
+
+def route(
+    policy: Policy,
+    replicas: Sequence[ReplicaView],
+    request: RequestInfo,
+    exclude: frozenset[str] = frozenset(),
+) -> ReplicaView:
+    """Health filtering, then the policy: the replica that gets ``request``."""
+    healthy = [r for r in replicas if r.state == READY and r.replica_id not in exclude]
+    if not healthy:
+        known = ", ".join(f"{r.replica_id}={r.state}" for r in replicas) or "none registered"
+        raise NoReplicaError(f"no replica is ready (replicas: {known})")
+    healthy.sort(key=lambda r: r.replica_id)
+    return policy.select(healthy, request)

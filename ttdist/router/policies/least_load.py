@@ -1,0 +1,26 @@
+"""least_load: the replica with the least work queued.
+
+Algorithm: load = running + waiting + pending prefill tokens / ``prefill_tokens_per_request``
+(see ``LoadWeights``); the lowest load wins, ties go to the lowest replica id.
+Parameter: ``prefill_tokens_per_request`` (default 512), how many prompt tokens awaiting
+prefill count as one more request.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ttdist.router.policies.base import LoadWeights, ReplicaView, RequestInfo
+
+
+class LeastLoad:
+    name = "least_load"
+
+    def __init__(self, weights: LoadWeights | None = None) -> None:
+        self.weights = weights or LoadWeights()
+
+    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
+        return min(replicas, key=lambda r: (self.weights.load(r), r.replica_id))
+
+    def on_complete(self, replica_id: str, request: RequestInfo) -> None:
+        return None

@@ -1,0 +1,27 @@
+"""round_robin: each request goes to the next ready replica in replica-id order.
+
+Algorithm: a counter advances by one per request; the replica at
+``counter % len(ready replicas)`` (sorted by id) is chosen. When a replica leaves or joins
+the ready set the rotation continues over the new set. No parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ttdist.router.policies.base import ReplicaView, RequestInfo
+
+
+class RoundRobin:
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._counter = 0
+
+    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
+        chosen = replicas[self._counter % len(replicas)]
+        self._counter += 1
+        return chosen
+
+    def on_complete(self, replica_id: str, request: RequestInfo) -> None:
+        return None

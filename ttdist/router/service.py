@@ -1,0 +1,55 @@
+"""The public ``Generation`` service: the router's methods behind gRPC status codes.
+
+``start_router_server`` serves it with grpc.health.v1 (SERVING while at least one replica
+is ready) and server reflection, so ``grpcurl`` works against the port.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from ttdist.router.core import Router
+from ttdist.runtime.grpc_server import RunningServer, start_generation_server
+from ttdist.runtime.protocol import RequestError, abort_with, check_abort
+from ttdist.v1 import generation_pb2 as pb
+from ttdist.v1 import generation_pb2_grpc as pb_grpc
+
+
+class RouterService(pb_grpc.GenerationServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        try:
+            async for resp in self.router.generate(request, context.time_remaining()):
+                yield resp
+        except RequestError as err:
+            await abort_with(context, err)
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        try:
+            check_abort(request)
+        except RequestError as err:
+            await abort_with(context, err)
+        return pb.AbortResponse(found=await self.router.abort(request.request_id))
+
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[self.router.table.card.to_proto()])
+
+    async def GetClusterStatus(self, request, context) -> pb.ClusterStatus:
+        try:
+            await self.router.refresh()
+        except Exception as err:  # noqa: BLE001 - answer from the last table, say so
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the coordinator did not answer: {err!r}")
+        table = self.router.table
+        return pb.ClusterStatus(
+            replicas=[e.to_proto() for e in table.replicas], model=table.card.model_id, policy=self.router.policy.name
+        )
+
+
+async def start_router_server(router: Router, host: str, port: int) -> RunningServer:
+    """Start ``router`` (first table fetched) and serve it on host:port."""
+    running = await start_generation_server(RouterService(router), host, port)
+    router.on_serving = running.set_serving
+    await router.start()
+    return running

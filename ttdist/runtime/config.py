@@ -1,0 +1,98 @@
+"""The one configuration object of a cluster, checked once where it enters (CLI or spec file).
+
+A cluster serves one model with one or more groups of replicas. Each group says how many
+replicas, on which mesh and backend, which Ray resources each one needs (``tt_chips`` and
+a system kind on real hosts) and, where one host's chips are split between replicas, which
+device ids each replica owns (set as ``TT_VISIBLE_DEVICES`` in that replica).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ttdist.mesh.spec import MeshSpecError, parse_mesh
+from ttdist.runtime.scripted_engine import ScriptedEngineConfig
+
+BACKENDS = ("sim", "ttnn")
+ENGINES = ("model", "scripted")
+
+
+class ClusterConfigError(ValueError):
+    """A cluster setting that cannot work; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    count: int = 1
+    mesh: str = "1x1"
+    backend: str = "sim"
+    resources: dict[str, float] = field(default_factory=dict)
+    devices: tuple[tuple[int, ...], ...] = ()   # one device-id list per replica, or empty
+
+    def check(self, where: str) -> None:
+        if self.count < 1:
+            raise ClusterConfigError(f"{where}.count must be >= 1, got {self.count}")
+        try:
+            spec = parse_mesh(self.mesh)
+        except MeshSpecError as err:
+            raise ClusterConfigError(f"{where}.mesh: {err}") from None
+        if self.backend not in BACKENDS:
+            raise ClusterConfigError(f"{where}.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.devices and len(self.devices) != self.count:
+            raise ClusterConfigError(f"{where}.devices lists {len(self.devices)} device sets for {self.count} replicas")
+        for ids in self.devices:
+            if len(ids) != spec.num_chips:
+                raise ClusterConfigError(f"{where}.devices: {list(ids)} is not {spec.num_chips} chips for mesh {self.mesh}")
+        for name, amount in self.resources.items():
+            if amount < 0:
+                raise ClusterConfigError(f"{where}.resources.{name} must be >= 0, got {amount}")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    heartbeat_s: float = 0.5          # replica -> coordinator stats interval (and probe interval)
+    unhealthy_after_s: float = 2.0    # no heartbeat for this long: ready -> unhealthy
+    failed_after_s: float = 8.0       # unhealthy for this long: -> failed (then restarted)
+    start_timeout_s: float = 300.0    # a replica that has not started by then has failed
+    restart: bool = True
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    model: str = "smollm2"                      # a checkpoint directory or "smollm2"
+    groups: tuple[ReplicaGroup, ...] = (ReplicaGroup(),)
+    policy: str = "round_robin"
+    host: str = "127.0.0.1"                      # where the router (public API) and dashboard listen
+    replica_host: str = "127.0.0.1"              # where replicas listen; "" = their node's IP (multi-host)
+    port: int = 50051
+    dashboard_port: int | None = 8480           # None = no dashboard
+    dtype: str = "float32"
+    page_size: int = 32
+    max_batch: int = 32
+    max_kv_pages: int = 512                      # pool cap per replica (simulated caches live in host RAM)
+    max_context: int | None = None
+    default_max_tokens: int = 256
+    engine: str = "model"                        # "scripted": no model, fixed token rule (tests, benchmarks)
+    scripted: ScriptedEngineConfig = field(default_factory=ScriptedEngineConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    weights_cache: str | None = None
+    cpu_threads: int = 1                         # torch threads per simulated replica
+
+    def check(self) -> None:
+        if not self.groups:
+            raise ClusterConfigError("replicas: at least one replica group is needed")
+        for i, group in enumerate(self.groups):
+            group.check(f"replicas[{i}]")
+        if not 0 <= self.port <= 65535:
+            raise ClusterConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.dashboard_port is not None and not 0 <= self.dashboard_port <= 65535:
+            raise ClusterConfigError(f"dashboard_port must be in 0..65535, got {self.dashboard_port}")
+        if self.engine not in ENGINES:
+            raise ClusterConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        for name in ("page_size", "max_batch", "max_kv_pages", "default_max_tokens", "cpu_threads"):
+            if getattr(self, name) < 1:
+                raise ClusterConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def num_replicas(self) -> int:
+        return sum(g.count for g in self.groups)

@@ -1,0 +1,270 @@
+"""The coordinator actor: weights, KV budgets, the replica registry, health and restarts.
+
+Named ``ttdist-coordinator`` in namespace ``ttdist``. ``start`` resolves the model, converts
+its weights once per mesh layout into the converted-weight cache (progress in its log and an
+event), sizes each replica's KV cache with ``kv_budget`` (chip DRAM - weights - reserve, from
+the mesh spec; capped by ``max_kv_pages`` for simulated meshes, which live in host RAM),
+then starts every replica actor. Replicas on the coordinator's node read the cache; replicas
+elsewhere get the shards through the Ray object store (put once per layout).
+
+A monitor loop probes every replica each ``heartbeat_s`` (a dead process fails at once),
+feeds the health state machine and restarts failed replicas. The router asks for the
+``RoutingTable`` and reports latencies and migrations in the same call; ``snapshot`` turns
+all of it into the dashboard's ``ClusterSnapshot``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import ray
+
+from ttdist.dashboard.status import ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
+from ttdist.mesh.spec import parse_mesh
+from ttdist.runtime.config import ClusterConfig
+from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
+from ttdist.runtime.replica import ReplicaActor, ReplicaSetup
+from ttdist.runtime.table import FAILED, READY, UNHEALTHY, RouterReport, RoutingTable
+
+PROBE_TIMEOUT_S = 2.0
+
+
+class Coordinator:
+    def __init__(self, config: ClusterConfig) -> None:
+        config.check()
+        self.config = config
+        self.registry = Registry(config.health)
+        self.card: ModelCard | None = None
+        self.model_dir = ""
+        self._actors: dict[str, ray.actor.ActorHandle] = {}
+        self._setups: dict[str, ReplicaSetup] = {}
+        self._weights_path: dict[str, str] = {}
+        self._weights_ref: dict[str, ray.ObjectRef] = {}
+        self._budget: dict[str, object] = {}
+        self._report = RouterReport(policy=config.policy)
+        self._router_events: list = []
+        self._monitor: asyncio.Task | None = None
+        self._dashboard = None
+        self._node_id = ray.get_runtime_context().get_node_id()
+
+    # ---------------------------------------------------------------- start
+    async def start(self) -> None:
+        cfg = self.config
+        self.card = await asyncio.to_thread(self._resolve_model)
+        meshes = {g.mesh for g in cfg.groups}
+        if cfg.engine == "model":
+            for mesh in sorted(meshes):
+                await self._convert(mesh)
+        n = 0
+        for gi, group in enumerate(cfg.groups):
+            for k in range(group.count):
+                rid = f"replica-{n}"
+                n += 1
+                devices = group.devices[k] if group.devices else ()
+                record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.backend, tuple(devices))
+                record.kv_pages_budget = self._pages_budget(group.mesh)
+                self.registry.add(record, time.monotonic())
+                self._setups[rid] = self._setup(record, group.mesh)
+        await asyncio.gather(*(self._launch(rid) for rid in self._setups))
+        self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
+        if cfg.dashboard_port is not None:
+            await self._start_dashboard()
+
+    def _resolve_model(self) -> ModelCard:
+        cfg = self.config
+        if cfg.engine == "scripted":
+            s = cfg.scripted
+            return ModelCard("scripted", s.vocab_size, s.max_context, s.page_size)
+        from ttdist.model.config import LlamaConfig
+
+        if cfg.model == "smollm2":
+            from ttdist.model.smollm2 import materialize
+
+            path, model_id = materialize(), "smollm2"
+        else:
+            path = Path(cfg.model).expanduser().resolve()
+            model_id = path.name
+        self.model_dir = str(path)
+        lc = LlamaConfig.from_dir(path)
+        max_context = min(cfg.max_context or lc.max_position_embeddings, lc.max_position_embeddings)
+        return ModelCard(model_id, lc.vocab_size, max_context, cfg.page_size)
+
+    async def _convert(self, mesh: str) -> None:
+        from ttdist.model.runner import kv_budget
+        from ttdist.model.weights import convert_checkpoint
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        self.registry.event("weights_converting", "", f"{self.card.model_id} for mesh {mesh} ({cfg.dtype})")
+        path = await asyncio.to_thread(
+            convert_checkpoint, self.model_dir, mesh=mesh, dtype=cfg.dtype, cache_dir=cfg.weights_cache, progress=True
+        )
+        self._weights_path[mesh] = str(path)
+        self._budget[mesh] = kv_budget(self.model_dir, mesh=mesh, dtype=cfg.dtype, page_size=cfg.page_size)
+        self.registry.event(
+            "weights_ready", "", f"mesh {mesh}: {path.name} in {time.perf_counter() - t0:.1f} s; "
+            f"KV budget {self._budget[mesh].num_pages} pages per replica"
+        )
+
+    def _pages_budget(self, mesh: str) -> int:
+        if self.config.engine == "scripted":
+            return self.config.scripted.num_pages
+        return self._budget[mesh].num_pages
+
+    def _setup(self, record: ReplicaRecord, mesh: str) -> ReplicaSetup:
+        cfg = self.config
+        return ReplicaSetup(
+            replica_id=record.replica_id, mesh=mesh, backend=record.backend, card=self.card,
+            model_dir=self.model_dir, devices=record.devices, engine=cfg.engine, scripted=cfg.scripted,
+            num_pages=min(record.kv_pages_budget, cfg.max_kv_pages), max_batch=cfg.max_batch,
+            default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
+            host=cfg.replica_host,
+        )
+
+    async def _weights_for(self, mesh: str, node_id: str):
+        if self.config.engine == "scripted":
+            return None
+        if node_id == self._node_id:
+            return self._weights_path[mesh], "cache"
+        if mesh not in self._weights_ref:
+            from ttdist.model.weights import load_converted
+
+            shards = await asyncio.to_thread(load_converted, self._weights_path[mesh])
+            self._weights_ref[mesh] = ray.put(shards)
+        return self._weights_ref[mesh], "object_store"
+
+    async def _launch(self, rid: str) -> None:
+        setup = self._setups[rid]
+        group = self.config.groups[self.registry.replicas[rid].group]
+        env = {"OMP_NUM_THREADS": str(self.config.cpu_threads)}
+        if setup.devices:
+            env["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
+        actor = ray.remote(ReplicaActor).options(
+            num_cpus=0, resources=dict(group.resources) or None, max_restarts=0, max_concurrency=1000,
+            runtime_env={"env_vars": env},
+        ).remote(setup)
+        self._actors[rid] = actor
+        try:
+            node_id = await asyncio.wait_for(actor.node_id.remote(), self.config.health.start_timeout_s)
+            weights = await self._weights_for(setup.mesh, node_id)
+            arg, via = weights if weights else (None, "")
+            self.registry.replicas[rid].weights_via = via
+            started = await asyncio.wait_for(actor.start.remote(arg), self.config.health.start_timeout_s)
+        except Exception as err:  # noqa: BLE001 - any start failure marks the replica failed
+            self.registry.failed(rid, time.monotonic(), f"start failed: {type(err).__name__}: {err}")
+            return
+        self.registry.started(
+            rid, time.monotonic(), pid=started.pid, node_id=started.node_id, address=started.address,
+            kv_pages_total=started.kv_pages_total,
+        )
+
+    # ---------------------------------------------------------------- health
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health.heartbeat_s)
+            await asyncio.gather(*(self._probe(rid) for rid, r in self.registry.replicas.items() if r.state in (READY, UNHEALTHY)))
+            self.registry.tick(time.monotonic())
+            if self.config.health.restart:
+                for rid, r in list(self.registry.replicas.items()):
+                    if r.state == FAILED:
+                        await self._restart(rid)
+
+    async def _probe(self, rid: str) -> None:
+        try:
+            await asyncio.wait_for(self._actors[rid].ping.remote(), PROBE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.registry.unhealthy(rid, time.monotonic(), f"no answer to a probe within {PROBE_TIMEOUT_S} s")
+        except ray.exceptions.RayActorError as err:
+            self.registry.failed(rid, time.monotonic(), f"process gone: {type(err).__name__}")
+
+    async def _restart(self, rid: str) -> None:
+        old = self._actors.pop(rid, None)
+        if old is not None:
+            ray.kill(old, no_restart=True)
+        self.registry.restarting(rid, time.monotonic())
+        asyncio.get_running_loop().create_task(self._launch(rid))
+
+    # ---------------------------------------------------------------- API
+    async def heartbeat(self, replica_id: str, beat: Heartbeat) -> None:
+        self.registry.heartbeat(replica_id, beat, time.monotonic())
+
+    async def routing_table(self, report: RouterReport | None = None) -> RoutingTable:
+        if report is not None:
+            self._report = report
+            for event in report.events:
+                self.registry.events.append(event)
+        return RoutingTable(self.card, self.registry.entries())
+
+    async def replicas(self) -> list[ReplicaRecord]:
+        return list(self.registry.replicas.values())
+
+    async def wait_ready(self, count: int, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready = sum(r.state == READY for r in self.registry.replicas.values())
+            if ready >= count or time.monotonic() > deadline:
+                return ready
+            await asyncio.sleep(0.05)
+
+    async def model_dir_path(self) -> str:
+        return self.model_dir
+
+    def actor(self, replica_id: str):
+        return self._actors[replica_id]
+
+    async def snapshot(self) -> ClusterSnapshot:
+        now = time.monotonic()
+        replicas = [self._replica_snapshot(r, now) for r in sorted(self.registry.replicas.values(), key=lambda r: r.replica_id)]
+        return ClusterSnapshot(
+            time=time.time(), model=self.card.model_id if self.card else "", policy=self._report.policy or self.config.policy,
+            replicas=replicas, events=list(self.registry.events[-100:]),
+            ttft_seconds=self._report.ttft_seconds, inter_token_seconds=self._report.inter_token_seconds,
+        )
+
+    def _replica_snapshot(self, r: ReplicaRecord, now: float) -> ReplicaSnapshot:
+        spec = parse_mesh(r.mesh)
+        budget = self._budget.get(self._setups[r.replica_id].mesh)
+        weights = budget.weight_bytes_per_chip if budget else 0
+        kv = budget.page_bytes_per_chip * r.kv_pages_total if budget else 0
+        chip_state = "failed" if r.state == FAILED else "ok"
+        chips = [ChipSnapshot(row, col, chip_state, spec.dram_bytes_per_chip, weights, kv) for row, col in spec.chips()]
+        s = r.stats
+        return ReplicaSnapshot(
+            replica_id=r.replica_id, state=r.state, pid=r.pid, node_id=r.node_id, mesh=r.mesh, backend=r.backend,
+            address=r.address, kv_pages_total=r.kv_pages_total, kv_pages_free=s.free_pages if s else r.kv_pages_total,
+            running=s.running if s else 0, waiting=s.waiting if s else 0,
+            tokens_per_second=s.tokens_per_second if s else 0.0,
+            prompt_tokens_total=s.prompt_tokens_total if s else 0,
+            generation_tokens_total=s.generation_tokens_total if s else 0,
+            prefix_hit_rate=s.prefix_hit_rate if s else 0.0, chips=chips, restarts=r.restarts,
+            last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
+            requests_finished_total=s.requests_finished_total if s else 0,
+        )
+
+    async def _start_dashboard(self) -> None:
+        from ttdist.dashboard.server import DashboardConfig, DashboardServer
+
+        self._dashboard = DashboardServer(
+            DashboardConfig(host=self.config.host, port=self.config.dashboard_port), self.snapshot
+        )
+        await self._dashboard.start()
+
+    async def dashboard_url(self) -> str:
+        return self._dashboard.url if self._dashboard is not None else ""
+
+    async def shutdown(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+        if self._dashboard is not None:
+            await self._dashboard.stop()
+        stops = [a.stop.remote() for a in self._actors.values()]
+        if stops:
+            await asyncio.wait([asyncio.ensure_future(s) for s in stops], timeout=5.0)
+        for actor in self._actors.values():
+            ray.kill(actor, no_restart=True)
+        self._actors.clear()
+
+

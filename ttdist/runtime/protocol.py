@@ -1,0 +1,116 @@
+"""The public request checked field by field, and the status codes errors map to.
+
+Both the router and every replica check a ``GenerateRequest`` here before any work is
+done, so bad input gets the same typed answer wherever it lands: a ``RequestError`` that
+carries the gRPC status code, the offending field and a message naming both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import grpc
+
+from ttdist.v1 import generation_pb2 as pb
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The served model as clients see it, and the limits requests are checked against."""
+
+    model_id: str
+    vocab_size: int
+    max_context: int
+    page_size: int = 32
+    max_stop_strings: int = 16
+    max_stop_string_chars: int = 256
+    max_text_chars: int = 1 << 20
+    max_request_id_chars: int = 256
+
+    def to_proto(self) -> pb.ModelInfo:
+        return pb.ModelInfo(id=self.model_id, max_context=self.max_context, vocab_size=self.vocab_size)
+
+
+class RequestError(Exception):
+    """A request the server refuses: the status code, the field and why."""
+
+    def __init__(self, code: grpc.StatusCode, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.code = code
+        self.field = field
+
+
+def invalid(field: str, message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, field, message)
+
+
+def check_request(req: pb.GenerateRequest, card: ModelCard) -> None:
+    """Raise ``RequestError`` for the first bad field of ``req``; return None if it is fine."""
+    if len(req.request_id) > card.max_request_id_chars:
+        raise invalid("request_id", f"longer than {card.max_request_id_chars} characters")
+    if req.model and req.model != card.model_id:
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND, "model", f"unknown model {req.model!r}; this server serves {card.model_id!r}"
+        )
+    _check_input(req, card)
+    _check_sampling(req.sampling, card)
+
+
+def _check_input(req: pb.GenerateRequest, card: ModelCard) -> None:
+    kind = req.WhichOneof("input")
+    if kind is None:
+        raise invalid("input", "set either text or token_ids")
+    if kind == "text":
+        if not req.text:
+            raise invalid("text", "the prompt is empty")
+        if len(req.text) > card.max_text_chars:
+            raise invalid("text", f"longer than {card.max_text_chars} characters")
+        return
+    ids = req.token_ids.ids
+    if not ids:
+        raise invalid("token_ids", "the prompt is empty")
+    bad = next((t for t in ids if t < 0 or t >= card.vocab_size), None)
+    if bad is not None:
+        raise invalid("token_ids", f"token id {bad} is outside the vocabulary [0, {card.vocab_size})")
+    check_prompt_length(len(ids), card)
+
+
+def check_prompt_length(n_tokens: int, card: ModelCard) -> None:
+    if n_tokens >= card.max_context:
+        raise invalid(
+            "input", f"the prompt has {n_tokens} tokens; the context window is {card.max_context} (prompt must be shorter)"
+        )
+
+
+def _check_sampling(s: pb.SamplingParams, card: ModelCard) -> None:
+    if not math.isfinite(s.temperature) or s.temperature < 0:
+        raise invalid("sampling.temperature", f"must be a finite number >= 0, got {s.temperature}")
+    if s.top_k < 0:
+        raise invalid("sampling.top_k", f"must be >= 0 (0 = off), got {s.top_k}")
+    if not math.isfinite(s.top_p) or s.top_p < 0 or s.top_p > 1:
+        raise invalid("sampling.top_p", f"must be in [0, 1] (0 or 1 = off), got {s.top_p}")
+    if s.max_tokens < 0:
+        raise invalid("sampling.max_tokens", f"must be >= 0 (0 = server default), got {s.max_tokens}")
+    if s.max_tokens >= card.max_context:
+        raise invalid("sampling.max_tokens", f"{s.max_tokens} does not fit the context window of {card.max_context}")
+    if len(s.stop) > card.max_stop_strings:
+        raise invalid("sampling.stop", f"at most {card.max_stop_strings} stop strings, got {len(s.stop)}")
+    for stop in s.stop:
+        if not stop:
+            raise invalid("sampling.stop", "stop strings must not be empty")
+        if len(stop) > card.max_stop_string_chars:
+            raise invalid("sampling.stop", f"a stop string is longer than {card.max_stop_string_chars} characters")
+    bad = next((t for t in s.stop_token_ids if t < 0 or t >= card.vocab_size), None)
+    if bad is not None:
+        raise invalid("sampling.stop_token_ids", f"token id {bad} is outside the vocabulary [0, {card.vocab_size})")
+
+
+def check_abort(req: pb.AbortRequest) -> None:
+    if not req.request_id:
+        raise invalid("request_id", "name the request to abort")
+
+
+async def abort_with(context: grpc.aio.ServicerContext, err: RequestError) -> None:
+    """End the RPC with ``err``'s status code and message."""
+    await context.abort(err.code, str(err))

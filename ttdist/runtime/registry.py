@@ -1,0 +1,133 @@
+"""The coordinator's registry of replicas and their health state machine (plain Python).
+
+States: ``starting -> ready <-> unhealthy -> failed``; ``failed -> starting`` again when the
+coordinator restarts the replica. Inputs are timestamps the caller passes in, so the
+machine is tested without clocks or Ray:
+
+- ``started``: the replica's server is up -> ready.
+- ``heartbeat``: fresh stats; an unhealthy replica becomes ready again.
+- ``tick(now)``: a ready replica whose last heartbeat is older than ``unhealthy_after_s``
+  becomes unhealthy; one unhealthy for ``failed_after_s`` becomes failed; one starting for
+  longer than ``start_timeout_s`` becomes failed.
+- ``failed``: a definite failure (its process is gone, its start raised) -> failed at once.
+Every transition appends an ``Event``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ttdist.dashboard.status import Event
+from ttdist.runtime.config import HealthConfig
+from ttdist.runtime.table import FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a replica reports every ``heartbeat_s``."""
+
+    running: int
+    waiting: int
+    free_pages: int
+    total_pages: int
+    prefix_hit_rate: float
+    tokens_per_second: float
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    requests_finished_total: int = 0
+    prefix_hashes: frozenset[int] = frozenset()
+
+
+@dataclass
+class ReplicaRecord:
+    replica_id: str
+    group: int
+    mesh: str
+    backend: str
+    devices: tuple[int, ...] = ()
+    state: str = STARTING
+    since: float = 0.0
+    pid: int = 0
+    node_id: str = ""
+    address: str = ""
+    kv_pages_budget: int = 0
+    kv_pages_total: int = 0
+    weights_via: str = ""
+    last_heartbeat: float = 0.0
+    stats: Heartbeat | None = None
+    restarts: int = 0
+
+    def entry(self) -> ReplicaEntry:
+        s = self.stats
+        return ReplicaEntry(
+            replica_id=self.replica_id, address=self.address, state=self.state, pid=self.pid,
+            node_id=self.node_id, mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
+            kv_pages_free=s.free_pages if s else self.kv_pages_total, running=s.running if s else 0,
+            waiting=s.waiting if s else 0, tokens_per_second=s.tokens_per_second if s else 0.0,
+            prefix_hashes=s.prefix_hashes if s else frozenset(), kv_pages_budget=self.kv_pages_budget,
+        )
+
+
+@dataclass
+class Registry:
+    health: HealthConfig
+    replicas: dict[str, ReplicaRecord] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    max_events: int = 500
+
+    def add(self, record: ReplicaRecord, now: float) -> None:
+        record.state, record.since = STARTING, now
+        self.replicas[record.replica_id] = record
+
+    def event(self, kind: str, replica_id: str, message: str) -> None:
+        self.events.append(Event(time.time(), kind, replica_id, message))
+        del self.events[: -self.max_events]
+
+    def _move(self, record: ReplicaRecord, state: str, now: float, kind: str, why: str) -> None:
+        record.state, record.since = state, now
+        self.event(kind, record.replica_id, why)
+
+    def started(self, replica_id: str, now: float, *, pid: int, node_id: str, address: str, kv_pages_total: int) -> None:
+        r = self.replicas[replica_id]
+        r.pid, r.node_id, r.address, r.kv_pages_total = pid, node_id, address, kv_pages_total
+        r.last_heartbeat = now
+        kind = "replica_restarted" if r.restarts else "replica_started"
+        self._move(r, READY, now, kind, f"pid {pid} on {node_id[:12]} serving {address} ({r.mesh} {r.backend})")
+
+    def heartbeat(self, replica_id: str, beat: Heartbeat, now: float) -> None:
+        r = self.replicas.get(replica_id)
+        if r is None or r.state in (FAILED, STARTING):
+            return
+        r.stats, r.last_heartbeat = beat, now
+        if r.state == UNHEALTHY:
+            self._move(r, READY, now, "replica_recovered", "heartbeats resumed")
+
+    def failed(self, replica_id: str, now: float, why: str) -> None:
+        r = self.replicas.get(replica_id)
+        if r is not None and r.state != FAILED:
+            self._move(r, FAILED, now, "replica_failed", why)
+
+    def unhealthy(self, replica_id: str, now: float, why: str) -> None:
+        r = self.replicas.get(replica_id)
+        if r is not None and r.state == READY:
+            self._move(r, UNHEALTHY, now, "replica_unhealthy", why)
+
+    def tick(self, now: float) -> None:
+        h = self.health
+        for r in self.replicas.values():
+            if r.state == READY and now - r.last_heartbeat > h.unhealthy_after_s:
+                self._move(r, UNHEALTHY, now, "replica_unhealthy", f"no heartbeat for {now - r.last_heartbeat:.1f} s")
+            elif r.state == UNHEALTHY and now - r.since > h.failed_after_s:
+                self._move(r, FAILED, now, "replica_failed", f"unhealthy for {now - r.since:.1f} s")
+            elif r.state == STARTING and now - r.since > h.start_timeout_s:
+                self._move(r, FAILED, now, "replica_failed", f"not started after {now - r.since:.0f} s")
+
+    def restarting(self, replica_id: str, now: float) -> None:
+        r = self.replicas[replica_id]
+        r.restarts += 1
+        r.stats, r.pid, r.address = None, 0, ""
+        r.state, r.since = STARTING, now
+
+    def entries(self) -> tuple[ReplicaEntry, ...]:
+        return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id))

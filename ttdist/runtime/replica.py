@@ -1,0 +1,134 @@
+"""The replica actor: one engine + model on one mesh, serving ``Generation`` on an internal port.
+
+A thin shell: the coordinator creates it with a ``ReplicaSetup``, asks which node it landed
+on, then calls ``start`` with the weights (a converted-weight cache path on the
+coordinator's node, the shards themselves through the Ray object store elsewhere). Once
+serving it sends a ``Heartbeat`` to the coordinator every ``heartbeat_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+
+import ray
+
+from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.registry import Heartbeat
+from ttdist.runtime.replica_service import start_replica_server
+from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
+from ttdist.runtime.table import READY, ReplicaEntry
+
+COORDINATOR_NAME = "ttdist-coordinator"
+NAMESPACE = "ttdist"
+
+
+@dataclass(frozen=True)
+class ReplicaSetup:
+    replica_id: str
+    mesh: str
+    backend: str
+    card: ModelCard
+    model_dir: str = ""
+    devices: tuple[int, ...] = ()
+    engine: str = "model"
+    scripted: ScriptedEngineConfig = field(default_factory=ScriptedEngineConfig)
+    num_pages: int = 256
+    max_batch: int = 32
+    default_max_tokens: int = 256
+    heartbeat_s: float = 0.5
+    cpu_threads: int = 1
+    host: str = "127.0.0.1"    # "" = this node's IP
+
+
+@dataclass(frozen=True)
+class StartedReplica:
+    pid: int
+    node_id: str
+    address: str
+    kv_pages_total: int
+
+
+class ReplicaActor:
+    def __init__(self, setup: ReplicaSetup) -> None:
+        self.setup = setup
+        self.engine = None
+        self.server = None
+        self._beats: asyncio.Task | None = None
+        if setup.devices:
+            # before anything can open the chips: this replica sees only its own
+            os.environ["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def env(self, name: str) -> str | None:
+        return os.environ.get(name)
+
+    async def start(self, weights) -> StartedReplica:
+        self.engine = await asyncio.to_thread(self._build_engine, weights)
+        self.engine.start()
+        host = self.setup.host or ray.util.get_node_ip_address()
+        self.server = await start_replica_server(self.engine, self.setup.card, self.setup.replica_id, self._entry, host)
+        self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
+        total = self.engine.stats().total_pages
+        return StartedReplica(os.getpid(), self.node_id(), f"{host}:{self.server.port}", total)
+
+    def _build_engine(self, weights):
+        s = self.setup
+        if s.engine == "scripted":
+            return ScriptedEngine(s.scripted)
+        import torch
+
+        from ttdist.engine import AsyncEngine, EngineConfig
+        from ttdist.engine.tokenizer import Tokenizer
+        from ttdist.model.runner import MeshModelRunner
+        from ttdist.model.weights import load_converted
+
+        torch.set_num_threads(s.cpu_threads)
+        sharded = load_converted(weights) if isinstance(weights, str) else weights
+        runner = MeshModelRunner.from_sharded(
+            sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages,
+            max_batch=s.max_batch, max_context=s.card.max_context,
+        )
+        tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
+        config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens)
+        return AsyncEngine(runner, tokenizer, config)
+
+    def _entry(self) -> ReplicaEntry:
+        stats = self.engine.stats()
+        return ReplicaEntry(
+            self.setup.replica_id, "", READY, os.getpid(), self.node_id(), self.setup.mesh, self.setup.backend,
+            stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,
+        )
+
+    def heartbeat(self) -> Heartbeat:
+        st = self.engine.stats()
+        return Heartbeat(
+            running=st.running, waiting=st.waiting, free_pages=st.free_pages, total_pages=st.total_pages,
+            prefix_hit_rate=st.prefix_hit_rate, tokens_per_second=st.tokens_per_second,
+            prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
+            requests_finished_total=getattr(st, "requests_finished_total", 0),
+            prefix_hashes=frozenset(self.engine.prefix_hashes()),
+        )
+
+    async def _heartbeats(self) -> None:
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        while True:
+            try:
+                await coordinator.heartbeat.remote(self.setup.replica_id, self.heartbeat())
+            except ray.exceptions.RayActorError:
+                return
+            await asyncio.sleep(self.setup.heartbeat_s)
+
+    async def stop(self) -> None:
+        if self._beats is not None:
+            self._beats.cancel()
+        if self.server is not None:
+            await self.server.stop(0.5)
+        if self.engine is not None:
+            self.engine.shutdown()

@@ -1,0 +1,125 @@
+"""The ``Generation`` service of one replica: proto requests in, engine outputs out.
+
+A thin adapter over an engine with the ``AsyncEngine`` surface (``generate``, ``abort``):
+it checks the request, turns it into a ``GenerationRequest``, streams each step's new ids
+and text as a ``Chunk`` and ends with a ``Complete``. Engine errors become status codes:
+a bad field INVALID_ARGUMENT, a full queue RESOURCE_EXHAUSTED, a stopped or failed engine
+UNAVAILABLE (which tells the router to move the stream elsewhere).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Callable
+
+import grpc
+
+from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, OverloadedError
+from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, SamplingParams
+from ttdist.runtime.grpc_server import RunningServer, start_generation_server
+from ttdist.runtime.protocol import ModelCard, RequestError, abort_with, check_abort, check_request
+from ttdist.runtime.table import ReplicaEntry
+from ttdist.v1 import generation_pb2 as pb
+from ttdist.v1 import generation_pb2_grpc as pb_grpc
+
+FINISH_TO_PROTO = {
+    FinishReason.STOP: pb.STOP,
+    FinishReason.LENGTH: pb.LENGTH,
+    FinishReason.EOS: pb.EOS,
+    FinishReason.ABORT: pb.ABORT,
+}
+
+
+def to_engine_request(req: pb.GenerateRequest) -> GenerationRequest:
+    """The engine's request for a checked proto request (a fresh id when it has none)."""
+    s = req.sampling
+    sampling = SamplingParams(
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p if 0 < s.top_p < 1 else 1.0,
+        seed=s.seed if s.HasField("seed") else None,
+        max_tokens=s.max_tokens or None,
+        stop=list(s.stop),
+        stop_token_ids=list(s.stop_token_ids),
+        ignore_eos=s.ignore_eos,
+    )
+    request_id = req.request_id or uuid.uuid4().hex
+    if req.WhichOneof("input") == "text":
+        return GenerationRequest(request_id, prompt=req.text, sampling=sampling)
+    return GenerationRequest(request_id, prompt_token_ids=list(req.token_ids.ids), sampling=sampling)
+
+
+def complete_proto(out: RequestOutput, replica_id: str) -> pb.Complete:
+    usage = out.usage
+    timings = out.timings
+    return pb.Complete(
+        finish_reason=FINISH_TO_PROTO[out.finish_reason or FinishReason.ABORT],
+        usage=pb.Usage(
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else len(out.output_ids),
+            cached_tokens=usage.cached_tokens if usage else 0,
+        ),
+        output_ids=out.output_ids,
+        text=out.output_text,
+        replica_id=replica_id,
+        timings=pb.Timings(
+            queue_seconds=timings.queue_s, ttft_seconds=timings.ttft_s,
+            mean_inter_token_seconds=timings.mean_inter_token_s, total_seconds=timings.total_s,
+        ) if timings else None,
+    )
+
+
+class ReplicaService(pb_grpc.GenerationServicer):
+    """Serves one engine. ``status`` returns this replica's registry entry for GetClusterStatus."""
+
+    def __init__(self, engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry]) -> None:
+        self.engine = engine
+        self.card = card
+        self.replica_id = replica_id
+        self._status = status
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        try:
+            check_request(request, self.card)
+        except RequestError as err:
+            await abort_with(context, err)
+        engine_request = to_engine_request(request)
+        rid = engine_request.request_id
+        try:
+            async for out in self.engine.generate(engine_request):
+                if out.error:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} failed: {out.error}")
+                if request.stream and (out.token_ids or out.text):
+                    yield pb.GenerateResponse(request_id=rid, chunk=pb.Chunk(token_ids=out.token_ids, text=out.text))
+                if out.finished:
+                    yield pb.GenerateResponse(request_id=rid, complete=complete_proto(out, self.replica_id))
+                    return
+        except InvalidRequestError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except OverloadedError as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"replica {self.replica_id} is overloaded: {err}")
+        except EngineStoppedError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} is not running: {err}")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} ended {rid} without a result")
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        try:
+            check_abort(request)
+        except RequestError as err:
+            await abort_with(context, err)
+        return pb.AbortResponse(found=bool(self.engine.abort(request.request_id)))
+
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[self.card.to_proto()])
+
+    async def GetClusterStatus(self, request, context) -> pb.ClusterStatus:
+        return pb.ClusterStatus(replicas=[self._status().to_proto()], model=self.card.model_id)
+
+
+async def start_replica_server(
+    engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry], host: str = "127.0.0.1", port: int = 0
+) -> RunningServer:
+    """Serve ``engine`` on host:port (0 = any free port), SERVING at once."""
+    running = await start_generation_server(ReplicaService(engine, card, replica_id, status), host, port)
+    await running.set_serving(True)
+    return running

@@ -1,0 +1,74 @@
+"""Read a cluster spec file (``cluster/*.yaml``) into a checked ``ClusterConfig``.
+
+Top-level keys are ``ClusterConfig`` fields (``model``, ``policy``, ``port``, ...), plus
+``address`` (the Ray cluster to join) and ``replicas``: a list of groups with ``count``,
+``mesh``, ``backend``, ``resources`` and optional ``devices`` (one device-id list per
+replica). An unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ReplicaGroup
+
+_SCALARS = {
+    f.name for f in fields(ClusterConfig)
+} - {"groups", "scripted", "health"}
+_GROUP_KEYS = {f.name for f in fields(ReplicaGroup)}
+_HEALTH_KEYS = {f.name for f in fields(HealthConfig)}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    config: ClusterConfig
+    address: str | None = None
+
+
+def load_spec(path: str | Path) -> ClusterSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ClusterConfigError(f"{path}: cannot read the spec ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ClusterConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(f"{path}: the spec must be a mapping of settings")
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
+    raw = dict(raw)
+    address = raw.pop("address", None)
+    groups_raw = raw.pop("replicas", [{}])
+    health_raw = raw.pop("health", {}) or {}
+    unknown = sorted(set(raw) - _SCALARS)
+    if unknown:
+        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health'}))}")
+    if not isinstance(groups_raw, list) or not groups_raw:
+        raise ClusterConfigError(f"{where}: replicas must be a non-empty list of groups")
+    groups = tuple(_group(g, f"{where}: replicas[{i}]") for i, g in enumerate(groups_raw))
+    bad = sorted(set(health_raw) - _HEALTH_KEYS)
+    if bad:
+        raise ClusterConfigError(f"{where}: unknown health setting {bad[0]!r}")
+    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), **raw)
+    config.check()
+    return ClusterSpec(config, address)
+
+
+def _group(raw, where: str) -> ReplicaGroup:
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(f"{where}: a replica group must be a mapping")
+    bad = sorted(set(raw) - _GROUP_KEYS)
+    if bad:
+        raise ClusterConfigError(f"{where}: unknown setting {bad[0]!r}; known: {', '.join(sorted(_GROUP_KEYS))}")
+    raw = dict(raw)
+    raw["devices"] = tuple(tuple(int(d) for d in ids) for ids in raw.get("devices", ()))
+    raw["resources"] = {str(k): float(v) for k, v in (raw.get("resources") or {}).items()}
+    if "mesh" in raw:
+        raw["mesh"] = str(raw["mesh"])
+    return ReplicaGroup(**raw)

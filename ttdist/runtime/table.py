@@ -1,0 +1,69 @@
+"""What the coordinator and the router tell each other, as plain picklable data.
+
+The coordinator hands the router a ``RoutingTable`` (every replica's address, health state
+and last heartbeat figures); the router hands back a ``RouterReport`` (latency summaries and
+events such as migrations) each time it asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ttdist.dashboard.status import Event, LatencySummary
+from ttdist.runtime.protocol import ModelCard
+from ttdist.v1 import generation_pb2 as pb
+
+STARTING, READY, UNHEALTHY, FAILED = "starting", "ready", "unhealthy", "failed"
+
+
+@dataclass(frozen=True)
+class ReplicaEntry:
+    """One replica in the registry, as the router needs it."""
+
+    replica_id: str
+    address: str
+    state: str
+    pid: int = 0
+    node_id: str = ""
+    mesh: str = ""
+    backend: str = ""
+    kv_pages_total: int = 0
+    kv_pages_free: int = 0
+    running: int = 0
+    waiting: int = 0
+    tokens_per_second: float = 0.0
+    prefix_hashes: frozenset[int] = frozenset()
+    kv_pages_budget: int = 0
+
+    def to_proto(self) -> pb.ReplicaStatus:
+        return pb.ReplicaStatus(
+            replica_id=self.replica_id, state=self.state, pid=self.pid, node_id=self.node_id,
+            mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
+            kv_pages_free=self.kv_pages_free, running=self.running, waiting=self.waiting,
+            address=self.address, tokens_per_second=self.tokens_per_second, kv_pages_budget=self.kv_pages_budget,
+        )
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    card: ModelCard
+    replicas: tuple[ReplicaEntry, ...] = ()
+
+    def entry(self, replica_id: str) -> ReplicaEntry | None:
+        return next((r for r in self.replicas if r.replica_id == replica_id), None)
+
+
+def _empty() -> LatencySummary:
+    return LatencySummary(p50=0.0, p99=0.0, count=0)
+
+
+@dataclass(frozen=True)
+class RouterReport:
+    """The router's view since its last report: latency over a recent window, new events."""
+
+    policy: str = ""
+    ttft_seconds: LatencySummary = field(default_factory=_empty)
+    inter_token_seconds: LatencySummary = field(default_factory=_empty)
+    events: tuple[Event, ...] = field(default_factory=tuple)
+    requests_total: int = 0
+    migrations_total: int = 0
