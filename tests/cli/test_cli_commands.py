@@ -1,0 +1,223 @@
+"""The ``ttdist`` command line run as a subprocess: generate / status against a real gRPC server
+over the scripted backend, convert on tiny checkpoints, help texts and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from scripted_generation import MODEL_ID, Script, ScriptedServer, expected_ids, expected_text
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ttdist(*args: str, stdin: str | None = None, env: dict | None = None, timeout: float = 120):
+    """Run ``ttdist ARGS`` the way the console script does; the CompletedProcess."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("TTDIST_TARGET", "TTDIST_TOKEN")}
+    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())", *args],
+        input=stdin if stdin is not None else "", capture_output=True, text=True, env=full_env, cwd=ROOT,
+        timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_line_error(proc, code: int, *needles: str):
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_generate_streams_the_text(scripted):
+    server = scripted()
+    proc = ttdist("generate", "hello", "-n", "5", "--target", server.address)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expected_text(5, 5) + "\n"
+    req = server.seen.requests[0]
+    assert (req.text, req.stream, req.sampling.max_tokens) == ("hello", True, 5)
+
+
+def test_generate_json_prints_the_completion(scripted):
+    server = scripted()
+    proc = ttdist("generate", "abc", "-n", "3", "--json", "--seed", "4", "--stop", "x", "--stop", "y",
+                  "--request-id", "cli-1", "--target", server.address)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["request_id"] == "cli-1"
+    assert out["text"] == expected_text(3, 3)
+    assert out["token_ids"] == expected_ids(3, 3)
+    assert out["finish_reason"] == "length"
+    assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "cached_tokens": 0}
+    req = server.seen.requests[0]
+    assert (req.stream, req.sampling.seed, list(req.sampling.stop)) == (False, 4, ["x", "y"])
+
+
+def test_generate_reads_stdin_and_token_ids_and_sends_the_token(scripted):
+    server = scripted(required_token="tok")
+    env = {"TTDIST_TOKEN": "tok", "TTDIST_TARGET": server.address}
+    proc = ttdist("generate", "-", "-n", "2", "-v", stdin="from stdin", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expected_text(10, 2) + "\n"
+    assert "[2 tokens · prompt 10" in proc.stderr and "finish length" in proc.stderr
+    proc = ttdist("generate", "--token-ids", "7, 8,9", "-n", "2", env=env)
+    assert proc.stdout == expected_text(3, 2) + "\n"
+    assert list(server.seen.requests[1].token_ids.ids) == [7, 8, 9]
+    assert server.seen.metadata[1]["authorization"] == "Bearer tok"
+
+
+def test_status_table_and_json(scripted):
+    server = scripted()
+    proc = ttdist("status", "--target", server.address)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["model:", MODEL_ID, "policy:", "least_load", "replicas:", "2", "(1", "ready)"]
+    assert lines[2].split()[:4] == ["REPLICA", "STATE", "MESH", "BACKEND"]
+    assert lines[3].split() == ["r0", "ready", "1x2", "sim", "node-a", "1234", "60/64", "(94%)", "1", "0", "12.5"]
+    assert lines[4].split()[:3] == ["r1", "unhealthy", "8x4"]
+    proc = ttdist("status", "--json", "--target", server.address)
+    out = json.loads(proc.stdout)
+    assert [r["kv_pages_total"] for r in out["replicas"]] == [64, 2048]
+
+
+@pytest.mark.parametrize("args, code, needles", [
+    (["generate", "hi", "--model", "nope"], 2, ["not_found", "unknown model 'nope'"]),
+    (["generate", "hi", "--top-p", "3"], 2, ["--top-p", "top_p must be in [0, 1]"]),
+    (["generate", "hi", "-n", "-1"], 2, ["--max-tokens"]),
+    (["generate", "hi", "--token-ids", "1,2"], 2, ["not both"]),
+    (["generate", "--token-ids", "1,a"], 2, ["--token-ids"]),
+    (["generate", "hi", "--timeout", "-2"], 2, ["--timeout"]),
+    (["status", "--watch", "0"], 2, ["--watch"]),
+    (["status", "--wait", "-1"], 2, ["--wait"]),
+    (["status", "--ca-cert", "/nonexistent/ca.pem"], 2, ["--ca-cert", "cannot read"]),
+])
+def test_user_mistakes_are_one_line_errors(scripted, args, code, needles):
+    server = scripted()
+    proc = ttdist(*args, "--target", server.address)
+    assert_one_line_error(proc, code, *needles)
+
+
+@pytest.mark.parametrize("status, code", [
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, 3),
+    (grpc.StatusCode.INVALID_ARGUMENT, 2),
+    (grpc.StatusCode.INTERNAL, 1),
+])
+def test_server_errors_map_to_exit_codes(scripted, status, code):
+    server = scripted(error=(status, "scripted failure"))
+    proc = ttdist("generate", "hi", "--target", server.address)
+    assert_one_line_error(proc, code, "scripted failure", status.name.lower())
+
+
+def test_unreachable_router_is_exit_code_3_with_a_hint():
+    proc = ttdist("status", "--target", "127.0.0.1:9")
+    assert_one_line_error(proc, 3, "unavailable", "is the router running at 127.0.0.1:9?")
+
+
+def test_wait_reaches_a_router_that_comes_up_late():
+    port = _free_port()
+    cli = subprocess.Popen(
+        [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())",
+         "generate", "late", "-n", "3", "--wait", "60", "--target", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    time.sleep(1.0)  # the command is already retrying against a closed port
+    server = ScriptedServer(Script(), port=port).start()
+    try:
+        out, err = cli.communicate(timeout=90)
+    finally:
+        server.stop()
+    assert cli.returncode == 0, err
+    assert out == expected_text(4, 3) + "\n"
+
+
+def test_empty_prompt_is_refused(scripted):
+    server = scripted()
+    proc = ttdist("generate", "--target", server.address, stdin="")
+    assert_one_line_error(proc, 2, "prompt")
+    assert server.seen.requests == []
+
+
+def test_ctrl_c_stops_the_stream_and_the_server_sees_it(scripted):
+    server = scripted(token_delay_s=0.05)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())",
+         "generate", "hi", "-n", "1000", "--request-id", "ctrl-c", "--target", server.address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    try:
+        assert server.wait_for(lambda seen: seen.active == 1, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert server.wait_for(lambda seen: "ctrl-c" in seen.cancelled)
+    assert "ctrl-c" not in server.seen.completed
+
+
+@pytest.mark.parametrize("command, needle", [
+    ([], "Quick start"),
+    (["generate"], "examples:"),
+    (["status"], "KV pages"),
+    (["convert"], "converted-weight cache"),
+])
+def test_help_is_helpful(command, needle):
+    proc = ttdist(*command, "--help")
+    assert proc.returncode == 0
+    assert needle in proc.stdout
+
+
+def test_no_command_is_a_usage_error():
+    proc = ttdist()
+    assert proc.returncode == 2
+    assert "COMMAND" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from ttdist.model.testing import tiny_llama_checkpoint
+
+    return tiny_llama_checkpoint(tmp_path_factory.mktemp("tiny"), with_tokenizer=False, vocab_size=256)
+
+
+def test_convert_writes_the_cache_once_with_progress(tiny_checkpoint, tmp_path):
+    proc = ttdist("convert", str(tiny_checkpoint), "--mesh", "1x2", "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    entry = Path(proc.stdout.strip())
+    assert entry.parent == tmp_path / "cache"
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert (manifest["mesh"], manifest["dtype"]) == ("1x2", "bfloat16")
+    assert "convert" in proc.stderr and "100%" in proc.stderr
+    again = ttdist("convert", str(tiny_checkpoint), "--mesh", "1x2", "--cache-dir", str(tmp_path / "cache"),
+                   "--no-progress")
+    assert (again.returncode, again.stdout, again.stderr) == (0, proc.stdout, "")
+
+
+def test_convert_errors_are_one_line(tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert_one_line_error(ttdist("convert", str(broken), *cache), 2, "model.safetensors", "tensor")
+    assert_one_line_error(ttdist("convert", str(tmp_path / "missing"), *cache), 2, "no such checkpoint")
+    assert_one_line_error(ttdist("convert", str(tiny_checkpoint), "--mesh", "banana", *cache), 2, "banana")
+    assert_one_line_error(ttdist("convert", str(tiny_checkpoint), "--dtype", "int3", *cache), 2, "int3")

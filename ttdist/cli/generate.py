@@ -1,0 +1,114 @@
+"""``ttdist generate``: send one prompt to the router and stream the text to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ttdist.cli import EXIT_USAGE, CommandError, add_connection_args, client_from_args
+
+EXAMPLES = """examples:
+  ttdist generate "The capital of France is" --max-tokens 16
+  ttdist generate "Tell me a story" -n 200 --temperature 0.8 --seed 1
+  echo "Hello" | ttdist generate - --json
+  ttdist generate --token-ids 1,2,3 -n 8 --target 10.0.0.5:50051
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="generate text from a prompt (streams to the terminal)",
+        description="Generate text from a prompt. Text streams to stdout as it arrives; --json prints one "
+                    "JSON object with the completion instead. Exit codes: 0 ok, 2 bad request or unknown "
+                    "model, 3 router unreachable / overloaded / deadline, 1 other errors.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", nargs="?", help="the prompt text; '-' (or no prompt with piped input) reads stdin")
+    p.add_argument("--token-ids", metavar="IDS", help="the prompt as comma-separated token ids instead of text")
+    p.add_argument("-n", "--max-tokens", type=int, metavar="N", help="most tokens to generate (default: server's)")
+    p.add_argument("-t", "--temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID",
+                   help="stop token id (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+    p.add_argument("--model", help="model id (default: the served model)")
+    p.add_argument("--request-id", help="your own request id (default: a random one)")
+    p.add_argument("--json", action="store_true", help="print the completion as one JSON object")
+    p.add_argument("-v", "--verbose", action="store_true", help="print token counts and timings to stderr")
+    add_connection_args(p)
+    p.set_defaults(func=run)
+
+
+def _prompt(args: argparse.Namespace) -> tuple[str | None, list[int] | None]:
+    if args.token_ids is not None:
+        if args.prompt is not None:
+            raise CommandError("give a prompt or --token-ids, not both", EXIT_USAGE)
+        try:
+            ids = [int(t) for t in args.token_ids.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise CommandError(f"--token-ids must be comma-separated integers, got {args.token_ids!r}",
+                               EXIT_USAGE) from None
+        return None, ids
+    prompt = args.prompt
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        prompt = sys.stdin.read()
+    if not prompt:
+        raise CommandError("a prompt is required (as an argument, or '-' to read it from stdin)", EXIT_USAGE)
+    return prompt, None
+
+
+def _options(args: argparse.Namespace) -> dict:
+    options = {
+        "max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
+        "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "stop_token_ids": args.stop_token_id,
+        "ignore_eos": args.ignore_eos, "model": args.model, "request_id": args.request_id,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _summary(done) -> str:
+    t = done.timings
+    rate = f" · {done.usage.completion_tokens / t.total_s:.1f} tok/s" if t.total_s > 0 else ""
+    return (f"[{done.usage.completion_tokens} tokens · prompt {done.usage.prompt_tokens} "
+            f"(cached {done.usage.cached_tokens}) · finish {done.finish_reason} · replica {done.replica_id} · "
+            f"ttft {t.ttft_s * 1000:.0f} ms{rate}]")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ttdist.client import InvalidRequest
+
+    prompt, token_ids = _prompt(args)
+    with client_from_args(args) as client:
+        try:
+            if args.json:
+                done = client.generate(prompt, token_ids=token_ids, **_options(args))
+                print(json.dumps(done.to_json()))
+            else:
+                done = _stream(client, prompt, token_ids, _options(args))
+        except InvalidRequest as e:
+            if e.field is None or e.request_id is not None:
+                raise
+            flag = "prompt" if e.field.startswith("prompt") else "--" + e.field.split("[")[0].replace("_", "-")
+            raise CommandError(f"{flag}: {e.message}", EXIT_USAGE) from None
+    if args.verbose:
+        print(_summary(done), file=sys.stderr)
+    return 0
+
+
+def _stream(client, prompt, token_ids, options: dict):
+    stream = client.stream(prompt, token_ids=token_ids, **options)
+    wrote = ""
+    try:
+        for chunk in stream:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            wrote = chunk.text or wrote
+    finally:
+        stream.close()
+    if not wrote.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    return stream.completion

@@ -1,0 +1,65 @@
+"""``ttdist status``: the cluster's replicas, meshes, KV pages and load, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ttdist.cli import EXIT_USAGE, CommandError, add_connection_args, client_from_args
+
+COLUMNS = ("REPLICA", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "RUNNING", "WAITING", "TOK/S")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "status", help="show the cluster's replicas, meshes, KV pages and load",
+        description="Show every replica the router knows: state, mesh, backend, node, KV pages free of "
+                    "total, running and waiting requests, tokens per second.",
+        epilog="examples:\n  ttdist status\n  ttdist status --json\n  ttdist status --watch 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    add_connection_args(p)
+    p.set_defaults(func=run)
+
+
+def _row(r) -> tuple[str, ...]:
+    pct = f" ({100 * r.kv_pages_free / r.kv_pages_total:.0f}%)" if r.kv_pages_total else ""
+    return (r.replica_id, r.state, r.mesh, r.backend, r.node_id[:12], str(r.pid),
+            f"{r.kv_pages_free}/{r.kv_pages_total}{pct}", str(r.running), str(r.waiting),
+            f"{r.tokens_per_second:.1f}")
+
+
+def format_table(status) -> str:
+    """The status as aligned text: a header line, then one row per replica."""
+    ready = sum(r.state == "ready" for r in status.replicas)
+    lines = [f"model: {status.model or '-'}   policy: {status.policy or '-'}   "
+             f"replicas: {len(status.replicas)} ({ready} ready)"]
+    if not status.replicas:
+        return "\n".join(lines + ["no replicas registered yet"])
+    rows = [COLUMNS, *(_row(r) for r in status.replicas)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines.append("")
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.watch is not None and not args.watch > 0:
+        raise CommandError(f"--watch must be a positive number of seconds, got {args.watch}", EXIT_USAGE)
+    with client_from_args(args) as client:
+        while True:
+            status = client.cluster_status()
+            if args.json:
+                text = json.dumps(status.to_json())
+            else:
+                text = format_table(status)
+            if args.watch is not None and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(text, flush=True)
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)

@@ -1,0 +1,248 @@
+"""What the sync and asyncio clients share about one call: its request, deadline and retries,
+and the assembly of the response stream into chunks and a final completion.
+
+The two clients differ only in how they wait (blocking vs ``await``); every decision is made
+here, so both behave the same.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+from ttdist.client.errors import Cancelled, DeadlineExceeded, InvalidRequest, ServerError, TtdistError, Unavailable
+from ttdist.client.options import ClientConfig, RetryPolicy, check_timeout
+from ttdist.client.types import Chunk, Completion, SamplingParams, build_request
+from ttdist.v1 import generation_pb2 as pb
+
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos")
+
+
+USE_CLIENT_TIMEOUT = object()  # the default of every ``timeout=`` keyword: the client's own timeout
+
+
+def resolve_timeout(config: ClientConfig, timeout) -> float | None:
+    return config.timeout if timeout is USE_CLIENT_TIMEOUT else check_timeout(timeout)
+
+
+class GenerateOptions(TypedDict, total=False):
+    """Keyword arguments of ``generate`` / ``stream`` / ``generate_batch``.
+
+    token_ids: the prompt as token ids (instead of text).
+    max_tokens: most tokens to generate (None = the server's default).
+    temperature: 0 = greedy. top_k: 0 = off. top_p: 1 = off. seed: for reproducible sampling.
+    stop: strings that end the generation. stop_token_ids: token ids that end it.
+    ignore_eos: keep generating past the end-of-sequence token.
+    model: the model id (None = the served model). request_id: your own id (default: a uuid).
+    timeout: deadline for the whole call in seconds (default: the client's; None = none).
+    """
+
+    token_ids: Sequence[int]
+    max_tokens: int | None
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int | None
+    stop: Sequence[str] | str
+    stop_token_ids: Sequence[int]
+    ignore_eos: bool
+    model: str | None
+    request_id: str | None
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    request: pb.GenerateRequest
+    timeout: float | None
+
+
+def prepare_generate(config: ClientConfig, prompt, options: dict, *, stream: bool) -> PreparedCall:
+    """Validate the caller's arguments once and build the request (typed errors name the field)."""
+    known = set(_SAMPLING_FIELDS) | {"token_ids", "model", "request_id", "timeout"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown parameter {unknown[0]!r}; known: {', '.join(sorted(known))}",
+                             field=unknown[0])
+    sampling = SamplingParams(**{k: options[k] for k in _SAMPLING_FIELDS if options.get(k) is not None})
+    request_id = options.get("request_id") or uuid.uuid4().hex
+    if not isinstance(request_id, str):
+        raise InvalidRequest(f"request_id must be a string, got {request_id!r}", field="request_id")
+    request = build_request(prompt, options.get("token_ids"), sampling, request_id=request_id,
+                            model=options.get("model"), stream=stream)
+    timeout = resolve_timeout(config, options.get("timeout", USE_CLIENT_TIMEOUT))
+    return PreparedCall(request=request, timeout=timeout)
+
+
+class Attempts:
+    """Deadline and retry bookkeeping for one logical call (all its attempts together)."""
+
+    def __init__(self, policy: RetryPolicy, timeout: float | None, rng: random.Random | None = None):
+        self.policy = policy
+        self.timeout = timeout
+        self.started_at = time.monotonic()
+        self.deadline = None if timeout is None else self.started_at + timeout
+        self.attempt = 0
+        self._rng = rng
+
+    def start(self) -> float | None:
+        """Begin the next attempt; the seconds it may take (None = no deadline)."""
+        self.attempt += 1
+        if self.deadline is None:
+            return None
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"deadline of {self.timeout:g} s exceeded")
+        return remaining
+
+    def retry_delay(self, err: TtdistError) -> float:
+        """Seconds to wait before retrying after ``err``, or raise when it must not be retried."""
+        if isinstance(err, DeadlineExceeded) and self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(f"deadline of {self.timeout:g} s exceeded ({err.message})",
+                                   request_id=err.request_id) from None
+        if not isinstance(err, Unavailable):
+            raise err
+        policy = self.policy
+        if policy.max_attempts is not None and self.attempt >= policy.max_attempts:
+            raise Unavailable(f"{err.message} (gave up after {self.attempt} attempts)",
+                              request_id=err.request_id, code=err.code) from None
+        delay = policy.backoff_s(self.attempt, self._rng)
+        elapsed = time.monotonic() - self.started_at
+        if policy.max_wait_s is not None and elapsed + delay > policy.max_wait_s:
+            raise Unavailable(f"{err.message} (gave up after {elapsed:.1f} s, {self.attempt} attempts)",
+                              request_id=err.request_id, code=err.code) from None
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            raise DeadlineExceeded(f"deadline of {self.timeout:g} s exceeded while retrying: {err.message}",
+                                   request_id=err.request_id) from None
+        return delay
+
+
+class ReadyWait:
+    """The polling schedule of ``wait_ready``: health checks with growing pauses until a deadline."""
+
+    def __init__(self, config: ClientConfig, timeout: float):
+        self.target = config.target
+        self.timeout = check_timeout(timeout)
+        self.deadline = time.monotonic() + self.timeout
+        self.delay = config.retry.initial_backoff_s
+        self.max_delay = config.retry.max_backoff_s
+        self.last = "no answer"
+
+    def remaining(self) -> float | None:
+        """Seconds left for the next health check, or None once the deadline has passed."""
+        left = self.deadline - time.monotonic()
+        return max(left, 0.05) if left > 0 else None
+
+    def pause(self) -> float:
+        pause = min(self.delay, max(0.0, self.deadline - time.monotonic()))
+        self.delay = min(self.delay * 2, self.max_delay)
+        return pause
+
+    def expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"{self.target} not ready after {self.timeout:g} s (last: {self.last})")
+
+
+class StreamState:
+    """Turns GenerateResponse messages into Chunks and the final Completion."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.received = 0
+        self.completion: Completion | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once anything arrived: from then on the router, not the client, owns recovery."""
+        return self.received > 0
+
+    def on_response(self, resp: pb.GenerateResponse) -> Chunk | None:
+        self.received += 1
+        if resp.request_id:
+            self.request_id = resp.request_id
+        kind = resp.WhichOneof("kind")
+        if kind == "chunk":
+            return Chunk(request_id=self.request_id, token_ids=tuple(resp.chunk.token_ids), text=resp.chunk.text)
+        if kind == "complete":
+            self.completion = Completion.from_proto(self.request_id, resp.complete)
+            return None
+        raise ServerError("the server sent a response with neither a chunk nor a completion",
+                          request_id=self.request_id)
+
+    def on_end(self) -> Completion:
+        if self.completion is None:
+            raise ServerError("the stream ended without a completion", request_id=self.request_id)
+        return self.completion
+
+
+class StreamBase:
+    """State and decisions of one streaming call; the sync and asyncio streams add only the I/O."""
+
+    def __init__(self, stub, prepared: PreparedCall, config: ClientConfig):
+        self._stub = stub
+        self._request = prepared.request
+        self._metadata = config.metadata()
+        self._attempts = Attempts(config.retry, prepared.timeout)
+        self._state = StreamState(prepared.request.request_id)
+        self._call = None
+        self._done = False
+        self._closed = False
+
+    @property
+    def request_id(self) -> str:
+        return self._state.request_id
+
+    @property
+    def completion(self) -> Completion | None:
+        """The final Completion, once the stream has been read to its end (else None)."""
+        return self._state.completion
+
+    def _start_call(self):
+        """The gRPC call of the next attempt, with the time left before the deadline."""
+        self._call = self._stub.Generate(self._request, timeout=self._attempts.start(), metadata=self._metadata)
+        return self._call
+
+    def _retry_delay(self, err: TtdistError) -> float:
+        """Seconds to wait before the next attempt; raises once tokens arrived or retries are spent."""
+        self._call = None
+        try:
+            if self._state.started:
+                raise err
+            return self._attempts.retry_delay(err)
+        except TtdistError:
+            self._done = True
+            raise
+
+    def _end(self) -> None:
+        if not self._closed:
+            self._state.on_end()
+
+    def _final(self) -> Completion:
+        if self._closed and self._state.completion is None:
+            raise Cancelled("the stream was closed before it finished", request_id=self.request_id)
+        return self._state.on_end()
+
+    def _cancel(self) -> None:
+        if self._call is not None and not self._done:
+            self._call.cancel()
+        self._done = True
+        self._closed = True
+
+    def __del__(self):
+        if not getattr(self, "_done", True):
+            self._cancel()
+
+
+def check_batch(prompts, concurrency: int, options: dict) -> list:
+    """Validate a batch call's own arguments; the prompts as a list."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise InvalidRequest("prompts must be a list of prompts (text or token id lists)", field="prompts")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidRequest(f"concurrency must be an integer >= 1, got {concurrency!r}", field="concurrency")
+    for name in ("request_id", "token_ids"):
+        if options.get(name) is not None:
+            raise InvalidRequest(f"{name} cannot be shared by a batch; pass prompts instead", field=name)
+    return list(prompts)

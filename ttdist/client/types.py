@@ -1,0 +1,215 @@
+"""The client's plain data: sampling parameters in, chunks / completions / cluster status out.
+
+Each result type converts from its protobuf message with ``from_proto``; ``SamplingParams``
+validates user input once (a typed ``InvalidRequest`` naming the field) and builds the
+``GenerateRequest``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from ttdist.client.errors import InvalidRequest
+from ttdist.v1 import generation_pb2 as pb
+
+_INT32_MAX = 2**31 - 1
+_UINT64_MAX = 2**64 - 1
+
+FINISH_REASONS = {
+    pb.FINISH_REASON_UNSPECIFIED: "unspecified",
+    pb.STOP: "stop",
+    pb.LENGTH: "length",
+    pb.EOS: "eos",
+    pb.ABORT: "abort",
+}
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer, got {value!r}", field=name)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be in [{low}, {high}], got {value}", field=name)
+    return value
+
+
+def _check_float(name: str, value, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise InvalidRequest(f"{name} must be a number, got {value!r}", field=name)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be in [{low:g}, {high:g}], got {value:g}", field=name)
+    return float(value)
+
+
+def _check_token_ids(name: str, ids) -> tuple[int, ...]:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise InvalidRequest(f"{name} must be a list of integers, got {type(ids).__name__}", field=name)
+    return tuple(_check_int(f"{name}[{i}]", t, 0, _INT32_MAX) for i, t in enumerate(ids))
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample; the defaults are greedy decoding up to the server's default length."""
+
+    max_tokens: int | None = None          # None = the server's default
+    temperature: float = 0.0               # 0 = greedy
+    top_k: int = 0                         # 0 = off
+    top_p: float = 1.0                     # 1 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, 0, _INT32_MAX)
+        _check_float("temperature", self.temperature, 0.0, math.inf)
+        _check_int("top_k", self.top_k, 0, _INT32_MAX)
+        _check_float("top_p", self.top_p, 0.0, 1.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, _UINT64_MAX)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not all(isinstance(s, str) and s for s in stop):
+            raise InvalidRequest(f"stop must be a list of non-empty strings, got {self.stop!r}", field="stop")
+        object.__setattr__(self, "stop", tuple(stop))
+        object.__setattr__(self, "stop_token_ids", _check_token_ids("stop_token_ids", self.stop_token_ids))
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidRequest(f"ignore_eos must be true or false, got {self.ignore_eos!r}", field="ignore_eos")
+
+    def to_proto(self) -> pb.SamplingParams:
+        msg = pb.SamplingParams(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            max_tokens=self.max_tokens or 0, stop=list(self.stop),
+            stop_token_ids=list(self.stop_token_ids), ignore_eos=self.ignore_eos,
+        )
+        if self.seed is not None:
+            msg.seed = self.seed
+        return msg
+
+
+def build_request(
+    prompt: str | Sequence[int] | None, token_ids: Sequence[int] | None, sampling: SamplingParams,
+    *, request_id: str, model: str | None, stream: bool,
+) -> pb.GenerateRequest:
+    """The GenerateRequest for a text prompt or a list of token ids (exactly one of them)."""
+    if prompt is not None and token_ids is not None:
+        raise InvalidRequest("give either a prompt or token_ids, not both", field="prompt")
+    if prompt is None and token_ids is None:
+        raise InvalidRequest("a prompt (text or token ids) is required", field="prompt")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest(f"model must be a string, got {model!r}", field="model")
+    req = pb.GenerateRequest(request_id=request_id, model=model or "", sampling=sampling.to_proto(), stream=stream)
+    if isinstance(prompt, str):
+        req.text = prompt
+    elif prompt is not None:
+        req.token_ids.ids.extend(_check_token_ids("prompt", prompt))
+    else:
+        req.token_ids.ids.extend(_check_token_ids("token_ids", token_ids))
+    return req
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Tokens that arrived together while streaming, and their text."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Server-side timings of one request, in seconds."""
+
+    queue_s: float = 0.0
+    ttft_s: float = 0.0
+    mean_inter_token_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished generation: every generated token and the full text, in both modes."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str                     # stop, length, eos, abort
+    usage: Usage
+    replica_id: str
+    timings: Timings
+
+    @classmethod
+    def from_proto(cls, request_id: str, msg: pb.Complete) -> Completion:
+        t = msg.timings
+        return cls(
+            request_id=request_id, text=msg.text, token_ids=tuple(msg.output_ids),
+            finish_reason=FINISH_REASONS.get(msg.finish_reason, "unspecified"),
+            usage=Usage(msg.usage.prompt_tokens, msg.usage.completion_tokens, msg.usage.cached_tokens),
+            replica_id=msg.replica_id,
+            timings=Timings(t.queue_seconds, t.ttft_seconds, t.mean_inter_token_seconds, t.total_seconds),
+        )
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["token_ids"] = list(self.token_ids)
+        return out
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    max_context: int
+    vocab_size: int
+
+    @classmethod
+    def from_proto(cls, msg: pb.ModelInfo) -> ModelInfo:
+        return cls(id=msg.id, max_context=msg.max_context, vocab_size=msg.vocab_size)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    replica_id: str
+    state: str                             # starting, ready, unhealthy, failed
+    pid: int
+    node_id: str
+    mesh: str                              # "8x4"
+    backend: str                           # sim | ttnn
+    kv_pages_total: int
+    kv_pages_free: int
+    running: int
+    waiting: int
+    address: str
+    tokens_per_second: float
+
+    @classmethod
+    def from_proto(cls, msg: pb.ReplicaStatus) -> ReplicaStatus:
+        return cls(
+            replica_id=msg.replica_id, state=msg.state, pid=msg.pid, node_id=msg.node_id, mesh=msg.mesh,
+            backend=msg.backend, kv_pages_total=msg.kv_pages_total, kv_pages_free=msg.kv_pages_free,
+            running=msg.running, waiting=msg.waiting, address=msg.address,
+            tokens_per_second=msg.tokens_per_second,
+        )
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    model: str
+    policy: str
+    replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_proto(cls, msg: pb.ClusterStatus) -> ClusterStatus:
+        return cls(model=msg.model, policy=msg.policy,
+                   replicas=tuple(ReplicaStatus.from_proto(r) for r in msg.replicas))
+
+    def to_json(self) -> dict:
+        return asdict(self)
