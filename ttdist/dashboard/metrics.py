@@ -1,0 +1,153 @@
+"""Prometheus exposition of the cluster, named in vLLM's style (``ttdist:...``).
+
+A custom collector reads the dashboard's latest snapshot at scrape time and registers in
+a dedicated ``CollectorRegistry``, so nothing leaks into (or from) the process-global
+registry. Every per-replica series carries ``model_name`` and ``replica`` labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from ttdist.dashboard.status import ClusterSnapshot, HistogramSnapshot
+from ttdist.dashboard.summary import ClusterSummary, is_live, kv_cache_usage
+
+REPLICA_STATES = ("starting", "ready", "unhealthy", "failed")
+LABELS = ["model_name", "replica"]
+
+
+def _prometheus_buckets(histogram: HistogramSnapshot) -> list[tuple[str, float]]:
+    """Per-bucket counts to Prometheus' cumulative ``le`` buckets, ending with +Inf."""
+    buckets, running = [], 0
+    for bound, n in zip(histogram.bounds, histogram.bucket_counts):
+        running += n
+        buckets.append((repr(float(bound)), running))
+    buckets.append(("+Inf", histogram.count))
+    return buckets
+
+
+class SnapshotCollector:
+    """Builds every metric family from the snapshot that ``latest()`` returns."""
+
+    def __init__(self, latest: Callable[[], ClusterSnapshot | None]) -> None:
+        self._latest = latest
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._latest()
+        if snapshot is None:
+            return
+        yield from self._cluster(snapshot)
+        yield from self._replicas(snapshot)
+        yield from self._histograms(snapshot)
+        yield from self._chips(snapshot)
+
+    def _cluster(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
+        summary = ClusterSummary.of(snapshot)
+        for name, doc, value in (
+            ("ttdist:num_replicas", "Replicas known to the coordinator.", summary.replicas_total),
+            ("ttdist:num_replicas_ready", "Replicas ready to serve.", summary.replicas_ready),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([snapshot.model], value)
+            yield family
+
+    def _replicas(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
+        gauges = {
+            "running": GaugeMetricFamily(
+                "ttdist:num_requests_running", "Requests in decode or prefill on the replica.", labels=LABELS),
+            "waiting": GaugeMetricFamily(
+                "ttdist:num_requests_waiting", "Requests queued on the replica.", labels=LABELS),
+            "kv": GaugeMetricFamily(
+                "ttdist:kv_cache_usage_perc", "KV-cache page usage. 1 means 100 percent usage.", labels=LABELS),
+            "tps": GaugeMetricFamily(
+                "ttdist:generation_tokens_per_second", "Generated tokens per second, as the replica reports.",
+                labels=LABELS),
+            "hit": GaugeMetricFamily(
+                "ttdist:prefix_cache_hit_rate", "Prefix-cache hit rate of the replica (0..1).", labels=LABELS),
+            "age": GaugeMetricFamily(
+                "ttdist:heartbeat_age_seconds", "Seconds since the replica's last heartbeat.", labels=LABELS),
+        }
+        state = GaugeMetricFamily(
+            "ttdist:replica_state", "1 for the replica's current state, 0 for the others.",
+            labels=LABELS + ["state"])
+        counters = {
+            "prompt": CounterMetricFamily(
+                "ttdist:prompt_tokens", "Prefill tokens processed.", labels=LABELS),
+            "generation": CounterMetricFamily(
+                "ttdist:generation_tokens", "Generation tokens produced.", labels=LABELS),
+            "success": CounterMetricFamily(
+                "ttdist:request_success", "Requests finished.", labels=LABELS),
+            "restarts": CounterMetricFamily(
+                "ttdist:replica_restarts", "Times the coordinator restarted the replica.", labels=LABELS),
+        }
+        for r in snapshot.replicas:
+            labels = [snapshot.model, r.replica_id]
+            live = is_live(r)
+            gauges["running"].add_metric(labels, r.running if live else 0)
+            gauges["waiting"].add_metric(labels, r.waiting if live else 0)
+            gauges["kv"].add_metric(labels, kv_cache_usage(r))
+            gauges["tps"].add_metric(labels, r.tokens_per_second if live else 0.0)
+            gauges["hit"].add_metric(labels, r.prefix_hit_rate)
+            gauges["age"].add_metric(labels, r.last_heartbeat_age_s)
+            for s in REPLICA_STATES + (() if r.state in REPLICA_STATES else (r.state,)):
+                state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
+            counters["prompt"].add_metric(labels, r.prompt_tokens_total)
+            counters["generation"].add_metric(labels, r.generation_tokens_total)
+            counters["success"].add_metric(labels, r.requests_finished_total)
+            counters["restarts"].add_metric(labels, r.restarts)
+        yield from gauges.values()
+        yield state
+        yield from counters.values()
+
+    def _histograms(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
+        ttft = HistogramMetricFamily(
+            "ttdist:time_to_first_token_seconds", "Time to first token, seconds.", labels=LABELS)
+        itl = HistogramMetricFamily(
+            "ttdist:inter_token_latency_seconds", "Time between consecutive tokens, seconds.", labels=LABELS)
+        for r in snapshot.replicas:
+            labels = [snapshot.model, r.replica_id]
+            ttft.add_metric(labels, _prometheus_buckets(r.ttft_histogram), r.ttft_histogram.sum)
+            itl.add_metric(labels, _prometheus_buckets(r.inter_token_histogram), r.inter_token_histogram.sum)
+        yield ttft
+        yield itl
+
+    def _chips(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
+        chip_labels = LABELS + ["row", "col"]
+        used = GaugeMetricFamily(
+            "ttdist:chip_dram_used_bytes", "DRAM in use on a chip, by kind (weights, kv).",
+            labels=chip_labels + ["kind"])
+        total = GaugeMetricFamily("ttdist:chip_dram_total_bytes", "DRAM on a chip.", labels=chip_labels)
+        for r in snapshot.replicas:
+            for chip in r.chips:
+                labels = [snapshot.model, r.replica_id, str(chip.row), str(chip.col)]
+                used.add_metric(labels + ["weights"], chip.dram_weights_bytes)
+                used.add_metric(labels + ["kv"], chip.dram_kv_bytes)
+                total.add_metric(labels, chip.dram_total_bytes)
+        yield used
+        yield total
+
+
+def metrics_registry(latest: Callable[[], ClusterSnapshot | None]) -> CollectorRegistry:
+    """A fresh registry holding only the snapshot collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(latest))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """Prometheus text format 0.0.4, whatever the scraper accepts: every Prometheus reads it,
+    and it keeps the colons in the names (prometheus_client's OpenMetrics output escapes
+    colons in sample names but not in HELP/TYPE lines, which breaks the families)."""
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
