@@ -22,6 +22,7 @@ serve: $(STAMP)
 	$(VENV)/bin/ttdist serve
 
 test: $(STAMP)
+	./scripts/install-browser
 	./scripts/test
 
 protos: $(STAMP)
