@@ -4,7 +4,11 @@ unsharded transformers forward of the same model, same machine, same run.
 Also prints the accuracy cost of bfloat8_b / bfloat4_b weights: PCC of prefill logits
 against fp32 weights.
 
-    .venv/bin/python bench/bench_model.py [--mesh 8x4] [--batch 32] [--context 128] [--steps 5]
+    .venv/bin/python bench/bench_model.py [--model smollm2|even] [--mesh 8x4] [--batch 32] [--context 128]
+
+``--model even`` is a random 8-layer Llama whose heads (16 / 8 KV), hidden (1024) and FF
+(4096) divide evenly over 8x4, so no padding or KV duplication inflates the mesh's work;
+SmolLM2's 9 heads / 3 KV heads need both on 8 rows.
 """
 
 from __future__ import annotations
@@ -70,21 +74,33 @@ def precision_cost(path, mesh: str) -> dict[str, float]:
     return out
 
 
+def even_checkpoint():
+    import tempfile
+
+    from ttdist.model.testing import tiny_llama_checkpoint
+
+    return tiny_llama_checkpoint(
+        tempfile.mkdtemp(prefix="ttdist-bench-"), hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=64, vocab_size=32000, with_tokenizer=False,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["smollm2", "even"], default="smollm2")
     ap.add_argument("--mesh", default="8x4")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    path = materialize()
+    path = materialize() if args.model == "smollm2" else even_checkpoint()
 
     hf_step = hf_decode_step(path, args.batch, args.context)
     runner, tp_step = mesh_decode_step(path, args.mesh, args.batch, args.context, "float32")
     hf_s = time_it(hf_step, args.steps)
     tp_s = time_it(tp_step, args.steps)
-    print(f"model SmolLM2-135M, batch {args.batch}, context {args.context}, torch threads {torch.get_num_threads()}")
+    print(f"model {args.model}, batch {args.batch}, context {args.context}, torch threads {torch.get_num_threads()}")
     print(f"  layout: {runner.model.layout.describe()}")
     print(f"  transformers unsharded decode step : {hf_s * 1e3:8.1f} ms (median of {args.steps})")
     print(f"  ttdist sim {args.mesh} TP decode step   : {tp_s * 1e3:8.1f} ms (median of {args.steps})")

@@ -326,16 +326,16 @@ class SimBackend:
         if table.size and table.max() >= k_cache.shape[0]:
             raise MeshError(f"page ids must lie in [0, {k_cache.shape[0]}), got up to {table.max()}")
         pages = torch.as_tensor(table, device=self.device)
-        # [R,C,B,P,kv,ps,hd] -> [R,C,B,kv,P*ps,hd]
-        keys = k_cache.data[:, :, pages].movedim(4, 3).flatten(4, 5)
-        values = v_cache.data[:, :, pages].movedim(4, 3).flatten(4, 5)
-        n_q, n_kv = q.shape[1], keys.shape[3]
-        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv))  # [R,C,B,kv,g,hd]
-        scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale  # [R,C,B,kv,g,L]
+        # index pages on a [R,C,kv,P,ps,hd] view: [R,C,kv,B,P,ps,hd] -> [R,C,kv,B,L,hd] without a copy
+        keys = k_cache.data.transpose(2, 3)[:, :, :, pages].flatten(4, 5)
+        values = v_cache.data.transpose(2, 3)[:, :, :, pages].flatten(4, 5)
+        n_q, n_kv = q.shape[1], keys.shape[2]
+        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(3, 2)  # [R,C,kv,B,g,hd]
+        scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale  # [R,C,kv,B,g,L]
         k_pos = torch.arange(keys.shape[-2], device=self.device)
         mask = k_pos[None, :] > torch.as_tensor(positions, device=self.device)[:, None]  # [B, L]
-        scores = scores.masked_fill(mask[:, None, None, :], float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1), values)  # [R,C,B,kv,g,hd]
+        scores = scores.masked_fill(mask[:, None, :], float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), values).movedim(2, 3)  # [R,C,B,kv,g,hd]
         return self._wrap(out.flatten(3, 4), q.placements)
 
     # ------------------------------------------------------------------ collectives
