@@ -14,14 +14,21 @@ LLAMA70B = LlamaConfig(vocab_size=128256, hidden_size=8192, intermediate_size=28
                        num_attention_heads=64, num_key_value_heads=8, head_dim=128)
 
 
-def test_smollm2_on_t3k_pads_heads_and_duplicates_kv():
+def test_smollm2_on_t3k_pads_each_kv_group_so_no_chip_mixes_groups():
     lay = Layout(SMOLLM2, parse_mesh("t3k"))
     assert lay.one_d and lay.inner_axis == lay.hidden_axis == 1
-    assert lay.n_q_local == 2 and lay.q_heads[0] == [0, 1] and lay.q_heads[4] == [8, -1] and lay.q_heads[7] == [-1, -1]
-    assert lay.group == 1 and lay.n_kv_local == 2
-    assert lay.kv_heads[1] == [0, 1]  # q2 uses kv0, q3 uses kv1
+    assert lay.q_heads == [[0, 1], [2, -1], [3, 4], [5, -1], [6, 7], [8, -1], [-1, -1], [-1, -1]]
+    assert lay.kv_heads == [[0], [0], [1], [1], [2], [2], [0], [0]]  # kv0 is duplicated on chips 0 and 1
+    assert lay.group == 2 and lay.n_q_local == 2 and lay.n_kv_local == 1
     assert lay.hidden == 768 and lay.hidden_local == 96  # 576 padded to whole tiles per chip
     assert lay.up_weight() == (Replicate(), Shard(1)) and lay.down_weight() == (Replicate(), Shard(0))
+
+
+def test_smollm2_on_n300_keeps_whole_groups_per_chip():
+    lay = Layout(SMOLLM2, parse_mesh("n300"))
+    assert lay.q_heads == [[0, 1, 2, 3, 4, 5], [6, 7, 8, -1, -1, -1]]
+    assert lay.kv_heads == [[0, 1], [2, 0]]
+    assert lay.group == 3 and lay.n_kv_local == 2
 
 
 def test_llama70b_on_galaxy_is_2d_with_one_kv_head_per_row():

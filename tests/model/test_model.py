@@ -139,3 +139,21 @@ def smollm2_hf(smollm2):
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM.from_pretrained(smollm2).float().eval()
+
+
+@pytest.mark.parametrize("mesh, padded", [("1x2", False), ("1x4", True), ("8x4", True)])
+def test_uneven_heads_are_padded_exactly(mesh, padded, tmp_path_factory, weight_cache):
+    """6 query heads in 2 KV groups of 3: groups are padded to whole blocks per chip."""
+    from transformers import LlamaForCausalLM
+
+    from ttdist.model.testing import tiny_llama_checkpoint
+
+    ckpt = tiny_llama_checkpoint(tmp_path_factory.mktemp("odd"), seed=3, hidden_size=96, num_attention_heads=6,
+                                 num_key_value_heads=2, head_dim=32, intermediate_size=160, with_tokenizer=False)
+    hf = LlamaForCausalLM.from_pretrained(ckpt).float().eval()
+    runner = make(ckpt, weight_cache, mesh)
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT + [42]])).logits[0].numpy()
+    np.testing.assert_allclose(runner.prefill_logits(PROMPT, 0, [0])[0], ref[-2], atol=1e-4)
+    np.testing.assert_allclose(runner.decode_logits([42], [len(PROMPT)], [[0]])[0], ref[-1], atol=1e-4)
+    assert (-1 in sum(runner.model.layout.q_heads, [])) == padded

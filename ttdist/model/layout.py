@@ -66,43 +66,46 @@ class Layout:
         self.vocab = _round_up(config.vocab_size, self.n_inner * align)
         self.vocab_local = self.vocab // self.n_inner
 
-        self.n_q_local = -(-config.num_attention_heads // self.n_inner)
-        self.q_heads = self._assign_q_heads()
-        self.group, self.kv_heads = self._assign_kv_heads()
-        self.n_kv_local = self.n_q_local // self.group
+        self.group, blocks_per_device = self._choose_head_blocks()
+        self.n_q_local = self.group * blocks_per_device
+        self.n_kv_local = blocks_per_device
+        self.q_heads, self.kv_heads = self._assign_heads(blocks_per_device)
         self.qkv_local = (self.n_q_local + 2 * self.n_kv_local) * hd
 
     # ------------------------------------------------------------------ heads
-    def _assign_q_heads(self) -> list[list[int]]:
-        """Query head ids per inner-axis device; -1 marks a zero padding head."""
-        n = self.config.num_attention_heads
-        out = []
-        for d in range(self.n_inner):
-            ids = range(d * self.n_q_local, (d + 1) * self.n_q_local)
-            out.append([h if h < n else -1 for h in ids])
-        return out
+    def _choose_head_blocks(self) -> tuple[int, int]:
+        """Block size G and blocks per device k for the query heads.
 
-    def _assign_kv_heads(self) -> tuple[int, list[list[int]]]:
-        """Largest GQA group size that is regular on every device, and each device's KV heads."""
-        per_kv = self.config.num_attention_heads // self.config.num_key_value_heads
-        for group in range(self.n_q_local, 0, -1):
-            if self.n_q_local % group:
-                continue
-            kv_lists = []
-            for heads in self.q_heads:
-                kv = []
-                for start in range(0, self.n_q_local, group):
-                    used = {h // per_kv for h in heads[start : start + group] if h >= 0}
-                    if len(used) > 1:
-                        break
-                    kv.append(used.pop() if used else (kv[-1] if kv else 0))
-                else:
-                    kv_lists.append(kv)
-                    continue
-                break
-            if len(kv_lists) == self.n_inner:
-                return group, kv_lists
-        raise AssertionError("group size 1 always works")
+        Each KV group's query heads are zero-padded to a multiple of G and cut into blocks of
+        G heads that share one KV head; every device holds k blocks (so k KV heads and G*k
+        query heads). Pick the smallest per-device QKV width (G*k + 2k heads) that fits all
+        blocks on the inner axis.
+        """
+        c = self.config
+        per_kv = c.num_attention_heads // c.num_key_value_heads
+        best = None
+        for g in range(1, per_kv + 1):
+            blocks = c.num_key_value_heads * -(-per_kv // g)
+            k = -(-blocks // self.n_inner)
+            cost = (g * k + 2 * k, g * k)
+            if best is None or cost < best[0]:
+                best = (cost, g, k)
+        return best[1], best[2]
+
+    def _assign_heads(self, k: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Query head ids (-1 = zero padding) and KV head ids per inner-axis device."""
+        c = self.config
+        per_kv = c.num_attention_heads // c.num_key_value_heads
+        g = self.group
+        blocks = []
+        for kv in range(c.num_key_value_heads):
+            heads = list(range(kv * per_kv, (kv + 1) * per_kv))
+            heads += [-1] * (-len(heads) % g)
+            blocks += [(heads[i : i + g], kv) for i in range(0, len(heads), g)]
+        blocks += [([-1] * g, 0)] * (self.n_inner * k - len(blocks))
+        q_heads = [sum((b[0] for b in blocks[d * k : (d + 1) * k]), []) for d in range(self.n_inner)]
+        kv_heads = [[b[1] for b in blocks[d * k : (d + 1) * k]] for d in range(self.n_inner)]
+        return q_heads, kv_heads
 
     # ------------------------------------------------------------------ placements
     def _on(self, hidden: object, inner: object) -> Placements:
