@@ -1,0 +1,192 @@
+"""Attention ops of the ttnn backend: heads, rotary, paged KV cache, SDPA.
+
+Head tensors take one of two device layouts, chosen by ``create_qkv_heads`` from the row
+count (decode batches never exceed one tile of rows):
+
+* decode (T <= 32): ``nlp_create_qkv_heads_decode`` -> ``[1, T, heads(32), hd]``, height-
+  sharded one user per core; ``rotary_embedding_hf`` in decode mode; ``paged_update_cache``
+  and ``paged_scaled_dot_product_attention_decode`` with a current-position tensor;
+  ``nlp_concat_heads_decode``.
+* prefill: ``nlp_create_qkv_heads`` -> ``[1, heads, T, hd]``; ``rotary_embedding_hf``;
+  ``paged_fill_cache``; causal ``scaled_dot_product_attention`` for a chunk at position 0,
+  ``chunked_scaled_dot_product_attention`` through the page table after it;
+  ``nlp_concat_heads``.
+
+A short prefill chunk (T <= 32) gets decode-layout heads and is permuted into the prefill
+layout by the first prefill-only op. Rotary uses ``rotary_embedding_hf`` because the
+protocol's RoPE is Hugging Face rotate-half on unpermuted Q/K columns;
+``rotary_embedding_llama`` rotates adjacent pairs within a tile and needs Meta-ordered
+Q/K weight columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ttnn
+
+from ttdist.mesh import ttnn_configs as cfg
+from ttdist.mesh.backend import MeshError
+from ttdist.mesh.precision import DType
+
+ROWS, VECTOR, TABLE, HEADS_PREFILL, HEADS_DECODE, CACHE, STATS = (
+    "rows", "vector", "table", "heads_prefill", "heads_decode", "cache", "stats")
+
+
+class AttentionOps:
+    """Mixed into ``TtnnBackend``; relies on its ``_wrap``, ``_rows_value``, ``_ints`` and ``grid``."""
+
+    def create_qkv_heads(self, qkv, n_q: int, n_kv: int, head_dim: int):
+        self._no_partial("create_qkv_heads", qkv)
+        want = (n_q + 2 * n_kv) * head_dim
+        if qkv.ndim != 2 or qkv.shape[-1] != want:
+            raise MeshError(f"create_qkv_heads: {qkv.name!r} has local shape {qkv.shape}, expected [T, {want}]")
+        if head_dim % cfg.TILE:
+            raise MeshError(f"create_qkv_heads: head_dim {head_dim} must be a multiple of {cfg.TILE} on ttnn")
+        t = qkv.shape[0]
+        xv = self._rows_value(qkv)
+        if t <= cfg.DECODE_MAX_ROWS:
+            if n_q > cfg.TILE:
+                raise MeshError(f"create_qkv_heads: at most {cfg.TILE} query heads per device in decode, got {n_q}")
+            q, k, v = ttnn.experimental.nlp_create_qkv_heads_decode(
+                xv, num_heads=n_q, num_kv_heads=n_kv, memory_config=ttnn.L1_HEIGHT_SHARDED_MEMORY_CONFIG)
+            kind = HEADS_DECODE
+        else:
+            q, k, v = ttnn.experimental.nlp_create_qkv_heads(
+                xv, num_heads=n_q, num_kv_heads=n_kv, transpose_k_heads=False, memory_config=ttnn.DRAM_MEMORY_CONFIG)
+            kind = HEADS_PREFILL
+        return tuple(self._wrap(val, (t, n, head_dim), qkv.placements, kind=kind, heads=n)
+                     for val, n in ((q, n_q), (k, n_kv), (v, n_kv)))
+
+    def concat_heads(self, x):
+        t, n, hd = x.shape
+        if x.kind == HEADS_DECODE:
+            xv = x.value
+            if not xv.memory_config().is_sharded():
+                xv = ttnn.to_memory_config(xv, cfg.heads_decode_memory(t, n, hd, self.grid))
+            out = ttnn.experimental.nlp_concat_heads_decode(xv, num_heads=n)
+            out = ttnn.sharded_to_interleaved(out, cfg.activation_memory(t, n * hd))
+            if out.shape[2] != t:  # the op pads the batch to a tile of users
+                out = ttnn.slice(out, [0, 0, 0, 0], [1, 1, t, n * hd])
+        elif x.kind == HEADS_PREFILL:
+            out = ttnn.experimental.nlp_concat_heads(x.value, memory_config=cfg.activation_memory(t, n * hd))
+        else:
+            raise MeshError(f"concat_heads: {x.name!r} is not a head tensor")
+        return self._wrap(out, (t, n * hd), x.placements)
+
+    def _prefill_heads(self, x) -> ttnn.Tensor:
+        """``[1, heads, T, hd]`` for a head tensor of either layout."""
+        if x.kind == HEADS_PREFILL:
+            return x.value
+        if x.kind != HEADS_DECODE:
+            raise MeshError(f"{x.name!r} is not a head tensor")
+        t, n, hd = x.shape
+        flat = ttnn.to_memory_config(x.value, ttnn.DRAM_MEMORY_CONFIG)
+        flat = ttnn.slice(flat, [0, 0, 0, 0], [1, t, n, hd])
+        return ttnn.permute(flat, (0, 2, 1, 3))
+
+    def _rope_table(self, table, decode: bool, rows: int, head_dim: int) -> ttnn.Tensor:
+        """cos or sin ``[T, hd]`` as rotary_embedding_hf reads it, placed straight from the host when pending."""
+        if table.shape != (rows, head_dim):
+            raise MeshError(f"rotary: {table.name!r} has shape {table.shape}, expected ({rows}, {head_dim})")
+        shape4 = (1, rows, 1, head_dim) if decode else (1, 1, rows, head_dim)
+        memory = cfg.heads_decode_memory(rows, 1, head_dim, self.grid) if decode else ttnn.DRAM_MEMORY_CONFIG
+        if table.pending is not None:
+            table.kind = HEADS_DECODE if decode else ROWS
+            return self._materialize(table, DType.bfloat16, ttnn.TILE_LAYOUT, memory, shape4)
+        value = table.value
+        if tuple(value.shape) != shape4:
+            value = ttnn.reshape(ttnn.to_memory_config(value, ttnn.DRAM_MEMORY_CONFIG), shape4)
+        return value if value.memory_config() == memory else ttnn.to_memory_config(value, memory)
+
+    def rotary(self, x, cos, sin):
+        self._no_partial("rotary", x)
+        if x.kind not in (HEADS_DECODE, HEADS_PREFILL):
+            raise MeshError(f"rotary: {x.name!r} is not a head tensor from create_qkv_heads")
+        t, _, hd = x.shape
+        decode = x.kind == HEADS_DECODE
+        c, s = self._rope_table(cos, decode, t, hd), self._rope_table(sin, decode, t, hd)
+        out = ttnn.experimental.rotary_embedding_hf(x.value, c, s, is_decode_mode=decode)
+        return self._wrap(out, x.shape, x.placements, kind=x.kind, heads=x.heads)
+
+    # ------------------------------------------------------------------ paged KV cache
+    def _page_rows(self, cache, page_table: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Validated page table rows (int32), as the simulator checks them."""
+        pages = cache.shape[0]
+        table = np.asarray(page_table, dtype=np.int64)
+        rows = table.reshape(1, -1) if table.ndim == 1 else table
+        need = int(positions.max()) // cache.shape[2] + 1 if positions.size else 0
+        if need > rows.shape[1]:
+            raise MeshError(f"page table has {rows.shape[1]} pages per user; position {int(positions.max())} needs {need}")
+        used = rows[:, :need]
+        if used.size and (used.max() >= pages or (table.ndim == 1 and used.min() < 0)):
+            raise MeshError(f"page ids must lie in [0, {pages}), got {used.min()}..{used.max()}")
+        return np.clip(rows, 0, pages - 1).astype(np.int32)
+
+    def _as_cache_dtype(self, value: ttnn.Tensor, cache) -> ttnn.Tensor:
+        want = cfg.ttnn_dtype(cache.dtype)
+        return value if value.dtype == want else ttnn.typecast(value, want)
+
+    def paged_fill_cache(self, cache, x, page_table: np.ndarray, start_pos: int) -> None:
+        self._no_partial("paged_fill_cache", x)
+        self._check_cache(cache, x)
+        page_size = cache.shape[2]
+        if start_pos % page_size:
+            raise MeshError(f"paged_fill_cache: start_pos {start_pos} must be a multiple of the page size {page_size}")
+        t = x.shape[0]
+        positions = np.arange(start_pos, start_pos + t)
+        rows = self._page_rows(cache, np.asarray(page_table).reshape(-1), positions)
+        first, last = start_pos // page_size, (start_pos + t - 1) // page_size + 1
+        chunk = self._ints(rows[:, first:last])
+        value = self._as_cache_dtype(self._prefill_heads(x), cache)
+        ttnn.experimental.paged_fill_cache(cache.value, value, chunk, batch_idx=0)
+
+    def paged_update_cache(self, cache, x, positions: np.ndarray, page_table: np.ndarray) -> None:
+        self._no_partial("paged_update_cache", x)
+        self._check_cache(cache, x)
+        if x.kind != HEADS_DECODE:
+            raise MeshError(f"paged_update_cache: {x.name!r} has {x.shape[0]} users; a decode batch holds at most {cfg.TILE}")
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = self._page_rows(cache, page_table, np.maximum(positions, 0))
+        pos = self._ints(np.where(positions >= 0, positions, -1))
+        ttnn.experimental.paged_update_cache(cache.value, x.value, update_idxs_tensor=pos, page_table=self._ints(rows))
+
+    def _check_cache(self, cache, x) -> None:
+        if cache.kind != "cache" or cache.ndim != 4:
+            raise MeshError(f"{cache.name!r} is not a paged cache [pages, kv_heads, page_size, head_dim]")
+        if cache.shape[2] % cfg.TILE:
+            raise MeshError(f"paged cache {cache.name!r}: page size {cache.shape[2]} must be a multiple of {cfg.TILE} on ttnn")
+        if x.shape[1:] != (cache.shape[1], cache.shape[3]):
+            raise MeshError(f"{x.name!r} heads {x.shape[1:]} do not match cache {cache.name!r} {cache.shape}")
+
+    # ------------------------------------------------------------------ SDPA
+    def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float):
+        self._no_partial("sdpa_prefill", q, k, v)
+        t, n, hd = q.shape
+        qv = self._prefill_heads(q)
+        compute = cfg.precise_compute()
+        if start_pos == 0:
+            out = ttnn.transformer.scaled_dot_product_attention(
+                qv, self._prefill_heads(k), self._prefill_heads(v), is_causal=True, scale=scale,
+                program_config=cfg.sdpa_prefill_program(t, self.grid), compute_kernel_config=compute)
+        else:
+            page_size = k_cache.shape[2]
+            rows = self._page_rows(k_cache, np.asarray(page_table).reshape(-1), np.arange(start_pos + t))
+            if not np.isclose(scale, hd ** -0.5, rtol=1e-6):  # the 0.81.1 binding rejects every scale argument
+                raise MeshError(f"sdpa_prefill: chunked SDPA on ttnn only scales by 1/sqrt(head_dim), got {scale}")
+            out = ttnn.transformer.chunked_scaled_dot_product_attention(
+                qv, k_cache.value, v_cache.value, self._ints(rows), start_pos,
+                program_config=cfg.sdpa_chunked_program(t, page_size, self.grid), compute_kernel_config=compute)
+        return self._wrap(out, (t, n, hd), q.placements, kind=HEADS_PREFILL, heads=n)
+
+    def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float):
+        self._no_partial("sdpa_decode", q)
+        if q.kind != HEADS_DECODE:
+            raise MeshError(f"sdpa_decode: {q.name!r} has {q.shape[0]} users; a decode batch holds at most {cfg.TILE}")
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = self._page_rows(k_cache, page_table, np.maximum(positions, 0))
+        out = ttnn.transformer.paged_scaled_dot_product_attention_decode(
+            q.value, k_cache.value, v_cache.value, cur_pos_tensor=self._ints(np.where(positions >= 0, positions, -1)),
+            page_table_tensor=self._ints(rows), scale=scale,
+            program_config=cfg.sdpa_decode_program(k_cache.shape[2], self.grid),
+            compute_kernel_config=cfg.precise_compute(), memory_config=ttnn.DRAM_MEMORY_CONFIG)
+        return self._wrap(out, q.shape, q.placements, kind=HEADS_DECODE, heads=q.heads)

@@ -1,0 +1,518 @@
+"""The ``Backend`` protocol on real Tenstorrent chips through ttnn (no torch: host arrays are numpy).
+
+A ``TtnnTensor`` wraps one ttnn mesh tensor with the protocol's view of it: the per-device
+shape, the placement per mesh axis, the dtype and a ``kind`` that says how the data lies
+on the chips:
+
+* ``rows``   token-major activations and matmul weights, ``[1, 1, T, W]`` on device;
+* ``vector`` norm weights ``[W]``, row-major ``[1, 1, W/32, 32]``;
+* ``table``  the embedding table, row-major ``[1, 1, V, H]``;
+* ``heads_prefill`` ``[1, heads, T, hd]`` and ``heads_decode`` ``[1, B, heads(32), hd]``
+  (height-sharded, one user per core) from ``create_qkv_heads``;
+* ``cache``  paged KV ``[pages, kv_heads, page_size, hd]``;
+* ``stats``  distributed-norm statistics ``[1, 1, T, 32 * n]``.
+
+Host arrays given to ``from_host`` are placed lazily: the first op that reads a tensor
+decides its on-chip layout (a matmul weight goes DRAM-sharded, an embedding table
+row-major, rotary tables straight into the decode shape), so no layout is converted
+twice. Op choices follow the tt-metal LLM guide; configs come from ``ttnn_configs``.
+The DRAM ledger counts tile-padded bytes exactly as the simulator does; ``dram_report``
+sets that beside ttnn's own allocator figures.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import ttnn
+
+from ttdist.mesh import ttnn_configs as cfg
+from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
+from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
+from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, normalize
+from ttdist.mesh.precision import DType
+from ttdist.mesh.spec import MeshSpec, Topology
+from ttdist.mesh.ttnn_attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
+from ttdist.mesh.ttnn_host import HostSampler, assemble, tile_padded_bytes
+from ttdist.mesh.ttnn_mesh import MeshHandle, TtnnOptions, open_mesh
+
+@dataclass
+class _Pending:
+    """A host array waiting for its first consumer: 4D global data and the mesh dim per axis."""
+
+    array: np.ndarray
+    mesh_dims: tuple[int | None, int | None]
+
+
+class TtnnTensor:
+    __slots__ = ("value", "pending", "shape", "placements", "dtype", "name", "kind", "heads", "_free", "__weakref__")
+
+    def __init__(self, backend: "TtnnBackend", value, shape, placements: Placements, dtype: DType, name: str,
+                 kind: str = ROWS, heads: int = 0, pending: _Pending | None = None):
+        self.value = value
+        self.pending = pending
+        self.shape = tuple(int(s) for s in shape)
+        self.placements = placements
+        self.dtype = dtype
+        self.name = name
+        self.kind = kind
+        self.heads = heads
+        nbytes = tile_padded_bytes(self.shape, dtype)
+        backend.dram.allocate(name, nbytes)
+        backend._live.add(self)
+        self._free = weakref.finalize(self, backend.dram.free, name, nbytes)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"TtnnTensor({self.name!r}, local={self.shape}, {self.placements}, {self.dtype.value}, {self.kind})"
+
+
+class TtnnBackend(AttentionOps):
+    """The ``Backend`` protocol on a ttnn mesh device (or submesh); attention ops come from ``AttentionOps``."""
+
+    name = "ttnn"
+
+    def __init__(self, spec: MeshSpec, *, activation_dtype: DType = DType.bfloat16, **options):
+        self.spec = spec
+        self.options = TtnnOptions.from_kwargs(options)
+        self.activation_dtype = activation_dtype
+        self.ccl = CclLedger()
+        self.dram = DramLedger(spec)
+        self._live: weakref.WeakSet = weakref.WeakSet()
+        self.mesh: MeshHandle = open_mesh(spec, self.options)
+        self.device = self.mesh.device
+        self.grid = self.mesh.grid
+        self._sampler = HostSampler()
+        self._int_cache: dict[tuple, ttnn.Tensor] = {}
+
+    def close(self) -> None:
+        self._int_cache.clear()
+        self.mesh.close()
+
+    # ------------------------------------------------------------------ host <-> mesh
+    def _mapper(self, mesh_dims: tuple[int | None, int | None]):
+        config = ttnn.MeshMapperConfig([ttnn.PlacementReplicate() if d is None else ttnn.PlacementShard(d) for d in mesh_dims])
+        return ttnn.create_mesh_mapper(self.device, config)
+
+    def _upload(self, array: np.ndarray, mesh_dims, dtype: DType, layout, memory) -> ttnn.Tensor:
+        host = ttnn.Tensor(np.ascontiguousarray(array), cfg.ttnn_dtype(dtype), None, layout, mesh_mapper=self._mapper(mesh_dims))
+        return host.to(self.device, memory)
+
+    def from_host(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
+        array = np.asarray(array)
+        if array.ndim > 4 or array.ndim == 0:
+            raise MeshError(f"tensor {name!r}: ttnn tensors have 1 to 4 dims, got {array.ndim}")
+        placements = normalize(placements, array.ndim)
+        local = list(array.shape)
+        dims: list[int | None] = []
+        for axis, p in enumerate(placements):
+            n = self.spec.shape[axis]
+            if isinstance(p, Partial):
+                raise MeshError(f"tensor {name!r}: a host array cannot be placed as Partial")
+            if isinstance(p, Shard) and n > 1:
+                if local[p.dim] % n:
+                    raise MeshError(f"tensor {name!r}: dim {p.dim} of size {local[p.dim]} does not split evenly over {n} devices on axis {axis}")
+                local[p.dim] //= n
+                dims.append(p.dim + 4 - array.ndim)
+            else:
+                dims.append(None)
+        if array.dtype.kind == "f":
+            array = array.astype(np.float32, copy=False)
+        pending = _Pending(array.reshape((1,) * (4 - array.ndim) + array.shape), (dims[0], dims[1]))
+        kind = VECTOR if array.ndim == 1 else ROWS
+        return TtnnTensor(self, None, local, placements, dtype, name, kind, pending=pending)
+
+    def from_host_per_device(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
+        array = np.asarray(array)
+        if array.ndim < 3 or array.ndim > 6:
+            raise MeshError(f"tensor {name!r}: per-device arrays are [R, C, *local] with 1 to 4 local dims")
+        rows, cols = self.spec.shape
+        for axis, n in enumerate((rows, cols)):
+            if array.shape[axis] not in (1, n):
+                raise MeshError(f"tensor {name!r}: mesh dim {axis} has {array.shape[axis]} entries for {n} devices")
+            if isinstance(placements[axis], Replicate) and array.shape[axis] > 1:
+                first = np.take(array, [0], axis=axis)
+                if not np.array_equal(array, np.broadcast_to(first, array.shape)):
+                    raise MeshError(f"tensor {name!r}: declared Replicate on axis {axis} but the devices differ")
+        local = array.shape[2:]
+        placements = normalize(placements, len(local))
+        a, b, c, d = (1,) * (4 - len(local)) + tuple(local)
+        full = np.broadcast_to(array, (rows, cols) + tuple(local)).reshape(rows, cols, a, b, c, d)
+        merged = full.transpose(0, 2, 1, 3, 4, 5).reshape(rows * a, cols * b, c, d)
+        if merged.dtype.kind == "f":
+            merged = merged.astype(np.float32)
+        pending = _Pending(merged, (0 if rows > 1 else None, 1 if cols > 1 else None))
+        kind = VECTOR if len(local) == 1 else ROWS
+        return TtnnTensor(self, None, local, placements, dtype, name, kind, pending=pending)
+
+    def zeros(self, shape: Sequence[int], placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
+        placements = normalize(placements, len(shape))
+        local = list(shape)
+        for axis, p in enumerate(placements):
+            n = self.spec.shape[axis]
+            if isinstance(p, Shard) and n > 1:
+                if local[p.dim] % n:
+                    raise MeshError(f"tensor {name!r}: dim {p.dim} of size {local[p.dim]} does not split evenly over {n} devices")
+                local[p.dim] //= n
+        if len(local) > 4:
+            raise MeshError(f"tensor {name!r}: ttnn tensors have at most 4 dims")
+        shape4 = (1,) * (4 - len(local)) + tuple(local)
+        kind = CACHE if len(local) == 4 else ROWS
+        value = ttnn.zeros(shape4, dtype=cfg.ttnn_dtype(dtype), layout=ttnn.TILE_LAYOUT, device=self.device,
+                           memory_config=ttnn.DRAM_MEMORY_CONFIG)
+        return TtnnTensor(self, value, local, placements, dtype, name, kind)
+
+    def to_host(self, t: TtnnTensor) -> np.ndarray:
+        value = self._materialize_default(t)
+        if value.dtype == ttnn.bfloat16:  # numpy has no bfloat16: widen on device before reading
+            value = ttnn.typecast(value, ttnn.float32)
+        pieces = [np.asarray(p.cpu().to_numpy()) for p in ttnn.get_device_tensors(value)]
+        local = [self._local_view(t, p) for p in pieces]
+        return assemble(local, self.spec.shape, t.placements)
+
+    def _local_view(self, t: TtnnTensor, piece: np.ndarray) -> np.ndarray:
+        if t.kind == HEADS_PREFILL:
+            return piece[0, : t.heads].transpose(1, 0, 2)[: t.shape[0]]
+        if t.kind == HEADS_DECODE:
+            return piece[0, : t.shape[0], : t.heads]
+        if t.kind == STATS:
+            return piece[0, 0, : t.shape[0], :: cfg.TILE][:, : t.shape[1]]
+        return piece.reshape(-1)[: math.prod(t.shape)].reshape(t.shape) if t.kind in (VECTOR, TABLE) else piece.reshape(t.shape)
+
+    def deallocate(self, t: TtnnTensor) -> None:
+        t._free()
+        if t.value is not None:
+            ttnn.deallocate(t.value)
+        t.value, t.pending = None, None
+
+    # ------------------------------------------------------------------ placing pending host data
+    def _materialize(self, t: TtnnTensor, dtype: DType, layout, memory, shape4=None) -> ttnn.Tensor:
+        if t.value is None:
+            if t.pending is None:
+                raise MeshError(f"tensor {t.name!r} was deallocated")
+            array = t.pending.array if shape4 is None else t.pending.array.reshape(shape4)
+            t.value = self._upload(array, t.pending.mesh_dims, dtype, layout, memory)
+            t.pending = None
+        return t.value
+
+    def _materialize_default(self, t: TtnnTensor) -> ttnn.Tensor:
+        if t.kind == VECTOR:
+            return self._vector(t)
+        return self._materialize(t, t.dtype, ttnn.TILE_LAYOUT, cfg.activation_memory(_rows(t), t.shape[-1]))
+
+    def _rows_value(self, t: TtnnTensor) -> ttnn.Tensor:
+        """A token-major activation ``[1, 1, T, W]``."""
+        if t.kind not in (ROWS, STATS):
+            raise MeshError(f"tensor {t.name!r} is a {t.kind} tensor; this op needs token-major rows [T, width]")
+        return self._materialize_default(t)
+
+    def _vector(self, t: TtnnTensor) -> ttnn.Tensor:
+        """Norm weights row-major ``[1, 1, W/32, 32]`` (the layout rms_norm reads)."""
+        width = t.shape[-1]
+        if width % cfg.TILE:
+            raise MeshError(f"tensor {t.name!r}: norm weights need a width that is a multiple of {cfg.TILE}, got {width}")
+        if t.pending is not None:
+            array, dims = t.pending.array, t.pending.mesh_dims
+            full = array.shape[-1]
+            t.pending = _Pending(array.reshape(1, 1, full // cfg.TILE, cfg.TILE), tuple(None if d is None else 2 for d in dims))
+        return self._materialize(t, DType.bfloat16, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+
+    def _weight(self, w: TtnnTensor) -> tuple[ttnn.Tensor, bool]:
+        """A matmul weight ``[K, N]``: DRAM-sharded when the decode path is on and the shape allows."""
+        if w.kind != ROWS or w.ndim != 2:
+            raise MeshError(f"linear: weight {w.name!r} must be a 2-d [K, N] tensor, got {w.kind} {w.shape}")
+        k, n = w.shape
+        if w.value is None:
+            sharded = self.options.dram_sharded_decode and cfg.dram_sharded_fits(k, n)
+            memory = cfg.dram_sharded_weight_memory(k, n) if sharded else ttnn.DRAM_MEMORY_CONFIG
+            self._materialize(w, w.dtype, ttnn.TILE_LAYOUT, memory)
+        return w.value, w.value.memory_config().is_sharded()
+
+    def _ints(self, array: np.ndarray, dtype=ttnn.int32) -> ttnn.Tensor:
+        """A small replicated integer tensor (ids, positions, page tables); reused while unchanged."""
+        array = np.ascontiguousarray(array, dtype=np.int32 if dtype == ttnn.int32 else np.uint32)
+        key = (array.shape, str(dtype), array.tobytes())
+        hit = self._int_cache.get(key)
+        if hit is None:
+            if len(self._int_cache) > 16:
+                self._int_cache.clear()
+            hit = self._upload(array, (None, None), DType.int32 if dtype == ttnn.int32 else DType.uint32,
+                               ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+            self._int_cache[key] = hit
+        return hit
+
+    def _wrap(self, value, shape, placements, dtype: DType | None = None, name: str = "activations", kind: str = ROWS, heads: int = 0):
+        if kind == ROWS and tuple(value.shape) != (1,) * (4 - len(shape)) + tuple(shape):
+            raise AssertionError(f"ttnn backend: device tensor {tuple(value.shape)} does not hold rows {tuple(shape)}")
+        return TtnnTensor(self, value, shape, placements, dtype or self.activation_dtype, name, kind, heads)
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _no_partial(op: str, *tensors: TtnnTensor) -> None:
+        for t in tensors:
+            for axis, p in enumerate(t.placements):
+                if isinstance(p, Partial):
+                    raise PartialTensorError(
+                        f"{op}: tensor {t.name!r} holds partial sums on cluster_axis {axis}; "
+                        f"reduce it (all_reduce / reduce_scatter) before a non-linear op")
+
+    def _axis(self, op: str, cluster_axis: int | None) -> int:
+        if cluster_axis is None:
+            rows, cols = self.spec.shape
+            if rows > 1 and cols > 1:
+                raise MeshError(f"{op}: cluster_axis is required on the 2D mesh {self.spec.shape_str}")
+            return 0 if rows > 1 else 1
+        if cluster_axis not in (0, 1):
+            raise MeshError(f"{op}: cluster_axis must be 0, 1 or None, got {cluster_axis}")
+        return cluster_axis
+
+    # ------------------------------------------------------------------ compute
+    def linear(self, x: TtnnTensor, w: TtnnTensor, *, out_dtype: DType | None = None) -> TtnnTensor:
+        if x.ndim != 2 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+            raise MeshError(f"linear: {x.name!r} local {x.shape} does not match weight {w.name!r} local {w.shape}")
+        placements = (_matmul_placement(x, w, 0), _matmul_placement(x, w, 1))
+        xv = self._rows_value(x)
+        wv, sharded = self._weight(w)
+        m, (k, n) = x.shape[0], w.shape
+        dtype = out_dtype or self.activation_dtype
+        compute = cfg.matmul_compute(w.dtype)
+        if sharded and m <= cfg.DECODE_MAX_ROWS:
+            xs = ttnn.to_memory_config(xv, cfg.decode_input_memory(m, k, self.grid))
+            ys = ttnn.linear(xs, wv, program_config=cfg.dram_sharded_program(m, k, n, self.grid),
+                             memory_config=ttnn.L1_WIDTH_SHARDED_MEMORY_CONFIG, compute_kernel_config=compute,
+                             dtype=cfg.ttnn_dtype(dtype))
+            ttnn.deallocate(xs)
+            y = ttnn.sharded_to_interleaved(ys, cfg.activation_memory(m, n))
+            ttnn.deallocate(ys)
+        else:
+            chunk = cfg.prefill_row_chunk(m)
+            xin = xv if chunk == m else ttnn.reshape(xv, (1, m // chunk, chunk, k))
+            y = ttnn.linear(xin, wv, program_config=cfg.prefill_program(chunk, k, n, self.grid),
+                            memory_config=cfg.activation_memory(m, n), compute_kernel_config=compute, dtype=cfg.ttnn_dtype(dtype))
+            if chunk != m:
+                y = ttnn.reshape(y, (1, 1, m, n))
+        return self._wrap(y, (m, n), placements, dtype)
+
+    def add(self, a: TtnnTensor, b: TtnnTensor) -> TtnnTensor:
+        if a.placements != b.placements:
+            raise MeshError(f"add: {a.name!r} is {a.placements} but {b.name!r} is {b.placements}")
+        if a.shape != b.shape:
+            raise MeshError(f"add: {a.name!r} local {a.shape} does not match {b.name!r} local {b.shape}")
+        out = ttnn.add(self._rows_value(a), self._rows_value(b), memory_config=cfg.activation_memory(_rows(a), a.shape[-1]))
+        return self._wrap(out, a.shape, a.placements)
+
+    def silu_mul(self, gate: TtnnTensor, up: TtnnTensor) -> TtnnTensor:
+        self._no_partial("silu_mul", gate, up)
+        if gate.placements != up.placements or gate.shape != up.shape:
+            raise MeshError(f"silu_mul: {gate.name!r} {gate.shape} {gate.placements} vs {up.name!r} {up.shape} {up.placements}")
+        out = ttnn.mul(self._rows_value(gate), self._rows_value(up), input_tensor_a_activations=[ttnn.UnaryOpType.SILU],
+                       memory_config=cfg.activation_memory(_rows(gate), gate.shape[-1]))
+        return self._wrap(out, gate.shape, gate.placements)
+
+    def embedding(self, ids: np.ndarray, table: TtnnTensor) -> TtnnTensor:
+        for axis, p in enumerate(table.placements):
+            if isinstance(p, Shard) and p.dim == 0:
+                raise MeshError(f"embedding: table {table.name!r} must not be sharded by vocabulary (axis {axis})")
+        self._no_partial("embedding", table)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vocab, width = table.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise MeshError(f"embedding: token ids must lie in [0, {vocab}), got {ids.min()}..{ids.max()}")
+        if table.value is None:
+            table.kind = TABLE
+            dtype = table.dtype if table.dtype in (DType.bfloat16, DType.float32) else DType.bfloat16
+            self._materialize(table, dtype, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+        elif table.kind != TABLE:
+            raise MeshError(f"embedding: {table.name!r} is already placed as a {table.kind} tensor")
+        out = ttnn.embedding(self._ints(ids.reshape(1, -1), ttnn.uint32), table.value, layout=ttnn.TILE_LAYOUT,
+                             dtype=cfg.ttnn_dtype(self.activation_dtype), memory_config=cfg.activation_memory(ids.size, width))
+        out = ttnn.reshape(out, (1, 1, ids.size, width))
+        return self._wrap(out, (ids.size, width), table.placements)
+
+    def _check_width(self, op: str, x: TtnnTensor) -> None:
+        for axis, p in enumerate(x.placements):
+            if p == Shard(x.ndim - 1) and self.spec.shape[axis] > 1:
+                raise MeshError(f"{op}: {x.name!r} is width-fractured on axis {axis}; use the distributed norm")
+
+    def rms_norm(self, x: TtnnTensor, weight: TtnnTensor, *, eps: float, width: int) -> TtnnTensor:
+        self._no_partial("rms_norm", x)
+        self._check_width("rms_norm", x)
+        local = x.shape[-1]
+        out = ttnn.rms_norm(self._rows_value(x), epsilon=eps * width / local, weight=self._vector(weight),
+                            compute_kernel_config=cfg.precise_compute(), memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+        if width != local:  # ttnn divides by the padded width: rescale to the true mean
+            out = ttnn.multiply(out, math.sqrt(width / local))
+        return self._wrap(out, x.shape, x.placements)
+
+    def rms_norm_pre_all_gather(self, x: TtnnTensor) -> TtnnTensor:
+        self._no_partial("rms_norm_pre_all_gather", x)
+        stats = ttnn.rms_norm_pre_all_gather(self._rows_value(x), compute_kernel_config=cfg.precise_compute(),
+                                             dtype=ttnn.bfloat16, memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+        return self._wrap(stats, (x.shape[0], 1), x.placements, DType.bfloat16, "norm_stats", STATS)
+
+    def rms_norm_post_all_gather(self, x: TtnnTensor, stats: TtnnTensor, weight: TtnnTensor, *, eps: float, width: int) -> TtnnTensor:
+        self._no_partial("rms_norm_post_all_gather", x, stats)
+        if stats.kind != STATS:
+            raise MeshError(f"rms_norm_post_all_gather: {stats.name!r} is not the output of rms_norm_pre_all_gather")
+        sv = stats.value
+        covered = x.shape[-1] * stats.shape[-1]  # ttnn divides by the local width times the gathered devices
+        if covered != width:
+            sv = ttnn.multiply(sv, covered / width)
+        out = ttnn.rms_norm_post_all_gather(self._rows_value(x), sv, epsilon=eps, weight=self._vector(weight),
+                                            compute_kernel_config=cfg.precise_compute(),
+                                            memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+        return self._wrap(out, x.shape, x.placements)
+
+    def slice_rows(self, x: TtnnTensor, start: int, end: int) -> TtnnTensor:
+        for axis, p in enumerate(x.placements):
+            if p == Shard(0) and self.spec.shape[axis] > 1:
+                raise MeshError(f"slice_rows: {x.name!r} is sharded by rows on axis {axis}")
+        if not 0 <= start < end <= x.shape[0]:
+            raise MeshError(f"slice_rows: rows {start}:{end} are out of range for {x.shape[0]} rows")
+        width = x.shape[1]
+        out = ttnn.slice(self._rows_value(x), [0, 0, start, 0], [1, 1, end, width],
+                         memory_config=cfg.activation_memory(end - start, width))
+        return self._wrap(out, (end - start, width), x.placements, x.dtype)
+
+    # ------------------------------------------------------------------ collectives
+    def _ccl_args(self, axis: int, topology: Topology | None, num_links: int | None) -> dict:
+        topo = topology or self.spec.topology[axis]
+        return dict(cluster_axis=axis, topology=ttnn.Topology.Ring if topo is Topology.RING else ttnn.Topology.Linear,
+                    num_links=num_links or self.spec.links[axis])
+
+    def _record(self, op: str, axis: int, topology: Topology | None, full_elems: int, dtype: DType, cost) -> None:
+        topo = topology or self.spec.topology[axis]
+        n = self.spec.shape[axis]
+        full = full_elems * dtype.bytes_per_element
+        self.ccl.record(CclRecord(op, axis, n, topo, full, cost(full, n, topo)))
+
+    def all_gather(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
+        axis = self._axis("all_gather", cluster_axis)
+        dim = _dim(dim, x.ndim, "all_gather")
+        p = x.placements[axis]
+        if isinstance(p, Partial):
+            raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on cluster_axis {axis}; reduce it first")
+        n = self.spec.shape[axis]
+        self._record("all_gather", axis, topology, math.prod(x.shape) * n, x.dtype, all_gather_bytes)
+        placements = _with(x.placements, axis, Replicate())
+        shape = list(x.shape)
+        shape[dim] *= n
+        if n == 1:
+            return self._wrap(self._rows_value(x), x.shape, placements, x.dtype, x.name, x.kind)
+        out = ttnn.all_gather(self._rows_value(x), dim + 4 - x.ndim, memory_config=cfg.activation_memory(_rows(x), shape[-1]),
+                              **self._ccl_args(axis, topology, num_links))
+        return self._wrap(out, shape, placements, x.dtype, kind=x.kind)
+
+    def reduce_scatter(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
+        axis = self._axis("reduce_scatter", cluster_axis)
+        dim = _dim(dim, x.ndim, "reduce_scatter")
+        n = self.spec.shape[axis]
+        if x.shape[dim] % n:
+            raise MeshError(f"reduce_scatter: dim {dim} of {x.name!r} has size {x.shape[dim]}, not divisible by the {n} devices on axis {axis}")
+        self._record("reduce_scatter", axis, topology, math.prod(x.shape), x.dtype, reduce_scatter_bytes)
+        placements = _with(x.placements, axis, Shard(dim))
+        shape = list(x.shape)
+        shape[dim] //= n
+        if n == 1:
+            return self._wrap(self._rows_value(x), shape, placements, x.dtype)
+        if isinstance(x.placements[axis], Shard):
+            raise MeshError(f"reduce_scatter: {x.name!r} is already sharded on axis {axis}")
+        out = ttnn.reduce_scatter(self._rows_value(x), dim + 4 - x.ndim, memory_config=cfg.activation_memory(_rows(x), x.shape[-1]),
+                                  **self._ccl_args(axis, topology, num_links))
+        return self._wrap(out, shape, placements, x.dtype)
+
+    def all_reduce(self, x: TtnnTensor, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
+        axis = self._axis("all_reduce", cluster_axis)
+        n = self.spec.shape[axis]
+        self._record("all_reduce", axis, topology, math.prod(x.shape), x.dtype, all_reduce_bytes)
+        placements = _with(x.placements, axis, Replicate())
+        if n == 1:
+            return self._wrap(self._rows_value(x), x.shape, placements, x.dtype)
+        if isinstance(x.placements[axis], Shard):
+            raise MeshError(f"all_reduce: {x.name!r} is sharded on axis {axis}; all_gather it instead")
+        out = ttnn.all_reduce(self._rows_value(x), memory_config=cfg.activation_memory(_rows(x), x.shape[-1]),
+                              **self._ccl_args(axis, topology, num_links))
+        return self._wrap(out, x.shape, placements, x.dtype)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, logits: TtnnTensor, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
+        """Greedy users by ``ttnn.argmax`` on device; sampled users draw on host from device top-k candidates."""
+        self._no_partial("sample", logits)
+        for axis, p in enumerate(logits.placements):
+            if isinstance(p, Shard) and self.spec.shape[axis] > 1:
+                raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")
+        batch, width = logits.shape
+        vocab = min(vocab_size or width, width)
+        value = self._rows_value(logits)
+        if vocab != width:
+            value = ttnn.slice(value, [0, 0, 0, 0], [1, 1, batch, vocab])
+        rm = ttnn.to_layout(value, ttnn.ROW_MAJOR_LAYOUT)
+        ids = ttnn.argmax(rm, dim=3, keepdim=False)
+        out = _first_device(ids).reshape(-1)[:batch].astype(np.int64)
+        sampled = np.nonzero(np.asarray(params.temperature) > 0)[0]
+        if sampled.size:
+            k = self._sampler.candidates(params, sampled, vocab)
+            if k:
+                values, indices = ttnn.topk(value, k, dim=-1, largest=True, sorted=True)
+                vals, idx = _first_device(values)[0, 0], _first_device(indices)[0, 0]
+            else:  # top-k off or too wide for one device pass: the sampled users' rows come to the host
+                vals, idx = _first_device(value)[0, 0], None
+            out[sampled] = self._sampler.draw(params, sampled, vals, idx)
+        return out
+
+    # ------------------------------------------------------------------ memory report
+    def dram_report(self):
+        from ttdist.mesh.ttnn_mesh import dram_report
+
+        return dram_report(self)
+
+
+def _first_device(t: ttnn.Tensor) -> np.ndarray:
+    if t.dtype == ttnn.bfloat16:
+        t = ttnn.typecast(t, ttnn.float32)
+    return np.asarray(ttnn.get_device_tensors(t)[0].cpu().to_numpy())
+
+
+def _rows(t: TtnnTensor) -> int:
+    return t.shape[0] if t.ndim >= 2 else 1
+
+
+def _dim(dim: int, ndim: int, op: str) -> int:
+    d = dim + ndim if dim < 0 else dim
+    if not 0 <= d < ndim:
+        raise MeshError(f"{op}: dim {dim} is out of range for a {ndim}-d tensor")
+    return d
+
+
+def _with(placements: Placements, axis: int, p) -> Placements:
+    out = list(placements)
+    out[axis] = p
+    return (out[0], out[1])
+
+
+def _matmul_placement(x: TtnnTensor, w: TtnnTensor, axis: int):
+    """How ``x @ w`` lies on one axis (the simulator's rule): column, row parallel or replicated."""
+    px, pw = x.placements[axis], w.placements[axis]
+    last = x.ndim - 1
+    if isinstance(pw, Partial):
+        raise PartialTensorError(f"linear: weight {w.name!r} is Partial on axis {axis}")
+    if isinstance(px, Replicate) and isinstance(pw, Replicate):
+        return Replicate()
+    if isinstance(px, Replicate) and pw == Shard(1):
+        return Shard(last)
+    if px == Shard(last) and pw == Shard(0):
+        return Partial()
+    if isinstance(px, Partial) and isinstance(pw, Replicate):
+        return Partial()
+    if isinstance(px, Shard) and px.dim < last and isinstance(pw, Replicate):
+        return px
+    raise MeshError(
+        f"linear: activation {x.name!r} is {px} and weight {w.name!r} is {pw} on cluster_axis {axis}; "
+        f"a matmul needs (Replicate, Shard(1)) column parallel, (Shard(-1), Shard(0)) row parallel, or replicated weights")

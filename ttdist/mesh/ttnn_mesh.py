@@ -1,0 +1,181 @@
+"""Opening a ttnn mesh (or submesh) for a ``MeshSpec``, decode traces, and the DRAM report.
+
+Fabric: ``FABRIC_1D_RING`` when an axis of the spec is a ring (T3000), else ``FABRIC_1D``
+(N300 line, Galaxy rows and columns). ``TtnnOptions`` holds everything the caller may
+choose; it is validated once here.
+
+Tracing: ``DecodeTrace`` captures one decode step (``begin_trace_capture`` /
+``end_trace_capture``) and replays it with ``execute_trace``. Inputs that change per step
+must live in persistent device tensors refreshed with ``copy_host_to_device_tensor``
+before each replay. Mock clusters cannot capture a trace (the capture crashes the
+process), so ``MeshHandle.can_trace`` is False there and callers run the step eagerly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import ttnn
+
+from ttdist.mesh.backend import MeshError
+from ttdist.mesh.spec import MeshSpec, Topology
+from ttdist.mesh.ttnn_configs import Grid, interleaved_bytes
+
+DEFAULT_TRACE_REGION = 64 << 20
+
+
+@dataclass(frozen=True)
+class TtnnOptions:
+    """How the backend opens and uses the chips.
+
+    ``device``: an already opened mesh device to share (tests open each mesh once);
+    ``parent`` + ``offset``: carve a submesh of ``spec``'s shape out of a bigger mesh;
+    ``worker_grid``: limit ops to this many worker columns x rows (default: the device's grid);
+    ``dram_sharded_decode``: decode matmuls read DRAM-sharded weights (the guide's choice);
+    ``trace_region_bytes``: device memory reserved for decode traces.
+    """
+
+    device: object = None
+    parent: object = None
+    offset: tuple[int, int] = (0, 0)
+    worker_grid: tuple[int, int] | None = None
+    dram_sharded_decode: bool = True
+    trace_region_bytes: int = DEFAULT_TRACE_REGION
+
+    @classmethod
+    def from_kwargs(cls, options: dict) -> "TtnnOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise MeshError(f"ttnn backend: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        opts = cls(**options)
+        if opts.worker_grid is not None and (len(opts.worker_grid) != 2 or min(opts.worker_grid) < 1):
+            raise MeshError(f"ttnn backend: worker_grid must be (columns, rows) >= 1, got {opts.worker_grid}")
+        return opts
+
+
+@dataclass
+class MeshHandle:
+    device: object
+    grid: Grid
+    owned: bool
+    dram_baseline: int
+
+    @property
+    def can_trace(self) -> bool:
+        return not os.environ.get("TT_METAL_MOCK_CLUSTER_DESC_PATH")
+
+    def close(self) -> None:
+        if self.owned and self.device is not None:
+            ttnn.close_mesh_device(self.device)
+            self.device = None
+
+
+def fabric_for(spec: MeshSpec):
+    if spec.num_chips == 1:
+        return None
+    if Topology.RING in spec.topology:
+        return ttnn.FabricConfig.FABRIC_1D_RING
+    return ttnn.FabricConfig.FABRIC_1D
+
+
+def open_device(spec: MeshSpec, trace_region_bytes: int = DEFAULT_TRACE_REGION):
+    """Open the whole mesh for ``spec`` (sets the fabric first)."""
+    fabric = fabric_for(spec)
+    if fabric is not None:
+        ttnn.set_fabric_config(fabric)
+    return ttnn.open_mesh_device(ttnn.MeshShape(spec.rows, spec.cols), trace_region_size=trace_region_bytes)
+
+
+def open_mesh(spec: MeshSpec, options: TtnnOptions) -> MeshHandle:
+    owned = False
+    if options.device is not None:
+        device = options.device
+    elif options.parent is not None:
+        device = options.parent.create_submesh(ttnn.MeshShape(spec.rows, spec.cols), ttnn.MeshCoordinate(*options.offset))
+    else:
+        device, owned = open_device(spec, options.trace_region_bytes), True
+    shape = tuple(device.shape)
+    if shape != spec.shape:
+        raise MeshError(f"ttnn backend: the device mesh is {shape[0]}x{shape[1]} but the spec {spec.name!r} is {spec.shape_str}")
+    full = device.compute_with_storage_grid_size()
+    gx, gy = options.worker_grid or (full.x, full.y)
+    grid = Grid(min(gx, full.x), min(gy, full.y))
+    return MeshHandle(device, grid, owned, dram_allocated(device))
+
+
+def dram_allocated(device) -> int:
+    """Bytes ttnn's allocator holds in one chip's DRAM (the allocator runs in lock-step over the mesh)."""
+    view = ttnn.get_memory_view(device, ttnn.BufferType.DRAM)
+    return int(view.total_bytes_allocated_per_bank) * int(view.num_banks)
+
+
+@dataclass(frozen=True)
+class DramReport:
+    """Per-chip DRAM: the simulator-rule ledger, ttnn's allocator, and the layout each tensor got."""
+
+    ledger_bytes: float
+    allocator_bytes: int
+    layout_bytes: int
+    by_kind: dict
+
+
+def tensor_dram_bytes(value) -> int:
+    """DRAM one chip reserves for a device tensor, from its buffer geometry."""
+    memory = value.memory_config()
+    if memory.buffer_type != ttnn.BufferType.DRAM:
+        return 0
+    pages, page = value.buffer_num_pages(), value.buffer_aligned_page_size()
+    if memory.is_sharded():
+        spec = memory.shard_spec
+        shards = spec.num_cores()
+        return -(-pages // shards) * shards * page
+    return interleaved_bytes(pages, page)
+
+
+def dram_report(backend) -> DramReport:
+    by_kind: dict[str, list[float]] = {}
+    layout = 0
+    for t in list(backend._live):
+        if t.value is None:
+            continue
+        got = tensor_dram_bytes(t.value)
+        layout += got
+        entry = by_kind.setdefault(t.kind, [0.0, 0])
+        entry[0] += _ledger_share(t)
+        entry[1] += got
+    allocator = dram_allocated(backend.device) - backend.mesh.dram_baseline
+    return DramReport(backend.dram.used_per_chip(), allocator, layout, {k: tuple(v) for k, v in by_kind.items()})
+
+
+def _ledger_share(t) -> float:
+    from ttdist.mesh.ttnn_host import tile_padded_bytes
+
+    return tile_padded_bytes(t.shape, t.dtype)
+
+
+class DecodeTrace:
+    """One captured decode step, replayed with ``execute_trace`` (hardware only)."""
+
+    def __init__(self, handle: MeshHandle):
+        if not handle.can_trace:
+            raise MeshError("trace capture needs real chips: mock clusters crash in begin_trace_capture")
+        self.device = handle.device
+        self.trace_id = None
+
+    def capture(self, step):
+        self.trace_id = ttnn.begin_trace_capture(self.device, cq_id=0)
+        try:
+            out = step()
+        finally:
+            ttnn.end_trace_capture(self.device, self.trace_id, cq_id=0)
+        return out
+
+    def replay(self) -> None:
+        ttnn.execute_trace(self.device, self.trace_id, cq_id=0, blocking=False)
+
+    def release(self) -> None:
+        if self.trace_id is not None:
+            ttnn.release_trace(self.device, self.trace_id)
+            self.trace_id = None
