@@ -21,7 +21,20 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
+
+TILE = 32
+
+
+def tile_padded_bytes(local_shape, dtype: DType) -> float:
+    """Bytes one chip holds for a tensor stored in 32x32 tiles (last two dims padded)."""
+    dims = list(local_shape) or [1]
+    if len(dims) == 1:
+        dims = [1] + dims
+    dims[-1] = -(-dims[-1] // TILE) * TILE
+    dims[-2] = -(-dims[-2] // TILE) * TILE
+    return math.prod(dims) * dtype.bytes_per_element
 
 
 def all_gather_bytes(full_bytes: float, devices: int, topology: Topology) -> float:

@@ -19,17 +19,10 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ttdist.mesh.accounting import CclLedger, DramLedger
+from ttdist.mesh.errors import MeshError, PartialTensorError  # noqa: F401  (re-exported)
 from ttdist.mesh.placement import Placements
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
-
-
-class MeshError(ValueError):
-    """An op was asked for something the mesh cannot do (shapes, placements, axes)."""
-
-
-class PartialTensorError(MeshError):
-    """A tensor holding pending partial sums reached an op that is not linear in it."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from ttdist.mesh.errors import MeshError, PartialTensorError
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -49,3 +51,42 @@ def normalize(placements: Placements, ndim: int) -> Placements:
             p = Shard(dim)
         out.append(p)
     return (out[0], out[1])
+
+
+def with_axis(placements: Placements, axis: int, p: Placement) -> Placements:
+    """``placements`` with the one on ``axis`` replaced."""
+    out = list(placements)
+    out[axis] = p
+    return (out[0], out[1])
+
+
+def normalize_dim(dim: int, ndim: int, op: str) -> int:
+    d = dim + ndim if dim < 0 else dim
+    if not 0 <= d < ndim:
+        raise MeshError(f"{op}: dim {dim} is out of range for a {ndim}-d tensor")
+    return d
+
+
+def matmul_placement(x, w, axis: int) -> Placement:
+    """How ``x @ w`` lies on one axis: column parallel, row parallel, or replicated.
+
+    ``x`` and ``w`` are mesh tensors (``placements``, ``ndim``, ``name``); ``w`` is ``[K, N]``.
+    """
+    px, pw = x.placements[axis], w.placements[axis]
+    last = x.ndim - 1
+    if isinstance(pw, Partial):
+        raise PartialTensorError(f"linear: weight {w.name!r} is Partial on axis {axis}")
+    if isinstance(px, Replicate) and isinstance(pw, Replicate):
+        return Replicate()
+    if isinstance(px, Replicate) and pw == Shard(1):
+        return Shard(last)
+    if px == Shard(last) and pw == Shard(0):
+        return Partial()
+    if isinstance(px, Partial) and isinstance(pw, Replicate):
+        return Partial()
+    if isinstance(px, Shard) and px.dim < last and isinstance(pw, Replicate):
+        return px
+    raise MeshError(
+        f"linear: activation {x.name!r} is {px} and weight {w.name!r} is {pw} on cluster_axis {axis}; "
+        f"a matmul needs (Replicate, Shard(1)) column parallel, (Shard(-1), Shard(0)) row parallel, or replicated weights"
+    )

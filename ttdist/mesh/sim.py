@@ -14,31 +14,18 @@ chip's DRAM while it lives.
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
+from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
-from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, normalize
+from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, with_axis
+from ttdist.mesh.sampling import HostSampler
 from ttdist.mesh.precision import DType, quantize
 from ttdist.mesh.spec import MeshSpec, Topology
-
-TILE = 32
-
-
-def tile_padded_bytes(local_shape: Sequence[int], dtype: DType) -> float:
-    """Bytes one chip holds for a tensor stored in 32x32 tiles (last two dims padded)."""
-    dims = list(local_shape) or [1]
-    if len(dims) == 1:
-        dims = [1] + dims
-    dims[-1] = -(-dims[-1] // TILE) * TILE
-    dims[-2] = -(-dims[-2] // TILE) * TILE
-    return math.prod(dims) * dtype.bytes_per_element
-
 
 class SimTensor:
     __slots__ = ("data", "placements", "dtype", "name", "_free", "__weakref__")
@@ -191,7 +178,7 @@ class SimBackend:
     def linear(self, x: SimTensor, w: SimTensor, *, out_dtype: DType | None = None) -> SimTensor:
         if w.ndim != 2 or x.ndim < 2 or x.shape[-1] != w.shape[0]:
             raise MeshError(f"linear: {x.name!r} local {x.shape} does not match weight {w.name!r} local {w.shape}")
-        placements = (_matmul_placement(x, w, 0), _matmul_placement(x, w, 1))
+        placements = (matmul_placement(x, w, 0), matmul_placement(x, w, 1))
         return self._wrap(_batched_matmul(x.data, w.data, x.ndim), placements, out_dtype)
 
     def add(self, a: SimTensor, b: SimTensor) -> SimTensor:
@@ -348,23 +335,23 @@ class SimBackend:
 
     def all_gather(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
         axis = self._axis("all_gather", cluster_axis)
-        dim = _dim(dim, x.ndim, "all_gather")
+        dim = normalize_dim(dim, x.ndim, "all_gather")
         p = x.placements[axis]
         if isinstance(p, Partial):
             raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on cluster_axis {axis}; reduce it first")
         n = self.spec.shape[axis]
         self._record("all_gather", axis, topology, x.data[0, 0].numel() * n, x.dtype, all_gather_bytes)
         if n == 1:
-            return self._wrap(x.data, _with(x.placements, axis, Replicate()), x.dtype)
+            return self._wrap(x.data, with_axis(x.placements, axis, Replicate()), x.dtype)
         if isinstance(p, Replicate):
             out = torch.cat([x.data] * n, dim=2 + dim)
         else:
             out = x.data.movedim(axis, 1 + dim).flatten(1 + dim, 2 + dim).unsqueeze(axis)
-        return self._wrap(out, _with(x.placements, axis, Replicate()), x.dtype)
+        return self._wrap(out, with_axis(x.placements, axis, Replicate()), x.dtype)
 
     def reduce_scatter(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
         axis = self._axis("reduce_scatter", cluster_axis)
-        dim = _dim(dim, x.ndim, "reduce_scatter")
+        dim = normalize_dim(dim, x.ndim, "reduce_scatter")
         n = self.spec.shape[axis]
         size = x.shape[dim]
         if size % n:
@@ -373,7 +360,7 @@ class SimBackend:
         full = x.data.expand(*[n if a == axis else -1 for a in range(x.data.dim())])
         summed = full.sum(dim=axis)  # [M, *local]
         out = summed.unflatten(1 + dim, (n, size // n)).movedim(1 + dim, axis)
-        return self._wrap(out, _with(x.placements, axis, Shard(dim)), x.dtype)
+        return self._wrap(out, with_axis(x.placements, axis, Shard(dim)), x.dtype)
 
     def all_reduce(self, x: SimTensor, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
         axis = self._axis("all_reduce", cluster_axis)
@@ -383,7 +370,7 @@ class SimBackend:
             out = x.data * n
         else:
             out = x.data.sum(dim=axis, keepdim=True)
-        return self._wrap(out, _with(x.placements, axis, Replicate()), x.dtype)
+        return self._wrap(out, with_axis(x.placements, axis, Replicate()), x.dtype)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, logits: SimTensor, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
@@ -391,33 +378,13 @@ class SimBackend:
         for axis, p in enumerate(logits.placements):
             if isinstance(p, Shard) and self.spec.shape[axis] > 1:
                 raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")
-        return sample_logits(logits.data[0, 0, :, :vocab_size], params)
+        rows = logits.data[0, 0, :, :vocab_size]
+        out = rows.argmax(dim=-1).cpu().numpy().astype(np.int64)
+        users = np.nonzero(np.asarray(params.temperature) > 0)[0]
+        if users.size:
+            out[users] = HostSampler.draw(params, users, rows.cpu().numpy(), None)
+        return out
 
-
-def sample_logits(logits: torch.Tensor, params: SamplingBatch) -> np.ndarray:
-    """Greedy, temperature, top-k and top-p sampling per user; seeded users are reproducible."""
-    logits = logits.float()
-    out = logits.argmax(dim=-1).cpu().numpy().astype(np.int64)
-    for b in np.nonzero(np.asarray(params.temperature) > 0)[0]:
-        row = logits[b] / float(params.temperature[b])
-        k = int(params.top_k[b])
-        if 0 < k < row.numel():
-            kth = torch.topk(row, k).values[-1]
-            row = row.masked_fill(row < kth, float("-inf"))
-        p = float(params.top_p[b])
-        if 0 < p < 1:
-            sorted_logits, order = torch.sort(row, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            drop = (probs.cumsum(-1) - probs) >= p
-            row = row.clone()
-            row[order[drop]] = float("-inf")
-        probs = torch.softmax(row, dim=-1)
-        gen = None
-        if int(params.seed[b]) >= 0:
-            gen = torch.Generator(device=probs.device)
-            gen.manual_seed((int(params.seed[b]) * 1_000_003 + int(params.step[b])) % (2**63))
-        out[b] = int(torch.multinomial(probs, 1, generator=gen))
-    return out
 
 
 def _per_row(w: SimTensor, ndim: int) -> torch.Tensor:
@@ -429,38 +396,3 @@ def _batched_matmul(x: torch.Tensor, w: torch.Tensor, x_ndim: int) -> torch.Tens
     """``[R',C',...,K] @ [R',C',K,N]`` broadcasting the mesh dims."""
     w = w.reshape(w.shape[0], w.shape[1], *([1] * (x_ndim - 2)), w.shape[2], w.shape[3])
     return torch.matmul(x, w)
-
-
-def _dim(dim: int, ndim: int, op: str) -> int:
-    d = dim + ndim if dim < 0 else dim
-    if not 0 <= d < ndim:
-        raise MeshError(f"{op}: dim {dim} is out of range for a {ndim}-d tensor")
-    return d
-
-
-def _with(placements: Placements, axis: int, p) -> Placements:
-    out = list(placements)
-    out[axis] = p
-    return (out[0], out[1])
-
-
-def _matmul_placement(x: SimTensor, w: SimTensor, axis: int):
-    """How ``x @ w`` lies on one axis: column parallel, row parallel, or replicated."""
-    px, pw = x.placements[axis], w.placements[axis]
-    last = x.ndim - 1
-    if isinstance(pw, Partial):
-        raise PartialTensorError(f"linear: weight {w.name!r} is Partial on axis {axis}")
-    if isinstance(px, Replicate) and isinstance(pw, Replicate):
-        return Replicate()
-    if isinstance(px, Replicate) and pw == Shard(1):
-        return Shard(last)
-    if px == Shard(last) and pw == Shard(0):
-        return Partial()
-    if isinstance(px, Partial) and isinstance(pw, Replicate):
-        return Partial()
-    if isinstance(px, Shard) and px.dim < last and isinstance(pw, Replicate):
-        return px
-    raise MeshError(
-        f"linear: activation {x.name!r} is {px} and weight {w.name!r} is {pw} on cluster_axis {axis}; "
-        f"a matmul needs (Replicate, Shard(1)) column parallel, (Shard(-1), Shard(0)) row parallel, or replicated weights"
-    )

@@ -31,13 +31,14 @@ import numpy as np
 import ttnn
 
 from ttdist.mesh import ttnn_configs as cfg
-from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
+from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
-from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, normalize
+from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
 from ttdist.mesh.ttnn_attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
-from ttdist.mesh.ttnn_host import HostSampler, assemble, tile_padded_bytes
+from ttdist.mesh.sampling import HostSampler
+from ttdist.mesh.ttnn_host import assemble
 from ttdist.mesh.ttnn_mesh import MeshHandle, TtnnOptions, open_mesh
 
 @dataclass
@@ -277,7 +278,7 @@ class TtnnBackend(AttentionOps):
     def linear(self, x: TtnnTensor, w: TtnnTensor, *, out_dtype: DType | None = None) -> TtnnTensor:
         if x.ndim != 2 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
             raise MeshError(f"linear: {x.name!r} local {x.shape} does not match weight {w.name!r} local {w.shape}")
-        placements = (_matmul_placement(x, w, 0), _matmul_placement(x, w, 1))
+        placements = (matmul_placement(x, w, 0), matmul_placement(x, w, 1))
         xv = self._rows_value(x)
         wv, sharded = self._weight(w)
         m, (k, n) = x.shape[0], w.shape
@@ -395,13 +396,13 @@ class TtnnBackend(AttentionOps):
 
     def all_gather(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
         axis = self._axis("all_gather", cluster_axis)
-        dim = _dim(dim, x.ndim, "all_gather")
+        dim = normalize_dim(dim, x.ndim, "all_gather")
         p = x.placements[axis]
         if isinstance(p, Partial):
             raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on cluster_axis {axis}; reduce it first")
         n = self.spec.shape[axis]
         self._record("all_gather", axis, topology, math.prod(x.shape) * n, x.dtype, all_gather_bytes)
-        placements = _with(x.placements, axis, Replicate())
+        placements = with_axis(x.placements, axis, Replicate())
         shape = list(x.shape)
         shape[dim] *= n
         if n == 1:
@@ -412,12 +413,12 @@ class TtnnBackend(AttentionOps):
 
     def reduce_scatter(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
         axis = self._axis("reduce_scatter", cluster_axis)
-        dim = _dim(dim, x.ndim, "reduce_scatter")
+        dim = normalize_dim(dim, x.ndim, "reduce_scatter")
         n = self.spec.shape[axis]
         if x.shape[dim] % n:
             raise MeshError(f"reduce_scatter: dim {dim} of {x.name!r} has size {x.shape[dim]}, not divisible by the {n} devices on axis {axis}")
         self._record("reduce_scatter", axis, topology, math.prod(x.shape), x.dtype, reduce_scatter_bytes)
-        placements = _with(x.placements, axis, Shard(dim))
+        placements = with_axis(x.placements, axis, Shard(dim))
         shape = list(x.shape)
         shape[dim] //= n
         if n == 1:
@@ -432,7 +433,7 @@ class TtnnBackend(AttentionOps):
         axis = self._axis("all_reduce", cluster_axis)
         n = self.spec.shape[axis]
         self._record("all_reduce", axis, topology, math.prod(x.shape), x.dtype, all_reduce_bytes)
-        placements = _with(x.placements, axis, Replicate())
+        placements = with_axis(x.placements, axis, Replicate())
         if n == 1:
             return self._wrap(self._rows_value(x), x.shape, placements, x.dtype)
         if isinstance(x.placements[axis], Shard):
@@ -482,37 +483,3 @@ def _first_device(t: ttnn.Tensor) -> np.ndarray:
 
 def _rows(t: TtnnTensor) -> int:
     return t.shape[0] if t.ndim >= 2 else 1
-
-
-def _dim(dim: int, ndim: int, op: str) -> int:
-    d = dim + ndim if dim < 0 else dim
-    if not 0 <= d < ndim:
-        raise MeshError(f"{op}: dim {dim} is out of range for a {ndim}-d tensor")
-    return d
-
-
-def _with(placements: Placements, axis: int, p) -> Placements:
-    out = list(placements)
-    out[axis] = p
-    return (out[0], out[1])
-
-
-def _matmul_placement(x: TtnnTensor, w: TtnnTensor, axis: int):
-    """How ``x @ w`` lies on one axis (the simulator's rule): column, row parallel or replicated."""
-    px, pw = x.placements[axis], w.placements[axis]
-    last = x.ndim - 1
-    if isinstance(pw, Partial):
-        raise PartialTensorError(f"linear: weight {w.name!r} is Partial on axis {axis}")
-    if isinstance(px, Replicate) and isinstance(pw, Replicate):
-        return Replicate()
-    if isinstance(px, Replicate) and pw == Shard(1):
-        return Shard(last)
-    if px == Shard(last) and pw == Shard(0):
-        return Partial()
-    if isinstance(px, Partial) and isinstance(pw, Replicate):
-        return Partial()
-    if isinstance(px, Shard) and px.dim < last and isinstance(pw, Replicate):
-        return px
-    raise MeshError(
-        f"linear: activation {x.name!r} is {px} and weight {w.name!r} is {pw} on cluster_axis {axis}; "
-        f"a matmul needs (Replicate, Shard(1)) column parallel, (Shard(-1), Shard(0)) row parallel, or replicated weights")

@@ -150,7 +150,7 @@ def dram_report(backend) -> DramReport:
 
 
 def _ledger_share(t) -> float:
-    from ttdist.mesh.ttnn_host import tile_padded_bytes
+    from ttdist.mesh.accounting import tile_padded_bytes
 
     return tile_padded_bytes(t.shape, t.dtype)
 

@@ -1,0 +1,9 @@
+"""Errors raised by mesh backends."""
+
+
+class MeshError(ValueError):
+    """An op was asked for something the mesh cannot do (shapes, placements, axes)."""
+
+
+class PartialTensorError(MeshError):
+    """A tensor holding pending partial sums reached an op that is not linear in it."""
