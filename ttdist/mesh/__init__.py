@@ -20,7 +20,11 @@ def make_backend(spec: MeshSpec, kind: str = "sim", **options) -> Backend:
 
         return SimBackend(spec, **options)
     if kind == "ttnn":
-        from ttdist.mesh.ttnn_backend import TtnnBackend
-
+        try:
+            from ttdist.mesh.ttnn_backend import TtnnBackend
+        except ImportError as err:
+            raise MeshError(
+                f"the ttnn backend needs the ttnn package (Python 3.10 or 3.12, see docs/hardware.md): {err}"
+            ) from None
         return TtnnBackend(spec, **options)
     raise MeshError(f"unknown backend {kind!r}: use 'sim' or 'ttnn'")
