@@ -20,7 +20,7 @@ def test_cache_is_keyed_and_reused(tiny_ckpt, tmp_path):
     fp32 = convert_checkpoint(tiny_ckpt, mesh="1x8", dtype="float32", cache_dir=tmp_path, progress=False)
     assert len({first, other, fp32}) == 3
     manifest = json.loads((first / "manifest.json").read_text())
-    assert manifest["mesh"] == "1x8" and manifest["dtype"] == "bfloat16" and manifest["layout"] == "1d-1x8-a32"
+    assert manifest["mesh"] == "1x8" and manifest["dtype"] == "bfloat16" and manifest["layout"] == "1d-1x8-a32-g1k1"
     loaded = load_converted(first)
     assert loaded.config == LlamaConfig.from_dir(tiny_ckpt)
     assert loaded.arrays["layers.0.wqkv"].shape == tuple(manifest["tensors"]["layers.0.wqkv"])

@@ -170,7 +170,7 @@ class Layout:
     @property
     def key(self) -> str:
         """Names this layout in the converted-weight cache."""
-        return f"{'1d' if self.one_d else '2d'}-{self.spec.shape_str}-a{self.align}"
+        return f"{'1d' if self.one_d else '2d'}-{self.spec.shape_str}-a{self.align}-g{self.group}k{self.n_kv_local}"
 
     # ------------------------------------------------------------------ sharding host weights
     def inner_coord(self, r: int, c: int) -> int:

@@ -26,7 +26,7 @@ from ttdist.mesh.spec import MeshSpec, parse_mesh
 from ttdist.model.config import CheckpointError, LlamaConfig
 from ttdist.model.layout import Layout, _pad_axis
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump whenever prepare() or the layout changes what it writes
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32}
 
 
