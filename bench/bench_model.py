@@ -25,14 +25,17 @@ from ttdist.model.runner import MeshModelRunner
 from ttdist.model.smollm2 import materialize
 
 
-def time_it(fn, steps: int) -> float:
-    fn()  # warm-up
-    samples = []
+def time_side_by_side(fns, steps: int) -> list[float]:
+    """Median seconds of each function, run alternately so both see the same machine load."""
+    for fn in fns:
+        fn()  # warm-up
+    samples = [[] for _ in fns]
     for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        for fn, out in zip(fns, samples):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(s) for s in samples]
 
 
 def hf_decode_step(path, batch: int, context: int):
@@ -92,17 +95,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = materialize() if args.model == "smollm2" else even_checkpoint()
 
     hf_step = hf_decode_step(path, args.batch, args.context)
     runner, tp_step = mesh_decode_step(path, args.mesh, args.batch, args.context, "float32")
-    hf_s = time_it(hf_step, args.steps)
-    tp_s = time_it(tp_step, args.steps)
+    hf_s, tp_s = time_side_by_side([hf_step, tp_step], args.steps)
     print(f"model {args.model}, batch {args.batch}, context {args.context}, torch threads {torch.get_num_threads()}")
     print(f"  layout: {runner.model.layout.describe()}")
-    print(f"  transformers unsharded decode step : {hf_s * 1e3:8.1f} ms (median of {args.steps})")
+    print(f"  transformers unsharded decode step : {hf_s * 1e3:8.1f} ms (median of {args.steps}, alternating)")
     print(f"  ttdist sim {args.mesh} TP decode step   : {tp_s * 1e3:8.1f} ms (median of {args.steps})")
     print(f"  ratio sim/transformers             : {tp_s / hf_s:8.2f}x (target <= 1.3x)")
     runner.backend.ccl.clear()

@@ -313,9 +313,10 @@ class SimBackend:
         if table.size and table.max() >= k_cache.shape[0]:
             raise MeshError(f"page ids must lie in [0, {k_cache.shape[0]}), got up to {table.max()}")
         pages = torch.as_tensor(table, device=self.device)
-        # index pages on a [R,C,kv,P,ps,hd] view: [R,C,kv,B,P,ps,hd] -> [R,C,kv,B,L,hd] without a copy
-        keys = k_cache.data.transpose(2, 3)[:, :, :, pages].flatten(4, 5)
-        values = v_cache.data.transpose(2, 3)[:, :, :, pages].flatten(4, 5)
+        # one index_select per cache: [R,C,B*P,kv,ps,hd] -> [R,C,kv,B,P*ps,hd] (a view when kv == 1)
+        flat = pages.flatten()
+        gathered = [c.data.index_select(2, flat).unflatten(2, tuple(pages.shape)).movedim(4, 2) for c in (k_cache, v_cache)]
+        keys, values = (g.reshape(*g.shape[:4], -1, g.shape[-1]) for g in gathered)
         n_q, n_kv = q.shape[1], keys.shape[2]
         qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(3, 2)  # [R,C,kv,B,g,hd]
         scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale  # [R,C,kv,B,g,L]
