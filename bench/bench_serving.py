@@ -1,22 +1,35 @@
 """(a) Serving overhead: the same workload on the in-process engine and through router + replica.
 
-Both sides run the same model on the same simulated mesh with one torch thread: the
-in-process ``AsyncEngine`` called directly, and a one-replica Ray cluster (coordinator,
-replica actor, router actor) called over gRPC. Prints throughput loss and added TTFT
-(targets: <= 5 % and <= 5 ms at p50).
+The two sides differ only in the serving path:
 
-    .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--requests 32] [--concurrency 8]
+- the same engine: the in-process baseline is built by ``build_engine`` from the very
+  ``ReplicaSetup`` and converted weights the coordinator gave the replica (mesh, KV pages,
+  batch, context, torch threads), in a fresh process of its own started with the
+  ``OMP_NUM_THREADS`` the coordinator gives replicas and at the replica's nice level, so
+  torch and OpenMP run the same number of threads at the same OS priority on both sides;
+- the same client load: ``--concurrency`` async users sending streaming requests back to
+  back, the same prompts and lengths. In-process they call ``engine.generate`` in the
+  engine's process (its step loop is a worker thread, as in the replica); served they call
+  the router over gRPC from this process;
+- the same machine state: rounds alternate between the two (ABBA order) with both warm, so a
+  shared machine's changing load falls on both alike. Each round prints its figures and the
+  engine's prefill / decode step counts (equal counts: the same batching); the summary
+  compares medians. Targets: throughput loss <= 5 %, added TTFT p50 <= 5 ms.
+
+    .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--rounds 3] [--requests 32] [--concurrency 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing as mp
 import os
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,96 +38,188 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from bench_router import LoadResult, drive  # noqa: E402
 
-
-def prompts(n: int, length: int):
-    return lambda i: [(i * 131 + j * 7) % 40000 + 100 for j in range(length)]
+IN_PROCESS, SERVED = "in-process engine", "router + replica (Ray, gRPC)"
 
 
-async def in_process(path: str, args) -> LoadResult:
-    import torch
+def prompt_ids(i: int, length: int) -> list[int]:
+    return [(i * 131 + j * 7) % 40000 + 100 for j in range(length)]
 
-    from ttdist.engine import AsyncEngine, EngineConfig, GenerationRequest, SamplingParams
-    from ttdist.engine.tokenizer import Tokenizer
-    from ttdist.model.runner import MeshModelRunner
 
-    torch.set_num_threads(1)
-    runner = MeshModelRunner.from_checkpoint(path, mesh="1x1", num_pages=args.pages, max_batch=32,
-                                             cache_dir=args.cache)
-    engine = AsyncEngine(runner, Tokenizer.from_dir(path), EngineConfig(max_batch=32))
-    engine.start()
-    make = prompts(args.requests, args.prompt)
-    counter = iter(range(args.requests))
-    ttft, tokens = [], [0]
+@dataclass(frozen=True)
+class Load:
+    tag: str
+    requests: int
+    concurrency: int
+    max_tokens: int
+    prompt: int
+
+
+@dataclass(frozen=True)
+class Round:
+    result: LoadResult
+    prefill_steps: int
+    decode_steps: int
+
+
+async def local_load(engine, load: Load) -> LoadResult:
+    """``drive``'s load, calling the engine in this process instead of a server."""
+    from ttdist.engine import GenerationRequest, SamplingParams
+
+    counter = iter(range(load.requests))
+    ttft, tokens, done = [], [0], [0]
 
     async def user():
         for i in counter:
-            req = GenerationRequest(f"r{i}", prompt_token_ids=make(i),
-                                    sampling=SamplingParams(max_tokens=args.max_tokens, ignore_eos=True))
+            req = GenerationRequest(f"{load.tag}-{i}", prompt_token_ids=prompt_ids(i, load.prompt),
+                                    sampling=SamplingParams(max_tokens=load.max_tokens, ignore_eos=True))
             start = time.perf_counter()
             first = True
             async for out in engine.generate(req):
-                if out.token_ids and first:
-                    ttft.append(time.perf_counter() - start)
-                    first = False
-                tokens[0] += len(out.token_ids)
+                if out.token_ids:
+                    if first:
+                        ttft.append(time.perf_counter() - start)
+                        first = False
+                    tokens[0] += len(out.token_ids)
+            done[0] += 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(args.concurrency)))
-    seconds = time.perf_counter() - t0
+    await asyncio.gather(*(user() for _ in range(load.concurrency)))
+    return LoadResult(done[0], tokens[0], time.perf_counter() - t0, ttft)
+
+
+def _engine_main(setup, weights, niceness: int, conn) -> None:
+    """The in-process side: the replica's engine and the client load, in one fresh process."""
+    import torch
+
+    from ttdist.runtime.replica import build_engine
+
+    if niceness > os.nice(0):
+        os.nice(niceness - os.nice(0))
+    engine = build_engine(setup, weights)
+    engine.start()
+    conn.send((torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), os.nice(0)))
+    while (load := conn.recv()) is not None:
+        before = engine.stats()
+        result = asyncio.run(local_load(engine, load))
+        after = engine.stats()
+        conn.send(Round(result, after.prefill_steps_total - before.prefill_steps_total,
+                        after.decode_steps_total - before.decode_steps_total))
     engine.shutdown()
-    return LoadResult(args.requests, tokens[0], seconds, ttft)
 
 
-def served(path: str, args) -> LoadResult:
-    from ttdist.router.deploy import deploy, wait_serving
-    from ttdist.runtime.config import ClusterConfig, ReplicaGroup
+class InProcessSide:
+    def __init__(self, setup, weights, niceness: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        saved = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(setup.cpu_threads)   # as the coordinator starts replicas
+        try:
+            self.proc = ctx.Process(target=_engine_main, args=(setup, weights, niceness, child), daemon=True)
+            self.proc.start()
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+        self.torch_threads, self.omp, self.niceness = self.conn.recv()
 
-    config = ClusterConfig(model=path, groups=(ReplicaGroup(),), port=0, dashboard_port=None,
-                           max_kv_pages=args.pages, weights_cache=args.cache)
-    deployment = deploy(config)
-    try:
-        wait_serving(deployment)
-        target = [deployment.address]
-        asyncio.run(drive(target, 4, 2, 4, prompts=prompts(4, args.prompt)))  # warm up
-        return asyncio.run(drive(target, args.requests, args.concurrency, args.max_tokens,
-                                 prompts=prompts(args.requests, args.prompt)))
-    finally:
-        deployment.shutdown()
+    def run(self, load: Load) -> Round:
+        self.conn.send(load)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class ServedSide:
+    def __init__(self, deployment, replica) -> None:
+        self.address = deployment.address
+        self.replica = replica
+
+    def run(self, load: Load) -> Round:
+        import ray
+
+        before = ray.get(self.replica.engine_stats.remote())
+        result = asyncio.run(drive([self.address], load.requests, load.concurrency, load.max_tokens,
+                                   prompts=lambda i: prompt_ids(i, load.prompt)))
+        after = ray.get(self.replica.engine_stats.remote())
+        return Round(result, after.prefill_steps_total - before.prefill_steps_total,
+                     after.decode_steps_total - before.decode_steps_total)
+
+
+def checkpoint(model: str, tmp: str) -> str:
+    if model == "tiny":
+        from ttdist.model.testing import tiny_llama_checkpoint
+
+        return str(tiny_llama_checkpoint(Path(tmp) / "tiny-llama", num_hidden_layers=4, hidden_size=256,
+                                         intermediate_size=512, num_attention_heads=8, num_key_value_heads=4))
+    if model == "smollm2":
+        from ttdist.model.smollm2 import materialize
+
+        return str(materialize())
+    return model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--pages", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per engine, both sides")
     args = ap.parse_args()
+    import psutil
+    import ray
+
+    from ttdist.router.deploy import deploy, wait_serving
+    from ttdist.runtime.config import ClusterConfig, ReplicaGroup
+
     tmp = tempfile.mkdtemp(prefix="ttdist-bench-")
-    args.cache = str(Path(tmp) / "weights")
-    if args.model == "tiny":
-        from ttdist.model.testing import tiny_llama_checkpoint
-
-        path = str(tiny_llama_checkpoint(Path(tmp) / "tiny-llama", num_hidden_layers=4, hidden_size=256,
-                                         intermediate_size=512, num_attention_heads=8, num_key_value_heads=4))
-    elif args.model == "smollm2":
-        from ttdist.model.smollm2 import materialize
-
-        path = str(materialize())
-    else:
-        path = args.model
-    asyncio.run(in_process(path, args))  # warm up (weights converted, code paths compiled)
-    base = asyncio.run(in_process(path, args))
-    net = served(path, args)
-    print(f"serving overhead: model {args.model}, 1x1 sim mesh, {args.requests} requests x {args.max_tokens} tokens, "
-          f"prompt {args.prompt}, {args.concurrency} concurrent")
-    print(f"{'path':<28}{'tokens/s':>10}{'TTFT p50 ms':>13}")
-    for name, r in (("in-process engine", base), ("router + replica (Ray, gRPC)", net)):
-        print(f"{name:<28}{r.tps:>10.1f}{r.ttft_p50_ms():>13.2f}")
-    loss = 100 * (1 - net.tps / base.tps)
-    print(f"throughput loss {loss:.1f} % (target <= 5 %), added TTFT p50 {net.ttft_p50_ms() - base.ttft_p50_ms():.2f} ms "
-          f"(target <= 5 ms)")
+    config = ClusterConfig(model=checkpoint(args.model, tmp), groups=(ReplicaGroup(),), port=0, dashboard_port=None,
+                           max_kv_pages=args.pages, weights_cache=str(Path(tmp) / "weights"), cpu_threads=args.threads)
+    deployment = deploy(config)
+    local = None
+    try:
+        wait_serving(deployment)
+        setup, weights = ray.get(deployment.coordinator.replica_setup.remote("replica-0"))
+        replica = ray.get(deployment.coordinator.actor.remote("replica-0"))
+        replica_nice = psutil.Process(ray.get(replica.ping.remote())).nice()
+        sides = {IN_PROCESS: InProcessSide(setup, weights, replica_nice), SERVED: ServedSide(deployment, replica)}
+        local = sides[IN_PROCESS]
+        replica_omp = ray.get(replica.env.remote("OMP_NUM_THREADS"))
+        warm = Load("warm", args.concurrency, args.concurrency, args.max_tokens, args.prompt)
+        for side in sides.values():
+            side.run(warm)
+        rounds: dict[str, list[Round]] = {name: [] for name in sides}
+        print(f"serving overhead: model {args.model}, {setup.mesh} {setup.backend} mesh, {args.requests} requests x "
+              f"{args.max_tokens} tokens, prompt {args.prompt}, {args.concurrency} concurrent; both engines: "
+              f"{setup.num_pages} KV pages, batch {setup.max_batch}, torch threads {local.torch_threads} "
+              f"(OMP_NUM_THREADS in-process {local.omp}, replica {replica_omp}), nice level in-process "
+              f"{local.niceness}, replica {replica_nice}", flush=True)
+        print(f"{'round':<7}{'path':<30}{'tokens/s':>10}{'TTFT p50 ms':>13}{'prefill/decode steps':>22}")
+        for k in range(args.rounds):
+            order = list(sides) if k % 2 == 0 else list(sides)[::-1]
+            for name in order:
+                r = sides[name].run(Load(f"r{k}", args.requests, args.concurrency, args.max_tokens, args.prompt))
+                rounds[name].append(r)
+                print(f"{k + 1:<7}{name:<30}{r.result.tps:>10.1f}{r.result.ttft_p50_ms():>13.2f}"
+                      f"{f'{r.prefill_steps}/{r.decode_steps}':>22}", flush=True)
+    finally:
+        if local is not None:
+            local.close()
+        deployment.shutdown()
+    tps = {name: statistics.median(r.result.tps for r in rs) for name, rs in rounds.items()}
+    ttft = {name: statistics.median(r.result.ttft_p50_ms() for r in rs) for name, rs in rounds.items()}
+    for name in rounds:
+        print(f"median {name:<30}{tps[name]:>10.1f}{ttft[name]:>13.2f}")
+    print(f"throughput loss {100 * (1 - tps[SERVED] / tps[IN_PROCESS]):.1f} % (target <= 5 %), "
+          f"added TTFT p50 {ttft[SERVED] - ttft[IN_PROCESS]:.2f} ms (target <= 5 ms)")
 
 
 if __name__ == "__main__":

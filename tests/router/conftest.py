@@ -11,6 +11,7 @@ from ttdist.router.core import Router, RouterConfig
 from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
 from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig, next_token
 from ttdist.runtime.table import ReplicaEntry, RoutingTable
@@ -26,10 +27,20 @@ def expected_tokens(prompt: list[int], n: int, vocab: int = 1000) -> list[int]:
     return seq[len(prompt):]
 
 
+def own_status(engine: ScriptedEngine, replica_id: str):
+    """What a replica answers to GetClusterStatus: its engine's figures right now."""
+    def status() -> ReplicaEntry:
+        st = engine.stats()
+        return ReplicaEntry(replica_id, "", "ready", kv_pages_total=st.total_pages, kv_pages_free=st.free_pages,
+                            running=st.running, waiting=st.waiting, tokens_per_second=st.tokens_per_second)
+    return status
+
+
 @dataclass
 class Stack:
     engines: list[ScriptedEngine]
     replica_servers: list
+    latencies: list[ReplicaLatency]
     source: StaticSource
     router: Router
     server: object
@@ -47,14 +58,16 @@ async def make_stack():
     stacks: list[Stack] = []
 
     async def build(n=2, engine=ScriptedEngineConfig(vocab_size=1000), states=None, **router_options) -> Stack:
-        engines, servers, entries = [], [], []
+        engines, servers, entries, latencies = [], [], [], []
         for i in range(n):
             eng = ScriptedEngine(engine)
             eng.start()
             rid = f"replica-{i}"
-            srv = await start_replica_server(eng, CARD, rid, lambda: None)
+            latency = ReplicaLatency()
+            srv = await start_replica_server(eng, CARD, rid, own_status(eng, rid), latency=latency)
             engines.append(eng)
             servers.append(srv)
+            latencies.append(latency)
             state = states[i] if states else "ready"
             entries.append(ReplicaEntry(rid, f"127.0.0.1:{srv.port}", state))
         source = StaticSource(RoutingTable(CARD, tuple(entries)))
@@ -62,7 +75,7 @@ async def make_stack():
         router = Router(config, source)
         server = await start_router_server(router, "127.0.0.1", 0)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        stack = Stack(engines, servers, source, router, server, channel, pb_grpc.GenerationStub(channel))
+        stack = Stack(engines, servers, latencies, source, router, server, channel, pb_grpc.GenerationStub(channel))
         stacks.append(stack)
         return stack
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -246,3 +247,53 @@ async def test_cluster_status_and_models(make_stack):
     assert status.policy == "round_robin" and status.model == "scripted"
     models = await stack.stub.ListModels(pb.ListModelsRequest())
     assert models.models[0].id == "scripted" and models.models[0].vocab_size == 1000
+
+
+async def test_replica_times_every_token_into_its_histograms(make_stack):
+    stack = await make_stack(2, engine=ScriptedEngineConfig(vocab_size=1000, step_s=0.005))
+    for i in range(6):   # round robin: three requests per replica, streaming and unary
+        _, complete = await collect(stack.stub, request([3, i + 1], 5, stream=bool(i % 3)))
+        assert complete.usage.completion_tokens == 5
+    for latency in stack.latencies:
+        assert latency.ttft.count == 3 and latency.ttft.sum > 0
+        assert latency.inter_token.count == 3 * 4 and latency.inter_token.sum > 0
+    ttft, itl = stack.latencies[0].snapshot()
+    await collect(stack.stub, request([3, 9], 5))
+    assert (ttft.count, itl.count) == (3, 12), "a snapshot must not change with later requests"
+
+
+async def test_an_aborted_request_adds_its_tokens_but_no_more(make_stack):
+    stack = await make_stack(1, engine=ScriptedEngineConfig(vocab_size=1000, step_s=0.01))
+    call = stack.stub.Generate(request([4, 4], 400, request_id="cut"))
+    await call.read()
+    await call.read()
+    assert (await stack.stub.Abort(pb.AbortRequest(request_id="cut"))).found
+    last = None
+    while (resp := await call.read()) is not grpc.aio.EOF:
+        last = resp
+    n = len(last.complete.output_ids)
+    latency = stack.latencies[0]
+    assert latency.ttft.count == 1 and latency.inter_token.count == n - 1
+
+
+async def test_cluster_status_reads_the_load_from_each_replica(make_stack):
+    stack = await make_stack(2, engine=ScriptedEngineConfig(vocab_size=1000, step_s=0.01))
+    # the registry's last heartbeats say both replicas are busy; the replicas themselves are idle
+    stale = tuple(replace(e, running=3, waiting=2, kv_pages_free=1) for e in stack.source.current.replicas)
+    stack.source.current = replace(stack.source.current, replicas=stale)
+    status = await stack.stub.GetClusterStatus(pb.ClusterStatusRequest())
+    assert [(r.running, r.waiting, r.kv_pages_free) for r in status.replicas] == [(0, 0, 4096), (0, 0, 4096)]
+    call = stack.stub.Generate(request([4, 4], 400, request_id="busy"))
+    await call.read()
+    status = await stack.stub.GetClusterStatus(pb.ClusterStatusRequest())
+    assert sorted(r.running for r in status.replicas) == [0, 1]
+    assert (await stack.stub.Abort(pb.AbortRequest(request_id="busy"))).found
+    while await call.read() is not grpc.aio.EOF:
+        pass
+    await collect(stack.stub, request([5, 6], 3))
+    status = await stack.stub.GetClusterStatus(pb.ClusterStatusRequest())
+    assert [r.running for r in status.replicas] == [0, 0]
+    # a replica that does not answer keeps its registry figures
+    await stack.replica_servers[1].stop(0)
+    status = await stack.stub.GetClusterStatus(pb.ClusterStatusRequest())
+    assert [(r.running, r.waiting) for r in status.replicas] == [(0, 0), (3, 2)]

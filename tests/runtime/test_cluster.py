@@ -6,12 +6,16 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 
 import grpc
+import psutil
 import pytest
 import ray
 
 from tests.runtime.conftest import greedy, run, stub_for
+from prometheus_client.parser import text_string_to_metric_families
+
 from ttdist.router.deploy import deploy, wait_serving
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
 from ttdist.v1 import generation_pb2 as pb
@@ -19,6 +23,7 @@ from ttdist.v1 import generation_pb2 as pb
 pytestmark = pytest.mark.slow
 
 PROMPTS = [[100 + 7 * i + j for j in range(5 + i)] for i in range(8)]
+RESTART_DELAY_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,7 @@ def cluster(tiny_checkpoint, tmp_path_factory):
     config = ClusterConfig(
         model=str(tiny_checkpoint), groups=(ReplicaGroup(count=2, mesh="1x1"), ReplicaGroup(count=1, mesh="1x2", devices=((4, 5),))),
         port=0, dashboard_port=0, max_kv_pages=96, weights_cache=str(tmp_path_factory.mktemp("weights")),
-        health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0, failed_after_s=6.0),
+        health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0, failed_after_s=6.0, restart_delay_s=RESTART_DELAY_S),
     )
     deployment = deploy(config)
     wait_serving(deployment)
@@ -74,6 +79,13 @@ def test_status_shows_replicas_meshes_and_kv_budget(cluster):
     assert len({r.pid for r in st.replicas}) == 3
     models = stub.ListModels(pb.ListModelsRequest())
     assert models.models[0].id == "tiny-llama" and models.models[0].vocab_size == 49152
+
+
+def test_replicas_and_router_run_at_the_priority_of_ray_itself(cluster):
+    deployment, stub = cluster
+    pids = [r.pid for r in wait_all_ready(stub).replicas] + [ray.get(deployment.router.pid.remote())]
+    # Ray would start them 15 nice levels down; the data plane runs at the driver's level
+    assert [psutil.Process(pid).nice() for pid in pids] == [os.nice(0)] * 4
 
 
 def test_replica_with_devices_sees_only_them(cluster):
@@ -179,6 +191,13 @@ def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
     victim = next(r for r in status(stub).replicas if r.replica_id == "replica-0")
     os.kill(victim.pid, signal.SIGKILL)
     mid = [len(g) for g in got]
+    # the coordinator holds the restart for restart_delay_s: the failed state is visible
+    states = []
+    deadline = time.monotonic() + 30
+    while "failed" not in states and time.monotonic() < deadline:
+        states.append(next(r.state for r in status(stub).replicas if r.replica_id == "replica-0"))
+        time.sleep(0.05)
+    assert "failed" in states, states
     for t in threads:
         t.join()
     assert any(m < n for m in mid), "the kill came after every stream had finished"
@@ -201,6 +220,72 @@ def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
     snap = deployment.snapshot()
     r0 = next(r for r in snap.replicas if r.replica_id == "replica-0")
     assert r0.restarts == 1 and r0.state == "ready"
+    failed_at = max(e.time for e in snap.events if e.kind == "replica_failed" and e.replica_id == "replica-0")
+    restarting_at = max(e.time for e in snap.events if e.kind == "replica_restarting" and e.replica_id == "replica-0")
+    assert restarting_at - failed_at >= RESTART_DELAY_S
+
+
+def test_status_right_after_a_request_shows_it_finished(cluster):
+    deployment, stub = cluster
+    wait_all_ready(stub)
+    for i in range(3):   # round robin: once on each replica
+        _, complete = run(stub, greedy(PROMPTS[i], 12))
+        st = status(stub)
+        assert [(r.running, r.waiting) for r in st.replicas] == [(0, 0)] * 3, (complete.replica_id, st)
+        assert all(r.kv_pages_free == r.kv_pages_total for r in st.replicas)
+    # the registry (and so the dashboard) follows within a heartbeat too
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if all(r.running == 0 and r.waiting == 0 for r in deployment.snapshot().replicas):
+            break
+        time.sleep(0.05)
+    assert all(r.running == 0 and r.waiting == 0 for r in deployment.snapshot().replicas)
+
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """{(sample name, replica): value} of the dashboard's /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, s.labels.get("replica", "")): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples if "le" not in s.labels}
+
+
+def test_metrics_latency_histograms_count_every_finished_request(cluster):
+    deployment, stub = cluster
+    wait_all_ready(stub)
+    replicas = [f"replica-{i}" for i in range(3)]
+    success, ttft, itl = "ttdist:request_success_total", "ttdist:time_to_first_token_seconds_count", \
+        "ttdist:inter_token_latency_seconds_count"
+
+    def totals(metrics, name):
+        return {r: metrics[(name, r)] for r in replicas}
+
+    actors = {r: ray.get(deployment.coordinator.actor.remote(r)) for r in replicas}
+
+    def settled():
+        """A scrape that has caught up with every replica's own count of finished requests."""
+        deadline = time.monotonic() + 30
+        while True:
+            truth = {r: ray.get(a.engine_stats.remote()).requests_finished_total for r, a in actors.items()}
+            metrics = scrape(deployment.dashboard_url)
+            if totals(metrics, success) == truth or time.monotonic() > deadline:
+                return metrics, truth
+            time.sleep(0.2)
+
+    before, _ = settled()
+    n_requests, n_tokens = 6, 5
+    for i in range(n_requests):
+        run(stub, greedy(PROMPTS[i], n_tokens, stream=bool(i % 2)))
+    after, truth = settled()
+    assert totals(after, success) == truth
+    finished = {r: after[(success, r)] - before[(success, r)] for r in replicas}
+    assert sum(finished.values()) == n_requests
+    for r in replicas:
+        assert totals(after, ttft)[r] - totals(before, ttft)[r] == finished[r], r
+        assert totals(after, itl)[r] - totals(before, itl)[r] == finished[r] * (n_tokens - 1), r
+        assert after[("ttdist:time_to_first_token_seconds_sum", r)] > before[("ttdist:time_to_first_token_seconds_sum", r)]
+    snap = deployment.snapshot()
+    assert sum(r.ttft_histogram.count for r in snap.replicas) >= n_requests
 
 
 def test_snapshot_for_the_dashboard(cluster):

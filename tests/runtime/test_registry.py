@@ -56,6 +56,7 @@ def test_dead_process_fails_at_once_and_restart_counts():
     reg.restarting("r0", 2.0)
     r = reg.replicas["r0"]
     assert (r.state, r.restarts, r.pid, r.address) == ("starting", 1, 0, "")
+    assert reg.events[-1].kind == "replica_restarting" and reg.events[-1].message == "restart 1 after 0.5 s failed"
     reg.started("r0", 3.0, pid=12, node_id="n", address="a:2", kv_pages_total=12)
     assert reg.events[-1].kind == "replica_restarted" and r.state == "ready"
 
@@ -107,3 +108,55 @@ def test_galaxy_partition_spec():
 def test_bad_specs_name_the_field(raw, field):
     with pytest.raises(ClusterConfigError, match=field):
         parse_spec(raw)
+
+
+def test_failed_replica_is_restarted_only_after_the_delay():
+    reg = Registry(HealthConfig(restart_delay_s=2.0))
+    reg.add(ReplicaRecord("r0", 0, "1x1", "sim"), now=0.0)
+    reg.add(ReplicaRecord("r1", 0, "1x1", "sim"), now=0.0)
+    for rid in ("r0", "r1"):
+        reg.started(rid, 1.0, pid=11, node_id="n", address="a:1", kv_pages_total=12)
+    reg.failed("r0", 5.0, "process gone")
+    assert reg.due_restarts(5.0) == [] and reg.due_restarts(6.9) == []
+    assert reg.replicas["r0"].state == "failed"
+    assert reg.due_restarts(7.0) == ["r0"]
+
+
+def test_no_restart_leaves_failed_replicas_failed():
+    reg = Registry(HealthConfig(restart=False, restart_delay_s=0.0))
+    reg.add(ReplicaRecord("r0", 0, "1x1", "sim"), now=0.0)
+    reg.failed("r0", 1.0, "start failed")
+    assert reg.due_restarts(1.0) == [] and reg.due_restarts(1000.0) == []
+
+
+@pytest.mark.parametrize("field, value", [("restart_delay_s", -1.0), ("heartbeat_s", 0.0), ("failed_after_s", -2.0)])
+def test_bad_health_setting_names_the_field(field, value):
+    with pytest.raises(ClusterConfigError, match=f"health.{field}"):
+        parse_spec({"health": {field: value}})
+
+
+def test_serve_flags_set_the_restart_policy():
+    from ttdist.cli import build_parser
+    from ttdist.cli.serve import config_from_args
+
+    default = config_from_args(build_parser().parse_args(["serve"]))
+    assert (default.health.restart, default.health.restart_delay_s) == (True, 2.0)
+    args = build_parser().parse_args(["serve", "--restart-delay", "0.5"])
+    assert config_from_args(args).health.restart_delay_s == 0.5
+    args = build_parser().parse_args(["serve", "--no-restart"])
+    assert config_from_args(args).health.restart is False
+
+
+def test_negative_restart_delay_flag_is_a_usage_error():
+    from ttdist.cli import CommandError, build_parser
+    from ttdist.cli.serve import config_from_args
+
+    with pytest.raises(CommandError, match="restart_delay_s"):
+        config_from_args(build_parser().parse_args(["serve", "--restart-delay", "-1"]))
+
+
+@pytest.mark.parametrize("value", [-1, 20])
+def test_niceness_out_of_range_names_the_field(value):
+    with pytest.raises(ClusterConfigError, match="niceness must be in 0..19"):
+        parse_spec({"niceness": value})
+    assert parse_spec({"niceness": None}).config.niceness is None

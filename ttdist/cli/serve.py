@@ -40,11 +40,14 @@ def register(subparsers) -> None:
     p.add_argument("--address", default=None, help="join the Ray cluster at this address instead of starting one")
     p.add_argument("--dtype", default="float32", help="weight dtype on the mesh (default %(default)s)")
     p.add_argument("--max-kv-pages", type=int, default=512, help="cap on KV pages per replica (default %(default)s)")
+    p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
+                   help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
+    p.add_argument("--no-restart", action="store_true", help="leave failed replicas failed (no restarts)")
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace):
-    from ttdist.runtime.config import ClusterConfig, ClusterConfigError, ReplicaGroup
+    from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ReplicaGroup
 
     try:
         config = ClusterConfig(
@@ -52,6 +55,7 @@ def config_from_args(args: argparse.Namespace):
             policy=args.policy, host=args.host, port=args.port,
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
             dtype=args.dtype, max_kv_pages=args.max_kv_pages,
+            health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
         )
         config.check()
     except ClusterConfigError as err:

@@ -11,6 +11,11 @@ replica (fresher than heartbeats) for the load-based policies. Per request it:
    it failed) resubmits prompt + ids already sent to another ready replica with the
    remaining ``max_tokens``: the client sees no gap and no duplicate. Greedy decoding
    continues exactly; sampled decoding continues validly but from a fresh random stream.
+
+``cluster_status`` (GetClusterStatus) answers with the registry's states and each live
+replica's load read from the replica itself (``status_timeout_s``), so a request that has
+just finished no longer counts as running; a replica that does not answer in time keeps
+its last heartbeat figures.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import grpc
@@ -28,7 +33,7 @@ from ttdist.engine.page_pool import block_hashes
 from ttdist.router.latency import LatencyWindow
 from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
 from ttdist.runtime.protocol import RequestError, check_prompt_length, check_request, invalid
-from ttdist.runtime.table import FAILED, READY, RouterReport, RoutingTable
+from ttdist.runtime.table import FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -48,6 +53,7 @@ class RouterConfig:
     refresh_s: float = 0.25
     suspect_s: float = 10.0
     latency_window: int = 4096
+    status_timeout_s: float = 1.0      # GetClusterStatus: how long to wait for each replica's own figures
 
 
 class ReplicaSource(Protocol):
@@ -155,6 +161,27 @@ class Router:
         for address in [a for a in self._stubs if a not in addresses]:
             channel, _ = self._stubs.pop(address)
             asyncio.get_running_loop().create_task(channel.close())
+
+    async def cluster_status(self) -> RoutingTable:
+        """The registry as of now, with each live replica's load as the replica reports it now."""
+        await self.refresh()
+        table = self.table
+        entries = await asyncio.gather(*(self._live_entry(e) for e in table.replicas))
+        return replace(table, replicas=tuple(entries))
+
+    async def _live_entry(self, entry: ReplicaEntry) -> ReplicaEntry:
+        if entry.state not in (READY, UNHEALTHY) or not entry.address:
+            return entry
+        try:
+            answer = await self._stub(entry.address).GetClusterStatus(
+                pb.ClusterStatusRequest(), timeout=self.config.status_timeout_s)
+        except grpc.aio.AioRpcError:
+            return entry
+        live = next((r for r in answer.replicas if r.replica_id == entry.replica_id), None)
+        if live is None:
+            return entry
+        return replace(entry, running=live.running, waiting=live.waiting, kv_pages_free=live.kv_pages_free,
+                       tokens_per_second=live.tokens_per_second)
 
     def views(self) -> list[ReplicaView]:
         views = []

@@ -17,7 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ttdist.router.actor import RouterActor
 from ttdist.router.core import RouterConfig
 from ttdist.router.policies import make_policy
-from ttdist.runtime.config import ClusterConfig
+from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.coordinator import Coordinator
 from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE
 
@@ -84,8 +84,9 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
             raise DeployError(f"no replica became ready ({why or 'no reason reported'})")
         router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens)
         tokenizer_dir = ray.get(coordinator.model_dir_path.remote())
+        env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}
         router = ray.remote(RouterActor).options(
-            num_cpus=0, max_concurrency=1000, scheduling_strategy=here,
+            num_cpus=0, max_concurrency=1000, scheduling_strategy=here, runtime_env={"env_vars": env},
         ).remote(router_config, config.host, config.port, tokenizer_dir)
         port = ray.get(router.start.remote(), timeout=60)
         url = ray.get(coordinator.dashboard_url.remote())

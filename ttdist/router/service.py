@@ -38,10 +38,9 @@ class RouterService(pb_grpc.GenerationServicer):
 
     async def GetClusterStatus(self, request, context) -> pb.ClusterStatus:
         try:
-            await self.router.refresh()
-        except Exception as err:  # noqa: BLE001 - answer from the last table, say so
+            table = await self.router.cluster_status()
+        except Exception as err:  # noqa: BLE001 - no table to answer from
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the coordinator did not answer: {err!r}")
-        table = self.router.table
         return pb.ClusterStatus(
             replicas=[e.to_proto() for e in table.replicas], model=table.card.model_id, policy=self.router.policy.name
         )

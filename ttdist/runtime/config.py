@@ -4,6 +4,11 @@ A cluster serves one model with one or more groups of replicas. Each group says 
 replicas, on which mesh and backend, which Ray resources each one needs (``tt_chips`` and
 a system kind on real hosts) and, where one host's chips are split between replicas, which
 device ids each replica owns (set as ``TT_VISIBLE_DEVICES`` in that replica).
+
+Ray starts its worker processes 15 nice levels below its own, so on a busy host they lose
+the CPU to every ordinary process. The data plane (replicas and the router) starts
+``niceness`` levels below Ray instead (0 by default: Ray's own priority); the coordinator
+keeps Ray's default.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from ttdist.mesh.spec import MeshSpecError, parse_mesh
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
 BACKENDS = ("sim", "ttnn")
+NICENESS_ENV = "RAY_worker_niceness"   # read by Ray when it starts a worker with this env
 ENGINES = ("model", "scripted")
 
 
@@ -54,7 +60,15 @@ class HealthConfig:
     unhealthy_after_s: float = 2.0    # no heartbeat for this long: ready -> unhealthy
     failed_after_s: float = 8.0       # unhealthy for this long: -> failed (then restarted)
     start_timeout_s: float = 300.0    # a replica that has not started by then has failed
-    restart: bool = True
+    restart: bool = True              # restart failed replicas (False: they stay failed)
+    restart_delay_s: float = 2.0      # a failed replica stays visibly failed this long before its restart
+
+    def check(self) -> None:
+        for name in ("heartbeat_s", "unhealthy_after_s", "failed_after_s", "start_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ClusterConfigError(f"health.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if not self.restart_delay_s >= 0:
+            raise ClusterConfigError(f"health.restart_delay_s must be >= 0 seconds, got {self.restart_delay_s}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class ClusterConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     weights_cache: str | None = None
     cpu_threads: int = 1                         # torch threads per simulated replica
+    niceness: int | None = 0                     # replica and router nice levels below Ray (None: Ray's 15)
 
     def check(self) -> None:
         if not self.groups:
@@ -87,8 +102,11 @@ class ClusterConfig:
             raise ClusterConfigError(f"port must be in 0..65535, got {self.port}")
         if self.dashboard_port is not None and not 0 <= self.dashboard_port <= 65535:
             raise ClusterConfigError(f"dashboard_port must be in 0..65535, got {self.dashboard_port}")
+        self.health.check()
         if self.engine not in ENGINES:
             raise ClusterConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.niceness is not None and not 0 <= self.niceness <= 19:
+            raise ClusterConfigError(f"niceness must be in 0..19 or null, got {self.niceness}")
         for name in ("page_size", "max_batch", "max_kv_pages", "default_max_tokens", "cpu_threads"):
             if getattr(self, name) < 1:
                 raise ClusterConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -8,7 +8,8 @@ then starts every replica actor. Replicas on the coordinator's node read the cac
 elsewhere get the shards through the Ray object store (put once per layout).
 
 A monitor loop probes every replica each ``heartbeat_s`` (a dead process fails at once),
-feeds the health state machine and restarts failed replicas. The router asks for the
+feeds the health state machine and restarts failed replicas once they have shown as failed
+for ``restart_delay_s`` (never, with ``restart`` off). The router asks for the
 ``RoutingTable`` and reports latencies and migrations in the same call; ``snapshot`` turns
 all of it into the dashboard's ``ClusterSnapshot``.
 """
@@ -23,7 +24,7 @@ import ray
 
 from ttdist.dashboard.status import ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
 from ttdist.mesh.spec import parse_mesh
-from ttdist.runtime.config import ClusterConfig
+from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
 from ttdist.runtime.replica import ReplicaActor, ReplicaSetup
@@ -140,6 +141,8 @@ class Coordinator:
         setup = self._setups[rid]
         group = self.config.groups[self.registry.replicas[rid].group]
         env = {"OMP_NUM_THREADS": str(self.config.cpu_threads)}
+        if self.config.niceness is not None:
+            env[NICENESS_ENV] = str(self.config.niceness)
         if setup.devices:
             env["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
         actor = ray.remote(ReplicaActor).options(
@@ -167,10 +170,8 @@ class Coordinator:
             await asyncio.sleep(self.config.health.heartbeat_s)
             await asyncio.gather(*(self._probe(rid) for rid, r in self.registry.replicas.items() if r.state in (READY, UNHEALTHY)))
             self.registry.tick(time.monotonic())
-            if self.config.health.restart:
-                for rid, r in list(self.registry.replicas.items()):
-                    if r.state == FAILED:
-                        await self._restart(rid)
+            for rid in self.registry.due_restarts(time.monotonic()):
+                await self._restart(rid)
 
     async def _probe(self, rid: str) -> None:
         try:
@@ -212,6 +213,12 @@ class Coordinator:
     async def model_dir_path(self) -> str:
         return self.model_dir
 
+    async def replica_setup(self, replica_id: str) -> tuple[ReplicaSetup, str | None]:
+        """How ``replica_id`` builds its engine: its setup and converted-weight cache path
+        (None for a scripted engine), e.g. to build the same engine outside the cluster."""
+        setup = self._setups[replica_id]
+        return setup, self._weights_path.get(setup.mesh)
+
     def actor(self, replica_id: str):
         return self._actors[replica_id]
 
@@ -232,6 +239,11 @@ class Coordinator:
         chip_state = "failed" if r.state == FAILED else "ok"
         chips = [ChipSnapshot(row, col, chip_state, spec.dram_bytes_per_chip, weights, kv) for row, col in spec.chips()]
         s = r.stats
+        histograms = {}
+        if s is not None and s.ttft_histogram is not None:
+            histograms["ttft_histogram"] = s.ttft_histogram
+        if s is not None and s.inter_token_histogram is not None:
+            histograms["inter_token_histogram"] = s.inter_token_histogram
         return ReplicaSnapshot(
             replica_id=r.replica_id, state=r.state, pid=r.pid, node_id=r.node_id, mesh=r.mesh, backend=r.backend,
             address=r.address, kv_pages_total=r.kv_pages_total, kv_pages_free=s.free_pages if s else r.kv_pages_total,
@@ -241,7 +253,7 @@ class Coordinator:
             generation_tokens_total=s.generation_tokens_total if s else 0,
             prefix_hit_rate=s.prefix_hit_rate if s else 0.0, chips=chips, restarts=r.restarts,
             last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
-            requests_finished_total=s.requests_finished_total if s else 0,
+            requests_finished_total=s.requests_finished_total if s else 0, **histograms,
         )
 
     async def _start_dashboard(self) -> None:

@@ -10,6 +10,8 @@ machine is tested without clocks or Ray:
   becomes unhealthy; one unhealthy for ``failed_after_s`` becomes failed; one starting for
   longer than ``start_timeout_s`` becomes failed.
 - ``failed``: a definite failure (its process is gone, its start raised) -> failed at once.
+- ``due_restarts(now)``: the failed replicas to restart now: failed for ``restart_delay_s``
+  (so operators and the dashboard see the failed state first), none when ``restart`` is off.
 Every transition appends an ``Event``.
 """
 
@@ -18,14 +20,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ttdist.dashboard.status import Event
+from ttdist.dashboard.status import Event, HistogramSnapshot
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.table import FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
 
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a replica reports every ``heartbeat_s``."""
+    """What a replica reports every ``heartbeat_s`` (and when a request starts or ends).
+
+    The histograms are the replica's TTFT and inter-token latencies since it started
+    (None from a replica that does not measure them).
+    """
 
     running: int
     waiting: int
@@ -37,6 +43,8 @@ class Heartbeat:
     generation_tokens_total: int
     requests_finished_total: int = 0
     prefix_hashes: frozenset[int] = frozenset()
+    ttft_histogram: HistogramSnapshot | None = None
+    inter_token_histogram: HistogramSnapshot | None = None
 
 
 @dataclass
@@ -123,11 +131,16 @@ class Registry:
             elif r.state == STARTING and now - r.since > h.start_timeout_s:
                 self._move(r, FAILED, now, "replica_failed", f"not started after {now - r.since:.0f} s")
 
+    def due_restarts(self, now: float) -> list[str]:
+        if not self.health.restart:
+            return []
+        return [rid for rid, r in self.replicas.items() if r.state == FAILED and now - r.since >= self.health.restart_delay_s]
+
     def restarting(self, replica_id: str, now: float) -> None:
         r = self.replicas[replica_id]
         r.restarts += 1
         r.stats, r.pid, r.address = None, 0, ""
-        r.state, r.since = STARTING, now
+        self._move(r, STARTING, now, "replica_restarting", f"restart {r.restarts} after {now - r.since:.1f} s failed")
 
     def entries(self) -> tuple[ReplicaEntry, ...]:
         return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id))

@@ -3,7 +3,10 @@
 A thin shell: the coordinator creates it with a ``ReplicaSetup``, asks which node it landed
 on, then calls ``start`` with the weights (a converted-weight cache path on the
 coordinator's node, the shards themselves through the Ray object store elsewhere). Once
-serving it sends a ``Heartbeat`` to the coordinator every ``heartbeat_s``.
+serving it sends a ``Heartbeat`` to the coordinator every ``heartbeat_s``, and sooner (at
+most one per ``MIN_BEAT_GAP_S``) when a request starts or ends, so the registry's running
+and waiting counts follow the replica closely. Each heartbeat carries copies of the
+replica's TTFT and inter-token histograms (``ReplicaLatency``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import ray
 
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.registry import Heartbeat
+from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
 from ttdist.runtime.table import READY, ReplicaEntry
 
 COORDINATOR_NAME = "ttdist-coordinator"
 NAMESPACE = "ttdist"
+MIN_BEAT_GAP_S = 0.05     # prompt heartbeats (on a request's start or end) come at most this often
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,39 @@ class StartedReplica:
     kv_pages_total: int
 
 
+def build_engine(setup: ReplicaSetup, weights):
+    """The engine a replica serves (not started): a scripted one, or the model on its mesh from
+    ``weights`` (a converted-weight cache path or the ``ShardedWeights``) with ``cpu_threads``
+    torch threads. The serving benchmark builds its in-process baseline here too."""
+    s = setup
+    if s.engine == "scripted":
+        return ScriptedEngine(s.scripted)
+    import torch
+
+    from ttdist.engine import AsyncEngine, EngineConfig
+    from ttdist.engine.tokenizer import Tokenizer
+    from ttdist.model.runner import MeshModelRunner
+    from ttdist.model.weights import load_converted
+
+    torch.set_num_threads(s.cpu_threads)
+    sharded = load_converted(weights) if isinstance(weights, str) else weights
+    runner = MeshModelRunner.from_sharded(
+        sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages,
+        max_batch=s.max_batch, max_context=s.card.max_context,
+    )
+    tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
+    config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens)
+    return AsyncEngine(runner, tokenizer, config)
+
+
 class ReplicaActor:
     def __init__(self, setup: ReplicaSetup) -> None:
         self.setup = setup
         self.engine = None
         self.server = None
         self._beats: asyncio.Task | None = None
+        self.latency = ReplicaLatency()
+        self._changed: asyncio.Event | None = None
         if setup.devices:
             # before anything can open the chips: this replica sees only its own
             os.environ["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
@@ -70,34 +102,17 @@ class ReplicaActor:
         return os.environ.get(name)
 
     async def start(self, weights) -> StartedReplica:
-        self.engine = await asyncio.to_thread(self._build_engine, weights)
+        self.engine = await asyncio.to_thread(build_engine, self.setup, weights)
         self.engine.start()
         host = self.setup.host or ray.util.get_node_ip_address()
-        self.server = await start_replica_server(self.engine, self.setup.card, self.setup.replica_id, self._entry, host)
+        self._changed = asyncio.Event()
+        self.server = await start_replica_server(
+            self.engine, self.setup.card, self.setup.replica_id, self._entry, host,
+            latency=self.latency, on_change=self._changed.set,
+        )
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
         total = self.engine.stats().total_pages
         return StartedReplica(os.getpid(), self.node_id(), f"{host}:{self.server.port}", total)
-
-    def _build_engine(self, weights):
-        s = self.setup
-        if s.engine == "scripted":
-            return ScriptedEngine(s.scripted)
-        import torch
-
-        from ttdist.engine import AsyncEngine, EngineConfig
-        from ttdist.engine.tokenizer import Tokenizer
-        from ttdist.model.runner import MeshModelRunner
-        from ttdist.model.weights import load_converted
-
-        torch.set_num_threads(s.cpu_threads)
-        sharded = load_converted(weights) if isinstance(weights, str) else weights
-        runner = MeshModelRunner.from_sharded(
-            sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages,
-            max_batch=s.max_batch, max_context=s.card.max_context,
-        )
-        tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
-        config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens)
-        return AsyncEngine(runner, tokenizer, config)
 
     def _entry(self) -> ReplicaEntry:
         stats = self.engine.stats()
@@ -106,24 +121,35 @@ class ReplicaActor:
             stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,
         )
 
+    def engine_stats(self):
+        """The engine's own ``EngineStats`` (step counts, token totals), for benchmarks and tests."""
+        return self.engine.stats()
+
     def heartbeat(self) -> Heartbeat:
         st = self.engine.stats()
+        ttft, inter_token = self.latency.snapshot()
         return Heartbeat(
             running=st.running, waiting=st.waiting, free_pages=st.free_pages, total_pages=st.total_pages,
             prefix_hit_rate=st.prefix_hit_rate, tokens_per_second=st.tokens_per_second,
             prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
             requests_finished_total=getattr(st, "requests_finished_total", 0),
             prefix_hashes=frozenset(self.engine.prefix_hashes()),
+            ttft_histogram=ttft, inter_token_histogram=inter_token,
         )
 
     async def _heartbeats(self) -> None:
         coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
         while True:
+            self._changed.clear()
             try:
                 await coordinator.heartbeat.remote(self.setup.replica_id, self.heartbeat())
             except ray.exceptions.RayActorError:
                 return
-            await asyncio.sleep(self.setup.heartbeat_s)
+            await asyncio.sleep(MIN_BEAT_GAP_S)
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, self.setup.heartbeat_s - MIN_BEAT_GAP_S))
+            except asyncio.TimeoutError:
+                pass
 
     async def stop(self) -> None:
         if self._beats is not None:

@@ -5,6 +5,10 @@ it checks the request, turns it into a ``GenerationRequest``, streams each step'
 and text as a ``Chunk`` and ends with a ``Complete``. Engine errors become status codes:
 a bad field INVALID_ARGUMENT, a full queue RESOURCE_EXHAUSTED, a stopped or failed engine
 UNAVAILABLE (which tells the router to move the stream elsewhere).
+
+Every token it streams is timed into the replica's ``ReplicaLatency`` (TTFT and inter-token
+histograms), and ``on_change`` is called when a request starts and when it ends, so the
+replica can report its new running / waiting counts at once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, Overlo
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, SamplingParams
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
 from ttdist.runtime.protocol import ModelCard, RequestError, abort_with, check_abort, check_request
+from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.table import ReplicaEntry
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
@@ -72,11 +77,16 @@ def complete_proto(out: RequestOutput, replica_id: str) -> pb.Complete:
 class ReplicaService(pb_grpc.GenerationServicer):
     """Serves one engine. ``status`` returns this replica's registry entry for GetClusterStatus."""
 
-    def __init__(self, engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry]) -> None:
+    def __init__(
+        self, engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry],
+        latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.card = card
         self.replica_id = replica_id
+        self.latency = latency if latency is not None else ReplicaLatency()
         self._status = status
+        self._on_change = on_change or (lambda: None)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
@@ -85,8 +95,11 @@ class ReplicaService(pb_grpc.GenerationServicer):
             await abort_with(context, err)
         engine_request = to_engine_request(request)
         rid = engine_request.request_id
+        clock = self.latency.request()
         try:
+            self._on_change()
             async for out in self.engine.generate(engine_request):
+                clock.tokens(len(out.token_ids))
                 if out.error:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} failed: {out.error}")
                 if request.stream and (out.token_ids or out.text):
@@ -100,6 +113,8 @@ class ReplicaService(pb_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"replica {self.replica_id} is overloaded: {err}")
         except EngineStoppedError as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} is not running: {err}")
+        finally:
+            self._on_change()
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} ended {rid} without a result")
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
@@ -117,9 +132,11 @@ class ReplicaService(pb_grpc.GenerationServicer):
 
 
 async def start_replica_server(
-    engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry], host: str = "127.0.0.1", port: int = 0
+    engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry], host: str = "127.0.0.1", port: int = 0,
+    *, latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None,
 ) -> RunningServer:
     """Serve ``engine`` on host:port (0 = any free port), SERVING at once."""
-    running = await start_generation_server(ReplicaService(engine, card, replica_id, status), host, port)
+    service = ReplicaService(engine, card, replica_id, status, latency, on_change)
+    running = await start_generation_server(service, host, port)
     await running.set_serving(True)
     return running
