@@ -39,7 +39,12 @@ class PrefillInput:
 
 @dataclass(frozen=True)
 class DecodeInput:
-    """One token per active user, each at its own position (the token's index)."""
+    """One token per active user, each at its own position (the token's index).
+
+    The engine computes a prompt's last token with decode whenever it is the only one left
+    (a 1-token prompt, or a chunked or prefix-cached prompt one token short), so a position
+    may be 0 and a user's first generated token may come from decode rather than prefill.
+    """
 
     token_ids: list[int]
     positions: list[int]

@@ -1,0 +1,228 @@
+"""The synchronous engine: queue requests, run one step, turn sampled tokens into outputs.
+
+``step()`` is schedule -> run the model -> postprocess. It is thread-safe: the model runs
+outside the lock, so ``add_request`` and ``abort`` from other threads never wait on the model.
+A request aborted while its step is on the model has its pages freed at once; the step's token
+for it is dropped. Each request may carry a ``sink`` that receives its outputs in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from ttdist.engine.config import EngineConfig
+from ttdist.engine.errors import InvalidRequestError
+from ttdist.engine.output import OutputProcessor
+from ttdist.engine.page_pool import PagePool
+from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput
+from ttdist.engine.runner import DecodeInput, ModelRunner, PrefillInput, SamplingSpec
+from ttdist.engine.scheduler import DecodeStep, PrefillStep, Scheduler, SchedulerConfig
+from ttdist.engine.sequence import Sequence
+from ttdist.engine.stats import EngineMetrics, EngineStats
+from ttdist.engine.tokenizer import Tokenizer
+from ttdist.engine.validation import Limits, validate_request
+
+Sink = Callable[[RequestOutput], None]
+
+
+class EngineCore:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        tokenizer: Tokenizer | None,
+        config: EngineConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config = config or EngineConfig()
+        info = runner.info
+        config.check(info)
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.clock = clock
+        self.max_batch = min(config.max_batch, info.max_batch)
+        self.pool = PagePool(info.num_pages, info.page_size, config.prefix_caching)
+        self.scheduler = Scheduler(
+            self.pool, SchedulerConfig(self.max_batch, config.max_waiting, config.prefill_chunk), clock
+        )
+        self.limits = Limits(
+            vocab_size=info.vocab_size,
+            context_window=min(info.max_context, info.num_pages * info.page_size),
+            default_max_tokens=config.default_max_tokens,
+        )
+        eos = tuple(info.eos_token_ids) + (tokenizer.eos_token_ids if tokenizer else ())
+        self.outputs = OutputProcessor(tuple(dict.fromkeys(eos)))
+        self.metrics = EngineMetrics(config.stats_window_s, config.latency_samples)
+        self._active: dict[str, Sequence] = {}
+        self._sinks: dict[int, Sink] = {}
+        self._lock = threading.RLock()
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, request: GenerationRequest, sink: Sink | None = None) -> Sequence:
+        """Validate and queue ``request``; raises InvalidRequestError or OverloadedError."""
+        with self._lock:
+            if isinstance(getattr(request, "request_id", None), str) and request.request_id in self._active:
+                raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
+            checked = validate_request(request, self.limits, self.tokenizer)
+            seq = Sequence(
+                request_id=request.request_id,
+                token_ids=list(checked.prompt_ids),
+                sampling=request.sampling,
+                max_tokens=checked.max_tokens,
+                arrival_s=self.clock(),
+                detokenizer=self.tokenizer.detokenizer(checked.prompt_ids) if self.tokenizer else None,
+            )
+            self.scheduler.add(seq)
+            self._active[seq.request_id] = seq
+            if sink is not None:
+                self._sinks[id(seq)] = sink
+            return seq
+
+    def abort(self, request_id: str) -> bool:
+        """End a queued or running request now (pages freed); False if it is not in flight."""
+        with self._lock:
+            seq = self._active.get(request_id)
+            if seq is None:
+                return False
+            self.abort_sequence(seq)
+            return True
+
+    def abort_sequence(self, seq: Sequence, error: str | None = None) -> RequestOutput | None:
+        with self._lock:
+            if seq.is_finished or self._active.get(seq.request_id) is not seq:
+                return None
+            out = self.outputs.finish(seq, FinishReason.ABORT, self.clock(), error)
+            self._retire(seq, out)
+            return out
+
+    def abort_all(self, error: str | None = None) -> list[RequestOutput]:
+        with self._lock:
+            return [out for seq in list(self._active.values()) if (out := self.abort_sequence(seq, error))]
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_work()
+
+    # -- the step ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one prefill chunk or one decode step; the outputs it produced (may be empty)."""
+        with self._lock:
+            work = self.scheduler.schedule()
+            for seq in self.scheduler.take_admitted():
+                self.metrics.on_admitted(seq.num_prompt_tokens, seq.num_cached_tokens or 0)
+            if work is None:
+                return []
+            # built under the lock: an abort may free the pages once the model is running
+            inputs = self._prefill_input(work) if isinstance(work, PrefillStep) else self._decode_input(work)
+        if isinstance(work, PrefillStep):
+            token = self.runner.prefill(inputs)
+            with self._lock:
+                return self._after_prefill(work, token)
+        tokens = self.runner.decode(inputs)
+        if len(tokens) != len(work.seqs):
+            raise RuntimeError(f"runner returned {len(tokens)} tokens for a batch of {len(work.seqs)}")
+        with self._lock:
+            return self._after_decode(work, tokens)
+
+    def _prefill_input(self, work: PrefillStep) -> PrefillInput:
+        seq = work.seq
+        return PrefillInput(
+            token_ids=seq.token_ids[work.start:work.end],
+            start_pos=work.start,
+            page_table=list(seq.page_table),
+            sample=work.sample,
+            sampling=_spec(seq),
+        )
+
+    def _decode_input(self, work: DecodeStep) -> DecodeInput:
+        return DecodeInput(
+            token_ids=[seq.token_ids[-1] for seq in work.seqs],
+            positions=[len(seq) - 1 for seq in work.seqs],
+            page_tables=[list(seq.page_table) for seq in work.seqs],
+            sampling=[_spec(seq) for seq in work.seqs],
+        )
+
+    def _after_prefill(self, work: PrefillStep, token: int | None) -> list[RequestOutput]:
+        seq = work.seq
+        self.metrics.on_step(prefill=True, new_tokens=int(work.sample and not seq.is_finished), now=self.clock())
+        if seq.is_finished:
+            return []
+        seq.num_computed = work.end
+        self.pool.cache_full_pages(seq)
+        if not work.sample:
+            return []
+        if token is None:
+            raise RuntimeError("runner returned no token for a prefill with sample=True")
+        return [self._emit(seq, token)]
+
+    def _after_decode(self, work: DecodeStep, tokens: list[int]) -> list[RequestOutput]:
+        live = [(seq, token) for seq, token in zip(work.seqs, tokens) if not seq.is_finished]
+        self.metrics.on_step(prefill=False, new_tokens=len(live), now=self.clock())
+        outputs = []
+        for seq, token in live:
+            seq.num_computed += 1
+            self.pool.cache_full_pages(seq)
+            outputs.append(self._emit(seq, token))
+        return outputs
+
+    def _emit(self, seq: Sequence, token: int) -> RequestOutput:
+        now = self.clock()
+        first = seq.first_token_s is None
+        gap = None if first else now - seq.last_token_s
+        out = self.outputs.append_token(seq, token, now)
+        self.metrics.on_token(gap, (now - seq.arrival_s) if first else None)
+        if out.finished:
+            self._retire(seq, out)
+        else:
+            self._deliver(seq, out)
+        return out
+
+    def _retire(self, seq: Sequence, out: RequestOutput) -> None:
+        self.scheduler.finish(seq)
+        del self._active[seq.request_id]
+        self.metrics.on_finished(aborted=out.finish_reason is FinishReason.ABORT)
+        self._deliver(seq, out)
+        self._sinks.pop(id(seq), None)
+
+    def _deliver(self, seq: Sequence, out: RequestOutput) -> None:
+        sink = self._sinks.get(id(seq))
+        if sink is not None:
+            sink(out)
+
+    # -- introspection ----------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        with self._lock:
+            m = self.metrics
+            return EngineStats(
+                running=len(self.scheduler.running),
+                waiting=len(self.scheduler.waiting),
+                free_pages=self.pool.num_free,
+                total_pages=self.pool.num_pages,
+                cached_pages=self.pool.num_cached,
+                page_size=self.pool.page_size,
+                max_batch=self.max_batch,
+                prefix_hit_rate=m.prefix_hit_rate(),
+                tokens_per_second=m.tokens_per_second(self.clock()),
+                prompt_tokens_total=m.prompt_tokens_total,
+                generation_tokens_total=m.generation_tokens_total,
+                cached_tokens_total=m.cached_tokens_total,
+                requests_finished_total=m.requests_finished_total,
+                requests_aborted_total=m.requests_aborted_total,
+                preemptions_total=self.scheduler.num_preemptions,
+                prefill_steps_total=m.prefill_steps_total,
+                decode_steps_total=m.decode_steps_total,
+                ttft_s=list(m.ttft_s),
+                inter_token_s=list(m.inter_token_s),
+            )
+
+    def prefix_hashes(self) -> list[int]:
+        with self._lock:
+            return self.pool.prefix_hashes()
+
+
+def _spec(seq: Sequence) -> SamplingSpec:
+    s = seq.sampling
+    return SamplingSpec(
+        temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=s.seed, step=seq.num_generated
+    )

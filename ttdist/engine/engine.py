@@ -1,0 +1,177 @@
+"""The replica's async engine: a worker thread steps ``EngineCore``; asyncio code streams outputs.
+
+The step loop runs in its own thread so an asyncio server in the same process stays responsive
+while the model computes. Each request's outputs reach its consumer through a stream that the
+worker feeds with ``loop.call_soon_threadsafe``. ``generate`` aborts its request (freeing its
+pages) when the consumer stops iterating or is cancelled. If the model raises, every request
+ends with ``FinishReason.ABORT`` and the error text, and the engine refuses new work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import AsyncIterator
+
+from ttdist.engine.config import EngineConfig
+from ttdist.engine.core import EngineCore
+from ttdist.engine.errors import EngineStoppedError
+from ttdist.engine.page_pool import block_hashes
+from ttdist.engine.request import GenerationRequest, RequestOutput
+from ttdist.engine.runner import ModelRunner, RunnerInfo
+from ttdist.engine.sequence import Sequence
+from ttdist.engine.stats import EngineStats
+from ttdist.engine.tokenizer import Tokenizer
+
+__all__ = ["AsyncEngine", "EngineConfig", "EngineStats", "block_hashes"]
+
+_UNCLAIMED_LIMIT = 1024   # streams of submitted requests nobody asked for, kept for late readers
+
+
+class _Stream:
+    """Outputs of one request: filled by the worker thread, read by one asyncio task."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[RequestOutput] = collections.deque()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self.seq: Sequence | None = None
+
+    def put(self, out: RequestOutput) -> None:
+        with self._lock:
+            self._items.append(out)
+            loop, ready = self._loop, self._ready
+        if loop is not None and ready is not None:
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:
+                pass   # the consumer's loop is closed; nobody is left to read
+
+    async def get(self) -> RequestOutput:
+        with self._lock:
+            if self._ready is None:
+                self._loop, self._ready = asyncio.get_running_loop(), asyncio.Event()
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                self._ready.clear()
+            await self._ready.wait()
+
+
+class AsyncEngine:
+    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer | None, config: EngineConfig | None = None) -> None:
+        self.core = EngineCore(runner, tokenizer, config or EngineConfig())
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stopped_reason: str | None = "not started"
+        self._unclaimed: collections.OrderedDict[str, _Stream] = collections.OrderedDict()
+
+    @property
+    def info(self) -> RunnerInfo:
+        return self.core.runner.info
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self.core.tokenizer
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._wake:
+            if self._thread is not None:
+                return
+            self._stopped_reason = None
+            self._thread = threading.Thread(target=self._run, name="ttdist-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """End every request with ABORT now, then wait up to ``timeout_s`` for the step loop.
+
+        A step already on the model finishes in the background; its tokens are dropped.
+        Calling it again is harmless.
+        """
+        with self._wake:
+            self._stopping = True
+            if self._stopped_reason is None:
+                self._stopped_reason = "engine shut down"
+            self._wake.notify_all()
+            thread = self._thread
+        self.core.abort_all(error=self._stopped_reason)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.core.has_work():
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            try:
+                self.core.step()
+            except Exception as exc:  # the model failed: end every request, refuse new ones
+                with self._wake:
+                    self._stopping = True
+                    self._stopped_reason = f"engine failed: {type(exc).__name__}: {exc}"
+                self.core.abort_all(error=self._stopped_reason)
+                return
+
+    # -- requests ---------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> None:
+        """Validate and queue ``request``; read its outputs with ``outputs(request_id)``.
+
+        Raises InvalidRequestError, OverloadedError, or EngineStoppedError.
+        """
+        stream = self._submit(request)
+        self._unclaimed[request.request_id] = stream
+        while len(self._unclaimed) > _UNCLAIMED_LIMIT:
+            self._unclaimed.popitem(last=False)
+
+    def outputs(self, request_id: str) -> AsyncIterator[RequestOutput]:
+        """The outputs of a request queued with ``submit`` (once; aborts it if left early)."""
+        stream = self._unclaimed.pop(request_id, None)
+        if stream is None:
+            raise KeyError(f"no submitted request {request_id!r} is waiting to be read")
+        return self._follow(stream)
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        """Queue ``request`` now and iterate its outputs until one has ``finished`` set.
+
+        Use as ``async for out in engine.generate(request)``. Validation errors raise here, at
+        the call. Leaving the loop early (break, an exception, cancellation) aborts the request
+        once the iterator is closed: at once under ``contextlib.aclosing``, else when collected.
+        """
+        return self._follow(self._submit(request))
+
+    def abort(self, request_id: str) -> bool:
+        """End a request now and free its pages; False when it is not in flight (idempotent)."""
+        return self.core.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        return self.core.stats()
+
+    def prefix_hashes(self) -> list[int]:
+        return self.core.prefix_hashes()
+
+    def _submit(self, request: GenerationRequest) -> _Stream:
+        with self._wake:
+            if self._stopped_reason is not None:
+                raise EngineStoppedError(f"the engine is not running ({self._stopped_reason})")
+            stream = _Stream()
+            stream.seq = self.core.add_request(request, sink=stream.put)
+            self._wake.notify()
+            return stream
+
+    async def _follow(self, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                out = await stream.get()
+                finished = out.finished
+                yield out
+        finally:
+            if not finished and stream.seq is not None:
+                self.core.abort_sequence(stream.seq)

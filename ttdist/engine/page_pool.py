@@ -1,0 +1,168 @@
+"""Fixed-size KV pages with ref counts, a free queue in eviction order and a prefix cache.
+
+A page holds ``page_size`` consecutive tokens of one or more sequences (shared pages are
+prefix-cache hits). A full page whose K/V are computed gets a block hash chained over every
+token before it (``block_hashes``), so equal hashes mean equal prefixes; a lookup also compares
+the page's token ids, so a hash collision is a miss, never wrong K/V.
+
+Free pages wait in one queue and are reused from its front. A sequence's pages are freed tail
+first: pages that hold no cached block go to the front (nothing to lose), cached ones to the back,
+so the oldest and the deepest blocks of a prefix are evicted first and its first pages last. A
+cached page stays findable while free; taking it again removes it from the queue.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import xxhash
+
+from ttdist.engine.sequence import Sequence
+
+
+def block_hashes(token_ids: list[int], page_size: int) -> list[int]:
+    """The chained hash of every full page of ``token_ids`` (a partial tail page has none)."""
+    hashes: list[int] = []
+    previous = 0
+    for start in range(0, len(token_ids) - page_size + 1, page_size):
+        previous = _chain(previous, token_ids[start:start + page_size])
+        hashes.append(previous)
+    return hashes
+
+
+def _chain(previous: int, ids: list[int]) -> int:
+    return xxhash.xxh3_64_intdigest(struct.pack(f"<Q{len(ids)}q", previous, *ids))
+
+
+@dataclass
+class Page:
+    page_id: int
+    ref_count: int = 0
+    block_hash: int | None = None
+    token_ids: tuple[int, ...] = ()
+
+
+class PagePool:
+    def __init__(self, num_pages: int, page_size: int, prefix_caching: bool = True) -> None:
+        if num_pages < 1 or page_size < 1:
+            raise ValueError(f"a page pool needs pages and a page size >= 1, got {num_pages} x {page_size}")
+        self.page_size = page_size
+        self.prefix_caching = prefix_caching
+        self.pages = [Page(i) for i in range(num_pages)]
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))
+        self._cached: dict[int, int] = {}   # block hash -> page id
+
+    @property
+    def num_pages(self) -> int:
+        return len(self.pages)
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_cached(self) -> int:
+        return len(self._cached)
+
+    def free_queue(self) -> list[int]:
+        """Free page ids in eviction order (the first is reused next)."""
+        return list(self._free)
+
+    def prefix_hashes(self) -> list[int]:
+        """Block hashes of every cached full page (in use or free but not yet evicted)."""
+        return list(self._cached)
+
+    def pages_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    # -- admission --------------------------------------------------------------------------
+    def can_allocate(self, seq: Sequence) -> bool:
+        hits, _ = self._match(seq)
+        free_hits = sum(1 for pid in hits if self.pages[pid].ref_count == 0)
+        return self.pages_needed(len(seq)) - len(hits) <= self.num_free - free_hits
+
+    def allocate(self, seq: Sequence) -> int:
+        """Give ``seq`` pages for all its tokens, reusing cached prefix pages; the tokens reused.
+
+        At most ``(len - 1) // page_size`` pages are reused so at least one token is computed.
+        """
+        if seq.page_table:
+            raise RuntimeError(f"sequence {seq.request_id!r} already holds pages")
+        if not self.can_allocate(seq):
+            raise RuntimeError(f"not enough free pages for {seq.request_id!r}: check can_allocate first")
+        hits, hashes = self._match(seq)
+        for pid in hits:
+            page = self.pages[pid]
+            if page.ref_count == 0:
+                del self._free[pid]
+            page.ref_count += 1
+        fresh = [self._take_free() for _ in range(self.pages_needed(len(seq)) - len(hits))]
+        seq.page_table = hits + fresh
+        seq.block_hashes = hashes[: len(hits)]
+        seq.num_computed = len(hits) * self.page_size
+        return seq.num_computed
+
+    def deallocate(self, seq: Sequence) -> None:
+        """Release ``seq``'s pages (tail first) and forget what it had computed."""
+        for pid in reversed(seq.page_table):
+            page = self.pages[pid]
+            if page.ref_count < 1:
+                raise RuntimeError(f"page {pid} freed more often than taken")
+            page.ref_count -= 1
+            if page.ref_count == 0:
+                self._free[pid] = None
+                if page.block_hash is None or self._cached.get(page.block_hash) != pid:
+                    self._free.move_to_end(pid, last=False)
+        seq.page_table = []
+        seq.block_hashes = []
+        seq.num_computed = 0
+
+    # -- growth during decode ---------------------------------------------------------------
+    def can_append(self, seq: Sequence) -> bool:
+        return self.pages_needed(len(seq)) - len(seq.page_table) <= self.num_free
+
+    def may_append(self, seq: Sequence) -> None:
+        """Add a page when the token about to be computed starts a new one."""
+        while len(seq.page_table) < self.pages_needed(len(seq)):
+            if not self._free:
+                raise RuntimeError(f"no free page for {seq.request_id!r}: check can_append first")
+            seq.page_table.append(self._take_free())
+
+    def cache_full_pages(self, seq: Sequence) -> None:
+        """Register every page of ``seq`` that is now full and computed in the prefix cache."""
+        size = self.page_size
+        while len(seq.block_hashes) < seq.num_computed // size:
+            index = len(seq.block_hashes)
+            ids = seq.token_ids[index * size:(index + 1) * size]
+            previous = seq.block_hashes[-1] if seq.block_hashes else 0
+            block_hash = _chain(previous, ids)
+            seq.block_hashes.append(block_hash)
+            if self.prefix_caching:
+                page = self.pages[seq.page_table[index]]
+                page.block_hash, page.token_ids = block_hash, tuple(ids)
+                self._cached[block_hash] = page.page_id
+
+    # -- internals --------------------------------------------------------------------------
+    def _match(self, seq: Sequence) -> tuple[list[int], list[int]]:
+        if not self.prefix_caching:
+            return [], []
+        size = self.page_size
+        usable = (len(seq) - 1) // size * size
+        hashes = block_hashes(seq.token_ids[:usable], size)
+        hits: list[int] = []
+        for index, block_hash in enumerate(hashes):
+            pid = self._cached.get(block_hash)
+            if pid is None or self.pages[pid].token_ids != tuple(seq.token_ids[index * size:(index + 1) * size]):
+                break
+            hits.append(pid)
+        return hits, hashes
+
+    def _take_free(self) -> int:
+        pid, _ = self._free.popitem(last=False)
+        page = self.pages[pid]
+        if page.block_hash is not None and self._cached.get(page.block_hash) == pid:
+            del self._cached[page.block_hash]
+        page.block_hash, page.token_ids, page.ref_count = None, (), 1
+        return pid

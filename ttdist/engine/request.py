@@ -1,0 +1,80 @@
+"""What a caller sends the engine (a request with sampling params) and what it gets back.
+
+Every ``RequestOutput`` carries the ids and text new in this step plus everything generated so
+far; the last one of a request has ``finished`` set, a ``finish_reason``, ``usage`` and
+``timings``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens and when to stop. temperature 0 = greedy; top_k 0 and top_p 1 = off.
+
+    ``max_tokens`` None means the engine's default (clipped to the context left). Stop strings
+    are matched on the generated text and cut from it; stop token ids and EOS end generation
+    (their token is kept in ``output_ids``, not in the text).
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: exactly one of ``prompt`` (text) or ``prompt_token_ids``."""
+
+    request_id: str
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"        # a stop string or stop token id
+    LENGTH = "length"    # max_tokens or the context window
+    EOS = "eos"          # the model's end-of-sequence token
+    ABORT = "abort"      # aborted by the caller, or the engine stopped
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int   # prompt tokens served from the prefix cache
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds: queue (arrival to first scheduled), TTFT (arrival to first token), total."""
+
+    queue_s: float
+    ttft_s: float
+    mean_inter_token_s: float
+    total_s: float
+
+
+@dataclass
+class RequestOutput:
+    """One step of one request: new ids and text, plus all generated so far."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+    output_ids: list[int] = field(default_factory=list)
+    output_text: str = ""
+    error: str | None = None   # set when the engine itself failed (the request ends with ABORT)

@@ -1,0 +1,130 @@
+"""Decides each engine step: one prefill chunk for one user, or one decode token for all.
+
+As on Tenstorrent systems a step is prefill-only or decode-only. A waiting request is admitted
+into a free decode slot when the page pool can hold its whole prompt (after prefix-cache hits);
+its prompt then runs in page-aligned chunks of ``prefill_chunk`` tokens, one chunk per step,
+yielding one decode step between chunks when other users are decoding. Decode advances every
+running user by one token at its own position. When a decoding user needs a page and none is
+free, the newest running user is preempted: its pages go back and it waits at the head of the
+queue to be recomputed from its tokens (prefix-cache hits make that cheap).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from ttdist.engine.errors import OverloadedError
+from ttdist.engine.page_pool import PagePool
+from ttdist.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class PrefillStep:
+    """Compute ``seq.token_ids[start:end]``; sample the next token when ``sample``."""
+
+    seq: Sequence
+    start: int
+    end: int
+    sample: bool
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    seqs: list[Sequence]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int
+    max_waiting: int
+    prefill_chunk: int
+
+
+class Scheduler:
+    def __init__(self, pool: PagePool, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pool = pool
+        self.config = config
+        self.clock = clock
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []      # in admission order: the last is the newest
+        self.num_preemptions = 0
+        self._last_was_chunk = False
+        self._admitted: list[Sequence] = []
+
+    def take_admitted(self) -> list[Sequence]:
+        """Sequences admitted for the first time since the last call (for metrics)."""
+        admitted, self._admitted = self._admitted, []
+        return admitted
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        if len(self.waiting) >= self.config.max_waiting:
+            raise OverloadedError(
+                f"overloaded: {len(self.waiting)} requests are already waiting (max_waiting="
+                f"{self.config.max_waiting}); retry later"
+            )
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Take ``seq`` out of the queues and give its pages back at once."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.pool.deallocate(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def schedule(self) -> PrefillStep | DecodeStep | None:
+        prefilling = next((s for s in self.running if s.needs_prefill), None)
+        decoding = [s for s in self.running if not s.needs_prefill]
+        if prefilling is not None:
+            if not (self._last_was_chunk and decoding):
+                return self._chunk(prefilling)
+        elif self.waiting and len(self.running) < self.config.max_batch and self.pool.can_allocate(self.waiting[0]):
+            seq = self.waiting.popleft()
+            self._admit(seq)
+            if seq.needs_prefill:
+                return self._chunk(seq)
+            decoding.append(seq)
+        self._last_was_chunk = False
+        batch = self._make_room(decoding)
+        return DecodeStep(batch) if batch else None
+
+    def _admit(self, seq: Sequence) -> None:
+        cached = self.pool.allocate(seq)
+        seq.status = SequenceStatus.RUNNING
+        if seq.num_cached_tokens is None:
+            seq.num_cached_tokens = cached
+            seq.first_scheduled_s = self.clock()
+            self._admitted.append(seq)
+        self.running.append(seq)
+
+    def _chunk(self, seq: Sequence) -> PrefillStep:
+        self._last_was_chunk = True
+        end = min(seq.num_computed + self.config.prefill_chunk, len(seq))
+        return PrefillStep(seq, seq.num_computed, end, sample=end == len(seq))
+
+    def _make_room(self, decoding: list[Sequence]) -> list[Sequence]:
+        """Give every decoding user the page its next token needs, preempting the newest if short."""
+        batch: list[Sequence] = []
+        for seq in decoding:
+            while seq.status is SequenceStatus.RUNNING and not self.pool.can_append(seq):
+                self._preempt(self.running[-1])
+            if seq.status is SequenceStatus.RUNNING:
+                self.pool.may_append(seq)
+                batch.append(seq)
+        return batch
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.pool.deallocate(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
