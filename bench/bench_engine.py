@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import sys
 import tempfile
@@ -41,6 +42,17 @@ def make_workload(n: int, vocab: int, seed: int, prompt_range: tuple[int, int], 
     rng = random.Random(seed)
     prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(*prompt_range))] for _ in range(n)]
     return Workload(prompts, [rng.randint(*output_range) for _ in range(n)])
+
+
+def make_chat_workload(n: int, vocab: int, seed: int) -> Workload:
+    """Heavy-tailed lengths like chat traffic: log-normal prompts (median 64) and outputs (median 48)."""
+    rng = random.Random(seed)
+
+    def draw(median: float, lo: int, hi: int) -> int:
+        return max(lo, min(hi, int(rng.lognormvariate(math.log(median), 1.0))))
+
+    prompts = [[rng.randrange(3, vocab) for _ in range(draw(64, 8, 512))] for _ in range(n)]
+    return Workload(prompts, [draw(48, 4, 512) for _ in range(n)])
 
 
 def checkpoint(model: str) -> Path:
@@ -119,6 +131,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--page-size", type=int, default=32)
+    parser.add_argument("--lengths", choices=["uniform", "chat"], default="uniform",
+                        help="uniform: --prompt-range / --output-range; chat: heavy-tailed log-normal lengths")
     parser.add_argument("--prompt-range", type=int, nargs=2, default=(8, 160))
     parser.add_argument("--output-range", type=int, nargs=2, default=(8, 128))
     parser.add_argument("--seed", type=int, default=0)
@@ -131,10 +145,15 @@ def main() -> None:
 
     path = checkpoint(args.model)
     vocab = 49152
-    work = make_workload(args.requests, vocab, args.seed, tuple(args.prompt_range), tuple(args.output_range))
+    if args.lengths == "chat":
+        work = make_chat_workload(args.requests, vocab, args.seed)
+    else:
+        work = make_workload(args.requests, vocab, args.seed, tuple(args.prompt_range), tuple(args.output_range))
+    plens, olens = sorted(map(len, work.prompts)), sorted(work.max_tokens)
     print(f"model {args.model} ({path}), {args.requests} requests, batch {args.batch}, torch threads "
-          f"{torch.get_num_threads()}, prompts {args.prompt_range[0]}-{args.prompt_range[1]} tokens, "
-          f"outputs {args.output_range[0]}-{args.output_range[1]} tokens, {work.useful_tokens} tokens to generate")
+          f"{torch.get_num_threads()}, {args.lengths} lengths: prompts {plens[0]}-{plens[-1]} "
+          f"(median {plens[len(plens) // 2]}), outputs {olens[0]}-{olens[-1]} (median {olens[len(olens) // 2]}), "
+          f"{work.useful_tokens} tokens to generate")
     engine_s, engine_out = run_engine(path, work, args.batch, args.page_size)
     static_s, static_out = run_static_batches(path, work, args.batch)
     engine_tps = work.useful_tokens / engine_s
