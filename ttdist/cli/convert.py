@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                "  ttdist convert ./my-llama --mesh 8x4 --dtype bfloat8_b --cache-dir /data/ttdist",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="checkpoint directory, or 'smollm2' for the bundled SmolLM2-135M-Instruct")
-    p.add_argument("--mesh", default="1x1", help="n150, n300, t3k, tg or any RxC shape (default %(default)s)")
+    p.add_argument("--mesh", default="n300", help="n150, n300, t3k, tg or any RxC shape (default %(default)s)")
     p.add_argument("--dtype", default="bfloat16",
                    help="weight dtype: float32, bfloat16, bfloat8_b, bfloat4_b (default %(default)s)")
     p.add_argument("--cache-dir", metavar="DIR", help="converted-weight cache (default ~/.cache/ttdist/weights)")

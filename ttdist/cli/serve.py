@@ -1,7 +1,7 @@
 """``ttdist serve``: run a cluster in the foreground until SIGINT / SIGTERM.
 
 With no flags it serves SmolLM2-135M-Instruct on a local Ray cluster with one simulated
-1x1 mesh replica, the gRPC API on 127.0.0.1:50051 and the dashboard on :8480. Stopping it
+N300 (1x2) mesh replica, the gRPC API on 127.0.0.1:50051 and the dashboard on :8480. Stopping it
 stops the router, the replicas, the coordinator and the local Ray processes it started.
 """
 
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                     "serve the gRPC API until interrupted.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="checkpoint directory, or 'smollm2' (default)")
-    p.add_argument("--mesh", default="1x1", help="n150, n300, t3k, tg or RxC (default %(default)s)")
+    p.add_argument("--mesh", default="n300", help="n150, n300, t3k, tg or RxC (default %(default)s)")
     p.add_argument("--replicas", type=int, default=1, help="number of replicas (default %(default)s)")
     p.add_argument("--backend", default="sim", choices=("sim", "ttnn"), help="mesh backend (default %(default)s)")
     p.add_argument("--policy", default="round_robin",
