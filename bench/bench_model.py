@@ -67,6 +67,20 @@ def mesh_decode_step(path, mesh: str, batch: int, context: int, dtype: str):
     return runner, (lambda: runner.decode(inp))
 
 
+def matmul_work_ratio(layout) -> float:
+    """Multiply-adds per token summed over every chip, over those of the unsharded model."""
+    from math import prod
+
+    c = layout.config
+    chips = layout.spec.num_chips
+    plans = {p.name: p for p in layout.plans()}
+    per_layer = sum(prod(plans[n].local_shape) for n in ("wqkv", "wo", "w1", "w3", "w2")) * chips
+    mesh = per_layer * c.num_hidden_layers + prod(plans["lm_head"].local_shape) * chips
+    hd, h = c.head_dim, c.hidden_size
+    dense = h * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads) + 3 * h * c.intermediate_size
+    return mesh / (dense * c.num_hidden_layers + h * c.vocab_size)
+
+
 def precision_cost(path, mesh: str) -> dict[str, float]:
     prompt = list(range(100, 164))
     ref = MeshModelRunner.from_checkpoint(path, mesh=mesh, dtype="float32", num_pages=4).prefill_logits(prompt, 0, [0, 1])[0]
@@ -109,6 +123,9 @@ def main() -> None:
     print(f"  transformers unsharded decode step : {hf_s * 1e3:8.1f} ms (median of {args.steps}, alternating)")
     print(f"  ttdist sim {args.mesh} TP decode step   : {tp_s * 1e3:8.1f} ms (median of {args.steps})")
     print(f"  ratio sim/transformers             : {tp_s / hf_s:8.2f}x (target <= 1.3x)")
+    print(f"  matmul work of the layout, all chips / unsharded: {matmul_work_ratio(runner.model.layout):.2f}x "
+          f"(padding; KV heads held per chip: {runner.model.layout.n_kv_local * runner.model.layout.n_inner} "
+          f"vs {runner.model.config.num_key_value_heads})")
     runner.backend.ccl.clear()
     tp_step()
     per_axis = {k: f"{v / 1e6:.2f} MB" for k, v in sorted(runner.backend.ccl.bytes_per_axis().items())}
