@@ -110,6 +110,11 @@ class Backend(Protocol):
     def rotary(self, x: Any, cos: Any, sin: Any) -> Any:
         """HF rotate-half RoPE; ``cos``/``sin`` are replicated ``[T, head_dim]``."""
 
+    def paged_cache(self, num_pages: int, n_kv: int, page_size: int, head_dim: int, placements: Placements,
+                    *, dtype: DType = ..., name: str = ...) -> Any:
+        """A zeroed paged KV cache of logical global shape ``[pages, kv_heads, page_size, head_dim]``
+        (KV heads may be sharded); its storage layout is the backend's."""
+
     def paged_fill_cache(self, cache: Any, x: Any, page_table: np.ndarray, start_pos: int) -> None:
         """Write one user's K or V for positions ``start_pos..`` through its page table row."""
 

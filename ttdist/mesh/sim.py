@@ -246,8 +246,21 @@ class SimBackend:
         c, s = cos.data.unsqueeze(-2), sin.data.unsqueeze(-2)
         return self._wrap(x.data * c + rotated * s, x.placements)
 
+    def paged_cache(self, num_pages: int, n_kv: int, page_size: int, head_dim: int, placements: Placements,
+                    *, dtype: DType = DType.bfloat16, name: str = "kv_cache") -> "SimTensor":
+        """Stored kv-head-major (``[R', C', kv, pages, page_size, hd]``) so a user's pages gather
+        into one contiguous ``[kv, L, hd]`` block per head; the protocol's logical layout is
+        ``[pages, kv, page_size, hd]``."""
+        placements = normalize(placements, 4)
+        if placements[0] not in (Replicate(), Shard(1)) or placements[1] not in (Replicate(), Shard(1)):
+            raise MeshError(f"paged cache {name!r}: KV heads (dim 1) may be sharded, nothing else; got {placements}")
+        t = self.zeros((n_kv, num_pages, page_size, head_dim), tuple(Shard(0) if p == Shard(1) else p for p in placements),
+                       dtype=dtype, name=name)
+        t.placements = placements
+        return t
+
     def _slots(self, cache: SimTensor, page_table: np.ndarray, positions: np.ndarray):
-        page_size = cache.shape[2]
+        num_pages, page_size = cache.shape[1], cache.shape[2]
         positions = np.asarray(positions, dtype=np.int64)
         table = np.asarray(page_table, dtype=np.int64)
         logical = positions // page_size
@@ -259,42 +272,37 @@ class SimBackend:
             if logical.size and logical.max() >= table.shape[1]:
                 raise MeshError(f"page table has {table.shape[1]} pages per user; position {positions.max()} needs more")
             pages = table[np.arange(len(positions)), logical]
-        if pages.size and (pages.min() < 0 or pages.max() >= cache.shape[0]):
-            raise MeshError(f"page ids must lie in [0, {cache.shape[0]}), got {pages.min()}..{pages.max()}")
+        if pages.size and (pages.min() < 0 or pages.max() >= num_pages):
+            raise MeshError(f"page ids must lie in [0, {num_pages}), got {pages.min()}..{pages.max()}")
         return torch.as_tensor(pages, device=self.device), torch.as_tensor(positions % page_size, device=self.device)
+
+    def _write_slots(self, cache: SimTensor, x: torch.Tensor, pages: torch.Tensor, offsets: torch.Tensor) -> None:
+        """``x`` is ``[R', C', n, kv, hd]``; slot i of every head gets ``x[..., i, head, :]``."""
+        cache.data[:, :, :, pages, offsets, :] = x.expand(*cache.data.shape[:2], *x.shape[2:]).movedim(2, 3)
 
     def paged_fill_cache(self, cache: SimTensor, x: SimTensor, page_table: np.ndarray, start_pos: int) -> None:
         self._no_partial("paged_fill_cache", x)
         positions = np.arange(start_pos, start_pos + x.shape[0])
-        pages, offsets = self._slots(cache, page_table, positions)
-        cache.data[:, :, pages, :, offsets, :] = x.data.expand(*cache.data.shape[:2], *x.shape).movedim(2, 0)
+        self._write_slots(cache, x.data, *self._slots(cache, page_table, positions))
 
     def paged_update_cache(self, cache: SimTensor, x: SimTensor, positions: np.ndarray, page_table: np.ndarray) -> None:
         self._no_partial("paged_update_cache", x)
         positions = np.asarray(positions, dtype=np.int64)
         live = np.nonzero(positions >= 0)[0]
         pages, offsets = self._slots(cache, np.asarray(page_table)[live], positions[live])
-        rows = torch.as_tensor(live, device=self.device)
-        new = x.data.expand(*cache.data.shape[:2], *x.shape)[:, :, rows]
-        cache.data[:, :, pages, :, offsets, :] = new.movedim(2, 0)
-
-    def _gather_cache(self, cache: SimTensor, pages: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Cached vectors at (page, offset) slots, as ``[R', C', *slots_shape, kv, hd]``."""
-        picked = cache.data[:, :, pages, :, offsets, :]  # [*slots, R', C', kv, hd]
-        return picked.movedim(tuple(range(pages.dim())), tuple(range(2, 2 + pages.dim())))
+        self._write_slots(cache, x.data[:, :, torch.as_tensor(live, device=self.device)], pages, offsets)
 
     def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float) -> SimTensor:
         self._no_partial("sdpa_prefill", q, k, v)
         t = q.shape[0]
         if start_pos == 0:
-            keys, values = k.data, v.data
+            keys, values = k.data.movedim(-2, 2), v.data.movedim(-2, 2)  # [R,C,kv,L,hd]
         else:
             pages, offsets = self._slots(k_cache, page_table, np.arange(start_pos + t))
-            keys, values = self._gather_cache(k_cache, pages, offsets), self._gather_cache(v_cache, pages, offsets)
-        n_q, n_kv = q.shape[1], keys.shape[-2]
+            keys, values = k_cache.data[:, :, :, pages, offsets, :], v_cache.data[:, :, :, pages, offsets, :]
+        n_q, n_kv = q.shape[1], keys.shape[2]
         qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(2, -2)  # [R,C,kv,g,T,hd]
-        kh = keys.movedim(-2, 2).unsqueeze(3)  # [R,C,kv,1,L,hd]
-        vh = values.movedim(-2, 2).unsqueeze(3)
+        kh, vh = keys.unsqueeze(3), values.unsqueeze(3)  # [R,C,kv,1,L,hd]
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale
         q_pos = torch.arange(start_pos, start_pos + t, device=self.device)
         k_pos = torch.arange(kh.shape[-2], device=self.device)
@@ -305,20 +313,21 @@ class SimBackend:
     def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float) -> SimTensor:
         self._no_partial("sdpa_decode", q)
         positions = np.asarray(positions, dtype=np.int64)
-        page_size = k_cache.shape[2]
+        num_pages, page_size = k_cache.shape[1], k_cache.shape[2]
         length = int(max(positions.max(), 0)) + 1
-        n_pages = -(-length // page_size)
-        table = np.asarray(page_table, dtype=np.int64)[:, :n_pages].copy()
+        table = np.asarray(page_table, dtype=np.int64)[:, : -(-length // page_size)].copy()
         table[table < 0] = 0
-        if table.size and table.max() >= k_cache.shape[0]:
-            raise MeshError(f"page ids must lie in [0, {k_cache.shape[0]}), got up to {table.max()}")
+        if table.size and table.max() >= num_pages:
+            raise MeshError(f"page ids must lie in [0, {num_pages}), got up to {table.max()}")
         pages = torch.as_tensor(table, device=self.device)
-        # one index_select per cache: [R,C,B*P,kv,ps,hd] -> [R,C,kv,B,P*ps,hd] (a view when kv == 1)
-        flat = pages.flatten()
-        gathered = [c.data.index_select(2, flat).unflatten(2, tuple(pages.shape)).movedim(4, 2) for c in (k_cache, v_cache)]
-        keys, values = (g.reshape(*g.shape[:4], -1, g.shape[-1]) for g in gathered)
+        batch, n_pages = pages.shape
+        # [R,C,kv,B*P,ps,hd] -> [R,C,kv,B,P*ps,hd]: one contiguous gather per cache, no copy after
+        keys, values = (
+            c.data.index_select(3, pages.flatten()).reshape(*c.data.shape[:3], batch, n_pages * page_size, -1)
+            for c in (k_cache, v_cache)
+        )
         n_q, n_kv = q.shape[1], keys.shape[2]
-        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(3, 2)  # [R,C,kv,B,g,hd]
+        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(2, 3)  # [R,C,kv,B,g,hd]
         scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale  # [R,C,kv,B,g,L]
         k_pos = torch.arange(keys.shape[-2], device=self.device)
         mask = k_pos[None, :] > torch.as_tensor(positions, device=self.device)[:, None]  # [B, L]

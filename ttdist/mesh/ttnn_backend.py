@@ -153,6 +153,11 @@ class TtnnBackend(AttentionOps):
         kind = VECTOR if len(local) == 1 else ROWS
         return TtnnTensor(self, None, local, placements, dtype, name, kind, pending=pending)
 
+    def paged_cache(self, num_pages: int, n_kv: int, page_size: int, head_dim: int, placements: Placements,
+                    *, dtype: DType = DType.bfloat16, name: str = "kv_cache") -> TtnnTensor:
+        """ttnn's paged cache layout: ``[pages, kv_heads, page_size, head_dim]``."""
+        return self.zeros((num_pages, n_kv, page_size, head_dim), placements, dtype=dtype, name=name)
+
     def zeros(self, shape: Sequence[int], placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
         placements = normalize(placements, len(shape))
         local = list(shape)

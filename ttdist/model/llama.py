@@ -33,9 +33,9 @@ class KVCache:
     """One layer's paged K and V: ``[pages, kv_heads, page_size, head_dim]`` per device."""
 
     def __init__(self, be, layout: Layout, cache: CacheConfig, layer: int):
-        shape = (cache.num_pages, layout.n_kv_local * layout.n_inner, cache.page_size, layout.config.head_dim)
-        self.k = be.zeros(shape, layout.heads, dtype=cache.dtype, name="kv_cache")
-        self.v = be.zeros(shape, layout.heads, dtype=cache.dtype, name="kv_cache")
+        dims = (cache.num_pages, layout.n_kv_local * layout.n_inner, cache.page_size, layout.config.head_dim)
+        self.k = be.paged_cache(*dims, layout.heads, dtype=cache.dtype, name="kv_cache")
+        self.v = be.paged_cache(*dims, layout.heads, dtype=cache.dtype, name="kv_cache")
 
 
 class Attention:
