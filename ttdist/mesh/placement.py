@@ -90,3 +90,14 @@ def matmul_placement(x, w, axis: int) -> Placement:
         f"linear: activation {x.name!r} is {px} and weight {w.name!r} is {pw} on cluster_axis {axis}; "
         f"a matmul needs (Replicate, Shard(1)) column parallel, (Shard(-1), Shard(0)) row parallel, or replicated weights"
     )
+
+
+def require_reduced(op: str, *tensors) -> None:
+    """Raise PartialTensorError if a tensor still holds partial sums (a non-linear op is next)."""
+    for t in tensors:
+        for axis, p in enumerate(t.placements):
+            if isinstance(p, Partial):
+                raise PartialTensorError(
+                    f"{op}: tensor {t.name!r} holds partial sums on cluster_axis {axis}; "
+                    f"reduce it (all_reduce / reduce_scatter) before a non-linear op"
+                )

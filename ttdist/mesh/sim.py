@@ -22,7 +22,7 @@ import torch
 
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
-from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, with_axis
+from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
 from ttdist.mesh.sampling import HostSampler
 from ttdist.mesh.precision import DType, quantize
 from ttdist.mesh.spec import MeshSpec, Topology
@@ -154,25 +154,7 @@ class SimBackend:
         t.data = torch.empty(0)
 
     # ------------------------------------------------------------------ checks
-    @staticmethod
-    def _no_partial(op: str, *tensors: SimTensor) -> None:
-        for t in tensors:
-            for axis, p in enumerate(t.placements):
-                if isinstance(p, Partial):
-                    raise PartialTensorError(
-                        f"{op}: tensor {t.name!r} holds partial sums on cluster_axis {axis}; "
-                        f"reduce it (all_reduce / reduce_scatter) before a non-linear op"
-                    )
 
-    def _axis(self, op: str, cluster_axis: int | None) -> int:
-        if cluster_axis is None:
-            rows, cols = self.spec.shape
-            if rows > 1 and cols > 1:
-                raise MeshError(f"{op}: cluster_axis is required on the 2D mesh {self.spec.shape_str}")
-            return 0 if rows > 1 else 1
-        if cluster_axis not in (0, 1):
-            raise MeshError(f"{op}: cluster_axis must be 0, 1 or None, got {cluster_axis}")
-        return cluster_axis
 
     # ------------------------------------------------------------------ compute
     def linear(self, x: SimTensor, w: SimTensor, *, out_dtype: DType | None = None) -> SimTensor:
@@ -187,7 +169,7 @@ class SimBackend:
         return self._wrap(a.data + b.data, a.placements)
 
     def silu_mul(self, gate: SimTensor, up: SimTensor) -> SimTensor:
-        self._no_partial("silu_mul", gate, up)
+        require_reduced("silu_mul", gate, up)
         if gate.placements != up.placements:
             raise MeshError(f"silu_mul: {gate.name!r} is {gate.placements} but {up.name!r} is {up.placements}")
         return self._wrap(torch.nn.functional.silu(gate.data) * up.data, gate.placements)
@@ -196,7 +178,7 @@ class SimBackend:
         for axis, p in enumerate(table.placements):
             if isinstance(p, Shard) and p.dim == 0:
                 raise MeshError(f"embedding: table {table.name!r} must not be sharded by vocabulary (axis {axis})")
-        self._no_partial("embedding", table)
+        require_reduced("embedding", table)
         idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         vocab = table.shape[0]
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
@@ -204,7 +186,7 @@ class SimBackend:
         return self._wrap(table.data.index_select(2, idx), table.placements)
 
     def rms_norm(self, x: SimTensor, weight: SimTensor, *, eps: float, width: int) -> SimTensor:
-        self._no_partial("rms_norm", x)
+        require_reduced("rms_norm", x)
         for axis, p in enumerate(x.placements):
             if p == Shard(x.ndim - 1) and self.spec.shape[axis] > 1:
                 raise MeshError(f"rms_norm: {x.name!r} is width-fractured on axis {axis}; use the distributed norm")
@@ -212,11 +194,11 @@ class SimBackend:
         return self._wrap(x.data * torch.rsqrt(ms + eps) * _per_row(weight, x.ndim), x.placements)
 
     def rms_norm_pre_all_gather(self, x: SimTensor) -> SimTensor:
-        self._no_partial("rms_norm_pre_all_gather", x)
+        require_reduced("rms_norm_pre_all_gather", x)
         return self._wrap(x.data.pow(2).sum(-1, keepdim=True), x.placements, DType.float32)
 
     def rms_norm_post_all_gather(self, x: SimTensor, stats: SimTensor, weight: SimTensor, *, eps: float, width: int) -> SimTensor:
-        self._no_partial("rms_norm_post_all_gather", x, stats)
+        require_reduced("rms_norm_post_all_gather", x, stats)
         ms = stats.data.sum(-1, keepdim=True) / width
         return self._wrap(x.data * torch.rsqrt(ms + eps) * _per_row(weight, x.ndim), x.placements)
 
@@ -228,7 +210,7 @@ class SimBackend:
 
     # ------------------------------------------------------------------ attention
     def create_qkv_heads(self, qkv: SimTensor, n_q: int, n_kv: int, head_dim: int):
-        self._no_partial("create_qkv_heads", qkv)
+        require_reduced("create_qkv_heads", qkv)
         want = (n_q + 2 * n_kv) * head_dim
         if qkv.shape[-1] != want:
             raise MeshError(f"create_qkv_heads: {qkv.name!r} has width {qkv.shape[-1]}, expected {want}")
@@ -240,7 +222,7 @@ class SimBackend:
         return self._wrap(x.data.flatten(-2), x.placements)
 
     def rotary(self, x: SimTensor, cos: SimTensor, sin: SimTensor) -> SimTensor:
-        self._no_partial("rotary", x)
+        require_reduced("rotary", x)
         half = x.shape[-1] // 2
         rotated = torch.cat((-x.data[..., half:], x.data[..., :half]), dim=-1)
         c, s = cos.data.unsqueeze(-2), sin.data.unsqueeze(-2)
@@ -281,19 +263,19 @@ class SimBackend:
         cache.data[:, :, :, pages, offsets, :] = x.expand(*cache.data.shape[:2], *x.shape[2:]).movedim(2, 3)
 
     def paged_fill_cache(self, cache: SimTensor, x: SimTensor, page_table: np.ndarray, start_pos: int) -> None:
-        self._no_partial("paged_fill_cache", x)
+        require_reduced("paged_fill_cache", x)
         positions = np.arange(start_pos, start_pos + x.shape[0])
         self._write_slots(cache, x.data, *self._slots(cache, page_table, positions))
 
     def paged_update_cache(self, cache: SimTensor, x: SimTensor, positions: np.ndarray, page_table: np.ndarray) -> None:
-        self._no_partial("paged_update_cache", x)
+        require_reduced("paged_update_cache", x)
         positions = np.asarray(positions, dtype=np.int64)
         live = np.nonzero(positions >= 0)[0]
         pages, offsets = self._slots(cache, np.asarray(page_table)[live], positions[live])
         self._write_slots(cache, x.data[:, :, torch.as_tensor(live, device=self.device)], pages, offsets)
 
     def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float) -> SimTensor:
-        self._no_partial("sdpa_prefill", q, k, v)
+        require_reduced("sdpa_prefill", q, k, v)
         t = q.shape[0]
         if start_pos == 0:
             keys, values = k.data.movedim(-2, 2), v.data.movedim(-2, 2)  # [R,C,kv,L,hd]
@@ -311,7 +293,7 @@ class SimBackend:
         return self._wrap(out.movedim(-2, 2).flatten(3, 4), q.placements)
 
     def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float) -> SimTensor:
-        self._no_partial("sdpa_decode", q)
+        require_reduced("sdpa_decode", q)
         positions = np.asarray(positions, dtype=np.int64)
         num_pages, page_size = k_cache.shape[1], k_cache.shape[2]
         length = int(max(positions.max(), 0)) + 1
@@ -344,7 +326,7 @@ class SimBackend:
         return topo
 
     def all_gather(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
-        axis = self._axis("all_gather", cluster_axis)
+        axis = self.spec.resolve_axis("all_gather", cluster_axis)
         dim = normalize_dim(dim, x.ndim, "all_gather")
         p = x.placements[axis]
         if isinstance(p, Partial):
@@ -360,7 +342,7 @@ class SimBackend:
         return self._wrap(out, with_axis(x.placements, axis, Replicate()), x.dtype)
 
     def reduce_scatter(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
-        axis = self._axis("reduce_scatter", cluster_axis)
+        axis = self.spec.resolve_axis("reduce_scatter", cluster_axis)
         dim = normalize_dim(dim, x.ndim, "reduce_scatter")
         n = self.spec.shape[axis]
         size = x.shape[dim]
@@ -373,7 +355,7 @@ class SimBackend:
         return self._wrap(out, with_axis(x.placements, axis, Shard(dim)), x.dtype)
 
     def all_reduce(self, x: SimTensor, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
-        axis = self._axis("all_reduce", cluster_axis)
+        axis = self.spec.resolve_axis("all_reduce", cluster_axis)
         n = self.spec.shape[axis]
         self._record("all_reduce", axis, topology, x.data[0, 0].numel(), x.dtype, all_reduce_bytes)
         if isinstance(x.placements[axis], Replicate):
@@ -384,7 +366,7 @@ class SimBackend:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, logits: SimTensor, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
-        self._no_partial("sample", logits)
+        require_reduced("sample", logits)
         for axis, p in enumerate(logits.placements):
             if isinstance(p, Shard) and self.spec.shape[axis] > 1:
                 raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")

@@ -10,6 +10,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from ttdist.mesh.errors import MeshError
+
 GB = 10**9
 GiB = 2**30
 
@@ -56,6 +58,16 @@ class MeshSpec:
         if axis not in (0, 1):
             raise MeshSpecError(f"cluster_axis must be 0 or 1, got {axis}")
         return self.shape[axis]
+
+    def resolve_axis(self, op: str, cluster_axis: int | None) -> int:
+        """The mesh axis a collective runs on; ``None`` means the whole of a 1D mesh."""
+        if cluster_axis is None:
+            if self.rows > 1 and self.cols > 1:
+                raise MeshError(f"{op}: cluster_axis is required on the 2D mesh {self.shape_str}")
+            return 0 if self.rows > 1 else 1
+        if cluster_axis not in (0, 1):
+            raise MeshError(f"{op}: cluster_axis must be 0, 1 or None, got {cluster_axis}")
+        return cluster_axis
 
     def chips(self) -> list[tuple[int, int]]:
         return [(r, c) for r in range(self.rows) for c in range(self.cols)]

@@ -26,6 +26,7 @@ import ttnn
 
 from ttdist.mesh import ttnn_configs as cfg
 from ttdist.mesh.backend import MeshError
+from ttdist.mesh.placement import require_reduced
 from ttdist.mesh.precision import DType
 
 ROWS, VECTOR, TABLE, HEADS_PREFILL, HEADS_DECODE, CACHE, STATS = (
@@ -36,7 +37,7 @@ class AttentionOps:
     """Mixed into ``TtnnBackend``; relies on its ``_wrap``, ``_rows_value``, ``_ints`` and ``grid``."""
 
     def create_qkv_heads(self, qkv, n_q: int, n_kv: int, head_dim: int):
-        self._no_partial("create_qkv_heads", qkv)
+        require_reduced("create_qkv_heads", qkv)
         want = (n_q + 2 * n_kv) * head_dim
         if qkv.ndim != 2 or qkv.shape[-1] != want:
             raise MeshError(f"create_qkv_heads: {qkv.name!r} has local shape {qkv.shape}, expected [T, {want}]")
@@ -99,7 +100,7 @@ class AttentionOps:
         return value if value.memory_config() == memory else ttnn.to_memory_config(value, memory)
 
     def rotary(self, x, cos, sin):
-        self._no_partial("rotary", x)
+        require_reduced("rotary", x)
         if x.kind not in (HEADS_DECODE, HEADS_PREFILL):
             raise MeshError(f"rotary: {x.name!r} is not a head tensor from create_qkv_heads")
         t, _, hd = x.shape
@@ -127,7 +128,7 @@ class AttentionOps:
         return value if value.dtype == want else ttnn.typecast(value, want)
 
     def paged_fill_cache(self, cache, x, page_table: np.ndarray, start_pos: int) -> None:
-        self._no_partial("paged_fill_cache", x)
+        require_reduced("paged_fill_cache", x)
         self._check_cache(cache, x)
         page_size = cache.shape[2]
         if start_pos % page_size:
@@ -141,7 +142,7 @@ class AttentionOps:
         ttnn.experimental.paged_fill_cache(cache.value, value, chunk, batch_idx=0)
 
     def paged_update_cache(self, cache, x, positions: np.ndarray, page_table: np.ndarray) -> None:
-        self._no_partial("paged_update_cache", x)
+        require_reduced("paged_update_cache", x)
         self._check_cache(cache, x)
         if x.kind != HEADS_DECODE:
             raise MeshError(f"paged_update_cache: {x.name!r} has {x.shape[0]} users; a decode batch holds at most {cfg.TILE}")
@@ -160,7 +161,7 @@ class AttentionOps:
 
     # ------------------------------------------------------------------ SDPA
     def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float):
-        self._no_partial("sdpa_prefill", q, k, v)
+        require_reduced("sdpa_prefill", q, k, v)
         t, n, hd = q.shape
         qv = self._prefill_heads(q)
         compute = cfg.precise_compute()
@@ -179,7 +180,7 @@ class AttentionOps:
         return self._wrap(out, (t, n, hd), q.placements, kind=HEADS_PREFILL, heads=n)
 
     def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float):
-        self._no_partial("sdpa_decode", q)
+        require_reduced("sdpa_decode", q)
         if q.kind != HEADS_DECODE:
             raise MeshError(f"sdpa_decode: {q.name!r} has {q.shape[0]} users; a decode batch holds at most {cfg.TILE}")
         positions = np.asarray(positions, dtype=np.int64)

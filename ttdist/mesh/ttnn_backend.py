@@ -33,7 +33,7 @@ import ttnn
 from ttdist.mesh import ttnn_configs as cfg
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
-from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, with_axis
+from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
 from ttdist.mesh.ttnn_attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
@@ -260,24 +260,7 @@ class TtnnBackend(AttentionOps):
         return TtnnTensor(self, value, shape, placements, dtype or self.activation_dtype, name, kind, heads)
 
     # ------------------------------------------------------------------ checks
-    @staticmethod
-    def _no_partial(op: str, *tensors: TtnnTensor) -> None:
-        for t in tensors:
-            for axis, p in enumerate(t.placements):
-                if isinstance(p, Partial):
-                    raise PartialTensorError(
-                        f"{op}: tensor {t.name!r} holds partial sums on cluster_axis {axis}; "
-                        f"reduce it (all_reduce / reduce_scatter) before a non-linear op")
 
-    def _axis(self, op: str, cluster_axis: int | None) -> int:
-        if cluster_axis is None:
-            rows, cols = self.spec.shape
-            if rows > 1 and cols > 1:
-                raise MeshError(f"{op}: cluster_axis is required on the 2D mesh {self.spec.shape_str}")
-            return 0 if rows > 1 else 1
-        if cluster_axis not in (0, 1):
-            raise MeshError(f"{op}: cluster_axis must be 0, 1 or None, got {cluster_axis}")
-        return cluster_axis
 
     # ------------------------------------------------------------------ compute
     def linear(self, x: TtnnTensor, w: TtnnTensor, *, out_dtype: DType | None = None) -> TtnnTensor:
@@ -315,7 +298,7 @@ class TtnnBackend(AttentionOps):
         return self._wrap(out, a.shape, a.placements)
 
     def silu_mul(self, gate: TtnnTensor, up: TtnnTensor) -> TtnnTensor:
-        self._no_partial("silu_mul", gate, up)
+        require_reduced("silu_mul", gate, up)
         if gate.placements != up.placements or gate.shape != up.shape:
             raise MeshError(f"silu_mul: {gate.name!r} {gate.shape} {gate.placements} vs {up.name!r} {up.shape} {up.placements}")
         out = ttnn.mul(self._rows_value(gate), self._rows_value(up), input_tensor_a_activations=[ttnn.UnaryOpType.SILU],
@@ -326,7 +309,7 @@ class TtnnBackend(AttentionOps):
         for axis, p in enumerate(table.placements):
             if isinstance(p, Shard) and p.dim == 0:
                 raise MeshError(f"embedding: table {table.name!r} must not be sharded by vocabulary (axis {axis})")
-        self._no_partial("embedding", table)
+        require_reduced("embedding", table)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vocab, width = table.shape
         if ids.size and (ids.min() < 0 or ids.max() >= vocab):
@@ -348,7 +331,7 @@ class TtnnBackend(AttentionOps):
                 raise MeshError(f"{op}: {x.name!r} is width-fractured on axis {axis}; use the distributed norm")
 
     def rms_norm(self, x: TtnnTensor, weight: TtnnTensor, *, eps: float, width: int) -> TtnnTensor:
-        self._no_partial("rms_norm", x)
+        require_reduced("rms_norm", x)
         self._check_width("rms_norm", x)
         local = x.shape[-1]
         out = ttnn.rms_norm(self._rows_value(x), epsilon=eps * width / local, weight=self._vector(weight),
@@ -358,13 +341,13 @@ class TtnnBackend(AttentionOps):
         return self._wrap(out, x.shape, x.placements)
 
     def rms_norm_pre_all_gather(self, x: TtnnTensor) -> TtnnTensor:
-        self._no_partial("rms_norm_pre_all_gather", x)
+        require_reduced("rms_norm_pre_all_gather", x)
         stats = ttnn.rms_norm_pre_all_gather(self._rows_value(x), compute_kernel_config=cfg.precise_compute(),
                                              dtype=ttnn.bfloat16, memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
         return self._wrap(stats, (x.shape[0], 1), x.placements, DType.bfloat16, "norm_stats", STATS)
 
     def rms_norm_post_all_gather(self, x: TtnnTensor, stats: TtnnTensor, weight: TtnnTensor, *, eps: float, width: int) -> TtnnTensor:
-        self._no_partial("rms_norm_post_all_gather", x, stats)
+        require_reduced("rms_norm_post_all_gather", x, stats)
         if stats.kind != STATS:
             raise MeshError(f"rms_norm_post_all_gather: {stats.name!r} is not the output of rms_norm_pre_all_gather")
         sv = stats.value
@@ -400,7 +383,7 @@ class TtnnBackend(AttentionOps):
         self.ccl.record(CclRecord(op, axis, n, topo, full, cost(full, n, topo)))
 
     def all_gather(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
-        axis = self._axis("all_gather", cluster_axis)
+        axis = self.spec.resolve_axis("all_gather", cluster_axis)
         dim = normalize_dim(dim, x.ndim, "all_gather")
         p = x.placements[axis]
         if isinstance(p, Partial):
@@ -417,7 +400,7 @@ class TtnnBackend(AttentionOps):
         return self._wrap(out, shape, placements, x.dtype, kind=x.kind)
 
     def reduce_scatter(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
-        axis = self._axis("reduce_scatter", cluster_axis)
+        axis = self.spec.resolve_axis("reduce_scatter", cluster_axis)
         dim = normalize_dim(dim, x.ndim, "reduce_scatter")
         n = self.spec.shape[axis]
         if x.shape[dim] % n:
@@ -435,7 +418,7 @@ class TtnnBackend(AttentionOps):
         return self._wrap(out, shape, placements, x.dtype)
 
     def all_reduce(self, x: TtnnTensor, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
-        axis = self._axis("all_reduce", cluster_axis)
+        axis = self.spec.resolve_axis("all_reduce", cluster_axis)
         n = self.spec.shape[axis]
         self._record("all_reduce", axis, topology, math.prod(x.shape), x.dtype, all_reduce_bytes)
         placements = with_axis(x.placements, axis, Replicate())
@@ -450,7 +433,7 @@ class TtnnBackend(AttentionOps):
     # ------------------------------------------------------------------ sampling
     def sample(self, logits: TtnnTensor, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
         """Greedy users by ``ttnn.argmax`` on device; sampled users draw on host from device top-k candidates."""
-        self._no_partial("sample", logits)
+        require_reduced("sample", logits)
         for axis, p in enumerate(logits.placements):
             if isinstance(p, Shard) and self.spec.shape[axis] > 1:
                 raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")
