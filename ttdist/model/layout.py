@@ -16,7 +16,8 @@ helpers in ``ccl.py`` that read these two fields; nothing branches on a system n
 Padding keeps the math exact: hidden, intermediate and vocab are zero-padded so every
 per-device piece is a whole number of tiles; query heads are padded to a multiple of the
 inner-axis size (padded heads have zero WQ rows and WO columns); each device holds the KV
-heads its query heads use, duplicated when one KV head serves heads on several devices.
+heads its query heads use: each KV group's query heads are padded to whole blocks of G heads
+that share one KV head, so a KV head is duplicated only on the chips holding its blocks.
 """
 
 from __future__ import annotations
