@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
-from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
+from ttdist.mesh.backend import MeshError, SamplingBatch
 from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
 from ttdist.mesh.sampling import HostSampler
 from ttdist.mesh.precision import DType, quantize
@@ -328,9 +328,8 @@ class SimBackend:
     def all_gather(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> SimTensor:
         axis = self.spec.resolve_axis("all_gather", cluster_axis)
         dim = normalize_dim(dim, x.ndim, "all_gather")
+        require_reduced("all_gather", x)
         p = x.placements[axis]
-        if isinstance(p, Partial):
-            raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on cluster_axis {axis}; reduce it first")
         n = self.spec.shape[axis]
         self._record("all_gather", axis, topology, x.data[0, 0].numel() * n, x.dtype, all_gather_bytes)
         if n == 1:

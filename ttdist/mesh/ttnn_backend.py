@@ -32,7 +32,7 @@ import ttnn
 
 from ttdist.mesh import ttnn_configs as cfg
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
-from ttdist.mesh.backend import MeshError, PartialTensorError, SamplingBatch
+from ttdist.mesh.backend import MeshError, SamplingBatch
 from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
@@ -385,9 +385,7 @@ class TtnnBackend(AttentionOps):
     def all_gather(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
         axis = self.spec.resolve_axis("all_gather", cluster_axis)
         dim = normalize_dim(dim, x.ndim, "all_gather")
-        p = x.placements[axis]
-        if isinstance(p, Partial):
-            raise PartialTensorError(f"all_gather: {x.name!r} holds partial sums on cluster_axis {axis}; reduce it first")
+        require_reduced("all_gather", x)
         n = self.spec.shape[axis]
         self._record("all_gather", axis, topology, math.prod(x.shape) * n, x.dtype, all_gather_bytes)
         placements = with_axis(x.placements, axis, Replicate())
