@@ -24,47 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1attdist/v1/generation.proto\x12\tttdist.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xad\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"\xb4\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.ttdist.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ttdist.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x42\x07\n\x05input\"(\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12 \n\x18mean_inter_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\xb6\x01\n\x08\x43omplete\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ttdist.v1.FinishReason\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.Usage\x12\x12\n\noutput_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nreplica_id\x18\x05 \x01(\t\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.ttdist.v1.Timings\"z\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"@\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.ttdist.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\x85\x02\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04mesh\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\x05\x12\x15\n\rkv_pages_free\x18\x08 \x01(\x05\x12\x0f\n\x07running\x18\t \x01(\x05\x12\x0f\n\x07waiting\x18\n \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x17\n\x0fkv_pages_budget\x18\r \x01(\x05\"Z\n\rClusterStatus\x12*\n\x08replicas\x18\x01 \x03(\x0b\x32\x18.ttdist.v1.ReplicaStatus\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\xa9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1a.ttdist.v1.GenerateRequest\x1a\x1b.ttdist.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.ttdist.v1.AbortRequest\x1a\x18.ttdist.v1.AbortResponse\x12I\n\nListModels\x12\x1c.ttdist.v1.ListModelsRequest\x1a\x1d.ttdist.v1.ListModelsResponse\x12M\n\x10GetClusterStatus\x12\x1f.ttdist.v1.ClusterStatusRequest\x1a\x18.ttdist.v1.ClusterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1attdist/v1/generation.proto\x12\tttdist.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xad\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"\xd7\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.ttdist.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ttdist.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12!\n\x06resume\x18\x07 \x01(\x0b\x32\x11.ttdist.v1.ResumeB\x07\n\x05input\"9\n\x06Resume\x12\x18\n\x10generated_tokens\x18\x01 \x01(\x05\x12\x15\n\remitted_chars\x18\x02 \x01(\x05\"(\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12 \n\x18mean_inter_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\xb6\x01\n\x08\x43omplete\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ttdist.v1.FinishReason\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.Usage\x12\x12\n\noutput_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nreplica_id\x18\x05 \x01(\t\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.ttdist.v1.Timings\"z\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"@\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.ttdist.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\x85\x02\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04mesh\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\x05\x12\x15\n\rkv_pages_free\x18\x08 \x01(\x05\x12\x0f\n\x07running\x18\t \x01(\x05\x12\x0f\n\x07waiting\x18\n \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x17\n\x0fkv_pages_budget\x18\r \x01(\x05\"Z\n\rClusterStatus\x12*\n\x08replicas\x18\x01 \x03(\x0b\x32\x18.ttdist.v1.ReplicaStatus\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\xa9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1a.ttdist.v1.GenerateRequest\x1a\x1b.ttdist.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.ttdist.v1.AbortRequest\x1a\x18.ttdist.v1.AbortResponse\x12I\n\nListModels\x12\x1c.ttdist.v1.ListModelsRequest\x1a\x1d.ttdist.v1.ListModelsResponse\x12M\n\x10GetClusterStatus\x12\x1f.ttdist.v1.ClusterStatusRequest\x1a\x18.ttdist.v1.ClusterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ttdist.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1566
-  _globals['_FINISHREASON']._serialized_end=1653
+  _globals['_FINISHREASON']._serialized_start=1660
+  _globals['_FINISHREASON']._serialized_end=1747
   _globals['_TOKENIDS']._serialized_start=41
   _globals['_TOKENIDS']._serialized_end=64
   _globals['_SAMPLINGPARAMS']._serialized_start=67
   _globals['_SAMPLINGPARAMS']._serialized_end=240
   _globals['_GENERATEREQUEST']._serialized_start=243
-  _globals['_GENERATEREQUEST']._serialized_end=423
-  _globals['_CHUNK']._serialized_start=425
-  _globals['_CHUNK']._serialized_end=465
-  _globals['_USAGE']._serialized_start=467
-  _globals['_USAGE']._serialized_end=547
-  _globals['_TIMINGS']._serialized_start=549
-  _globals['_TIMINGS']._serialized_end=660
-  _globals['_COMPLETE']._serialized_start=663
-  _globals['_COMPLETE']._serialized_end=845
-  _globals['_GENERATERESPONSE']._serialized_start=847
-  _globals['_GENERATERESPONSE']._serialized_end=969
-  _globals['_ABORTREQUEST']._serialized_start=971
-  _globals['_ABORTREQUEST']._serialized_end=1005
-  _globals['_ABORTRESPONSE']._serialized_start=1007
-  _globals['_ABORTRESPONSE']._serialized_end=1037
-  _globals['_LISTMODELSREQUEST']._serialized_start=1039
-  _globals['_LISTMODELSREQUEST']._serialized_end=1058
-  _globals['_MODELINFO']._serialized_start=1060
-  _globals['_MODELINFO']._serialized_end=1124
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1126
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1184
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1186
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1208
-  _globals['_REPLICASTATUS']._serialized_start=1211
-  _globals['_REPLICASTATUS']._serialized_end=1472
-  _globals['_CLUSTERSTATUS']._serialized_start=1474
-  _globals['_CLUSTERSTATUS']._serialized_end=1564
-  _globals['_GENERATION']._serialized_start=1656
-  _globals['_GENERATION']._serialized_end=1953
+  _globals['_GENERATEREQUEST']._serialized_end=458
+  _globals['_RESUME']._serialized_start=460
+  _globals['_RESUME']._serialized_end=517
+  _globals['_CHUNK']._serialized_start=519
+  _globals['_CHUNK']._serialized_end=559
+  _globals['_USAGE']._serialized_start=561
+  _globals['_USAGE']._serialized_end=641
+  _globals['_TIMINGS']._serialized_start=643
+  _globals['_TIMINGS']._serialized_end=754
+  _globals['_COMPLETE']._serialized_start=757
+  _globals['_COMPLETE']._serialized_end=939
+  _globals['_GENERATERESPONSE']._serialized_start=941
+  _globals['_GENERATERESPONSE']._serialized_end=1063
+  _globals['_ABORTREQUEST']._serialized_start=1065
+  _globals['_ABORTREQUEST']._serialized_end=1099
+  _globals['_ABORTRESPONSE']._serialized_start=1101
+  _globals['_ABORTRESPONSE']._serialized_end=1131
+  _globals['_LISTMODELSREQUEST']._serialized_start=1133
+  _globals['_LISTMODELSREQUEST']._serialized_end=1152
+  _globals['_MODELINFO']._serialized_start=1154
+  _globals['_MODELINFO']._serialized_end=1218
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1220
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1278
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1280
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1302
+  _globals['_REPLICASTATUS']._serialized_start=1305
+  _globals['_REPLICASTATUS']._serialized_end=1566
+  _globals['_CLUSTERSTATUS']._serialized_start=1568
+  _globals['_CLUSTERSTATUS']._serialized_end=1658
+  _globals['_GENERATION']._serialized_start=1750
+  _globals['_GENERATION']._serialized_end=2047
 # @@protoc_insertion_point(module_scope)
