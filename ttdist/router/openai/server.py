@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from ttdist.engine.chat_template import ChatTemplate, ChatTemplateError
-from ttdist.router.auth import ApiKeys
+from ttdist.runtime.auth import ApiKeys
 from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, bad_param, from_request_error
 from ttdist.runtime.protocol import RequestError
