@@ -17,6 +17,7 @@ from tests.runtime.conftest import greedy, run, stub_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from ttdist.router.deploy import deploy, wait_serving
+from ttdist.runtime.auth import cluster_metadata
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
 from ttdist.v1 import generation_pb2 as pb
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = [[100 + 7 * i + j for j in range(5 + i)] for i in range(8)]
 RESTART_DELAY_S = 1.0
+CLUSTER_TOKEN = "test-cluster-token"     # replicas' internal ports require it
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def cluster(tiny_checkpoint, tmp_path_factory):
     config = ClusterConfig(
         model=str(tiny_checkpoint), groups=(ReplicaGroup(count=2, mesh="1x1"), ReplicaGroup(count=1, mesh="1x2", devices=((4, 5),))),
         port=0, dashboard_port=0, max_kv_pages=96, weights_cache=str(tmp_path_factory.mktemp("weights")),
+        cluster_token=CLUSTER_TOKEN,
         health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0, failed_after_s=6.0, restart_delay_s=RESTART_DELAY_S),
     )
     deployment = deploy(config)
@@ -137,7 +140,7 @@ def test_malformed_requests_through_the_cluster(cluster):
 def replica_status(address):
     channel, stub = stub_for(address)
     with channel:
-        return stub.GetClusterStatus(pb.ClusterStatusRequest()).replicas[0]
+        return stub.GetClusterStatus(pb.ClusterStatusRequest(), metadata=cluster_metadata(CLUSTER_TOKEN)).replicas[0]
 
 
 def test_abort_frees_pages(cluster):

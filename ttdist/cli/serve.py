@@ -1,8 +1,12 @@
 """``ttdist serve``: run a cluster in the foreground until SIGINT / SIGTERM.
 
 With no flags it serves SmolLM2-135M-Instruct on a local Ray cluster with one simulated
-N300 (1x2) mesh replica, the gRPC API on 127.0.0.1:50051 and the dashboard on :8480. Stopping it
-stops the router, the replicas, the coordinator and the local Ray processes it started.
+N300 (1x2) mesh replica, the gRPC API on 127.0.0.1:50051 and the dashboard on :8480.
+
+SIGINT / SIGTERM drains first: the router's health goes NOT_SERVING, new requests get
+UNAVAILABLE and the streams in flight finish (up to ``--drain-timeout`` seconds; a second
+signal cuts the drain short). Then it stops the router, the replicas, the coordinator and the
+local Ray processes it started, and nothing else.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
     p.add_argument("--no-restart", action="store_true", help="leave failed replicas failed (no restarts)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -63,8 +69,21 @@ def config_from_args(args: argparse.Namespace):
     return config
 
 
-def run_cluster(config, address: str | None) -> int:
-    """Deploy, print where it serves, block until SIGINT/SIGTERM, tear everything down."""
+def _drain(deployment, timeout_s: float, signals: list) -> None:
+    """Drain the router (see ``Deployment.drain``) in the background; a further signal stops waiting."""
+    if timeout_s <= 0:
+        return
+    seen = len(signals)
+    print(f"ttdist: draining (streams in flight may finish for up to {timeout_s:g} s; Ctrl-C again to stop now)",
+          file=sys.stderr, flush=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (deployment.drain(timeout_s), done.set()), daemon=True).start()
+    while not done.wait(0.2) and len(signals) == seen:
+        pass
+
+
+def run_cluster(config, address: str | None, drain_timeout_s: float = 30.0) -> int:
+    """Deploy, print where it serves, block until SIGINT/SIGTERM, drain, tear everything down."""
     from ttdist.router.deploy import deploy, wait_serving
     from ttdist.router.policies import UnknownPolicyError
 
@@ -74,7 +93,13 @@ def run_cluster(config, address: str | None) -> int:
         raise CommandError(str(err), EXIT_USAGE) from None
     # after deploy: Ray installs its own handlers when it starts
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        signals.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         wait_serving(deployment)
         print(f"ttdist: serving {config.model} on {deployment.address} "
@@ -83,6 +108,7 @@ def run_cluster(config, address: str | None) -> int:
             print(f"ttdist: dashboard at {deployment.dashboard_url}", flush=True)
         while not stop.wait(0.5):
             pass
+        _drain(deployment, drain_timeout_s, signals)
         print("ttdist: shutting down", file=sys.stderr, flush=True)
     finally:
         deployment.shutdown()
@@ -92,4 +118,6 @@ def run_cluster(config, address: str | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_cluster(config_from_args(args), args.address)
+    if not args.drain_timeout >= 0:
+        raise CommandError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}", EXIT_USAGE)
+    return run_cluster(config_from_args(args), args.address, args.drain_timeout)

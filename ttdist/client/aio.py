@@ -27,6 +27,7 @@ from ttdist.client.calls import (
     ReadyWait,
     StreamBase,
     check_batch,
+    prepare_chat,
     prepare_generate,
     resolve_timeout,
 )
@@ -123,6 +124,17 @@ class AsyncClient:
                **options: Unpack[GenerateOptions]) -> AsyncGenerationStream:
         """Generate, yielding Chunks as tokens arrive (``async for``); ``.completion`` at the end."""
         prepared = prepare_generate(self.config, prompt, options, stream=True)
+        return AsyncGenerationStream(self._stub(), prepared, self.config)
+
+    async def chat(self, messages: Sequence[dict], **options) -> Completion:
+        """The assistant's reply to ``messages``, rendered by the router with the model's chat
+        template (see ``Client.chat``)."""
+        prepared = prepare_chat(self.config, messages, options, stream=False)
+        return await AsyncGenerationStream(self._stub(), prepared, self.config).final()
+
+    def stream_chat(self, messages: Sequence[dict], **options) -> AsyncGenerationStream:
+        """``chat``, yielding Chunks as tokens arrive (``async for``)."""
+        prepared = prepare_chat(self.config, messages, options, stream=True)
         return AsyncGenerationStream(self._stub(), prepared, self.config)
 
     async def generate_batch(self, prompts: Sequence[str | Sequence[int]], *, concurrency: int = 8,

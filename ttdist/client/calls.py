@@ -16,7 +16,7 @@ from typing import TypedDict
 
 from ttdist.client.errors import Cancelled, DeadlineExceeded, InvalidRequest, ServerError, TtdistError, Unavailable
 from ttdist.client.options import ClientConfig, RetryPolicy, check_timeout
-from ttdist.client.types import Chunk, Completion, SamplingParams, build_request
+from ttdist.client.types import Chunk, Completion, SamplingParams, build_chat, build_request
 from ttdist.v1 import generation_pb2 as pb
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos")
@@ -76,6 +76,20 @@ def prepare_generate(config: ClientConfig, prompt, options: dict, *, stream: boo
                             model=options.get("model"), stream=stream)
     timeout = resolve_timeout(config, options.get("timeout", USE_CLIENT_TIMEOUT))
     return PreparedCall(request=request, timeout=timeout)
+
+
+def prepare_chat(config: ClientConfig, messages, options: dict, *, stream: bool) -> PreparedCall:
+    """Like ``prepare_generate`` for a conversation: the router renders ``messages`` with the
+    model's chat template (``add_generation_prompt`` keyword, default True)."""
+    options = dict(options)
+    add = options.pop("add_generation_prompt", True)
+    if not isinstance(add, bool):
+        raise InvalidRequest(f"add_generation_prompt must be a boolean, got {add!r}", field="add_generation_prompt")
+    if options.get("token_ids") is not None:
+        raise InvalidRequest("a chat takes messages, not token_ids", field="token_ids")
+    prepared = prepare_generate(config, "", options, stream=stream)
+    prepared.request.chat.CopyFrom(build_chat(messages, add))
+    return prepared
 
 
 class Attempts:

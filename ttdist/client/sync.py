@@ -26,6 +26,7 @@ from ttdist.client.calls import (
     ReadyWait,
     StreamBase,
     check_batch,
+    prepare_chat,
     prepare_generate,
     resolve_timeout,
 )
@@ -111,6 +112,18 @@ class Client:
                **options: Unpack[GenerateOptions]) -> GenerationStream:
         """Generate, yielding Chunks as tokens arrive; ``.completion`` holds the final result."""
         prepared = prepare_generate(self.config, prompt, options, stream=True)
+        return GenerationStream(self._stub, prepared, self.config)
+
+    def chat(self, messages: Sequence[dict], **options) -> Completion:
+        """The assistant's reply to ``messages`` (``[{"role": "user", "content": "..."}]``); the
+        router renders them with the model's chat template. Keywords as ``generate``, plus
+        ``add_generation_prompt`` (default True)."""
+        prepared = prepare_chat(self.config, messages, options, stream=False)
+        return GenerationStream(self._stub, prepared, self.config).final()
+
+    def stream_chat(self, messages: Sequence[dict], **options) -> GenerationStream:
+        """``chat``, yielding Chunks as tokens arrive."""
+        prepared = prepare_chat(self.config, messages, options, stream=True)
         return GenerationStream(self._stub, prepared, self.config)
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int]], *, concurrency: int = 8,

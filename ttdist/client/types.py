@@ -109,6 +109,21 @@ def build_request(
     return req
 
 
+def build_chat(messages, add_generation_prompt: bool = True) -> pb.Chat:
+    """The Chat input for a list of ``{"role": ..., "content": ...}`` dicts (or (role, content) pairs)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidRequest("messages must be a non-empty list of {'role': ..., 'content': ...}", field="messages")
+    chat = pb.Chat(add_generation_prompt=add_generation_prompt)
+    for i, m in enumerate(messages):
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (
+            tuple(m) if isinstance(m, (tuple, list)) and len(m) == 2 else (None, None))
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise InvalidRequest(f"messages[{i}] must have a string role and a string content, got {m!r}",
+                                 field=f"messages[{i}]")
+        chat.messages.add(role=role, content=content)
+    return chat
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Tokens that arrived together while streaming, and their text."""

@@ -1,18 +1,26 @@
 """The router actor: a thin Ray shell serving ``Router`` on the public port.
 
 It reads the registry from the coordinator (named actor) and reports back latencies and
-migrations in the same call.
+migrations in the same call; a call that fails or takes longer than ``TABLE_TIMEOUT_S``
+(the coordinator is restarting) leaves the router serving from its last table.
+
+Supervision: Ray restarts a router actor whose process dies (``max_restarts``); the new
+process serves the same host:port again (the port is fixed when the actor is created) and
+rebuilds its table from the coordinator, retrying until it answers. Clients retry requests
+that had not streamed yet. ``drain`` turns health NOT_SERVING, refuses new requests with
+UNAVAILABLE and waits for the streams in flight (up to a timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import ray
 
 from ttdist.router.core import Router, RouterConfig
 from ttdist.router.service import start_router_server
-from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE
+from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, restarted_by_ray
 from ttdist.runtime.table import RouterReport, RoutingTable
 
 TABLE_TIMEOUT_S = 5.0
@@ -25,7 +33,7 @@ class CoordinatorSource:
         self.handle = handle
 
     async def table(self, report: RouterReport) -> RoutingTable:
-        return await self.handle.routing_table.remote(report)
+        return await asyncio.wait_for(self.handle.routing_table.remote(report), TABLE_TIMEOUT_S)
 
 
 class RouterActor:
@@ -36,6 +44,19 @@ class RouterActor:
         self.tokenizer_dir = tokenizer_dir
         self.router: Router | None = None
         self.server = None
+        self._restart_task: asyncio.Task | None = None
+        if restarted_by_ray():
+            self._restart_task = asyncio.get_running_loop().create_task(self._start_again())
+
+    async def _start_again(self) -> None:
+        """After Ray restarted this actor: serve the same port again once the coordinator answers."""
+        while True:
+            try:
+                await self.start()
+                return
+            except Exception:  # noqa: BLE001 - the coordinator may be restarting too: try again
+                await self._close()
+                await asyncio.sleep(1.0)
 
     async def start(self) -> int:
         tokenizer = None
@@ -51,8 +72,30 @@ class RouterActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def serving_port(self) -> int:
+        """The port it serves (0 while a restarted router is still starting)."""
+        return self.server.port if self.server is not None else 0
+
+    async def drain(self, timeout_s: float) -> int:
+        """NOT_SERVING, new requests UNAVAILABLE, wait up to ``timeout_s`` for the streams in
+        flight; returns how many were still running."""
+        if self.router is None or self.server is None:
+            return 0
+        await self.router.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.router.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.router.inflight
+
     async def stop(self) -> None:
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        await self._close()
+
+    async def _close(self) -> None:
         if self.server is not None:
             await self.server.stop(0.5)
         if self.router is not None:
             await self.router.stop()
+        self.server = self.router = None

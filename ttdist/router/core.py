@@ -109,6 +109,7 @@ class Router:
         self._events: list[Event] = []
         self._requests_total = self._migrations_total = 0
         self._task: asyncio.Task | None = None
+        self._draining = False
 
     async def start(self) -> None:
         await self.refresh()
@@ -135,7 +136,7 @@ class Router:
         table = await self.source.table(report)
         self._events = self._events[len(report.events):]
         self._apply(table)
-        serving = any(v.state == READY for v in self.views())
+        serving = not self._draining and any(v.state == READY for v in self.views())
         if serving != self._serving and self.on_serving is not None:
             await self.on_serving(serving)
         self._serving = serving
@@ -232,8 +233,22 @@ class Router:
                     stream.call.cancel()
         return True
 
+    @property
+    def inflight(self) -> int:
+        """Requests streaming through this router now."""
+        return len(self._streams)
+
+    async def drain(self) -> None:
+        """Stop taking requests (health NOT_SERVING, new ones UNAVAILABLE); those in flight go on."""
+        self._draining = True
+        self._serving = False
+        if self.on_serving is not None:
+            await self.on_serving(False)
+
     async def generate(self, req: pb.GenerateRequest, timeout: float | None) -> AsyncIterator[pb.GenerateResponse]:
         """The responses for ``req``; raises ``RequestError`` for a bad request or a lost one."""
+        if self._draining:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "", "the router is draining: it takes no new requests")
         card = self.table.card
         check_request(req, card)
         rid = req.request_id or uuid.uuid4().hex

@@ -3,11 +3,18 @@
 ``deploy(config)`` connects to Ray (a fresh local cluster unless ``address`` names one),
 starts the coordinator as a named actor on this node, waits for its replicas, then starts
 the router actor on this node serving the public port. ``Deployment.shutdown()`` stops
-everything it started, including the local Ray processes, and nothing else.
+everything it started, including the local Ray processes, and nothing else; with
+``drain_timeout_s`` it first drains the routers (NOT_SERVING, new requests UNAVAILABLE,
+streams in flight finish up to the timeout).
+
+The coordinator and router actors are supervised: Ray restarts them when their process dies
+(``max_restarts=-1``), the router on the same port (a port of 0 is fixed to a free one
+before the actor is created). Both are owned by this driver, so they end with it.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 
@@ -19,7 +26,7 @@ from ttdist.router.core import RouterConfig
 from ttdist.router.policies import make_policy
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.coordinator import Coordinator
-from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE
+from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, replica_actor_name
 
 
 class DeployError(RuntimeError):
@@ -43,7 +50,22 @@ class Deployment:
         """The dashboard's ``ClusterSnapshot`` of this cluster, now."""
         return ray.get(self.coordinator.snapshot.remote())
 
-    def shutdown(self) -> None:
+    def restart_replica(self, replica_id: str, drain_timeout_s: float = 30.0) -> int:
+        """Restart a replica on purpose, draining it first (see ``Coordinator.drain_replica``);
+        returns how many of its streams had to move to other replicas."""
+        return ray.get(self.coordinator.drain_replica.remote(replica_id, drain_timeout_s), timeout=drain_timeout_s + 60)
+
+    def drain(self, timeout_s: float) -> int:
+        """Drain the router: NOT_SERVING, new requests UNAVAILABLE, wait up to ``timeout_s`` for
+        the streams in flight; returns how many were still running."""
+        try:
+            return ray.get(self.router.drain.remote(timeout_s), timeout=timeout_s + 15)
+        except Exception:  # noqa: BLE001 - a router that cannot drain is stopped anyway
+            return -1
+
+    def shutdown(self, drain_timeout_s: float = 0.0) -> None:
+        if drain_timeout_s > 0:
+            self.drain(drain_timeout_s)
         for call in (self.router.stop.remote(), self.coordinator.shutdown.remote()):
             try:
                 ray.get(call, timeout=15)
@@ -51,6 +73,11 @@ class Deployment:
                 pass
         for actor in (self.router, self.coordinator):
             ray.kill(actor, no_restart=True)
+        for index in range(self.config.num_replicas):   # detached: gone with the coordinator only if it stopped them
+            try:
+                ray.kill(ray.get_actor(replica_actor_name(f"replica-{index}"), namespace=NAMESPACE), no_restart=True)
+            except ValueError:
+                pass
         if self.started_ray:
             ray.shutdown()
 
@@ -66,6 +93,16 @@ def connect(address: str | None) -> bool:
     return True
 
 
+def fixed_port(host: str, port: int) -> int:
+    """``port``, or a free one on ``host`` for 0, so a restarted router serves the same port."""
+    if port:
+        return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s: float = 600.0) -> Deployment:
     config.check()
     make_policy(config.policy)
@@ -73,6 +110,7 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     coordinator = ray.remote(Coordinator).options(
         name=COORDINATOR_NAME, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, scheduling_strategy=here,
+        max_restarts=-1,
     ).remote(config)
     router = None
     try:
@@ -87,7 +125,8 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
         env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}
         router = ray.remote(RouterActor).options(
             num_cpus=0, max_concurrency=1000, scheduling_strategy=here, runtime_env={"env_vars": env},
-        ).remote(router_config, config.host, config.port, tokenizer_dir)
+            max_restarts=-1,
+        ).remote(router_config, config.host, fixed_port(config.host, config.port), tokenizer_dir)
         port = ray.get(router.start.remote(), timeout=60)
         url = ray.get(coordinator.dashboard_url.remote())
     except BaseException:

@@ -50,5 +50,9 @@ async def start_router_server(router: Router, host: str, port: int) -> RunningSe
     """Start ``router`` (first table fetched) and serve it on host:port."""
     running = await start_generation_server(RouterService(router), host, port)
     router.on_serving = running.set_serving
-    await router.start()
+    try:
+        await router.start()
+    except BaseException:
+        await running.stop(0)   # no table: free the port for the next try
+        raise
     return running

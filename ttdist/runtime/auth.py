@@ -50,12 +50,6 @@ class ApiKeys:
         return ok
 
 
-def read_key_file(path: str | Path) -> list[str]:
-    """One key per line; blank lines and ``#`` comments are skipped."""
-    text = Path(path).read_text()
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
 def _deny(message: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def unary(request, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
@@ -88,9 +82,8 @@ class BearerInterceptor(grpc.aio.ServerInterceptor):
         return _deny(why, await continuation(details))
 
 
-class _TokenMetadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                     grpc.aio.StreamStreamClientInterceptor):
-    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+class _TokenMetadata:
+    """Adds ``authorization: Bearer <token>`` to a call's metadata."""
 
     def __init__(self, token: str) -> None:
         self._pair = ("authorization", f"Bearer {token}")
@@ -98,19 +91,26 @@ class _TokenMetadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamC
     def _details(self, details):
         return details._replace(metadata=list(details.metadata or ()) + [self._pair])
 
+
+# grpc.aio files each interceptor under the first call kind it implements: one class per kind
+class _UnaryUnaryToken(_TokenMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
+
+class _UnaryStreamToken(_TokenMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
+
+class _StreamStreamToken(_TokenMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):
         return await continuation(self._details(details), request_iterator)
 
 
 def cluster_channel(address: str, token: str, options=None) -> grpc.aio.Channel:
     """A channel to a replica's internal port that presents the cluster token on every call."""
-    interceptors = [_TokenMetadata(token)] if token else None
+    interceptors = [kind(token) for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamStreamToken)] if token else None
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
 
 
@@ -146,3 +146,8 @@ class ServerTLS:
             context.load_verify_locations(self.client_ca)
             context.verify_mode = ssl.CERT_REQUIRED
         return context
+
+
+def cluster_interceptors(token: str) -> list[grpc.aio.ServerInterceptor]:
+    """What a replica's server checks: the cluster token on every call (none when ``token`` is empty)."""
+    return [BearerInterceptor(ApiKeys([token]), open_prefixes=(), what="cluster token")] if token else []

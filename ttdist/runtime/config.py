@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
+from ttdist.runtime.api_config import ApiConfig, ApiConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
 BACKENDS = ("sim", "ttnn")
@@ -92,6 +93,8 @@ class ClusterConfig:
     weights_cache: str | None = None
     cpu_threads: int = 1                         # torch threads per simulated replica
     niceness: int | None = 0                     # replica and router nice levels below Ray (None: Ray's 15)
+    api: ApiConfig = field(default_factory=ApiConfig)   # HTTP port, API keys, TLS, chat template
+    cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
 
     def check(self) -> None:
         if not self.groups:
@@ -103,6 +106,10 @@ class ClusterConfig:
         if self.dashboard_port is not None and not 0 <= self.dashboard_port <= 65535:
             raise ClusterConfigError(f"dashboard_port must be in 0..65535, got {self.dashboard_port}")
         self.health.check()
+        try:
+            self.api.check(self.host)
+        except ApiConfigError as err:
+            raise ClusterConfigError(str(err)) from None
         if self.engine not in ENGINES:
             raise ClusterConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.niceness is not None and not 0 <= self.niceness <= 19:

@@ -12,6 +12,15 @@ feeds the health state machine and restarts failed replicas once they have shown
 for ``restart_delay_s`` (never, with ``restart`` off). The router asks for the
 ``RoutingTable`` and reports latencies and migrations in the same call; ``snapshot`` turns
 all of it into the dashboard's ``ClusterSnapshot``.
+
+Supervision: Ray restarts the coordinator when its process dies (``max_restarts``). The new
+process rebuilds what it knew from the config (model card, converted-weight cache paths,
+KV budgets, one ``recovering`` record per replica), finds the replica actors by name (they
+are detached, so they outlived it) and lets their heartbeats re-register them; the routing
+table is handed out again once every replica has re-registered or failed. Meanwhile the
+routers keep serving from their last table. Restart counts and past events are not kept.
+``drain_replica`` takes a replica out of routing, lets its streams finish (those still
+running at the timeout move to other replicas) and restarts or removes it.
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
-from ttdist.runtime.replica import ReplicaActor, ReplicaSetup
-from ttdist.runtime.table import FAILED, READY, UNHEALTHY, RouterReport, RoutingTable
+from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
+from ttdist.runtime.table import DRAINING, FAILED, READY, UNHEALTHY, RouterReport, RoutingTable
 
 PROBE_TIMEOUT_S = 2.0
+NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
+DRAIN_SETTLE_S = 1.0         # after marking a replica draining: time for the routers to see it
 
 
 class Coordinator:
@@ -50,9 +61,41 @@ class Coordinator:
         self._monitor: asyncio.Task | None = None
         self._dashboard = None
         self._node_id = ray.get_runtime_context().get_node_id()
+        self._recovered = asyncio.Event()
+        self._recovery: asyncio.Task | None = None
+        if restarted_by_ray():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+        else:
+            self._recovered.set()
 
     # ---------------------------------------------------------------- start
     async def start(self) -> None:
+        await self._prepare()
+        await asyncio.gather(*(self._launch(rid) for rid in self._setups))
+        await self._begin()
+
+    async def _recover(self) -> None:
+        """After Ray restarted this actor: adopt the replicas that outlived the old process."""
+        self.registry.event("coordinator_restarted", "", "rebuilding the registry from the replicas' heartbeats")
+        await self._prepare(recovering=True)
+        for rid in self._setups:
+            try:
+                self._actors[rid] = ray.get_actor(replica_actor_name(rid), namespace=NAMESPACE)
+            except ValueError:
+                self.registry.replicas[rid].recovering = False
+                self.registry.failed(rid, time.monotonic(), "its actor is gone (found after a coordinator restart)")
+        await self._begin()
+        while any(r.recovering for r in self.registry.replicas.values()):
+            await asyncio.sleep(0.05)
+        self._recovered.set()
+
+    async def _begin(self) -> None:
+        self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
+        if self.config.dashboard_port is not None:
+            await self._start_dashboard()
+
+    async def _prepare(self, recovering: bool = False) -> None:
+        """Model card, weights (converted once; a restart finds them in the cache), one record per replica."""
         cfg = self.config
         self.card = await asyncio.to_thread(self._resolve_model)
         meshes = {g.mesh for g in cfg.groups}
@@ -67,12 +110,9 @@ class Coordinator:
                 devices = group.devices[k] if group.devices else ()
                 record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.backend, tuple(devices))
                 record.kv_pages_budget = self._pages_budget(group.mesh)
+                record.recovering = recovering
                 self.registry.add(record, time.monotonic())
                 self._setups[rid] = self._setup(record, group.mesh)
-        await asyncio.gather(*(self._launch(rid) for rid in self._setups))
-        self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
-        if cfg.dashboard_port is not None:
-            await self._start_dashboard()
 
     def _resolve_model(self) -> ModelCard:
         cfg = self.config
@@ -145,12 +185,9 @@ class Coordinator:
             env[NICENESS_ENV] = str(self.config.niceness)
         if setup.devices:
             env["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
-        actor = ray.remote(ReplicaActor).options(
-            num_cpus=0, resources=dict(group.resources) or None, max_restarts=0, max_concurrency=1000,
-            runtime_env={"env_vars": env},
-        ).remote(setup)
-        self._actors[rid] = actor
         try:
+            actor = await self._create_replica_actor(rid, group, env)
+            self._actors[rid] = actor
             node_id = await asyncio.wait_for(actor.node_id.remote(), self.config.health.start_timeout_s)
             weights = await self._weights_for(setup.mesh, node_id)
             arg, via = weights if weights else (None, "")
@@ -163,6 +200,23 @@ class Coordinator:
             rid, time.monotonic(), pid=started.pid, node_id=started.node_id, address=started.address,
             kv_pages_total=started.kv_pages_total,
         )
+
+    async def _create_replica_actor(self, rid: str, group, env: dict):
+        """A named, detached replica actor (it outlives this coordinator); waits for a restarted
+        replica's name to be released by its killed predecessor."""
+        options = dict(
+            name=replica_actor_name(rid), namespace=NAMESPACE, lifetime="detached", num_cpus=0,
+            resources=dict(group.resources) or None, max_restarts=0, max_concurrency=1000,
+            runtime_env={"env_vars": env},
+        )
+        deadline = time.monotonic() + NAME_FREE_TIMEOUT_S
+        while True:
+            try:
+                return ray.remote(ReplicaActor).options(**options).remote(self._setups[rid])
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     # ---------------------------------------------------------------- health
     async def _monitor_loop(self) -> None:
@@ -193,6 +247,7 @@ class Coordinator:
         self.registry.heartbeat(replica_id, beat, time.monotonic())
 
     async def routing_table(self, report: RouterReport | None = None) -> RoutingTable:
+        await self._recovered.wait()   # after a restart: not before every replica re-registered or failed
         if report is not None:
             self._report = report
             for event in report.events:
@@ -221,6 +276,30 @@ class Coordinator:
 
     def actor(self, replica_id: str):
         return self._actors[replica_id]
+
+    async def drain_replica(self, replica_id: str, timeout_s: float = 30.0, restart: bool = True) -> int:
+        """Restart (or, with ``restart`` off, remove) a replica on purpose without cutting streams:
+        out of routing, its streams finish for up to ``timeout_s`` (those still running then move
+        to other replicas when it stops), then it stops. Returns how many streams had to move."""
+        if replica_id not in self.registry.replicas:
+            raise KeyError(f"no replica {replica_id!r}; known: {', '.join(sorted(self.registry.replicas))}")
+        self.registry.draining(replica_id, time.monotonic(), f"{'restart' if restart else 'removal'} on purpose")
+        if self.registry.replicas[replica_id].state != DRAINING:
+            raise RuntimeError(f"replica {replica_id} is {self.registry.replicas[replica_id].state}, not serving")
+        await asyncio.sleep(DRAIN_SETTLE_S)
+        actor = self._actors[replica_id]
+        try:
+            moved = await asyncio.wait_for(actor.drain.remote(timeout_s), timeout_s + 10)
+            await asyncio.wait_for(actor.stop.remote(), 10)
+        except (asyncio.TimeoutError, ray.exceptions.RayError):
+            moved = -1
+        self.registry.event("replica_drained", replica_id, f"{moved} stream(s) moved" if moved >= 0 else "did not answer")
+        if restart:
+            await self._restart(replica_id)
+        else:
+            ray.kill(self._actors.pop(replica_id), no_restart=True)
+            del self.registry.replicas[replica_id]
+        return moved
 
     async def snapshot(self) -> ClusterSnapshot:
         now = time.monotonic()
@@ -272,6 +351,8 @@ class Coordinator:
             self._monitor.cancel()
         if self._dashboard is not None:
             await self._dashboard.stop()
+        if self._recovery is not None:
+            self._recovery.cancel()
         stops = [a.stop.remote() for a in self._actors.values()]
         if stops:
             await asyncio.wait([asyncio.ensure_future(s) for s in stops], timeout=5.0)

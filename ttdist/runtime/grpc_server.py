@@ -7,6 +7,7 @@ picks a free port and the bound one is returned.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -40,9 +41,13 @@ class RunningServer:
         await self.server.stop(grace)
 
 
-async def start_generation_server(servicer: pb_grpc.GenerationServicer, host: str, port: int) -> RunningServer:
-    """Serve ``servicer`` on host:port (0 = any free port); NOT_SERVING until told otherwise."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+async def start_generation_server(
+    servicer: pb_grpc.GenerationServicer, host: str, port: int, *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (), credentials: grpc.ServerCredentials | None = None,
+) -> RunningServer:
+    """Serve ``servicer`` on host:port (0 = any free port); NOT_SERVING until told otherwise.
+    ``interceptors`` check callers (API keys, the cluster token); ``credentials`` serve TLS."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors) or None)
     pb_grpc.add_GenerationServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -50,7 +55,8 @@ async def start_generation_server(servicer: pb_grpc.GenerationServicer, host: st
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as err:
         raise PortInUseError(f"cannot listen on {host}:{port}: {err}") from None
     if bound == 0:

@@ -45,6 +45,7 @@ class ReplicaSetup:
     heartbeat_s: float = 0.5
     cpu_threads: int = 1
     host: str = "127.0.0.1"    # "" = this node's IP
+    cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class ReplicaActor:
         self._changed = asyncio.Event()
         self.server = await start_replica_server(
             self.engine, self.setup.card, self.setup.replica_id, self._entry, host,
-            latency=self.latency, on_change=self._changed.set,
+            latency=self.latency, on_change=self._changed.set, token=self.setup.cluster_token,
         )
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
         total = self.engine.stats().total_pages

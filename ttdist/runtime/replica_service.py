@@ -20,6 +20,7 @@ import grpc
 
 from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, OverloadedError
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, SamplingParams
+from ttdist.runtime.auth import cluster_interceptors
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
 from ttdist.runtime.protocol import ModelCard, RequestError, abort_with, check_abort, check_request
 from ttdist.runtime.replica_latency import ReplicaLatency
@@ -133,10 +134,11 @@ class ReplicaService(pb_grpc.GenerationServicer):
 
 async def start_replica_server(
     engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry], host: str = "127.0.0.1", port: int = 0,
-    *, latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None,
+    *, latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None, token: str = "",
 ) -> RunningServer:
-    """Serve ``engine`` on host:port (0 = any free port), SERVING at once."""
+    """Serve ``engine`` on host:port (0 = any free port), SERVING at once; with ``token`` every call
+    must present it (``authorization: Bearer <token>``): only the cluster may use the port."""
     service = ReplicaService(engine, card, replica_id, status, latency, on_change)
-    running = await start_generation_server(service, host, port)
+    running = await start_generation_server(service, host, port, interceptors=cluster_interceptors(token))
     await running.set_serving(True)
     return running

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import yaml
 
+from ttdist.runtime.api_config import ApiConfig, ApiConfigError, read_key_file
 from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ReplicaGroup
 
 _SCALARS = {
     f.name for f in fields(ClusterConfig)
-} - {"groups", "scripted", "health"}
+} - {"groups", "scripted", "health", "api", "cluster_token"}
 _GROUP_KEYS = {f.name for f in fields(ReplicaGroup)}
 _HEALTH_KEYS = {f.name for f in fields(HealthConfig)}
+_API_KEYS = {f.name for f in fields(ApiConfig)} | {"api_key_file"}
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,39 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     address = raw.pop("address", None)
     groups_raw = raw.pop("replicas", [{}])
     health_raw = raw.pop("health", {}) or {}
+    api = _api(raw.pop("api", {}) or {}, where)
     unknown = sorted(set(raw) - _SCALARS)
     if unknown:
-        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health'}))}")
+        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api'}))}")
     if not isinstance(groups_raw, list) or not groups_raw:
         raise ClusterConfigError(f"{where}: replicas must be a non-empty list of groups")
     groups = tuple(_group(g, f"{where}: replicas[{i}]") for i, g in enumerate(groups_raw))
     bad = sorted(set(health_raw) - _HEALTH_KEYS)
     if bad:
         raise ClusterConfigError(f"{where}: unknown health setting {bad[0]!r}")
-    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), **raw)
+    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, **raw)
     config.check()
     return ClusterSpec(config, address)
+
+
+def _api(raw, where: str) -> ApiConfig:
+    """The ``api:`` mapping; ``api_keys`` is a list, ``api_key_file`` adds the keys of a file."""
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(f"{where}: api must be a mapping")
+    bad = sorted(set(raw) - _API_KEYS)
+    if bad:
+        raise ClusterConfigError(f"{where}: unknown api setting {bad[0]!r}; known: {', '.join(sorted(_API_KEYS))}")
+    raw = dict(raw)
+    keys = raw.pop("api_keys", None) or []
+    if isinstance(keys, str) or not isinstance(keys, list):
+        raise ClusterConfigError(f"{where}: api.api_keys must be a list of keys")
+    try:
+        if raw.get("api_key_file"):
+            keys = [*keys, *read_key_file(raw["api_key_file"])]
+    except ApiConfigError as err:
+        raise ClusterConfigError(f"{where}: api: {err}") from None
+    raw.pop("api_key_file", None)
+    return ApiConfig(api_keys=tuple(str(k) for k in keys), **raw)
 
 
 def _group(raw, where: str) -> ReplicaGroup:

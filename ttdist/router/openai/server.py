@@ -5,7 +5,7 @@
 
 Each choice is one ``Router.generate`` call, so HTTP requests share the gRPC path's routing,
 migration, limits and deadlines. Chat messages are rendered with the model's chat template
-and tokenized here (``add_special_tokens=False``, as transformers does). Streams are
+and tokenized here (``ChatPrompter``). Streams are
 server-sent events ending in ``data: [DONE]``; a client that goes away cancels its choices,
 which aborts them on their replicas and frees their pages at once. Errors use OpenAI's JSON
 shape and status codes; an error after the stream has started is sent as a final
@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from ttdist.engine.chat_template import ChatTemplate, ChatTemplateError
 from ttdist.runtime.auth import ApiKeys
 from ttdist.router.openai import protocol as p
-from ttdist.router.openai.errors import ApiError, bad_param, from_request_error
+from ttdist.router.chat import ChatPrompter
+from ttdist.router.openai.errors import ApiError, from_request_error
 from ttdist.runtime.protocol import RequestError
 from ttdist.runtime.table import READY
 from ttdist.v1 import generation_pb2 as pb
@@ -45,13 +45,11 @@ class RunningHttp:
 
 
 class OpenAIServer:
-    """Handlers over a ``Router``; ``chat_template`` None means chat requests get ``chat_error``."""
+    """Handlers over a ``Router``; ``chat`` renders chats (None: chat requests are refused)."""
 
-    def __init__(self, router, chat_template: ChatTemplate | None = None, chat_error: str = "",
-                 keys: ApiKeys | None = None) -> None:
+    def __init__(self, router, chat: ChatPrompter | None = None, keys: ApiKeys | None = None) -> None:
         self.router = router
-        self.chat_template = chat_template
-        self.chat_error = chat_error or "this server has no chat template: start it with --chat-template FILE"
+        self.chat_prompter = chat or ChatPrompter(None, None)
         self.keys = keys or ApiKeys()
         self.created = p.now()
 
@@ -128,17 +126,10 @@ class OpenAIServer:
         return out
 
     def _chat_prompt(self, req: p.ParsedRequest) -> tuple[int, ...]:
-        tokenizer = self.router.tokenizer
-        if self.chat_template is None or tokenizer is None:
-            raise ApiError(400, self.chat_error, "messages", "no_chat_template")
         try:
-            text = self.chat_template.render(list(req.messages), add_generation_prompt=req.add_generation_prompt)
-        except ChatTemplateError as err:
-            raise bad_param("messages", str(err)) from None
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        if not ids:
-            raise bad_param("messages", "the chat template rendered an empty prompt")
-        return tuple(ids)
+            return tuple(self.chat_prompter.ids(list(req.messages), req.add_generation_prompt))
+        except RequestError as err:
+            raise from_request_error(err) from None
 
     async def _serve(self, request: web.Request, req: p.ParsedRequest, prefix: str) -> web.StreamResponse:
         card = self.router.table.card
