@@ -17,6 +17,7 @@ import sys
 import threading
 
 from ttdist.cli import EXIT_USAGE, CommandError
+from ttdist.cli.api_flags import add_api_args, api_from_args
 
 EPILOG = """examples:
   ttdist serve
@@ -47,6 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
     p.add_argument("--no-restart", action="store_true", help="leave failed replicas failed (no restarts)")
+    add_api_args(p)
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
     p.set_defaults(func=run)
@@ -60,7 +62,7 @@ def config_from_args(args: argparse.Namespace):
             model=args.model, groups=(ReplicaGroup(count=args.replicas, mesh=args.mesh, backend=args.backend),),
             policy=args.policy, host=args.host, port=args.port,
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
-            dtype=args.dtype, max_kv_pages=args.max_kv_pages,
+            dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
         )
         config.check()
@@ -106,6 +108,8 @@ def run_cluster(config, address: str | None, drain_timeout_s: float = 30.0) -> i
               f"({config.num_replicas} replica(s), policy {config.policy})", flush=True)
         if deployment.dashboard_url:
             print(f"ttdist: dashboard at {deployment.dashboard_url}", flush=True)
+        if deployment.http_url:
+            print(f"ttdist: OpenAI API at {deployment.http_url}/v1", flush=True)
         while not stop.wait(0.5):
             pass
         _drain(deployment, drain_timeout_s, signals)

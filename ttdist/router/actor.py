@@ -19,7 +19,8 @@ import os
 import ray
 
 from ttdist.router.core import Router, RouterConfig
-from ttdist.router.service import start_router_server
+from ttdist.router.public import serve_public
+from ttdist.runtime.api_config import ApiConfig
 from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, restarted_by_ray
 from ttdist.runtime.table import RouterReport, RoutingTable
 
@@ -37,11 +38,13 @@ class CoordinatorSource:
 
 
 class RouterActor:
-    def __init__(self, config: RouterConfig, host: str, port: int, tokenizer_dir: str = "") -> None:
+    def __init__(self, config: RouterConfig, host: str, port: int, tokenizer_dir: str = "",
+                 api: ApiConfig | None = None) -> None:
         self.config = config
         self.host = host
         self.port = port
         self.tokenizer_dir = tokenizer_dir
+        self.api = api if api is not None else ApiConfig(http_port=None)   # HTTP, API keys, TLS, chat template
         self.router: Router | None = None
         self.server = None
         self._restart_task: asyncio.Task | None = None
@@ -66,11 +69,20 @@ class RouterActor:
             tokenizer = Tokenizer.from_dir(self.tokenizer_dir)
         source = CoordinatorSource(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE))
         self.router = Router(self.config, source, tokenizer)
-        self.server = await start_router_server(self.router, self.host, self.port)
+        self.server = await serve_public(self.router, self.host, self.port, self.api, self.tokenizer_dir)
         return self.server.port
 
     def pid(self) -> int:
         return os.getpid()
+
+    def serving(self) -> bool:
+        """True once it serves and a replica is ready (what its health check says)."""
+        return self.router is not None and self.server is not None and any(
+            v.state == "ready" for v in self.router.views())
+
+    def http_port(self) -> int | None:
+        """The OpenAI HTTP port it serves (None: HTTP is off or not started yet)."""
+        return self.server.http_port if self.server is not None else None
 
     def serving_port(self) -> int:
         """The port it serves (0 while a restarted router is still starting)."""

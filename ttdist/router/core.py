@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import grpc
@@ -32,6 +32,7 @@ from ttdist.dashboard.status import Event
 from ttdist.engine.page_pool import block_hashes
 from ttdist.router.latency import LatencyWindow
 from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
+from ttdist.runtime.auth import cluster_channel
 from ttdist.runtime.protocol import RequestError, check_prompt_length, check_request, invalid
 from ttdist.runtime.table import FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
@@ -47,6 +48,7 @@ SUSPECT = "suspect"
 @dataclass(frozen=True)
 class RouterConfig:
     policy: str = "round_robin"
+    cluster_token: str = field(default="", repr=False)   # presented on every call to a replica's internal port
     default_max_tokens: int = 256
     max_inflight: int = 4096
     max_migrations: int = 3
@@ -201,7 +203,7 @@ class Router:
 
     def _stub(self, address: str) -> pb_grpc.GenerationStub:
         if address not in self._stubs:
-            channel = grpc.aio.insecure_channel(address)
+            channel = cluster_channel(address, self.config.cluster_token)
             self._stubs[address] = (channel, pb_grpc.GenerationStub(channel))
         return self._stubs[address][1]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ttdist.router.actor import RouterActor
 from ttdist.router.core import RouterConfig
 from ttdist.router.policies import make_policy
+from ttdist.runtime.auth import new_cluster_token
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.coordinator import Coordinator
 from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, replica_actor_name
@@ -41,10 +42,18 @@ class Deployment:
     port: int
     dashboard_url: str
     started_ray: bool
+    http_port: int | None = None        # the OpenAI HTTP API; None = off
 
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """Where the OpenAI HTTP API answers (``.../v1`` is the client's base URL); None = off."""
+        if self.http_port is None:
+            return None
+        return f"{'https' if self.config.api.tls else 'http'}://{self.config.host}:{self.http_port}"
 
     def snapshot(self):
         """The dashboard's ``ClusterSnapshot`` of this cluster, now."""
@@ -106,6 +115,8 @@ def fixed_port(host: str, port: int) -> int:
 def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s: float = 600.0) -> Deployment:
     config.check()
     make_policy(config.policy)
+    if not config.cluster_token:        # replicas accept only callers that present it
+        config = replace(config, cluster_token=new_cluster_token())
     started = connect(address)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     coordinator = ray.remote(Coordinator).options(
@@ -120,14 +131,18 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
             snap = ray.get(coordinator.snapshot.remote())
             why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == "replica_failed")
             raise DeployError(f"no replica became ready ({why or 'no reason reported'})")
-        router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens)
+        router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens,
+                                     cluster_token=config.cluster_token)
         tokenizer_dir = ray.get(coordinator.model_dir_path.remote())
         env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}
+        api = config.api if config.api.http_port is None else replace(
+            config.api, http_port=fixed_port(config.host, config.api.http_port))
         router = ray.remote(RouterActor).options(
             num_cpus=0, max_concurrency=1000, scheduling_strategy=here, runtime_env={"env_vars": env},
             max_restarts=-1,
-        ).remote(router_config, config.host, fixed_port(config.host, config.port), tokenizer_dir)
+        ).remote(router_config, config.host, fixed_port(config.host, config.port), tokenizer_dir, api)
         port = ray.get(router.start.remote(), timeout=60)
+        http_port = ray.get(router.http_port.remote())
         url = ray.get(coordinator.dashboard_url.remote())
     except BaseException:
         if router is not None:
@@ -136,7 +151,7 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
         if started:
             ray.shutdown()
         raise
-    return Deployment(config, coordinator, router, port, url, started)
+    return Deployment(config, coordinator, router, port, url, started, http_port)
 
 
 def wait_serving(deployment: Deployment, timeout_s: float = 30.0) -> None:
@@ -145,6 +160,12 @@ def wait_serving(deployment: Deployment, timeout_s: float = 30.0) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout_s
+    if deployment.config.api.tls:   # the port wants TLS (perhaps client certificates): ask the router itself
+        while time.monotonic() < deadline:
+            if ray.get(deployment.router.serving.remote(), timeout=10):
+                return
+            time.sleep(0.05)
+        raise DeployError(f"the router at {deployment.address} is not serving after {timeout_s} s")
     with grpc.insecure_channel(deployment.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
