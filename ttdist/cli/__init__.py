@@ -1,4 +1,4 @@
-"""The ``ttdist`` command: one sub-command per module (serve, launch, generate, status, convert).
+"""The ``ttdist`` command: one sub-command per module (serve, launch, generate, status, convert, bench, plan).
 
 Each command module exposes ``register(subparsers)`` (adds its parser and
 ``set_defaults(func=run)``) and ``run(args) -> int``. ``main`` turns user mistakes and
@@ -17,7 +17,7 @@ import sys
 
 from ttdist import __version__
 
-COMMANDS = ("serve", "launch", "generate", "status", "convert")
+COMMANDS = ("serve", "launch", "generate", "status", "convert", "bench", "plan")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
