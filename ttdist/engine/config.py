@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.engine.runner import RunnerInfo
 
 
@@ -18,6 +19,7 @@ class EngineConfig:
     prefix_caching: bool = True
     stats_window_s: float = 10.0
     latency_samples: int = 1024
+    faults: EngineFaults = NO_FAULTS      # faults caused on purpose (tests); none by default
 
     def check(self, info: RunnerInfo) -> None:
         """Raise ValueError naming the setting that cannot work with this runner."""

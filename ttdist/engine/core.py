@@ -4,6 +4,10 @@
 outside the lock, so ``add_request`` and ``abort`` from other threads never wait on the model.
 A request aborted while its step is on the model has its pages freed at once; the step's token
 for it is dropped. Each request may carry a ``sink`` that receives its outputs in order.
+
+A failure that belongs to one request (building its sampling spec, detokenizing, stop checks)
+ends that request alone, with ``request_error`` naming the cause; the batch goes on. Only a
+failure of the model step itself (the runner raising) escapes ``step()``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ttdist.engine.tokenizer import Tokenizer
 from ttdist.engine.validation import Limits, validate_request
 
 Sink = Callable[[RequestOutput], None]
+SEED_MODULUS = 2**63   # seeds are reduced into int64's range: the full uint64 seed range works
 
 
 class EngineCore:
@@ -54,6 +59,7 @@ class EngineCore:
         eos = tuple(info.eos_token_ids) + (tokenizer.eos_token_ids if tokenizer else ())
         self.outputs = OutputProcessor(tuple(dict.fromkeys(eos)))
         self.metrics = EngineMetrics(config.stats_window_s, config.latency_samples)
+        self.faults = config.faults
         self._active: dict[str, Sequence] = {}
         self._sinks: dict[int, Sink] = {}
         self._lock = threading.RLock()
@@ -73,6 +79,8 @@ class EngineCore:
                 arrival_s=self.clock(),
                 detokenizer=self.tokenizer.detokenizer(checked.prompt_ids) if self.tokenizer else None,
             )
+            if checked.resumed_ids:
+                self.outputs.resume(seq, checked.resumed_ids, request.resume.text_emitted)
             self.scheduler.add(seq)
             self._active[seq.request_id] = seq
             if sink is not None:
@@ -114,16 +122,27 @@ class EngineCore:
             if work is None:
                 return []
             # built under the lock: an abort may free the pages once the model is running
-            inputs = self._prefill_input(work) if isinstance(work, PrefillStep) else self._decode_input(work)
+            failed: list[RequestOutput] = []
+            if isinstance(work, PrefillStep):
+                inputs = self._isolated(work.seq, failed, self._prefill_input, work)
+            else:
+                specs = {id(seq): spec for seq in work.seqs if (spec := self._isolated(seq, failed, _spec, seq))}
+                work = DecodeStep([seq for seq in work.seqs if id(seq) in specs])
+                inputs = self._decode_input(work, [specs[id(seq)] for seq in work.seqs]) if work.seqs else None
+            if inputs is None:
+                return failed
+        stall_s = self.faults.before_step(self.metrics.prefill_steps_total + self.metrics.decode_steps_total)
+        if stall_s:
+            time.sleep(stall_s)
         if isinstance(work, PrefillStep):
             token = self.runner.prefill(inputs)
             with self._lock:
-                return self._after_prefill(work, token)
+                return failed + self._after_prefill(work, token)
         tokens = self.runner.decode(inputs)
         if len(tokens) != len(work.seqs):
             raise RuntimeError(f"runner returned {len(tokens)} tokens for a batch of {len(work.seqs)}")
         with self._lock:
-            return self._after_decode(work, tokens)
+            return failed + self._after_decode(work, tokens)
 
     def _prefill_input(self, work: PrefillStep) -> PrefillInput:
         seq = work.seq
@@ -135,12 +154,13 @@ class EngineCore:
             sampling=_spec(seq),
         )
 
-    def _decode_input(self, work: DecodeStep) -> DecodeInput:
+    def _decode_input(self, work: DecodeStep, specs: list[SamplingSpec]) -> DecodeInput:
         return DecodeInput(
             token_ids=[seq.token_ids[-1] for seq in work.seqs],
             positions=[len(seq) - 1 for seq in work.seqs],
             page_tables=[list(seq.page_table) for seq in work.seqs],
-            sampling=[_spec(seq) for seq in work.seqs],
+            sampling=specs,
+            seq_ids=[seq.request_id for seq in work.seqs],
         )
 
     def _after_prefill(self, work: PrefillStep, token: int | None) -> list[RequestOutput]:
@@ -166,11 +186,29 @@ class EngineCore:
             outputs.append(self._emit(seq, token))
         return outputs
 
+    def _isolated(self, seq: Sequence, failed: list[RequestOutput], build, *args):
+        """``build(*args)`` for one request; on an error that request alone ends (added to ``failed``)."""
+        try:
+            return build(*args)
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not end the batch
+            failed.append(self._fail_request(seq, exc))
+            return None
+
+    def _fail_request(self, seq: Sequence, exc: Exception) -> RequestOutput:
+        out = self.outputs.finish(seq, FinishReason.ABORT, self.clock())
+        out.request_error = f"{type(exc).__name__}: {exc}"
+        self._retire(seq, out)
+        return out
+
     def _emit(self, seq: Sequence, token: int) -> RequestOutput:
         now = self.clock()
         first = seq.first_token_s is None
         gap = None if first else now - seq.last_token_s
-        out = self.outputs.append_token(seq, token, now)
+        try:
+            self.faults.check_request(seq.request_id)
+            out = self.outputs.append_token(seq, token, now)
+        except Exception as exc:  # noqa: BLE001 - detokenizing or stop checks failed for this request only
+            return self._fail_request(seq, exc)
         self.metrics.on_token(gap, (now - seq.arrival_s) if first else None)
         if out.finished:
             self._retire(seq, out)
@@ -223,6 +261,7 @@ class EngineCore:
 
 def _spec(seq: Sequence) -> SamplingSpec:
     s = seq.sampling
+    seed = None if s.seed is None else s.seed % SEED_MODULUS
     return SamplingSpec(
-        temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=s.seed, step=seq.num_generated
+        temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=seed, step=seq.num_generated
     )

@@ -5,6 +5,8 @@ while the model computes. Each request's outputs reach its consumer through a st
 worker feeds with ``loop.call_soon_threadsafe``. ``generate`` aborts its request (freeing its
 pages) when the consumer stops iterating or is cancelled. If the model raises, every request
 ends with ``FinishReason.ABORT`` and the error text, and the engine refuses new work.
+``liveness()`` tells whether the step loop is alive and when it last made progress, so a
+replica can report a dead or stuck loop instead of a constant "ready".
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from collections.abc import AsyncIterator
 
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.core import EngineCore
 from ttdist.engine.errors import EngineStoppedError
+from ttdist.engine.faults import EngineFaults
 from ttdist.engine.page_pool import block_hashes
 from ttdist.engine.request import GenerationRequest, RequestOutput
 from ttdist.engine.runner import ModelRunner, RunnerInfo
 from ttdist.engine.sequence import Sequence
-from ttdist.engine.stats import EngineStats
+from ttdist.engine.stats import EngineLiveness, EngineStats
 from ttdist.engine.tokenizer import Tokenizer
 
 __all__ = ["AsyncEngine", "EngineConfig", "EngineStats", "block_hashes"]
@@ -69,6 +73,8 @@ class AsyncEngine:
         self._stopping = False
         self._stopped_reason: str | None = "not started"
         self._unclaimed: collections.OrderedDict[str, _Stream] = collections.OrderedDict()
+        self._progress_s = time.monotonic()    # the loop last finished a step or found no work
+        self._steps = 0
 
     @property
     def info(self) -> RunnerInfo:
@@ -80,9 +86,11 @@ class AsyncEngine:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        self.core.faults.on_start()
         with self._wake:
             if self._thread is not None:
                 return
+            self._progress_s = time.monotonic()
             self._stopped_reason = None
             self._thread = threading.Thread(target=self._run, name="ttdist-engine", daemon=True)
             self._thread.start()
@@ -103,6 +111,19 @@ class AsyncEngine:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
 
+    def inject(self, faults: EngineFaults) -> None:
+        """Cause ``faults`` from now on (tests)."""
+        self.core.faults = faults
+
+    def liveness(self) -> EngineLiveness:
+        with self._wake:
+            thread, reason = self._thread, self._stopped_reason
+        alive = thread is not None and thread.is_alive() and reason is None
+        return EngineLiveness(
+            alive=alive, has_work=self.core.has_work(), last_step_age_s=time.monotonic() - self._progress_s,
+            steps_total=self._steps, error="" if alive else (reason or "the step loop is not running"),
+        )
+
     def _run(self) -> None:
         while True:
             with self._wake:
@@ -110,8 +131,11 @@ class AsyncEngine:
                     self._wake.wait()
                 if self._stopping:
                     return
+                self._progress_s = time.monotonic()   # the age below is the current step's
             try:
                 self.core.step()
+                self._steps += 1
+                self._progress_s = time.monotonic()
             except Exception as exc:  # the model failed: end every request, refuse new ones
                 with self._wake:
                     self._stopping = True

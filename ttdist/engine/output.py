@@ -8,6 +8,7 @@ first stop string starts), then ``max_tokens``. While stop strings are set, the 
 
 from __future__ import annotations
 
+from ttdist.engine.errors import InvalidRequestError
 from ttdist.engine.request import FinishReason, RequestOutput, Timings, Usage
 from ttdist.engine.sequence import Sequence
 
@@ -41,6 +42,20 @@ class OutputProcessor:
         if seq.finish_reason in (FinishReason.EOS, FinishReason.STOP) and seq.detokenizer is not None:
             seq.output_text += seq.detokenizer.flush()
         return self._output(seq, [token], now)
+
+    def resume(self, seq: Sequence, output_ids: list[int], text_emitted: int) -> None:
+        """Make ``output_ids`` generated already, as if this engine had produced them: their text
+        is rebuilt through the detokenizer (held-back bytes included) and ``text_emitted``
+        characters of it count as sent."""
+        seq.token_ids.extend(output_ids)
+        if seq.detokenizer is not None:
+            seq.output_text = "".join(seq.detokenizer.push(token) for token in output_ids)
+        if text_emitted > len(seq.output_text):
+            raise InvalidRequestError(
+                "resume.text_emitted", f"{text_emitted} characters were sent but the generated ids make "
+                f"{len(seq.output_text)}"
+            )
+        seq.num_text_emitted = text_emitted
 
     def finish(self, seq: Sequence, reason: FinishReason, now: float, error: str | None = None) -> RequestOutput:
         """The last output of a request ended from outside (abort, shutdown, failure)."""

@@ -30,6 +30,17 @@ class SamplingParams:
     ignore_eos: bool = False
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A generation continued here (moved from another replica): ``output_ids`` were generated
+    already and count toward ``max_tokens``; ``text_emitted`` characters of their text were
+    delivered, so the rest (held-back bytes of a character, a possible stop-string start) is
+    sent as if nothing had moved. Seeded sampling continues the same random stream."""
+
+    output_ids: list[int]
+    text_emitted: int = 0
+
+
 @dataclass
 class GenerationRequest:
     """One generation: exactly one of ``prompt`` (text) or ``prompt_token_ids``."""
@@ -38,6 +49,7 @@ class GenerationRequest:
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    resume: Resume | None = None
 
 
 class FinishReason(enum.Enum):
@@ -78,3 +90,4 @@ class RequestOutput:
     output_ids: list[int] = field(default_factory=list)
     output_text: str = ""
     error: str | None = None   # set when the engine itself failed (the request ends with ABORT)
+    request_error: str | None = None   # set when this request alone failed in the engine (ABORT; others go on)

@@ -34,6 +34,24 @@ class EngineStats:
     inter_token_s: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EngineLiveness:
+    """Whether the step loop is alive and making progress; heartbeats carry it to the coordinator.
+
+    ``last_step_age_s`` is the time since the loop last finished a step or went idle; it only
+    means "stuck" while ``has_work`` is set. ``error`` says why a loop that is not alive stopped.
+    """
+
+    alive: bool
+    has_work: bool
+    last_step_age_s: float
+    steps_total: int
+    error: str = ""
+
+    def stalled(self, after_s: float) -> bool:
+        return self.alive and self.has_work and self.last_step_age_s > after_s
+
+
 class EngineMetrics:
     def __init__(self, window_s: float = 10.0, max_samples: int = 1024) -> None:
         self.window_s = window_s

@@ -7,10 +7,10 @@ single request, so an accepted request can always run to its ``max_tokens``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ttdist.engine.errors import InvalidRequestError
-from ttdist.engine.request import GenerationRequest, SamplingParams
+from ttdist.engine.request import GenerationRequest, Resume, SamplingParams
 from ttdist.engine.tokenizer import Tokenizer
 
 _MAX_SEED = 2**64
@@ -27,6 +27,7 @@ class Limits:
 class ValidatedRequest:
     prompt_ids: list[int]
     max_tokens: int
+    resumed_ids: list[int] = field(default_factory=list)
 
 
 def validate_request(request: GenerationRequest, limits: Limits, tokenizer: Tokenizer | None) -> ValidatedRequest:
@@ -37,26 +38,42 @@ def validate_request(request: GenerationRequest, limits: Limits, tokenizer: Toke
     sampling = request.sampling
     if not isinstance(sampling, SamplingParams):
         raise InvalidRequestError("sampling", f"expected SamplingParams, got {type(sampling).__name__}")
-    prompt_ids, field = _prompt_ids(request, limits, tokenizer)
+    prompt_ids, where = _prompt_ids(request, limits, tokenizer)
     window = limits.context_window
     if len(prompt_ids) >= window:
         raise InvalidRequestError(
-            field, f"{len(prompt_ids)} prompt tokens leave no room in the context window of {window} "
+            where, f"{len(prompt_ids)} prompt tokens leave no room in the context window of {window} "
             f"tokens (at most {window - 1})"
         )
     _check_sampling(sampling, limits, tokenizer)
     left = window - len(prompt_ids)
     max_tokens = sampling.max_tokens
     if max_tokens is None:
-        return ValidatedRequest(prompt_ids, min(limits.default_max_tokens, left))
-    if not _is_int(max_tokens) or max_tokens < 1:
+        max_tokens = min(limits.default_max_tokens, left)
+    elif not _is_int(max_tokens) or max_tokens < 1:
         raise InvalidRequestError("sampling.max_tokens", f"must be an integer >= 1, got {max_tokens!r}")
-    if max_tokens > left:
+    elif max_tokens > left:
         raise InvalidRequestError(
             "sampling.max_tokens", f"{max_tokens} exceeds the context left: {len(prompt_ids)} prompt tokens "
             f"in a window of {window} leave {left}"
         )
-    return ValidatedRequest(prompt_ids, max_tokens)
+    resumed = _resumed_ids(request.resume, max_tokens, limits)
+    return ValidatedRequest(prompt_ids, max_tokens, resumed)
+
+
+def _resumed_ids(resume: Resume | None, max_tokens: int, limits: Limits) -> list[int]:
+    if resume is None:
+        return []
+    if not isinstance(resume, Resume) or not isinstance(resume.output_ids, (list, tuple)):
+        raise InvalidRequestError("resume", "must be a Resume with a list of output_ids")
+    _check_ids("resume.output_ids", resume.output_ids, limits.vocab_size)
+    if len(resume.output_ids) >= max_tokens:
+        raise InvalidRequestError(
+            "resume.output_ids", f"{len(resume.output_ids)} generated tokens already reach max_tokens={max_tokens}"
+        )
+    if not _is_int(resume.text_emitted) or resume.text_emitted < 0:
+        raise InvalidRequestError("resume.text_emitted", f"must be an integer >= 0, got {resume.text_emitted!r}")
+    return list(resume.output_ids)
 
 
 def _prompt_ids(request: GenerationRequest, limits: Limits, tokenizer: Tokenizer | None) -> tuple[list[int], str]:

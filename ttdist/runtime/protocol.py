@@ -55,6 +55,7 @@ def check_request(req: pb.GenerateRequest, card: ModelCard) -> None:
         )
     _check_input(req, card)
     _check_sampling(req.sampling, card)
+    _check_resume(req)
 
 
 def _check_input(req: pb.GenerateRequest, card: ModelCard) -> None:
@@ -104,6 +105,20 @@ def _check_sampling(s: pb.SamplingParams, card: ModelCard) -> None:
     bad = next((t for t in s.stop_token_ids if t < 0 or t >= card.vocab_size), None)
     if bad is not None:
         raise invalid("sampling.stop_token_ids", f"token id {bad} is outside the vocabulary [0, {card.vocab_size})")
+
+
+def _check_resume(req: pb.GenerateRequest) -> None:
+    if not req.HasField("resume"):
+        return
+    n, emitted = req.resume.generated_tokens, req.resume.emitted_chars
+    if req.WhichOneof("input") != "token_ids":
+        raise invalid("resume", "a resumed generation gives its prompt and generated ids as token_ids")
+    if not 0 <= n < len(req.token_ids.ids):
+        raise invalid("resume.generated_tokens", f"must be in [0, {len(req.token_ids.ids)}) (the ids given), got {n}")
+    if req.sampling.max_tokens and n >= req.sampling.max_tokens:
+        raise invalid("resume.generated_tokens", f"{n} generated tokens already reach max_tokens={req.sampling.max_tokens}")
+    if emitted < 0:
+        raise invalid("resume.emitted_chars", f"must be >= 0, got {emitted}")
 
 
 def check_abort(req: pb.AbortRequest) -> None:

@@ -10,6 +10,9 @@ The next token depends only on the sequence so far (``next_token``), so a reques
 from prompt + generated ids elsewhere continues exactly as it would have, as with greedy
 decoding on a real model. Prefix caching is modelled with the engine's real chained page
 hashes in an LRU of ``num_pages`` pages.
+
+``config.faults`` (or ``inject``) causes faults for real: a chosen request fails in its
+output step, the step loop raises or hangs after N steps, or ``start`` raises.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, OverloadedError
+from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.engine.page_pool import block_hashes
-from ttdist.engine.stats import EngineStats
+from ttdist.engine.stats import EngineLiveness, EngineStats
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, Timings, Usage
 
 
@@ -36,6 +40,7 @@ class ScriptedEngineConfig:
     num_pages: int = 4096
     max_context: int = 8192
     default_max_tokens: int = 64
+    faults: EngineFaults = NO_FAULTS
 
 
 def next_token(context: list[int], vocab_size: int) -> int:
@@ -69,10 +74,27 @@ class ScriptedEngine:
         self._prompt_total = self._gen_total = self._hit_tokens = 0
         self._finished = self._aborted = self._prefills = self._decodes = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=256)
+        self.faults = self.config.faults
+        self._progress_s = time.monotonic()
+        self._failure = ""
 
     def start(self) -> None:
+        self.faults.on_start()
         if self._task is None:
+            self._progress_s = time.monotonic()
             self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def inject(self, faults: EngineFaults) -> None:
+        """Cause ``faults`` from now on (tests)."""
+        self.faults = faults
+
+    def liveness(self) -> EngineLiveness:
+        alive = self._task is not None and not self._task.done()
+        return EngineLiveness(
+            alive=alive, has_work=bool(self._waiting or self._running),
+            last_step_age_s=time.monotonic() - self._progress_s, steps_total=self._prefills + self._decodes,
+            error="" if alive else (self._failure or "the step loop is not running"),
+        )
 
     def shutdown(self) -> None:
         if self._task is not None:
@@ -84,7 +106,7 @@ class ScriptedEngine:
     def submit(self, request: GenerationRequest) -> _Job:
         cfg = self.config
         if self._task is None:
-            raise EngineStoppedError("the scripted engine is not started")
+            raise EngineStoppedError(f"the scripted engine is not running ({self._failure or 'not started'})")
         if request.request_id in self._jobs:
             raise InvalidRequestError("request_id", f"{request.request_id!r} is already running")
         prompt = request.prompt_token_ids
@@ -97,6 +119,10 @@ class ScriptedEngine:
         max_tokens = request.sampling.max_tokens or cfg.default_max_tokens
         max_tokens = min(max_tokens, cfg.max_context - len(prompt))
         job = _Job(request, list(prompt), max_tokens, time.perf_counter())
+        if request.resume is not None:   # moved here from another replica: continue after its ids
+            job.output = list(request.resume.output_ids)
+            if len(job.output) >= max_tokens:
+                raise InvalidRequestError("resume.output_ids", f"{len(job.output)} ids already reach max_tokens={max_tokens}")
         self._jobs[request.request_id] = job
         self._waiting.append(job)
         self._wakeup.set()
@@ -139,11 +165,24 @@ class ScriptedEngine:
         return list(self._cache)
 
     async def _loop(self) -> None:
+        try:
+            await self._steps()
+        except Exception as exc:  # noqa: BLE001 - the engine failed: end every request, refuse new ones
+            self._failure = f"engine failed: {type(exc).__name__}: {exc}"
+            self._task = None
+            for job in list(self._jobs.values()):
+                self._finish(job, FinishReason.ABORT, [], error=self._failure)
+
+    async def _steps(self) -> None:
         cfg = self.config
         while True:
             if not self._waiting and not self._running:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            self._progress_s = time.monotonic()
+            stall_s = self.faults.before_step(self._prefills + self._decodes)
+            if stall_s:
+                await asyncio.sleep(stall_s)
             started = time.perf_counter()
             if self._waiting and len(self._running) < cfg.max_batch:
                 job = self._waiting.popleft()
@@ -179,6 +218,11 @@ class ScriptedEngine:
         now = time.perf_counter()
         self._recent.append((now, len(jobs)))
         for job in jobs:
+            try:
+                self.faults.check_request(job.request.request_id)
+            except Exception as exc:  # noqa: BLE001 - this request alone fails; the batch goes on
+                self._finish(job, FinishReason.ABORT, [], request_error=f"{type(exc).__name__}: {exc}")
+                continue
             token = next_token(job.prompt + job.output, self.config.vocab_size)
             job.output.append(token)
             self._gen_total += 1
@@ -195,7 +239,8 @@ class ScriptedEngine:
                     output_ids=list(job.output), output_text=_text(job.output),
                 ))
 
-    def _finish(self, job: _Job, reason: FinishReason, new: list[int]) -> None:
+    def _finish(self, job: _Job, reason: FinishReason, new: list[int], *, error: str | None = None,
+                request_error: str | None = None) -> None:
         rid = job.request.request_id
         self._jobs.pop(rid, None)
         if reason is FinishReason.ABORT:
@@ -213,7 +258,7 @@ class ScriptedEngine:
             rid, new, _text(new), True, finish_reason=reason,
             usage=Usage(len(job.prompt), n, job.cached),
             timings=Timings(queue_s=ttft, ttft_s=ttft, mean_inter_token_s=itl, total_s=now - job.arrival),
-            output_ids=list(job.output), output_text=_text(job.output),
+            output_ids=list(job.output), output_text=_text(job.output), error=error, request_error=request_error,
         ))
 
 
