@@ -16,6 +16,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="cluster spec file (YAML)")
     p.add_argument("--address", default=None, help="Ray cluster to join (overrides the spec's 'address')")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -28,4 +30,6 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
     except ClusterConfigError as err:
         raise CommandError(str(err), EXIT_USAGE) from None
-    return run_cluster(spec.config, args.address or spec.address)
+    if not args.drain_timeout >= 0:
+        raise CommandError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}", EXIT_USAGE)
+    return run_cluster(spec.config, args.address or spec.address, args.drain_timeout)

@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
     p.add_argument("--no-restart", action="store_true", help="leave failed replicas failed (no restarts)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
     add_api_args(p)
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")

@@ -9,6 +9,12 @@ machine is tested without clocks or Ray:
 - ``tick(now)``: a ready replica whose last heartbeat is older than ``unhealthy_after_s``
   becomes unhealthy; one unhealthy for ``failed_after_s`` becomes failed; one starting for
   longer than ``start_timeout_s`` becomes failed.
+- ``heartbeat`` for a ``recovering`` record (a restarted coordinator rebuilds its registry
+  from the config, every record starting): the replica re-registers from the heartbeat's
+  pid / node / address -> ready; one not heard from within ``unhealthy_after_s +
+  failed_after_s`` -> failed.
+- ``draining``: taken out of routing on purpose (restart or removal) -> draining; its streams
+  finish or move before it stops.
 - ``failed``: a definite failure (its process is gone, its start raised) -> failed at once.
 - ``due_restarts(now)``: the failed replicas to restart now: failed for ``restart_delay_s``
   (so operators and the dashboard see the failed state first), none when ``restart`` is off.
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 
 from ttdist.dashboard.status import Event, HistogramSnapshot
 from ttdist.runtime.config import HealthConfig
-from ttdist.runtime.table import FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
+from ttdist.runtime.table import DRAINING, FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class Heartbeat:
     prefix_hashes: frozenset[int] = frozenset()
     ttft_histogram: HistogramSnapshot | None = None
     inter_token_histogram: HistogramSnapshot | None = None
+    pid: int = 0              # the incarnation that sent it: a restarted coordinator
+    node_id: str = ""         # re-registers the replica from these
+    address: str = ""
 
 
 @dataclass
@@ -65,6 +74,7 @@ class ReplicaRecord:
     last_heartbeat: float = 0.0
     stats: Heartbeat | None = None
     restarts: int = 0
+    recovering: bool = False     # known from the config after a coordinator restart, not yet heard from
 
     def entry(self) -> ReplicaEntry:
         s = self.stats
@@ -105,11 +115,26 @@ class Registry:
 
     def heartbeat(self, replica_id: str, beat: Heartbeat, now: float) -> None:
         r = self.replicas.get(replica_id)
+        if r is not None and r.recovering and beat.address:
+            self.reregistered(r, beat, now)
+            return
         if r is None or r.state in (FAILED, STARTING):
             return
         r.stats, r.last_heartbeat = beat, now
         if r.state == UNHEALTHY:
             self._move(r, READY, now, "replica_recovered", "heartbeats resumed")
+
+    def reregistered(self, r: ReplicaRecord, beat: Heartbeat, now: float) -> None:
+        """A replica that outlived the coordinator heartbeats the restarted one: ready again."""
+        r.pid, r.node_id, r.address, r.kv_pages_total = beat.pid, beat.node_id, beat.address, beat.total_pages
+        r.stats, r.last_heartbeat, r.recovering = beat, now, False
+        self._move(r, READY, now, "replica_reregistered", f"pid {beat.pid} serving {beat.address} after a coordinator restart")
+
+    def draining(self, replica_id: str, now: float, why: str) -> None:
+        """Taken out of routing on purpose (restart or removal): its streams finish or move."""
+        r = self.replicas[replica_id]
+        if r.state in (READY, UNHEALTHY):
+            self._move(r, DRAINING, now, "replica_draining", why)
 
     def failed(self, replica_id: str, now: float, why: str) -> None:
         r = self.replicas.get(replica_id)
@@ -128,6 +153,9 @@ class Registry:
                 self._move(r, UNHEALTHY, now, "replica_unhealthy", f"no heartbeat for {now - r.last_heartbeat:.1f} s")
             elif r.state == UNHEALTHY and now - r.since > h.failed_after_s:
                 self._move(r, FAILED, now, "replica_failed", f"unhealthy for {now - r.since:.1f} s")
+            elif r.state == STARTING and r.recovering and now - r.since > h.unhealthy_after_s + h.failed_after_s:
+                r.recovering = False
+                self._move(r, FAILED, now, "replica_failed", f"no heartbeat {now - r.since:.1f} s after a coordinator restart")
             elif r.state == STARTING and now - r.since > h.start_timeout_s:
                 self._move(r, FAILED, now, "replica_failed", f"not started after {now - r.since:.0f} s")
 

@@ -6,13 +6,20 @@ coordinator's node, the shards themselves through the Ray object store elsewhere
 serving it sends a ``Heartbeat`` to the coordinator every ``heartbeat_s``, and sooner (at
 most one per ``MIN_BEAT_GAP_S``) when a request starts or ends, so the registry's running
 and waiting counts follow the replica closely. Each heartbeat carries copies of the
-replica's TTFT and inter-token histograms (``ReplicaLatency``).
+replica's TTFT and inter-token histograms (``ReplicaLatency``) and the incarnation that sent
+it (pid, node, address).
+
+Replica actors are named (``replica_actor_name``) and detached from the coordinator, so they
+outlive it: when Ray restarts a dead coordinator, it finds them by name, and they keep
+heartbeating (looking the coordinator up by name again after an error) and re-register from
+their heartbeats. ``drain`` stops taking requests and waits for the running ones to finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import ray
@@ -27,6 +34,19 @@ from ttdist.runtime.table import READY, ReplicaEntry
 COORDINATOR_NAME = "ttdist-coordinator"
 NAMESPACE = "ttdist"
 MIN_BEAT_GAP_S = 0.05     # prompt heartbeats (on a request's start or end) come at most this often
+BEAT_TIMEOUT_S = 30.0     # a heartbeat call that takes longer (coordinator gone for good) is retried
+
+
+def restarted_by_ray() -> bool:
+    """True in an actor process that Ray started again after the previous one died."""
+    with warnings.catch_warnings():   # Ray 2.60 warns about an attribute it reads itself
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ray.get_runtime_context().was_current_actor_reconstructed
+
+
+def replica_actor_name(replica_id: str) -> str:
+    """The Ray actor name of a replica (namespace ``NAMESPACE``); a restarted coordinator finds it by it."""
+    return f"ttdist-{replica_id}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,7 @@ class ReplicaActor:
         self._beats: asyncio.Task | None = None
         self.latency = ReplicaLatency()
         self._changed: asyncio.Event | None = None
+        self.address = ""
         if setup.devices:
             # before anything can open the chips: this replica sees only its own
             os.environ["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
@@ -111,9 +132,10 @@ class ReplicaActor:
             self.engine, self.setup.card, self.setup.replica_id, self._entry, host,
             latency=self.latency, on_change=self._changed.set, token=self.setup.cluster_token,
         )
+        self.address = f"{host}:{self.server.port}"
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
         total = self.engine.stats().total_pages
-        return StartedReplica(os.getpid(), self.node_id(), f"{host}:{self.server.port}", total)
+        return StartedReplica(os.getpid(), self.node_id(), self.address, total)
 
     def _entry(self) -> ReplicaEntry:
         stats = self.engine.stats()
@@ -136,21 +158,42 @@ class ReplicaActor:
             requests_finished_total=getattr(st, "requests_finished_total", 0),
             prefix_hashes=frozenset(self.engine.prefix_hashes()),
             ttft_histogram=ttft, inter_token_histogram=inter_token,
+            pid=os.getpid(), node_id=self.node_id(), address=self.address,
         )
 
     async def _heartbeats(self) -> None:
-        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        coordinator = None
         while True:
             self._changed.clear()
             try:
-                await coordinator.heartbeat.remote(self.setup.replica_id, self.heartbeat())
-            except ray.exceptions.RayActorError:
-                return
+                if coordinator is None:
+                    coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+                beat = coordinator.heartbeat.remote(self.setup.replica_id, self.heartbeat())
+                await asyncio.wait_for(beat, BEAT_TIMEOUT_S)
+            except (ValueError, asyncio.TimeoutError, ray.exceptions.RayError):
+                # the coordinator is restarting (or gone): keep serving, look it up again
+                coordinator = None
+                await asyncio.sleep(self.setup.heartbeat_s)
+                continue
             await asyncio.sleep(MIN_BEAT_GAP_S)
             try:
                 await asyncio.wait_for(self._changed.wait(), max(0.0, self.setup.heartbeat_s - MIN_BEAT_GAP_S))
             except asyncio.TimeoutError:
                 pass
+
+    async def drain(self, timeout_s: float) -> int:
+        """Health NOT_SERVING, then wait (up to ``timeout_s``) until no request runs or waits;
+        returns how many still do (``stop`` cuts them, and the router moves them elsewhere)."""
+        if self.server is None:
+            return 0
+        await self.server.set_serving(False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            st = self.engine.stats()
+            if st.running + st.waiting == 0 or loop.time() >= deadline:
+                return st.running + st.waiting
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self._beats is not None:

@@ -14,6 +14,7 @@ from ttdist.runtime.protocol import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
 STARTING, READY, UNHEALTHY, FAILED = "starting", "ready", "unhealthy", "failed"
+DRAINING = "draining"     # finishing its streams before a restart or removal on purpose; gets no new ones
 
 
 @dataclass(frozen=True)
