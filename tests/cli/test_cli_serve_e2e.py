@@ -73,7 +73,7 @@ def served(tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())", "serve",
          "--model", str(checkpoint), "--mesh", "1x2", "--replicas", "1", "--port", str(port),
-         "--dashboard-port", str(dash_port)],
+         "--dashboard-port", str(dash_port), "--http-port", "0"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**_env(), "TTDIST_CACHE": str(tmp_path_factory.mktemp("cache"))}, cwd=ROOT)
     try:

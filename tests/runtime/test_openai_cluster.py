@@ -195,3 +195,17 @@ def test_a_client_that_disconnects_frees_its_pages(served):
         while (st := client.cluster_status().replicas[0]).running and time.monotonic() < deadline:
             time.sleep(0.1)
         assert st.running == 0 and st.kv_pages_free == total
+
+
+def test_ttdist_generate_chat_answers(served, reference):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())", "generate", "--chat",
+         "Write a haiku about rain.", "-n", str(MAX_TOKENS), "--target", served.address, "--token", KEY],
+        capture_output=True, text=True, cwd=root, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == reference[0][1].strip() and len(proc.stdout.split()) >= 3

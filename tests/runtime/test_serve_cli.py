@@ -24,7 +24,7 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TTDIST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", "import sys; from ttdist.cli import main; sys.exit(main())",
            "serve", "--model", str(tiny_checkpoint), "--replicas", "2", "--port", "0", "--dashboard-port", "0",
-           "--max-kv-pages", "32", "--policy", "least_load"]
+           "--max-kv-pages", "32", "--policy", "least_load", "--http-port", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         address = None
@@ -36,6 +36,16 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
             match = re.search(r"serving .* on (\S+:\d+)", line)
             address = match.group(1) if match else None
         assert address, "serve did not report its address"
+        http = None
+        while http is None and time.monotonic() < deadline:
+            match = re.search(r"OpenAI API at (\S+)", proc.stdout.readline())
+            http = match.group(1) if match else None
+        assert http and http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
+        import openai
+
+        done = openai.OpenAI(base_url=http, api_key="none", max_retries=0).completions.create(
+            model=Path(tiny_checkpoint).name, prompt=[1, 2, 3], max_tokens=5, temperature=0)
+        assert done.usage.completion_tokens == 5 and done.choices[0].finish_reason == "length"
         channel, stub = stub_for(address)
         with channel:
             ids, complete = run(stub, greedy([1, 2, 3], 5))

@@ -10,6 +10,8 @@ from ttdist.cli import EXIT_USAGE, CommandError, add_connection_args, client_fro
 
 EXAMPLES = """examples:
   ttdist generate "The capital of France is" --max-tokens 16
+  ttdist generate --chat "Write a haiku about rain."
+  ttdist generate --chat "Hi" --system "You answer in French."
   ttdist generate "Tell me a story" -n 200 --temperature 0.8 --seed 1
   echo "Hello" | ttdist generate - --json
   ttdist generate --token-ids 1,2,3 -n 8 --target 10.0.0.5:50051
@@ -25,6 +27,9 @@ def register(subparsers) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the prompt text; '-' (or no prompt with piped input) reads stdin")
     p.add_argument("--token-ids", metavar="IDS", help="the prompt as comma-separated token ids instead of text")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message: the server renders it with the model's chat template")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the prompt")
     p.add_argument("-n", "--max-tokens", type=int, metavar="N", help="most tokens to generate (default: server's)")
     p.add_argument("-t", "--temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
@@ -77,29 +82,44 @@ def _summary(done) -> str:
             f"ttft {t.ttft_s * 1000:.0f} ms{rate}]")
 
 
+def _calls(client, args: argparse.Namespace, prompt, token_ids):
+    """The (unary, streaming) calls for the prompt: plain generation, or a chat with --chat."""
+    if args.system is not None and not args.chat:
+        raise CommandError("--system needs --chat", EXIT_USAGE)
+    if not args.chat:
+        return (lambda **o: client.generate(prompt, token_ids=token_ids, **o),
+                lambda **o: client.stream(prompt, token_ids=token_ids, **o))
+    if token_ids is not None:
+        raise CommandError("--chat takes a text prompt, not --token-ids", EXIT_USAGE)
+    messages = ([{"role": "system", "content": args.system}] if args.system is not None else []) + [
+        {"role": "user", "content": prompt}]
+    return lambda **o: client.chat(messages, **o), lambda **o: client.stream_chat(messages, **o)
+
+
 def run(args: argparse.Namespace) -> int:
     from ttdist.client import InvalidRequest
 
     prompt, token_ids = _prompt(args)
     with client_from_args(args) as client:
+        unary, streaming = _calls(client, args, prompt, token_ids)
         try:
             if args.json:
-                done = client.generate(prompt, token_ids=token_ids, **_options(args))
+                done = unary(**_options(args))
                 print(json.dumps(done.to_json()))
             else:
-                done = _stream(client, prompt, token_ids, _options(args))
+                done = _stream(streaming(**_options(args)))
         except InvalidRequest as e:
             if e.field is None or e.request_id is not None:
                 raise
-            flag = "prompt" if e.field.startswith("prompt") else "--" + e.field.split("[")[0].replace("_", "-")
+            flag = "prompt" if e.field.startswith(("prompt", "messages")) else \
+                "--" + e.field.split("[")[0].replace("_", "-")
             raise CommandError(f"{flag}: {e.message}", EXIT_USAGE) from None
     if args.verbose:
         print(_summary(done), file=sys.stderr)
     return 0
 
 
-def _stream(client, prompt, token_ids, options: dict):
-    stream = client.stream(prompt, token_ids=token_ids, **options)
+def _stream(stream):
     wrote = ""
     try:
         for chunk in stream:
