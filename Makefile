@@ -30,7 +30,7 @@ test: $(STAMP)
 	./scripts/test
 
 protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/ttdist/v1/generation.proto
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/ttdist/v1/generation.proto protos/ttdist/v1/replica.proto
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

@@ -85,7 +85,7 @@ class Processes:
             self.procs.append(proc)
             self.conns.append(parent)
             self.replica_ports += parent.recv()
-        self.router_port = None
+        self.router_port = self.router_pid = None
         if policy:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_router_main, args=(self.replica_ports, cfg, policy, child), daemon=True)
@@ -93,6 +93,7 @@ class Processes:
             self.procs.append(proc)
             self.conns.append(parent)
             self.router_port = parent.recv()
+            self.router_pid = proc.pid
 
     def close(self) -> None:
         for conn in self.conns:
@@ -160,27 +161,52 @@ async def drive(addresses: list[str], requests: int, concurrency: int, max_token
     return LoadResult(done[0], tokens[0], seconds, ttft)
 
 
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2, help="rounds per side, in ABBA order")
     args = ap.parse_args()
     cfg = ScriptedEngineConfig(vocab_size=1000, step_s=0.0, max_batch=256)
     procs = Processes(args.replicas, cfg)
+    results: dict[str, list[LoadResult]] = {DIRECT: [], ROUTED: []}
+    router_cpu, routed_tokens = 0.0, 0
     try:
-        direct = [f"127.0.0.1:{p}" for p in procs.replica_ports]
-        asyncio.run(drive(direct, 200, 16, 8))  # warm up
-        base = asyncio.run(drive(direct, args.requests, args.concurrency, args.max_tokens))
-        routed = asyncio.run(drive([f"127.0.0.1:{procs.router_port}"], args.requests, args.concurrency, args.max_tokens))
+        sides = {DIRECT: [f"127.0.0.1:{p}" for p in procs.replica_ports], ROUTED: [f"127.0.0.1:{procs.router_port}"]}
+        for addresses in sides.values():   # warm up both paths
+            asyncio.run(drive(addresses, 200, 16, 8))
+        for k in range(args.rounds):
+            for name in (list(sides) if k % 2 == 0 else list(sides)[::-1]):
+                before = cpu_seconds(procs.router_pid)
+                r = asyncio.run(drive(sides[name], args.requests, args.concurrency, args.max_tokens))
+                if name == ROUTED:
+                    router_cpu += cpu_seconds(procs.router_pid) - before
+                    routed_tokens += r.tokens
+                results[name].append(r)
     finally:
         procs.close()
     print(f"router capacity: {args.replicas} zero-compute replicas, {args.concurrency} concurrent streams, "
-          f"{args.max_tokens} tokens per request, {args.requests} requests")
+          f"{args.max_tokens} tokens per request, {args.requests} requests, {args.rounds} rounds per path (ABBA)")
     print(f"{'path':<22}{'requests/s':>12}{'tokens/s':>12}{'TTFT p50 ms':>13}")
-    for name, r in (("direct to replicas", base), ("through one router", routed)):
-        print(f"{name:<22}{r.rps:>12.0f}{r.tps:>12.0f}{r.ttft_p50_ms():>13.2f}")
+    tps = {}
+    for name, rs in results.items():
+        tps[name] = statistics.median(r.tps for r in rs)
+        rps = statistics.median(r.rps for r in rs)
+        print(f"{name:<22}{rps:>12.0f}{tps[name]:>12.0f}{statistics.median(r.ttft_p50_ms() for r in rs):>13.2f}")
+    print(f"tokens/s ratio router / direct {tps[ROUTED] / tps[DIRECT]:.2f} (target >= 0.9); router process "
+          f"{1e6 * router_cpu / max(1, routed_tokens):.1f} CPU us per streamed token")
+
+
+DIRECT, ROUTED = "direct to replicas", "through one router"
 
 
 if __name__ == "__main__":

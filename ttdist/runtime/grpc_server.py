@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,13 +43,17 @@ class RunningServer:
 
 
 async def start_generation_server(
-    servicer: pb_grpc.GenerationServicer, host: str, port: int, *,
+    servicer: pb_grpc.GenerationServicer, host: str, port: int, *, also: Callable[[grpc.aio.Server], None] | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (), credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Serve ``servicer`` on host:port (0 = any free port); NOT_SERVING until told otherwise.
-    ``interceptors`` check callers (API keys, the cluster token); ``credentials`` serve TLS."""
+    ``interceptors`` check callers (API keys, the cluster token); ``credentials`` serve TLS.
+
+    ``also`` adds more services to the server before it starts (a replica's internal stream)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors) or None)
     pb_grpc.add_GenerationServicer_to_server(servicer, server)
+    if also is not None:
+        also(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

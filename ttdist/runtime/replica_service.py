@@ -3,8 +3,10 @@
 A thin adapter over an engine with the ``AsyncEngine`` surface (``generate``, ``abort``):
 it checks the request, turns it into a ``GenerationRequest``, streams each step's new ids
 and text as a ``Chunk`` and ends with a ``Complete``. Engine errors become status codes:
-a bad field INVALID_ARGUMENT, a full queue RESOURCE_EXHAUSTED, a stopped or failed engine
-UNAVAILABLE (which tells the router to move the stream elsewhere).
+a bad field INVALID_ARGUMENT, a full queue RESOURCE_EXHAUSTED, a stopped engine UNAVAILABLE
+(which tells the router to move the stream elsewhere), and INTERNAL naming the cause when
+the engine failed on this request alone or failed while running it (the router moves it
+once more; a request that failed so on two replicas ends with INTERNAL).
 
 Every token it streams is timed into the replica's ``ReplicaLatency`` (TTFT and inter-token
 histograms), and ``on_change`` is called when a request starts and when it ends, so the
@@ -13,20 +15,23 @@ replica can report its new running / waiting counts at once.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Callable
 
 import grpc
 
 from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, OverloadedError
-from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, SamplingParams
+from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, Resume, SamplingParams
 from ttdist.runtime.auth import cluster_interceptors
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
-from ttdist.runtime.protocol import ModelCard, RequestError, abort_with, check_abort, check_request
+from ttdist.runtime.protocol import ModelCard, RequestError, abort_with, check_abort, check_request, invalid
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.table import ReplicaEntry
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
+from ttdist.v1 import replica_pb2 as rpb
+from ttdist.v1 import replica_pb2_grpc as rpb_grpc
 
 FINISH_TO_PROTO = {
     FinishReason.STOP: pb.STOP,
@@ -52,7 +57,12 @@ def to_engine_request(req: pb.GenerateRequest) -> GenerationRequest:
     request_id = req.request_id or uuid.uuid4().hex
     if req.WhichOneof("input") == "text":
         return GenerationRequest(request_id, prompt=req.text, sampling=sampling)
-    return GenerationRequest(request_id, prompt_token_ids=list(req.token_ids.ids), sampling=sampling)
+    ids = list(req.token_ids.ids)
+    n = req.resume.generated_tokens
+    if n:
+        resume = Resume(ids[len(ids) - n:], req.resume.emitted_chars)
+        return GenerationRequest(request_id, prompt_token_ids=ids[:len(ids) - n], sampling=sampling, resume=resume)
+    return GenerationRequest(request_id, prompt_token_ids=ids, sampling=sampling)
 
 
 def complete_proto(out: RequestOutput, replica_id: str) -> pb.Complete:
@@ -75,7 +85,39 @@ def complete_proto(out: RequestOutput, replica_id: str) -> pb.Complete:
     )
 
 
-class ReplicaService(pb_grpc.GenerationServicer):
+class _Outbox:
+    """The entries of one router stream since its last message: all go out together."""
+
+    def __init__(self) -> None:
+        self._batch = rpb.ReplicaStreamBatch()
+        self._ready = asyncio.Event()
+        self.closed = False
+
+    def add(self, key: int, **kind) -> None:
+        self._batch.entries.add(key=key, **kind)
+        self._ready.set()
+
+    def error(self, key: int, err: RequestError) -> None:
+        self.add(key, error=rpb.StreamError(code=err.code.value[0], message=str(err)))
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def take(self) -> rpb.ReplicaStreamBatch | None:
+        """The next message (None once closed): waits for an entry, then one loop turn so the
+        rest of that engine step's outputs join it."""
+        while not self._batch.entries:
+            if self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        await asyncio.sleep(0)
+        batch, self._batch = self._batch, rpb.ReplicaStreamBatch()
+        return batch
+
+
+class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
     """Serves one engine. ``status`` returns this replica's registry entry for GetClusterStatus."""
 
     def __init__(
@@ -92,31 +134,88 @@ class ReplicaService(pb_grpc.GenerationServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
             check_request(request, self.card)
+            engine_request = to_engine_request(request)
+            rid = engine_request.request_id
+            async for item in self._results(engine_request, request.stream):
+                if isinstance(item, pb.Chunk):
+                    yield pb.GenerateResponse(request_id=rid, chunk=item)
+                else:
+                    yield pb.GenerateResponse(request_id=rid, complete=item)
         except RequestError as err:
             await abort_with(context, err)
-        engine_request = to_engine_request(request)
+
+    async def ReplicaStream(self, request_iterator, context: grpc.aio.ServicerContext):
+        """One router's requests multiplexed on one stream; one message per engine step (see
+        ``ttdist.router.replica_link``). The router closing its side or going away ends the
+        stream and aborts every request it still had open here (their pages are freed)."""
+        outbox = _Outbox()
+        tasks: dict[int, asyncio.Task] = {}
+
+        async def read() -> None:
+            async for msg in request_iterator:
+                if msg.WhichOneof("kind") == "open":
+                    key = msg.open.key
+                    if key in tasks:
+                        outbox.error(key, invalid("key", f"stream key {key} is already open"))
+                        continue
+                    task = asyncio.get_running_loop().create_task(self._serve_entry(key, msg.open.request, outbox))
+                    tasks[key] = task
+                    task.add_done_callback(lambda _, k=key: tasks.pop(k, None))
+                else:
+                    task = tasks.pop(msg.cancel, None)
+                    if task is not None:
+                        task.cancel()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        reader.add_done_callback(lambda _: outbox.close())   # the router closed its side: end
+        try:
+            while (batch := await outbox.take()) is not None:
+                yield batch
+        finally:
+            reader.cancel()
+            for task in list(tasks.values()):
+                task.cancel()
+
+    async def _serve_entry(self, key: int, request: pb.GenerateRequest, outbox: "_Outbox") -> None:
+        try:
+            check_request(request, self.card)
+            async for item in self._results(to_engine_request(request), request.stream):
+                if isinstance(item, pb.Chunk):
+                    outbox.add(key, chunk=item)
+                else:
+                    outbox.add(key, complete=item)
+        except RequestError as err:
+            outbox.error(key, err)
+        except Exception as err:  # noqa: BLE001 - as Generate would end: UNKNOWN with the error text
+            outbox.error(key, RequestError(grpc.StatusCode.UNKNOWN, "", f"{type(err).__name__}: {err}"))
+
+    async def _results(self, engine_request: GenerationRequest, stream: bool):
+        """The request's ``Chunk``s (when streaming), then its ``Complete``; raises ``RequestError``."""
         rid = engine_request.request_id
         clock = self.latency.request()
         try:
             self._on_change()
             async for out in self.engine.generate(engine_request):
                 clock.tokens(len(out.token_ids))
+                if out.request_error:
+                    raise RequestError(grpc.StatusCode.INTERNAL, "", f"replica {self.replica_id}: the engine failed on "
+                                       f"this request: {out.request_error}")
                 if out.error:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} failed: {out.error}")
-                if request.stream and (out.token_ids or out.text):
-                    yield pb.GenerateResponse(request_id=rid, chunk=pb.Chunk(token_ids=out.token_ids, text=out.text))
+                    raise RequestError(grpc.StatusCode.INTERNAL, "", f"replica {self.replica_id}: {out.error}")
+                if stream and (out.token_ids or out.text):
+                    yield pb.Chunk(token_ids=out.token_ids, text=out.text)
                 if out.finished:
-                    yield pb.GenerateResponse(request_id=rid, complete=complete_proto(out, self.replica_id))
+                    yield complete_proto(out, self.replica_id)
                     return
         except InvalidRequestError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "", str(err)) from None
         except OverloadedError as err:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"replica {self.replica_id} is overloaded: {err}")
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", f"replica {self.replica_id} is overloaded: {err}") from None
         except EngineStoppedError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} is not running: {err}")
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {self.replica_id} is not running: {err}") from None
         finally:
             self._on_change()
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"replica {self.replica_id} ended {rid} without a result")
+        raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {self.replica_id} ended {rid} without a result")
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         try:
@@ -139,6 +238,8 @@ async def start_replica_server(
     """Serve ``engine`` on host:port (0 = any free port), SERVING at once; with ``token`` every call
     must present it (``authorization: Bearer <token>``): only the cluster may use the port."""
     service = ReplicaService(engine, card, replica_id, status, latency, on_change)
-    running = await start_generation_server(service, host, port, interceptors=cluster_interceptors(token))
+    running = await start_generation_server(
+        service, host, port, also=lambda server: rpb_grpc.add_ReplicaServicer_to_server(service, server),
+        interceptors=cluster_interceptors(token))
     await running.set_serving(True)
     return running
