@@ -33,6 +33,7 @@ from ttdist.engine.page_pool import block_hashes
 from ttdist.router.latency import LatencyWindow
 from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
 from ttdist.runtime.auth import cluster_channel
+from ttdist.runtime.auth import cluster_channel
 from ttdist.runtime.protocol import RequestError, check_prompt_length, check_request, invalid
 from ttdist.runtime.table import FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
@@ -48,6 +49,7 @@ SUSPECT = "suspect"
 @dataclass(frozen=True)
 class RouterConfig:
     policy: str = "round_robin"
+    cluster_token: str = field(default="", repr=False)   # presented on every call to a replica's internal port
     cluster_token: str = field(default="", repr=False)   # presented on every call to a replica's internal port
     default_max_tokens: int = 256
     max_inflight: int = 4096
@@ -123,6 +125,11 @@ class Router:
         for channel, _ in self._stubs.values():
             await channel.close()
         self._stubs.clear()
+
+    @property
+    def serving(self) -> bool:
+        """What the health checks (gRPC and HTTP) say: serving, as of the last refresh."""
+        return bool(self._serving)
 
     @property
     def table(self) -> RoutingTable:

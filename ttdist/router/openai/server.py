@@ -89,8 +89,9 @@ class OpenAIServer:
     # ------------------------------------------------------------ handlers
     async def health(self, request: web.Request) -> web.Response:
         ready = sum(v.state == READY for v in self.router.views())
-        status = 200 if ready else 503
-        return web.json_response({"status": "ok" if ready else "unavailable", "ready_replicas": ready}, status=status)
+        serving = self.router.serving      # false while draining, as the gRPC health says
+        return web.json_response({"status": "ok" if serving else "unavailable", "ready_replicas": ready},
+                                 status=200 if serving else 503)
 
     async def models(self, request: web.Request) -> web.Response:
         card = self.router.table.card
