@@ -77,8 +77,7 @@ class RouterActor:
 
     def serving(self) -> bool:
         """True once it serves and a replica is ready (what its health check says)."""
-        return self.router is not None and self.server is not None and any(
-            v.state == "ready" for v in self.router.views())
+        return self.router is not None and self.server is not None and self.router.serving
 
     def http_port(self) -> int | None:
         """The OpenAI HTTP port it serves (None: HTTP is off or not started yet)."""

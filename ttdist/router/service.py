@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from ttdist.router.chat import ChatPrompter
 from ttdist.router.core import Router
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
 from ttdist.runtime.protocol import RequestError, abort_with, check_abort
@@ -16,12 +17,13 @@ from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
 
 class RouterService(pb_grpc.GenerationServicer):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, chat: ChatPrompter | None = None) -> None:
         self.router = router
+        self.chat = chat or ChatPrompter(None, None)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
-            async for resp in self.router.generate(request, context.time_remaining()):
+            async for resp in self.router.generate(self.chat.resolve(request), context.time_remaining()):
                 yield resp
         except RequestError as err:
             await abort_with(context, err)
@@ -46,9 +48,12 @@ class RouterService(pb_grpc.GenerationServicer):
         )
 
 
-async def start_router_server(router: Router, host: str, port: int) -> RunningServer:
-    """Start ``router`` (first table fetched) and serve it on host:port."""
-    running = await start_generation_server(RouterService(router), host, port)
+async def start_router_server(router: Router, host: str, port: int, *, chat: ChatPrompter | None = None,
+                              interceptors=(), credentials: grpc.ServerCredentials | None = None) -> RunningServer:
+    """Start ``router`` (first table fetched) and serve it on host:port (``chat`` renders chat
+    requests; ``interceptors`` check API keys; ``credentials`` serve TLS)."""
+    running = await start_generation_server(RouterService(router, chat), host, port, interceptors=interceptors,
+                                            credentials=credentials)
     router.on_serving = running.set_serving
     try:
         await router.start()
