@@ -105,7 +105,7 @@ async def test_replica_checks_requests_too(make_stack):
 
 
 async def test_unavailable_without_ready_replicas_and_health_follows(make_stack):
-    stack = await make_stack(2, states=["starting", "unhealthy"])
+    stack = await make_stack(2, states=["starting", "unhealthy"], ready_wait_s=0.2)
     health = health_pb2_grpc.HealthStub(stack.channel)
     resp = await health.Check(health_pb2.HealthCheckRequest(service=""))
     assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -5,12 +5,15 @@ fixed table in tests), refreshed every ``refresh_s``. It keeps its own count of 
 replica (fresher than heartbeats) for the load-based policies. Per request it:
 
 1. checks the fields (``check_request``), tokenizes text so routing and migration work on ids;
-2. filters ready replicas, lets the policy pick one and opens a stream to it;
+2. filters ready replicas, lets the policy pick one and opens a stream to it; when none can
+   take it, waits for one (to the request's deadline, else ``ready_wait_s``);
 3. forwards chunks (streaming) and builds the final ``Complete`` over all segments;
-4. on a replica failure mid-stream (connection lost, UNAVAILABLE, or the coordinator marking
-   it failed) resubmits prompt + ids already sent to another ready replica with the
-   remaining ``max_tokens``: the client sees no gap and no duplicate. Greedy decoding
-   continues exactly; sampled decoding continues validly but from a fresh random stream.
+4. on a replica failure mid-stream (connection lost, UNAVAILABLE, INTERNAL, or the coordinator
+   marking it failed) resubmits prompt + ids already sent, as a ``resume``, to another ready
+   replica: it rebuilds the text already sent, so the client sees no gap, no duplicate and
+   the same text (held-back bytes and stop strings across the move included). Greedy and
+   seeded decoding continue exactly. Which replicas a request avoids and when it gives up
+   (engine errors on two replicas: INTERNAL) is ``attempts.Attempts``.
 
 ``cluster_status`` (GetClusterStatus) answers with the registry's states and each live
 replica's load read from the replica itself (``status_timeout_s``), so a request that has
@@ -30,6 +33,7 @@ import grpc
 
 from ttdist.dashboard.status import Event
 from ttdist.engine.page_pool import block_hashes
+from ttdist.router.attempts import ENGINE_ERROR_CODES, Attempts, wait_for_replica
 from ttdist.router.latency import LatencyWindow
 from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
 from ttdist.runtime.auth import cluster_channel
@@ -58,6 +62,8 @@ class RouterConfig:
     suspect_s: float = 10.0
     latency_window: int = 4096
     status_timeout_s: float = 1.0      # GetClusterStatus: how long to wait for each replica's own figures
+    ready_wait_s: float = 30.0         # no replica can take a request: wait this long for one (or to its deadline)
+    max_engine_errors: int = 2         # engine errors (INTERNAL) on this many replicas end a request with INTERNAL
 
 
 class ReplicaSource(Protocol):
@@ -80,6 +86,7 @@ class _Stream:
     call: grpc.aio.UnaryStreamCall | None = None
     evacuate: bool = False
     aborted: bool = False
+    attempts: Attempts | None = None
 
 
 @dataclass
@@ -214,12 +221,13 @@ class Router:
             self._stubs[address] = (channel, pb_grpc.GenerationStub(channel))
         return self._stubs[address][1]
 
-    def _mark_suspect(self, replica_id: str, reason: str, request_id: str) -> None:
-        entry = self.table.entry(replica_id)
-        if entry is not None:
-            self._suspect[replica_id] = (entry.address, entry.pid, time.monotonic() + self.config.suspect_s)
+    def _mark_suspect(self, entry: ReplicaEntry, reason: str, request_id: str, suspect: bool = True) -> None:
+        """A request moves away from ``entry``; the replica is suspect (skipped for a while) unless
+        the failure was the engine failing on that request alone."""
+        if suspect:
+            self._suspect[entry.replica_id] = (entry.address, entry.pid, time.monotonic() + self.config.suspect_s)
         self._migrations_total += 1
-        self._events.append(Event(time.time(), "request_migrated", replica_id, f"{request_id}: {reason}"))
+        self._events.append(Event(time.time(), "request_migrated", entry.replica_id, f"{request_id}: {reason}"))
 
     def report_snapshot(self) -> RouterReport:
         return RouterReport(
@@ -290,18 +298,16 @@ class Router:
         return self.tokenizer.encode(req.text)
 
     async def _run(self, req, stream: _Stream, prompt, info: RequestInfo, deadline):
-        max_tokens = req.sampling.max_tokens or self.config.default_max_tokens
+        max_tokens = self._max_tokens(req, prompt)
         progress = _Progress(time.perf_counter(), [])
-        exclude: set[str] = set()
+        attempts = stream.attempts = Attempts(self.config.max_migrations, self.config.max_engine_errors)
         while True:
             done = self._already_done(req, progress, max_tokens)
             if done is not None:
                 yield pb.GenerateResponse(request_id=stream.request_id, complete=self._complete(done, progress, prompt))
                 return
-            try:
-                replica = route(self.policy, self.views(), info, frozenset(exclude))
-            except NoReplicaError as err:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE, "", str(err)) from None
+            replica = await self._pick(info, attempts, deadline)
+            attempts.tried.append(replica.replica_id)
             outcome = _Outcome()
             async for resp in self._segment(req, stream, replica.replica_id, prompt, info, progress, max_tokens,
                                             deadline, outcome):
@@ -309,18 +315,43 @@ class Router:
             if outcome.finished:
                 self.policy.on_complete(replica.replica_id, info)
                 return
-            exclude.add(replica.replica_id)
             if outcome.retry_elsewhere:
+                attempts.overloaded(outcome.entry)
                 continue
             if stream.aborted:
                 yield pb.GenerateResponse(request_id=stream.request_id, complete=self._complete(pb.ABORT, progress, prompt))
                 return
+            error = attempts.failed(outcome.entry, outcome.code, outcome.failure)
             if prompt is None:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {replica.replica_id} failed: {outcome.failure}")
+                raise RequestError(outcome.code if error else grpc.StatusCode.UNAVAILABLE, "",
+                                   f"replica {replica.replica_id} failed: {outcome.failure}")
             progress.migrations += 1
-            self._mark_suspect(replica.replica_id, outcome.failure, stream.request_id)
-            if progress.migrations > self.config.max_migrations:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"gave up after {progress.migrations} replica failures")
+            self._mark_suspect(outcome.entry, outcome.failure, stream.request_id, suspect=outcome.code not in ENGINE_ERROR_CODES)
+            if error is not None:
+                raise error
+
+    async def _pick(self, info: RequestInfo, attempts: Attempts, deadline: float | None):
+        """The replica for the next segment; waits (to the deadline, else ``ready_wait_s``) while none can take it."""
+        def pick():
+            if attempts.overloaded_on and attempts.all_overloaded(self.table, lambda e: e.state == READY):
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", "every ready replica is overloaded")
+            return route(self.policy, self.views(), info, attempts.avoid(self.table))
+
+        until = deadline if deadline is not None else time.monotonic() + self.config.ready_wait_s
+        try:
+            return await wait_for_replica(pick, until, self.config.refresh_s)
+        except NoReplicaError as err:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "", str(err)) from None
+
+    def _max_tokens(self, req, prompt) -> int:
+        """The request's max_tokens; 0 means the server default, clipped to the context the prompt
+        leaves, exactly as a replica clips it."""
+        if req.sampling.max_tokens:
+            return req.sampling.max_tokens
+        if prompt is None:
+            return self.config.default_max_tokens
+        return min(self.config.default_max_tokens, self.table.card.max_context - len(prompt))
+
 
     def _already_done(self, req, progress: _Progress, max_tokens: int) -> int | None:
         """The finish reason when the ids sent so far already end the request (after a failure)."""
@@ -337,19 +368,23 @@ class Router:
         return None
 
     def _sub_request(self, req, stream: _Stream, prompt, progress: _Progress, max_tokens: int) -> pb.GenerateRequest:
+        """The request for the next replica: after a failure, prompt + ids sent so far as a resume,
+        so that replica rebuilds the text already sent (held-back bytes, a stop string's start)."""
         sub = pb.GenerateRequest(request_id=stream.request_id, stream=True)
         sub.sampling.CopyFrom(req.sampling)
-        sub.sampling.max_tokens = max_tokens - len(progress.ids)
         if progress.migrations:
             sub.request_id = f"{stream.request_id}#{progress.migrations}"
         if prompt is None:
             sub.text = req.text
         else:
             sub.token_ids.ids.extend(prompt + progress.ids)
+            if progress.ids:
+                sub.resume.generated_tokens = len(progress.ids)
+                sub.resume.emitted_chars = len(progress.text)
         return sub
 
     async def _segment(self, req, stream, replica_id, prompt, info, progress: _Progress, max_tokens, deadline, outcome):
-        entry = self.table.entry(replica_id)
+        entry = outcome.entry = self.table.entry(replica_id)
         sub = self._sub_request(req, stream, prompt, progress, max_tokens)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         call = self._stub(entry.address).Generate(sub, timeout=timeout)
@@ -360,7 +395,8 @@ class Router:
         load.waiting += 1
         load.pending_prefill_tokens += pending
         first = True
-        seg_ids, seg_text = len(progress.ids), len(progress.text)
+        # a resumed replica's Complete holds every generated id and the whole text
+        seg_ids, seg_text = (0, 0) if sub.HasField("resume") else (len(progress.ids), len(progress.text))
         try:
             async for resp in call:
                 if resp.WhichOneof("kind") == "chunk":
@@ -388,7 +424,7 @@ class Router:
                     raise RequestError(code, "", err.details() or code.name) from None
             elif code not in MIGRATE_CODES:
                 raise RequestError(code, "", err.details() or code.name) from None
-            outcome.failure = f"{code.name}: {err.details()}"
+            outcome.failure, outcome.code = f"{code.name}: {err.details()}", code
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not (stream.evacuate or stream.aborted) or (task is not None and task.cancelling()):
@@ -437,3 +473,5 @@ class _Outcome:
     finished: bool = False
     retry_elsewhere: bool = False
     failure: str = ""
+    code: grpc.StatusCode | None = None     # the replica's status code when it failed the call
+    entry: ReplicaEntry | None = None       # the replica incarnation this segment ran on
