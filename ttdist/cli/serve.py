@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--mesh", default="n300", help="n150, n300, t3k, tg or RxC (default %(default)s)")
     p.add_argument("--replicas", type=int, default=1, help="number of replicas (default %(default)s)")
     p.add_argument("--backend", default="sim", choices=("sim", "ttnn"), help="mesh backend (default %(default)s)")
+    p.add_argument("--dispatch-core", default="auto",
+                   choices=("auto", "worker_row", "worker_col", "eth_row", "eth_col"),
+                   help="ttnn: cores that dispatch programs (default %(default)s: what the platform recommends)")
     p.add_argument("--policy", default="round_robin",
                    help="round_robin, least_load, power_of_two or cache_aware (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address the API and dashboard listen on (default %(default)s)")
@@ -48,8 +51,10 @@ def register(subparsers) -> None:
     p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
     p.add_argument("--no-restart", action="store_true", help="leave failed replicas failed (no restarts)")
-    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
+    p.add_argument("--stream-interval", type=int, default=1, metavar="K",
+                   help="send clients at most one chunk per K tokens (default %(default)s: every token)")
+    p.add_argument("--stream-interval-ms", type=int, default=0, metavar="T",
+                   help="...or per T milliseconds, whichever comes first (default %(default)s: no time bound)")
     add_api_args(p)
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
@@ -61,10 +66,12 @@ def config_from_args(args: argparse.Namespace):
 
     try:
         config = ClusterConfig(
-            model=args.model, groups=(ReplicaGroup(count=args.replicas, mesh=args.mesh, backend=args.backend),),
+            model=args.model, groups=(ReplicaGroup(count=args.replicas, mesh=args.mesh, backend=args.backend,
+                                              dispatch_core=args.dispatch_core),),
             policy=args.policy, host=args.host, port=args.port,
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
+            stream_interval=args.stream_interval, stream_interval_ms=args.stream_interval_ms,
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
         )
         config.check()
@@ -88,13 +95,20 @@ def _drain(deployment, timeout_s: float, signals: list) -> None:
 
 def run_cluster(config, address: str | None, drain_timeout_s: float = 30.0) -> int:
     """Deploy, print where it serves, block until SIGINT/SIGTERM, drain, tear everything down."""
-    from ttdist.router.deploy import deploy, wait_serving
+    from ttdist.router.deploy import DeployError, deploy, wait_serving
     from ttdist.router.policies import UnknownPolicyError
+    from ttdist.runtime.preflight import PreflightError, preflight
 
+    try:
+        preflight(config, local=address is None)
+    except PreflightError as err:
+        raise CommandError(str(err), EXIT_USAGE) from None
     try:
         deployment = deploy(config, address=address)
     except UnknownPolicyError as err:
         raise CommandError(str(err), EXIT_USAGE) from None
+    except DeployError as err:
+        raise CommandError(str(err)) from None
     # after deploy: Ray installs its own handlers when it starts
     stop = threading.Event()
     signals: list[int] = []

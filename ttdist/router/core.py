@@ -36,7 +36,8 @@ from ttdist.engine.page_pool import block_hashes
 from ttdist.router.attempts import ENGINE_ERROR_CODES, Attempts, wait_for_replica
 from ttdist.router.latency import LatencyWindow
 from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
-from ttdist.runtime.auth import cluster_channel
+from ttdist.router.replica_link import ReplicaLink, SubStream
+from ttdist.router.stream_interval import ChunkMerger, StreamInterval, interval_for, merged
 from ttdist.runtime.auth import cluster_channel
 from ttdist.runtime.protocol import RequestError, check_prompt_length, check_request, invalid
 from ttdist.runtime.table import FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
@@ -48,14 +49,16 @@ MIGRATE_CODES = {
     grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED, grpc.StatusCode.DATA_LOSS,
 }
 SUSPECT = "suspect"
+MAX_PENDING_EVENTS = 1000   # events kept for the coordinator while it does not answer (the oldest go)
+INLINE_PROMPT_CHARS = 16384   # longer text prompts are tokenized in a worker thread
 
 
 @dataclass(frozen=True)
 class RouterConfig:
     policy: str = "round_robin"
     cluster_token: str = field(default="", repr=False)   # presented on every call to a replica's internal port
-    cluster_token: str = field(default="", repr=False)   # presented on every call to a replica's internal port
     default_max_tokens: int = 256
+    stream_interval: StreamInterval = StreamInterval()   # chunks to clients: every token by default
     max_inflight: int = 4096
     max_migrations: int = 3
     refresh_s: float = 0.25
@@ -83,7 +86,7 @@ class _Stream:
     request_id: str
     replica_id: str = ""
     sub_id: str = ""
-    call: grpc.aio.UnaryStreamCall | None = None
+    call: SubStream | None = None
     evacuate: bool = False
     aborted: bool = False
     attempts: Attempts | None = None
@@ -95,11 +98,21 @@ class _Progress:
 
     started: float
     ids: list[int]
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)   # the text so far, joined only when read
     first_at: float = 0.0
     last_at: float = 0.0
     migrations: int = 0
     last_replica: str = ""
+
+    @property
+    def text(self) -> str:
+        if len(self.pieces) > 1:
+            self.pieces[:] = ["".join(self.pieces)]
+        return self.pieces[0] if self.pieces else ""
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self.pieces[:] = [value]
 
 
 class Router:
@@ -112,6 +125,7 @@ class Router:
         self._table: RoutingTable | None = None
         self._serving: bool | None = None
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GenerationStub]] = {}
+        self._links: dict[str, ReplicaLink] = {}
         self._loads: dict[str, _Load] = {}
         self._suspect: dict[str, tuple[str, int, float]] = {}
         self._streams: dict[str, _Stream] = {}
@@ -129,6 +143,9 @@ class Router:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
         for channel, _ in self._stubs.values():
             await channel.close()
         self._stubs.clear()
@@ -163,7 +180,7 @@ class Router:
             try:
                 await self.refresh()
             except Exception as err:  # noqa: BLE001 - a failed refresh keeps the last table
-                self._events.append(Event(time.time(), "router_refresh_failed", "", repr(err)))
+                self._event("router_refresh_failed", "", repr(err))
 
     def _apply(self, table: RoutingTable) -> None:
         self._table = table
@@ -176,6 +193,9 @@ class Router:
                 stream.call.cancel()
         addresses = {e.address for e in table.replicas}
         for address in [a for a in self._stubs if a not in addresses]:
+            link = self._links.pop(address, None)
+            if link is not None:
+                asyncio.get_running_loop().create_task(link.close())
             channel, _ = self._stubs.pop(address)
             asyncio.get_running_loop().create_task(channel.close())
 
@@ -221,13 +241,26 @@ class Router:
             self._stubs[address] = (channel, pb_grpc.GenerationStub(channel))
         return self._stubs[address][1]
 
+    def _link(self, address: str) -> ReplicaLink:
+        """The one stream to ``address`` that all of this router's requests there share."""
+        link = self._links.get(address)
+        if link is None or link.broken:
+            self._stub(address)
+            link = self._links[address] = ReplicaLink(self._stubs[address][0])
+        return link
+
     def _mark_suspect(self, entry: ReplicaEntry, reason: str, request_id: str, suspect: bool = True) -> None:
         """A request moves away from ``entry``; the replica is suspect (skipped for a while) unless
         the failure was the engine failing on that request alone."""
         if suspect:
             self._suspect[entry.replica_id] = (entry.address, entry.pid, time.monotonic() + self.config.suspect_s)
         self._migrations_total += 1
-        self._events.append(Event(time.time(), "request_migrated", entry.replica_id, f"{request_id}: {reason}"))
+        self._event("request_migrated", entry.replica_id, f"{request_id}: {reason}")
+
+    def _event(self, kind: str, replica_id: str, message: str) -> None:
+        """Events wait here for the next report; bounded while the coordinator does not answer."""
+        self._events.append(Event(time.time(), kind, replica_id, message))
+        del self._events[:-MAX_PENDING_EVENTS]
 
     def report_snapshot(self) -> RouterReport:
         return RouterReport(
@@ -269,33 +302,46 @@ class Router:
         card = self.table.card
         check_request(req, card)
         rid = req.request_id or uuid.uuid4().hex
+        prompt, hashes = await self._prompt_ids(req)
+        if prompt is not None:
+            check_prompt_length(len(prompt), card)
         if rid in self._streams:
             raise invalid("request_id", f"{rid!r} is already in flight")
         if len(self._streams) >= self.config.max_inflight:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", f"{len(self._streams)} requests in flight")
-        prompt = self._prompt_ids(req)
-        if prompt is not None:
-            check_prompt_length(len(prompt), card)
-        info = RequestInfo(
-            rid, len(prompt) if prompt else len(req.text) // 4,
-            tuple(block_hashes(prompt, card.page_size)) if prompt else (),
-        )
+        info = RequestInfo(rid, len(prompt) if prompt else len(req.text) // 4, hashes)
+        interval = interval_for(req, self.config.stream_interval)
         deadline = None if timeout is None else time.monotonic() + timeout
         stream = _Stream(rid)
         self._streams[rid] = stream
         self._requests_total += 1
         try:
-            async for resp in self._run(req, stream, prompt, info, deadline):
+            responses = self._run(req, stream, prompt, info, deadline)
+            if req.stream and not interval.every_token:
+                responses = merged(responses, ChunkMerger(interval), rid)
+            async for resp in responses:
                 yield resp
         finally:
             self._streams.pop(rid, None)
 
-    def _prompt_ids(self, req: pb.GenerateRequest) -> list[int] | None:
+    async def _prompt_ids(self, req: pb.GenerateRequest) -> tuple[list[int] | None, tuple[int, ...]]:
+        """The prompt's ids (None: text and no tokenizer here) and its page hashes. A long prompt
+        is tokenized and hashed off the event loop, so other requests keep streaming meanwhile."""
+        page_size = self.table.card.page_size
         if req.WhichOneof("input") == "token_ids":
-            return list(req.token_ids.ids)
-        if self.tokenizer is None:
-            return None
-        return self.tokenizer.encode(req.text)
+            ids = list(req.token_ids.ids)
+        elif self.tokenizer is None:
+            return None, ()
+        elif len(req.text) < INLINE_PROMPT_CHARS:
+            ids = self.tokenizer.encode(req.text)
+        else:
+            def encode() -> tuple[list[int], tuple[int, ...]]:
+                ids = self.tokenizer.encode(req.text)
+                return ids, tuple(block_hashes(ids, page_size))
+            return await asyncio.get_running_loop().run_in_executor(None, encode)
+        if len(ids) >= INLINE_PROMPT_CHARS // 4:
+            return ids, tuple(await asyncio.get_running_loop().run_in_executor(None, block_hashes, ids, page_size))
+        return ids, tuple(block_hashes(ids, page_size))
 
     async def _run(self, req, stream: _Stream, prompt, info: RequestInfo, deadline):
         max_tokens = self._max_tokens(req, prompt)
@@ -352,7 +398,6 @@ class Router:
             return self.config.default_max_tokens
         return min(self.config.default_max_tokens, self.table.card.max_context - len(prompt))
 
-
     def _already_done(self, req, progress: _Progress, max_tokens: int) -> int | None:
         """The finish reason when the ids sent so far already end the request (after a failure)."""
         if not progress.ids:
@@ -387,7 +432,7 @@ class Router:
         entry = outcome.entry = self.table.entry(replica_id)
         sub = self._sub_request(req, stream, prompt, progress, max_tokens)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        call = self._stub(entry.address).Generate(sub, timeout=timeout)
+        call = self._link(entry.address).generate(sub, timeout)
         stream.call, stream.replica_id, stream.sub_id, stream.evacuate = call, replica_id, sub.request_id, False
         progress.last_replica = replica_id
         load = self._loads.setdefault(replica_id, _Load())
@@ -448,7 +493,7 @@ class Router:
             self._itl.add(now - progress.last_at)
         progress.last_at = now
         progress.ids.extend(chunk.token_ids)
-        progress.text += chunk.text
+        progress.pieces.append(chunk.text)   # not text += ...: that copies the whole output per token
 
     def _complete(self, reason: int, progress: _Progress, prompt, last: pb.Complete | None = None) -> pb.Complete:
         now = time.perf_counter()

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ttdist.router.actor import RouterActor
 from ttdist.router.core import RouterConfig
 from ttdist.router.policies import make_policy
+from ttdist.router.stream_interval import StreamInterval
 from ttdist.runtime.auth import new_cluster_token
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.coordinator import Coordinator
@@ -132,7 +133,8 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
             why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == "replica_failed")
             raise DeployError(f"no replica became ready ({why or 'no reason reported'})")
         router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens,
-                                     cluster_token=config.cluster_token)
+                                     cluster_token=config.cluster_token,
+                                     stream_interval=StreamInterval(config.stream_interval, config.stream_interval_ms))
         tokenizer_dir = ray.get(coordinator.model_dir_path.remote())
         env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}
         api = config.api if config.api.http_port is None else replace(

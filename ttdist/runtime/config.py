@@ -20,6 +20,7 @@ from ttdist.runtime.api_config import ApiConfig, ApiConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
 BACKENDS = ("sim", "ttnn")
+DISPATCH_CORES = ("auto", "worker_row", "worker_col", "eth_row", "eth_col")   # ttnn: see mesh/ttnn_mesh.py
 NICENESS_ENV = "RAY_worker_niceness"   # read by Ray when it starts a worker with this env
 ENGINES = ("model", "scripted")
 
@@ -35,6 +36,7 @@ class ReplicaGroup:
     backend: str = "sim"
     resources: dict[str, float] = field(default_factory=dict)
     devices: tuple[tuple[int, ...], ...] = ()   # one device-id list per replica, or empty
+    dispatch_core: str = "auto"                 # ttnn: cores that dispatch; auto = what the platform recommends
 
     def check(self, where: str) -> None:
         if self.count < 1:
@@ -45,6 +47,8 @@ class ReplicaGroup:
             raise ClusterConfigError(f"{where}.mesh: {err}") from None
         if self.backend not in BACKENDS:
             raise ClusterConfigError(f"{where}.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.dispatch_core not in DISPATCH_CORES:
+            raise ClusterConfigError(f"{where}.dispatch_core must be one of {', '.join(DISPATCH_CORES)}, got {self.dispatch_core!r}")
         if self.devices and len(self.devices) != self.count:
             raise ClusterConfigError(f"{where}.devices lists {len(self.devices)} device sets for {self.count} replicas")
         for ids in self.devices:
@@ -63,6 +67,10 @@ class HealthConfig:
     start_timeout_s: float = 300.0    # a replica that has not started by then has failed
     restart: bool = True              # restart failed replicas (False: they stay failed)
     restart_delay_s: float = 2.0      # a failed replica stays visibly failed this long before its restart
+    stall_after_s: float = 5.0        # engine has work but made no step for this long: -> unhealthy
+    restart_backoff_max_s: float = 60.0   # the restart delay doubles per failure in a row, up to this
+    crash_loop_failures: int = 5      # this many failures in a row: "failed (crash loop)", no more restarts
+    stable_after_s: float = 30.0      # ready this long: the failures-in-a-row count starts again
 
     def check(self) -> None:
         for name in ("heartbeat_s", "unhealthy_after_s", "failed_after_s", "start_timeout_s"):
@@ -70,6 +78,14 @@ class HealthConfig:
                 raise ClusterConfigError(f"health.{name} must be > 0 seconds, got {getattr(self, name)}")
         if not self.restart_delay_s >= 0:
             raise ClusterConfigError(f"health.restart_delay_s must be >= 0 seconds, got {self.restart_delay_s}")
+        for name in ("stall_after_s", "stable_after_s"):
+            if not getattr(self, name) > 0:
+                raise ClusterConfigError(f"health.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if not self.restart_backoff_max_s >= self.restart_delay_s:
+            raise ClusterConfigError(
+                f"health.restart_backoff_max_s must be >= restart_delay_s ({self.restart_delay_s}), got {self.restart_backoff_max_s}")
+        if not (isinstance(self.crash_loop_failures, int) and self.crash_loop_failures >= 1):
+            raise ClusterConfigError(f"health.crash_loop_failures must be an integer >= 1, got {self.crash_loop_failures!r}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,8 @@ class ClusterConfig:
     max_kv_pages: int = 512                      # pool cap per replica (simulated caches live in host RAM)
     max_context: int | None = None
     default_max_tokens: int = 256
+    stream_interval: int = 1                     # chunks to clients: at most one per this many tokens...
+    stream_interval_ms: int = 0                  # ...or per this many ms (0 = no time bound); requests may override
     engine: str = "model"                        # "scripted": no model, fixed token rule (tests, benchmarks)
     scripted: ScriptedEngineConfig = field(default_factory=ScriptedEngineConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -117,6 +135,10 @@ class ClusterConfig:
         for name in ("page_size", "max_batch", "max_kv_pages", "default_max_tokens", "cpu_threads"):
             if getattr(self, name) < 1:
                 raise ClusterConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.stream_interval <= 4096:
+            raise ClusterConfigError(f"stream_interval must be in 1..4096 tokens, got {self.stream_interval}")
+        if not 0 <= self.stream_interval_ms <= 60000:
+            raise ClusterConfigError(f"stream_interval_ms must be in 0..60000, got {self.stream_interval_ms}")
 
     @property
     def num_replicas(self) -> int:

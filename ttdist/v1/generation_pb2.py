@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1attdist/v1/generation.proto\x12\tttdist.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xad\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"n\n\x04\x43hat\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.ttdist.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\xf8\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.ttdist.v1.TokenIdsH\x00\x12\x1f\n\x04\x63hat\x18\x08 \x01(\x0b\x32\x0f.ttdist.v1.ChatH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ttdist.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12!\n\x06resume\x18\x07 \x01(\x0b\x32\x11.ttdist.v1.ResumeB\x07\n\x05input\"9\n\x06Resume\x12\x18\n\x10generated_tokens\x18\x01 \x01(\x05\x12\x15\n\remitted_chars\x18\x02 \x01(\x05\"(\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12 \n\x18mean_inter_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\xb6\x01\n\x08\x43omplete\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ttdist.v1.FinishReason\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.Usage\x12\x12\n\noutput_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nreplica_id\x18\x05 \x01(\t\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.ttdist.v1.Timings\"z\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"@\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.ttdist.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\x85\x02\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04mesh\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\x05\x12\x15\n\rkv_pages_free\x18\x08 \x01(\x05\x12\x0f\n\x07running\x18\t \x01(\x05\x12\x0f\n\x07waiting\x18\n \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x17\n\x0fkv_pages_budget\x18\r \x01(\x05\"Z\n\rClusterStatus\x12*\n\x08replicas\x18\x01 \x03(\x0b\x32\x18.ttdist.v1.ReplicaStatus\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\xa9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1a.ttdist.v1.GenerateRequest\x1a\x1b.ttdist.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.ttdist.v1.AbortRequest\x1a\x18.ttdist.v1.AbortResponse\x12I\n\nListModels\x12\x1c.ttdist.v1.ListModelsRequest\x1a\x1d.ttdist.v1.ListModelsResponse\x12M\n\x10GetClusterStatus\x12\x1f.ttdist.v1.ClusterStatusRequest\x1a\x18.ttdist.v1.ClusterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1attdist/v1/generation.proto\x12\tttdist.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xad\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"n\n\x04\x43hat\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.ttdist.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\xac\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.ttdist.v1.TokenIdsH\x00\x12\x1f\n\x04\x63hat\x18\x08 \x01(\x0b\x32\x0f.ttdist.v1.ChatH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ttdist.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12!\n\x06resume\x18\x07 \x01(\x0b\x32\x11.ttdist.v1.Resume\x12\x32\n\x0fstream_interval\x18\t \x01(\x0b\x32\x19.ttdist.v1.StreamIntervalB\x07\n\x05input\",\n\x0eStreamInterval\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\n\n\x02ms\x18\x02 \x01(\r\"9\n\x06Resume\x12\x18\n\x10generated_tokens\x18\x01 \x01(\x05\x12\x15\n\remitted_chars\x18\x02 \x01(\x05\"(\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12 \n\x18mean_inter_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\xb6\x01\n\x08\x43omplete\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ttdist.v1.FinishReason\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.Usage\x12\x12\n\noutput_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nreplica_id\x18\x05 \x01(\t\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.ttdist.v1.Timings\"z\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"@\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.ttdist.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\x8d\x03\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04mesh\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\x05\x12\x15\n\rkv_pages_free\x18\x08 \x01(\x05\x12\x0f\n\x07running\x18\t \x01(\x05\x12\x0f\n\x07waiting\x18\n \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x17\n\x0fkv_pages_budget\x18\r \x01(\x05\x12\x1f\n\x17kv_pages_capped_by_host\x18\x0e \x01(\x08\x12\x18\n\x10\x64ram_total_bytes\x18\x0f \x01(\x03\x12\x1a\n\x12\x64ram_weights_bytes\x18\x10 \x01(\x03\x12\x15\n\rdram_kv_bytes\x18\x11 \x01(\x03\x12\x18\n\x10\x64ram_other_bytes\x18\x12 \x01(\x03\"Z\n\rClusterStatus\x12*\n\x08replicas\x18\x01 \x03(\x0b\x32\x18.ttdist.v1.ReplicaStatus\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\xa9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1a.ttdist.v1.GenerateRequest\x1a\x1b.ttdist.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.ttdist.v1.AbortRequest\x1a\x18.ttdist.v1.AbortResponse\x12I\n\nListModels\x12\x1c.ttdist.v1.ListModelsRequest\x1a\x1d.ttdist.v1.ListModelsResponse\x12M\n\x10GetClusterStatus\x12\x1f.ttdist.v1.ClusterStatusRequest\x1a\x18.ttdist.v1.ClusterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ttdist.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1851
-  _globals['_FINISHREASON']._serialized_end=1938
+  _globals['_FINISHREASON']._serialized_start=2085
+  _globals['_FINISHREASON']._serialized_end=2172
   _globals['_TOKENIDS']._serialized_start=41
   _globals['_TOKENIDS']._serialized_end=64
   _globals['_SAMPLINGPARAMS']._serialized_start=67
@@ -42,35 +42,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHAT']._serialized_start=288
   _globals['_CHAT']._serialized_end=398
   _globals['_GENERATEREQUEST']._serialized_start=401
-  _globals['_GENERATEREQUEST']._serialized_end=649
-  _globals['_RESUME']._serialized_start=651
-  _globals['_RESUME']._serialized_end=708
-  _globals['_CHUNK']._serialized_start=710
-  _globals['_CHUNK']._serialized_end=750
-  _globals['_USAGE']._serialized_start=752
-  _globals['_USAGE']._serialized_end=832
-  _globals['_TIMINGS']._serialized_start=834
-  _globals['_TIMINGS']._serialized_end=945
-  _globals['_COMPLETE']._serialized_start=948
-  _globals['_COMPLETE']._serialized_end=1130
-  _globals['_GENERATERESPONSE']._serialized_start=1132
-  _globals['_GENERATERESPONSE']._serialized_end=1254
-  _globals['_ABORTREQUEST']._serialized_start=1256
-  _globals['_ABORTREQUEST']._serialized_end=1290
-  _globals['_ABORTRESPONSE']._serialized_start=1292
-  _globals['_ABORTRESPONSE']._serialized_end=1322
-  _globals['_LISTMODELSREQUEST']._serialized_start=1324
-  _globals['_LISTMODELSREQUEST']._serialized_end=1343
-  _globals['_MODELINFO']._serialized_start=1345
-  _globals['_MODELINFO']._serialized_end=1409
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1411
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1469
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1471
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1493
-  _globals['_REPLICASTATUS']._serialized_start=1496
-  _globals['_REPLICASTATUS']._serialized_end=1757
-  _globals['_CLUSTERSTATUS']._serialized_start=1759
-  _globals['_CLUSTERSTATUS']._serialized_end=1849
-  _globals['_GENERATION']._serialized_start=1941
-  _globals['_GENERATION']._serialized_end=2238
+  _globals['_GENERATEREQUEST']._serialized_end=701
+  _globals['_STREAMINTERVAL']._serialized_start=703
+  _globals['_STREAMINTERVAL']._serialized_end=747
+  _globals['_RESUME']._serialized_start=749
+  _globals['_RESUME']._serialized_end=806
+  _globals['_CHUNK']._serialized_start=808
+  _globals['_CHUNK']._serialized_end=848
+  _globals['_USAGE']._serialized_start=850
+  _globals['_USAGE']._serialized_end=930
+  _globals['_TIMINGS']._serialized_start=932
+  _globals['_TIMINGS']._serialized_end=1043
+  _globals['_COMPLETE']._serialized_start=1046
+  _globals['_COMPLETE']._serialized_end=1228
+  _globals['_GENERATERESPONSE']._serialized_start=1230
+  _globals['_GENERATERESPONSE']._serialized_end=1352
+  _globals['_ABORTREQUEST']._serialized_start=1354
+  _globals['_ABORTREQUEST']._serialized_end=1388
+  _globals['_ABORTRESPONSE']._serialized_start=1390
+  _globals['_ABORTRESPONSE']._serialized_end=1420
+  _globals['_LISTMODELSREQUEST']._serialized_start=1422
+  _globals['_LISTMODELSREQUEST']._serialized_end=1441
+  _globals['_MODELINFO']._serialized_start=1443
+  _globals['_MODELINFO']._serialized_end=1507
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1509
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1567
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1569
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1591
+  _globals['_REPLICASTATUS']._serialized_start=1594
+  _globals['_REPLICASTATUS']._serialized_end=1991
+  _globals['_CLUSTERSTATUS']._serialized_start=1993
+  _globals['_CLUSTERSTATUS']._serialized_end=2083
+  _globals['_GENERATION']._serialized_start=2175
+  _globals['_GENERATION']._serialized_end=2472
 # @@protoc_insertion_point(module_scope)

@@ -63,7 +63,7 @@ class Chat(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., add_generation_prompt: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "text", "token_ids", "chat", "sampling", "stream", "resume")
+    __slots__ = ("request_id", "model", "text", "token_ids", "chat", "sampling", "stream", "resume", "stream_interval")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class GenerateRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    STREAM_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     text: str
@@ -80,7 +81,16 @@ class GenerateRequest(_message.Message):
     sampling: SamplingParams
     stream: bool
     resume: Resume
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., chat: _Optional[_Union[Chat, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., stream: _Optional[bool] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+    stream_interval: StreamInterval
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., chat: _Optional[_Union[Chat, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., stream: _Optional[bool] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., stream_interval: _Optional[_Union[StreamInterval, _Mapping]] = ...) -> None: ...
+
+class StreamInterval(_message.Message):
+    __slots__ = ("tokens", "ms")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MS_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    ms: int
+    def __init__(self, tokens: _Optional[int] = ..., ms: _Optional[int] = ...) -> None: ...
 
 class Resume(_message.Message):
     __slots__ = ("generated_tokens", "emitted_chars")
@@ -183,7 +193,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second", "kv_pages_budget")
+    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second", "kv_pages_budget", "kv_pages_capped_by_host", "dram_total_bytes", "dram_weights_bytes", "dram_kv_bytes", "dram_other_bytes")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +207,11 @@ class ReplicaStatus(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     KV_PAGES_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_CAPPED_BY_HOST_FIELD_NUMBER: _ClassVar[int]
+    DRAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRAM_WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRAM_KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRAM_OTHER_BYTES_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     state: str
     pid: int
@@ -210,7 +225,12 @@ class ReplicaStatus(_message.Message):
     address: str
     tokens_per_second: float
     kv_pages_budget: int
-    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ...) -> None: ...
+    kv_pages_capped_by_host: bool
+    dram_total_bytes: int
+    dram_weights_bytes: int
+    dram_kv_bytes: int
+    dram_other_bytes: int
+    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ..., kv_pages_capped_by_host: _Optional[bool] = ..., dram_total_bytes: _Optional[int] = ..., dram_weights_bytes: _Optional[int] = ..., dram_kv_bytes: _Optional[int] = ..., dram_other_bytes: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("replicas", "model", "policy")
