@@ -7,6 +7,7 @@ import torch
 from tests.model.conftest import MESHES, pcc
 from ttdist.engine.runner import DecodeInput, PrefillInput, SamplingSpec
 from ttdist.mesh.accounting import all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
+from ttdist.mesh.sampling import K
 from ttdist.mesh.spec import Topology
 from ttdist.model.runner import MeshModelRunner
 
@@ -81,7 +82,7 @@ def decode_step_ccl(runner, batch):
 
 
 def test_decode_step_bytes_on_1x8_match_hand_computation(tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, "1x8")
+    runner = make(tiny_ckpt, weight_cache, "1x8", max_batch=4)
     lay, b, d, line = runner.model.layout, 4, 8, Topology.LINE
     bf16, f32 = 2, 4
     # per layer: two norms (gather stats), two up-gathers of the residual, two reduce-scatters
@@ -89,14 +90,15 @@ def test_decode_step_bytes_on_1x8_match_hand_computation(tiny_ckpt, weight_cache
     gather = all_gather_bytes(b * lay.hidden * bf16, d, line)
     scatter = reduce_scatter_bytes(b * lay.hidden * bf16, d, line)
     per_layer = 2 * norm + 2 * gather + 2 * scatter
-    head = norm + gather + all_gather_bytes(b * lay.vocab * bf16, d, line)
+    # the head gathers each chip's top-32 sampling candidates (values and ids), never the logits
+    head = norm + gather + 2 * all_gather_bytes(b * K * d * f32, d, line)
     ledger = decode_step_ccl(runner, b)
-    assert ledger.count("all_gather") == 4 * 2 + 3 and ledger.count("reduce_scatter") == 2 * 2
+    assert ledger.count("all_gather") == 4 * 2 + 4 and ledger.count("reduce_scatter") == 2 * 2
     assert ledger.bytes_per_axis() == {1: pytest.approx(2 * per_layer + head)}
 
 
 def test_decode_step_bytes_on_8x4_match_hand_computation(tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, "8x4")
+    runner = make(tiny_ckpt, weight_cache, "8x4", max_batch=4)
     lay, b, line = runner.model.layout, 4, Topology.LINE
     bf16, f32 = 2, 4
     rows, cols = 8, 4
@@ -104,7 +106,7 @@ def test_decode_step_bytes_on_8x4_match_hand_computation(tiny_ckpt, weight_cache
     axis1 = 2 * norm + all_reduce_bytes(b * lay.qkv_local * bf16, cols, line) + 2 * all_reduce_bytes(b * lay.ff_local * bf16, cols, line)
     axis0 = 2 * all_reduce_bytes(b * lay.hidden_local * bf16, rows, line)  # WO and FF2 partials
     head1 = norm + all_reduce_bytes(b * lay.vocab_local * bf16, cols, line)
-    head0 = all_gather_bytes(b * lay.vocab * bf16, rows, line)
+    head0 = 2 * all_gather_bytes(b * K * rows * f32, rows, line)  # sampling candidates over the vocab axis
     ledger = decode_step_ccl(runner, b)
     assert ledger.count("all_reduce") == 2 * 5 + 1 and ledger.count("reduce_scatter") == 0
     assert ledger.bytes_per_axis() == {0: pytest.approx(2 * axis0 + head0), 1: pytest.approx(2 * axis1 + head1)}
@@ -157,3 +159,22 @@ def test_uneven_heads_are_padded_exactly(mesh, padded, tmp_path_factory, weight_
     np.testing.assert_allclose(runner.prefill_logits(PROMPT, 0, [0])[0], ref[-2], atol=1e-4)
     np.testing.assert_allclose(runner.decode_logits([42], [len(PROMPT)], [[0]])[0], ref[-1], atol=1e-4)
     assert (-1 in sum(runner.model.layout.q_heads, [])) == padded
+
+
+def test_decode_runs_the_fixed_slot_batch_and_uploads_only_deltas(tiny_ckpt, weight_cache):
+    """The simulator runs the same trace-ready path: persistent inputs, stable slots, idle slots at -1."""
+    runner = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    be, spec = runner.backend, [SamplingSpec()] * 2
+    for u, n in enumerate((5, 9)):
+        runner.prefill(PrefillInput(PROMPT[:n], 0, [u], False))
+    a = runner.decode(DecodeInput([1, 2], [5, 9], [[0], [1]], spec, seq_ids=["x", "y"]))
+    be.transfers.clear()
+    b = runner.decode(DecodeInput([3, 4], [6, 10], [[0], [1]], spec, seq_ids=["x", "y"]))
+    assert (be.transfers.uploads, be.transfers.upload_bytes) == (3, 3 * 4 * 4)  # ids, positions, rope rows
+    assert (be.transfers.readbacks, be.transfers.readback_bytes) == (1, 4 * 4)
+    assert runner.inputs.host["positions"].tolist() == [7 - 1, 11 - 1, -1, -1]
+    # "y" alone keeps slot 1 and its token: idle slots change nothing
+    alone = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    alone.prefill(PrefillInput(PROMPT[:9], 0, [1], False))
+    assert alone.decode(DecodeInput([2], [9], [[1]], spec[:1], seq_ids=["y"])) == [a[1]]
+    assert runner.decode(DecodeInput([b[1]], [11], [[1]], spec[:1], seq_ids=["y"])) and runner.slots.assign(["y"], 1) == [1]

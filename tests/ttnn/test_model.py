@@ -18,6 +18,7 @@ pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scri
 
 from ttdist.mesh import REPLICATED, Replicate, SamplingBatch  # noqa: E402
 from ttdist.mesh.precision import DType  # noqa: E402
+from ttdist.mesh.sampling import device_params  # noqa: E402
 from ttdist.mesh.ttnn_configs import dram_sharded_weight_bytes  # noqa: E402
 from ttdist.mesh.accounting import tile_padded_bytes  # noqa: E402
 from ttdist.model.config import LlamaConfig  # noqa: E402
@@ -51,13 +52,14 @@ def _hf(config: LlamaConfig, rng, layers_only: bool = False) -> dict:
 def _steps(model: LlamaModel, vocab: int) -> None:
     prompt = list(range(1, 41))
     logits = model.prefill_forward(prompt, 0, [3, 1])
-    assert logits.shape == (1, model.layout.vocab) and logits.placements[0] == logits.placements[1]
+    assert logits.shape == (1, model.layout.vocab_local)  # vocab-sharded: only sampled ids leave
     logits = model.prefill_forward(list(range(5)), 64, [3, 1, 0])
-    assert logits.shape == (1, model.layout.vocab)
+    assert logits.shape == (1, model.layout.vocab_local)
     tables = np.array([[3, 1, 0], [2, -1, -1], [4, 5, -1]])
     logits = model.decode_forward([7, 8, 9], [69, 12, 40], tables)
-    assert logits.shape == (3, model.layout.vocab)
-    ids = model.sample(logits, SamplingBatch.greedy(3))
+    assert logits.shape[0] == 3 and logits.shape[1] * model.layout.n_inner == model.layout.vocab
+    params = model.be.input_tensor(device_params(SamplingBatch.greedy(3)), REPLICATED, name="sampling")
+    ids = model.be.read_ids(model.sample(logits, params))
     assert ids.shape == (3,) and ids.max() < vocab
     assert model.logits_to_host(logits).shape == (3, vocab)
 

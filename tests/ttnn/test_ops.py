@@ -139,12 +139,23 @@ def test_decode_attention_and_sampling(backend, spec):
     assert backend.concat_heads(out).shape == (batch, n_q * hd)
     with pytest.raises(MeshError, match="pages per user"):
         backend.sdpa_decode(q, k_cache, v_cache, table[:, :1], positions, hd ** -0.5)
-    logits = backend.from_host(np.zeros((batch, 1024), np.float32), (R, R), name="logits")
-    assert backend.sample(logits, SamplingBatch.greedy(batch), vocab_size=1000).shape == (batch,)
+
+
+def test_sampling_on_the_mesh_reads_back_only_the_ids(backend, spec):
+    """Local top-k per chip, all-gather of the candidates, the draw: accepted, and only B ids leave."""
+    from ttdist.mesh.sampling import device_params
+
+    batch, axis = 5, _axis(spec)
+    n = spec.shape[axis]
+    vocab_sharded = (R, Shard(1)) if axis == 1 else (Shard(1), R)
+    logits = backend.from_host(np.zeros((batch, 512 * n), np.float32), vocab_sharded, name="logits")
     params = SamplingBatch(np.array([0.0, 0.7, 0.7, 1.0, 0.0]), np.array([0, 5, 32, 0, 0]), np.array([0, 0.9, 0, 0, 0]),
                            np.array([-1, 7, 7, 3, -1]), np.arange(batch))
-    ids = backend.sample(logits, params, vocab_size=1000)
-    assert ids.shape == (batch,) and ids.min() >= 0 and ids.max() < 1000
+    inputs = backend.input_tensor(device_params(params), (R, R), name="sampling")
+    backend.transfers.clear()
+    ids = backend.read_ids(backend.sample(logits, 512 * n - 24, inputs, axis))
+    assert ids.shape == (batch,) and ids.min() >= 0 and ids.max() < 512 * n
+    assert (backend.transfers.readbacks, backend.transfers.readback_bytes) == (1, batch * 4)
 
 
 def test_collective_needs_axis_on_2d(backend, spec):

@@ -50,6 +50,7 @@ class DecodeInput:
     positions: list[int]
     page_tables: list[list[int]]
     sampling: list[SamplingSpec]
+    seq_ids: list[str] = field(default_factory=list)  # who each user is, so a runner keeps its slot stable
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,27 @@ class SamplingBatch:
         return cls(zeros, zeros.astype(np.int64), zeros, np.full(batch, -1, np.int64), zeros.astype(np.int64))
 
 
+@dataclass
+class TransferLedger:
+    """Host <-> device traffic: tensors and bytes written to the mesh and read back from it."""
+
+    uploads: int = 0
+    upload_bytes: int = 0
+    readbacks: int = 0
+    readback_bytes: int = 0
+
+    def upload(self, nbytes: int) -> None:
+        self.uploads += 1
+        self.upload_bytes += int(nbytes)
+
+    def readback(self, nbytes: int) -> None:
+        self.readbacks += 1
+        self.readback_bytes += int(nbytes)
+
+    def clear(self) -> None:
+        self.uploads = self.upload_bytes = self.readbacks = self.readback_bytes = 0
+
+
 class MeshTensor(Protocol):
     placements: Placements
     dtype: DType
@@ -60,7 +81,9 @@ class Backend(Protocol):
     spec: MeshSpec
     ccl: CclLedger
     dram: DramLedger
+    transfers: TransferLedger
     name: str
+    can_trace: bool  # decode steps may be captured once and replayed (real chips only)
 
     # host <-> mesh
     def from_host(self, array: np.ndarray, placements: Placements, *, dtype: DType = ..., name: str = ...) -> Any:
@@ -79,6 +102,18 @@ class Backend(Protocol):
 
     def deallocate(self, t: Any) -> None: ...
 
+    # persistent step inputs (trace-ready: fixed shapes, rewritten in place)
+    def input_tensor(self, array: np.ndarray, placements: Placements, *, name: str = ...) -> Any:
+        """A device tensor a step reads (token ids, positions, page table, rope indices, sampling
+        parameters): ints stay exact; placed once, then rewritten with ``write_input``."""
+
+    def write_input(self, t: Any, array: np.ndarray) -> None:
+        """Overwrite input ``t`` in place with a host array of the same shape and dtype (ttnn:
+        ``copy_host_to_device_tensor``), so a captured trace reads the new values."""
+
+    def read_ids(self, t: Any) -> np.ndarray:
+        """Token ids ``[B]`` (int64) from a replicated id tensor: the only readback of a serving step."""
+
     # compute
     def linear(self, x: Any, w: Any, *, out_dtype: DType | None = None) -> Any:
         """``x @ w`` with ``w`` stored ``[K, N]``; placements propagate (column / row parallel)."""
@@ -88,8 +123,9 @@ class Backend(Protocol):
     def silu_mul(self, gate: Any, up: Any) -> Any:
         """``silu(gate) * up`` fused."""
 
-    def embedding(self, ids: np.ndarray, table: Any) -> Any:
-        """Rows of ``table`` ([V, H], vocab replicated) for token ids ``[T]`` -> ``[T, H]``."""
+    def embedding(self, ids: np.ndarray | Any, table: Any) -> Any:
+        """Rows of ``table`` ([V, H], vocab replicated) for ids ``[T]`` -> ``[T, H]``; ``ids`` is a
+        host array or an ``input_tensor`` (the model's token ids and rope indices)."""
 
     def rms_norm(self, x: Any, weight: Any, *, eps: float, width: int) -> Any:
         """RMSNorm over the last dim; ``width`` is the unpadded size the mean divides by."""
@@ -101,6 +137,9 @@ class Backend(Protocol):
         """Normalise a width-fractured tensor with gathered statistics."""
 
     def slice_rows(self, x: Any, start: int, end: int) -> Any: ...
+
+    def concat(self, parts: Sequence[Any], dim: int = -1) -> Any:
+        """Each device's pieces joined along local ``dim`` (same placements; a local op)."""
 
     # attention
     def create_qkv_heads(self, qkv: Any, n_q: int, n_kv: int, head_dim: int) -> tuple[Any, Any, Any]: ...
@@ -118,18 +157,18 @@ class Backend(Protocol):
     def paged_fill_cache(self, cache: Any, x: Any, page_table: np.ndarray, start_pos: int) -> None:
         """Write one user's K or V for positions ``start_pos..`` through its page table row."""
 
-    def paged_update_cache(self, cache: Any, x: Any, positions: np.ndarray, page_table: np.ndarray) -> None:
-        """Write one token per user at its own position."""
+    def paged_update_cache(self, cache: Any, x: Any, positions: Any, page_table: Any) -> None:
+        """Write one token per user at its own position (position -1: an idle slot, nothing written).
+        ``positions`` ``[B]`` and ``page_table`` ``[B, W]`` are host arrays or input tensors."""
 
     def sdpa_prefill(
         self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, page_table: np.ndarray, start_pos: int, scale: float
     ) -> Any:
         """Causal GQA attention for one user's chunk at ``start_pos`` (earlier tokens from the cache)."""
 
-    def sdpa_decode(
-        self, q: Any, k_cache: Any, v_cache: Any, page_table: np.ndarray, positions: np.ndarray, scale: float
-    ) -> Any:
-        """One query token per user attending to its cached positions ``0..pos``."""
+    def sdpa_decode(self, q: Any, k_cache: Any, v_cache: Any, page_table: Any, positions: Any, scale: float) -> Any:
+        """One query token per user attending to its cached positions ``0..pos`` (idle slots, position
+        -1, give finite rows nobody reads)."""
 
     # collectives
     def all_gather(
@@ -144,7 +183,18 @@ class Backend(Protocol):
         self, x: Any, cluster_axis: int | None = None, *, topology: Topology | None = None, num_links: int | None = None
     ) -> Any: ...
 
+    # decode traces (``can_trace`` only)
+    def capture(self, step: Any) -> Any:
+        """Capture ``step()`` (device ops only, no host transfers) once; a handle for ``replay``."""
+
+    def replay(self, captured: Any) -> Any:
+        """Run the captured step again on the current input tensors; its output tensor."""
+
+    def release(self, captured: Any) -> None: ...
+
     # sampling
-    def sample(self, logits: Any, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
-        """Token ids ``[B]`` from replicated logits ``[B, V]`` (columns past ``vocab_size`` are
-        padding and never drawn); only ids leave the mesh."""
+    def sample(self, logits: Any, vocab_size: int, params: Any, cluster_axis: int) -> Any:
+        """Token ids ``[B]`` (a replicated device tensor) drawn on the mesh from vocab-sharded
+        logits ``[B, V/n]`` (sharded on ``cluster_axis``), by ``ttdist.mesh.sampling``'s algorithm:
+        ids from ``vocab_size`` on are padding, never drawn; ``params`` is the ``[B, 4]`` input
+        tensor of ``sampling.device_params``. Logits never leave the mesh."""

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
-from ttdist.mesh.backend import MeshError, SamplingBatch
+from ttdist.mesh import sampling
+from ttdist.mesh.backend import MeshError, TransferLedger
 from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
-from ttdist.mesh.sampling import HostSampler
 from ttdist.mesh.precision import DType, quantize
 from ttdist.mesh.spec import MeshSpec, Topology
 
@@ -55,6 +55,7 @@ class SimBackend:
     """The ``Backend`` protocol on torch; CPU by default, CUDA when asked and present."""
 
     name = "sim"
+    can_trace = False
 
     def __init__(self, spec: MeshSpec, *, device: str = "cpu", activation_dtype: DType = DType.bfloat16):
         self.spec = spec
@@ -62,6 +63,7 @@ class SimBackend:
         self.activation_dtype = activation_dtype
         self.ccl = CclLedger()
         self.dram = DramLedger(spec)
+        self.transfers = TransferLedger()
 
     # ------------------------------------------------------------------ host <-> mesh
     def _wrap(self, data: torch.Tensor, placements: Placements, dtype: DType | None = None, name: str = "activations"):
@@ -69,6 +71,7 @@ class SimBackend:
 
     def _host(self, array) -> torch.Tensor:
         t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+        self.transfers.upload(t.numel() * t.element_size())
         if t.is_floating_point():
             t = t.float()
         return t.to(self.device)
@@ -147,11 +150,33 @@ class SimBackend:
                 data = data.sum(dim=axis, keepdim=True)
             else:
                 data = data.narrow(axis, 0, 1)
+        self.transfers.readback(data[0, 0].numel() * data.element_size())
         return data[0, 0].cpu().numpy()
 
     def deallocate(self, t: SimTensor) -> None:
         t._free()
         t.data = torch.empty(0)
+
+    # ------------------------------------------------------------------ persistent step inputs
+    def input_tensor(self, array, placements: Placements = (Replicate(), Replicate()), *, name: str = "input") -> SimTensor:
+        array = np.asarray(array)
+        dtype = DType.int32 if array.dtype.kind in "iub" else DType.float32
+        return self.from_host(array, placements, dtype=dtype, name=name)
+
+    def write_input(self, t: SimTensor, array) -> None:
+        data = self._host(np.asarray(array))
+        if tuple(data.shape) != tuple(t.data.shape[2:]) or any(not isinstance(p, Replicate) for p in t.placements):
+            raise MeshError(f"write_input: {t.name!r} holds a replicated {tuple(t.data.shape[2:])}, got {tuple(data.shape)}")
+        t.data.copy_(data.to(t.data.dtype).expand_as(t.data))
+
+    def read_ids(self, t: SimTensor) -> np.ndarray:
+        rows = t.data[0, 0]
+        self.transfers.readback(rows.numel() * 4)
+        return rows.cpu().numpy().astype(np.int64)
+
+    def _index(self, x) -> np.ndarray:
+        """A host view of index arguments given as an array or an input tensor."""
+        return x.data[0, 0].cpu().numpy() if isinstance(x, SimTensor) else np.asarray(x)
 
     # ------------------------------------------------------------------ checks
 
@@ -174,12 +199,12 @@ class SimBackend:
             raise MeshError(f"silu_mul: {gate.name!r} is {gate.placements} but {up.name!r} is {up.placements}")
         return self._wrap(torch.nn.functional.silu(gate.data) * up.data, gate.placements)
 
-    def embedding(self, ids: np.ndarray, table: SimTensor) -> SimTensor:
+    def embedding(self, ids, table: SimTensor) -> SimTensor:
         for axis, p in enumerate(table.placements):
             if isinstance(p, Shard) and p.dim == 0:
                 raise MeshError(f"embedding: table {table.name!r} must not be sharded by vocabulary (axis {axis})")
         require_reduced("embedding", table)
-        idx = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        idx = ids.data[0, 0].reshape(-1).long() if isinstance(ids, SimTensor) else torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         vocab = table.shape[0]
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
             raise MeshError(f"embedding: token ids must lie in [0, {vocab}), got {int(idx.min())}..{int(idx.max())}")
@@ -207,6 +232,14 @@ class SimBackend:
             if p == Shard(0) and self.spec.shape[axis] > 1:
                 raise MeshError(f"slice_rows: {x.name!r} is sharded by rows on axis {axis}")
         return self._wrap(x.data[:, :, start:end], x.placements, x.dtype)
+
+    def concat(self, parts, dim: int = -1) -> SimTensor:
+        first = parts[0]
+        dim = normalize_dim(dim, first.ndim, "concat")
+        for p in parts:
+            if p.placements != first.placements:
+                raise MeshError(f"concat: {p.name!r} is {p.placements} but {first.name!r} is {first.placements}")
+        return self._wrap(torch.cat([p.data for p in parts], dim=2 + dim), first.placements, first.dtype)
 
     # ------------------------------------------------------------------ attention
     def create_qkv_heads(self, qkv: SimTensor, n_q: int, n_kv: int, head_dim: int):
@@ -259,7 +292,9 @@ class SimBackend:
         return torch.as_tensor(pages, device=self.device), torch.as_tensor(positions % page_size, device=self.device)
 
     def _write_slots(self, cache: SimTensor, x: torch.Tensor, pages: torch.Tensor, offsets: torch.Tensor) -> None:
-        """``x`` is ``[R', C', n, kv, hd]``; slot i of every head gets ``x[..., i, head, :]``."""
+        """``x`` is ``[R', C', n, kv, hd]``; slot i of every head gets ``x[..., i, head, :]``,
+        rounded to the cache's dtype (a bf16 or bfp8 cache holds what the chip would)."""
+        x = quantize(x, cache.dtype)
         cache.data[:, :, :, pages, offsets, :] = x.expand(*cache.data.shape[:2], *x.shape[2:]).movedim(2, 3)
 
     def paged_fill_cache(self, cache: SimTensor, x: SimTensor, page_table: np.ndarray, start_pos: int) -> None:
@@ -267,11 +302,11 @@ class SimBackend:
         positions = np.arange(start_pos, start_pos + x.shape[0])
         self._write_slots(cache, x.data, *self._slots(cache, page_table, positions))
 
-    def paged_update_cache(self, cache: SimTensor, x: SimTensor, positions: np.ndarray, page_table: np.ndarray) -> None:
+    def paged_update_cache(self, cache: SimTensor, x: SimTensor, positions, page_table) -> None:
         require_reduced("paged_update_cache", x)
-        positions = np.asarray(positions, dtype=np.int64)
+        positions = self._index(positions).astype(np.int64)
         live = np.nonzero(positions >= 0)[0]
-        pages, offsets = self._slots(cache, np.asarray(page_table)[live], positions[live])
+        pages, offsets = self._slots(cache, self._index(page_table)[live], positions[live])
         self._write_slots(cache, x.data[:, :, torch.as_tensor(live, device=self.device)], pages, offsets)
 
     def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float) -> SimTensor:
@@ -294,10 +329,10 @@ class SimBackend:
 
     def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float) -> SimTensor:
         require_reduced("sdpa_decode", q)
-        positions = np.asarray(positions, dtype=np.int64)
+        positions = np.maximum(self._index(positions).astype(np.int64), 0)  # idle slots (-1) read position 0
         num_pages, page_size = k_cache.shape[1], k_cache.shape[2]
-        length = int(max(positions.max(), 0)) + 1
-        table = np.asarray(page_table, dtype=np.int64)[:, : -(-length // page_size)].copy()
+        length = int(positions.max()) + 1
+        table = self._index(page_table).astype(np.int64)[:, : -(-length // page_size)].copy()
         table[table < 0] = 0
         if table.size and table.max() >= num_pages:
             raise MeshError(f"page ids must lie in [0, {num_pages}), got up to {table.max()}")
@@ -363,19 +398,55 @@ class SimBackend:
             out = x.data.sum(dim=axis, keepdim=True)
         return self._wrap(out, with_axis(x.placements, axis, Replicate()), x.dtype)
 
-    # ------------------------------------------------------------------ sampling
-    def sample(self, logits: SimTensor, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
-        require_reduced("sample", logits)
-        for axis, p in enumerate(logits.placements):
-            if isinstance(p, Shard) and self.spec.shape[axis] > 1:
-                raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")
-        rows = logits.data[0, 0, :, :vocab_size]
-        out = rows.argmax(dim=-1).cpu().numpy().astype(np.int64)
-        users = np.nonzero(np.asarray(params.temperature) > 0)[0]
-        if users.size:
-            out[users] = HostSampler.draw(params, users, rows.cpu().numpy(), None)
-        return out
+    # ------------------------------------------------------------------ traces
+    def capture(self, step):
+        raise MeshError("the simulator does not capture traces: run decode steps eagerly (trace_decode=False)")
 
+    replay = release = capture
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int) -> SimTensor:
+        """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw."""
+        require_reduced("sample", logits)
+        axis = self.spec.resolve_axis("sample", cluster_axis)
+        for other, p in enumerate(logits.placements):
+            if other != axis and isinstance(p, Shard) and self.spec.shape[other] > 1:
+                raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {other}, not only the vocab axis {axis}")
+        width = logits.shape[-1]
+        sharded = isinstance(logits.placements[axis], Shard) and self.spec.shape[axis] > 1
+        values, index = logits.data.topk(sampling.local_k(width, width * (self.spec.shape[axis] if sharded else 1), vocab_size), dim=-1)
+        offset = torch.zeros(1, device=self.device)
+        if sharded:
+            shape = [1, 1, 1, 1]
+            shape[axis] = self.spec.shape[axis]
+            offset = (torch.arange(self.spec.shape[axis], device=self.device) * width).float().reshape(shape)
+        ids = index.float() + offset
+        values = torch.where(ids >= vocab_size, torch.full_like(values, sampling.MASK), values.float())
+        gathered = [self.all_gather(self._wrap(t, logits.placements, DType.float32, "candidates"), dim=-1, cluster_axis=axis)
+                    for t in (values, ids)]
+        ids = _draw(gathered[0].data, gathered[1].data, params.data)
+        return self._wrap(ids.round().to(torch.int32), gathered[0].placements, DType.int32, "token_ids")
+
+
+def _draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """``sampling.draw`` in torch over ``[R', C', B, M]`` candidates; ``params`` is ``[1, 1, B, 4]``."""
+    t, k, p, u = (params[..., i : i + 1].float() for i in range(sampling.PARAMS))
+    top = min(sampling.K, v.shape[-1])
+    s = v.topk(top, dim=-1).values
+    rank = torch.arange(top, device=v.device, dtype=torch.float32)
+    in_k = rank < k
+    z0 = s[..., :1] / t
+    e = torch.exp(s / t - z0) * in_k
+    prob = e / e.sum(-1, keepdim=True)
+    cum = prob.cumsum(-1)
+    kept = in_k & ((cum - prob) < p)
+    last = kept.sum(-1, keepdim=True) - 1
+    threshold = (s * (rank == last)).sum(-1, keepdim=True)
+    weight = torch.exp(v / t - z0) * (v >= threshold)
+    cdf = weight.cumsum(-1)
+    hit = (cdf > u * cdf[..., -1:]).float()
+    first = hit * (hit.cumsum(-1) == 1)
+    return (first * ids).sum(-1)
 
 
 def _per_row(w: SimTensor, ndim: int) -> torch.Tensor:

@@ -141,15 +141,22 @@ class AttentionOps:
         value = self._as_cache_dtype(self._prefill_heads(x), cache)
         ttnn.experimental.paged_fill_cache(cache.value, value, chunk, batch_idx=0)
 
-    def paged_update_cache(self, cache, x, positions: np.ndarray, page_table: np.ndarray) -> None:
+    def _decode_indices(self, cache, positions, page_table):
+        """Device position ``[B]`` and page-table ``[B, W]`` tensors: step inputs as they are (the
+        model checked them when it wrote them), host arrays checked and uploaded."""
+        if not isinstance(positions, np.ndarray) and hasattr(positions, "value"):
+            return positions.value, page_table.value
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = self._page_rows(cache, page_table, np.maximum(positions, 0))
+        return self._ints(np.where(positions >= 0, positions, -1)), self._ints(rows)
+
+    def paged_update_cache(self, cache, x, positions, page_table) -> None:
         require_reduced("paged_update_cache", x)
         self._check_cache(cache, x)
         if x.kind != HEADS_DECODE:
             raise MeshError(f"paged_update_cache: {x.name!r} has {x.shape[0]} users; a decode batch holds at most {cfg.TILE}")
-        positions = np.asarray(positions, dtype=np.int64)
-        rows = self._page_rows(cache, page_table, np.maximum(positions, 0))
-        pos = self._ints(np.where(positions >= 0, positions, -1))
-        ttnn.experimental.paged_update_cache(cache.value, x.value, update_idxs_tensor=pos, page_table=self._ints(rows))
+        pos, table = self._decode_indices(cache, positions, page_table)
+        ttnn.experimental.paged_update_cache(cache.value, x.value, update_idxs_tensor=pos, page_table=table)
 
     def _check_cache(self, cache, x) -> None:
         if cache.kind != "cache" or cache.ndim != 4:
@@ -176,18 +183,16 @@ class AttentionOps:
                 raise MeshError(f"sdpa_prefill: chunked SDPA on ttnn only scales by 1/sqrt(head_dim), got {scale}")
             out = ttnn.transformer.chunked_scaled_dot_product_attention(
                 qv, k_cache.value, v_cache.value, self._ints(rows), start_pos,
-                program_config=cfg.sdpa_chunked_program(t, page_size, self.grid), compute_kernel_config=compute)
+                program_config=cfg.sdpa_chunked_program(t, page_size, self.grid, start_pos), compute_kernel_config=compute)
         return self._wrap(out, (t, n, hd), q.placements, kind=HEADS_PREFILL, heads=n)
 
     def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float):
         require_reduced("sdpa_decode", q)
         if q.kind != HEADS_DECODE:
             raise MeshError(f"sdpa_decode: {q.name!r} has {q.shape[0]} users; a decode batch holds at most {cfg.TILE}")
-        positions = np.asarray(positions, dtype=np.int64)
-        rows = self._page_rows(k_cache, page_table, np.maximum(positions, 0))
+        pos, table = self._decode_indices(k_cache, positions, page_table)
         out = ttnn.transformer.paged_scaled_dot_product_attention_decode(
-            q.value, k_cache.value, v_cache.value, cur_pos_tensor=self._ints(np.where(positions >= 0, positions, -1)),
-            page_table_tensor=self._ints(rows), scale=scale,
+            q.value, k_cache.value, v_cache.value, cur_pos_tensor=pos, page_table_tensor=table, scale=scale,
             program_config=cfg.sdpa_decode_program(k_cache.shape[2], self.grid),
             compute_kernel_config=cfg.precise_compute(), memory_config=ttnn.DRAM_MEMORY_CONFIG)
         return self._wrap(out, q.shape, q.placements, kind=HEADS_DECODE, heads=q.heads)

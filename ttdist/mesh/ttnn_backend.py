@@ -32,14 +32,16 @@ import ttnn
 
 from ttdist.mesh import ttnn_configs as cfg
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
-from ttdist.mesh.backend import MeshError, SamplingBatch
+from ttdist.mesh import sampling
+from ttdist.mesh.backend import MeshError, TransferLedger
 from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
 from ttdist.mesh.ttnn_attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
-from ttdist.mesh.sampling import HostSampler
 from ttdist.mesh.ttnn_host import assemble
-from ttdist.mesh.ttnn_mesh import MeshHandle, TtnnOptions, open_mesh
+from ttdist.mesh.ttnn_mesh import DecodeTrace, MeshHandle, TtnnOptions, open_mesh
+
+INPUT = "input"
 
 @dataclass
 class _Pending:
@@ -90,11 +92,15 @@ class TtnnBackend(AttentionOps):
         self.mesh: MeshHandle = open_mesh(spec, self.options)
         self.device = self.mesh.device
         self.grid = self.mesh.grid
-        self._sampler = HostSampler()
-        self._int_cache: dict[tuple, ttnn.Tensor] = {}
+        self.transfers = TransferLedger()
+        self._consts: dict[tuple, ttnn.Tensor] = {}
+
+    @property
+    def can_trace(self) -> bool:
+        return self.mesh.can_trace
 
     def close(self) -> None:
-        self._int_cache.clear()
+        self._consts.clear()
         self.mesh.close()
 
     # ------------------------------------------------------------------ host <-> mesh
@@ -104,7 +110,60 @@ class TtnnBackend(AttentionOps):
 
     def _upload(self, array: np.ndarray, mesh_dims, dtype: DType, layout, memory) -> ttnn.Tensor:
         host = ttnn.Tensor(np.ascontiguousarray(array), cfg.ttnn_dtype(dtype), None, layout, mesh_mapper=self._mapper(mesh_dims))
+        self.transfers.upload(array.nbytes)
         return host.to(self.device, memory)
+
+    # ------------------------------------------------------------------ persistent step inputs
+    @staticmethod
+    def _input_format(array: np.ndarray):
+        if array.dtype.kind == "f":
+            return np.float32, DType.float32, ttnn.TILE_LAYOUT
+        if array.dtype == np.uint32:
+            return np.uint32, DType.uint32, ttnn.ROW_MAJOR_LAYOUT
+        return np.int32, DType.int32, ttnn.ROW_MAJOR_LAYOUT
+
+    def input_tensor(self, array, placements: Placements = (Replicate(), Replicate()), *, name: str = "input") -> TtnnTensor:
+        """Ints row-major (what embedding, cache and SDPA ops read), floats tiled ``[1, 1, B, W]``; replicated."""
+        array = np.asarray(array)
+        if any(not isinstance(p, Replicate) for p in placements):
+            raise MeshError(f"input {name!r}: step inputs are replicated")
+        np_dtype, dtype, layout = self._input_format(array)
+        shape4 = (1,) * (4 - array.ndim) + array.shape if layout == ttnn.TILE_LAYOUT else array.shape
+        value = self._upload(array.astype(np_dtype).reshape(shape4), (None, None), dtype, layout, ttnn.DRAM_MEMORY_CONFIG)
+        return TtnnTensor(self, value, array.shape, placements, dtype, name, INPUT)
+
+    def write_input(self, t: TtnnTensor, array) -> None:
+        array = np.asarray(array)
+        if t.kind != INPUT or tuple(array.shape) != t.shape:
+            raise MeshError(f"write_input: {t.name!r} is an input of shape {t.shape}, got {tuple(array.shape)}")
+        np_dtype, dtype, layout = self._input_format(array)
+        data = np.ascontiguousarray(array.astype(np_dtype).reshape(tuple(t.value.shape)))
+        host = ttnn.Tensor(data, cfg.ttnn_dtype(dtype), None, layout, mesh_mapper=self._mapper((None, None)))
+        self.transfers.upload(data.nbytes)
+        ttnn.copy_host_to_device_tensor(host, t.value)
+
+    def read_ids(self, t: TtnnTensor) -> np.ndarray:
+        """The sampled ids: one [B] read from the first chip (every chip holds the same)."""
+        ids = _first_device(t.value).reshape(-1)[: t.shape[0]]
+        self.transfers.readback(t.shape[0] * 4)
+        return np.rint(ids).astype(np.int64)
+
+    def _index(self, x, dtype=ttnn.int32) -> ttnn.Tensor:
+        """An index argument's device tensor: an input as it is, a host array uploaded once."""
+        return x.value if isinstance(x, TtnnTensor) else self._ints(x, dtype)
+
+    # ------------------------------------------------------------------ decode traces
+    def capture(self, step):
+        trace = DecodeTrace(self.mesh)
+        trace.output = trace.capture(step)
+        return trace
+
+    def replay(self, trace):
+        trace.replay()
+        return trace.output
+
+    def release(self, trace) -> None:
+        trace.release()
 
     def from_host(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
         array = np.asarray(array)
@@ -180,6 +239,7 @@ class TtnnBackend(AttentionOps):
         if value.dtype == ttnn.bfloat16:  # numpy has no bfloat16: widen on device before reading
             value = ttnn.typecast(value, ttnn.float32)
         pieces = [np.asarray(p.cpu().to_numpy()) for p in ttnn.get_device_tensors(value)]
+        self.transfers.readback(sum(p.nbytes for p in pieces))
         local = [self._local_view(t, p) for p in pieces]
         return assemble(local, self.spec.shape, t.placements)
 
@@ -226,8 +286,9 @@ class TtnnBackend(AttentionOps):
             raise MeshError(f"tensor {t.name!r}: norm weights need a width that is a multiple of {cfg.TILE}, got {width}")
         if t.pending is not None:
             array, dims = t.pending.array, t.pending.mesh_dims
-            full = array.shape[-1]
-            t.pending = _Pending(array.reshape(1, 1, full // cfg.TILE, cfg.TILE), tuple(None if d is None else 2 for d in dims))
+            # [.., 1, W] -> [.., W/32, 32]; a mesh dim on the width (global arrays) moves to the rows
+            shaped = array.reshape(*array.shape[:2], -1, cfg.TILE)
+            t.pending = _Pending(shaped, tuple(2 if d == 3 else d for d in dims))
         return self._materialize(t, DType.bfloat16, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
 
     def _weight(self, w: TtnnTensor) -> tuple[ttnn.Tensor, bool]:
@@ -242,16 +303,18 @@ class TtnnBackend(AttentionOps):
         return w.value, w.value.memory_config().is_sharded()
 
     def _ints(self, array: np.ndarray, dtype=ttnn.int32) -> ttnn.Tensor:
-        """A small replicated integer tensor (ids, positions, page tables); reused while unchanged."""
+        """A small replicated integer tensor (prefill page tables, ids), uploaded for this op only
+        (no cache: a device buffer kept across a captured decode trace could be overwritten by it)."""
         array = np.ascontiguousarray(array, dtype=np.int32 if dtype == ttnn.int32 else np.uint32)
-        key = (array.shape, str(dtype), array.tobytes())
-        hit = self._int_cache.get(key)
+        return self._upload(array, (None, None), DType.int32 if dtype == ttnn.int32 else DType.uint32,
+                            ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+
+    def _const(self, key: tuple, make) -> ttnn.Tensor:
+        """A resident constant (sampling ranks, triangular ones, vocab offsets), made once: before
+        any capture, since the first decode step runs eagerly."""
+        hit = self._consts.get(key)
         if hit is None:
-            if len(self._int_cache) > 16:
-                self._int_cache.clear()
-            hit = self._upload(array, (None, None), DType.int32 if dtype == ttnn.int32 else DType.uint32,
-                               ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
-            self._int_cache[key] = hit
+            hit = self._consts[key] = make()
         return hit
 
     def _wrap(self, value, shape, placements, dtype: DType | None = None, name: str = "activations", kind: str = ROWS, heads: int = 0):
@@ -305,25 +368,30 @@ class TtnnBackend(AttentionOps):
                        memory_config=cfg.activation_memory(_rows(gate), gate.shape[-1]))
         return self._wrap(out, gate.shape, gate.placements)
 
-    def embedding(self, ids: np.ndarray, table: TtnnTensor) -> TtnnTensor:
+    def embedding(self, ids, table: TtnnTensor) -> TtnnTensor:
         for axis, p in enumerate(table.placements):
             if isinstance(p, Shard) and p.dim == 0:
                 raise MeshError(f"embedding: table {table.name!r} must not be sharded by vocabulary (axis {axis})")
         require_reduced("embedding", table)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vocab, width = table.shape
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-            raise MeshError(f"embedding: token ids must lie in [0, {vocab}), got {ids.min()}..{ids.max()}")
+        if isinstance(ids, TtnnTensor):
+            if ids.dtype is not DType.uint32 or ids.ndim != 2 or ids.shape[0] != 1:
+                raise MeshError(f"embedding: ids input {ids.name!r} must be uint32 [1, T], got {ids.dtype.value} {ids.shape}")
+            count, index = ids.shape[1], ids.value
+        else:
+            host = np.asarray(ids, dtype=np.int64).reshape(-1)
+            if host.size and (host.min() < 0 or host.max() >= vocab):
+                raise MeshError(f"embedding: token ids must lie in [0, {vocab}), got {host.min()}..{host.max()}")
+            count, index = host.size, self._ints(host.reshape(1, -1), ttnn.uint32)
         if table.value is None:
             table.kind = TABLE
-            dtype = table.dtype if table.dtype in (DType.bfloat16, DType.float32) else DType.bfloat16
-            self._materialize(table, dtype, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+            self._materialize(table, DType.bfloat16, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)  # ttnn.embedding reads bf16 tables
         elif table.kind != TABLE:
             raise MeshError(f"embedding: {table.name!r} is already placed as a {table.kind} tensor")
-        out = ttnn.embedding(self._ints(ids.reshape(1, -1), ttnn.uint32), table.value, layout=ttnn.TILE_LAYOUT,
-                             dtype=cfg.ttnn_dtype(self.activation_dtype), memory_config=cfg.activation_memory(ids.size, width))
-        out = ttnn.reshape(out, (1, 1, ids.size, width))
-        return self._wrap(out, (ids.size, width), table.placements)
+        out = ttnn.embedding(index, table.value, layout=ttnn.TILE_LAYOUT,
+                             dtype=cfg.ttnn_dtype(self.activation_dtype), memory_config=cfg.activation_memory(count, width))
+        out = ttnn.reshape(out, (1, 1, count, width))
+        return self._wrap(out, (count, width), table.placements)
 
     def _check_width(self, op: str, x: TtnnTensor) -> None:
         for axis, p in enumerate(x.placements):
@@ -369,6 +437,18 @@ class TtnnBackend(AttentionOps):
         out = ttnn.slice(self._rows_value(x), [0, 0, start, 0], [1, 1, end, width],
                          memory_config=cfg.activation_memory(end - start, width))
         return self._wrap(out, (end - start, width), x.placements, x.dtype)
+
+    def concat(self, parts, dim: int = -1) -> TtnnTensor:
+        first = parts[0]
+        dim = normalize_dim(dim, first.ndim, "concat")
+        for p in parts:
+            if p.placements != first.placements or p.ndim != first.ndim:
+                raise MeshError(f"concat: {p.name!r} {p.placements} does not match {first.name!r} {first.placements}")
+        shape = list(first.shape)
+        shape[dim] = sum(p.shape[dim] for p in parts)
+        out = ttnn.concat([self._rows_value(p) for p in parts], dim + 4 - first.ndim,
+                          memory_config=cfg.activation_memory(_rows(first), shape[-1]))
+        return self._wrap(out, shape, first.placements, first.dtype)
 
     # ------------------------------------------------------------------ collectives
     def _ccl_args(self, axis: int, topology: Topology | None, num_links: int | None) -> dict:
@@ -429,30 +509,64 @@ class TtnnBackend(AttentionOps):
         return self._wrap(out, x.shape, placements, x.dtype)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, logits: TtnnTensor, params: SamplingBatch, *, vocab_size: int | None = None) -> np.ndarray:
-        """Greedy users by ``ttnn.argmax`` on device; sampled users draw on host from device top-k candidates."""
+    def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int) -> TtnnTensor:
+        """``ttdist.mesh.sampling``'s algorithm in ttnn ops: local ``topk``, ``all_gather`` of the
+        candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device."""
         require_reduced("sample", logits)
-        for axis, p in enumerate(logits.placements):
-            if isinstance(p, Shard) and self.spec.shape[axis] > 1:
-                raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {axis}; all_gather them first")
+        axis = self.spec.resolve_axis("sample", cluster_axis)
         batch, width = logits.shape
-        vocab = min(vocab_size or width, width)
-        value = self._rows_value(logits)
-        if vocab != width:
-            value = ttnn.slice(value, [0, 0, 0, 0], [1, 1, batch, vocab])
-        rm = ttnn.to_layout(value, ttnn.ROW_MAJOR_LAYOUT)
-        ids = ttnn.argmax(rm, dim=3, keepdim=False)
-        out = _first_device(ids).reshape(-1)[:batch].astype(np.int64)
-        sampled = np.nonzero(np.asarray(params.temperature) > 0)[0]
-        if sampled.size:
-            k = self._sampler.candidates(params, sampled, vocab)
-            if k:
-                values, indices = ttnn.topk(value, k, dim=-1, largest=True, sorted=True)
-                vals, idx = _first_device(values)[0, 0], _first_device(indices)[0, 0]
-            else:  # top-k off or too wide for one device pass: the sampled users' rows come to the host
-                vals, idx = _first_device(value)[0, 0], None
-            out[sampled] = self._sampler.draw(params, sampled, vals, idx)
-        return out
+        n = self.spec.shape[axis] if isinstance(logits.placements[axis], Shard) else 1
+        k = sampling.local_k(width, width * n, vocab_size)
+        values, index = ttnn.topk(self._rows_value(logits), k, dim=-1, largest=True, sorted=True)
+        offset = self._const(("vocab_offset", axis, width, k), lambda: self._vocab_offsets(logits, axis, width, k))
+        ids = ttnn.add(ttnn.typecast(index, ttnn.float32), offset)
+        values = ttnn.typecast(values, ttnn.float32)
+        if vocab_size < width * n:  # padded ids: their zero logits are never drawn
+            values = ttnn.add(values, ttnn.multiply(ttnn.ge(ids, float(vocab_size), dtype=ttnn.float32), sampling.MASK))
+        cand = [self._wrap(v, (batch, k), logits.placements, DType.float32, "candidates") for v in (values, ids)]
+        gathered = [self.all_gather(c, dim=-1, cluster_axis=axis) for c in cand]
+        token = self._draw(gathered[0].value, gathered[1].value, params.value, batch, gathered[0].shape[-1])
+        return self._wrap(token, (batch,), gathered[0].placements, DType.float32, "token_ids", INPUT)
+
+    def _vocab_offsets(self, logits: TtnnTensor, axis: int, width: int, k: int) -> ttnn.Tensor:
+        """Each chip's first global vocab id, ``[1, 1, 1, k]`` per chip (added to its local topk ids)."""
+        sharded = isinstance(logits.placements[axis], Shard) and self.spec.shape[axis] > 1
+        coords = np.indices(self.spec.shape)[axis] if sharded else np.zeros(self.spec.shape, np.int64)
+        full = np.ascontiguousarray(np.broadcast_to((coords * width).astype(np.float32)[:, :, None, None], (*self.spec.shape, 1, k)))
+        t = self.from_host_per_device(full, logits.placements, dtype=DType.float32, name="vocab_offset")
+        return self._materialize(t, DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+
+    def _ones_upper(self, n: int) -> ttnn.Tensor:
+        """``[n, n]`` with ones where row <= column: ``x @ it`` is the running sum of ``x``'s rows."""
+        return self._const(("triu", n), lambda: self._upload(np.triu(np.ones((1, 1, n, n), np.float32)), (None, None),
+                                                             DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG))
+
+    def _draw(self, v, ids, params, batch: int, m: int) -> ttnn.Tensor:
+        """``sampling.draw`` over gathered candidates ``[1, 1, B, M]`` (float32)."""
+        top = min(sampling.K, m)
+        mem = ttnn.DRAM_MEMORY_CONFIG
+        col = [ttnn.slice(params, [0, 0, 0, i], [1, 1, batch, i + 1]) for i in range(sampling.PARAMS)]
+        t_inv, k, p, u = ttnn.reciprocal(col[0]), col[1], col[2], col[3]
+        s, _ = ttnn.topk(ttnn.typecast(v, ttnn.bfloat16), top, dim=-1, largest=True, sorted=True)
+        s = ttnn.typecast(s, ttnn.float32)
+        rank = self._const(("rank", batch, top), lambda: self._upload(
+            np.broadcast_to(np.arange(top, dtype=np.float32), (1, 1, batch, top)).copy(), (None, None),
+            DType.float32, ttnn.TILE_LAYOUT, mem))
+        in_k = ttnn.lt(rank, k, dtype=ttnn.float32)
+        z0 = ttnn.multiply(ttnn.slice(s, [0, 0, 0, 0], [1, 1, batch, 1]), t_inv)
+        e = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(s, t_inv), z0)), in_k)
+        prob = ttnn.multiply(e, ttnn.reciprocal(ttnn.sum(e, dim=-1, keepdim=True)))
+        cum = ttnn.matmul(prob, self._ones_upper(top), memory_config=mem, compute_kernel_config=cfg.precise_compute())
+        kept = ttnn.multiply(in_k, ttnn.lt(ttnn.subtract(cum, prob), p, dtype=ttnn.float32))
+        last = ttnn.subtract(ttnn.sum(kept, dim=-1, keepdim=True), 1.0)
+        threshold = ttnn.sum(ttnn.multiply(s, ttnn.eq(rank, last, dtype=ttnn.float32)), dim=-1, keepdim=True)
+        weight = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(v, t_inv), z0)), ttnn.ge(v, threshold, dtype=ttnn.float32))
+        cdf = ttnn.matmul(weight, self._ones_upper(m), memory_config=mem, compute_kernel_config=cfg.precise_compute())
+        total = ttnn.slice(cdf, [0, 0, 0, m - 1], [1, 1, batch, m])
+        hit = ttnn.gt(cdf, ttnn.multiply(u, total), dtype=ttnn.float32)
+        hits = ttnn.matmul(hit, self._ones_upper(m), memory_config=mem, compute_kernel_config=cfg.precise_compute())
+        first = ttnn.multiply(hit, ttnn.eq(hits, 1.0, dtype=ttnn.float32))
+        return ttnn.sum(ttnn.multiply(first, ids), dim=-1, keepdim=True)
 
     # ------------------------------------------------------------------ memory report
     def dram_report(self):

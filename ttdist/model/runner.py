@@ -1,7 +1,7 @@
 """``MeshModelRunner``: the engine's ModelRunner on a mesh backend (sim or ttnn).
 
-It turns the engine's plain-Python inputs into numpy page tables and positions, runs the
-model, and samples on the mesh. ``kv_budget`` sizes the paged KV cache from the mesh's
+It turns the engine's plain-Python inputs into the model's fixed-shape step inputs, runs the
+model, and samples on the mesh (only token ids come back). ``kv_budget`` sizes the paged KV cache from the mesh's
 DRAM: pages = (chip DRAM - weights - reserve) / bytes per page per chip.
 """
 
@@ -14,12 +14,14 @@ import numpy as np
 
 from ttdist.engine.runner import DecodeInput, PrefillInput, RunnerInfo, SamplingSpec
 from ttdist.mesh import make_backend
-from ttdist.mesh.backend import SamplingBatch
+from ttdist.mesh.backend import MeshError, SamplingBatch
+from ttdist.mesh.placement import REPLICATED
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, parse_mesh
 from ttdist.model.config import LlamaConfig
 from ttdist.model.layout import Layout
-from ttdist.model.llama import CacheConfig, LlamaModel
+from ttdist.mesh.sampling import device_params
+from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions, StepInputs
 from ttdist.model.weights import ShardedWeights, load_weights
 
 DEFAULT_MAX_PAGES = 4096
@@ -91,29 +93,69 @@ def _sampling_batch(specs: list[SamplingSpec]) -> SamplingBatch:
     )
 
 
-def _page_matrix(tables: list[list[int]]) -> np.ndarray:
-    width = max((len(t) for t in tables), default=1) or 1
-    out = np.full((len(tables), width), -1, dtype=np.int64)
-    for i, t in enumerate(tables):
-        out[i, : len(t)] = t
-    return out
+class SlotMap:
+    """Stable decode slots: a user keeps its slot while it decodes, so its page-table row stays put."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._of: dict[str, int] = {}
+
+    def assign(self, seq_ids: list[str], count: int) -> list[int]:
+        if not seq_ids:  # callers without ids: users fill the first slots in order
+            self._of.clear()
+            return list(range(count))
+        if len(seq_ids) != count or len(set(seq_ids)) != count:
+            raise ValueError(f"decode: {count} users need {count} distinct seq_ids, got {len(seq_ids)}")
+        live = set(seq_ids)
+        self._of = {k: v for k, v in self._of.items() if k in live}
+        free = sorted(set(range(self.slots)) - set(self._of.values()))
+        for key in seq_ids:
+            if key not in self._of:
+                self._of[key] = free.pop(0)
+        return [self._of[key] for key in seq_ids]
 
 
 class MeshModelRunner:
-    """Runs prefill chunks and decode batches of a Llama on one mesh."""
+    """Runs prefill chunks and decode batches of a Llama on one mesh.
+
+    Decode is trace-ready: every step runs the full ``max_batch`` slot batch on persistent
+    input tensors (idle slots at position -1), rewriting only the inputs that changed, and reads
+    back only the B sampled ids. With ``trace_decode`` (default: on where the backend can trace,
+    i.e. real chips) the first decode step runs eagerly (compiling every program), the second
+    is captured, and every later step replays the capture. All persistent device memory (weights,
+    KV cache, inputs) exists before the capture, as tracing requires.
+    """
 
     def __init__(self, weights: ShardedWeights, *, backend: str = "sim", page_size: int = 32, num_pages: int | None = None,
-                 max_batch: int = 32, max_context: int | None = None, kv_dtype: str | DType | None = None, backend_options: dict | None = None):
+                 max_pages: int | None = None,
+                 max_batch: int = 32, max_context: int | None = None, kv_dtype: str | DType | None = None,
+                 trace_decode: bool | None = None, logits_dtype: str | DType | None = None, lm_head_chunk: int = 16384,
+                 backend_options: dict | None = None):
         config = weights.config
-        kv = DType.float32 if weights.dtype is DType.float32 else DType.parse(kv_dtype or "bfloat16")
-        if num_pages is None:
-            budget = kv_budget(config, mesh=weights.mesh, dtype=weights.dtype, page_size=page_size, kv_dtype=kv)
-            num_pages = min(budget.num_pages, DEFAULT_MAX_PAGES)
+        kv = DType.parse(kv_dtype) if kv_dtype else weights.precision.kv_cache
+        # no num_pages: the model sizes its cache from the backend's DRAM ledger once the weights are placed;
+        # a simulated cache lives in host RAM, so it is capped at max_pages (DEFAULT_MAX_PAGES)
+        host_cap = max_pages if max_pages is not None else (DEFAULT_MAX_PAGES if backend == "sim" else None)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.backend = make_backend(weights.mesh, backend, **(backend_options or {}))
-        self.model = LlamaModel(self.backend, weights, CacheConfig(num_pages, page_size, kv))
+        context = min(max_context or config.max_position_embeddings, config.max_position_embeddings)
+        options = ModelOptions(max_positions=context, lm_head_chunk=lm_head_chunk,
+                               logits_dtype=DType.parse(logits_dtype) if logits_dtype else None)
+        self.model = LlamaModel(self.backend, weights, CacheConfig(num_pages or 0, page_size, kv, max_pages=host_cap), options)
+        num_pages = self.model.cache_config.num_pages
+        self.kv_fit = self.model.kv_fit
+        self.trace_decode = self.backend.can_trace if trace_decode is None else bool(trace_decode)
+        if self.trace_decode and not self.backend.can_trace:
+            raise MeshError(f"trace_decode: the {self.backend.name} backend cannot capture traces here (real chips only)")
+        self.slots = SlotMap(max_batch)
+        self.inputs: StepInputs | None = None
+        self._warm = False
+        self._trace = None
+        self._rng = np.random.default_rng()
         self.info = RunnerInfo(
             vocab_size=config.vocab_size,
-            max_context=min(max_context or config.max_position_embeddings, config.max_position_embeddings),
+            max_context=context,
             page_size=page_size,
             num_pages=num_pages,
             max_batch=max_batch,
@@ -127,23 +169,74 @@ class MeshModelRunner:
         weights = load_weights(path, mesh=mesh, dtype=dtype, cache_dir=cache_dir)
         return cls(weights, backend=backend, page_size=page_size, num_pages=num_pages, max_batch=max_batch, max_context=max_context, **options)
 
+    def dram(self):
+        """The fullest chip's DRAM from the backend's own ledger (weights, KV cache, other)."""
+        return self.backend.dram.usage()
+
     @classmethod
     def from_sharded(cls, weights: ShardedWeights, **options) -> "MeshModelRunner":
         return cls(weights, **options)
 
+    # ------------------------------------------------------------------ prefill
     def prefill(self, inp: PrefillInput) -> int | None:
         logits = self.model.prefill_forward(inp.token_ids, inp.start_pos, inp.page_table)
         if not inp.sample:
             return None
-        return int(self.model.sample(logits, _sampling_batch([inp.sampling]))[0])
+        params = self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
+        return int(self.backend.read_ids(self.model.sample(logits, params))[0])
+
+    # ------------------------------------------------------------------ decode
+    def _write_decode(self, inp: DecodeInput) -> list[int]:
+        """Put the users in their slots of the persistent inputs; upload what changed; their slots."""
+        n = len(inp.token_ids)
+        if n > self.info.max_batch:
+            raise ValueError(f"decode: {n} users exceed the runner's {self.info.max_batch} slots")
+        slots = self.slots.assign(list(inp.seq_ids), n)
+        rows = self.info.max_batch
+        idle = [None] * rows
+        tokens, positions, tables = list(idle), list(idle), list(idle)
+        for i, s in enumerate(slots):
+            tokens[s], positions[s], tables[s] = inp.token_ids[i], inp.positions[i], inp.page_tables[i]
+        busy = [s for s in range(rows) if tokens[s] is not None]
+        params = np.tile(device_params(SamplingBatch.greedy(1)), (rows, 1))
+        if inp.sampling:
+            params[slots] = device_params(_sampling_batch(list(inp.sampling)), self._rng)
+        host = self.model.host_inputs([tokens[s] for s in busy], [positions[s] for s in busy],
+                                      [tables[s] for s in busy], params[busy], rows, slots=busy)
+        if self.inputs is None:
+            self.inputs = self.model.place_inputs(host)
+        else:
+            self.model.write_inputs(self.inputs, host)
+        return slots
+
+    def _decode_graph(self):
+        return self.model.sample(self.model.decode_step(self.inputs), self.inputs.sampling)
+
+    def _run_decode(self):
+        if not self.trace_decode:
+            return self._decode_graph()
+        if not self._warm:  # the compile pass: every program is built before the capture
+            self._warm = True
+            return self._decode_graph()
+        if self._trace is None:
+            self._trace = self.backend.capture(self._decode_graph)
+        return self.backend.replay(self._trace)
 
     def decode(self, inp: DecodeInput) -> list[int]:
-        logits = self.model.decode_forward(inp.token_ids, inp.positions, _page_matrix(inp.page_tables))
-        return [int(t) for t in self.model.sample(logits, _sampling_batch(inp.sampling))]
+        slots = self._write_decode(inp)
+        ids = self.backend.read_ids(self._run_decode())
+        return [int(ids[s]) for s in slots]
 
-    # for tests and benchmarks: the logits themselves
+    def close(self) -> None:
+        if self._trace is not None:
+            self.backend.release(self._trace)
+            self._trace = None
+
+    # for tests and benchmarks: the logits themselves (never traced)
     def prefill_logits(self, token_ids, start_pos: int, page_table) -> np.ndarray:
         return self.model.logits_to_host(self.model.prefill_forward(token_ids, start_pos, page_table))
 
     def decode_logits(self, token_ids, positions, page_tables) -> np.ndarray:
-        return self.model.logits_to_host(self.model.decode_forward(token_ids, positions, _page_matrix(page_tables)))
+        n = len(token_ids)
+        slots = self._write_decode(DecodeInput(list(token_ids), list(positions), [list(t) for t in page_tables], [SamplingSpec()] * n))
+        return self.model.logits_to_host(self.model.decode_step(self.inputs))[slots]
