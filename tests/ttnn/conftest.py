@@ -1,11 +1,11 @@
 """The ttnn lane: the real ttnn 0.81.1 wheel on mock chips (run by scripts/test-ttnn, Python 3.12).
 
 One pytest process per system (``TTDIST_TTNN_SYSTEM`` = n300, t3k or tg): ttnn binds a
-process to one cluster descriptor. Every system runs on the Galaxy (6u) descriptor, whose
-unharvested chips give ttnn's op validator the 8x8 worker grid the device reports; the
-N300 and T3000 descriptors mock chips with two harvested rows, where 0.81.1 reports an 8x8
-grid but validates against 8x7 and rejects ordinary ops (embedding, matmul) that use the
-eighth row. The 1x2 and 1x8 meshes keep their own topology and fabric (line, ring).
+process to one cluster descriptor, and each system runs on its own: N300 on
+``wormhole_N300.yaml``, T3000 on ``t3k_cluster_desc.yaml``, Galaxy on ``6u_cluster_desc.yaml``.
+Meshes open with the backend's ``auto`` dispatch choice, which on a mock cluster is a row of
+worker cores: then the harvested N300 / T3000 chips report the 8x7 grid the mock validates
+against (with ttnn's default it reports 8x8 and rejects ops on the eighth row).
 """
 
 from __future__ import annotations
@@ -14,12 +14,28 @@ import os
 
 import pytest
 
+DESCRIPTORS = {"n300": "wormhole_N300.yaml", "t3k": "t3k_cluster_desc.yaml", "tg": "6u_cluster_desc.yaml"}
 CLUSTERS = os.environ.get("TTDIST_TTNN_MOCK_CLUSTERS", "")
 SYSTEM = os.environ.get("TTDIST_TTNN_SYSTEM", "tg")
+if SYSTEM not in DESCRIPTORS:
+    raise pytest.UsageError(f"TTDIST_TTNN_SYSTEM={SYSTEM!r}: the ttnn lane runs one of {', '.join(DESCRIPTORS)}")
 if CLUSTERS and "TT_METAL_MOCK_CLUSTER_DESC_PATH" not in os.environ:
-    os.environ["TT_METAL_MOCK_CLUSTER_DESC_PATH"] = os.path.join(CLUSTERS, "6u_cluster_desc.yaml")
+    # before ttnn is imported: it reads the descriptor once per process (and the serve tests' children inherit it)
+    os.environ["TT_METAL_MOCK_CLUSTER_DESC_PATH"] = os.path.join(CLUSTERS, DESCRIPTORS[SYSTEM])
 
 from ttdist.mesh import parse_mesh  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def system() -> str:
+    """The system this run mocks: n300, t3k or tg."""
+    return SYSTEM
+
+
+@pytest.fixture(scope="session")
+def descriptor() -> str:
+    """The file name of the system's mock cluster descriptor."""
+    return DESCRIPTORS[SYSTEM]
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,12 @@ def make_backend(spec: MeshSpec, kind: str = "sim", **options) -> Backend:
     if kind == "ttnn":
         try:
             from ttdist.mesh.ttnn_backend import TtnnBackend
-        except ImportError as err:
+        except ModuleNotFoundError as err:
+            if err.name != "ttnn" and not (err.name or "").startswith("ttnn."):
+                raise
             raise MeshError(
-                f"the ttnn backend needs the ttnn package (Python 3.10 or 3.12, see docs/hardware.md): {err}"
+                "the ttnn backend needs the ttnn package (Python 3.10 or 3.12): run `make install-ttnn` and use "
+                f".venv-ttnn (see docs/hardware.md): {err}"
             ) from None
         return TtnnBackend(spec, **options)
     raise MeshError(f"unknown backend {kind!r}: use 'sim' or 'ttnn'")

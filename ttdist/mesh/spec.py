@@ -98,3 +98,11 @@ def parse_mesh(text: str) -> MeshSpec:
     if rows * cols > 1024:
         raise MeshSpecError(f"mesh {text!r} has {rows * cols} chips; the limit is 1024")
     return MeshSpec(f"{rows}x{cols}", rows, cols)
+
+
+def too_few_chips(spec: MeshSpec, have: int, visible: str | None = None) -> str:
+    """The one-line message for a mesh that needs more chips than a host shows, naming the fix."""
+    seen = f"TT_VISIBLE_DEVICES={visible} shows" if visible else "this host has"
+    fits = sorted((s.num_chips, name) for name, s in SYSTEMS.items() if s.num_chips <= have)
+    hint = f"use --mesh {fits[-1][1]} (or a smaller mesh)" if fits else "check the chips with tt-smi"
+    return f"mesh {spec.name} ({spec.shape_str}) needs {spec.num_chips} chips but {seen} {have}: {hint}"

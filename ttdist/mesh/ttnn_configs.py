@@ -179,9 +179,12 @@ def sdpa_prefill_program(seq: int, grid: Grid) -> ttnn.SDPAProgramConfig:
     )
 
 
-def sdpa_chunked_program(seq: int, page_size: int, grid: Grid) -> ttnn.SDPAProgramConfig:
-    """Chunked (paged) prefill SDPA: K chunks must not straddle a page."""
+def sdpa_chunked_program(seq: int, page_size: int, grid: Grid, start: int = 0) -> ttnn.SDPAProgramConfig:
+    """Chunked (paged) prefill SDPA: K chunks must not straddle a page, and the chunk's start
+    (a page boundary, so a whole number of tiles) must be a multiple of the Q chunk."""
     q_chunk = sdpa_chunk(seq)
+    while start % q_chunk:
+        q_chunk //= 2
     k_chunk = largest_divisor(page_size // TILE, 8) * TILE
     return ttnn.SDPAProgramConfig(
         compute_with_storage_grid_size=(grid.x, grid.y), q_chunk_size=q_chunk, k_chunk_size=k_chunk, exp_approx_mode=False

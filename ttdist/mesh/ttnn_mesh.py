@@ -4,6 +4,16 @@ Fabric: ``FABRIC_1D_RING`` when an axis of the spec is a ring (T3000), else ``FA
 (N300 line, Galaxy rows and columns). ``TtnnOptions`` holds everything the caller may
 choose; it is validated once here.
 
+Dispatch cores (``dispatch_core``): ``auto`` takes what the platform recommends: on chips,
+ttnn's cluster-aware default (``DispatchCoreConfig()``); on a mock cluster, dispatch on a row
+of worker cores, the one choice under which the mock's harvested N300 / T3000 chips report
+the grid they validate against (8x7). ``worker_row``, ``worker_col``, ``eth_row`` and
+``eth_col`` choose one explicitly. Every program config takes its core grid from the opened
+device (``compute_with_storage_grid_size``), so it follows the dispatch choice.
+
+Before opening, the spec's chip count is checked against the chips this process sees
+(``TT_VISIBLE_DEVICES``), so a mesh the system lacks is a ``MeshError`` naming the fix.
+
 Tracing: ``DecodeTrace`` captures one decode step (``begin_trace_capture`` /
 ``end_trace_capture``) and replays it with ``execute_trace``. Inputs that change per step
 must live in persistent device tensors refreshed with ``copy_host_to_device_tensor``
@@ -19,10 +29,11 @@ from dataclasses import dataclass, fields
 import ttnn
 
 from ttdist.mesh.backend import MeshError
-from ttdist.mesh.spec import MeshSpec, Topology
+from ttdist.mesh.spec import MeshSpec, Topology, too_few_chips
 from ttdist.mesh.ttnn_configs import Grid, interleaved_bytes
 
 DEFAULT_TRACE_REGION = 64 << 20
+DISPATCH_AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,8 @@ class TtnnOptions:
     ``parent`` + ``offset``: carve a submesh of ``spec``'s shape out of a bigger mesh;
     ``worker_grid``: limit ops to this many worker columns x rows (default: the device's grid);
     ``dram_sharded_decode``: decode matmuls read DRAM-sharded weights (the guide's choice);
-    ``trace_region_bytes``: device memory reserved for decode traces.
+    ``trace_region_bytes``: device memory reserved for decode traces;
+    ``dispatch_core``: ``auto`` or ``<worker|eth>_<row|col>`` (see the module doc).
     """
 
     device: object = None
@@ -42,6 +54,7 @@ class TtnnOptions:
     worker_grid: tuple[int, int] | None = None
     dram_sharded_decode: bool = True
     trace_region_bytes: int = DEFAULT_TRACE_REGION
+    dispatch_core: str = DISPATCH_AUTO
 
     @classmethod
     def from_kwargs(cls, options: dict) -> "TtnnOptions":
@@ -52,6 +65,7 @@ class TtnnOptions:
         opts = cls(**options)
         if opts.worker_grid is not None and (len(opts.worker_grid) != 2 or min(opts.worker_grid) < 1):
             raise MeshError(f"ttnn backend: worker_grid must be (columns, rows) >= 1, got {opts.worker_grid}")
+        dispatch_config(opts.dispatch_core)
         return opts
 
 
@@ -64,7 +78,7 @@ class MeshHandle:
 
     @property
     def can_trace(self) -> bool:
-        return not os.environ.get("TT_METAL_MOCK_CLUSTER_DESC_PATH")
+        return not mock_cluster()
 
     def close(self) -> None:
         if self.owned and self.device is not None:
@@ -80,12 +94,39 @@ def fabric_for(spec: MeshSpec):
     return ttnn.FabricConfig.FABRIC_1D
 
 
-def open_device(spec: MeshSpec, trace_region_bytes: int = DEFAULT_TRACE_REGION):
-    """Open the whole mesh for ``spec`` (sets the fabric first)."""
+def mock_cluster() -> bool:
+    """True where ttnn runs on mocked chips (a mock cluster descriptor is set)."""
+    return bool(os.environ.get("TT_METAL_MOCK_CLUSTER_DESC_PATH"))
+
+
+def dispatch_config(name: str):
+    """ttnn's ``DispatchCoreConfig`` for a ``dispatch_core`` setting; None = ttnn's own default."""
+    if name == DISPATCH_AUTO:
+        return dispatch_config("worker_row") if mock_cluster() else None
+    kind, _, axis = name.partition("_")
+    core_type = getattr(ttnn.DispatchCoreType, kind.upper(), None) if kind else None
+    core_axis = getattr(ttnn.DispatchCoreAxis, axis.upper(), None) if axis else None
+    if core_type is None or core_axis is None:
+        raise MeshError(f"ttnn backend: dispatch_core {name!r} is not one of auto, worker_row, worker_col, eth_row, eth_col")
+    return ttnn.DispatchCoreConfig(core_type, core_axis)
+
+
+def check_chips(spec: MeshSpec) -> None:
+    """A ``MeshError`` naming the fix where this process sees fewer chips than ``spec`` needs."""
+    have = int(ttnn.get_num_devices())
+    if have < spec.num_chips:
+        raise MeshError(too_few_chips(spec, have, os.environ.get("TT_VISIBLE_DEVICES")))
+
+
+def open_device(spec: MeshSpec, trace_region_bytes: int = DEFAULT_TRACE_REGION, dispatch_core: str = DISPATCH_AUTO):
+    """Open the whole mesh for ``spec`` (checks the chip count, sets the fabric first)."""
+    dispatch = dispatch_config(dispatch_core)
+    check_chips(spec)
     fabric = fabric_for(spec)
     if fabric is not None:
         ttnn.set_fabric_config(fabric)
-    return ttnn.open_mesh_device(ttnn.MeshShape(spec.rows, spec.cols), trace_region_size=trace_region_bytes)
+    extra = {} if dispatch is None else {"dispatch_core_config": dispatch}
+    return ttnn.open_mesh_device(ttnn.MeshShape(spec.rows, spec.cols), trace_region_size=trace_region_bytes, **extra)
 
 
 def open_mesh(spec: MeshSpec, options: TtnnOptions) -> MeshHandle:
@@ -95,7 +136,7 @@ def open_mesh(spec: MeshSpec, options: TtnnOptions) -> MeshHandle:
     elif options.parent is not None:
         device = options.parent.create_submesh(ttnn.MeshShape(spec.rows, spec.cols), ttnn.MeshCoordinate(*options.offset))
     else:
-        device, owned = open_device(spec, options.trace_region_bytes), True
+        device, owned = open_device(spec, options.trace_region_bytes, options.dispatch_core), True
     shape = tuple(device.shape)
     if shape != spec.shape:
         raise MeshError(f"ttnn backend: the device mesh is {shape[0]}x{shape[1]} but the spec {spec.name!r} is {spec.shape_str}")
