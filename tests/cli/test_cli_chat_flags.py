@@ -34,3 +34,20 @@ def test_serve_flags_build_the_api_config(tmp_path, monkeypatch):
     monkeypatch.delenv("TTDIST_API_KEY")
     open_args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--insecure"])
     assert config_from_args(open_args).api.api_keys == () and config_from_args(open_args).api.http_port == 8000
+
+
+def test_spec_api_mapping(tmp_path):
+    from ttdist.runtime.config import ClusterConfigError
+    from ttdist.runtime.spec import load_spec, parse_spec
+
+    keys = tmp_path / "keys"
+    keys.write_text("k2\n")
+    api = parse_spec({"host": "0.0.0.0", "api": {"http_port": -1, "api_keys": ["k1"], "api_key_file": str(keys)}}).config.api
+    assert api.api_keys == ("k1", "k2") and api.http_port is None
+    assert load_spec("cluster/local.yaml").config.api.http_port == 8000
+    for raw, message in [({"api": {"bogus": 1}}, "unknown api setting 'bogus'"),
+                         ({"host": "10.0.0.5"}, "refusing to serve on 10.0.0.5"),
+                         ({"api": {"api_keys": "k"}}, "api_keys must be a list")]:
+        with pytest.raises(ClusterConfigError, match=message):
+            parse_spec(raw)
+    assert parse_spec({"host": "10.0.0.5", "api": {"insecure": True}}).config.api.insecure

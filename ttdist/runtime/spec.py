@@ -80,6 +80,8 @@ def _api(raw, where: str) -> ApiConfig:
     except ApiConfigError as err:
         raise ClusterConfigError(f"{where}: api: {err}") from None
     raw.pop("api_key_file", None)
+    if raw.get("http_port") == -1:      # as on the command line: -1 = no HTTP
+        raw["http_port"] = None
     return ApiConfig(api_keys=tuple(str(k) for k in keys), **raw)
 
 
