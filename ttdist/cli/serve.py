@@ -27,6 +27,8 @@ EPILOG = """examples:
 
 
 def register(subparsers) -> None:
+    from ttdist.runtime.config import DISPATCH_CORES
+
     p = subparsers.add_parser(
         "serve", help="serve a model on a Ray cluster (foreground; Ctrl-C stops everything)",
         description="Start the coordinator, N replica actors (one mesh each) and the router on Ray, then "
@@ -36,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--mesh", default="n300", help="n150, n300, t3k, tg or RxC (default %(default)s)")
     p.add_argument("--replicas", type=int, default=1, help="number of replicas (default %(default)s)")
     p.add_argument("--backend", default="sim", choices=("sim", "ttnn"), help="mesh backend (default %(default)s)")
+    p.add_argument("--dispatch-core", default="auto", choices=DISPATCH_CORES,
+                   help="ttnn: cores that dispatch programs (default %(default)s: what the platform recommends)")
     p.add_argument("--dispatch-core", default="auto",
                    choices=("auto", "worker_row", "worker_col", "eth_row", "eth_col"),
                    help="ttnn: cores that dispatch programs (default %(default)s: what the platform recommends)")

@@ -48,3 +48,43 @@ def tiny_llama_checkpoint(dirpath: str | Path, *, seed: int = 0, with_tokenizer:
             if file.name.startswith(("tokenizer", "special_tokens")):
                 shutil.copy(file, path / file.name)
     return path
+
+
+def numpy_llama_checkpoint(dirpath: str | Path, *, seed: int = 0, **overrides) -> Path:
+    """Write a random Llama checkpoint with numpy, safetensors and tokenizers only (no torch).
+
+    For environments without torch (the ttnn one): ``config.json``, ``model.safetensors``
+    (float32, HF tensor names) and a byte-level ``tokenizer.json`` whose 256 byte tokens plus
+    ``<s>`` / ``</s>`` encode any text. The default vocabulary is 512 (the model's spare ids
+    decode to nothing).
+    """
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from ttdist.model.config import LlamaConfig
+    from ttdist.model.weights import expected_shapes
+
+    raw = {**TINY, "vocab_size": 512, "bos_token_id": 256, "eos_token_id": 257, **overrides,
+           "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    path = Path(dirpath)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(raw, indent=2))
+    config = LlamaConfig.from_dir(path)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in expected_shapes(config).items():
+        if "norm" in name:
+            tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            tensors[name] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    save_file(tensors, str(path / "model.safetensors"))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<s>", "</s>"])
+    tokenizer.save(str(path / "tokenizer.json"))
+    return path

@@ -162,7 +162,8 @@ class Coordinator:
             model_dir=self.model_dir, devices=record.devices, engine=cfg.engine, scripted=cfg.scripted,
             num_pages=min(record.kv_pages_budget, cfg.max_kv_pages), max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
-            host=cfg.replica_host, cluster_token=cfg.cluster_token,
+            host=cfg.replica_host, dispatch_core=cfg.groups[record.group].dispatch_core,
+            cluster_token=cfg.cluster_token,
         )
 
     async def _weights_for(self, mesh: str, node_id: str):

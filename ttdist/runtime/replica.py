@@ -65,6 +65,7 @@ class ReplicaSetup:
     heartbeat_s: float = 0.5
     cpu_threads: int = 1
     host: str = "127.0.0.1"    # "" = this node's IP
+    dispatch_core: str = "auto"   # ttnn backend: which cores dispatch (ReplicaGroup.dispatch_core)
     cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
 
 
@@ -79,22 +80,27 @@ class StartedReplica:
 def build_engine(setup: ReplicaSetup, weights):
     """The engine a replica serves (not started): a scripted one, or the model on its mesh from
     ``weights`` (a converted-weight cache path or the ``ShardedWeights``) with ``cpu_threads``
-    torch threads. The serving benchmark builds its in-process baseline here too."""
+    torch threads on the simulator (the ttnn backend never imports torch). The serving benchmark
+    builds its in-process baseline here too."""
     s = setup
     if s.engine == "scripted":
         return ScriptedEngine(s.scripted)
-    import torch
-
     from ttdist.engine import AsyncEngine, EngineConfig
     from ttdist.engine.tokenizer import Tokenizer
     from ttdist.model.runner import MeshModelRunner
     from ttdist.model.weights import load_converted
 
-    torch.set_num_threads(s.cpu_threads)
+    options = None
+    if s.backend == "sim":
+        import torch
+
+        torch.set_num_threads(s.cpu_threads)
+    else:
+        options = {"dispatch_core": s.dispatch_core}
     sharded = load_converted(weights) if isinstance(weights, str) else weights
     runner = MeshModelRunner.from_sharded(
         sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages,
-        max_batch=s.max_batch, max_context=s.card.max_context,
+        max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options,
     )
     tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
     config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens)

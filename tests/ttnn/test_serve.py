@@ -1,0 +1,166 @@
+"""``ttdist serve --backend ttnn`` end to end on the mocked system: coordinator, replica actor,
+router and gRPC, all in the torch-free ttnn environment, serving a small random Llama.
+
+One cluster per system (module scope), started with the environment's own ``ttdist`` console
+script. Mocked chips compute zeros, so these tests assert the path and the accounting (token
+counts, finish reasons, KV pages, the mesh and backend the cluster reports), never token values.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scripts/test-ttnn)")
+
+from ttdist.client import Client, DeadlineExceeded  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TTDIST = Path(sys.executable).with_name("ttdist")   # the environment's console script
+PROMPT = "The capital of France is"
+START_TIMEOUT_S = 900
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "TTDIST_CACHE": str(tmp)}
+
+
+def _ttdist(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TTDIST), *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from ttdist.model.testing import numpy_llama_checkpoint
+
+    return numpy_llama_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-llama", seed=5)
+
+
+@pytest.fixture(scope="module")
+def served(checkpoint, system, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    address = f"127.0.0.1:{_free_port()}"
+    log_path = cache / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [str(TTDIST), "serve", "--backend", "ttnn", "--mesh", system, "--model", str(checkpoint),
+             "--dtype", "bfloat8_b", "--max-kv-pages", "64", "--port", address.rsplit(":", 1)[1],
+             "--dashboard-port", "-1", "--no-restart"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(cache), cwd=ROOT)
+        try:
+            with Client(address) as client:
+                try:
+                    client.wait_ready(timeout=START_TIMEOUT_S)
+                except DeadlineExceeded:
+                    pytest.fail(f"ttdist serve --backend ttnn never became ready; its output:\n{_tail(log_path)}")
+            yield address
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def _tail(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if not ln.startswith(" --- ")]
+    return "\n".join(lines[-60:])
+
+
+def _replica(client: Client):
+    (replica,) = client.cluster_status().replicas
+    return replica
+
+
+def _settled(client: Client, timeout_s: float = 60.0):
+    """The replica's status once nothing runs and every KV page is free again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        replica = _replica(client)
+        if replica.running == 0 and replica.waiting == 0 and replica.kv_pages_free == replica.kv_pages_total:
+            return replica
+        assert time.monotonic() < deadline, f"replica never settled: {replica}"
+        time.sleep(0.2)
+
+
+def test_cluster_status_reports_the_ttnn_mesh_and_its_kv_pages(served, spec):
+    with Client(served, timeout=60) as client:
+        status = client.cluster_status()
+        (replica,) = status.replicas
+        assert (replica.state, replica.backend, replica.mesh) == ("ready", "ttnn", spec.shape_str)
+        assert status.model == "tiny-llama"
+        assert replica.kv_pages_total == 64 and replica.kv_pages_free == 64
+
+
+def test_tokens_stream_through_the_public_api(served, checkpoint):
+    from ttdist.engine.tokenizer import Tokenizer
+
+    prompt_tokens = len(Tokenizer.from_dir(checkpoint).encode(PROMPT))
+    with Client(served, timeout=300) as client:
+        stream = client.stream(PROMPT, max_tokens=6, ignore_eos=True)
+        chunks = list(stream)
+        done = stream.completion
+        assert sum(len(c.token_ids) for c in chunks) == 6 == len(done.token_ids)
+        assert (done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens) == ("length", prompt_tokens, 6)
+        unary = client.generate(list(range(3, 40)), max_tokens=4, ignore_eos=True)
+        assert (len(unary.token_ids), unary.usage.prompt_tokens) == (4, 37)
+        _settled(client)
+
+
+def test_abort_mid_stream_frees_its_pages(served):
+    # 70 tokens, three 32-token pages; its first page is the cached prefix of the unary request
+    # above, so its prefill is a chunk that starts at 32 (chunked SDPA through the page table)
+    prompt = list(range(3, 3 + 70))
+    with Client(served, timeout=600) as client:
+        total = _settled(client).kv_pages_total
+        stream = client.stream(prompt, max_tokens=900, ignore_eos=True)
+        seen = 0
+        for chunk in stream:
+            seen += len(chunk.token_ids)
+            if seen >= 2:
+                break
+        deadline = time.monotonic() + 60
+        while (replica := _replica(client)).kv_pages_free > total - 3:   # heartbeats catch up
+            assert time.monotonic() < deadline, f"the running stream's pages never showed as used: {replica}"
+            time.sleep(0.1)
+        assert replica.running == 1
+        assert client.abort(stream.request_id) is True
+        stream.close()
+        after = _settled(client)
+        assert after.kv_pages_free == after.kv_pages_total == total
+
+
+def test_a_mesh_the_system_lacks_is_one_line_naming_the_fix(checkpoint, spec, system, tmp_path):
+    bigger = "tg" if spec.num_chips < 32 else "8x8"
+    proc = _ttdist("serve", "--backend", "ttnn", "--mesh", bigger, "--model", str(checkpoint), "--port", "0",
+                   env=_env(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"but this host has {spec.num_chips}" in line and f"use --mesh {system}" in line
+
+
+def test_a_checkpoint_whose_heads_cannot_be_laid_out_is_refused(system, tmp_path):
+    from ttdist.model.testing import numpy_llama_checkpoint
+
+    odd = numpy_llama_checkpoint(tmp_path / "odd", hidden_size=96, num_attention_heads=2, num_key_value_heads=1,
+                                 head_dim=48, num_hidden_layers=1)
+    proc = _ttdist("serve", "--backend", "ttnn", "--mesh", system, "--model", str(odd), "--port", "0",
+                   env=_env(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "head_dim 48 is not a multiple of 32" in line and "--backend sim" in line
