@@ -18,7 +18,7 @@ in ttnn's composite all-reduce; its cost is the sum of both.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from ttdist.mesh.precision import DType
@@ -65,33 +65,72 @@ class CclRecord:
     bytes_moved: float
 
 
-@dataclass
 class CclLedger:
-    """Every collective run on a mesh, and the bytes it moved per axis."""
+    """The collectives run on a mesh as counters (count and bytes moved per op and axis), plus
+    the most recent ``keep`` records for inspection. Memory stays bounded however long a
+    replica serves: nothing grows per collective beyond the ring."""
 
-    records: list[CclRecord] = field(default_factory=list)
+    def __init__(self, keep: int = 4096) -> None:
+        self._recent: deque[CclRecord] = deque(maxlen=keep)
+        self._count: dict[tuple[str, int], int] = defaultdict(int)
+        self._bytes: dict[tuple[str, int], float] = defaultdict(float)
+        self.recorded = 0                 # records ever (the ring keeps the last ``keep``)
 
     def record(self, rec: CclRecord) -> None:
-        self.records.append(rec)
+        self._recent.append(rec)
+        key = (rec.op, rec.cluster_axis)
+        self._count[key] += 1
+        self._bytes[key] += rec.bytes_moved
+        self.recorded += 1
+
+    @property
+    def records(self) -> list[CclRecord]:
+        """The most recent records, oldest first (all of them until the ring is full)."""
+        return list(self._recent)
 
     def bytes_per_axis(self) -> dict[int, float]:
         out: dict[int, float] = defaultdict(float)
-        for rec in self.records:
-            out[rec.cluster_axis] += rec.bytes_moved
+        for (_, axis), moved in self._bytes.items():
+            out[axis] += moved
         return dict(out)
 
     def total_bytes(self) -> float:
-        return sum(rec.bytes_moved for rec in self.records)
+        return sum(self._bytes.values())
 
     def count(self, op: str | None = None) -> int:
-        return sum(1 for rec in self.records if op is None or rec.op == op)
+        return sum(n for (name, _), n in self._count.items() if op is None or name == op)
 
     def clear(self) -> None:
-        self.records.clear()
+        self._recent.clear()
+        self._count.clear()
+        self._bytes.clear()
+        self.recorded = 0
 
 
 class DramOverflowError(MemoryError):
     """A tensor does not fit in a chip's DRAM."""
+
+
+WEIGHTS_PREFIX = "weights."
+KV_CACHE = "kv_cache"
+
+
+@dataclass(frozen=True)
+class ChipDram:
+    """One chip's DRAM from the ledger: capacity and what holds it (bytes)."""
+
+    capacity: int
+    weights: int
+    kv_cache: int
+    other: int
+
+    @property
+    def used(self) -> int:
+        return self.weights + self.kv_cache + self.other
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
 
 
 @dataclass
@@ -128,3 +167,10 @@ class DramLedger:
 
     def used_per_chip(self) -> float:
         return max(self.used.values())
+
+    def usage(self) -> ChipDram:
+        """The fullest chip's DRAM by kind: weights (``weights.*``), KV cache, everything else."""
+        weights = sum(v for k, v in self.by_name.items() if k.startswith(WEIGHTS_PREFIX))
+        kv = sum(v for k, v in self.by_name.items() if k == KV_CACHE)
+        used = self.used_per_chip()
+        return ChipDram(int(self.spec.dram_bytes_per_chip), int(weights), int(kv), int(round(used - weights - kv)))

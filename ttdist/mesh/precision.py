@@ -11,6 +11,7 @@ is at most ``2**(e - bits)``, i.e. ``max|x| * 2**-bits`` (half a unit in the las
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 BLOCK = 16
 
@@ -89,3 +90,73 @@ def block_float_round(x, bits: int):
     rounded = torch.where(peak > 0, rounded, torch.zeros_like(rounded))
     out = rounded.reshape(*flat.shape[:-1], width + pad)[..., :width]
     return out.to(x.dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------------- precision per tensor group
+GROUPS = ("wqkv", "wo", "ff1_ff3", "ff2", "lm_head", "kv_cache", "embedding", "norms")
+_GROUP_OF = {"wqkv": "wqkv", "wo": "wo", "w1": "ff1_ff3", "w3": "ff1_ff3", "w2": "ff2", "lm_head": "lm_head",
+             "embedding": "embedding", "attention_norm": "norms", "ffn_norm": "norms", "norm": "norms"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The data format of each tensor group, as tt_transformers' decoder optimizations set it.
+
+    Groups: attention QKV and output weights, FF1/FF3 (gate, up), FF2 (down), the LM head, the
+    KV cache, the embedding table and the norms. The simulator emulates each format exactly
+    (block-float rounding on upload); ttnn stores each tensor in that dtype.
+    """
+
+    wqkv: DType = DType.bfloat16
+    wo: DType = DType.bfloat16
+    ff1_ff3: DType = DType.bfloat16
+    ff2: DType = DType.bfloat16
+    lm_head: DType = DType.bfloat16
+    kv_cache: DType = DType.bfloat16
+    embedding: DType = DType.bfloat16
+    norms: DType = DType.bfloat16
+    name: str = "custom"
+
+    def weight_dtype(self, kind: str) -> DType:
+        """The dtype of weight kind ``kind`` (a layout plan name such as ``w1`` or ``wqkv``)."""
+        try:
+            return getattr(self, _GROUP_OF[kind])
+        except KeyError:
+            raise ValueError(f"no precision group for weight {kind!r}") from None
+
+    @property
+    def needs_float32_storage(self) -> bool:
+        return any(getattr(self, g) is DType.float32 for g in GROUPS if g != "kv_cache")
+
+    def describe(self) -> str:
+        return f"{self.name}: " + ", ".join(f"{g} {getattr(self, g).value}" for g in GROUPS)
+
+    @classmethod
+    def uniform(cls, dtype: "DType | str") -> "Precision":
+        """Every matmul weight in ``dtype``; embedding, norms and KV in bf16 (all float32 for float32)."""
+        d = DType.parse(dtype)
+        if d is DType.float32:
+            return cls(**{g: d for g in GROUPS}, name="float32")
+        return cls(wqkv=d, wo=d, ff1_ff3=d, ff2=d, lm_head=d, name=d.value)
+
+    @classmethod
+    def parse(cls, text: "str | DType | Precision") -> "Precision":
+        """A preset name (``accuracy``, ``performance``) or a dtype applied to every matmul."""
+        if isinstance(text, Precision):
+            return text
+        if isinstance(text, str) and text in PRESETS:
+            return PRESETS[text]
+        try:
+            return cls.uniform(text)
+        except ValueError:
+            names = ", ".join([*PRESETS, *(d.value for d in DType if d not in (DType.uint32, DType.int32))])
+            raise ValueError(f"unknown precision {text!r}: use one of {names}") from None
+
+
+B16, B8, B4 = DType.bfloat16, DType.bfloat8_b, DType.bfloat4_b
+PRESETS = {
+    # tt_transformers ModelOptimizations.accuracy (models under 70B): bf16 attention, bfp8 MLP
+    "accuracy": Precision(wqkv=B16, wo=B16, ff1_ff3=B8, ff2=B8, lm_head=B8, kv_cache=B16, name="accuracy"),
+    # ModelOptimizations.performance: bfp4 FF1/FF3, bfp8 everything else that is a matmul or cache
+    "performance": Precision(wqkv=B8, wo=B8, ff1_ff3=B4, ff2=B8, lm_head=B8, kv_cache=B8, name="performance"),
+}

@@ -1,92 +1,33 @@
-"""Hugging Face Llama checkpoints -> layout-ready weights, with a converted-weight cache.
+"""Hugging Face Llama checkpoints -> every chip's weight pieces, through the converted-weight cache.
 
-``read_checkpoint`` reads ``config.json`` + ``*.safetensors`` with numpy only (bf16 is
-widened to float32), checking every tensor's presence and shape. ``prepare`` rearranges
-and zero-pads the weights into the layout's global arrays (query / KV heads grouped per
-inner-axis device, ``[K, N]`` matmul orientation) so a backend's ``from_host`` shards them
-with the layout's placements. ``convert_checkpoint`` writes them once to a cache keyed by
-(checkpoint hash, layout, mesh shape, dtype) with a manifest; ``load_converted`` reads it.
+``layer_tensors`` / ``top_tensors`` rearrange and zero-pad HF tensors into the layout's global
+arrays (query / KV heads grouped per inner-axis device, ``[K, N]`` matmul orientation), one
+tensor at a time; ``weight_cache.to_devices`` cuts each into the ``[R', C', *local]`` pieces a
+backend's ``from_host_per_device`` uploads. ``convert_checkpoint`` streams a checkpoint
+(``checkpoint.Checkpoint``) through that into a cache entry keyed by (checkpoint identity,
+layout, storage dtype, format version); ``load_converted`` opens an entry lazily, so a
+replica reads only its own pieces, one tensor at a time. No torch anywhere on this path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import struct
-import sys
-from dataclasses import dataclass, field
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ttdist.mesh.placement import Placements, Replicate, Shard
-from ttdist.mesh.precision import DType
+from ttdist.mesh.precision import DType, Precision
 from ttdist.mesh.spec import MeshSpec, parse_mesh
+from ttdist.model import weight_cache as wc
+from ttdist.model.checkpoint import Checkpoint
 from ttdist.model.config import CheckpointError, LlamaConfig
 from ttdist.model.layout import Layout, _pad_axis
 
-CACHE_VERSION = 2  # bump whenever prepare() or the layout changes what it writes
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32}
-
-
-# ---------------------------------------------------------------------- reading safetensors
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of one safetensors file as float32 numpy arrays (bf16 widened)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
-    if len(raw) < 8:
-        raise CheckpointError(f"{path}: truncated (no header)")
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    try:
-        header = json.loads(raw[8 : 8 + header_len])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: corrupt safetensors header") from None
-    base = 8 + header_len
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        kind = info.get("dtype")
-        if kind not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {kind}")
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        dtype = np.dtype(_DTYPES[kind])
-        if base + end > len(raw) or end - start != int(np.prod(shape)) * dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r} is truncated or its size does not match shape {shape}")
-        arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=base + start).reshape(shape)
-        if kind == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[name] = arr.astype(np.float32) if arr.dtype != np.float32 else arr
-    return out
-
-
-def read_checkpoint(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
-    """Config and HF-named float32 tensors of a checkpoint directory, shapes checked."""
-    path = Path(path)
-    config = LlamaConfig.from_dir(path)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no *.safetensors files in the checkpoint directory")
-    tensors: dict[str, np.ndarray] = {}
-    origin: dict[str, Path] = {}
-    for file in files:
-        for name, arr in read_safetensors(file).items():
-            tensors[name] = arr
-            origin[name] = file
-    for name, shape in expected_shapes(config).items():
-        if name not in tensors:
-            raise CheckpointError(f"{path}: tensor {name!r} is missing")
-        if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(
-                f"{origin[name]}: tensor {name!r} has shape {tuple(tensors[name].shape)}, config.json says {shape}"
-            )
-        if not np.isfinite(tensors[name]).all():
-            raise CheckpointError(f"{origin[name]}: tensor {name!r} contains NaN or inf")
-    return config, tensors
+CACHE_VERSION = wc.CACHE_VERSION
 
 
 def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -110,173 +51,208 @@ def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint whose every expected tensor is present with its config.json shape."""
+    ckpt = Checkpoint(path)
+    ckpt.check(expected_shapes(ckpt.config))
+    return ckpt
+
+
+def read_checkpoint(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """Config and every HF-named tensor as float32 (for small models and tests), all checked."""
+    ckpt = open_checkpoint(path)
+    return ckpt.config, {name: ckpt.read(name, dtype=np.float32) for name in expected_shapes(ckpt.config)}
+
+
 # ---------------------------------------------------------------------- layout-ready arrays
 def _heads(weight_t: np.ndarray, ids: list[int], hd: int) -> np.ndarray:
     """Columns of ``weight_t`` ([K, n*hd]) for head ids; -1 gives zero columns."""
-    cols = [weight_t[:, h * hd : (h + 1) * hd] if h >= 0 else np.zeros((weight_t.shape[0], hd), np.float32) for h in ids]
-    return np.concatenate(cols, axis=1)
+    zero = np.zeros((weight_t.shape[0], hd), weight_t.dtype)
+    return np.concatenate([weight_t[:, h * hd : (h + 1) * hd] if h >= 0 else zero for h in ids], axis=1)
 
 
-def prepare_layer(layout: Layout, hf: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-    c, hd = layout.config, layout.config.head_dim
-    p = f"model.layers.{i}."
+def layer_tensors(layout: Layout, hf: Mapping, i: int):
+    """``(kind, global array)`` of layer ``i`` one at a time; each reads only its own HF tensors."""
+    hd, ff, p = layout.config.head_dim, layout.ff, f"model.layers.{i}."
+    yield "attention_norm", layout.pad_hidden(hf[p + "input_layernorm.weight"], 0)
     q_t = layout.pad_hidden(hf[p + "self_attn.q_proj.weight"].T, 0)
     k_t = layout.pad_hidden(hf[p + "self_attn.k_proj.weight"].T, 0)
     v_t = layout.pad_hidden(hf[p + "self_attn.v_proj.weight"].T, 0)
+    yield "wqkv", np.concatenate([
+        np.concatenate([_heads(q_t, layout.q_heads[d], hd), _heads(k_t, layout.kv_heads[d], hd),
+                        _heads(v_t, layout.kv_heads[d], hd)], axis=1)
+        for d in range(layout.n_inner)
+    ], axis=1)
+    del q_t, k_t, v_t
     o = layout.pad_hidden(hf[p + "self_attn.o_proj.weight"], 0)  # [H, nq*hd]: columns per head
-    qkv_blocks, o_blocks = [], []
-    for d in range(layout.n_inner):
-        qkv_blocks.append(np.concatenate([
-            _heads(q_t, layout.q_heads[d], hd),
-            _heads(k_t, layout.kv_heads[d], hd),
-            _heads(v_t, layout.kv_heads[d], hd),
-        ], axis=1))
-        o_blocks.append(_heads(o, layout.q_heads[d], hd).T)
-    ff = layout.ff
-    return {
-        "attention_norm": layout.pad_hidden(hf[p + "input_layernorm.weight"], 0),
-        "wqkv": np.concatenate(qkv_blocks, axis=1),
-        "wo": layout.pad_hidden(np.concatenate(o_blocks, axis=0), 1),
-        "ffn_norm": layout.pad_hidden(hf[p + "post_attention_layernorm.weight"], 0),
-        "w1": _pad_axis(layout.pad_hidden(hf[p + "mlp.gate_proj.weight"].T, 0), 1, ff),
-        "w3": _pad_axis(layout.pad_hidden(hf[p + "mlp.up_proj.weight"].T, 0), 1, ff),
-        "w2": layout.pad_hidden(_pad_axis(hf[p + "mlp.down_proj.weight"].T, 0, ff), 1),
-    }
+    yield "wo", layout.pad_hidden(np.concatenate([_heads(o, layout.q_heads[d], hd).T for d in range(layout.n_inner)], axis=0), 1)
+    del o
+    yield "ffn_norm", layout.pad_hidden(hf[p + "post_attention_layernorm.weight"], 0)
+    yield "w1", _pad_axis(layout.pad_hidden(hf[p + "mlp.gate_proj.weight"].T, 0), 1, ff)
+    yield "w3", _pad_axis(layout.pad_hidden(hf[p + "mlp.up_proj.weight"].T, 0), 1, ff)
+    yield "w2", layout.pad_hidden(_pad_axis(hf[p + "mlp.down_proj.weight"].T, 0, ff), 1)
 
 
-def prepare_top(layout: Layout, hf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def prepare_layer(layout: Layout, hf: Mapping, i: int) -> dict[str, np.ndarray]:
+    return dict(layer_tensors(layout, hf, i))
+
+
+def norm_tensor(layout: Layout, weight: np.ndarray) -> np.ndarray:
+    return layout.pad_hidden(weight, 0)
+
+
+def prepare_top(layout: Layout, hf: Mapping) -> dict[str, np.ndarray]:
     c = layout.config
     embed = hf["model.embed_tokens.weight"]
     head = embed if c.tie_word_embeddings else hf["lm_head.weight"]
     return {
         "embedding": layout.pad_hidden(embed, 1),
-        "norm": layout.pad_hidden(hf["model.norm.weight"], 0),
+        "norm": norm_tensor(layout, hf["model.norm.weight"]),
         "lm_head": _pad_axis(layout.pad_hidden(head.T, 0), 1, layout.vocab),
     }
 
 
 @dataclass
 class ShardedWeights:
-    """Layout-ready global arrays for one (checkpoint, mesh, dtype); picklable for Ray."""
+    """Every chip's weights for one (checkpoint, mesh): ``arrays[name]`` is ``[R', C', *local]``
+    (float32; in memory, or read on demand from a cache entry). Picklable for Ray."""
 
     config: LlamaConfig
     mesh: MeshSpec
     dtype: DType
-    arrays: dict[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray]
     source: str = ""
     align: int = 32
+    precision: Precision | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = Precision.uniform(self.dtype)
 
     def layout(self) -> Layout:
         return Layout(self.config, self.mesh, align=self.align)
 
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
+    def placements(self, name: str):
+        plans = {p.name: p for p in self.layout().plans()}
+        return plans[name.rsplit(".", 1)[-1]].placements
 
 
-def prepare(config: LlamaConfig, hf: dict[str, np.ndarray], mesh: MeshSpec, dtype: DType, *, progress: bool = False, source: str = "") -> ShardedWeights:
+def prepare(config: LlamaConfig, hf: Mapping, mesh: MeshSpec, dtype: DType | str, *, source: str = "",
+            precision: Precision | str | None = None) -> ShardedWeights:
+    """In-memory per-device weights from HF-named arrays (small models and tests)."""
     layout = Layout(config, mesh)
-    arrays = prepare_top(layout, hf)
-    layers = range(config.num_hidden_layers)
-    for i in _progress(layers, "convert", progress):
-        for name, arr in prepare_layer(layout, hf, i).items():
-            arrays[f"layers.{i}.{name}"] = np.ascontiguousarray(arr, dtype=np.float32)
-    return ShardedWeights(config, mesh, dtype, arrays, source)
-
-
-def _progress(items, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="layer", file=sys.stderr)
+    table = {p.name: p.placements for p in layout.plans()}
+    arrays = {k: wc.to_devices(np.asarray(a, np.float32), table[k], mesh.shape) for k, a in prepare_top(layout, hf).items()}
+    for i in range(config.num_hidden_layers):
+        for kind, array in layer_tensors(layout, hf, i):
+            arrays[f"layers.{i}.{kind}"] = wc.to_devices(np.asarray(array, np.float32), table[kind], mesh.shape)
+    dtype = DType.parse(dtype)
+    return ShardedWeights(config, mesh, dtype, arrays, source, precision=Precision.parse(precision or dtype))
 
 
 # ---------------------------------------------------------------------- converted-weight cache
-def checkpoint_hash(path: str | Path) -> str:
-    """Content hash of config.json and the safetensors files."""
-    digest = hashlib.blake2b(digest_size=16)
-    path = Path(path)
-    for file in [path / "config.json", *sorted(path.glob("*.safetensors"))]:
-        digest.update(file.name.encode())
-        with open(file, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("TTDIST_CACHE", Path.home() / ".cache" / "ttdist")) / "weights"
 
 
-def convert_checkpoint(path: str | Path, *, mesh: str | MeshSpec = "1x1", dtype: str | DType = "bfloat16", cache_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Convert once and return the cache entry's directory (reused when it exists)."""
+def storage_dtype(precision: Precision) -> np.dtype:
+    return np.dtype(np.float32) if precision.needs_float32_storage else wc.BF16
+
+
+def convert_checkpoint(path: str | Path, *, mesh: str | MeshSpec = "1x1", dtype: str | DType | Precision = "bfloat16",
+                       cache_dir: str | Path | None = None, progress: bool = True, verify_hash: bool = False) -> Path:
+    """Convert once and return the cache entry's directory (reused when it exists).
+
+    The entry is keyed by the checkpoint's cheap identity (config, headers, sizes, mtimes);
+    ``verify_hash`` also hashes every byte and reconverts when the entry recorded another hash.
+    """
     spec = parse_mesh(mesh) if isinstance(mesh, str) else mesh
-    dtype = DType.parse(dtype)
-    config = LlamaConfig.from_dir(path)
-    layout = Layout(config, spec)
-    key = f"{checkpoint_hash(path)}-{layout.key}-{dtype.value}-v{CACHE_VERSION}"
-    entry = Path(cache_dir or default_cache_dir()) / key
-    if (entry / "manifest.json").exists():
-        return entry
-    _, hf = read_checkpoint(path)
-    weights = prepare(config, hf, spec, dtype, progress=progress, source=str(path))
+    precision = Precision.parse(dtype)
+    storage = storage_dtype(precision)
+    ckpt = open_checkpoint(path)
+    layout = Layout(ckpt.config, spec)
+    identity = ckpt.identity()
+    entry = Path(cache_dir or default_cache_dir()) / f"{identity}-{layout.key}-{'f32' if storage == np.float32 else 'bf16'}-v{CACHE_VERSION}"
+    content = ckpt.content_hash() if verify_hash else None
+    if (entry / wc.MANIFEST).exists():
+        recorded = json.loads((entry / wc.MANIFEST).read_text()).get("content_hash")
+        if content is None or recorded in (None, content):
+            if content is not None and recorded is None:
+                _record_hash(entry, content)
+            return entry
+        shutil.rmtree(entry, ignore_errors=True)
     tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    store = {name: _to_storage(arr, dtype) for name, arr in weights.arrays.items()}
-    np.savez(tmp / "weights.npz", **store)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tensors = wc.write_entry(ckpt, layout, storage, tmp, progress=progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     manifest = {
-        "version": CACHE_VERSION,
-        "checkpoint": str(Path(path).resolve()),
-        "checkpoint_hash": key.split("-")[0],
-        "layout": layout.key,
-        "layout_description": layout.describe(),
-        "mesh": spec.shape_str,
-        "mesh_name": spec.name,
-        "dtype": dtype.value,
+        "version": CACHE_VERSION, "checkpoint": str(Path(path).resolve()), "checkpoint_identity": identity,
+        "content_hash": content, "layout": layout.key, "layout_description": layout.describe(),
+        "mesh": spec.shape_str, "mesh_name": spec.name, "dtype": precision.name,
+        "storage": "float32" if storage == np.float32 else "bfloat16",
         "config": json.loads((Path(path) / "config.json").read_text()),
-        "tensors": {name: list(arr.shape) for name, arr in weights.arrays.items()},
+        "files": {f.name: f.stat().st_size for f in sorted(tmp.glob("*.safetensors"))},
+        "tensors": tensors,
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (tmp / wc.MANIFEST).write_text(json.dumps(manifest, indent=1))
     try:
         tmp.rename(entry)
     except OSError:  # another process converted it first
-        pass
+        shutil.rmtree(tmp, ignore_errors=True)
     return entry
 
 
-def _to_storage(arr: np.ndarray, dtype: DType) -> np.ndarray:
-    """float32 stays float32; lower precisions are stored as bf16 bits (the device rounds further)."""
-    if dtype is DType.float32:
-        return arr
-    bits = arr.astype(np.float32).view(np.uint32)
-    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-    return (rounded >> 16).astype(np.uint16)
+def _record_hash(entry: Path, content: str) -> None:
+    manifest = json.loads((entry / wc.MANIFEST).read_text())
+    manifest["content_hash"] = content
+    tmp = entry / (wc.MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.rename(entry / wc.MANIFEST)
 
 
-def load_converted(entry: str | Path) -> ShardedWeights:
+def load_converted(entry: str | Path, *, precision: Precision | str | None = None) -> ShardedWeights:
+    """A cache entry as ``ShardedWeights`` whose arrays are read from disk when placed."""
     entry = Path(entry)
-    try:
-        manifest = json.loads((entry / "manifest.json").read_text())
-        stored = np.load(entry / "weights.npz")
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{entry}: unreadable converted-weight cache ({err})") from None
-    config = LlamaConfig.from_dict(manifest["config"], str(entry / "manifest.json"))
-    arrays = {}
-    for name, shape in manifest["tensors"].items():
-        if name not in stored.files:
-            raise CheckpointError(f"{entry / 'weights.npz'}: tensor {name!r} is missing")
-        arr = stored[name]
-        if arr.dtype == np.uint16:
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        if list(arr.shape) != shape:
-            raise CheckpointError(f"{entry / 'weights.npz'}: tensor {name!r} has shape {arr.shape}, manifest says {shape}")
-        arrays[name] = arr
+    manifest = wc.read_manifest(entry)
+    config = LlamaConfig.from_dict(manifest["config"], str(entry / wc.MANIFEST))
+    chosen = Precision.parse(precision or manifest["dtype"])
+    if chosen.needs_float32_storage and manifest["storage"] != "float32":
+        raise CheckpointError(f"{entry}: stored in {manifest['storage']}; precision {chosen.name} needs a float32 conversion")
     spec = parse_mesh(manifest["mesh_name"])
-    return ShardedWeights(config, spec, DType.parse(manifest["dtype"]), arrays, manifest["checkpoint"])
+    uniform = DType.float32 if manifest["storage"] == "float32" else chosen.wqkv
+    return ShardedWeights(config, spec, uniform, wc.CachedArrays(entry, manifest["tensors"]), manifest["checkpoint"],
+                          precision=chosen)
 
 
-def load_weights(path: str | Path, *, mesh: str | MeshSpec = "1x1", dtype: str | DType = "float32", cache_dir: str | Path | None = None, progress: bool = False) -> ShardedWeights:
+@dataclass(frozen=True)
+class WeightSource:
+    """What a replica is handed to build its model: a cache entry on its node or shards to
+    fetch through Ray, and the precision to upload them in."""
+
+    entry: str | None = None
+    remote: wc.RemoteShards | None = None
+    precision: str = ""
+
+    def open(self) -> ShardedWeights:
+        entry = self.entry if self.remote is None else str(self.remote.fetch())
+        return load_converted(entry, precision=self.precision or None)
+
+
+def open_weights(weights) -> ShardedWeights:
+    """``ShardedWeights`` from whatever a replica was handed (cache path, source, or weights)."""
+    if isinstance(weights, (str, Path)):
+        return load_converted(weights)
+    if isinstance(weights, WeightSource):
+        return weights.open()
+    return weights
+
+
+def load_weights(path: str | Path, *, mesh: str | MeshSpec = "1x1", dtype: str | DType | Precision = "float32",
+                 cache_dir: str | Path | None = None, progress: bool = False) -> ShardedWeights:
     """Layout-ready weights for a checkpoint, through the converted-weight cache."""
-    return load_converted(convert_checkpoint(path, mesh=mesh, dtype=dtype, cache_dir=cache_dir, progress=progress))
+    entry = convert_checkpoint(path, mesh=mesh, dtype=dtype, cache_dir=cache_dir, progress=progress)
+    return load_converted(entry, precision=dtype)

@@ -171,11 +171,12 @@ class Coordinator:
             return None
         if node_id == self._node_id:
             return self._weights_path[mesh], "cache"
-        if mesh not in self._weights_ref:
-            from ttdist.model.weights import load_converted
+        if mesh not in self._weights_ref:  # the entry's files in bounded chunks, fetched one at a time
+            from ttdist.model.weight_cache import RemoteShards
+            from ttdist.model.weights import WeightSource
 
-            shards = await asyncio.to_thread(load_converted, self._weights_path[mesh])
-            self._weights_ref[mesh] = ray.put(shards)
+            remote = await asyncio.to_thread(RemoteShards.put, self._weights_path[mesh])
+            self._weights_ref[mesh] = WeightSource(remote=remote)
         return self._weights_ref[mesh], "object_store"
 
     async def _launch(self, rid: str) -> None:

@@ -88,7 +88,7 @@ def build_engine(setup: ReplicaSetup, weights):
     from ttdist.engine import AsyncEngine, EngineConfig
     from ttdist.engine.tokenizer import Tokenizer
     from ttdist.model.runner import MeshModelRunner
-    from ttdist.model.weights import load_converted
+    from ttdist.model.weights import open_weights
 
     options = None
     if s.backend == "sim":
@@ -97,7 +97,7 @@ def build_engine(setup: ReplicaSetup, weights):
         torch.set_num_threads(s.cpu_threads)
     else:
         options = {"dispatch_core": s.dispatch_core}
-    sharded = load_converted(weights) if isinstance(weights, str) else weights
+    sharded = open_weights(weights)
     runner = MeshModelRunner.from_sharded(
         sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages,
         max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options,
