@@ -1,11 +1,6 @@
-"""Host-side helpers of the ttnn backend, numpy only: ledger bytes, assembling per-device
-pieces into the global tensor, and the final draw of sampled users' tokens.
-
-Sampling: greedy users never leave the device (``ttnn.argmax``). For users with a
-temperature, the device returns each user's top-k candidates (``ttnn.topk``) and the host
-draws among them with the user's own generator, seeded from ``(seed, step)`` exactly as
-the simulator seeds it, so a seeded request is reproducible whatever batch it runs in.
-``ttnn.sampling`` takes one seed per batch, which cannot give that guarantee.
+"""Host-side helpers of the ttnn backend, numpy only: assembling per-device pieces into the
+global tensor (``to_host``). Sampling runs on the chips (``ttdist.mesh.sampling``); only the
+sampled ids are read back.
 """
 
 from __future__ import annotations
