@@ -180,3 +180,17 @@ async def _until(condition, timeout=30.0):
     while not condition():
         assert loop.time() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+async def test_several_routers_serve_one_http_port(make_stack):
+    first, second = await make_stack(n=1), await make_stack(n=1)
+    a = await start_http_server(OpenAIServer(first.router), "127.0.0.1", 0)
+    b = await start_http_server(OpenAIServer(second.router), "127.0.0.1", a.port)   # SO_REUSEPORT
+    try:
+        assert b.port == a.port
+        await a.stop()       # the port keeps answering through the other router
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{a.port}/v1/completions", json={"prompt": [4, 5], "max_tokens": 3}) as r:
+                assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] == 3
+    finally:
+        await b.stop()
