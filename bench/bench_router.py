@@ -52,15 +52,17 @@ def _replicas_main(n: int, cfg: ScriptedEngineConfig, conn) -> None:
     asyncio.run(main())
 
 
-def _router_main(ports: list[int], cfg: ScriptedEngineConfig, policy: str, conn) -> None:
+def _router_main(ports: list[int], cfg: ScriptedEngineConfig, policy: str, conn, interval=(1, 0)) -> None:
     from ttdist.router.core import Router, RouterConfig
     from ttdist.router.service import start_router_server
     from ttdist.router.sources import StaticSource
+    from ttdist.router.stream_interval import StreamInterval
     from ttdist.runtime.table import ReplicaEntry, RoutingTable
 
     async def main():
         entries = tuple(ReplicaEntry(f"replica-{i}", f"127.0.0.1:{p}", "ready") for i, p in enumerate(ports))
-        router = Router(RouterConfig(policy=policy, max_inflight=100000), StaticSource(RoutingTable(card_for(cfg), entries)))
+        config = RouterConfig(policy=policy, max_inflight=100000, stream_interval=StreamInterval(*interval))
+        router = Router(config, StaticSource(RoutingTable(card_for(cfg), entries)))
         server = await start_router_server(router, "127.0.0.1", 0)
         conn.send(server.port)
         while not conn.poll():
@@ -72,9 +74,11 @@ def _router_main(ports: list[int], cfg: ScriptedEngineConfig, policy: str, conn)
 
 
 class Processes:
-    """Scripted replicas in one process and, optionally, a router in another."""
+    """Scripted replicas in ``replica_procs`` processes and ``routers`` routers, each in its own
+    process (a router's port and pid: ``router_ports[i]``, ``router_pids[i]``)."""
 
-    def __init__(self, n: int, cfg: ScriptedEngineConfig, policy: str | None = "round_robin", replica_procs: int = 1):
+    def __init__(self, n: int, cfg: ScriptedEngineConfig, policy: str | None = "round_robin", replica_procs: int = 1,
+                 routers: int = 1, interval: tuple[int, int] = (1, 0)):
         ctx = mp.get_context("spawn")
         self.procs, self.conns, self.replica_ports = [], [], []
         per = -(-n // replica_procs)
@@ -85,15 +89,23 @@ class Processes:
             self.procs.append(proc)
             self.conns.append(parent)
             self.replica_ports += parent.recv()
-        self.router_port = self.router_pid = None
-        if policy:
+        self.router_ports, self.router_pids = [], []
+        for _ in range(routers if policy else 0):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_router_main, args=(self.replica_ports, cfg, policy, child), daemon=True)
+            proc = ctx.Process(target=_router_main, args=(self.replica_ports, cfg, policy, child, interval), daemon=True)
             proc.start()
             self.procs.append(proc)
             self.conns.append(parent)
-            self.router_port = parent.recv()
-            self.router_pid = proc.pid
+            self.router_ports.append(parent.recv())
+            self.router_pids.append(proc.pid)
+
+    @property
+    def router_port(self) -> int | None:
+        return self.router_ports[0] if self.router_ports else None
+
+    @property
+    def router_pid(self) -> int | None:
+        return self.router_pids[0] if self.router_pids else None
 
     def close(self) -> None:
         for conn in self.conns:

@@ -1,11 +1,14 @@
 """(c) Scale-out: 1..16 replicas whose decode step takes a fixed 14 ms (a TT Galaxy decode
-step), 32 users each, all through one router: aggregate tokens/s and efficiency vs linear.
+step), 32 users each: the same load sent straight to the replicas and through 1 and 2 routers.
 
 Replicas are scripted engines (sleep-timed steps, batch 32), so the figure isolates what the
-serving stack (one router process, gRPC, per-token streaming) costs as replicas are added.
-Linear = N x the 1-replica figure; the ideal per replica is 32 tokens / 14 ms = 2286 tok/s.
+serving stack (router processes, gRPC, streaming) costs as replicas are added. Efficiency =
+tokens/s through the routers / tokens/s sent direct, measured in the same run with the same
+load generator (one process; with 2 routers its users alternate between them). At half load
+(16 users per replica) it also prints the TTFT p50 the router adds. The ideal per replica is
+32 tokens / 14 ms = 2286 tok/s; on a small machine the load generator itself caps both sides.
 
-    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 4]
+    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 4] [--routers 1,2]
 """
 
 from __future__ import annotations
@@ -25,29 +28,50 @@ STEP_S = 0.014
 USERS = 32
 
 
+def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens: int) -> dict[str, object]:
+    """tokens/s and TTFT for ``n`` replicas: direct, then through each router count."""
+    cfg = ScriptedEngineConfig(vocab_size=1000, step_s=STEP_S, max_batch=USERS)
+    procs = Processes(n, cfg, "least_load", replica_procs=min(n, 4), routers=max(routers))
+    try:
+        sides = {"direct": [f"127.0.0.1:{p}" for p in procs.replica_ports]}
+        for k in routers:
+            sides[f"{k} router{'s' if k > 1 else ''}"] = [f"127.0.0.1:{p}" for p in procs.router_ports[:k]]
+        for addresses in sides.values():
+            asyncio.run(drive(addresses, 4 * len(addresses), 4 * len(addresses), 4))   # warm every channel
+        return {name: asyncio.run(drive(addresses, 10**9, n * users, max_tokens, duration_s=seconds))
+                for name, addresses in sides.items()}
+    finally:
+        procs.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", default="1,2,4,8,16")
+    ap.add_argument("--routers", default="1,2")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
-    cfg = ScriptedEngineConfig(vocab_size=1000, step_s=STEP_S, max_batch=USERS)
-    rows = []
-    for n in [int(x) for x in args.replicas.split(",")]:
-        procs = Processes(n, cfg, "least_load", replica_procs=min(n, 4))
-        try:
-            r = asyncio.run(drive([f"127.0.0.1:{procs.router_port}"], 10**9, n * USERS, args.max_tokens,
-                                  duration_s=args.seconds))
-        finally:
-            procs.close()
-        rows.append((n, r))
-    base = rows[0][1].tps / rows[0][0]
-    print(f"scale-out: {USERS} users per replica, {STEP_S * 1000:.0f} ms decode step, one router, "
-          f"{args.seconds:.0f} s per point (ideal {USERS / STEP_S:.0f} tok/s per replica)")
-    print(f"{'replicas':>8}{'users':>7}{'tokens/s':>11}{'linear':>10}{'efficiency':>12}{'TTFT p50 ms':>13}")
-    for n, r in rows:
-        linear = base * n
-        print(f"{n:>8}{n * USERS:>7}{r.tps:>11.0f}{linear:>10.0f}{100 * r.tps / linear:>11.1f}%{r.ttft_p50_ms():>13.1f}")
+    routers = [int(x) for x in args.routers.split(",")]
+    sizes = [int(x) for x in args.replicas.split(",")]
+    full = {n: run_point(n, routers, USERS, args.seconds, args.max_tokens) for n in sizes}
+    half_n = sizes[-1]
+    half = run_point(half_n, routers, USERS // 2, args.seconds, args.max_tokens)
+    names = list(full[sizes[0]])
+    print(f"scale-out: {USERS} users per replica, {STEP_S * 1000:.0f} ms decode step, {args.seconds:.0f} s per point "
+          f"(ideal {USERS / STEP_S:.0f} tok/s per replica); efficiency = through routers / direct, same run")
+    head = f"{'replicas':>8}{'users':>7}{'direct tok/s':>14}"
+    for name in names[1:]:
+        head += f"{name + ' tok/s':>18}{'eff':>7}{'TTFT p50':>10}"
+    print(head + f"{'direct TTFT':>13}")
+    for n in sizes:
+        r = full[n]
+        line = f"{n:>8}{n * USERS:>7}{r['direct'].tps:>14.0f}"
+        for name in names[1:]:
+            line += f"{r[name].tps:>18.0f}{100 * r[name].tps / r['direct'].tps:>6.1f}%{r[name].ttft_p50_ms():>8.1f}ms"
+        print(line + f"{r['direct'].ttft_p50_ms():>11.1f}ms")
+    added = ", ".join(f"{name}: {half[name].ttft_p50_ms() - half['direct'].ttft_p50_ms():+.1f} ms" for name in names[1:])
+    print(f"half load ({half_n} replicas x {USERS // 2} users): TTFT p50 direct {half['direct'].ttft_p50_ms():.1f} ms; "
+          f"added by the router: {added} (target <= 5 ms); efficiency at {sizes[-1]} replicas target >= 90 %")
 
 
 if __name__ == "__main__":

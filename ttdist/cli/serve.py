@@ -40,9 +40,6 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default="sim", choices=("sim", "ttnn"), help="mesh backend (default %(default)s)")
     p.add_argument("--dispatch-core", default="auto", choices=DISPATCH_CORES,
                    help="ttnn: cores that dispatch programs (default %(default)s: what the platform recommends)")
-    p.add_argument("--dispatch-core", default="auto",
-                   choices=("auto", "worker_row", "worker_col", "eth_row", "eth_col"),
-                   help="ttnn: cores that dispatch programs (default %(default)s: what the platform recommends)")
     p.add_argument("--policy", default="round_robin",
                    help="round_robin, least_load, power_of_two or cache_aware (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address the API and dashboard listen on (default %(default)s)")
@@ -55,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
     p.add_argument("--no-restart", action="store_true", help="leave failed replicas failed (no restarts)")
+    p.add_argument("--routers", type=int, default=1, metavar="N",
+                   help="router processes serving the public port together (default %(default)s)")
     p.add_argument("--stream-interval", type=int, default=1, metavar="K",
                    help="send clients at most one chunk per K tokens (default %(default)s: every token)")
     p.add_argument("--stream-interval-ms", type=int, default=0, metavar="T",
@@ -75,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
             policy=args.policy, host=args.host, port=args.port,
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
-            stream_interval=args.stream_interval, stream_interval_ms=args.stream_interval_ms,
+            stream_interval=args.stream_interval, stream_interval_ms=args.stream_interval_ms, routers=args.routers,
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
         )
         config.check()

@@ -40,7 +40,7 @@ from ttdist.router.replica_link import ReplicaLink, SubStream
 from ttdist.router.stream_interval import ChunkMerger, StreamInterval, interval_for, merged
 from ttdist.runtime.auth import cluster_channel
 from ttdist.runtime.protocol import RequestError, check_prompt_length, check_request, invalid
-from ttdist.runtime.table import FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
+from ttdist.runtime.table import DRAINING, FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -59,6 +59,8 @@ class RouterConfig:
     cluster_token: str = field(default="", repr=False)   # presented on every call to a replica's internal port
     default_max_tokens: int = 256
     stream_interval: StreamInterval = StreamInterval()   # chunks to clients: every token by default
+    router_id: str = "router-0"        # its name in reports to the coordinator (one per router)
+    routers: int = 1                   # routers serving one port (> 1: SO_REUSEPORT; Abort of a request not here goes to the replicas)
     max_inflight: int = 4096
     max_migrations: int = 3
     refresh_s: float = 0.25
@@ -162,10 +164,7 @@ class Router:
         return self._table
 
     async def refresh(self) -> None:
-        report = RouterReport(
-            policy=self.policy.name, ttft_seconds=self._ttft.summary(), inter_token_seconds=self._itl.summary(),
-            events=tuple(self._events), requests_total=self._requests_total, migrations_total=self._migrations_total,
-        )
+        report = replace(self.report_snapshot(), events=tuple(self._events))
         table = await self.source.table(report)
         self._events = self._events[len(report.events):]
         self._apply(table)
@@ -266,13 +265,16 @@ class Router:
         return RouterReport(
             policy=self.policy.name, ttft_seconds=self._ttft.summary(), inter_token_seconds=self._itl.summary(),
             requests_total=self._requests_total, migrations_total=self._migrations_total,
+            router_id=self.config.router_id,
         )
 
     async def abort(self, request_id: str) -> bool:
-        """Abort a request in flight here: the replica frees its pages, the stream ends with ABORT."""
+        """Abort a request in flight here: the replica frees its pages, the stream ends with ABORT.
+        With several routers (``config.routers > 1``) a request that is not here is aborted on every
+        live replica (its moved segments too), so the router that owns it ends it with ABORT."""
         stream = self._streams.get(request_id)
         if stream is None:
-            return False
+            return self.config.routers > 1 and await self._abort_on_replicas(request_id)
         stream.aborted = True
         entry = self.table.entry(stream.replica_id) if stream.replica_id else None
         if entry is not None:
@@ -294,6 +296,17 @@ class Router:
         self._serving = False
         if self.on_serving is not None:
             await self.on_serving(False)
+
+    async def _abort_on_replicas(self, request_id: str) -> bool:
+        ids = [request_id] + [f"{request_id}#{k}" for k in range(1, self.config.max_migrations + 1)]
+        live = [e for e in self.table.replicas if e.state in (READY, UNHEALTHY, DRAINING) and e.address]
+
+        async def one(address: str, sub_id: str) -> bool:
+            try:
+                return (await self._stub(address).Abort(pb.AbortRequest(request_id=sub_id), timeout=5.0)).found
+            except grpc.aio.AioRpcError:
+                return False
+        return any(await asyncio.gather(*(one(e.address, sub_id) for e in live for sub_id in ids)))
 
     async def generate(self, req: pb.GenerateRequest, timeout: float | None) -> AsyncIterator[pb.GenerateResponse]:
         """The responses for ``req``; raises ``RequestError`` for a bad request or a lost one."""

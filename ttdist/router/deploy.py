@@ -2,7 +2,8 @@
 
 ``deploy(config)`` connects to Ray (a fresh local cluster unless ``address`` names one),
 starts the coordinator as a named actor on this node, waits for its replicas, then starts
-the router actor on this node serving the public port. ``Deployment.shutdown()`` stops
+the router actors (``routers``, 1 by default) on this node, all serving the public port
+(SO_REUSEPORT: the kernel spreads connections over them). ``Deployment.shutdown()`` stops
 everything it started, including the local Ray processes, and nothing else; with
 ``drain_timeout_s`` it first drains the routers (NOT_SERVING, new requests UNAVAILABLE,
 streams in flight finish up to the timeout).
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -44,6 +45,11 @@ class Deployment:
     dashboard_url: str
     started_ray: bool
     http_port: int | None = None        # the OpenAI HTTP API; None = off
+    routers: list = field(default_factory=list)   # every router actor (``router`` is the first); one port
+
+    def __post_init__(self) -> None:
+        if not self.routers:
+            self.routers = [self.router]
 
     @property
     def address(self) -> str:
@@ -69,19 +75,19 @@ class Deployment:
         """Drain the router: NOT_SERVING, new requests UNAVAILABLE, wait up to ``timeout_s`` for
         the streams in flight; returns how many were still running."""
         try:
-            return ray.get(self.router.drain.remote(timeout_s), timeout=timeout_s + 15)
+            return sum(ray.get([r.drain.remote(timeout_s) for r in self.routers], timeout=timeout_s + 15))
         except Exception:  # noqa: BLE001 - a router that cannot drain is stopped anyway
             return -1
 
     def shutdown(self, drain_timeout_s: float = 0.0) -> None:
         if drain_timeout_s > 0:
             self.drain(drain_timeout_s)
-        for call in (self.router.stop.remote(), self.coordinator.shutdown.remote()):
+        for call in (*(r.stop.remote() for r in self.routers), self.coordinator.shutdown.remote()):
             try:
                 ray.get(call, timeout=15)
             except Exception:  # noqa: BLE001 - keep tearing down whatever is left
                 pass
-        for actor in (self.router, self.coordinator):
+        for actor in (*self.routers, self.coordinator):
             ray.kill(actor, no_restart=True)
         for index in range(self.config.num_replicas):   # detached: gone with the coordinator only if it stopped them
             try:
@@ -124,7 +130,7 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
         name=COORDINATOR_NAME, namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, scheduling_strategy=here,
         max_restarts=-1,
     ).remote(config)
-    router = None
+    routers: list = []
     try:
         ray.get(coordinator.start.remote(), timeout=ready_timeout_s)
         ready = ray.get(coordinator.wait_ready.remote(config.num_replicas, ready_timeout_s))
@@ -133,27 +139,30 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
             why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == "replica_failed")
             raise DeployError(f"no replica became ready ({why or 'no reason reported'})")
         router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens,
-                                     cluster_token=config.cluster_token,
-                                     stream_interval=StreamInterval(config.stream_interval, config.stream_interval_ms))
+                                     cluster_token=config.cluster_token, ready_wait_s=config.ready_wait_s,
+                                     stream_interval=StreamInterval(config.stream_interval, config.stream_interval_ms),
+                                     routers=config.routers)
         tokenizer_dir = ray.get(coordinator.model_dir_path.remote())
         env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}
         api = config.api if config.api.http_port is None else replace(
             config.api, http_port=fixed_port(config.host, config.api.http_port))
-        router = ray.remote(RouterActor).options(
-            num_cpus=0, max_concurrency=1000, scheduling_strategy=here, runtime_env={"env_vars": env},
-            max_restarts=-1,
-        ).remote(router_config, config.host, fixed_port(config.host, config.port), tokenizer_dir, api)
-        port = ray.get(router.start.remote(), timeout=60)
-        http_port = ray.get(router.http_port.remote())
+        public_port = fixed_port(config.host, config.port)
+        for index in range(config.routers):   # several: all serve public_port (SO_REUSEPORT)
+            routers.append(ray.remote(RouterActor).options(
+                num_cpus=0, max_concurrency=1000, scheduling_strategy=here, runtime_env={"env_vars": env},
+                max_restarts=-1,
+            ).remote(replace(router_config, router_id=f"router-{index}"), config.host, public_port, tokenizer_dir, api))
+        port = ray.get([r.start.remote() for r in routers], timeout=60)[0]
+        http_port = ray.get(routers[0].http_port.remote())
         url = ray.get(coordinator.dashboard_url.remote())
     except BaseException:
-        if router is not None:
+        for router in routers:
             ray.kill(router, no_restart=True)
         ray.kill(coordinator, no_restart=True)
         if started:
             ray.shutdown()
         raise
-    return Deployment(config, coordinator, router, port, url, started, http_port)
+    return Deployment(config, coordinator, routers[0], port, url, started, http_port, routers)
 
 
 def wait_serving(deployment: Deployment, timeout_s: float = 30.0) -> None:
@@ -162,9 +171,9 @@ def wait_serving(deployment: Deployment, timeout_s: float = 30.0) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout_s
-    if deployment.config.api.tls:   # the port wants TLS (perhaps client certificates): ask the router itself
+    if deployment.config.api.tls or len(deployment.routers) > 1:   # TLS, or one check reaches one router: ask them
         while time.monotonic() < deadline:
-            if ray.get(deployment.router.serving.remote(), timeout=10):
+            if all(ray.get([r.serving.remote() for r in deployment.routers], timeout=10)):
                 return
             time.sleep(0.05)
         raise DeployError(f"the router at {deployment.address} is not serving after {timeout_s} s")

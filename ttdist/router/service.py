@@ -53,7 +53,7 @@ async def start_router_server(router: Router, host: str, port: int, *, chat: Cha
     """Start ``router`` (first table fetched) and serve it on host:port (``chat`` renders chat
     requests; ``interceptors`` check API keys; ``credentials`` serve TLS)."""
     running = await start_generation_server(RouterService(router, chat), host, port, interceptors=interceptors,
-                                            credentials=credentials)
+                                            credentials=credentials, reuse_port=router.config.routers > 1)
     router.on_serving = running.set_serving
     try:
         await router.start()

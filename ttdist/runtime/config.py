@@ -103,6 +103,8 @@ class ClusterConfig:
     max_kv_pages: int = 512                      # pool cap per replica (simulated caches live in host RAM)
     max_context: int | None = None
     default_max_tokens: int = 256
+    routers: int = 1                             # router actors serving the one public port (SO_REUSEPORT)
+    ready_wait_s: float = 30.0                   # router: a request waits this long for a ready replica (no deadline)
     stream_interval: int = 1                     # chunks to clients: at most one per this many tokens...
     stream_interval_ms: int = 0                  # ...or per this many ms (0 = no time bound); requests may override
     engine: str = "model"                        # "scripted": no model, fixed token rule (tests, benchmarks)
@@ -135,6 +137,10 @@ class ClusterConfig:
         for name in ("page_size", "max_batch", "max_kv_pages", "default_max_tokens", "cpu_threads"):
             if getattr(self, name) < 1:
                 raise ClusterConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.routers <= 64:
+            raise ClusterConfigError(f"routers must be in 1..64, got {self.routers}")
+        if not self.ready_wait_s >= 0:
+            raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
         if not 1 <= self.stream_interval <= 4096:
             raise ClusterConfigError(f"stream_interval must be in 1..4096 tokens, got {self.stream_interval}")
         if not 0 <= self.stream_interval_ms <= 60000:

@@ -37,7 +37,7 @@ from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
-from ttdist.runtime.table import DRAINING, FAILED, READY, UNHEALTHY, RouterReport, RoutingTable
+from ttdist.runtime.table import DRAINING, FAILED, READY, UNHEALTHY, RouterReport, RoutingTable, combine_reports
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
@@ -56,7 +56,8 @@ class Coordinator:
         self._weights_path: dict[str, str] = {}
         self._weights_ref: dict[str, ray.ObjectRef] = {}
         self._budget: dict[str, object] = {}
-        self._report = RouterReport(policy=config.policy)
+        self._report = RouterReport(policy=config.policy)   # every router's reports added up
+        self._reports: dict[str, RouterReport] = {}          # the last one of each router
         self._router_events: list = []
         self._monitor: asyncio.Task | None = None
         self._dashboard = None
@@ -245,13 +246,15 @@ class Coordinator:
         asyncio.get_running_loop().create_task(self._launch(rid))
 
     # ---------------------------------------------------------------- API
-    async def heartbeat(self, replica_id: str, beat: Heartbeat) -> None:
-        self.registry.heartbeat(replica_id, beat, time.monotonic())
+    async def heartbeat(self, replica_id: str, beat: Heartbeat) -> int:
+        """Take a replica's heartbeat; returns the number of its prefix-hash set held here."""
+        return self.registry.heartbeat(replica_id, beat, time.monotonic())
 
     async def routing_table(self, report: RouterReport | None = None) -> RoutingTable:
         await self._recovered.wait()   # after a restart: not before every replica re-registered or failed
         if report is not None:
-            self._report = report
+            self._reports[report.router_id] = report
+            self._report = combine_reports(list(self._reports.values()))
             for event in report.events:
                 self.registry.events.append(event)
         return RoutingTable(self.card, self.registry.entries())

@@ -1,8 +1,9 @@
 """A grpc.aio server for the ``Generation`` service, with grpc.health.v1 and reflection.
 
 The router and every replica serve the same service; both start it here. The port is
-bound exclusively (no SO_REUSEPORT), so two servers never silently share one; port 0
-picks a free port and the bound one is returned.
+bound exclusively (no SO_REUSEPORT), so two servers never silently share one, except where
+several routers serve one public port on purpose (``reuse_port``); port 0 picks a free port
+and the bound one is returned.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ class RunningServer:
 async def start_generation_server(
     servicer: pb_grpc.GenerationServicer, host: str, port: int, *, also: Callable[[grpc.aio.Server], None] | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (), credentials: grpc.ServerCredentials | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Serve ``servicer`` on host:port (0 = any free port); NOT_SERVING until told otherwise.
     ``interceptors`` check callers (API keys, the cluster token); ``credentials`` serve TLS.
 
-    ``also`` adds more services to the server before it starts (a replica's internal stream)."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors) or None)
+    ``also`` adds more services to the server before it starts (a replica's internal stream).
+    ``reuse_port``: several routers share this port (SO_REUSEPORT; the kernel spreads connections)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))], interceptors=list(interceptors) or None)
     pb_grpc.add_GenerationServicer_to_server(servicer, server)
     if also is not None:
         also(server)

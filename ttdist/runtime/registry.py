@@ -24,10 +24,11 @@ Every transition appends an ``Event``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ttdist.dashboard.status import Event, HistogramSnapshot
 from ttdist.runtime.config import HealthConfig
+from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta
 from ttdist.runtime.table import DRAINING, FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
 
 
@@ -48,7 +49,8 @@ class Heartbeat:
     prompt_tokens_total: int
     generation_tokens_total: int
     requests_finished_total: int = 0
-    prefix_hashes: frozenset[int] = frozenset()
+    prefix_hashes: frozenset[int] = frozenset()   # as the registry holds them (the replica sends ``prefix_delta``)
+    prefix_delta: PrefixDelta | None = None       # what changed in the replica's cached page hashes
     ttft_histogram: HistogramSnapshot | None = None
     inter_token_histogram: HistogramSnapshot | None = None
     pid: int = 0              # the incarnation that sent it: a restarted coordinator
@@ -75,6 +77,8 @@ class ReplicaRecord:
     stats: Heartbeat | None = None
     restarts: int = 0
     recovering: bool = False     # known from the config after a coordinator restart, not yet heard from
+    prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
+    prefix_seq: int = FULL                        # the number of that set (FULL: none held)
 
     def entry(self) -> ReplicaEntry:
         s = self.stats
@@ -113,8 +117,18 @@ class Registry:
         kind = "replica_restarted" if r.restarts else "replica_started"
         self._move(r, READY, now, kind, f"pid {pid} on {node_id[:12]} serving {address} ({r.mesh} {r.backend})")
 
-    def heartbeat(self, replica_id: str, beat: Heartbeat, now: float) -> None:
+    def heartbeat(self, replica_id: str, beat: Heartbeat, now: float) -> int:
+        """Take ``beat``; returns the number of the prefix-hash set now held for the replica."""
         r = self.replicas.get(replica_id)
+        if r is not None and beat.prefix_delta is not None:
+            merged = apply_delta(r.prefix_hashes, r.prefix_seq, beat.prefix_delta)
+            if merged is not None:
+                r.prefix_hashes, r.prefix_seq = merged
+            beat = replace(beat, prefix_hashes=r.prefix_hashes, prefix_delta=None)
+        self._heartbeat(r, beat, now)
+        return r.prefix_seq if r is not None else FULL
+
+    def _heartbeat(self, r: ReplicaRecord | None, beat: Heartbeat, now: float) -> None:
         if r is not None and r.recovering and beat.address:
             self.reregistered(r, beat, now)
             return

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import ray
 
 from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
@@ -114,6 +115,7 @@ class ReplicaActor:
         self.server = None
         self._beats: asyncio.Task | None = None
         self.latency = ReplicaLatency()
+        self._prefix = PrefixSender()   # heartbeats carry what changed in the cached page hashes
         self._changed: asyncio.Event | None = None
         self.address = ""
         if setup.devices:
@@ -162,7 +164,7 @@ class ReplicaActor:
             prefix_hit_rate=st.prefix_hit_rate, tokens_per_second=st.tokens_per_second,
             prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
             requests_finished_total=getattr(st, "requests_finished_total", 0),
-            prefix_hashes=frozenset(self.engine.prefix_hashes()),
+            prefix_delta=self._prefix.delta(frozenset(self.engine.prefix_hashes())),
             ttft_histogram=ttft, inter_token_histogram=inter_token,
             pid=os.getpid(), node_id=self.node_id(), address=self.address,
         )
@@ -175,7 +177,7 @@ class ReplicaActor:
                 if coordinator is None:
                     coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
                 beat = coordinator.heartbeat.remote(self.setup.replica_id, self.heartbeat())
-                await asyncio.wait_for(beat, BEAT_TIMEOUT_S)
+                self._prefix.acked(await asyncio.wait_for(beat, BEAT_TIMEOUT_S))
             except (ValueError, asyncio.TimeoutError, ray.exceptions.RayError):
                 # the coordinator is restarting (or gone): keep serving, look it up again
                 coordinator = None

@@ -68,3 +68,25 @@ class RouterReport:
     events: tuple[Event, ...] = field(default_factory=tuple)
     requests_total: int = 0
     migrations_total: int = 0
+    router_id: str = ""       # which router (several may serve one port); the coordinator keeps one report each
+
+def _combined_latency(summaries: list[LatencySummary]) -> LatencySummary:
+    """Several routers' windows as one: p50 weighted by count (approximate), the worst p99."""
+    count = sum(x.count for x in summaries)
+    if not count:
+        return _empty()
+    return LatencySummary(p50=sum(x.p50 * x.count for x in summaries) / count,
+                          p99=max(x.p99 for x in summaries if x.count), count=count)
+
+
+def combine_reports(reports: list[RouterReport]) -> RouterReport:
+    """The last report of every router, added up (what the dashboard shows for the cluster)."""
+    if len(reports) == 1:
+        return reports[0]
+    return RouterReport(
+        policy=reports[0].policy if reports else "",
+        ttft_seconds=_combined_latency([r.ttft_seconds for r in reports]),
+        inter_token_seconds=_combined_latency([r.inter_token_seconds for r in reports]),
+        requests_total=sum(r.requests_total for r in reports),
+        migrations_total=sum(r.migrations_total for r in reports),
+    )
