@@ -1,0 +1,98 @@
+"""``ttdist plan``: will a model fit on a system, how many users at what context, how fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ttdist.cli import EXIT_USAGE, CommandError
+
+GiB = 2**30
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="size a model on a system: memory per chip, users, tokens/s (no hardware needed)",
+        description="Capacity plan for a Llama model on a Tenstorrent system: per-chip DRAM for weights, KV "
+                    "cache and activations from the model's own tensor-parallel layout, the users that fit at "
+                    "a context, and a roofline prediction of decode tokens/s per user, time to first token and "
+                    "cluster throughput. Constants and their sources: docs/tools.md.",
+        epilog="examples:\n  ttdist plan llama-3.1-70b --system tg\n"
+               "  ttdist plan llama-3.1-8b --system n150 --batch 32 --context 4096 --json\n"
+               "  ttdist plan ./my-llama/config.json --system 4xtg --precision accuracy",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="llama-3.1-8b, llama-3.1-70b, llama-3.2-1b, llama-3.2-3b, smollm2, "
+                                 "or a Hugging Face config.json (file or directory)")
+    p.add_argument("--system", default="n300",
+                   help="n150, n300, t3k, tg, an RxC mesh, or N of them such as 4xtg (default %(default)s)")
+    p.add_argument("--precision", default="performance",
+                   help="performance (bfp8 attention, FF2, LM head and KV cache, bfp4 FF1/FF3), accuracy "
+                        "(bf16 attention and KV cache, bfp8 MLP), or one dtype for every matmul weight such as "
+                        "bfloat8_b (default %(default)s)")
+    p.add_argument("--kv-dtype", help="KV cache dtype, overriding the preset's")
+    p.add_argument("--batch", type=int, default=32, help="decode users per replica (default %(default)s)")
+    p.add_argument("--context", type=int, default=128, help="positions each user attends over (default %(default)s)")
+    p.add_argument("--input-len", type=int, default=128, help="prompt length for TTFT (default %(default)s)")
+    p.add_argument("--prefill-chunk", type=int, help="prefill chunk length (default: the whole prompt)")
+    p.add_argument("--replicas", type=int, help="replicas in the cluster (default: one per system)")
+    p.add_argument("--page-size", type=int, default=32, help="KV page size in positions (default %(default)s)")
+    p.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
+                   help="overlap weight streaming with the rest of a decode step (auto: on for 2D meshes, "
+                        "as tt-metal's Galaxy demo does)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.set_defaults(func=run)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def format_plan(p) -> str:
+    m, d, f = p.memory, p.decode, p.prefill
+    mesh = p.system.mesh
+    lines = [
+        f"{p.model} on {p.system.name} ({mesh.shape_str}, {mesh.num_chips} chips per replica), precision {p.precision.name}",
+        f"layout: {p.layout}",
+        "",
+        "memory per chip",
+        f"  DRAM              {_gib(m.dram_per_chip)}",
+        f"  weights           {_gib(m.weights)}",
+        f"  activations       {m.activations / 2**20:.2f} MiB",
+        f"  reserve           {_gib(m.reserve)}",
+        f"  KV page           {m.kv_page / 2**20:.2f} MiB ({p.context} positions per user: {m.kv_per_user / 2**20:.1f} MiB)",
+        f"  KV pages          {m.kv_pages:,}",
+        f"  max users         {m.max_users:,} at context {p.context}",
+        "",
+        f"decode (batch {p.users}, context {p.context}, {'prefetched' if d.prefetch else 'serial'})",
+        f"  step              {d.total_s * 1e3:.2f} ms",
+        f"    weights         {d.weights_s * 1e3:.2f} ms ({d.weight_bytes / 2**30:.2f} GiB per chip)",
+        f"    matmul compute  {d.matmul_compute_s * 1e3:.2f} ms",
+        f"    KV cache        {d.kv_cache_s * 1e3:.2f} ms",
+        f"    collectives     {(d.ccl_transfer_s + d.ccl_latency_s) * 1e3:.2f} ms ({d.num_collectives} per step, "
+        f"{d.ccl_transfer_s * 1e3:.2f} transfer + {d.ccl_latency_s * 1e3:.2f} hops)",
+        f"    other ops       {d.ops_s * 1e3:.2f} ms",
+        f"    dispatch        {d.dispatch_s * 1e3:.2f} ms ({d.num_ops} ops)",
+        f"  tokens/s/user     {p.tokens_per_s_per_user:.1f}",
+        f"  TTFT              {f.total_s * 1e3:.1f} ms (input {p.input_len})",
+        "",
+        f"throughput          {p.replica_tokens_per_s:,.0f} tokens/s per replica, "
+        f"{p.cluster_tokens_per_s:,.0f} tokens/s for {p.replicas} replica{'s' if p.replicas != 1 else ''}",
+    ]
+    if p.users < p.batch:
+        lines.append(f"note: only {p.users} of {p.batch} users fit at context {p.context}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ttdist.planner import PlanError, plan
+
+    prefetch = {"auto": None, "on": True, "off": False}[args.prefetch]
+    try:
+        p = plan(args.model, args.system, precision=args.precision, batch=args.batch, context=args.context,
+                 input_len=args.input_len, replicas=args.replicas, page_size=args.page_size,
+                 prefill_chunk=args.prefill_chunk, kv_dtype=args.kv_dtype, prefetch=prefetch)
+    except PlanError as e:
+        raise CommandError(f"--{e.field}: {e.message}" if e.field != "model" else f"model: {e.message}",
+                           EXIT_USAGE) from None
+    print(json.dumps(p.to_json()) if args.json else format_plan(p))
+    return 0
