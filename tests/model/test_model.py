@@ -178,3 +178,41 @@ def test_decode_runs_the_fixed_slot_batch_and_uploads_only_deltas(tiny_ckpt, wei
     alone.prefill(PrefillInput(PROMPT[:9], 0, [1], False))
     assert alone.decode(DecodeInput([2], [9], [[1]], spec[:1], seq_ids=["y"])) == [a[1]]
     assert runner.decode(DecodeInput([b[1]], [11], [[1]], spec[:1], seq_ids=["y"])) and runner.slots.assign(["y"], 1) == [1]
+
+
+def test_trace_decode_captures_once_and_replays_on_the_current_inputs(tiny_ckpt, weight_cache, monkeypatch):
+    """The runner's trace sequence (eager compile pass, capture, replays) on a simulator that records
+    the captured step and replays it: replayed steps read only the rewritten persistent inputs."""
+    import ttdist.model.runner as runner_module
+    from ttdist.mesh import MeshError
+    from ttdist.mesh.sim import SimBackend
+
+    with pytest.raises(MeshError, match="cannot capture traces"):
+        make(tiny_ckpt, weight_cache, "1x2", trace_decode=True)
+
+    class Captures(SimBackend):
+        can_trace = True
+        captured = replayed = 0
+
+        def capture(self, step):
+            Captures.captured += 1
+            return step
+
+        def replay(self, step):
+            Captures.replayed += 1
+            return step()
+
+    monkeypatch.setattr(runner_module, "make_backend", lambda spec, kind, **kw: Captures(spec, **kw))
+    traced = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    monkeypatch.undo()
+    eager = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    assert traced.trace_decode and not eager.trace_decode
+    outs = []
+    for r in (traced, eager):
+        tok = r.prefill(PrefillInput(PROMPT, 0, [0], True))
+        seq = [tok]
+        for i in range(4):
+            seq += r.decode(DecodeInput([seq[-1]], [len(PROMPT) + i], [[0]], [SamplingSpec()], seq_ids=["u"]))
+        outs.append(seq)
+    assert outs[0] == outs[1]
+    assert (Captures.captured, Captures.replayed) == (1, 3)  # step 1 eager, step 2 captured, then replays
