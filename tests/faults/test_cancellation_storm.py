@@ -1,0 +1,108 @@
+"""A cancellation storm through the real router and replica gRPC servers over the real engine
+(its scheduler and paged KV cache; the model runner is the engine tests' deterministic one,
+whose KV stores token ids, so a page freed twice or reused early shows up as a wrong token).
+
+Hundreds of streams are started and ended early, half by ``Abort`` through the router, half
+by the client cancelling its call, some before their first token and some after. Afterwards
+no request runs or waits, every page is free again (exact counts), the router holds no
+stream and the next request is served exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from tests.engine.engine_fakes import FakeRunner, reference_output
+from ttdist.engine import AsyncEngine, EngineConfig
+from ttdist.router.core import Router, RouterConfig
+from ttdist.router.service import start_router_server
+from ttdist.router.sources import StaticSource
+from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.replica_service import start_replica_server
+from ttdist.runtime.table import READY, ReplicaEntry, RoutingTable
+from ttdist.v1 import generation_pb2 as pb
+from ttdist.v1 import generation_pb2_grpc as pb_grpc
+
+STORM = 300
+SHARED = [3, 1, 4, 1, 5, 9, 2, 6]    # two full pages shared by every prompt: prefix-cache ref counts too
+
+
+class SteppedRunner(FakeRunner):
+    """Decode steps take a little time, as on a model, so the storm meets streams in flight."""
+
+    def decode(self, inp):
+        time.sleep(0.005)
+        return super().decode(inp)
+
+
+def request(i: int, max_tokens: int = 200) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        request_id=f"storm-{i}", token_ids=pb.TokenIds(ids=SHARED + [10 + i % 40, 7 + i % 13]), stream=True,
+        sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+
+
+async def test_hundreds_of_aborts_and_cancels_free_every_page():
+    runner = SteppedRunner(vocab_size=64, page_size=4, num_pages=512, max_batch=8, max_context=256)
+    engine = AsyncEngine(runner, None, EngineConfig(max_batch=8, prefill_chunk=8, max_waiting=STORM))
+    engine.start()
+    card = ModelCard("fake", runner.vocab_size, runner.max_context, runner.page_size)
+
+    def status() -> ReplicaEntry:
+        st = engine.stats()
+        return ReplicaEntry("replica-0", "", READY, kv_pages_total=st.total_pages, kv_pages_free=st.free_pages)
+
+    replica = await start_replica_server(engine, card, "replica-0", status)
+    source = StaticSource(RoutingTable(card, (ReplicaEntry("replica-0", f"127.0.0.1:{replica.port}", READY),)))
+    router = Router(RouterConfig(refresh_s=0.05), source)
+    server = await start_router_server(router, "127.0.0.1", 0)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GenerationStub(channel)
+    try:
+        total = engine.stats().total_pages
+        ended = {"abort": 0, "cancel": 0}
+
+        async def one(i: int) -> None:
+            call = stub.Generate(request(i), timeout=120)
+            if i % 3:   # two in three wait for their first token, the rest end before it
+                async for resp in call:
+                    assert resp.WhichOneof("kind") == "chunk"
+                    break
+            if i % 2:
+                await stub.Abort(pb.AbortRequest(request_id=f"storm-{i}"), timeout=30)
+                done = [resp async for resp in call][-1].complete
+                # ends with ABORT, or (the abort came as its last token did) whole
+                n = done.usage.completion_tokens
+                assert (done.finish_reason, n < 200) in ((pb.ABORT, True), (pb.LENGTH, False)), done
+                ended["abort"] += done.finish_reason == pb.ABORT
+            else:
+                call.cancel()
+                ended["cancel"] += 1
+
+        await asyncio.gather(*(one(i) for i in range(STORM)))
+        assert ended["cancel"] == STORM // 2 and ended["abort"] >= STORM // 4, ended
+        for _ in range(200):
+            st = engine.stats()
+            if st.running == 0 and st.waiting == 0 and st.free_pages == total and router.inflight == 0:
+                break
+            await asyncio.sleep(0.05)
+        st = engine.stats()
+        assert (st.running, st.waiting, router.inflight) == (0, 0, 0)
+        assert st.free_pages == st.total_pages == total == 512
+        assert st.requests_aborted_total >= STORM // 2
+        ids, complete = [], None
+        async for resp in stub.Generate(request(STORM, 20), timeout=60):
+            if resp.WhichOneof("kind") == "chunk":
+                ids.extend(resp.chunk.token_ids)
+            else:
+                complete = resp.complete
+        assert ids == reference_output(runner, list(request(STORM).token_ids.ids), 20)
+        assert complete.finish_reason == pb.LENGTH and engine.stats().free_pages == total
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await router.stop()
+        await replica.stop(0)
+        engine.shutdown()
