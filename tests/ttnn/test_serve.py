@@ -62,11 +62,7 @@ def served(checkpoint, system, tmp_path_factory):
              "--dashboard-port", "-1", "--no-restart"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(cache), cwd=ROOT)
         try:
-            with Client(address) as client:
-                try:
-                    client.wait_ready(timeout=START_TIMEOUT_S)
-                except DeadlineExceeded:
-                    pytest.fail(f"ttdist serve --backend ttnn never became ready; its output:\n{_tail(log_path)}")
+            _wait_serving(server, address, log_path)
             yield address
         finally:
             server.send_signal(signal.SIGINT)
@@ -75,6 +71,20 @@ def served(checkpoint, system, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+def _wait_serving(server: subprocess.Popen, address: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with Client(address) as client:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"ttdist serve --backend ttnn exited ({server.returncode}); its output:\n{_tail(log_path)}")
+            try:
+                client.wait_ready(timeout=5)
+                return
+            except DeadlineExceeded:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ttdist serve --backend ttnn never became ready; its output:\n{_tail(log_path)}")
 
 
 def _tail(path: Path) -> str:
