@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ttdist.planner import PlanError, kv_plan, plan
+from ttdist.mesh.precision import Precision
+from ttdist.mesh.spec import parse_mesh
+from ttdist.planner import PlanError, kv_plan, plan, resolve_model
 
 # tt-metal models/README.md (batch 32, input 128): model, system, tokens/s/user, TTFT (ms)
 PUBLISHED = [
@@ -52,6 +54,9 @@ def test_users_are_capped_by_kv_pages():
     assert p.memory.kv_pages // (131072 // 32) == p.memory.max_users
     budget = kv_plan("llama-3.1-70b", "t3k", context=131072)
     assert (budget.num_pages, budget.max_batch) == (p.memory.kv_pages, p.users)
+    # a coordinator passes the objects it already holds
+    config, spec = resolve_model("llama-3.1-70b")[1], parse_mesh("t3k")
+    assert kv_plan(config, spec, precision=Precision.parse("performance"), context=131072) == budget
 
 
 def test_weights_shrink_with_the_mesh_and_the_format():

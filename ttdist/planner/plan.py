@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ttdist.mesh.spec import MeshSpec
+from ttdist.model.config import LlamaConfig
 from ttdist.model.layout import Layout
 from ttdist.planner.capacity import RESERVE_FRACTION, Memory, memory
 from ttdist.mesh.precision import GROUPS, Precision
@@ -132,9 +134,10 @@ class KvPlan:
     max_batch: int            # users that fit at the context, capped by the requested batch
 
 
-def kv_plan(model: str, system: str, *, precision: str = "performance", context: int, page_size: int = 32,
-            batch: int = 32, reserve_fraction: float = RESERVE_FRACTION) -> KvPlan:
-    """KV pages and decode batch for one replica: what a coordinator sizes its KV budget with."""
+def kv_plan(model: "str | LlamaConfig", system: "str | MeshSpec", *, precision: "str | Precision" = "performance",
+            context: int, page_size: int = 32, batch: int = 32, reserve_fraction: float = RESERVE_FRACTION) -> KvPlan:
+    """KV pages and decode batch for one replica: what a coordinator sizes its KV budget with
+    (it may pass its own ``LlamaConfig``, ``MeshSpec`` and ``Precision``)."""
     p = plan(model, system, precision=precision, batch=batch, context=context, input_len=min(context, 128),
              page_size=page_size, reserve_fraction=reserve_fraction)
     return KvPlan(p.memory.kv_pages, p.users)
