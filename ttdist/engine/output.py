@@ -9,8 +9,44 @@ first stop string starts), then ``max_tokens``. While stop strings are set, the 
 from __future__ import annotations
 
 from ttdist.engine.errors import InvalidRequestError
+import collections.abc
+
 from ttdist.engine.request import FinishReason, RequestOutput, Timings, Usage
 from ttdist.engine.sequence import Sequence
+
+
+class OutputIds(collections.abc.Sequence):
+    """The ids generated up to one output, read from the sequence without copying them (its
+    tokens are only ever appended): a step costs O(1) per request under the engine lock, not
+    a copy of everything generated so far. Compares equal to the list of the same ids."""
+
+    __slots__ = ("_ids", "_start", "_end")
+
+    def __init__(self, ids: list[int], start: int, end: int) -> None:
+        self._ids, self._start, self._end = ids, start, end
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._ids[self._start:self._end][index]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("output id index out of range")
+        return self._ids[self._start + index]
+
+    def __iter__(self):
+        return iter(self._ids[self._start:self._end])
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, tuple, OutputIds)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 class OutputProcessor:
@@ -78,7 +114,7 @@ class OutputProcessor:
             text=delta,
             finished=finished,
             finish_reason=seq.finish_reason,
-            output_ids=seq.output_ids,
+            output_ids=OutputIds(seq.token_ids, seq.num_prompt_tokens, len(seq.token_ids)),
             output_text=text[:end],
         )
         if finished:

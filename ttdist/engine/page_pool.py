@@ -32,6 +32,15 @@ def block_hashes(token_ids: list[int], page_size: int) -> list[int]:
     return hashes
 
 
+def _page_hashes(seq: Sequence, pages: int, size: int) -> list[int]:
+    """The chained hashes of ``seq``'s first ``pages`` full pages, hashing only pages not seen before."""
+    memo = seq.token_hashes
+    while len(memo) < pages:
+        start = len(memo) * size
+        memo.append(_chain(memo[-1] if memo else 0, seq.token_ids[start:start + size]))
+    return memo[:pages]
+
+
 def _chain(previous: int, ids: list[int]) -> int:
     return xxhash.xxh3_64_intdigest(struct.pack(f"<Q{len(ids)}q", previous, *ids))
 
@@ -150,7 +159,7 @@ class PagePool:
             return [], []
         size = self.page_size
         usable = (len(seq) - 1) // size * size
-        hashes = block_hashes(seq.token_ids[:usable], size)
+        hashes = _page_hashes(seq, usable // size, size)
         hits: list[int] = []
         for index, block_hash in enumerate(hashes):
             pid = self._cached.get(block_hash)

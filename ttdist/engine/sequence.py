@@ -34,6 +34,8 @@ class Sequence:
     num_computed: int = 0
     page_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)   # hashes of the full pages in order
+    token_hashes: list[int] = field(default_factory=list)   # chained hashes of full pages of token_ids, kept
+    # across steps and preemptions (tokens are only ever appended), so a waiting prompt is hashed once
     num_cached_tokens: int | None = None    # prefix-cache hit at first admission
     num_preemptions: int = 0
     output_text: str = ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Callable
 
 import grpc
@@ -32,6 +33,8 @@ from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 from ttdist.v1 import replica_pb2 as rpb
 from ttdist.v1 import replica_pb2_grpc as rpb_grpc
+
+OFFLOAD_PROMPT_CHARS = 16384   # longer text prompts are tokenized off the event loop
 
 FINISH_TO_PROTO = {
     FinishReason.STOP: pb.STOP,
@@ -195,6 +198,7 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         clock = self.latency.request()
         try:
             self._on_change()
+            engine_request = await self._tokenized(engine_request)
             async for out in self.engine.generate(engine_request):
                 clock.tokens(len(out.token_ids))
                 if out.request_error:
@@ -216,6 +220,15 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         finally:
             self._on_change()
         raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {self.replica_id} ended {rid} without a result")
+
+    async def _tokenized(self, request: GenerationRequest) -> GenerationRequest:
+        """A long text prompt tokenized in a worker thread (the engine would do it on the event
+        loop, holding up every other stream of this replica meanwhile)."""
+        tokenizer = getattr(self.engine, "tokenizer", None)
+        if tokenizer is None or request.prompt is None or len(request.prompt) < OFFLOAD_PROMPT_CHARS:
+            return request
+        ids = await asyncio.to_thread(tokenizer.encode, request.prompt)
+        return replace(request, prompt=None, prompt_token_ids=ids)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         try:
