@@ -73,7 +73,7 @@ def served(tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())", "serve",
          "--model", str(checkpoint), "--mesh", "1x2", "--replicas", "1", "--port", str(port),
-         "--dashboard-port", str(dash_port), "--http-port", "0"],
+         "--dashboard-port", str(dash_port), "--drain-timeout", "600", "--http-port", "0"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**_env(), "TTDIST_CACHE": str(tmp_path_factory.mktemp("cache"))}, cwd=ROOT)
     try:
@@ -83,7 +83,9 @@ def served(tmp_path_factory):
             except DeadlineExceeded:
                 pytest.fail(f"ttdist serve never became ready; its output:\n{log_path.read_text()[-4000:]}")
         caller.join(400)
-        yield Served(address, f"http://127.0.0.1:{dash_port}", late)
+        served = Served(address, f"http://127.0.0.1:{dash_port}", late)
+        served.process, served.log_path = server, log_path
+        yield served
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -217,3 +219,35 @@ def test_reflection_lets_a_generic_client_call_generate_from_json(served):
         done = client.generate(PROMPT, max_tokens=4)
     assert [t for r in replies[:-1] for t in r["chunk"].get("tokenIds", [])] == list(done.token_ids)
     assert replies[-1]["complete"]["text"] == done.text
+
+
+def test_sigterm_drains_streams_then_stops_everything(served):
+    """Last in this module: it stops the server. SIGTERM: health NOT_SERVING, new requests
+    UNAVAILABLE, the stream in flight finishes whole, then the process exits 0."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ttdist.client import Unavailable
+
+    with Client(served.address, timeout=300) as client:
+        stream = client.stream(PROMPT, max_tokens=900, ignore_eos=True)
+        chunks = iter(stream)
+        first = next(chunks)
+        served.process.send_signal(signal.SIGTERM)
+        with grpc.insecure_channel(served.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 60
+            while health.Check(health_pb2.HealthCheckRequest(), timeout=10).status != \
+                    health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline, "health never went NOT_SERVING"
+                time.sleep(0.05)
+        with Client(served.address, retry=RetryPolicy(max_attempts=1)) as late:
+            with pytest.raises(Unavailable) as info:
+                late.generate(PROMPT, max_tokens=2)
+        assert "draining" in info.value.message
+        rest = list(chunks)
+    assert len(first.token_ids) + sum(len(c.token_ids) for c in rest) == 900
+    assert stream.completion.finish_reason == "length" and stream.completion.usage.completion_tokens == 900
+    assert served.process.wait(timeout=120) == 0, served.log_path.read_text()[-4000:]
+    log = served.log_path.read_text()
+    assert "ttdist: draining" in log and "ttdist: shutting down" in log
