@@ -88,7 +88,8 @@ def test_status_table_and_json(scripted):
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["model:", MODEL_ID, "policy:", "least_load", "replicas:", "2", "(1", "ready)"]
     assert lines[2].split()[:4] == ["REPLICA", "STATE", "MESH", "BACKEND"]
-    assert lines[3].split() == ["r0", "ready", "1x2", "sim", "node-a", "1234", "60/64", "(94%)", "1", "0", "12.5"]
+    assert lines[3].split() == ["r0", "ready", "1x2", "sim", "node-a", "1234", "60/64", "(94%)", "600", "(host", "cap)",
+                                "1.00+0.50+0.00", "of", "12", "GiB", "1", "0", "12.5"]
     assert lines[4].split()[:3] == ["r1", "unhealthy", "8x4"]
     proc = ttdist("status", "--json", "--target", server.address)
     out = json.loads(proc.stdout)

@@ -135,7 +135,9 @@ class ScriptedGeneration(pb_grpc.GenerationServicer):
         replicas = [
             pb.ReplicaStatus(replica_id="r0", state="ready", pid=1234, node_id="node-a", mesh="1x2", backend="sim",
                              kv_pages_total=64, kv_pages_free=60, running=1, waiting=0,
-                             address="127.0.0.1:40001", tokens_per_second=12.5),
+                             address="127.0.0.1:40001", tokens_per_second=12.5, kv_pages_budget=600,
+                             kv_pages_capped_by_host=True, dram_total_bytes=12 * 2**30, dram_weights_bytes=2**30,
+                             dram_kv_bytes=2**29, dram_other_bytes=2**20),
             pb.ReplicaStatus(replica_id="r1", state="unhealthy", pid=1235, node_id="node-b", mesh="8x4",
                              backend="ttnn", kv_pages_total=2048, kv_pages_free=2048, running=0, waiting=3,
                              address="127.0.0.1:40002"),

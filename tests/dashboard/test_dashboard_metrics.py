@@ -75,7 +75,7 @@ async def test_latency_histograms_are_cumulative_per_replica(fake_cluster):
 async def test_chip_memory_per_replica(fake_cluster):
     _, samples = await scrape(fake_cluster)
     chips = {k for k in samples if k[0] == "ttdist:chip_dram_used_bytes" and ("replica", "tg-0") in k[1]}
-    assert len(chips) == 32 * 2  # weights and kv for each of 8x4 chips
+    assert len(chips) == 32 * 3  # weights, kv and other for each of 8x4 chips
     assert value(samples, "ttdist:chip_dram_used_bytes", row="7", col="3", kind="kv", **TG) == 6 * 2**30
     assert value(samples, "ttdist:chip_dram_total_bytes", row="0", col="7", **T3K) == 12 * 2**30
 

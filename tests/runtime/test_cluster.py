@@ -77,6 +77,9 @@ def test_status_shows_replicas_meshes_and_kv_budget(cluster):
     for r in st.replicas:
         assert r.backend == "sim" and r.pid > 0 and r.node_id and r.address.startswith("127.0.0.1:")
         assert r.kv_pages_total == 96 and r.kv_pages_budget > 96
+        # from the replica's own DRAM ledger: a simulated cache in host RAM is capped, and says so
+        assert r.kv_pages_capped_by_host and r.dram_total_bytes == 12 * 2**30
+        assert r.dram_weights_bytes > 0 and r.dram_kv_bytes > 0 and r.dram_other_bytes >= 0
     # the 1x2 mesh halves the KV heads per chip: twice the pages fit
     assert st.replicas[2].kv_pages_budget > st.replicas[0].kv_pages_budget
     assert len({r.pid for r in st.replicas}) == 3

@@ -9,7 +9,8 @@ import time
 
 from ttdist.cli import EXIT_USAGE, CommandError, add_connection_args, client_from_args
 
-COLUMNS = ("REPLICA", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "RUNNING", "WAITING", "TOK/S")
+COLUMNS = ("REPLICA", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "KV BUDGET", "DRAM/CHIP W+KV+OTHER",
+           "RUNNING", "WAITING", "TOK/S")
 
 
 def register(subparsers) -> None:
@@ -25,10 +26,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _budget(r) -> str:
+    return f"{r.kv_pages_budget}{' (host cap)' if r.kv_pages_capped_by_host else ''}" if r.kv_pages_budget else "-"
+
+
+def _dram(r) -> str:
+    if not r.dram_total_bytes:
+        return "-"
+    gib = 2**30
+    return (f"{r.dram_weights_bytes / gib:.2f}+{r.dram_kv_bytes / gib:.2f}+{r.dram_other_bytes / gib:.2f}"
+            f" of {r.dram_total_bytes / gib:.0f} GiB")
+
+
 def _row(r) -> tuple[str, ...]:
     pct = f" ({100 * r.kv_pages_free / r.kv_pages_total:.0f}%)" if r.kv_pages_total else ""
     return (r.replica_id, r.state, r.mesh, r.backend, r.node_id[:12], str(r.pid),
-            f"{r.kv_pages_free}/{r.kv_pages_total}{pct}", str(r.running), str(r.waiting),
+            f"{r.kv_pages_free}/{r.kv_pages_total}{pct}", _budget(r), _dram(r), str(r.running), str(r.waiting),
             f"{r.tokens_per_second:.1f}")
 
 

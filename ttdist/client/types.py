@@ -204,6 +204,12 @@ class ReplicaStatus:
     waiting: int
     address: str
     tokens_per_second: float
+    kv_pages_budget: int = 0               # pages the replica's DRAM ledger allows after its weights
+    kv_pages_capped_by_host: bool = False  # a simulated cache in host RAM holds fewer pages
+    dram_total_bytes: int = 0              # per chip, from the replica's ledger
+    dram_weights_bytes: int = 0
+    dram_kv_bytes: int = 0
+    dram_other_bytes: int = 0
 
     @classmethod
     def from_proto(cls, msg: pb.ReplicaStatus) -> ReplicaStatus:
@@ -211,7 +217,10 @@ class ReplicaStatus:
             replica_id=msg.replica_id, state=msg.state, pid=msg.pid, node_id=msg.node_id, mesh=msg.mesh,
             backend=msg.backend, kv_pages_total=msg.kv_pages_total, kv_pages_free=msg.kv_pages_free,
             running=msg.running, waiting=msg.waiting, address=msg.address,
-            tokens_per_second=msg.tokens_per_second,
+            tokens_per_second=msg.tokens_per_second, kv_pages_budget=msg.kv_pages_budget,
+            kv_pages_capped_by_host=msg.kv_pages_capped_by_host, dram_total_bytes=msg.dram_total_bytes,
+            dram_weights_bytes=msg.dram_weights_bytes, dram_kv_bytes=msg.dram_kv_bytes,
+            dram_other_bytes=msg.dram_other_bytes,
         )
 
 

@@ -126,7 +126,7 @@ class SnapshotCollector:
     def _chips(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
         chip_labels = LABELS + ["row", "col"]
         used = GaugeMetricFamily(
-            "ttdist:chip_dram_used_bytes", "DRAM in use on a chip, by kind (weights, kv).",
+            "ttdist:chip_dram_used_bytes", "DRAM in use on a chip, by kind (weights, kv, other).",
             labels=chip_labels + ["kind"])
         total = GaugeMetricFamily("ttdist:chip_dram_total_bytes", "DRAM on a chip.", labels=chip_labels)
         for r in snapshot.replicas:
@@ -134,6 +134,7 @@ class SnapshotCollector:
                 labels = [snapshot.model, r.replica_id, str(chip.row), str(chip.col)]
                 used.add_metric(labels + ["weights"], chip.dram_weights_bytes)
                 used.add_metric(labels + ["kv"], chip.dram_kv_bytes)
+                used.add_metric(labels + ["other"], chip.dram_other_bytes)
                 total.add_metric(labels, chip.dram_total_bytes)
         yield used
         yield total

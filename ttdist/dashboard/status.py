@@ -90,6 +90,7 @@ class ChipSnapshot:
     dram_total_bytes: int
     dram_weights_bytes: int
     dram_kv_bytes: int
+    dram_other_bytes: int = 0       # everything else the replica backend's ledger holds
 
 
 @dataclass
@@ -111,6 +112,8 @@ class ReplicaSnapshot:
     prefix_hit_rate: float
     chips: list[ChipSnapshot] = field(default_factory=list)
     restarts: int = 0
+    kv_pages_budget: int = 0                # pages the replica's DRAM ledger allows after its weights
+    kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer
     last_heartbeat_age_s: float = 0.0
     ttft_histogram: HistogramSnapshot = field(
         default_factory=lambda: HistogramSnapshot.empty(TTFT_BUCKETS_SECONDS))

@@ -2,10 +2,12 @@
 
 Named ``ttdist-coordinator`` in namespace ``ttdist``. ``start`` resolves the model, converts
 its weights once per mesh layout into the converted-weight cache (progress in its log and an
-event), sizes each replica's KV cache with ``kv_budget`` (chip DRAM - weights - reserve, from
-the mesh spec; capped by ``max_kv_pages`` for simulated meshes, which live in host RAM),
-then starts every replica actor. Replicas on the coordinator's node read the cache; replicas
-elsewhere get the shards through the Ray object store (put once per layout).
+event), then starts every replica actor. Each replica sizes its own KV cache from its backend's
+DRAM ledger once its weights are placed (free DRAM - reserve, at its KV dtype; a simulated
+cache, which lives in host RAM, is capped at ``max_kv_pages`` and says so) and reports the
+budget and its per-chip DRAM (``ReplicaMemory``). Replicas on the coordinator's node
+memory-map the cache entry; replicas elsewhere fetch its files through the Ray object store
+in bounded chunks, one at a time (put once per layout).
 
 A monitor loop probes every replica each ``heartbeat_s`` (a dead process fails at once),
 feeds the health state machine and restarts failed replicas once they have shown as failed
@@ -55,7 +57,6 @@ class Coordinator:
         self._setups: dict[str, ReplicaSetup] = {}
         self._weights_path: dict[str, str] = {}
         self._weights_ref: dict[str, ray.ObjectRef] = {}
-        self._budget: dict[str, object] = {}
         self._report = RouterReport(policy=config.policy)   # every router's reports added up
         self._reports: dict[str, RouterReport] = {}          # the last one of each router
         self._router_events: list = []
@@ -135,7 +136,6 @@ class Coordinator:
         return ModelCard(model_id, lc.vocab_size, max_context, cfg.page_size)
 
     async def _convert(self, mesh: str) -> None:
-        from ttdist.model.runner import kv_budget
         from ttdist.model.weights import convert_checkpoint
 
         cfg = self.config
@@ -145,23 +145,25 @@ class Coordinator:
             convert_checkpoint, self.model_dir, mesh=mesh, dtype=cfg.dtype, cache_dir=cfg.weights_cache, progress=True
         )
         self._weights_path[mesh] = str(path)
-        self._budget[mesh] = kv_budget(self.model_dir, mesh=mesh, dtype=cfg.dtype, page_size=cfg.page_size)
         self.registry.event(
-            "weights_ready", "", f"mesh {mesh}: {path.name} in {time.perf_counter() - t0:.1f} s; "
-            f"KV budget {self._budget[mesh].num_pages} pages per replica"
+            "weights_ready", "", f"mesh {mesh}: {path.name} in {time.perf_counter() - t0:.1f} s "
+            "(each replica sizes its KV cache from its backend's DRAM ledger)"
         )
 
     def _pages_budget(self, mesh: str) -> int:
+        """Scripted engines: their pool. Model engines: 0 until the replica reports the pages its
+        backend's DRAM ledger leaves after the weights (``ReplicaMemory``)."""
         if self.config.engine == "scripted":
             return self.config.scripted.num_pages
-        return self._budget[mesh].num_pages
+        return 0
 
     def _setup(self, record: ReplicaRecord, mesh: str) -> ReplicaSetup:
         cfg = self.config
         return ReplicaSetup(
             replica_id=record.replica_id, mesh=mesh, backend=record.backend, card=self.card,
             model_dir=self.model_dir, devices=record.devices, engine=cfg.engine, scripted=cfg.scripted,
-            num_pages=min(record.kv_pages_budget, cfg.max_kv_pages), max_batch=cfg.max_batch,
+            num_pages=min(record.kv_pages_budget, cfg.max_kv_pages) if cfg.engine == "scripted" else 0,
+            max_pages=cfg.max_kv_pages if record.backend == "sim" else None, max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
             host=cfg.replica_host, dispatch_core=cfg.groups[record.group].dispatch_core,
             cluster_token=cfg.cluster_token,
@@ -170,14 +172,16 @@ class Coordinator:
     async def _weights_for(self, mesh: str, node_id: str):
         if self.config.engine == "scripted":
             return None
+        from ttdist.model.weights import WeightSource
+
+        precision = self.config.dtype  # one bf16 entry serves every precision: say which to upload
         if node_id == self._node_id:
-            return self._weights_path[mesh], "cache"
+            return WeightSource(entry=self._weights_path[mesh], precision=precision), "cache"
         if mesh not in self._weights_ref:  # the entry's files in bounded chunks, fetched one at a time
             from ttdist.model.weight_cache import RemoteShards
-            from ttdist.model.weights import WeightSource
 
             remote = await asyncio.to_thread(RemoteShards.put, self._weights_path[mesh])
-            self._weights_ref[mesh] = WeightSource(remote=remote)
+            self._weights_ref[mesh] = WeightSource(remote=remote, precision=precision)
         return self._weights_ref[mesh], "object_store"
 
     async def _launch(self, rid: str) -> None:
@@ -203,6 +207,7 @@ class Coordinator:
             rid, time.monotonic(), pid=started.pid, node_id=started.node_id, address=started.address,
             kv_pages_total=started.kv_pages_total,
         )
+        self.registry.replicas[rid].memory = started.memory
 
     async def _create_replica_actor(self, rid: str, group, env: dict):
         """A named, detached replica actor (it outlives this coordinator); waits for a restarted
@@ -248,7 +253,10 @@ class Coordinator:
     # ---------------------------------------------------------------- API
     async def heartbeat(self, replica_id: str, beat: Heartbeat) -> int:
         """Take a replica's heartbeat; returns the number of its prefix-hash set held here."""
-        return self.registry.heartbeat(replica_id, beat, time.monotonic())
+        held = self.registry.heartbeat(replica_id, beat, time.monotonic())
+        if beat.memory is not None and replica_id in self.registry.replicas:  # kept across coordinator restarts
+            self.registry.replicas[replica_id].memory = beat.memory
+        return held
 
     async def routing_table(self, report: RouterReport | None = None) -> RoutingTable:
         await self._recovered.wait()   # after a restart: not before every replica re-registered or failed
@@ -317,11 +325,10 @@ class Coordinator:
 
     def _replica_snapshot(self, r: ReplicaRecord, now: float) -> ReplicaSnapshot:
         spec = parse_mesh(r.mesh)
-        budget = self._budget.get(self._setups[r.replica_id].mesh)
-        weights = budget.weight_bytes_per_chip if budget else 0
-        kv = budget.page_bytes_per_chip * r.kv_pages_total if budget else 0
+        d = r.memory.dram if r.memory else None  # the replica's own ledger (every chip holds the same bytes)
         chip_state = "failed" if r.state == FAILED else "ok"
-        chips = [ChipSnapshot(row, col, chip_state, spec.dram_bytes_per_chip, weights, kv) for row, col in spec.chips()]
+        chips = [ChipSnapshot(row, col, chip_state, d.capacity if d else spec.dram_bytes_per_chip, d.weights if d else 0,
+                              d.kv_cache if d else 0, d.other if d else 0) for row, col in spec.chips()]
         s = r.stats
         histograms = {}
         if s is not None and s.ttft_histogram is not None:
@@ -336,6 +343,8 @@ class Coordinator:
             prompt_tokens_total=s.prompt_tokens_total if s else 0,
             generation_tokens_total=s.generation_tokens_total if s else 0,
             prefix_hit_rate=s.prefix_hit_rate if s else 0.0, chips=chips, restarts=r.restarts,
+            kv_pages_budget=r.memory.kv_pages_budget if r.memory else r.kv_pages_budget,
+            kv_pages_capped_by_host=bool(r.memory and r.memory.kv_pages_capped_by_host),
             last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
             requests_finished_total=s.requests_finished_total if s else 0, **histograms,
         )

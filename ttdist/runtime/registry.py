@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ttdist.dashboard.status import Event, HistogramSnapshot
+from ttdist.model.kv_budget import ReplicaMemory
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta
 from ttdist.runtime.table import DRAINING, FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
@@ -56,6 +57,7 @@ class Heartbeat:
     pid: int = 0              # the incarnation that sent it: a restarted coordinator
     node_id: str = ""         # re-registers the replica from these
     address: str = ""
+    memory: ReplicaMemory | None = None   # KV budget and chip DRAM from the replica's ledger
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ReplicaRecord:
     last_heartbeat: float = 0.0
     stats: Heartbeat | None = None
     restarts: int = 0
+    memory: ReplicaMemory | None = None   # from the replica once started (and in its heartbeats)
     recovering: bool = False     # known from the config after a coordinator restart, not yet heard from
     prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
     prefix_seq: int = FULL                        # the number of that set (FULL: none held)
@@ -87,7 +90,9 @@ class ReplicaRecord:
             node_id=self.node_id, mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=s.free_pages if s else self.kv_pages_total, running=s.running if s else 0,
             waiting=s.waiting if s else 0, tokens_per_second=s.tokens_per_second if s else 0.0,
-            prefix_hashes=s.prefix_hashes if s else frozenset(), kv_pages_budget=self.kv_pages_budget,
+            prefix_hashes=s.prefix_hashes if s else frozenset(), kv_pages_budget=self.memory.kv_pages_budget if self.memory else self.kv_pages_budget,
+            kv_pages_capped_by_host=bool(self.memory and self.memory.kv_pages_capped_by_host),
+            dram=self.memory.dram if self.memory else None,
         )
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from ttdist.model.kv_budget import ReplicaMemory, replica_memory
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat
@@ -60,7 +61,8 @@ class ReplicaSetup:
     devices: tuple[int, ...] = ()
     engine: str = "model"
     scripted: ScriptedEngineConfig = field(default_factory=ScriptedEngineConfig)
-    num_pages: int = 256
+    num_pages: int = 256          # model engine: 0 sizes the cache from the backend's DRAM ledger,
+    max_pages: int | None = None  # at most this many pages (a simulated cache lives in host RAM)
     max_batch: int = 32
     default_max_tokens: int = 256
     heartbeat_s: float = 0.5
@@ -76,6 +78,7 @@ class StartedReplica:
     node_id: str
     address: str
     kv_pages_total: int
+    memory: ReplicaMemory | None = None   # KV budget and chip DRAM from the backend's ledger (model engines)
 
 
 def build_engine(setup: ReplicaSetup, weights):
@@ -100,7 +103,7 @@ def build_engine(setup: ReplicaSetup, weights):
         options = {"dispatch_core": s.dispatch_core}
     sharded = open_weights(weights)
     runner = MeshModelRunner.from_sharded(
-        sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages,
+        sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages or None, max_pages=s.max_pages,
         max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options,
     )
     tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
@@ -112,6 +115,7 @@ class ReplicaActor:
     def __init__(self, setup: ReplicaSetup) -> None:
         self.setup = setup
         self.engine = None
+        self.memory = None
         self.server = None
         self._beats: asyncio.Task | None = None
         self.latency = ReplicaLatency()
@@ -143,7 +147,8 @@ class ReplicaActor:
         self.address = f"{host}:{self.server.port}"
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
         total = self.engine.stats().total_pages
-        return StartedReplica(os.getpid(), self.node_id(), self.address, total)
+        self.memory = replica_memory(getattr(getattr(self.engine, "core", None), "runner", None))
+        return StartedReplica(os.getpid(), self.node_id(), self.address, total, self.memory)
 
     def _entry(self) -> ReplicaEntry:
         stats = self.engine.stats()

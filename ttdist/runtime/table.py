@@ -10,11 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ttdist.dashboard.status import Event, LatencySummary
+from ttdist.mesh.accounting import ChipDram
 from ttdist.runtime.protocol import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
 STARTING, READY, UNHEALTHY, FAILED = "starting", "ready", "unhealthy", "failed"
 DRAINING = "draining"     # finishing its streams before a restart or removal on purpose; gets no new ones
+
+
+def _dram_fields(dram: ChipDram | None) -> dict:
+    if dram is None:
+        return {}
+    return {"dram_total_bytes": dram.capacity, "dram_weights_bytes": dram.weights, "dram_kv_bytes": dram.kv_cache,
+            "dram_other_bytes": dram.other}
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class ReplicaEntry:
     tokens_per_second: float = 0.0
     prefix_hashes: frozenset[int] = frozenset()
     kv_pages_budget: int = 0
+    kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer pages than the budget
+    dram: ChipDram | None = None            # the fullest chip, from the replica backend's ledger
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(
@@ -42,6 +52,7 @@ class ReplicaEntry:
             mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=self.kv_pages_free, running=self.running, waiting=self.waiting,
             address=self.address, tokens_per_second=self.tokens_per_second, kv_pages_budget=self.kv_pages_budget,
+            kv_pages_capped_by_host=self.kv_pages_capped_by_host, **_dram_fields(self.dram),
         )
 
 

@@ -105,7 +105,8 @@ function updateReplicaCard(entry, replica) {
   put("running", fmtInt(replica.running));
   put("waiting", fmtInt(replica.waiting));
   put("tps", fmtNum(replica.tokens_per_second, 1));
-  put("kv", `${fmtInt(used)} / ${fmtInt(replica.kv_pages_total)} (${fmtPerc(replica.kv_cache_usage_perc)})`);
+  put("kv", `${fmtInt(used)} / ${fmtInt(replica.kv_pages_total)} (${fmtPerc(replica.kv_cache_usage_perc)})` +
+    (replica.kv_pages_budget ? ` · budget ${fmtInt(replica.kv_pages_budget)}${replica.kv_pages_capped_by_host ? " (capped by host RAM)" : ""}` : ""));
   put("ttft", replica.ttft_seconds.count ? fmtSeconds(replica.ttft_seconds.p50) : "-");
   put("restarts", fmtInt(replica.restarts));
   put("heartbeat", `${fmtNum(replica.last_heartbeat_age_s, 1)} s ago`);
@@ -123,7 +124,7 @@ function updateReplicaCard(entry, replica) {
     const usedPct = w + kv;
     cell.querySelector(".pct").textContent = usedPct > 0 && usedPct < 1 ? "<1%" : `${Math.round(usedPct)}%`;
     cell.title = `chip ${chip.row},${chip.col} (${chip.display_state}): weights ${fmtGiB(chip.dram_weights_bytes)}` +
-      ` + KV ${fmtGiB(chip.dram_kv_bytes)} of ${fmtGiB(chip.dram_total_bytes)}`;
+      ` + KV ${fmtGiB(chip.dram_kv_bytes)} + other ${fmtGiB(chip.dram_other_bytes || 0)} of ${fmtGiB(chip.dram_total_bytes)}`;
   }
   const end = history.length ? history[history.length - 1].time : 0;
   drawLineChart(card.querySelector(".spark"), [{name: "tokens/s", color: "#4a78c2",
