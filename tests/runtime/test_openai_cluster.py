@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.runtime.conftest import greedy, stub_for
-from ttdist.client import Client, Unauthenticated
+from ttdist.client import AsyncClient, Client, Unauthenticated
 from ttdist.router.deploy import deploy, wait_serving
 from ttdist.runtime.api_config import ApiConfig
 from ttdist.runtime.config import ClusterConfig, ReplicaGroup
@@ -116,6 +116,11 @@ async def test_async_client_chat_and_completions(served, reference):
     models = await client.models.list()
     assert [m.id for m in models.data] == ["smollm2"]
     await client.close()
+    async with AsyncClient(served.address, token=KEY) as grpc_client:
+        done = await grpc_client.chat(CHATS[1], max_tokens=MAX_TOKENS)
+        assert done.text == reference[1][1]
+        streamed = [c.text async for c in grpc_client.stream_chat(CHATS[1], max_tokens=MAX_TOKENS)]
+        assert "".join(streamed) == done.text
 
 
 def test_seeded_sampling_repeats_and_n_gives_n_choices(served):
