@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from ttdist.runtime.auth import ApiKeys
-from ttdist.router.openai import protocol as p
 from ttdist.router.chat import ChatPrompter
+from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, from_request_error
+from ttdist.runtime.auth import ApiKeys
 from ttdist.runtime.protocol import RequestError
 from ttdist.runtime.table import READY
 from ttdist.v1 import generation_pb2 as pb
