@@ -45,6 +45,7 @@ def test_spec_api_mapping(tmp_path):
     api = parse_spec({"host": "0.0.0.0", "api": {"http_port": -1, "api_keys": ["k1"], "api_key_file": str(keys)}}).config.api
     assert api.api_keys == ("k1", "k2") and api.http_port is None
     assert load_spec("cluster/local.yaml").config.api.http_port == 8000
+    assert parse_spec({}).config.api.http_port == 8000                  # specs serve HTTP like ttdist serve
     for raw, message in [({"api": {"bogus": 1}}, "unknown api setting 'bogus'"),
                          ({"host": "10.0.0.5"}, "refusing to serve on 10.0.0.5"),
                          ({"api": {"api_keys": "k"}}, "api_keys must be a list")]:

@@ -1,6 +1,8 @@
 """How the public API is served: the HTTP port, API keys, TLS and the chat template.
 
-Part of ``ClusterConfig`` (``api``; the ``api:`` mapping of a cluster spec). Keys are
+Part of ``ClusterConfig`` (``api``; the ``api:`` mapping of a cluster spec). ``ttdist serve``
+and cluster specs serve HTTP on 8000 unless told otherwise; a ``ClusterConfig`` built in code
+serves it only when ``http_port`` is set (tests pick free ports). Keys are
 resolved where the config enters (``--api-key``, ``--api-key-file``, ``TTDIST_API_KEY``, a
 spec's ``api_key_file``), so nothing below reads files or the environment for them.
 
@@ -21,7 +23,7 @@ class ApiConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ApiConfig:
-    http_port: int | None = 8000                 # OpenAI-compatible HTTP; None = off
+    http_port: int | None = None                 # OpenAI-compatible HTTP; None = off (serve and specs: 8000)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     tls_cert: str | None = None                  # PEM files: serve gRPC and HTTP over TLS
     tls_key: str | None = None
