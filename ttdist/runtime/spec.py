@@ -87,26 +87,6 @@ def _api(raw, where: str) -> ApiConfig:
     return ApiConfig(api_keys=tuple(str(k) for k in keys), **raw)
 
 
-def _api(raw, where: str) -> ApiConfig:
-    """The ``api:`` mapping; ``api_keys`` is a list, ``api_key_file`` adds the keys of a file."""
-    if not isinstance(raw, dict):
-        raise ClusterConfigError(f"{where}: api must be a mapping")
-    bad = sorted(set(raw) - _API_KEYS)
-    if bad:
-        raise ClusterConfigError(f"{where}: unknown api setting {bad[0]!r}; known: {', '.join(sorted(_API_KEYS))}")
-    raw = dict(raw)
-    keys = raw.pop("api_keys", None) or []
-    if isinstance(keys, str) or not isinstance(keys, list):
-        raise ClusterConfigError(f"{where}: api.api_keys must be a list of keys")
-    try:
-        if raw.get("api_key_file"):
-            keys = [*keys, *read_key_file(raw["api_key_file"])]
-    except ApiConfigError as err:
-        raise ClusterConfigError(f"{where}: api: {err}") from None
-    raw.pop("api_key_file", None)
-    return ApiConfig(api_keys=tuple(str(k) for k in keys), **raw)
-
-
 def _group(raw, where: str) -> ReplicaGroup:
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{where}: a replica group must be a mapping")
