@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.router.conftest import make_stack  # noqa: F401  (the fixture)
+from ttdist.cli import main
 from ttdist.router.openai import OpenAIServer, start_http_server
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
@@ -124,9 +125,10 @@ async def test_jsonl_prompts(make_stack, tmp_path):  # noqa: F811
     (["--backend", "openai"], "--vocab-size:"),
     (["--workload", "jsonl", "--dataset", "/nonexistent.jsonl"], "--dataset:"),
 ])
-async def test_bad_input_is_one_line_naming_the_flag(args, needle):
+def test_bad_input_is_one_line_naming_the_flag(args, needle, capsys):
     # port 9 (discard) is never a router: input errors must come before any connection
-    code, out, err = await ttdist("bench", "--target", "127.0.0.1:9", "--no-progress", *args)
+    code = main(["bench", "--target", "127.0.0.1:9", "--no-progress", *args])
+    err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ttdist.cli import main
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,11 +57,12 @@ def test_config_json_file(tmp_path):
     (["llama-3.1-8b", "--context", "0"], "--context:"),
     (["llama-3.1-8b", "--replicas", "-1"], "--replicas:"),
 ])
-def test_bad_input_is_one_line_naming_the_field(args, needle):
-    proc = ttdist("plan", *args)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr
+def test_bad_input_is_one_line_naming_the_field(args, needle, capsys):
+    code = main(["plan", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
     assert needle in lines[0], lines[0]
 
 

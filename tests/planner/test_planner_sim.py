@@ -41,6 +41,11 @@ def tiny(tmp_path_factory):
                                  intermediate_size=160)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("weight-cache")
+
+
 class Recording:
     """Forwards every call to the simulator and records the device ops with their activation bytes."""
 
@@ -63,8 +68,8 @@ class Recording:
         return call
 
 
-def load(ckpt, mesh, precision, tmp_path):
-    weights = load_weights(ckpt, mesh=mesh, dtype=precision, cache_dir=tmp_path)
+def load(ckpt, mesh, precision, cache_dir):
+    weights = load_weights(ckpt, mesh=mesh, dtype=precision, cache_dir=cache_dir)
     rec = Recording(SimBackend(weights.mesh))
     model = LlamaModel(rec, weights, CacheConfig(PAGES, PAGE, weights.precision.kv_cache), OPTIONS)
     builder = StepBuilder(Layout(weights.config, weights.mesh), weights.precision, page_size=PAGE, options=OPTIONS)
@@ -72,9 +77,9 @@ def load(ckpt, mesh, precision, tmp_path):
 
 
 @pytest.mark.parametrize("mesh", MESHES)
-def test_weights_and_kv_bytes_equal_the_dram_ledger(mesh, tiny, tmp_path):
+def test_weights_and_kv_bytes_equal_the_dram_ledger(mesh, tiny, cache):
     for name in ("performance", "bfloat4_b"):
-        weights, rec, model, _ = load(tiny, mesh, name, tmp_path)
+        weights, rec, model, _ = load(tiny, mesh, name, cache)
         ledger = rec.backend.dram.by_name
         layout = Layout(weights.config, weights.mesh)
         precision = resolve_precision(name)
@@ -99,8 +104,8 @@ def _measured(rec, ccl_from):
 
 
 @pytest.mark.parametrize("mesh", MESHES)
-def test_decode_step_ops_are_the_models_own(mesh, tiny, tmp_path):
-    weights, rec, model, builder = load(tiny, mesh, "performance", tmp_path)
+def test_decode_step_ops_are_the_models_own(mesh, tiny, cache):
+    weights, rec, model, builder = load(tiny, mesh, "performance", cache)
     host = model.host_inputs([5, 6, 7], [33, 2, 40], [[0, 1], [2], [3, 4]], np.zeros((0, sampling.PARAMS), np.float32))
     inputs = model.place_inputs(host)
     start = len(rec.backend.ccl.records)
@@ -110,8 +115,8 @@ def test_decode_step_ops_are_the_models_own(mesh, tiny, tmp_path):
 
 
 @pytest.mark.parametrize("mesh", ["1x1", "1x8", "8x4"])
-def test_prefill_chunk_ops_are_the_models_own(mesh, tiny, tmp_path):
-    weights, rec, model, builder = load(tiny, mesh, "performance", tmp_path)
+def test_prefill_chunk_ops_are_the_models_own(mesh, tiny, cache):
+    weights, rec, model, builder = load(tiny, mesh, "performance", cache)
     params = rec.backend.input_tensor(sampling.device_params(SamplingBatch.greedy(1)), REPLICATED, name="input.sampling")
     start = len(rec.backend.ccl.records)
     rec.calls.clear()
@@ -120,8 +125,8 @@ def test_prefill_chunk_ops_are_the_models_own(mesh, tiny, tmp_path):
 
 
 @pytest.mark.parametrize("mesh", ["1x2", "2x4"])
-def test_activation_estimate_covers_the_simulators_peak(mesh, tiny, tmp_path):
-    weights, rec, model, _ = load(tiny, mesh, "performance", tmp_path)
+def test_activation_estimate_covers_the_simulators_peak(mesh, tiny, cache):
+    weights, rec, model, _ = load(tiny, mesh, "performance", cache)
     dram = rec.backend.dram
     held = dram.used_per_chip()
     for chip in dram.peak:
