@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
     p.add_argument("--no-restart", action="store_true", help="leave failed replicas failed (no restarts)")
+    p.add_argument("--ready-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a request without a deadline waits for a ready replica (default %(default)s)")
     p.add_argument("--routers", type=int, default=1, metavar="N",
                    help="router processes serving the public port together (default %(default)s)")
     p.add_argument("--stream-interval", type=int, default=1, metavar="K",
@@ -75,12 +77,22 @@ def config_from_args(args: argparse.Namespace):
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
             stream_interval=args.stream_interval, stream_interval_ms=args.stream_interval_ms, routers=args.routers,
+            ready_wait_s=args.ready_wait,
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
         )
         config.check()
     except ClusterConfigError as err:
-        raise CommandError(str(err), EXIT_USAGE) from None
+        flag = next((f for field, f in _FLAGS.items() if str(err).startswith(field)), None)
+        raise CommandError(f"{flag}: {err}" if flag else str(err), EXIT_USAGE) from None
     return config
+
+
+_FLAGS = {   # the config field an error names -> the flag that set it
+    "replicas[0].count": "--replicas", "replicas[0].mesh": "--mesh", "dtype": "--dtype", "model": "--model",
+    "port": "--port", "dashboard_port": "--dashboard-port", "max_kv_pages": "--max-kv-pages",
+    "health.restart_delay_s": "--restart-delay", "ready_wait_s": "--ready-wait", "stream_interval_ms": "--stream-interval-ms",
+    "stream_interval": "--stream-interval",
+}
 
 
 def _drain(deployment, timeout_s: float, signals: list) -> None:
@@ -100,11 +112,13 @@ def run_cluster(config, address: str | None, drain_timeout_s: float = 30.0) -> i
     """Deploy, print where it serves, block until SIGINT/SIGTERM, drain, tear everything down."""
     from ttdist.router.deploy import DeployError, deploy, wait_serving
     from ttdist.router.policies import UnknownPolicyError
+    from ttdist.runtime.config import ClusterConfigError
     from ttdist.runtime.preflight import PreflightError, preflight
 
     try:
+        config.check_model()
         preflight(config, local=address is None)
-    except PreflightError as err:
+    except (ClusterConfigError, PreflightError) as err:
         raise CommandError(str(err), EXIT_USAGE) from None
     try:
         deployment = deploy(config, address=address)

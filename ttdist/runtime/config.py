@@ -14,7 +14,9 @@ keeps Ray's default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
@@ -52,6 +54,8 @@ class ReplicaGroup:
         if self.devices and len(self.devices) != self.count:
             raise ClusterConfigError(f"{where}.devices lists {len(self.devices)} device sets for {self.count} replicas")
         for ids in self.devices:
+            if any(d < 0 for d in ids) or len(set(ids)) != len(ids):
+                raise ClusterConfigError(f"{where}.devices: {list(ids)} must be distinct device ids >= 0")
             if len(ids) != spec.num_chips:
                 raise ClusterConfigError(f"{where}.devices: {list(ids)} is not {spec.num_chips} chips for mesh {self.mesh}")
         for name, amount in self.resources.items():
@@ -68,7 +72,7 @@ class HealthConfig:
     restart: bool = True              # restart failed replicas (False: they stay failed)
     restart_delay_s: float = 2.0      # a failed replica stays visibly failed this long before its restart
     stall_after_s: float = 5.0        # engine has work but made no step for this long: -> unhealthy
-    restart_backoff_max_s: float = 60.0   # the restart delay doubles per failure in a row, up to this
+    restart_backoff_max_s: float = 60.0   # the restart delay doubles per failure in a row, up to this (or restart_delay_s)
     crash_loop_failures: int = 5      # this many failures in a row: "failed (crash loop)", no more restarts
     stable_after_s: float = 30.0      # ready this long: the failures-in-a-row count starts again
 
@@ -81,9 +85,8 @@ class HealthConfig:
         for name in ("stall_after_s", "stable_after_s"):
             if not getattr(self, name) > 0:
                 raise ClusterConfigError(f"health.{name} must be > 0 seconds, got {getattr(self, name)}")
-        if not self.restart_backoff_max_s >= self.restart_delay_s:
-            raise ClusterConfigError(
-                f"health.restart_backoff_max_s must be >= restart_delay_s ({self.restart_delay_s}), got {self.restart_backoff_max_s}")
+        if not self.restart_backoff_max_s >= 0:
+            raise ClusterConfigError(f"health.restart_backoff_max_s must be >= 0 seconds, got {self.restart_backoff_max_s}")
         if not (isinstance(self.crash_loop_failures, int) and self.crash_loop_failures >= 1):
             raise ClusterConfigError(f"health.crash_loop_failures must be an integer >= 1, got {self.crash_loop_failures!r}")
 
@@ -104,9 +107,9 @@ class ClusterConfig:
     max_context: int | None = None
     default_max_tokens: int = 256
     routers: int = 1                             # router actors serving the one public port (SO_REUSEPORT)
-    ready_wait_s: float = 30.0                   # router: a request waits this long for a ready replica (no deadline)
     stream_interval: int = 1                     # chunks to clients: at most one per this many tokens...
     stream_interval_ms: int = 0                  # ...or per this many ms (0 = no time bound); requests may override
+    ready_wait_s: float = 30.0                   # router: a request waits this long for a ready replica (no deadline)
     engine: str = "model"                        # "scripted": no model, fixed token rule (tests, benchmarks)
     scripted: ScriptedEngineConfig = field(default_factory=ScriptedEngineConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -137,14 +140,32 @@ class ClusterConfig:
         for name in ("page_size", "max_batch", "max_kv_pages", "default_max_tokens", "cpu_threads"):
             if getattr(self, name) < 1:
                 raise ClusterConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_context is not None and self.max_context < 2:
+            raise ClusterConfigError(f"max_context must be >= 2 tokens or null (the model's), got {self.max_context}")
+        try:
+            Precision.parse(self.dtype)   # a dtype for every matmul, or a preset (accuracy, performance)
+        except ValueError as err:
+            raise ClusterConfigError(f"dtype: {err}") from None
         if not 1 <= self.routers <= 64:
             raise ClusterConfigError(f"routers must be in 1..64, got {self.routers}")
-        if not self.ready_wait_s >= 0:
-            raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
         if not 1 <= self.stream_interval <= 4096:
             raise ClusterConfigError(f"stream_interval must be in 1..4096 tokens, got {self.stream_interval}")
         if not 0 <= self.stream_interval_ms <= 60000:
             raise ClusterConfigError(f"stream_interval_ms must be in 0..60000, got {self.stream_interval_ms}")
+        if not self.ready_wait_s >= 0:
+            raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
+
+    def check_model(self) -> None:
+        """The checkpoint folder exists here (where the coordinator runs); checked at launch, not
+        when a spec is read, so a spec for other hosts still loads."""
+        if self.engine != "model" or self.model == "smollm2":
+            return
+        path = Path(self.model).expanduser()
+        if not path.is_dir():
+            raise ClusterConfigError(f"model: no checkpoint directory at {path} (give a folder with config.json "
+                                     f"and *.safetensors, or 'smollm2')")
+        if not (path / "config.json").is_file():
+            raise ClusterConfigError(f"model: {path} has no config.json: not a Hugging Face checkpoint folder")
 
     @property
     def num_replicas(self) -> int:

@@ -9,6 +9,7 @@ replica). An unknown key is an error that names it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import get_type_hints
 from pathlib import Path
 
 import yaml
@@ -38,7 +39,10 @@ def load_spec(path: str | Path) -> ClusterSpec:
     except OSError as err:
         raise ClusterConfigError(f"{path}: cannot read the spec ({err.strerror})") from None
     except yaml.YAMLError as err:
-        raise ClusterConfigError(f"{path}: not valid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ClusterConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{path}: the spec must be a mapping of settings")
     return parse_spec(raw, str(path))
@@ -56,12 +60,49 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     if not isinstance(groups_raw, list) or not groups_raw:
         raise ClusterConfigError(f"{where}: replicas must be a non-empty list of groups")
     groups = tuple(_group(g, f"{where}: replicas[{i}]") for i, g in enumerate(groups_raw))
+    if not isinstance(health_raw, dict):
+        raise ClusterConfigError(f"{where}: health must be a mapping of settings, got {health_raw!r}")
     bad = sorted(set(health_raw) - _HEALTH_KEYS)
     if bad:
         raise ClusterConfigError(f"{where}: unknown health setting {bad[0]!r}")
+    if address is not None and not isinstance(address, str):
+        raise ClusterConfigError(f"{where}: address must be a string (host:port or auto), got {address!r}")
+    check_types(ClusterConfig, raw, where)
+    check_types(HealthConfig, health_raw, where, "health.")
     config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, **raw)
-    config.check()
+    try:
+        config.check()
+    except ClusterConfigError as err:
+        raise ClusterConfigError(f"{where}: {err}") from None
     return ClusterSpec(config, address)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_KINDS = {
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int | None: (lambda v: v is None or _is_int(v), "an integer or null"),
+    float | None: (lambda v: v is None or _is_number(v), "a number or null"),
+    str | None: (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+
+def check_types(cls, raw: dict, where: str, prefix: str = "") -> None:
+    """Every plain-typed setting of ``raw`` has its field's type (YAML gives strings, lists, ...)."""
+    hints = get_type_hints(cls)
+    for name, value in raw.items():
+        kind = _KINDS.get(hints.get(name))
+        if kind is not None and not kind[0](value):
+            raise ClusterConfigError(f"{where}: {prefix}{name} must be {kind[1]}, got {value!r}")
 
 
 def _api(raw, where: str) -> ApiConfig:
@@ -94,8 +135,17 @@ def _group(raw, where: str) -> ReplicaGroup:
     if bad:
         raise ClusterConfigError(f"{where}: unknown setting {bad[0]!r}; known: {', '.join(sorted(_GROUP_KEYS))}")
     raw = dict(raw)
-    raw["devices"] = tuple(tuple(int(d) for d in ids) for ids in raw.get("devices", ()))
-    raw["resources"] = {str(k): float(v) for k, v in (raw.get("resources") or {}).items()}
+    devices = raw.get("devices") or []
+    if not isinstance(devices, list) or not all(
+            isinstance(ids, list) and all(_is_int(d) for d in ids) for ids in devices):
+        raise ClusterConfigError(f"{where}.devices must be a list of device-id lists (one per replica), got {devices!r}")
+    raw["devices"] = tuple(tuple(ids) for ids in devices)
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict) or not all(_is_number(v) for v in resources.values()):
+        raise ClusterConfigError(f"{where}.resources must map resource names to numbers, got {resources!r}")
+    raw["resources"] = {str(k): float(v) for k, v in resources.items()}
     if "mesh" in raw:
         raw["mesh"] = str(raw["mesh"])
+    spec, _, group = where.rpartition(": ")
+    check_types(ReplicaGroup, raw, spec, f"{group}.")
     return ReplicaGroup(**raw)
