@@ -8,7 +8,11 @@ streams going; every ``--kill-every`` seconds, once every replica is ready, the 
 SIGKILLed, ``--kills`` times. Prints, like Dynamo's fault-tolerance summary: kills, streams
 started, finished exact, lost (ended in an error), wrong (a different output), duplicated
 tokens, and per kill the recovery time (until every stream in flight at the kill has a new
-token) and the replica's restart time (kill to ready again), p50 and max.
+token) and the replica's restart time (kill to ready again), p50 and max. Then, traffic still
+running, ``--coordinator-kills`` SIGKILLs of the coordinator (back: it answers again with
+every replica re-registered; the streams must not notice), and, traffic stopped (a router's
+own streams end with it), ``--router-kills`` SIGKILLs of the router, each timed from the kill
+to the first request that succeeds through the Python client's retries.
 
 Soak mode (``--soak SECONDS``): ``--concurrency`` (default 1000) concurrent streams on
 scripted replicas, no kills; prints errors and the router's and replicas' RSS in the first
@@ -170,18 +174,68 @@ async def kill_mode(args, deployment) -> None:
             restarts.append(time.monotonic() - t_kill)
             print(f"kill {k + 1}: {victim} (running {busy[-1][0]}), streams moving again after "
                   f"{recoveries[-1]:.2f} s, replica ready again after {restarts[-1]:.2f} s", flush=True)
+        coordinator_back = await coordinator_kills(args, deployment)
         await asyncio.sleep(2.0)
     finally:
         stop.set()
         await asyncio.gather(*clients)
         await channel.close()
+    router_back = await router_kills(args, deployment, prompts[0])
     print()
     print(f"{'engine':<12}{'kills':>6}{'started':>9}{'exact':>7}{'lost':>6}{'wrong':>7}{'dup tok':>9}"
           f"{'recovery p50/max s':>21}{'restart p50/max s':>20}")
     print(f"{args.model:<12}{len(recoveries):>6}{tally.started:>9}{tally.exact:>7}{tally.lost:>6}{tally.wrong:>7}"
           f"{tally.duplicated:>9}{p50_max(recoveries):>21}{p50_max(restarts):>20}")
+    print(f"coordinator SIGKILLs: {len(coordinator_back)}, back (answering, every replica re-registered) after "
+          f"p50 / max {p50_max(coordinator_back)} s; the streams above ran through them")
+    print(f"router SIGKILLs: {len(router_back)}, first request through the client's retries after "
+          f"p50 / max {p50_max(router_back)} s")
     if tally.errors:
         print("errors:", *sorted(set(tally.errors))[:5], sep="\n  ")
+
+
+async def actor_pid(actor) -> int:
+    return await actor.__ray_call__.remote(lambda self: os.getpid())
+
+
+async def coordinator_kills(args, deployment) -> list[float]:
+    back = []
+    for k in range(args.coordinator_kills):
+        await wait_all_ready(deployment, args.replicas)
+        await asyncio.sleep(args.kill_every)
+        before = {r.replica_id: r.pid for r in await replicas(deployment)}
+        pid = await actor_pid(deployment.coordinator)
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        while True:
+            try:
+                rs = await asyncio.wait_for(replicas(deployment), 5.0)
+                if await actor_pid(deployment.coordinator) != pid and all(
+                        r.state == "ready" and not r.recovering for r in rs):
+                    break
+            except (asyncio.TimeoutError, ray.exceptions.RayError):
+                pass
+            await asyncio.sleep(0.02)
+        back.append(time.monotonic() - t_kill)
+        same = {r.replica_id: r.pid for r in rs} == before
+        print(f"coordinator kill {k + 1}: back after {back[-1]:.2f} s, same replica processes: {same}", flush=True)
+    return back
+
+
+async def router_kills(args, deployment, prompt: list[int]) -> list[float]:
+    from ttdist.client import Client, RetryPolicy
+
+    retry = RetryPolicy(max_attempts=None, initial_backoff_s=0.05, max_backoff_s=0.25, max_wait_s=120)
+    back = []
+    with Client(deployment.address, retry=retry, timeout=180) as client:
+        for k in range(args.router_kills):
+            await asyncio.to_thread(client.generate, prompt, max_tokens=4, ignore_eos=True)
+            os.kill(await actor_pid(deployment.router), signal.SIGKILL)
+            t_kill = time.monotonic()
+            await asyncio.to_thread(client.generate, prompt, max_tokens=4, ignore_eos=True)
+            back.append(time.monotonic() - t_kill)
+            print(f"router kill {k + 1}: a request succeeded {back[-1]:.2f} s after it", flush=True)
+    return back
 
 
 def rss(pid: int) -> int:
@@ -261,6 +315,8 @@ def main() -> None:
     ap.add_argument("--model", choices=("scripted", "tiny"), default="scripted")
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--coordinator-kills", type=int, default=3)
+    ap.add_argument("--router-kills", type=int, default=3)
     ap.add_argument("--kill-every", type=float, default=1.5, help="seconds of steady traffic before each kill")
     ap.add_argument("--concurrency", type=int, default=None, help="concurrent streams (kill: 24, soak: 1000)")
     ap.add_argument("--min-tokens", type=int, default=40)
