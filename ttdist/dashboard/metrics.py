@@ -82,6 +82,9 @@ class SnapshotCollector:
         state = GaugeMetricFamily(
             "ttdist:replica_state", "1 for the replica's current state, 0 for the others.",
             labels=LABELS + ["state"])
+        crash_loop = GaugeMetricFamily(
+            "ttdist:replica_crash_loop", "1 while the replica is failed (crash loop): failed too often in a row, "
+            "not restarted.", labels=LABELS)
         counters = {
             "prompt": CounterMetricFamily(
                 "ttdist:prompt_tokens", "Prefill tokens processed.", labels=LABELS),
@@ -107,8 +110,10 @@ class SnapshotCollector:
             counters["generation"].add_metric(labels, r.generation_tokens_total)
             counters["success"].add_metric(labels, r.requests_finished_total)
             counters["restarts"].add_metric(labels, r.restarts)
+            crash_loop.add_metric(labels, 1.0 if r.crash_loop else 0.0)
         yield from gauges.values()
         yield state
+        yield crash_loop
         yield from counters.values()
 
     def _histograms(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:

@@ -112,6 +112,8 @@ class ReplicaSnapshot:
     prefix_hit_rate: float
     chips: list[ChipSnapshot] = field(default_factory=list)
     restarts: int = 0
+    state_reason: str = ""                  # why it entered its state (e.g. the failure that stopped it)
+    crash_loop: bool = False                # failed too often in a row: left failed, not restarted
     kv_pages_budget: int = 0                # pages the replica's DRAM ledger allows after its weights
     kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer
     last_heartbeat_age_s: float = 0.0
@@ -186,4 +188,3 @@ def cluster_latency(replicas: list[ReplicaSnapshot]) -> tuple[LatencySummary, La
         ttft = ttft.merged(r.ttft_histogram)
         itl = itl.merged(r.inter_token_histogram)
     return LatencySummary.from_histogram(ttft), LatencySummary.from_histogram(itl)
-

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -166,7 +167,7 @@ class Coordinator:
             max_pages=cfg.max_kv_pages if record.backend == "sim" else None, max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
             host=cfg.replica_host, dispatch_core=cfg.groups[record.group].dispatch_core,
-            cluster_token=cfg.cluster_token,
+            cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s,
         )
 
     async def _weights_for(self, mesh: str, node_id: str):
@@ -263,8 +264,8 @@ class Coordinator:
         if report is not None:
             self._reports[report.router_id] = report
             self._report = combine_reports(list(self._reports.values()))
-            for event in report.events:
-                self.registry.events.append(event)
+            self.registry.events.extend(report.events)
+            del self.registry.events[: -self.registry.max_events]   # a ring: bounded however long it runs
         return RoutingTable(self.card, self.registry.entries())
 
     async def replicas(self) -> list[ReplicaRecord]:
@@ -280,7 +281,6 @@ class Coordinator:
 
     async def model_dir_path(self) -> str:
         return self.model_dir
-
     async def replica_setup(self, replica_id: str) -> tuple[ReplicaSetup, str | None]:
         """How ``replica_id`` builds its engine: its setup and converted-weight cache path
         (None for a scripted engine), e.g. to build the same engine outside the cluster."""
@@ -289,6 +289,11 @@ class Coordinator:
 
     def actor(self, replica_id: str):
         return self._actors[replica_id]
+
+    async def inject_fault(self, replica_id: str, faults) -> None:
+        """Start every later incarnation of ``replica_id`` with ``faults`` (``EngineFaults``; tests:
+        a replica that fails at every start is a crash loop). The running one is not touched."""
+        self._setups[replica_id] = replace(self._setups[replica_id], faults=faults)
 
     async def drain_replica(self, replica_id: str, timeout_s: float = 30.0, restart: bool = True) -> int:
         """Restart (or, with ``restart`` off, remove) a replica on purpose without cutting streams:
@@ -345,6 +350,7 @@ class Coordinator:
             prefix_hit_rate=s.prefix_hit_rate if s else 0.0, chips=chips, restarts=r.restarts,
             kv_pages_budget=r.memory.kv_pages_budget if r.memory else r.kv_pages_budget,
             kv_pages_capped_by_host=bool(r.memory and r.memory.kv_pages_capped_by_host),
+            state_reason=r.reason, crash_loop=r.crash_loop,
             last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
             requests_finished_total=s.requests_finished_total if s else 0, **histograms,
         )

@@ -16,8 +16,15 @@ machine is tested without clocks or Ray:
 - ``draining``: taken out of routing on purpose (restart or removal) -> draining; its streams
   finish or move before it stops.
 - ``failed``: a definite failure (its process is gone, its start raised) -> failed at once.
+- ``heartbeat`` carrying the engine's liveness: a step loop that died -> failed at once; one
+  that has work but made no step for ``stall_after_s`` -> unhealthy (and not ready again
+  until it steps), then failed after ``failed_after_s`` like any unhealthy replica.
 - ``due_restarts(now)``: the failed replicas to restart now: failed for ``restart_delay_s``
   (so operators and the dashboard see the failed state first), none when ``restart`` is off.
+  The delay doubles with each failure in a row (``restart_backoff_max_s`` at most); a
+  replica that stays ready ``stable_after_s`` starts the count again. After
+  ``crash_loop_failures`` in a row it is "failed (crash loop)": ``crash_loop`` set, never
+  restarted, ``reason`` saying why it last failed.
 Every transition appends an ``Event``.
 """
 
@@ -27,6 +34,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ttdist.dashboard.status import Event, HistogramSnapshot
+from ttdist.engine.stats import EngineLiveness
 from ttdist.model.kv_budget import ReplicaMemory
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta
@@ -54,6 +62,7 @@ class Heartbeat:
     prefix_delta: PrefixDelta | None = None       # what changed in the replica's cached page hashes
     ttft_histogram: HistogramSnapshot | None = None
     inter_token_histogram: HistogramSnapshot | None = None
+    engine: EngineLiveness | None = None   # the step loop's liveness (None: not reported)
     pid: int = 0              # the incarnation that sent it: a restarted coordinator
     node_id: str = ""         # re-registers the replica from these
     address: str = ""
@@ -80,8 +89,16 @@ class ReplicaRecord:
     restarts: int = 0
     memory: ReplicaMemory | None = None   # from the replica once started (and in its heartbeats)
     recovering: bool = False     # known from the config after a coordinator restart, not yet heard from
+    reason: str = ""             # why it entered its state (the last transition's message)
+    failures_in_row: int = 0     # failures without staying ready ``stable_after_s`` in between
+    ready_since: float | None = None
+    crash_loop: bool = False     # failed too often in a row: left failed, not restarted
     prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
     prefix_seq: int = FULL                        # the number of that set (FULL: none held)
+
+    @property
+    def state_label(self) -> str:
+        return f"{self.state} (crash loop)" if self.crash_loop else self.state
 
     def entry(self) -> ReplicaEntry:
         s = self.stats
@@ -92,7 +109,7 @@ class ReplicaRecord:
             waiting=s.waiting if s else 0, tokens_per_second=s.tokens_per_second if s else 0.0,
             prefix_hashes=s.prefix_hashes if s else frozenset(), kv_pages_budget=self.memory.kv_pages_budget if self.memory else self.kv_pages_budget,
             kv_pages_capped_by_host=bool(self.memory and self.memory.kv_pages_capped_by_host),
-            dram=self.memory.dram if self.memory else None,
+            dram=self.memory.dram if self.memory else None, crash_loop=self.crash_loop,
         )
 
 
@@ -112,14 +129,32 @@ class Registry:
         del self.events[: -self.max_events]
 
     def _move(self, record: ReplicaRecord, state: str, now: float, kind: str, why: str) -> None:
-        record.state, record.since = state, now
+        if state == FAILED:
+            self._count_failure(record, now, why)
+        record.state, record.since, record.reason = state, now, why
         self.event(kind, record.replica_id, why)
+
+    def _count_failure(self, r: ReplicaRecord, now: float, why: str) -> None:
+        stable = r.ready_since is not None and now - r.ready_since >= self.health.stable_after_s
+        r.failures_in_row = 1 if stable else r.failures_in_row + 1
+        r.ready_since = None
+        if r.failures_in_row >= self.health.crash_loop_failures and self.health.restart:
+            r.crash_loop = True
+            self.event("replica_crash_loop", r.replica_id, f"failed {r.failures_in_row} times in a row; not restarted "
+                       f"again (last: {why})")
+
+    def restart_delay(self, r: ReplicaRecord) -> float:
+        """How long a failed replica waits before its restart: doubling per failure in a row."""
+        h = self.health
+        cap = max(h.restart_backoff_max_s, h.restart_delay_s)
+        return min(h.restart_delay_s * 2 ** max(0, r.failures_in_row - 1), cap)
 
     def started(self, replica_id: str, now: float, *, pid: int, node_id: str, address: str, kv_pages_total: int) -> None:
         r = self.replicas[replica_id]
         r.pid, r.node_id, r.address, r.kv_pages_total = pid, node_id, address, kv_pages_total
         r.last_heartbeat = now
         kind = "replica_restarted" if r.restarts else "replica_started"
+        r.ready_since = now
         self._move(r, READY, now, kind, f"pid {pid} on {node_id[:12]} serving {address} ({r.mesh} {r.backend})")
 
     def heartbeat(self, replica_id: str, beat: Heartbeat, now: float) -> int:
@@ -134,6 +169,8 @@ class Registry:
         return r.prefix_seq if r is not None else FULL
 
     def _heartbeat(self, r: ReplicaRecord | None, beat: Heartbeat, now: float) -> None:
+        if r is not None and beat.engine is not None and r.state in (READY, UNHEALTHY) and not self._engine_ok(r, beat, now):
+            return
         if r is not None and r.recovering and beat.address:
             self.reregistered(r, beat, now)
             return
@@ -146,7 +183,7 @@ class Registry:
     def reregistered(self, r: ReplicaRecord, beat: Heartbeat, now: float) -> None:
         """A replica that outlived the coordinator heartbeats the restarted one: ready again."""
         r.pid, r.node_id, r.address, r.kv_pages_total = beat.pid, beat.node_id, beat.address, beat.total_pages
-        r.stats, r.last_heartbeat, r.recovering = beat, now, False
+        r.stats, r.last_heartbeat, r.recovering, r.ready_since = beat, now, False, now
         self._move(r, READY, now, "replica_reregistered", f"pid {beat.pid} serving {beat.address} after a coordinator restart")
 
     def draining(self, replica_id: str, now: float, why: str) -> None:
@@ -154,6 +191,20 @@ class Registry:
         r = self.replicas[replica_id]
         if r.state in (READY, UNHEALTHY):
             self._move(r, DRAINING, now, "replica_draining", why)
+
+    def _engine_ok(self, r: ReplicaRecord, beat: Heartbeat, now: float) -> bool:
+        """Apply the engine liveness a heartbeat carries; False when it says the engine is not serving."""
+        engine = beat.engine
+        r.stats, r.last_heartbeat = beat, now
+        if not engine.alive:
+            self._move(r, FAILED, now, "replica_failed", f"engine stopped: {engine.error}")
+            return False
+        if engine.stalled(self.health.stall_after_s):
+            if r.state == READY:
+                self._move(r, UNHEALTHY, now, "replica_unhealthy",
+                           f"engine made no step for {engine.last_step_age_s:.1f} s with work waiting")
+            return False
+        return True
 
     def failed(self, replica_id: str, now: float, why: str) -> None:
         r = self.replicas.get(replica_id)
@@ -181,7 +232,8 @@ class Registry:
     def due_restarts(self, now: float) -> list[str]:
         if not self.health.restart:
             return []
-        return [rid for rid, r in self.replicas.items() if r.state == FAILED and now - r.since >= self.health.restart_delay_s]
+        return [rid for rid, r in self.replicas.items()
+                if r.state == FAILED and not r.crash_loop and now - r.since >= self.restart_delay(r)]
 
     def restarting(self, replica_id: str, now: float) -> None:
         r = self.replicas[replica_id]

@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ray
 
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
+from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat
@@ -69,6 +70,8 @@ class ReplicaSetup:
     cpu_threads: int = 1
     host: str = "127.0.0.1"    # "" = this node's IP
     dispatch_core: str = "auto"   # ttnn backend: which cores dispatch (ReplicaGroup.dispatch_core)
+    stall_after_s: float = 5.0    # the engine has work but made no step for this long: health NOT_SERVING
+    faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
     cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
 
 
@@ -88,7 +91,7 @@ def build_engine(setup: ReplicaSetup, weights):
     builds its in-process baseline here too."""
     s = setup
     if s.engine == "scripted":
-        return ScriptedEngine(s.scripted)
+        return ScriptedEngine(replace(s.scripted, faults=s.faults))
     from ttdist.engine import AsyncEngine, EngineConfig
     from ttdist.engine.tokenizer import Tokenizer
     from ttdist.model.runner import MeshModelRunner
@@ -107,7 +110,7 @@ def build_engine(setup: ReplicaSetup, weights):
         max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options,
     )
     tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
-    config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens)
+    config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens, faults=s.faults)
     return AsyncEngine(runner, tokenizer, config)
 
 
@@ -122,6 +125,7 @@ class ReplicaActor:
         self._prefix = PrefixSender()   # heartbeats carry what changed in the cached page hashes
         self._changed: asyncio.Event | None = None
         self.address = ""
+        self._engine_ok = True
         if setup.devices:
             # before anything can open the chips: this replica sees only its own
             os.environ["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
@@ -171,8 +175,20 @@ class ReplicaActor:
             requests_finished_total=getattr(st, "requests_finished_total", 0),
             prefix_delta=self._prefix.delta(frozenset(self.engine.prefix_hashes())),
             ttft_histogram=ttft, inter_token_histogram=inter_token,
-            pid=os.getpid(), node_id=self.node_id(), address=self.address,
+            pid=os.getpid(), node_id=self.node_id(), address=self.address, engine=self.engine.liveness(),
         )
+
+    async def _publish_health(self, beat: Heartbeat) -> None:
+        """grpc.health.v1 on the internal port follows the engine: NOT_SERVING while its step loop
+        is dead or stuck with work, SERVING again once it steps."""
+        ok = beat.engine.alive and not beat.engine.stalled(self.setup.stall_after_s)
+        if ok != self._engine_ok and self.server is not None:
+            self._engine_ok = ok
+            await self.server.set_serving(ok)
+
+    def inject_fault(self, faults: EngineFaults) -> None:
+        """Cause ``faults`` in this replica's engine from now on (tests: stall or crash it for real)."""
+        self.engine.inject(faults)
 
     async def _heartbeats(self) -> None:
         coordinator = None
@@ -181,7 +197,9 @@ class ReplicaActor:
             try:
                 if coordinator is None:
                     coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-                beat = coordinator.heartbeat.remote(self.setup.replica_id, self.heartbeat())
+                report = self.heartbeat()
+                await self._publish_health(report)
+                beat = coordinator.heartbeat.remote(self.setup.replica_id, report)
                 self._prefix.acked(await asyncio.wait_for(beat, BEAT_TIMEOUT_S))
             except (ValueError, asyncio.TimeoutError, ray.exceptions.RayError):
                 # the coordinator is restarting (or gone): keep serving, look it up again

@@ -43,12 +43,14 @@ class ReplicaEntry:
     tokens_per_second: float = 0.0
     prefix_hashes: frozenset[int] = frozenset()
     kv_pages_budget: int = 0
+    crash_loop: bool = False                # failed too often in a row: not restarted ("failed (crash loop)")
     kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer pages than the budget
     dram: ChipDram | None = None            # the fullest chip, from the replica backend's ledger
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(
-            replica_id=self.replica_id, state=self.state, pid=self.pid, node_id=self.node_id,
+            replica_id=self.replica_id, state=f"{self.state} (crash loop)" if self.crash_loop else self.state,
+            pid=self.pid, node_id=self.node_id,
             mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=self.kv_pages_free, running=self.running, waiting=self.waiting,
             address=self.address, tokens_per_second=self.tokens_per_second, kv_pages_budget=self.kv_pages_budget,

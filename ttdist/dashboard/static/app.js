@@ -96,8 +96,9 @@ function updateReplicaCard(entry, replica) {
   const {card, chips} = entry;
   card.setAttribute("data-state", replica.state);
   const badge = card.querySelector(".badge");
-  badge.textContent = replica.state;
+  badge.textContent = replica.crash_loop ? `${replica.state} (crash loop)` : replica.state;
   badge.setAttribute("data-state", replica.state);
+  badge.title = replica.state_reason || "";
   card.querySelector(".where").textContent =
     `${replica.mesh} ${replica.backend} · node ${replica.node_id.slice(0, 12)} · pid ${replica.pid} · ${replica.address}`;
   const put = (key, text) => { card.querySelector(`[data-stat="${key}"]`).textContent = text; };
