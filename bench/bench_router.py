@@ -1,11 +1,13 @@
 """(b) Router capacity: requests/s and streamed tokens/s through one router, zero-compute replicas.
 
-Replicas are scripted engines with no step cost (each in one separate process), so every
-cost measured is the router's: gRPC in, policy, gRPC out, per-token forwarding. The same
-load is also sent straight to the replicas (no router) for comparison. Also the harness
-that bench_scaleout.py and bench_cache_aware.py use.
+Replicas are scripted engines with no step cost (all in one process of their own), so
+what the router path adds is the router's: gRPC in, policy, the per-replica stream, gRPC
+out. The same load (one load-generator process, counting every token of chunks that carry
+several) is also sent straight to the replicas, in alternating rounds; it prints the tokens/s
+ratio (target >= 0.9 at stream interval 1) and the router process's CPU time per streamed
+token. Also the harness that bench_scaleout.py and bench_cache_aware.py use.
 
-    .venv/bin/python bench/bench_router.py [--replicas 4] [--requests 2000] [--concurrency 64]
+    .venv/bin/python bench/bench_router.py [--replicas 4] [--requests 2000] [--concurrency 64] [--stream-interval 1]
 """
 
 from __future__ import annotations
@@ -140,10 +142,14 @@ def prompt_for(i: int, length: int = 16) -> list[int]:
 
 
 async def drive(addresses: list[str], requests: int, concurrency: int, max_tokens: int,
-                prompts=prompt_for, duration_s: float | None = None) -> LoadResult:
+                prompts=prompt_for, duration_s: float | None = None, connections: int = 0) -> LoadResult:
     """``concurrency`` users, each sending streaming requests back to back (round robin over
-    ``addresses``), until ``requests`` are done or ``duration_s`` has passed."""
-    channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    ``connections`` client connections spread over ``addresses``; at least one per address),
+    until ``requests`` are done or ``duration_s`` has passed. Give both sides of a comparison
+    the same ``connections``: one HTTP/2 connection carries its streams one frame at a time."""
+    n = max(connections, len(addresses))
+    channels = [grpc.aio.insecure_channel(addresses[i % len(addresses)], options=[("grpc.use_local_subchannel_pool", 1)])
+                for i in range(n)]
     stubs = [pb_grpc.GenerationStub(c) for c in channels]
     counter = iter(range(requests))
     ttft, tokens = [], [0]
@@ -187,9 +193,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="rounds per side, in ABBA order")
+    ap.add_argument("--stream-interval", type=int, default=1, help="the router's chunk interval in tokens")
+    ap.add_argument("--connections", type=int, default=0,
+                    help="client connections, the same on both paths (default: one per replica)")
     args = ap.parse_args()
     cfg = ScriptedEngineConfig(vocab_size=1000, step_s=0.0, max_batch=256)
-    procs = Processes(args.replicas, cfg)
+    procs = Processes(args.replicas, cfg, interval=(args.stream_interval, 0))
     results: dict[str, list[LoadResult]] = {DIRECT: [], ROUTED: []}
     router_cpu, routed_tokens = 0.0, 0
     try:
@@ -199,7 +208,8 @@ def main() -> None:
         for k in range(args.rounds):
             for name in (list(sides) if k % 2 == 0 else list(sides)[::-1]):
                 before = cpu_seconds(procs.router_pid)
-                r = asyncio.run(drive(sides[name], args.requests, args.concurrency, args.max_tokens))
+                r = asyncio.run(drive(sides[name], args.requests, args.concurrency, args.max_tokens,
+                                      connections=args.connections or args.replicas))
                 if name == ROUTED:
                     router_cpu += cpu_seconds(procs.router_pid) - before
                     routed_tokens += r.tokens
@@ -207,7 +217,8 @@ def main() -> None:
     finally:
         procs.close()
     print(f"router capacity: {args.replicas} zero-compute replicas, {args.concurrency} concurrent streams, "
-          f"{args.max_tokens} tokens per request, {args.requests} requests, {args.rounds} rounds per path (ABBA)")
+          f"{args.max_tokens} tokens per request, {args.requests} requests, {args.rounds} rounds per path (ABBA), "
+          f"router stream interval {args.stream_interval}, {args.connections or args.replicas} client connections per path")
     print(f"{'path':<22}{'requests/s':>12}{'tokens/s':>12}{'TTFT p50 ms':>13}")
     tps = {}
     for name, rs in results.items():

@@ -4,11 +4,12 @@ step), 32 users each: the same load sent straight to the replicas and through 1 
 Replicas are scripted engines (sleep-timed steps, batch 32), so the figure isolates what the
 serving stack (router processes, gRPC, streaming) costs as replicas are added. Efficiency =
 tokens/s through the routers / tokens/s sent direct, measured in the same run with the same
-load generator (one process; with 2 routers its users alternate between them). At half load
+load generator (one process, one client connection per replica on every side; with 2
+routers the connections alternate between them), sides alternating in short rounds. At half load
 (16 users per replica) it also prints the TTFT p50 the router adds. The ideal per replica is
 32 tokens / 14 ms = 2286 tok/s; on a small machine the load generator itself caps both sides.
 
-    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 4] [--routers 1,2]
+    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 6] [--routers 1,2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ STEP_S = 0.014
 USERS = 32
 
 
-def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens: int) -> dict[str, object]:
-    """tokens/s and TTFT for ``n`` replicas: direct, then through each router count."""
+def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens: int, rounds: int) -> dict[str, object]:
+    """tokens/s and TTFT for ``n`` replicas, direct and through each router count: ``rounds``
+    short runs per side, sides alternating (ABC CBA ...), the round with the median tokens/s
+    kept, so a shared machine's changing load falls on every side alike."""
     cfg = ScriptedEngineConfig(vocab_size=1000, step_s=STEP_S, max_batch=USERS)
     procs = Processes(n, cfg, "least_load", replica_procs=min(n, 4), routers=max(routers))
     try:
@@ -38,8 +41,12 @@ def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens
             sides[f"{k} router{'s' if k > 1 else ''}"] = [f"127.0.0.1:{p}" for p in procs.router_ports[:k]]
         for addresses in sides.values():
             asyncio.run(drive(addresses, 4 * len(addresses), 4 * len(addresses), 4))   # warm every channel
-        return {name: asyncio.run(drive(addresses, 10**9, n * users, max_tokens, duration_s=seconds))
-                for name, addresses in sides.items()}
+        runs: dict[str, list] = {name: [] for name in sides}
+        for k in range(rounds):
+            for name in (list(sides) if k % 2 == 0 else list(sides)[::-1]):
+                runs[name].append(asyncio.run(drive(sides[name], 10**9, n * users, max_tokens,
+                                                    duration_s=seconds / rounds, connections=n)))
+        return {name: sorted(rs, key=lambda r: r.tps)[len(rs) // 2] for name, rs in runs.items()}
     finally:
         procs.close()
 
@@ -48,14 +55,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", default="1,2,4,8,16")
     ap.add_argument("--routers", default="1,2")
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per side and point")
     args = ap.parse_args()
     routers = [int(x) for x in args.routers.split(",")]
     sizes = [int(x) for x in args.replicas.split(",")]
-    full = {n: run_point(n, routers, USERS, args.seconds, args.max_tokens) for n in sizes}
+    full = {n: run_point(n, routers, USERS, args.seconds, args.max_tokens, args.rounds) for n in sizes}
     half_n = sizes[-1]
-    half = run_point(half_n, routers, USERS // 2, args.seconds, args.max_tokens)
+    half = run_point(half_n, routers, USERS // 2, args.seconds, args.max_tokens, args.rounds)
     names = list(full[sizes[0]])
     print(f"scale-out: {USERS} users per replica, {STEP_S * 1000:.0f} ms decode step, {args.seconds:.0f} s per point "
           f"(ideal {USERS / STEP_S:.0f} tok/s per replica); efficiency = through routers / direct, same run")
