@@ -121,3 +121,21 @@ async def test_max_uint64_seed_through_router_and_replica_on_the_real_model(mode
         await router.stop()
         await replica.stop(0)
         engine.shutdown()
+
+
+def test_every_list_field_is_bounded_and_abort_ids_are_checked():
+    from ttdist.runtime.protocol import RequestError, check_abort, check_request
+
+    card = ModelCard("m", 100, 64)
+    req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2]), sampling=pb.SamplingParams(
+        stop_token_ids=[3] * (card.max_stop_token_ids + 1)))
+    with pytest.raises(RequestError, match=r"sampling.stop_token_ids: at most 256 ids, got 257"):
+        check_request(req, card)
+    with pytest.raises(RequestError, match="request_id: longer than 256 characters"):
+        check_abort(pb.AbortRequest(request_id="x" * 257))
+    resumed = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2]), resume=pb.Resume(generated_tokens=2))
+    with pytest.raises(RequestError, match=r"resume.generated_tokens: must be in \[0, 2\)"):
+        check_request(resumed, card)
+    text = pb.GenerateRequest(text="hi", resume=pb.Resume(generated_tokens=1))
+    with pytest.raises(RequestError, match="resume: a resumed generation gives its prompt"):
+        check_request(text, card)

@@ -27,6 +27,7 @@ class ModelCard:
     max_stop_string_chars: int = 256
     max_text_chars: int = 1 << 20
     max_request_id_chars: int = 256
+    max_stop_token_ids: int = 256
 
     def to_proto(self) -> pb.ModelInfo:
         return pb.ModelInfo(id=self.model_id, max_context=self.max_context, vocab_size=self.vocab_size)
@@ -102,6 +103,8 @@ def _check_sampling(s: pb.SamplingParams, card: ModelCard) -> None:
             raise invalid("sampling.stop", "stop strings must not be empty")
         if len(stop) > card.max_stop_string_chars:
             raise invalid("sampling.stop", f"a stop string is longer than {card.max_stop_string_chars} characters")
+    if len(s.stop_token_ids) > card.max_stop_token_ids:
+        raise invalid("sampling.stop_token_ids", f"at most {card.max_stop_token_ids} ids, got {len(s.stop_token_ids)}")
     bad = next((t for t in s.stop_token_ids if t < 0 or t >= card.vocab_size), None)
     if bad is not None:
         raise invalid("sampling.stop_token_ids", f"token id {bad} is outside the vocabulary [0, {card.vocab_size})")
@@ -124,6 +127,8 @@ def _check_resume(req: pb.GenerateRequest) -> None:
 def check_abort(req: pb.AbortRequest) -> None:
     if not req.request_id:
         raise invalid("request_id", "name the request to abort")
+    if len(req.request_id) > ModelCard.max_request_id_chars:
+        raise invalid("request_id", f"longer than {ModelCard.max_request_id_chars} characters")
 
 
 async def abort_with(context: grpc.aio.ServicerContext, err: RequestError) -> None:

@@ -217,6 +217,11 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", f"replica {self.replica_id} is overloaded: {err}") from None
         except EngineStoppedError as err:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {self.replica_id} is not running: {err}") from None
+        except RequestError:
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. the tokenizer failed on this prompt: this request only
+            raise RequestError(grpc.StatusCode.INTERNAL, "", f"replica {self.replica_id}: the engine failed on this "
+                               f"request: {type(err).__name__}: {err}") from None
         finally:
             self._on_change()
         raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {self.replica_id} ended {rid} without a result")
