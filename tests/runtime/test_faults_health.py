@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.runtime.conftest import run, stub_for
 from ttdist.engine.faults import EngineFaults
 from ttdist.router.deploy import deploy, wait_serving
+from ttdist.runtime.auth import cluster_metadata
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig, next_token
 from ttdist.v1 import generation_pb2 as pb
@@ -82,9 +83,11 @@ def events(deployment, kind: str, replica_id: str) -> list:
     return [e for e in deployment.snapshot().events if e.kind == kind and e.replica_id == replica_id]
 
 
-def replica_health(address: str) -> int:
+def replica_health(deployment, address: str) -> int:
+    """The replica's own grpc.health.v1 answer (its internal port wants the cluster token)."""
     with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5, metadata=cluster_metadata(deployment.config.cluster_token)).status
 
 
 def test_a_stalled_engine_is_reported_unhealthy_then_restarted_and_its_stream_moves(cluster):
@@ -107,8 +110,8 @@ def test_a_stalled_engine_is_reported_unhealthy_then_restarted_and_its_stream_mo
     stalled_at = time.monotonic()
     wait_for(lambda: replicas(stub)["replica-0"].state == "unhealthy", 30, "replica-0 unhealthy")
     took = time.monotonic() - stalled_at
-    assert replica_health(victim.address) == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert replica_health(replicas(stub)["replica-1"].address) == health_pb2.HealthCheckResponse.SERVING
+    assert replica_health(deployment, victim.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert replica_health(deployment, replicas(stub)["replica-1"].address) == health_pb2.HealthCheckResponse.SERVING
     reason = events(deployment, "replica_unhealthy", "replica-0")[-1].message
     assert "engine made no step" in reason, reason
     # failed after failed_after_s, then restarted: a new process, serving again
