@@ -216,3 +216,13 @@ def test_trace_decode_captures_once_and_replays_on_the_current_inputs(tiny_ckpt,
         outs.append(seq)
     assert outs[0] == outs[1]
     assert (Captures.captured, Captures.replayed) == (1, 3)  # step 1 eager, step 2 captured, then replays
+
+
+@pytest.mark.parametrize("mesh", ["1x2", "8x4"])
+def test_lm_head_chunked_per_device_gives_the_same_logits(mesh, tiny_ckpt, weight_cache):
+    whole = make(tiny_ckpt, weight_cache, mesh, max_batch=2, lm_head_chunk=1 << 20)
+    chunked = make(tiny_ckpt, weight_cache, mesh, max_batch=2, lm_head_chunk=4010, logits_dtype="float32")
+    lay = chunked.model.layout
+    assert len(whole.model.lm_head.chunks) == 1 and len(chunked.model.lm_head.chunks) == -(-lay.vocab_local // 4000)
+    assert all(w.shape[-1] <= 4000 for w in chunked.model.lm_head.chunks)  # rounded down to whole tiles
+    np.testing.assert_array_equal(chunked.prefill_logits(PROMPT, 0, [0]), whole.prefill_logits(PROMPT, 0, [0]))
