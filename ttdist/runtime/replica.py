@@ -32,7 +32,7 @@ from ttdist.runtime.registry import Heartbeat
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
-from ttdist.runtime.table import READY, ReplicaEntry
+from ttdist.runtime.table import FAILED, READY, UNHEALTHY, ReplicaEntry
 
 COORDINATOR_NAME = "ttdist-coordinator"
 NAMESPACE = "ttdist"
@@ -156,8 +156,10 @@ class ReplicaActor:
 
     def _entry(self) -> ReplicaEntry:
         stats = self.engine.stats()
+        live = self.engine.liveness()
+        state = FAILED if not live.alive else UNHEALTHY if live.stalled(self.setup.stall_after_s) else READY
         return ReplicaEntry(
-            self.setup.replica_id, "", READY, os.getpid(), self.node_id(), self.setup.mesh, self.setup.backend,
+            self.setup.replica_id, "", state, os.getpid(), self.node_id(), self.setup.mesh, self.setup.backend,
             stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,
         )
 
