@@ -9,7 +9,7 @@ routers the connections alternate between them), sides alternating in short roun
 (16 users per replica) it also prints the TTFT p50 the router adds. The ideal per replica is
 32 tokens / 14 ms = 2286 tok/s; on a small machine the load generator itself caps both sides.
 
-    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 6] [--routers 1,2] [--rounds 3]
+    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 6] [--routers 1,2] [--rounds 3] [--stream-interval 1]
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ STEP_S = 0.014
 USERS = 32
 
 
-def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens: int, rounds: int) -> dict[str, object]:
+def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens: int, rounds: int,
+              interval: int = 1) -> dict[str, object]:
     """tokens/s and TTFT for ``n`` replicas, direct and through each router count: ``rounds``
     short runs per side, sides alternating (ABC CBA ...), the round with the median tokens/s
     kept, so a shared machine's changing load falls on every side alike."""
     cfg = ScriptedEngineConfig(vocab_size=1000, step_s=STEP_S, max_batch=USERS)
-    procs = Processes(n, cfg, "least_load", replica_procs=min(n, 4), routers=max(routers))
+    procs = Processes(n, cfg, "least_load", replica_procs=min(n, 4), routers=max(routers), interval=(interval, 0))
     try:
         sides = {"direct": [f"127.0.0.1:{p}" for p in procs.replica_ports]}
         for k in routers:
@@ -58,15 +59,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per side and point")
+    ap.add_argument("--stream-interval", type=int, default=1, help="the routers' chunk interval in tokens")
     args = ap.parse_args()
     routers = [int(x) for x in args.routers.split(",")]
     sizes = [int(x) for x in args.replicas.split(",")]
-    full = {n: run_point(n, routers, USERS, args.seconds, args.max_tokens, args.rounds) for n in sizes}
+    full = {n: run_point(n, routers, USERS, args.seconds, args.max_tokens, args.rounds, args.stream_interval) for n in sizes}
     half_n = sizes[-1]
-    half = run_point(half_n, routers, USERS // 2, args.seconds, args.max_tokens, args.rounds)
+    half = run_point(half_n, routers, USERS // 2, args.seconds, args.max_tokens, args.rounds, args.stream_interval)
     names = list(full[sizes[0]])
     print(f"scale-out: {USERS} users per replica, {STEP_S * 1000:.0f} ms decode step, {args.seconds:.0f} s per point "
-          f"(ideal {USERS / STEP_S:.0f} tok/s per replica); efficiency = through routers / direct, same run")
+          f"(ideal {USERS / STEP_S:.0f} tok/s per replica), router stream interval {args.stream_interval}; "
+          f"efficiency = through routers / direct, same run")
     head = f"{'replicas':>8}{'users':>7}{'direct tok/s':>14}"
     for name in names[1:]:
         head += f"{name + ' tok/s':>18}{'eff':>7}{'TTFT p50':>10}"
