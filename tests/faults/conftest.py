@@ -14,12 +14,11 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-import pytest
 import ray
 
+from tests.runtime.conftest import greedy, run, stub_for  # noqa: F401 - shared with the fault tests
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig, next_token
 from ttdist.v1 import generation_pb2 as pb
-from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -32,16 +31,6 @@ def expected(prompt: list[int], n: int, vocab: int = VOCAB) -> list[int]:
     for _ in range(n):
         seq.append(next_token(seq, vocab))
     return seq[len(prompt):]
-
-
-def greedy(ids, max_tokens, **kw) -> pb.GenerateRequest:
-    return pb.GenerateRequest(token_ids=pb.TokenIds(ids=ids), stream=True,
-                              sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True), **kw)
-
-
-def stub_for(address: str):
-    channel = grpc.insecure_channel(address)
-    return channel, pb_grpc.GenerationStub(channel)
 
 
 def actor_pid(actor) -> int:

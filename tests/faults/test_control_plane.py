@@ -17,11 +17,10 @@ import pytest
 import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.faults.conftest import SCRIPTED, Streams, actor_pid, expected, greedy, stub_for, wait_for
+from tests.faults.conftest import SCRIPTED, Streams, actor_pid, expected, greedy, run, stub_for, wait_for
 from ttdist.client import Client, RetryPolicy
 from ttdist.router.deploy import deploy, wait_serving
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
-from ttdist.v1 import generation_pb2 as pb
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +49,6 @@ def replicas(deployment) -> dict:
 def all_ready(deployment, timeout: float = 120) -> dict:
     return wait_for(lambda: (lambda rs: rs if all(r.state == "ready" for r in rs.values()) else None)(replicas(deployment)),
                     timeout, "every replica ready")
-
-
-def run(stub, req, timeout: float = 120) -> tuple[list[int], pb.Complete]:
-    ids, complete = [], None
-    for resp in stub.Generate(req, timeout=timeout):
-        if resp.WhichOneof("kind") == "chunk":
-            ids.extend(resp.chunk.token_ids)
-        else:
-            complete = resp.complete
-    return ids, complete
 
 
 def events(deployment, kind: str) -> list:
