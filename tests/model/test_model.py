@@ -15,6 +15,7 @@ PROMPT = [5, 17, 300, 2000, 45, 9, 11, 12, 99, 1000, 3, 77, 8000, 123]
 
 
 def make(ckpt, cache, mesh, **kw):
+    kw.setdefault("max_batch", 4)  # the fixed slot batch; small keeps the simulator's steps cheap
     return MeshModelRunner.from_checkpoint(ckpt, mesh=mesh, dtype="float32", num_pages=32, page_size=32, cache_dir=cache, **kw)
 
 
@@ -121,7 +122,8 @@ def test_smollm2_greedy_32_tokens_equal_transformers_generate(mesh, smollm2, smo
     ids = tok("Once upon a time, in a small village,", return_tensors="pt").input_ids
     with torch.no_grad():
         ref = smollm2_hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, ids.shape[1]:].tolist()
-    runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, dtype="float32", num_pages=4, page_size=32, cache_dir=weight_cache)
+    runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, dtype="float32", num_pages=4, page_size=32, max_batch=4,
+                                             cache_dir=weight_cache)
     prompt, table = ids[0].tolist(), [0, 1]
     out = [runner.prefill(PrefillInput(prompt, 0, table, True))]
     for i in range(31):
