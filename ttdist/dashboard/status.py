@@ -112,8 +112,6 @@ class ReplicaSnapshot:
     prefix_hit_rate: float
     chips: list[ChipSnapshot] = field(default_factory=list)
     restarts: int = 0
-    kv_pages_budget: int = 0                # pages the replica's DRAM ledger allows after its weights
-    kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer
     state_reason: str = ""                  # why it entered its state (e.g. the failure that stopped it)
     crash_loop: bool = False                # failed too often in a row: left failed, not restarted
     kv_pages_budget: int = 0                # pages the replica's DRAM ledger allows after its weights

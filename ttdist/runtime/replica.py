@@ -26,7 +26,6 @@ import ray
 
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
-from ttdist.model.kv_budget import ReplicaMemory, replica_memory
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat

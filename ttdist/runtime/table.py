@@ -43,8 +43,6 @@ class ReplicaEntry:
     tokens_per_second: float = 0.0
     prefix_hashes: frozenset[int] = frozenset()
     kv_pages_budget: int = 0
-    kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer pages than the budget
-    dram: ChipDram | None = None            # the fullest chip, from the replica backend's ledger
     crash_loop: bool = False                # failed too often in a row: not restarted ("failed (crash loop)")
     kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer pages than the budget
     dram: ChipDram | None = None            # the fullest chip, from the replica backend's ledger
