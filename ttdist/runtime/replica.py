@@ -175,7 +175,7 @@ class ReplicaActor:
             prefix_hit_rate=st.prefix_hit_rate, tokens_per_second=st.tokens_per_second,
             prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
             requests_finished_total=getattr(st, "requests_finished_total", 0),
-            prefix_delta=self._prefix.delta(frozenset(self.engine.prefix_hashes())),
+            prefix_delta=self._prefix.delta(frozenset(self.engine.prefix_hashes())), memory=self.memory,
             ttft_histogram=ttft, inter_token_histogram=inter_token,
             pid=os.getpid(), node_id=self.node_id(), address=self.address, engine=self.engine.liveness(),
         )
