@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from tests.router.conftest import CARD, expected_tokens, own_status
+from tests.router.test_router_grpc import collect
 from ttdist.engine.faults import EngineFaults
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
@@ -27,16 +28,6 @@ POISON = ScriptedEngineConfig(vocab_size=1000, step_s=0.01, faults=EngineFaults(
 def request(ids, max_tokens, **kw):
     return pb.GenerateRequest(token_ids=pb.TokenIds(ids=ids), sampling=pb.SamplingParams(max_tokens=max_tokens),
                               stream=True, **kw)
-
-
-async def collect(stub, req, timeout=60):
-    ids, complete = [], None
-    async for resp in stub.Generate(req, timeout=timeout):
-        if resp.WhichOneof("kind") == "chunk":
-            ids.extend(resp.chunk.token_ids)
-        else:
-            complete = resp.complete
-    return ids, complete
 
 
 async def test_engine_error_on_two_replicas_is_internal_and_never_reaches_a_third(make_stack):
