@@ -25,7 +25,7 @@ def test_every_replica_and_every_chip(dashboard, page):
     expect(tg.locator('.chip[data-state="ok"]')).to_have_count(32)
     # The grid keeps the mesh's shape: 8 rows of 4 for a Galaxy, 1 row of 8 for a T3000.
     corner = tg.locator('.chip[data-row="7"][data-col="3"]')
-    expect(corner).to_have_attribute("title", "chip 7,3 (ok): weights 3.00 GiB + KV 6.00 GiB of 12.00 GiB")
+    expect(corner).to_have_attribute("title", "chip 7,3 (ok): weights 3.00 GiB + KV 6.00 GiB + other 0.00 GiB of 12.00 GiB")
     expect(corner.locator(".pct")).to_have_text("75%")
     first, last = tg.locator(".chip").first.bounding_box(), corner.bounding_box()
     assert last["y"] > first["y"] + 7 * first["height"] and last["x"] > first["x"] + 3 * first["width"]

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from ttdist.model.kv_budget import ReplicaMemory, replica_memory
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
+from ttdist.model.kv_budget import ReplicaMemory, replica_memory
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat
@@ -69,10 +69,10 @@ class ReplicaSetup:
     heartbeat_s: float = 0.5
     cpu_threads: int = 1
     host: str = "127.0.0.1"    # "" = this node's IP
+    cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
     dispatch_core: str = "auto"   # ttnn backend: which cores dispatch (ReplicaGroup.dispatch_core)
     stall_after_s: float = 5.0    # the engine has work but made no step for this long: health NOT_SERVING
     faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
-    cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
 
 
 @dataclass(frozen=True)
