@@ -47,8 +47,13 @@ def replicas(deployment) -> dict:
 
 
 def all_ready(deployment, timeout: float = 120) -> dict:
-    return wait_for(lambda: (lambda rs: rs if all(r.state == "ready" for r in rs.values()) else None)(replicas(deployment)),
-                    timeout, "every replica ready")
+    def ready():
+        try:
+            rs = replicas(deployment)
+        except ray.exceptions.ActorUnavailableError:    # the coordinator is being restarted by Ray
+            return None
+        return rs if all(r.state == "ready" for r in rs.values()) else None
+    return wait_for(ready, timeout, "every replica ready")
 
 
 def events(deployment, kind: str) -> list:
