@@ -8,7 +8,12 @@ import pytest
 from tests.router.conftest import expected_tokens
 from tests.router.test_router_grpc import request
 from ttdist.router.stream_interval import ChunkMerger, StreamInterval
+from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.v1 import generation_pb2 as pb
+
+# a 5 ms step: the router reads each token before the next one exists, so chunk sizes are exact
+# (a reader that falls behind takes every waiting token at once: test_coalescing.py)
+PACED = ScriptedEngineConfig(vocab_size=1000, step_s=0.005)
 
 
 async def chunks_of(stub, req):
@@ -24,7 +29,7 @@ async def chunks_of(stub, req):
 
 
 async def test_server_interval_merges_chunks_and_keeps_every_token(make_stack):
-    stack = await make_stack(1, stream_interval=StreamInterval(tokens=4))
+    stack = await make_stack(1, engine=PACED, stream_interval=StreamInterval(tokens=4))
     sizes, ids, text, complete = await chunks_of(stack.stub, request([5, 6], 10))
     want = expected_tokens([5, 6], 10)
     assert sizes == [1, 4, 4, 1]            # the first token at once; the rest before the Complete
@@ -32,7 +37,7 @@ async def test_server_interval_merges_chunks_and_keeps_every_token(make_stack):
 
 
 async def test_a_request_sets_its_own_interval(make_stack):
-    stack = await make_stack(1)
+    stack = await make_stack(1, engine=PACED)
     req = request([5, 6], 10)
     assert (await chunks_of(stack.stub, req))[0] == [1] * 10    # the default: every token
     req.stream_interval.tokens = 3

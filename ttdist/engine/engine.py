@@ -54,13 +54,17 @@ class _Stream:
                 pass   # the consumer's loop is closed; nobody is left to read
 
     async def get(self) -> RequestOutput:
+        """Every output waiting, merged into one (``RequestOutput.merge``); waits for the next
+        when none is: the first token is never held back, a reader behind catches up at once."""
         with self._lock:
             if self._ready is None:
                 self._loop, self._ready = asyncio.get_running_loop(), asyncio.Event()
         while True:
             with self._lock:
                 if self._items:
-                    return self._items.popleft()
+                    items = list(self._items)
+                    self._items.clear()
+                    return RequestOutput.merge(items)
                 self._ready.clear()
             await self._ready.wait()
 

@@ -91,3 +91,17 @@ class RequestOutput:
     output_text: str = ""
     error: str | None = None   # set when the engine itself failed (the request ends with ABORT)
     request_error: str | None = None   # set when this request alone failed in the engine (ABORT; others go on)
+
+    @staticmethod
+    def merge(outputs: "list[RequestOutput]") -> "RequestOutput":
+        """Consecutive outputs of one request as one: their new ids and text joined, the rest
+        (totals, finish, usage, errors) from the last. A reader that fell behind takes every
+        output waiting for it at once, so a slow stream costs one message per read, not per token."""
+        if len(outputs) == 1:
+            return outputs[0]
+        last = outputs[-1]
+        return RequestOutput(
+            last.request_id, [t for o in outputs for t in o.token_ids], "".join(o.text for o in outputs),
+            last.finished, last.finish_reason, last.usage, last.timings, last.output_ids, last.output_text,
+            last.error, last.request_error,
+        )

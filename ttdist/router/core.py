@@ -458,14 +458,18 @@ class Router:
         try:
             async for resp in call:
                 if resp.WhichOneof("kind") == "chunk":
+                    chunk = resp.chunk
+                    if more := call.take_ready_chunks():   # behind: everything waiting goes out as one message
+                        chunk = pb.Chunk(token_ids=[t for c in (chunk, *more) for t in c.token_ids],
+                                         text="".join(c.text for c in (chunk, *more)))
                     if first:
                         first = False
                         load.waiting -= 1
                         load.pending_prefill_tokens -= pending
                         load.running += 1
-                    self._record_chunk(progress, resp.chunk)
+                    self._record_chunk(progress, chunk)
                     if req.stream:
-                        yield pb.GenerateResponse(request_id=stream.request_id, chunk=resp.chunk)
+                        yield pb.GenerateResponse(request_id=stream.request_id, chunk=chunk)
                 else:
                     progress.ids[seg_ids:] = list(resp.complete.output_ids)
                     progress.text = progress.text[:seg_text] + resp.complete.text

@@ -80,6 +80,14 @@ class SubStream:
             finally:
                 self._waiter = None
 
+    def take_ready_chunks(self) -> list[pb.Chunk]:
+        """The chunks queued right behind the one just read (up to a ``Complete``): a reader
+        that fell behind sends them on as one message, never waiting for more."""
+        chunks = []
+        while self._items and self._items[0].WhichOneof("kind") == "chunk" and not self._cancelled:
+            chunks.append(self._items.popleft().chunk)
+        return chunks
+
     # -- filled by the link --------------------------------------------------------------------
     def push(self, entry: rpb.StreamEntry) -> None:
         kind = entry.WhichOneof("kind")

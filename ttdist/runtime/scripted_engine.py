@@ -132,7 +132,10 @@ class ScriptedEngine:
         job = self.submit(request)
         try:
             while True:
-                out = await job.queue.get()
+                outs = [await job.queue.get()]
+                while not job.queue.empty():   # as the real engine: a reader behind takes all waiting at once
+                    outs.append(job.queue.get_nowait())
+                out = RequestOutput.merge(outs)
                 yield out
                 if out.finished:
                     return
