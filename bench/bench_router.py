@@ -4,10 +4,14 @@ Replicas are scripted engines with no step cost (all in one process of their own
 what the router path adds is the router's: gRPC in, policy, the per-replica stream, gRPC
 out. The same load (one load-generator process, counting every token of chunks that carry
 several) is also sent straight to the replicas, in alternating rounds; it prints the tokens/s
-ratio (target >= 0.9 at stream interval 1) and the router process's CPU time per streamed
-token. Also the harness that bench_scaleout.py and bench_cache_aware.py use.
+ratio (target >= 0.9 at stream interval 1), the router process's CPU time per streamed
+token and the tokens per streamed message (a stream that falls behind takes every token
+waiting for it in one message, on both paths). The router gets a CPU of its own, as in a
+deployment, and the replicas and the load generator share the others on both paths
+(``--no-pin``: everything shares every CPU, so the router's CPU is taken from the replicas).
+Also the harness that bench_scaleout.py and bench_cache_aware.py use.
 
-    .venv/bin/python bench/bench_router.py [--replicas 4] [--requests 2000] [--concurrency 64] [--stream-interval 1]
+    .venv/bin/python bench/bench_router.py [--replicas 4] [--requests 2000] [--concurrency 64] [--stream-interval 1] [--no-pin]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -75,12 +80,33 @@ def _router_main(ports: list[int], cfg: ScriptedEngineConfig, policy: str, conn,
     asyncio.run(main())
 
 
+def cpu_split(pin: bool) -> tuple[set[int], set[int]] | None:
+    """(router CPUs, everyone else's CPUs) when pinning: the routers get the last quarter of the
+    CPUs (at least one), as a deployment gives a router cores of its own; the replicas and the
+    load generator share the rest on both sides of a comparison. None: no pinning."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None
+    k = max(1, len(cpus) // 4)
+    return set(cpus[-k:]), set(cpus[:-k])
+
+
+def describe_split(split) -> str:
+    if split is None:
+        return "no CPU pinning: routers, replicas and the load generator share every CPU"
+    routers, rest = split
+    return f"routers pinned to CPUs {sorted(routers)}; replicas and the load generator to CPUs {sorted(rest)} on both sides"
+
+
 class Processes:
     """Scripted replicas in ``replica_procs`` processes and ``routers`` routers, each in its own
-    process (a router's port and pid: ``router_ports[i]``, ``router_pids[i]``)."""
+    process (a router's port and pid: ``router_ports[i]``, ``router_pids[i]``). With ``split``
+    (``cpu_split``) the routers run on their CPUs and the replicas and this process on the rest."""
 
     def __init__(self, n: int, cfg: ScriptedEngineConfig, policy: str | None = "round_robin", replica_procs: int = 1,
-                 routers: int = 1, interval: tuple[int, int] = (1, 0)):
+                 routers: int = 1, interval: tuple[int, int] = (1, 0), split: tuple[set[int], set[int]] | None = None):
+        if split is not None:
+            os.sched_setaffinity(0, split[1])   # the load generator; children inherit it
         ctx = mp.get_context("spawn")
         self.procs, self.conns, self.replica_ports = [], [], []
         per = -(-n // replica_procs)
@@ -100,6 +126,8 @@ class Processes:
             self.conns.append(parent)
             self.router_ports.append(parent.recv())
             self.router_pids.append(proc.pid)
+            if split is not None:
+                os.sched_setaffinity(proc.pid, split[0])
 
     @property
     def router_port(self) -> int | None:
@@ -124,6 +152,11 @@ class LoadResult:
     tokens: int
     seconds: float
     ttft: list[float]
+    chunks: int = 0     # streamed messages that carried tokens
+
+    @property
+    def tokens_per_chunk(self) -> float:
+        return self.tokens / max(1, self.chunks)
 
     @property
     def rps(self) -> float:
@@ -152,7 +185,7 @@ async def drive(addresses: list[str], requests: int, concurrency: int, max_token
                 for i in range(n)]
     stubs = [pb_grpc.GenerationStub(c) for c in channels]
     counter = iter(range(requests))
-    ttft, tokens = [], [0]
+    ttft, tokens, chunks = [], [0], [0]
     t0 = time.perf_counter()
     done = [0]
 
@@ -170,13 +203,14 @@ async def drive(addresses: list[str], requests: int, concurrency: int, max_token
                         ttft.append(time.perf_counter() - start)
                         first = False
                     tokens[0] += len(resp.chunk.token_ids)
+                    chunks[0] += 1
             done[0] += 1
 
     await asyncio.gather(*(user(u) for u in range(concurrency)))
     seconds = time.perf_counter() - t0
     for c in channels:
         await c.close()
-    return LoadResult(done[0], tokens[0], seconds, ttft)
+    return LoadResult(done[0], tokens[0], seconds, ttft, chunks[0])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -196,9 +230,11 @@ def main() -> None:
     ap.add_argument("--stream-interval", type=int, default=1, help="the router's chunk interval in tokens")
     ap.add_argument("--connections", type=int, default=0,
                     help="client connections, the same on both paths (default: one per replica)")
+    ap.add_argument("--no-pin", action="store_true", help="let the router share CPUs with the replicas and the load generator")
     args = ap.parse_args()
     cfg = ScriptedEngineConfig(vocab_size=1000, step_s=0.0, max_batch=256)
-    procs = Processes(args.replicas, cfg, interval=(args.stream_interval, 0))
+    split = cpu_split(not args.no_pin)
+    procs = Processes(args.replicas, cfg, interval=(args.stream_interval, 0), split=split)
     results: dict[str, list[LoadResult]] = {DIRECT: [], ROUTED: []}
     router_cpu, routed_tokens = 0.0, 0
     try:
@@ -218,13 +254,15 @@ def main() -> None:
         procs.close()
     print(f"router capacity: {args.replicas} zero-compute replicas, {args.concurrency} concurrent streams, "
           f"{args.max_tokens} tokens per request, {args.requests} requests, {args.rounds} rounds per path (ABBA), "
-          f"router stream interval {args.stream_interval}, {args.connections or args.replicas} client connections per path")
-    print(f"{'path':<22}{'requests/s':>12}{'tokens/s':>12}{'TTFT p50 ms':>13}")
+          f"router stream interval {args.stream_interval}, {args.connections or args.replicas} client connections per path; "
+          f"{describe_split(split)}")
+    print(f"{'path':<22}{'requests/s':>12}{'tokens/s':>12}{'TTFT p50 ms':>13}{'tokens/msg':>12}")
     tps = {}
     for name, rs in results.items():
         tps[name] = statistics.median(r.tps for r in rs)
         rps = statistics.median(r.rps for r in rs)
-        print(f"{name:<22}{rps:>12.0f}{tps[name]:>12.0f}{statistics.median(r.ttft_p50_ms() for r in rs):>13.2f}")
+        print(f"{name:<22}{rps:>12.0f}{tps[name]:>12.0f}{statistics.median(r.ttft_p50_ms() for r in rs):>13.2f}"
+              f"{statistics.median(r.tokens_per_chunk for r in rs):>12.2f}")
     print(f"tokens/s ratio router / direct {tps[ROUTED] / tps[DIRECT]:.2f} (target >= 0.9); router process "
           f"{1e6 * router_cpu / max(1, routed_tokens):.1f} CPU us per streamed token")
 

@@ -8,8 +8,10 @@ load generator (one process, one client connection per replica on every side; wi
 routers the connections alternate between them), sides alternating in short rounds. At half load
 (16 users per replica) it also prints the TTFT p50 the router adds. The ideal per replica is
 32 tokens / 14 ms = 2286 tok/s; on a small machine the load generator itself caps both sides.
+The routers get CPUs of their own (the last quarter, at least one), the replicas and the load
+generator share the rest on every side (``--no-pin``: all share every CPU).
 
-    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 6] [--routers 1,2] [--rounds 3] [--stream-interval 1]
+    .venv/bin/python bench/bench_scaleout.py [--replicas 1,2,4,8,16] [--seconds 6] [--routers 1,2] [--rounds 3] [--stream-interval 1] [--no-pin]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_router import Processes, drive  # noqa: E402
+from bench_router import Processes, cpu_split, describe_split, drive  # noqa: E402
 
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig  # noqa: E402
 
@@ -30,12 +32,13 @@ USERS = 32
 
 
 def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens: int, rounds: int,
-              interval: int = 1) -> dict[str, object]:
+              interval: int = 1, split=None) -> dict[str, object]:
     """tokens/s and TTFT for ``n`` replicas, direct and through each router count: ``rounds``
     short runs per side, sides alternating (ABC CBA ...), the round with the median tokens/s
     kept, so a shared machine's changing load falls on every side alike."""
     cfg = ScriptedEngineConfig(vocab_size=1000, step_s=STEP_S, max_batch=USERS)
-    procs = Processes(n, cfg, "least_load", replica_procs=min(n, 4), routers=max(routers), interval=(interval, 0))
+    procs = Processes(n, cfg, "least_load", replica_procs=min(n, 4), routers=max(routers), interval=(interval, 0),
+                      split=split)
     try:
         sides = {"direct": [f"127.0.0.1:{p}" for p in procs.replica_ports]}
         for k in routers:
@@ -60,16 +63,18 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per side and point")
     ap.add_argument("--stream-interval", type=int, default=1, help="the routers' chunk interval in tokens")
+    ap.add_argument("--no-pin", action="store_true", help="let the routers share CPUs with the replicas and the load generator")
     args = ap.parse_args()
+    split = cpu_split(not args.no_pin)
     routers = [int(x) for x in args.routers.split(",")]
     sizes = [int(x) for x in args.replicas.split(",")]
-    full = {n: run_point(n, routers, USERS, args.seconds, args.max_tokens, args.rounds, args.stream_interval) for n in sizes}
+    full = {n: run_point(n, routers, USERS, args.seconds, args.max_tokens, args.rounds, args.stream_interval, split) for n in sizes}
     half_n = sizes[-1]
-    half = run_point(half_n, routers, USERS // 2, args.seconds, args.max_tokens, args.rounds, args.stream_interval)
+    half = run_point(half_n, routers, USERS // 2, args.seconds, args.max_tokens, args.rounds, args.stream_interval, split)
     names = list(full[sizes[0]])
     print(f"scale-out: {USERS} users per replica, {STEP_S * 1000:.0f} ms decode step, {args.seconds:.0f} s per point "
           f"(ideal {USERS / STEP_S:.0f} tok/s per replica), router stream interval {args.stream_interval}; "
-          f"efficiency = through routers / direct, same run")
+          f"efficiency = through routers / direct, same run; {describe_split(split)}")
     head = f"{'replicas':>8}{'users':>7}{'direct tok/s':>14}"
     for name in names[1:]:
         head += f"{name + ' tok/s':>18}{'eff':>7}{'TTFT p50':>10}"
