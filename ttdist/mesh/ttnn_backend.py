@@ -38,7 +38,7 @@ from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
 from ttdist.mesh.ttnn_attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
-from ttdist.mesh.ttnn_host import assemble
+from ttdist.mesh.ttnn_host import assemble, host_shards
 from ttdist.mesh.ttnn_mesh import DecodeTrace, MeshHandle, TtnnOptions, open_mesh
 
 INPUT = "input"
@@ -50,12 +50,35 @@ class _Pending:
     array: np.ndarray
     mesh_dims: tuple[int | None, int | None]
 
+    def reshaped(self, shape4) -> "_Pending":
+        return _Pending(self.array.reshape(shape4), self.mesh_dims)
+
+    def tile_rows(self) -> "_Pending":
+        """``[.., 1, W] -> [.., W/32, 32]``; a mesh dim on the width moves to the rows."""
+        return _Pending(self.array.reshape(*self.array.shape[:-2], -1, cfg.TILE), tuple(2 if d == 3 else d for d in self.mesh_dims))
+
+
+@dataclass
+class _PendingPieces:
+    """Per-device host data waiting for its first consumer: ``[R', C', *piece4]``, chip (r, c)'s
+    own 4D piece at ``[r % R', c % C']`` (an axis of one entry is shared by all its chips);
+    uploaded one host buffer per chip, never merged into a whole-tensor array."""
+
+    pieces: np.ndarray
+
+    def reshaped(self, shape4) -> "_PendingPieces":
+        return _PendingPieces(self.pieces.reshape(self.pieces.shape[:2] + tuple(shape4)))
+
+    def tile_rows(self) -> "_PendingPieces":
+        """Each piece ``[.., 1, W] -> [.., W/32, 32]``."""
+        return _PendingPieces(self.pieces.reshape(*self.pieces.shape[:-2], -1, cfg.TILE))
+
 
 class TtnnTensor:
     __slots__ = ("value", "pending", "shape", "placements", "dtype", "name", "kind", "heads", "_free", "__weakref__")
 
     def __init__(self, backend: "TtnnBackend", value, shape, placements: Placements, dtype: DType, name: str,
-                 kind: str = ROWS, heads: int = 0, pending: _Pending | None = None):
+                 kind: str = ROWS, heads: int = 0, pending: _Pending | _PendingPieces | None = None):
         self.value = value
         self.pending = pending
         self.shape = tuple(int(s) for s in shape)
@@ -111,6 +134,12 @@ class TtnnBackend(AttentionOps):
     def _upload(self, array: np.ndarray, mesh_dims, dtype: DType, layout, memory) -> ttnn.Tensor:
         host = ttnn.Tensor(np.ascontiguousarray(array), cfg.ttnn_dtype(dtype), None, layout, mesh_mapper=self._mapper(mesh_dims))
         self.transfers.upload(array.nbytes)
+        return host.to(self.device, memory)
+
+    def _upload_pieces(self, pieces: np.ndarray, dtype: DType, layout, memory) -> ttnn.Tensor:
+        """``[R', C', *piece4]``: one host buffer per chip from its own piece, onto its chip."""
+        host = host_shards(pieces, self.spec.shape, cfg.ttnn_dtype(dtype), layout)
+        self.transfers.upload(self.spec.num_chips * pieces[0, 0].nbytes)
         return host.to(self.device, memory)
 
     # ------------------------------------------------------------------ persistent step inputs
@@ -190,25 +219,24 @@ class TtnnBackend(AttentionOps):
         return TtnnTensor(self, None, local, placements, dtype, name, kind, pending=pending)
 
     def from_host_per_device(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
+        """``array[r, c]`` (``[R', C', *local]``, an axis of one entry shared by its chips, e.g. a
+        memory-mapped weight-cache entry) stays as it is until the first consumer; then each chip
+        gets a host buffer made from its own piece alone (``_upload_pieces``)."""
         array = np.asarray(array)
         if array.ndim < 3 or array.ndim > 6:
             raise MeshError(f"tensor {name!r}: per-device arrays are [R, C, *local] with 1 to 4 local dims")
-        rows, cols = self.spec.shape
-        for axis, n in enumerate((rows, cols)):
-            if array.shape[axis] not in (1, n):
-                raise MeshError(f"tensor {name!r}: mesh dim {axis} has {array.shape[axis]} entries for {n} devices")
-            if isinstance(placements[axis], Replicate) and array.shape[axis] > 1:
-                first = np.take(array, [0], axis=axis)
-                if not np.array_equal(array, np.broadcast_to(first, array.shape)):
+        for axis, n in enumerate(self.spec.shape):
+            entries = array.shape[axis]
+            if entries not in (1, n):
+                raise MeshError(f"tensor {name!r}: mesh dim {axis} has {entries} entries for {n} devices")
+            if isinstance(placements[axis], Replicate) and entries > 1:
+                first = array[(slice(None),) * axis + (slice(0, 1),)]
+                if any(not np.array_equal(array[(slice(None),) * axis + (slice(i, i + 1),)], first) for i in range(1, entries)):
                     raise MeshError(f"tensor {name!r}: declared Replicate on axis {axis} but the devices differ")
+                array = first  # equal pieces: every chip on the axis shares one
         local = array.shape[2:]
         placements = normalize(placements, len(local))
-        a, b, c, d = (1,) * (4 - len(local)) + tuple(local)
-        full = np.broadcast_to(array, (rows, cols) + tuple(local)).reshape(rows, cols, a, b, c, d)
-        merged = full.transpose(0, 2, 1, 3, 4, 5).reshape(rows * a, cols * b, c, d)
-        if merged.dtype.kind == "f":
-            merged = merged.astype(np.float32)
-        pending = _Pending(merged, (0 if rows > 1 else None, 1 if cols > 1 else None))
+        pending = _PendingPieces(array.reshape(array.shape[:2] + (1,) * (4 - len(local)) + tuple(local)))
         kind = VECTOR if len(local) == 1 else ROWS
         return TtnnTensor(self, None, local, placements, dtype, name, kind, pending=pending)
 
@@ -263,8 +291,11 @@ class TtnnBackend(AttentionOps):
         if t.value is None:
             if t.pending is None:
                 raise MeshError(f"tensor {t.name!r} was deallocated")
-            array = t.pending.array if shape4 is None else t.pending.array.reshape(shape4)
-            t.value = self._upload(array, t.pending.mesh_dims, dtype, layout, memory)
+            pending = t.pending if shape4 is None else t.pending.reshaped(shape4)
+            if isinstance(pending, _PendingPieces):
+                t.value = self._upload_pieces(pending.pieces, dtype, layout, memory)
+            else:
+                t.value = self._upload(pending.array, pending.mesh_dims, dtype, layout, memory)
             t.pending = None
         return t.value
 
@@ -285,10 +316,7 @@ class TtnnBackend(AttentionOps):
         if width % cfg.TILE:
             raise MeshError(f"tensor {t.name!r}: norm weights need a width that is a multiple of {cfg.TILE}, got {width}")
         if t.pending is not None:
-            array, dims = t.pending.array, t.pending.mesh_dims
-            # [.., 1, W] -> [.., W/32, 32]; a mesh dim on the width (global arrays) moves to the rows
-            shaped = array.reshape(*array.shape[:2], -1, cfg.TILE)
-            t.pending = _Pending(shaped, tuple(2 if d == 3 else d for d in dims))
+            t.pending = t.pending.tile_rows()
         return self._materialize(t, DType.bfloat16, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
 
     def _weight(self, w: TtnnTensor) -> tuple[ttnn.Tensor, bool]:
