@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dashboard_snapshots import galaxy_and_t3k, histogram
+from dashboard_snapshots import galaxy_and_t3k, histogram, make_replica
 
 from ttdist.dashboard.status import (
     INTER_TOKEN_BUCKETS_SECONDS,
@@ -74,3 +74,12 @@ def test_snapshot_json_round_trip():
     snapshot = galaxy_and_t3k()()
     data = json.loads(json.dumps(snapshot.to_json()))
     assert ClusterSnapshot.from_json(data) == snapshot
+
+
+def test_user_groups_pages_round_trip():
+    snapshot = galaxy_and_t3k()()
+    snapshot.replicas[0] = make_replica("tg-0", 8, 4, kv_user_groups=4, kv_pages_free_per_group=[200, 150, 250, 150])
+    data = json.loads(json.dumps(snapshot.to_json()))
+    assert data["replicas"][0]["kv_pages_free_per_group"] == [200, 150, 250, 150]
+    assert ClusterSnapshot.from_json(data) == snapshot
+    assert data["replicas"][1]["kv_user_groups"] == 1 and data["replicas"][1]["kv_pages_free_per_group"] == []

@@ -4,6 +4,9 @@ Prefill and decode write each token into the page slot its position maps to thro
 table; the next token is a function of the context read back through the page table, so a
 wrong page table, a page shared by mistake or overwritten early changes the output. The same
 function applied to the true context gives the reference a request must produce.
+
+With ``user_groups`` > 1 it checks what a Galaxy runner relies on: every page table lies in one
+group's page range and no group runs more than ``max_batch // user_groups`` users in a decode.
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ class FakeRunner:
     fail_after: int | None = None    # raise on the call after this many calls
     decode_gate: threading.Event | None = None   # when set up, each decode waits for it to open
     decode_entered: threading.Event = field(default_factory=threading.Event)
+    user_groups: int = 1
 
     def __post_init__(self) -> None:
         self.info = RunnerInfo(
             vocab_size=self.vocab_size, max_context=self.max_context, page_size=self.page_size,
             num_pages=self.num_pages, max_batch=self.max_batch, eos_token_ids=self.eos_token_ids,
+            user_groups=self.user_groups,
         )
         self.kv: list[list[int | None]] = [[None] * self.page_size for _ in range(self.num_pages)]
         self.next_token = self.next_token or hashed_next(self.vocab_size)
@@ -51,6 +56,7 @@ class FakeRunner:
         self._count(("prefill", inp.start_pos, len(inp.token_ids), inp.sample))
         if inp.start_pos % self.page_size:
             raise AssertionError(f"prefill start {inp.start_pos} is not page aligned")
+        self.group_of(inp.page_table)
         for offset, token in enumerate(inp.token_ids):
             self._write(inp.page_table, inp.start_pos + offset, token)
         if not inp.sample:
@@ -64,11 +70,23 @@ class FakeRunner:
         self._count(("decode", len(inp.token_ids)))
         if len(inp.token_ids) > self.max_batch:
             raise AssertionError(f"decode batch {len(inp.token_ids)} exceeds {self.max_batch}")
+        groups = [self.group_of(table) for table in inp.page_tables]
+        for g in set(groups):
+            if groups.count(g) > self.max_batch // self.user_groups:
+                raise AssertionError(f"decode runs {groups.count(g)} users of group {g}: {self.max_batch // self.user_groups} slots")
         out = []
         for token, pos, table, spec in zip(inp.token_ids, inp.positions, inp.page_tables, inp.sampling):
             self._write(table, pos, token)
             out.append(self._sample(self._context(table, pos + 1), spec))
         return out
+
+    def group_of(self, table: list[int]) -> int:
+        """The user group a page table lies in (it must lie in exactly one)."""
+        per_group = self.num_pages // self.user_groups
+        groups = {pid // per_group for pid in table}
+        if len(groups) != 1:
+            raise AssertionError(f"page table {table} spans user groups {sorted(groups)}")
+        return groups.pop()
 
     def _count(self, call: tuple) -> None:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:

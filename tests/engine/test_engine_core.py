@@ -200,10 +200,12 @@ def test_prefill_chunk_must_be_page_aligned():
         EngineCore(FakeRunner(page_size=4), None, EngineConfig(prefill_chunk=6))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_200_random_requests_with_aborts_and_preemptions(seed: int):
+@pytest.mark.parametrize(("seed", "groups", "pages"), [(0, 1, 40), (1, 1, 40), (0, 4, 80), (1, 4, 80)])
+def test_200_random_requests_with_aborts_and_preemptions(seed: int, groups: int, pages: int):
     rng = random.Random(seed)
-    runner = FakeRunner(vocab_size=64, page_size=4, num_pages=40, max_batch=8, max_context=128, eos_token_ids=(0,))
+    runner = FakeRunner(
+        vocab_size=64, page_size=4, num_pages=pages, max_batch=8, max_context=128, eos_token_ids=(0,), user_groups=groups
+    )
     core = EngineCore(runner, None, EngineConfig(max_batch=8, prefill_chunk=8, max_waiting=1000))
     shared = prompt(rng, 12)
     specs = {}

@@ -122,6 +122,8 @@ class ReplicaSnapshot:
     inter_token_histogram: HistogramSnapshot = field(
         default_factory=lambda: HistogramSnapshot.empty(INTER_TOKEN_BUCKETS_SECONDS))
     requests_finished_total: int = 0
+    kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
+    kv_pages_free_per_group: list[int] = field(default_factory=list)   # group g's free pages, by group id
 
 
 @dataclass

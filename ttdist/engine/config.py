@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ttdist.engine.errors import UserGroupsError
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.engine.runner import RunnerInfo
 
@@ -22,7 +23,21 @@ class EngineConfig:
     faults: EngineFaults = NO_FAULTS      # faults caused on purpose (tests); none by default
 
     def check(self, info: RunnerInfo) -> None:
-        """Raise ValueError naming the setting that cannot work with this runner."""
+        """Raise ValueError naming the setting that cannot work with this runner (UserGroupsError
+        when the runner's user groups do not split its batch and pages evenly)."""
+        groups = info.user_groups
+        if groups < 1:
+            raise UserGroupsError(f"RunnerInfo.user_groups must be >= 1, got {groups}")
+        if info.max_batch % groups:
+            raise UserGroupsError(
+                f"RunnerInfo.max_batch={info.max_batch} is not divisible by user_groups={groups}: "
+                "every user group needs the same number of decode slots"
+            )
+        if info.num_pages % groups:
+            raise UserGroupsError(
+                f"RunnerInfo.num_pages={info.num_pages} is not divisible by user_groups={groups}: "
+                "every user group needs the same number of KV pages"
+            )
         if self.max_batch < 1:
             raise ValueError(f"EngineConfig.max_batch must be >= 1, got {self.max_batch}")
         if self.max_waiting < 0:

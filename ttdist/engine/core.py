@@ -19,7 +19,7 @@ from typing import Callable
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.errors import InvalidRequestError
 from ttdist.engine.output import OutputProcessor
-from ttdist.engine.page_pool import PagePool
+from ttdist.engine.page_groups import GroupedPagePool
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput
 from ttdist.engine.runner import DecodeInput, ModelRunner, PrefillInput, SamplingSpec
 from ttdist.engine.scheduler import DecodeStep, PrefillStep, Scheduler, SchedulerConfig
@@ -47,13 +47,18 @@ class EngineCore:
         self.tokenizer = tokenizer
         self.clock = clock
         self.max_batch = min(config.max_batch, info.max_batch)
-        self.pool = PagePool(info.num_pages, info.page_size, config.prefix_caching)
+        self.pool = GroupedPagePool(info.num_pages, info.page_size, info.user_groups, config.prefix_caching)
         self.scheduler = Scheduler(
-            self.pool, SchedulerConfig(self.max_batch, config.max_waiting, config.prefill_chunk), clock
+            self.pool,
+            SchedulerConfig(
+                self.max_batch, config.max_waiting, config.prefill_chunk,
+                slots_per_group=info.max_batch // info.user_groups,
+            ),
+            clock,
         )
         self.limits = Limits(
             vocab_size=info.vocab_size,
-            context_window=min(info.max_context, info.num_pages * info.page_size),
+            context_window=min(info.max_context, self.pool.pages_per_group * info.page_size),
             default_max_tokens=config.default_max_tokens,
         )
         eos = tuple(info.eos_token_ids) + (tokenizer.eos_token_ids if tokenizer else ())
@@ -252,6 +257,9 @@ class EngineCore:
                 decode_steps_total=m.decode_steps_total,
                 ttft_s=list(m.ttft_s),
                 inter_token_s=list(m.inter_token_s),
+                user_groups=self.pool.num_groups,
+                free_pages_per_group=self.pool.free_per_group(),
+                running_per_group=self.scheduler.running_per_group(),
             )
 
     def prefix_hashes(self) -> list[int]:

@@ -22,3 +22,7 @@ class OverloadedError(EngineError):
 
 class EngineStoppedError(EngineError):
     """The engine is not running (not started, shut down, or its model failed)."""
+
+
+class UserGroupsError(EngineError, ValueError):
+    """The runner's user groups cannot split its decode slots or its KV pages evenly."""

@@ -9,6 +9,9 @@ Free pages wait in one queue and are reused from its front. A sequence's pages a
 first: pages that hold no cached block go to the front (nothing to lose), cached ones to the back,
 so the oldest and the deepest blocks of a prefix are evicted first and its first pages last. A
 cached page stays findable while free; taking it again removes it from the queue.
+
+A pool may own a slice of a larger page id space (``first_page``): a Galaxy's user groups each
+keep their own pool over their own ids (``page_groups.GroupedPagePool``).
 """
 
 from __future__ import annotations
@@ -54,18 +57,35 @@ class Page:
 
 
 class PagePool:
-    def __init__(self, num_pages: int, page_size: int, prefix_caching: bool = True) -> None:
+    """Pages ``first_page .. first_page + num_pages - 1``."""
+
+    def __init__(self, num_pages: int, page_size: int, prefix_caching: bool = True, first_page: int = 0) -> None:
         if num_pages < 1 or page_size < 1:
             raise ValueError(f"a page pool needs pages and a page size >= 1, got {num_pages} x {page_size}")
+        if first_page < 0:
+            raise ValueError(f"a page pool's first page id must be >= 0, got {first_page}")
         self.page_size = page_size
         self.prefix_caching = prefix_caching
-        self.pages = [Page(i) for i in range(num_pages)]
-        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))
+        self.first_page = first_page
+        ids = range(first_page, first_page + num_pages)
+        self._pages = [Page(i) for i in ids]
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(ids)
         self._cached: dict[int, int] = {}   # block hash -> page id
 
     @property
+    def pages(self) -> list[Page]:
+        """Every page, in id order."""
+        return self._pages
+
+    @property
     def num_pages(self) -> int:
-        return len(self.pages)
+        return len(self._pages)
+
+    def page(self, page_id: int) -> Page:
+        index = page_id - self.first_page
+        if not 0 <= index < len(self._pages):
+            raise RuntimeError(f"page {page_id} is not in this pool ({self.first_page}..{self.first_page + len(self._pages) - 1})")
+        return self._pages[index]
 
     @property
     def num_free(self) -> int:
@@ -89,8 +109,13 @@ class PagePool:
     # -- admission --------------------------------------------------------------------------
     def can_allocate(self, seq: Sequence) -> bool:
         hits, _ = self._match(seq)
-        free_hits = sum(1 for pid in hits if self.pages[pid].ref_count == 0)
+        free_hits = sum(1 for pid in hits if self.page(pid).ref_count == 0)
         return self.pages_needed(len(seq)) - len(hits) <= self.num_free - free_hits
+
+    def cached_tokens(self, seq: Sequence) -> int:
+        """The prompt tokens ``allocate`` would serve from this pool's prefix cache now."""
+        hits, _ = self._match(seq)
+        return len(hits) * self.page_size
 
     def allocate(self, seq: Sequence) -> int:
         """Give ``seq`` pages for all its tokens, reusing cached prefix pages; the tokens reused.
@@ -103,7 +128,7 @@ class PagePool:
             raise RuntimeError(f"not enough free pages for {seq.request_id!r}: check can_allocate first")
         hits, hashes = self._match(seq)
         for pid in hits:
-            page = self.pages[pid]
+            page = self.page(pid)
             if page.ref_count == 0:
                 del self._free[pid]
             page.ref_count += 1
@@ -116,7 +141,7 @@ class PagePool:
     def deallocate(self, seq: Sequence) -> None:
         """Release ``seq``'s pages (tail first) and forget what it had computed."""
         for pid in reversed(seq.page_table):
-            page = self.pages[pid]
+            page = self.page(pid)
             if page.ref_count < 1:
                 raise RuntimeError(f"page {pid} freed more often than taken")
             page.ref_count -= 1
@@ -149,7 +174,7 @@ class PagePool:
             block_hash = _chain(previous, ids)
             seq.block_hashes.append(block_hash)
             if self.prefix_caching:
-                page = self.pages[seq.page_table[index]]
+                page = self.page(seq.page_table[index])
                 page.block_hash, page.token_ids = block_hash, tuple(ids)
                 self._cached[block_hash] = page.page_id
 
@@ -163,14 +188,14 @@ class PagePool:
         hits: list[int] = []
         for index, block_hash in enumerate(hashes):
             pid = self._cached.get(block_hash)
-            if pid is None or self.pages[pid].token_ids != tuple(seq.token_ids[index * size:(index + 1) * size]):
+            if pid is None or self.page(pid).token_ids != tuple(seq.token_ids[index * size:(index + 1) * size]):
                 break
             hits.append(pid)
         return hits, hashes
 
     def _take_free(self) -> int:
         pid, _ = self._free.popitem(last=False)
-        page = self.pages[pid]
+        page = self.page(pid)
         if page.block_hash is not None and self._cached.get(page.block_hash) == pid:
             del self._cached[page.block_hash]
         page.block_hash, page.token_ids, page.ref_count = None, (), 1

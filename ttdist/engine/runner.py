@@ -55,7 +55,13 @@ class DecodeInput:
 
 @dataclass(frozen=True)
 class RunnerInfo:
-    """What the engine needs to know about the model and its KV cache."""
+    """What the engine needs to know about the model and its KV cache.
+
+    ``user_groups``: the users are split into this many groups, each group's chips holding KV only
+    for its own users (a Galaxy's column groups); ``num_pages`` is the total, group g owns page ids
+    [g * P, (g + 1) * P) with P = num_pages // user_groups, and at most max_batch // user_groups of
+    its users run at once. The runner tells a user's group from its page ids.
+    """
 
     vocab_size: int
     max_context: int
@@ -63,6 +69,7 @@ class RunnerInfo:
     num_pages: int
     max_batch: int
     eos_token_ids: tuple[int, ...] = ()
+    user_groups: int = 1
 
 
 class ModelRunner(Protocol):

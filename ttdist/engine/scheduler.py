@@ -7,6 +7,14 @@ yielding one decode step between chunks when other users are decoding. Decode ad
 running user by one token at its own position. When a decoding user needs a page and none is
 free, the newest running user is preempted: its pages go back and it waits at the head of the
 queue to be recomputed from its tokens (prefix-cache hits make that cheap).
+
+With user groups (a Galaxy's column groups, each holding KV only for its own users) a request
+is placed in one group at admission and all its pages come from that group's pool. Of the groups
+with a free decode slot (fewer than ``slots_per_group`` running) and room for its whole prompt,
+it goes to the one whose prefix cache serves the most of its prompt, then the one with the most
+free pages, then the lowest id. The queue stays first-in first-out: when the head fits no group,
+nobody behind it is admitted. A decoding user short of a page preempts the newest running user
+of its own group; other groups are not touched. A preempted request is placed again from scratch.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ttdist.engine.errors import OverloadedError
-from ttdist.engine.page_pool import PagePool
+from ttdist.engine.page_groups import GroupedPagePool
 from ttdist.engine.sequence import Sequence, SequenceStatus
 
 
@@ -38,13 +46,17 @@ class DecodeStep:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    """``max_batch`` caps the running users in all; ``slots_per_group`` caps each user group's
+    (0: no cap beyond ``max_batch``)."""
+
     max_batch: int
     max_waiting: int
     prefill_chunk: int
+    slots_per_group: int = 0
 
 
 class Scheduler:
-    def __init__(self, pool: PagePool, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, pool: GroupedPagePool, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.pool = pool
         self.config = config
         self.clock = clock
@@ -86,9 +98,9 @@ class Scheduler:
         if prefilling is not None:
             if not (self._last_was_chunk and decoding):
                 return self._chunk(prefilling)
-        elif self.waiting and len(self.running) < self.config.max_batch and self.pool.can_allocate(self.waiting[0]):
+        elif self.waiting and len(self.running) < self.config.max_batch and (group := self._place(self.waiting[0])) is not None:
             seq = self.waiting.popleft()
-            self._admit(seq)
+            self._admit(seq, group)
             if seq.needs_prefill:
                 return self._chunk(seq)
             decoding.append(seq)
@@ -96,8 +108,23 @@ class Scheduler:
         batch = self._make_room(decoding)
         return DecodeStep(batch) if batch else None
 
-    def _admit(self, seq: Sequence) -> None:
-        cached = self.pool.allocate(seq)
+    def running_per_group(self) -> list[int]:
+        counts = [0] * self.pool.num_groups
+        for seq in self.running:
+            counts[seq.group] += 1
+        return counts
+
+    def _place(self, seq: Sequence) -> int | None:
+        """The group ``seq`` is admitted to now, or None when no group has a slot and room for it."""
+        slots = self.config.slots_per_group or self.config.max_batch
+        open_groups = [g for g, n in enumerate(self.running_per_group()) if n < slots]
+        fits = self.pool.fits(seq, open_groups)
+        if not fits:
+            return None
+        return min(fits, key=lambda f: (-f.cached_tokens, -f.free_pages, f.group)).group
+
+    def _admit(self, seq: Sequence, group: int) -> None:
+        cached = self.pool.allocate(seq, group)
         seq.status = SequenceStatus.RUNNING
         if seq.num_cached_tokens is None:
             seq.num_cached_tokens = cached
@@ -111,11 +138,12 @@ class Scheduler:
         return PrefillStep(seq, seq.num_computed, end, sample=end == len(seq))
 
     def _make_room(self, decoding: list[Sequence]) -> list[Sequence]:
-        """Give every decoding user the page its next token needs, preempting the newest if short."""
+        """Give every decoding user the page its next token needs, preempting the newest of its
+        group if short (the user itself when it is its group's newest)."""
         batch: list[Sequence] = []
         for seq in decoding:
             while seq.status is SequenceStatus.RUNNING and not self.pool.can_append(seq):
-                self._preempt(self.running[-1])
+                self._preempt(next(s for s in reversed(self.running) if s.group == seq.group))
             if seq.status is SequenceStatus.RUNNING:
                 self.pool.may_append(seq)
                 batch.append(seq)

@@ -33,6 +33,7 @@ class Sequence:
     num_prompt_tokens: int = 0
     num_computed: int = 0
     page_table: list[int] = field(default_factory=list)
+    group: int | None = None                # the user group whose pages it holds (None while it holds none)
     block_hashes: list[int] = field(default_factory=list)   # hashes of the full pages in order
     token_hashes: list[int] = field(default_factory=list)   # chained hashes of full pages of token_ids, kept
     # across steps and preemptions (tokens are only ever appended), so a waiting prompt is hashed once

@@ -32,6 +32,9 @@ class EngineStats:
     decode_steps_total: int
     ttft_s: list[float] = field(default_factory=list)
     inter_token_s: list[float] = field(default_factory=list)
+    user_groups: int = 1           # KV user groups (a Galaxy's column groups); the pages above are their totals
+    free_pages_per_group: list[int] = field(default_factory=list)   # group g's free pages, by group id
+    running_per_group: list[int] = field(default_factory=list)      # group g's running users, by group id
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,9 @@ class Coordinator:
             kv_pages_capped_by_host=bool(r.memory and r.memory.kv_pages_capped_by_host),
             state_reason=r.reason, crash_loop=r.crash_loop,
             last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
-            requests_finished_total=s.requests_finished_total if s else 0, **histograms,
+            requests_finished_total=s.requests_finished_total if s else 0,
+            kv_user_groups=s.kv_user_groups if s else 1,
+            kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [], **histograms,
         )
 
     async def _start_dashboard(self) -> None:

@@ -67,6 +67,8 @@ class Heartbeat:
     node_id: str = ""         # re-registers the replica from these
     address: str = ""
     memory: ReplicaMemory | None = None   # KV budget and chip DRAM from the replica's ledger
+    kv_user_groups: int = 1               # KV user groups (a Galaxy's column groups); pages above are totals
+    kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() from older replicas)
 
 
 @dataclass

@@ -176,6 +176,8 @@ class ReplicaActor:
             prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
             requests_finished_total=getattr(st, "requests_finished_total", 0),
             prefix_delta=self._prefix.delta(frozenset(self.engine.prefix_hashes())), memory=self.memory,
+            kv_user_groups=getattr(st, "user_groups", 1),
+            kv_pages_free_per_group=tuple(getattr(st, "free_pages_per_group", ())),
             ttft_histogram=ttft, inter_token_histogram=inter_token,
             pid=os.getpid(), node_id=self.node_id(), address=self.address, engine=self.engine.liveness(),
         )

@@ -107,7 +107,8 @@ function updateReplicaCard(entry, replica) {
   put("waiting", fmtInt(replica.waiting));
   put("tps", fmtNum(replica.tokens_per_second, 1));
   put("kv", `${fmtInt(used)} / ${fmtInt(replica.kv_pages_total)} (${fmtPerc(replica.kv_cache_usage_perc)})` +
-    (replica.kv_pages_budget ? ` · budget ${fmtInt(replica.kv_pages_budget)}${replica.kv_pages_capped_by_host ? " (capped by host RAM)" : ""}` : ""));
+    (replica.kv_pages_budget ? ` · budget ${fmtInt(replica.kv_pages_budget)}${replica.kv_pages_capped_by_host ? " (capped by host RAM)" : ""}` : "") +
+    ((replica.kv_user_groups || 1) > 1 ? ` · ${replica.kv_user_groups} user groups, free ${(replica.kv_pages_free_per_group || []).map(fmtInt).join(" / ")}` : ""));
   put("ttft", replica.ttft_seconds.count ? fmtSeconds(replica.ttft_seconds.p50) : "-");
   put("restarts", fmtInt(replica.restarts));
   put("heartbeat", `${fmtNum(replica.last_heartbeat_age_s, 1)} s ago`);
