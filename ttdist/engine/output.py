@@ -67,16 +67,17 @@ class OutputProcessor:
         else:
             before = len(seq.output_text)
             if seq.detokenizer is not None:
-                seq.output_text += seq.detokenizer.push(token)
+                piece = seq.detokenizer.push(token)
                 if seq.num_generated >= seq.max_tokens:
-                    seq.output_text += seq.detokenizer.flush()
+                    piece += seq.detokenizer.flush()
+                _extend_text(seq, piece)
             if _cut_at_stop(seq, before):
                 seq.finish_reason = FinishReason.STOP
                 return self._output(seq, [token], now)
             if seq.num_generated >= seq.max_tokens:
                 seq.finish_reason = FinishReason.LENGTH
         if seq.finish_reason in (FinishReason.EOS, FinishReason.STOP) and seq.detokenizer is not None:
-            seq.output_text += seq.detokenizer.flush()
+            _extend_text(seq, seq.detokenizer.flush())
         return self._output(seq, [token], now)
 
     def resume(self, seq: Sequence, output_ids: list[int], text_emitted: int) -> None:
@@ -115,12 +116,22 @@ class OutputProcessor:
             finished=finished,
             finish_reason=seq.finish_reason,
             output_ids=OutputIds(seq.token_ids, seq.num_prompt_tokens, len(seq.token_ids)),
-            output_text=text[:end],
+            output_text=text if finished else "",   # the whole text once, not a copy per token
         )
         if finished:
             out.usage = Usage(seq.num_prompt_tokens, seq.num_generated, seq.num_cached_tokens or 0)
             out.timings = _timings(seq, now)
         return out
+
+
+def _extend_text(seq: Sequence, piece: str) -> None:
+    """Append ``piece`` to ``seq.output_text`` in place: with the attribute's reference dropped
+    first, CPython grows the string instead of copying the whole output for every token."""
+    if not piece:
+        return
+    text, seq.output_text = seq.output_text, ""
+    text += piece
+    seq.output_text = text
 
 
 def _cut_at_stop(seq: Sequence, before: int) -> bool:

@@ -1,8 +1,9 @@
 """What a caller sends the engine (a request with sampling params) and what it gets back.
 
-Every ``RequestOutput`` carries the ids and text new in this step plus everything generated so
-far; the last one of a request has ``finished`` set, a ``finish_reason``, ``usage`` and
-``timings``.
+Every ``RequestOutput`` carries the ids and text new in this step and every id generated so far
+(a view, not a copy); the last one of a request has ``finished`` set, a ``finish_reason``,
+``usage``, ``timings`` and the whole text in ``output_text`` (empty before: copying the text so
+far into every output would cost the whole output per token).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class RequestOutput:
     usage: Usage | None = None
     timings: Timings | None = None
     output_ids: list[int] = field(default_factory=list)
-    output_text: str = ""
+    output_text: str = ""      # the whole text, on the finished output only
     error: str | None = None   # set when the engine itself failed (the request ends with ABORT)
     request_error: str | None = None   # set when this request alone failed in the engine (ABORT; others go on)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, OverloadedError
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.engine.page_pool import block_hashes
+from ttdist.engine.output import OutputIds
 from ttdist.engine.stats import EngineLiveness, EngineStats
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, Timings, Usage
 
@@ -45,9 +46,13 @@ class ScriptedEngineConfig:
 
 def next_token(context: list[int], vocab_size: int) -> int:
     """The token after ``context``: a fixed mix of its last two ids and its length."""
-    a = context[-1]
-    b = context[-2] if len(context) > 1 else 7
-    return (a * 1103515245 + b * 12345 + len(context) * 2654435761) % vocab_size
+    return _mix(list(context[-2:]), len(context), vocab_size)
+
+
+def _mix(tail: list[int], length: int, vocab_size: int) -> int:
+    a = tail[-1]
+    b = tail[-2] if len(tail) > 1 else 7
+    return (a * 1103515245 + b * 12345 + length * 2654435761) % vocab_size
 
 
 @dataclass
@@ -226,7 +231,8 @@ class ScriptedEngine:
             except Exception as exc:  # noqa: BLE001 - this request alone fails; the batch goes on
                 self._finish(job, FinishReason.ABORT, [], request_error=f"{type(exc).__name__}: {exc}")
                 continue
-            token = next_token(job.prompt + job.output, self.config.vocab_size)
+            tail = (job.prompt[-2:] + job.output[-2:])[-2:]   # the rule reads only these and the length
+            token = _mix(tail, len(job.prompt) + len(job.output), self.config.vocab_size)
             job.output.append(token)
             self._gen_total += 1
             if not job.first_token_at:
@@ -239,7 +245,7 @@ class ScriptedEngine:
             else:
                 job.queue.put_nowait(RequestOutput(
                     job.request.request_id, [token], _text([token]), False,
-                    output_ids=list(job.output), output_text=_text(job.output),
+                    output_ids=OutputIds(job.output, 0, len(job.output)),   # as the engine: a view, no text so far
                 ))
 
     def _finish(self, job: _Job, reason: FinishReason, new: list[int], *, error: str | None = None,
