@@ -37,7 +37,7 @@ def test_logits_prefill_and_decode_match_transformers(mesh, tiny_ckpt, weight_ca
 def test_batched_decode_equals_each_user_alone(mesh, tiny_ckpt, weight_cache):
     prompts = [PROMPT[:3], PROMPT, PROMPT[::-1] * 3]
     batch = make(tiny_ckpt, weight_cache, mesh)
-    tables = [[0, 1], [2, 3], [4, 5]]
+    tables = [[0, 1], [8, 11], [30, 31]]  # on 8x4: user groups 0, 1 and 3 (8 pages each), one slot each
     firsts = [batch.prefill(PrefillInput(p, 0, t, True)) for p, t in zip(prompts, tables)]
     positions = [len(p) for p in prompts]
     batched = batch.decode_logits(firsts, positions, tables)
@@ -74,7 +74,8 @@ def test_sampling_on_the_mesh_is_seeded_per_request(tiny_ckpt, weight_cache):
 
 def decode_step_ccl(runner, batch):
     be = runner.backend
-    tables = [[i] for i in range(batch)]
+    step = runner.info.num_pages // runner.info.user_groups if runner.info.user_groups > 1 else 1
+    tables = [[i * step] for i in range(batch)]  # one user per group where there are groups
     for u in range(batch):
         runner.prefill(PrefillInput(PROMPT[: 2 + u], 0, tables[u], True))
     be.ccl.clear()
@@ -104,12 +105,16 @@ def test_decode_step_bytes_on_8x4_match_hand_computation(tiny_ckpt, weight_cache
     bf16, f32 = 2, 4
     rows, cols = 8, 4
     norm = all_gather_bytes(b * cols * f32, cols, line)  # stats over the hidden axis (1)
-    axis1 = 2 * norm + all_reduce_bytes(b * lay.qkv_local * bf16, cols, line) + 2 * all_reduce_bytes(b * lay.ff_local * bf16, cols, line)
+    # each column attends for its own user group: the attention rows are gathered over the columns
+    groups = all_gather_bytes(b * lay.n_q_local * lay.config.head_dim * bf16, cols, line)
+    axis1 = (2 * norm + all_reduce_bytes(b * lay.qkv_local * bf16, cols, line) + 2 * all_reduce_bytes(b * lay.ff_local * bf16, cols, line)
+             + groups)
     axis0 = 2 * all_reduce_bytes(b * lay.hidden_local * bf16, rows, line)  # WO and FF2 partials
     head1 = norm + all_reduce_bytes(b * lay.vocab_local * bf16, cols, line)
     head0 = 2 * all_gather_bytes(b * K * rows * f32, rows, line)  # sampling candidates over the vocab axis
     ledger = decode_step_ccl(runner, b)
     assert ledger.count("all_reduce") == 2 * 5 + 1 and ledger.count("reduce_scatter") == 0
+    assert ledger.count("all_gather") == 2 * (2 + 1) + 1 + 2  # norm stats, attention rows; head norm, candidates
     assert ledger.bytes_per_axis() == {0: pytest.approx(2 * axis0 + head0), 1: pytest.approx(2 * axis1 + head1)}
 
 
@@ -222,8 +227,8 @@ def test_trace_decode_captures_once_and_replays_on_the_current_inputs(tiny_ckpt,
 
 @pytest.mark.parametrize("mesh", ["1x2", "8x4"])
 def test_lm_head_chunked_per_device_gives_the_same_logits(mesh, tiny_ckpt, weight_cache):
-    whole = make(tiny_ckpt, weight_cache, mesh, max_batch=2, lm_head_chunk=1 << 20)
-    chunked = make(tiny_ckpt, weight_cache, mesh, max_batch=2, lm_head_chunk=4010, logits_dtype="float32")
+    whole = make(tiny_ckpt, weight_cache, mesh, lm_head_chunk=1 << 20)
+    chunked = make(tiny_ckpt, weight_cache, mesh, lm_head_chunk=4010, logits_dtype="float32")
     lay = chunked.model.layout
     assert len(whole.model.lm_head.chunks) == 1 and len(chunked.model.lm_head.chunks) == -(-lay.vocab_local // 4000)
     assert all(w.shape[-1] <= 4000 for w in chunked.model.lm_head.chunks)  # rounded down to whole tiles

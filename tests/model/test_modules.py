@@ -62,17 +62,26 @@ def test_attention_prefill(runner, hf_tiny):
 
 
 def test_attention_decode_batch_at_different_positions(runner, hf_tiny):
-    """Three users with prefixes of 5, 33 and 40 tokens decode one token each in one batch."""
+    """Three users with prefixes of 5, 33 and 40 tokens decode one token each in one batch; on a
+    2D mesh they lie in three user groups (pages 0-7, 8-15, 16-23 of 32), each column attending
+    for its own users from its own pool."""
     rng = np.random.default_rng(4)
-    lengths, tables = [5, 33, 40], [[0, 1], [2, 3], [4, 5]]
-    attn = runner.model.layers[0].attention
+    model = runner.model
+    lengths, tables = [5, 33, 40], [[0, 1], [10, 11], [20, 21]]
+    groups = [model.groups.group_of(t) for t in tables]
+    assert groups == ([0, 1, 2] if model.layout.user_groups == 4 else [0, 0, 0])
+    attn = model.layers[0].attention
     seqs = [rng.standard_normal((n + 1, 64)).astype(np.float32) for n in lengths]
     for seq, n, table in zip(seqs, lengths, tables):
-        cos, sin = runner.model._rope(np.arange(n))
-        attn.forward_prefill(place(runner, seq[:n]), cos, sin, np.array(table), 0)
-    new = np.stack([seq[n] for seq, n in zip(seqs, lengths)])
-    cos, sin = runner.model._rope(np.array(lengths))
-    out = host(runner, attn.forward_decode(place(runner, new), cos, sin, np.array(tables), np.array(lengths)))
+        cos, sin = model._rope(np.arange(n))
+        attn.forward_prefill(place(runner, seq[:n]), cos, sin, model.prefill_table(table), 0)
+    slots = runner.slots.assign(["a", "b", "c"], 3, groups)
+    rows = runner.info.max_batch
+    new = np.zeros((rows, 64), np.float32)
+    new[slots] = np.stack([seq[n] for seq, n in zip(seqs, lengths)])
+    inputs = model.place_inputs(model.host_inputs([1, 1, 1], lengths, tables, np.zeros((0, 4), np.float32), rows, slots))
+    cos, sin = model._rope(inputs.rope_index)
+    out = host(runner, attn.forward_decode(place(runner, new), cos, sin, inputs.page_table, inputs.positions))[slots]
     for u, (seq, n) in enumerate(zip(seqs, lengths)):
         with torch.no_grad():
             ref, _ = hf_tiny.model.layers[0].self_attn(torch.from_numpy(seq)[None], rope(hf_tiny, 0, n + 1), causal_mask(n + 1))

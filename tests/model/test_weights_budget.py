@@ -21,15 +21,20 @@ def runner(tiny_ckpt, weight_cache, mesh, precision="bfloat16", dram=None, **kw)
     return MeshModelRunner(weights, backend="sim", **kw)
 
 
-@pytest.mark.parametrize("mesh", ["1x1", "1x8", "2x4", "8x4"])
-def test_kv_budget_is_what_the_ledger_leaves(tiny_ckpt, weight_cache, mesh):
-    r = runner(tiny_ckpt, weight_cache, mesh, dram=SMALL_DRAM)
+@pytest.mark.parametrize("mesh, groups", [("1x1", 1), ("1x8", 1), ("2x4", 4), ("8x4", 4)])
+def test_kv_budget_is_what_the_ledger_leaves(tiny_ckpt, weight_cache, mesh, groups):
+    """Pages per chip from the ledger; on a 2D mesh each of the 4 column groups holds its own pool,
+    so the replica's engine gets 4 times a chip's pages."""
+    dram = SMALL_DRAM if groups == 1 else 8_000_000  # a few hundred pages per chip: the simulator holds every chip's pool
+    r = runner(tiny_ckpt, weight_cache, mesh, dram=dram, max_batch=4)
     fit, after = r.kv_fit, r.dram()
-    assert not fit.capped_by_host and r.info.num_pages == fit.pages_budget == fit.num_pages
+    assert not fit.capped_by_host and fit.pages_budget == fit.num_pages and fit.user_groups == groups
+    assert r.info.user_groups == groups and r.info.num_pages == fit.total_pages == groups * fit.num_pages
+    assert r.model.caches[0].k.shape[1] == fit.num_pages + 1  # per chip: its group's pool and one scratch page
     assert fit.before_cache.weights == after.weights > 0 and fit.before_cache.kv_cache == 0
     # the cache fills the DRAM down to the reserve: one page more would cut into it
     assert fit.reserve_bytes <= after.free < fit.reserve_bytes + fit.page_bytes
-    assert after.kv_cache >= fit.page_bytes * r.info.num_pages
+    assert after.kv_cache >= fit.page_bytes * fit.num_pages
     # one page on one chip: K and V of every layer, its KV heads, page_size x head_dim, bf16
     lay = r.model.layout
     per_layer = 2 * tile_padded_bytes((lay.n_kv_local, 32, lay.config.head_dim), DType.bfloat16)
@@ -48,6 +53,15 @@ def test_simulated_cache_is_capped_by_host_ram_and_says_so(tiny_ckpt, weight_cac
     r = runner(tiny_ckpt, weight_cache, "1x8", max_pages=64)
     assert r.kv_fit.capped_by_host and r.info.num_pages == 64 < r.kv_fit.pages_budget
     assert r.kv_fit.pages_budget > 100_000  # 12 GB chips hold far more than the host cap
+
+
+def test_host_cap_counts_every_user_groups_pool(tiny_ckpt, weight_cache):
+    from ttdist.model.kv_budget import replica_memory
+
+    r = runner(tiny_ckpt, weight_cache, "8x4", max_pages=64, max_batch=4)
+    assert r.kv_fit.capped_by_host and (r.kv_fit.num_pages, r.info.num_pages, r.info.user_groups) == (16, 64, 4)
+    mem = replica_memory(r)
+    assert mem.kv_pages_budget == 4 * r.kv_fit.pages_budget and mem.kv_user_groups == 4
 
 
 def test_weights_that_leave_no_room_are_a_clear_error(tiny_ckpt, weight_cache):

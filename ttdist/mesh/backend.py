@@ -67,6 +67,15 @@ class TransferLedger:
         self.uploads = self.upload_bytes = self.readbacks = self.readback_bytes = 0
 
 
+@dataclass(frozen=True)
+class PerDevice:
+    """A host array with one piece per chip: ``array[r % R', c % C']`` is chip (r, c)'s (an axis of
+    one entry is shared by its chips). Prefill page tables take this form when each column group
+    of chips writes its own pool of KV pages (``Layout.user_groups``)."""
+
+    array: np.ndarray
+
+
 class MeshTensor(Protocol):
     placements: Placements
     dtype: DType
@@ -105,7 +114,8 @@ class Backend(Protocol):
     # persistent step inputs (trace-ready: fixed shapes, rewritten in place)
     def input_tensor(self, array: np.ndarray, placements: Placements, *, name: str = ...) -> Any:
         """A device tensor a step reads (token ids, positions, page table, rope indices, sampling
-        parameters): ints stay exact; placed once, then rewritten with ``write_input``."""
+        parameters): ints stay exact; placed once, then rewritten with ``write_input``. ``placements``
+        may shard a dim over an axis (each user group's decode rows on its column)."""
 
     def write_input(self, t: Any, array: np.ndarray) -> None:
         """Overwrite input ``t`` in place with a host array of the same shape and dtype (ttnn:
@@ -120,12 +130,18 @@ class Backend(Protocol):
 
     def add(self, a: Any, b: Any) -> Any: ...
 
+    def multiply(self, x: Any, factor: Any) -> Any:
+        """``x`` times a per-device scalar ``factor`` (local ``[1, 1]``, broadcast). A factor that is
+        ``Partial`` on an axis (1 on one chip of it, 0 on the others) makes the product ``Partial``
+        there: an ``all_reduce`` then hands that chip's ``x`` to every chip of the axis."""
+
     def silu_mul(self, gate: Any, up: Any) -> Any:
         """``silu(gate) * up`` fused."""
 
     def embedding(self, ids: np.ndarray | Any, table: Any) -> Any:
         """Rows of ``table`` ([V, H], vocab replicated) for ids ``[T]`` -> ``[T, H]``; ``ids`` is a
-        host array or an ``input_tensor`` (the model's token ids and rope indices)."""
+        host array or an ``input_tensor`` (the model's token ids and rope indices); ids ``[1, T]``
+        sharded along T on an axis give rows sharded on it (``Shard(0)``)."""
 
     def rms_norm(self, x: Any, weight: Any, *, eps: float, width: int) -> Any:
         """RMSNorm over the last dim; ``width`` is the unpadded size the mean divides by."""
@@ -154,21 +170,28 @@ class Backend(Protocol):
         """A zeroed paged KV cache of logical global shape ``[pages, kv_heads, page_size, head_dim]``
         (KV heads may be sharded); its storage layout is the backend's."""
 
-    def paged_fill_cache(self, cache: Any, x: Any, page_table: np.ndarray, start_pos: int) -> None:
-        """Write one user's K or V for positions ``start_pos..`` through its page table row."""
+    def paged_fill_cache(self, cache: Any, x: Any, page_table: np.ndarray | PerDevice, start_pos: int) -> None:
+        """Write one user's K or V for positions ``start_pos..`` through its page table row ``[W]``
+        (or each chip through its own row: a ``PerDevice`` ``[R', C', W]``)."""
 
     def paged_update_cache(self, cache: Any, x: Any, positions: Any, page_table: Any) -> None:
         """Write one token per user at its own position (position -1: an idle slot, nothing written).
-        ``positions`` ``[B]`` and ``page_table`` ``[B, W]`` are host arrays or input tensors."""
+        ``positions`` ``[B]`` and ``page_table`` ``[B, W]`` are host arrays or input tensors; inputs
+        whose rows are sharded on an axis (``x`` holding the same users per chip) name each chip's
+        own users, in the page ids of that chip's cache."""
 
     def sdpa_prefill(
-        self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, page_table: np.ndarray, start_pos: int, scale: float
+        self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, page_table: np.ndarray | PerDevice, start_pos: int,
+        scale: float,
     ) -> Any:
-        """Causal GQA attention for one user's chunk at ``start_pos`` (earlier tokens from the cache)."""
+        """Causal GQA attention for one user's chunk at ``start_pos`` (earlier tokens from the cache
+        through ``page_table``, as in ``paged_fill_cache``). With a ``PerDevice`` table each chip reads
+        through its own row; a chip whose row names only a scratch page gives finite rows the caller
+        masks (``multiply`` + ``all_reduce``)."""
 
     def sdpa_decode(self, q: Any, k_cache: Any, v_cache: Any, page_table: Any, positions: Any, scale: float) -> Any:
         """One query token per user attending to its cached positions ``0..pos`` (idle slots, position
-        -1, give finite rows nobody reads)."""
+        -1, give finite rows nobody reads); per-chip inputs as in ``paged_update_cache``."""
 
     # collectives
     def all_gather(

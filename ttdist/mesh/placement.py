@@ -101,3 +101,17 @@ def require_reduced(op: str, *tensors) -> None:
                     f"{op}: tensor {t.name!r} holds partial sums on cluster_axis {axis}; "
                     f"reduce it (all_reduce / reduce_scatter) before a non-linear op"
                 )
+
+
+def embedding_placement(ids, table) -> Placements:
+    """How rows looked up by ``ids`` (``[T]`` or ``[1, T]``) lie: the table's placements, and
+    ``Shard(0)`` on an axis where the ids are sharded along T (the table replicated there)."""
+    out = list(table.placements)
+    last = ids.ndim - 1 if hasattr(ids, "ndim") else 0
+    for axis, p in enumerate(getattr(ids, "placements", (Replicate(), Replicate()))):
+        if isinstance(p, Shard):
+            if p.dim != last or not isinstance(out[axis], Replicate):
+                raise MeshError(f"embedding: ids {ids.name!r} are {p} on axis {axis}; only T may be sharded, "
+                                f"over a table replicated there")
+            out[axis] = Shard(0)
+    return (out[0], out[1])

@@ -22,8 +22,9 @@ import torch
 
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh import sampling
-from ttdist.mesh.backend import MeshError, TransferLedger
-from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
+from ttdist.mesh.backend import MeshError, PerDevice, TransferLedger
+from ttdist.mesh.placement import (Partial, Placements, Replicate, Shard, embedding_placement, matmul_placement, normalize, normalize_dim,
+                                   require_reduced, with_axis)
 from ttdist.mesh.precision import DType, quantize
 from ttdist.mesh.spec import MeshSpec, Topology
 
@@ -77,7 +78,11 @@ class SimBackend:
         return t.to(self.device)
 
     def from_host(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> SimTensor:
-        data = self._host(array)
+        data, placements = self._placed(self._host(array), placements, dtype, name)
+        return SimTensor(self, data, placements, dtype, name)
+
+    def _placed(self, data: torch.Tensor, placements: Placements, dtype: DType, name: str):
+        """A global host tensor as the ``[R', C', *local]`` data the placements give, and them normalized."""
         placements = normalize(placements, data.dim())
         if data.is_floating_point():
             data = quantize(data, dtype)
@@ -89,7 +94,7 @@ class SimBackend:
                 raise MeshError(f"tensor {name!r}: a host array cannot be placed as Partial")
             if isinstance(p, Shard) and n > 1:
                 data = self._split(data, axis, p.dim, n, name)
-        return SimTensor(self, data.contiguous(), placements, dtype, name)
+        return data.contiguous(), placements
 
     def _split(self, data: torch.Tensor, axis: int, dim: int, n: int, name: str) -> torch.Tensor:
         """Cut local ``dim`` into ``n`` pieces laid along mesh ``axis`` (which has size 1)."""
@@ -164,10 +169,10 @@ class SimBackend:
         return self.from_host(array, placements, dtype=dtype, name=name)
 
     def write_input(self, t: SimTensor, array) -> None:
-        data = self._host(np.asarray(array))
-        if tuple(data.shape) != tuple(t.data.shape[2:]) or any(not isinstance(p, Replicate) for p in t.placements):
-            raise MeshError(f"write_input: {t.name!r} holds a replicated {tuple(t.data.shape[2:])}, got {tuple(data.shape)}")
-        t.data.copy_(data.to(t.data.dtype).expand_as(t.data))
+        data, _ = self._placed(self._host(np.asarray(array)), t.placements, t.dtype, t.name)
+        if data.shape != t.data.shape:
+            raise MeshError(f"write_input: {t.name!r} holds {tuple(t.data.shape)} per mesh, got {tuple(data.shape)} from the host")
+        t.data.copy_(data.to(t.data.dtype))
 
     def read_ids(self, t: SimTensor) -> np.ndarray:
         rows = t.data[0, 0]
@@ -178,6 +183,38 @@ class SimBackend:
         """A host view of index arguments given as an array or an input tensor."""
         return x.data[0, 0].cpu().numpy() if isinstance(x, SimTensor) else np.asarray(x)
 
+    def _per_device(self, x) -> np.ndarray:
+        """An index argument as ``[R'', C'', *local]``: an input tensor's mesh data, a ``PerDevice``
+        array, or a host array every chip shares."""
+        if isinstance(x, SimTensor):
+            return x.data.cpu().numpy()
+        if isinstance(x, PerDevice):
+            return np.asarray(x.array)
+        return np.asarray(x)[None, None]
+
+    def _cells(self, *index):
+        """Split the mesh into the cells over which the index arguments differ (one cell when every
+        chip shares them): ``(views, arrays)`` per cell, where ``views(data)`` is that cell's part of a
+        ``[R', C', ...]`` tensor (a shared axis stays shared) and ``arrays`` its index arrays."""
+        arrays = [self._per_device(a) for a in index]
+        rows, cols = max(a.shape[0] for a in arrays), max(a.shape[1] for a in arrays)
+        for r in range(rows):
+            for c in range(cols):
+                def views(data, r=r, c=c):
+                    rs = slice(None) if rows == 1 or data.shape[0] == 1 else slice(r, r + 1)
+                    cs = slice(None) if cols == 1 or data.shape[1] == 1 else slice(c, c + 1)
+                    return data[rs, cs]
+                yield views, [a[r % a.shape[0], c % a.shape[1]] for a in arrays], (r, c, rows, cols)
+
+    @staticmethod
+    def _join(parts: list[tuple[torch.Tensor, tuple]]) -> torch.Tensor:
+        """Cell results back into one ``[R', C', ...]`` tensor (cells in row-major order)."""
+        rows, cols = parts[0][1][2], parts[0][1][3]
+        if rows * cols == 1:
+            return parts[0][0]
+        grid = [torch.cat([parts[r * cols + c][0] for c in range(cols)], dim=1) if cols > 1 else parts[r][0] for r in range(rows)]
+        return torch.cat(grid, dim=0) if rows > 1 else grid[0]
+
     # ------------------------------------------------------------------ checks
 
 
@@ -187,6 +224,16 @@ class SimBackend:
             raise MeshError(f"linear: {x.name!r} local {x.shape} does not match weight {w.name!r} local {w.shape}")
         placements = (matmul_placement(x, w, 0), matmul_placement(x, w, 1))
         return self._wrap(_batched_matmul(x.data, w.data, x.ndim), placements, out_dtype)
+
+    def multiply(self, x: SimTensor, factor: SimTensor) -> SimTensor:
+        if factor.shape != (1, 1):
+            raise MeshError(f"multiply: factor {factor.name!r} must be a [1, 1] per-device scalar, got {factor.shape}")
+        placements = []
+        for axis, (px, pf) in enumerate(zip(x.placements, factor.placements)):
+            if isinstance(px, Partial) and isinstance(pf, Partial):
+                raise MeshError(f"multiply: {x.name!r} and {factor.name!r} are both Partial on axis {axis}")
+            placements.append(pf if isinstance(pf, Partial) else px)
+        return self._wrap(x.data * _per_row(factor, x.ndim), (placements[0], placements[1]), x.dtype)
 
     def add(self, a: SimTensor, b: SimTensor) -> SimTensor:
         if a.placements != b.placements:
@@ -204,11 +251,18 @@ class SimBackend:
             if isinstance(p, Shard) and p.dim == 0:
                 raise MeshError(f"embedding: table {table.name!r} must not be sharded by vocabulary (axis {axis})")
         require_reduced("embedding", table)
-        idx = ids.data[0, 0].reshape(-1).long() if isinstance(ids, SimTensor) else torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        placements = embedding_placement(ids, table)
         vocab = table.shape[0]
+        if isinstance(ids, SimTensor) and ids.data.shape[:2] != (1, 1):  # ids differ per chip: [R'', C'', T]
+            idx = ids.data.reshape(*ids.data.shape[:2], -1).long()
+            rows = table.data.expand(*idx.shape[:2], *table.data.shape[2:])
+            picked = torch.gather(rows, 2, idx.unsqueeze(-1).expand(*idx.shape, rows.shape[-1]))
+        else:
+            idx = ids.data[0, 0].reshape(-1).long() if isinstance(ids, SimTensor) else torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+            picked = None
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
             raise MeshError(f"embedding: token ids must lie in [0, {vocab}), got {int(idx.min())}..{int(idx.max())}")
-        return self._wrap(table.data.index_select(2, idx), table.placements)
+        return self._wrap(table.data.index_select(2, idx) if picked is None else picked, placements)
 
     def rms_norm(self, x: SimTensor, weight: SimTensor, *, eps: float, width: int) -> SimTensor:
         require_reduced("rms_norm", x)
@@ -265,17 +319,16 @@ class SimBackend:
                     *, dtype: DType = DType.bfloat16, name: str = "kv_cache") -> "SimTensor":
         """Stored kv-head-major (``[R', C', kv, pages, page_size, hd]``) so a user's pages gather
         into one contiguous ``[kv, L, hd]`` block per head; the protocol's logical layout is
-        ``[pages, kv, page_size, hd]``."""
+        ``[pages, kv, page_size, hd]``: KV heads (dim 1) and pages (dim 0: one pool per chip) may be sharded."""
         placements = normalize(placements, 4)
-        if placements[0] not in (Replicate(), Shard(1)) or placements[1] not in (Replicate(), Shard(1)):
-            raise MeshError(f"paged cache {name!r}: KV heads (dim 1) may be sharded, nothing else; got {placements}")
-        t = self.zeros((n_kv, num_pages, page_size, head_dim), tuple(Shard(0) if p == Shard(1) else p for p in placements),
-                       dtype=dtype, name=name)
+        if any(p not in (Replicate(), Shard(0), Shard(1)) for p in placements):
+            raise MeshError(f"paged cache {name!r}: pages (dim 0) and KV heads (dim 1) may be sharded, nothing else; got {placements}")
+        stored = {Shard(0): Shard(1), Shard(1): Shard(0), Replicate(): Replicate()}
+        t = self.zeros((n_kv, num_pages, page_size, head_dim), tuple(stored[p] for p in placements), dtype=dtype, name=name)
         t.placements = placements
         return t
 
-    def _slots(self, cache: SimTensor, page_table: np.ndarray, positions: np.ndarray):
-        num_pages, page_size = cache.shape[1], cache.shape[2]
+    def _slots(self, num_pages: int, page_size: int, page_table: np.ndarray, positions: np.ndarray):
         positions = np.asarray(positions, dtype=np.int64)
         table = np.asarray(page_table, dtype=np.int64)
         logical = positions // page_size
@@ -291,48 +344,66 @@ class SimBackend:
             raise MeshError(f"page ids must lie in [0, {num_pages}), got {pages.min()}..{pages.max()}")
         return torch.as_tensor(pages, device=self.device), torch.as_tensor(positions % page_size, device=self.device)
 
-    def _write_slots(self, cache: SimTensor, x: torch.Tensor, pages: torch.Tensor, offsets: torch.Tensor) -> None:
-        """``x`` is ``[R', C', n, kv, hd]``; slot i of every head gets ``x[..., i, head, :]``,
-        rounded to the cache's dtype (a bf16 or bfp8 cache holds what the chip would)."""
-        x = quantize(x, cache.dtype)
-        cache.data[:, :, :, pages, offsets, :] = x.expand(*cache.data.shape[:2], *x.shape[2:]).movedim(2, 3)
+    @staticmethod
+    def _write_slots(cache: torch.Tensor, dtype: DType, x: torch.Tensor, pages: torch.Tensor, offsets: torch.Tensor) -> None:
+        """``x`` is ``[R', C', n, kv, hd]``; slot i of every head of ``cache`` (a cell's view of the
+        cache data) gets ``x[..., i, head, :]``, rounded to the cache's dtype (a bf16 or bfp8 cache
+        holds what the chip would)."""
+        x = quantize(x, dtype)
+        cache[:, :, :, pages, offsets, :] = x.expand(*cache.shape[:2], *x.shape[2:]).movedim(2, 3)
 
-    def paged_fill_cache(self, cache: SimTensor, x: SimTensor, page_table: np.ndarray, start_pos: int) -> None:
+    def paged_fill_cache(self, cache: SimTensor, x: SimTensor, page_table, start_pos: int) -> None:
         require_reduced("paged_fill_cache", x)
         positions = np.arange(start_pos, start_pos + x.shape[0])
-        self._write_slots(cache, x.data, *self._slots(cache, page_table, positions))
+        for view, (table,), _ in self._cells(page_table):
+            data = view(cache.data)
+            self._write_slots(data, cache.dtype, view(x.data), *self._slots(data.shape[3], data.shape[4], table, positions))
 
     def paged_update_cache(self, cache: SimTensor, x: SimTensor, positions, page_table) -> None:
         require_reduced("paged_update_cache", x)
-        positions = self._index(positions).astype(np.int64)
-        live = np.nonzero(positions >= 0)[0]
-        pages, offsets = self._slots(cache, self._index(page_table)[live], positions[live])
-        self._write_slots(cache, x.data[:, :, torch.as_tensor(live, device=self.device)], pages, offsets)
+        for view, (pos, table), _ in self._cells(positions, page_table):
+            pos = pos.astype(np.int64)
+            live = np.nonzero(pos >= 0)[0]
+            data = view(cache.data)
+            pages, offsets = self._slots(data.shape[3], data.shape[4], table[live], pos[live])
+            self._write_slots(data, cache.dtype, view(x.data)[:, :, torch.as_tensor(live, device=self.device)], pages, offsets)
 
     def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float) -> SimTensor:
         require_reduced("sdpa_prefill", q, k, v)
         t = q.shape[0]
-        if start_pos == 0:
-            keys, values = k.data.movedim(-2, 2), v.data.movedim(-2, 2)  # [R,C,kv,L,hd]
-        else:
-            pages, offsets = self._slots(k_cache, page_table, np.arange(start_pos + t))
-            keys, values = k_cache.data[:, :, :, pages, offsets, :], v_cache.data[:, :, :, pages, offsets, :]
-        n_q, n_kv = q.shape[1], keys.shape[2]
-        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(2, -2)  # [R,C,kv,g,T,hd]
+        if start_pos == 0:  # the chunk's own K/V: every chip alike
+            return self._wrap(self._attend(q.data, k.data.movedim(-2, 2), v.data.movedim(-2, 2), start_pos, scale), q.placements)
+        parts = []
+        for view, (table,), cell in self._cells(page_table):
+            kc, vc = view(k_cache.data), view(v_cache.data)
+            pages, offsets = self._slots(kc.shape[3], kc.shape[4], table, np.arange(start_pos + t))
+            parts.append((self._attend(view(q.data), kc[:, :, :, pages, offsets, :], vc[:, :, :, pages, offsets, :], start_pos, scale), cell))
+        return self._wrap(self._join(parts), q.placements)
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start_pos: int, scale: float) -> torch.Tensor:
+        """Causal GQA of ``q`` ``[R,C,T,nq,hd]`` over ``keys``/``values`` ``[R,C,kv,L,hd]``."""
+        t, n_q, n_kv = q.shape[2], q.shape[3], keys.shape[2]
+        qh = q.unflatten(-2, (n_kv, n_q // n_kv)).movedim(2, -2)  # [R,C,kv,g,T,hd]
         kh, vh = keys.unsqueeze(3), values.unsqueeze(3)  # [R,C,kv,1,L,hd]
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale
         q_pos = torch.arange(start_pos, start_pos + t, device=self.device)
         k_pos = torch.arange(kh.shape[-2], device=self.device)
         scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), vh)  # [R,C,kv,g,T,hd]
-        return self._wrap(out.movedim(-2, 2).flatten(3, 4), q.placements)
+        return out.movedim(-2, 2).flatten(3, 4)
 
     def sdpa_decode(self, q, k_cache, v_cache, page_table, positions, scale: float) -> SimTensor:
         require_reduced("sdpa_decode", q)
-        positions = np.maximum(self._index(positions).astype(np.int64), 0)  # idle slots (-1) read position 0
-        num_pages, page_size = k_cache.shape[1], k_cache.shape[2]
+        parts = [(self._attend_decode(view(q.data), view(k_cache.data), view(v_cache.data), table, pos, scale), cell)
+                 for view, (table, pos), cell in self._cells(page_table, positions)]
+        return self._wrap(self._join(parts), q.placements)
+
+    def _attend_decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, table, positions, scale: float) -> torch.Tensor:
+        """One query per user (``q`` ``[R,C,B,nq,hd]``) over its pages of one cell's caches."""
+        positions = np.maximum(positions.astype(np.int64), 0)  # idle slots (-1) read position 0
+        num_pages, page_size = k_cache.shape[3], k_cache.shape[4]
         length = int(positions.max()) + 1
-        table = self._index(page_table).astype(np.int64)[:, : -(-length // page_size)].copy()
+        table = table.astype(np.int64)[:, : -(-length // page_size)].copy()
         table[table < 0] = 0
         if table.size and table.max() >= num_pages:
             raise MeshError(f"page ids must lie in [0, {num_pages}), got up to {table.max()}")
@@ -340,17 +411,17 @@ class SimBackend:
         batch, n_pages = pages.shape
         # [R,C,kv,B*P,ps,hd] -> [R,C,kv,B,P*ps,hd]: one contiguous gather per cache, no copy after
         keys, values = (
-            c.data.index_select(3, pages.flatten()).reshape(*c.data.shape[:3], batch, n_pages * page_size, -1)
+            c.index_select(3, pages.flatten()).reshape(*c.shape[:3], batch, n_pages * page_size, -1)
             for c in (k_cache, v_cache)
         )
-        n_q, n_kv = q.shape[1], keys.shape[2]
-        qh = q.data.unflatten(-2, (n_kv, n_q // n_kv)).movedim(2, 3)  # [R,C,kv,B,g,hd]
+        n_q, n_kv = q.shape[3], keys.shape[2]
+        qh = q.unflatten(-2, (n_kv, n_q // n_kv)).movedim(2, 3)  # [R,C,kv,B,g,hd]
         scores = torch.matmul(qh, keys.transpose(-1, -2)) * scale  # [R,C,kv,B,g,L]
         k_pos = torch.arange(keys.shape[-2], device=self.device)
         mask = k_pos[None, :] > torch.as_tensor(positions, device=self.device)[:, None]  # [B, L]
         scores = scores.masked_fill(mask[:, None, :], float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), values).movedim(2, 3)  # [R,C,B,kv,g,hd]
-        return self._wrap(out.flatten(3, 4), q.placements)
+        return out.flatten(3, 4)
 
     # ------------------------------------------------------------------ collectives
     def _record(self, op: str, axis: int, topology: Topology | None, full_elems: int, dtype: DType, cost) -> Topology:

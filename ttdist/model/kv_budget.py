@@ -6,8 +6,14 @@ layer's cache is allocated with one page and with two, and the ledger's differen
 of one layer (K and V, tile-padded, at the KV dtype the model really uses). So whatever the
 layout puts on a chip (KV heads per chip, users per column group) the budget follows it.
 
+With user groups (``Layout.user_groups``, a Galaxy's column groups) every chip holds one
+group's pool: the pages measured are per chip and per group, and the replica's engine gets
+``user_groups`` times as many (``total_pages``).
+
 A simulated cache lives in host RAM, so the simulator caps the pages it allocates at
-``max_pages`` and says so (``capped_by_host``); on real chips the budget is allocated as is.
+``max_pages`` and says so (``capped_by_host``); the cap counts what host RAM really holds: the
+simulator keeps every group's pool, so each group gets ``max_pages // user_groups``. On real
+chips the budget is allocated as is.
 """
 
 from __future__ import annotations
@@ -24,18 +30,30 @@ DEFAULT_RESERVE_FRACTION = 0.1
 class KvFit:
     """The KV cache a replica's DRAM allows, and what it allocated."""
 
-    pages_budget: int        # pages the DRAM left after the weights allows
-    num_pages: int           # pages allocated: the budget, or the host-RAM cap of a simulated cache
+    pages_budget: int        # pages per chip (per user group) the DRAM left after the weights allows
+    num_pages: int           # pages per chip allocated: the budget, or the host-RAM cap of a simulated cache
     capped_by_host: bool
     page_bytes: int          # per chip: K and V of one page in every layer
     reserve_bytes: int       # per chip, kept free for activations and programs
     before_cache: ChipDram   # the ledger once the weights were placed
+    user_groups: int = 1     # groups of chips, each holding its own users' pool of num_pages
+
+    @property
+    def total_pages(self) -> int:
+        """The pages the replica's engine gets: every group's pool."""
+        return self.num_pages * self.user_groups
+
+    @property
+    def total_budget(self) -> int:
+        return self.pages_budget * self.user_groups
 
 
 def fit_kv_cache(be, make_layer_cache: Callable[[int], object], layers: int, *,
-                 reserve_fraction: float = DEFAULT_RESERVE_FRACTION, max_pages: int | None = None) -> KvFit:
+                 reserve_fraction: float = DEFAULT_RESERVE_FRACTION, max_pages: int | None = None,
+                 user_groups: int = 1) -> KvFit:
     """Size the cache from ``be.dram`` (weights already placed). ``make_layer_cache(n)`` allocates
-    one layer's K and V with ``n`` engine pages (plus the model's scratch page) and returns them."""
+    one layer's K and V with ``n`` engine pages per chip (plus the model's scratch page) and returns
+    them; ``max_pages`` caps the pages of all ``user_groups`` pools together."""
     ledger = be.dram
     before = ledger.usage()
     base = ledger.used_per_chip()
@@ -55,8 +73,10 @@ def fit_kv_cache(be, make_layer_cache: Callable[[int], object], layers: int, *,
             f"after a {reserve:,} byte reserve there is no room for one KV page ({page:,} bytes per chip)"
         )
     budget = room // page
-    pages = budget if max_pages is None else min(budget, max_pages)
-    return KvFit(budget, pages, pages < budget, page, reserve, before)
+    pages = budget if max_pages is None else min(budget, max_pages // user_groups)
+    if pages < 1:
+        raise MemoryError(f"a host-RAM cap of {max_pages} KV pages leaves none for each of {user_groups} user groups")
+    return KvFit(budget, pages, pages < budget, page, reserve, before, user_groups)
 
 
 @dataclass(frozen=True)
@@ -64,9 +84,10 @@ class ReplicaMemory:
     """What a replica reports of its KV cache and chip DRAM, from its backend's own ledger once
     the weights and the cache are placed (the fullest chip; bytes)."""
 
-    kv_pages_budget: int
+    kv_pages_budget: int     # the replica's pages (every user group's) the DRAM allows
     kv_pages_capped_by_host: bool
     dram: ChipDram
+    kv_user_groups: int = 1  # groups of chips each holding its own users' pages
 
 
 def replica_memory(runner) -> ReplicaMemory | None:
@@ -75,4 +96,5 @@ def replica_memory(runner) -> ReplicaMemory | None:
     if dram is None:
         return None
     pages = runner.info.num_pages
-    return ReplicaMemory(fit.pages_budget if fit else pages, bool(fit and fit.capped_by_host), dram())
+    groups = getattr(runner.info, "user_groups", 1)
+    return ReplicaMemory(fit.total_budget if fit else pages, bool(fit and fit.capped_by_host), dram(), groups)

@@ -18,6 +18,13 @@ per-device piece is a whole number of tiles; query heads are padded to a multipl
 inner-axis size (padded heads have zero WQ rows and WO columns); each device holds the KV
 heads its query heads use: each KV group's query heads are padded to whole blocks of G heads
 that share one KV head, so a KV head is duplicated only on the chips holding its blocks.
+
+User groups (tt_transformers' ``batch_size_per_device_group``): on a 2D mesh the heads already
+fill the inner axis, so without more the KV cache would be replicated on every column of the
+hidden axis. Instead the users are split over the ``user_groups`` column groups (the hidden
+axis' size on a 2D mesh, 1 on a 1D mesh): column g holds KV pages only for group g's users,
+its own pool of pages (``kv_cache``: pages sharded over the hidden axis, heads over the inner
+axis), and the attention inputs of a decode step are per column (``per_group_rows``).
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class Layout:
         self.one_d = self.inner_axis == self.hidden_axis
         self.n_hidden = spec.shape[self.hidden_axis]
         self.n_inner = spec.shape[self.inner_axis]
+        # 2D: each column group of the hidden axis holds the KV pages of its own users
+        self.user_groups = 1 if self.one_d else self.n_hidden
+        self.group_axis = self.hidden_axis
 
         hd = config.head_dim
         self.hidden = _round_up(config.hidden_size, self.n_hidden * align)
@@ -141,6 +151,23 @@ class Layout:
         """Head tensors and the KV cache: heads split on the inner axis."""
         out: list = [Replicate(), Replicate()]
         out[self.inner_axis] = Shard(1)
+        return (out[0], out[1])
+
+    @property
+    def kv_cache(self) -> Placements:
+        """The paged KV cache ``[groups * pages, kv_heads, page_size, hd]``: heads split on the inner
+        axis and, with several user groups, each group's pool of pages on its column."""
+        out = list(self.heads)
+        if self.user_groups > 1:
+            out[self.group_axis] = Shard(0)
+        return (out[0], out[1])
+
+    def per_group_rows(self, dim: int = 0) -> Placements:
+        """A step input whose ``dim`` runs over the slot batch, each group's slots on its column
+        (replicated with one group)."""
+        out: list = [Replicate(), Replicate()]
+        if self.user_groups > 1:
+            out[self.group_axis] = Shard(dim)
         return (out[0], out[1])
 
     def plans(self) -> list[WeightPlan]:

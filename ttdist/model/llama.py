@@ -11,6 +11,12 @@ position -1) with a fixed-width page table; prefill chunks are padded to a few l
 (``prefill_bucket``). Page-table entries past a user's pages name the scratch page (the one
 past ``num_pages``), which absorbs the padded tokens' K/V. RoPE cos/sin rows are looked up on
 the device in resident tables by position.
+
+User groups (``ttdist.model.user_groups``): on a 2D mesh each column group of chips holds the KV
+pages of its own users only. ``CacheConfig.num_pages`` is then the pages of ONE group (one chip's
+pool); the model takes the engine's global page ids ``0..G*num_pages-1`` (group g owning
+``[g*P, (g+1)*P)``) and each group's users in its range of decode slots, converts ids to its
+pool's local ones, and feeds each column only its group's rows. One group: all as before.
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ from ttdist.model import ccl
 from ttdist.model.kv_budget import fit_kv_cache
 from ttdist.model.layout import TILE, Layout
 from ttdist.model.rope import RopeTable
+from ttdist.model.user_groups import GroupOps, GroupTable, SlotMap, UserGroupError, UserGroups
 from ttdist.model.weights import ShardedWeights
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """``num_pages`` 0: as many as the backend's DRAM ledger has room for once the weights are
-    placed (less ``reserve_fraction`` of each chip), at most ``max_pages`` (host-RAM caches)."""
+    """``num_pages``: pages per user group, i.e. one chip's pool (all pages with one group); 0: as
+    many as the backend's DRAM ledger has room for on a chip once the weights are placed (less
+    ``reserve_fraction`` of each chip), with at most ``max_pages`` held in host RAM over every
+    group's pool (simulated caches)."""
 
     num_pages: int
     page_size: int = 32
@@ -43,44 +52,53 @@ class CacheConfig:
 
 
 class KVCache:
-    """One layer's paged K and V: ``[pages, kv_heads, page_size, head_dim]`` per device."""
+    """One layer's paged K and V: ``[pages + 1, kv_heads, page_size, head_dim]`` per device, one
+    pool per user group (``Layout.kv_cache``: ``G * (pages + 1)`` pages in all)."""
 
     def __init__(self, be, layout: Layout, cache: CacheConfig, layer: int):
-        # one page more than the engine's: the scratch page that padded positions write to
-        dims = (cache.num_pages + 1, layout.n_kv_local * layout.n_inner, cache.page_size, layout.config.head_dim)
-        self.k = be.paged_cache(*dims, layout.heads, dtype=cache.dtype, name="kv_cache")
-        self.v = be.paged_cache(*dims, layout.heads, dtype=cache.dtype, name="kv_cache")
+        # one page more than the engine's per pool: the scratch page that padded positions write to
+        dims = (layout.user_groups * (cache.num_pages + 1), layout.n_kv_local * layout.n_inner, cache.page_size,
+                layout.config.head_dim)
+        self.k = be.paged_cache(*dims, layout.kv_cache, dtype=cache.dtype, name="kv_cache")
+        self.v = be.paged_cache(*dims, layout.kv_cache, dtype=cache.dtype, name="kv_cache")
 
 
 class Attention:
-    def __init__(self, be, layout: Layout, weights: dict, cache: KVCache):
+    """``forward_prefill`` takes a ``[W]`` page table row (every chip's pool alike) or a
+    ``GroupTable``; ``forward_decode`` per-column positions and page tables when there are user
+    groups (``LlamaModel.place_inputs``), each column attending for its own users."""
+
+    def __init__(self, be, layout: Layout, weights: dict, cache: KVCache, groups: GroupOps | None = None):
         self.be, self.layout, self.cache = be, layout, cache
+        self.groups = groups or GroupOps(be, layout)
         self.wqkv, self.wo = weights["wqkv"], weights["wo"]
         self.scale = layout.config.head_dim ** -0.5
 
-    def _qkv(self, x, cos, sin):
+    def _qkv(self, x, cos, sin, decode: bool):
         lay, be = self.layout, self.be
         qkv = ccl.finish_up(be, lay, be.linear(ccl.gather_for_up(be, lay, x), self.wqkv))
+        if decode:
+            qkv = self.groups.select(qkv)
         q, k, v = be.create_qkv_heads(qkv, lay.n_q_local, lay.n_kv_local, lay.config.head_dim)
         return be.rotary(q, cos, sin), be.rotary(k, cos, sin), v
 
     def _out(self, attn):
-        be = self.be
-        return ccl.finish_down(be, self.layout, be.linear(be.concat_heads(attn), self.wo))
+        return ccl.finish_down(self.be, self.layout, self.be.linear(attn, self.wo))
 
-    def forward_prefill(self, x, cos, sin, page_table: np.ndarray, start_pos: int):
-        q, k, v = self._qkv(x, cos, sin)
-        self.be.paged_fill_cache(self.cache.k, k, page_table, start_pos)
-        self.be.paged_fill_cache(self.cache.v, v, page_table, start_pos)
-        attn = self.be.sdpa_prefill(q, k, v, self.cache.k, self.cache.v, page_table, start_pos, self.scale)
-        return self._out(attn)
+    def forward_prefill(self, x, cos, sin, page_table, start_pos: int):
+        q, k, v = self._qkv(x, cos, sin, decode=False)
+        table = page_table.table if isinstance(page_table, GroupTable) else page_table
+        self.be.paged_fill_cache(self.cache.k, k, table, start_pos)
+        self.be.paged_fill_cache(self.cache.v, v, table, start_pos)
+        attn = self.be.sdpa_prefill(q, k, v, self.cache.k, self.cache.v, table, start_pos, self.scale)
+        return self._out(self.groups.from_owner(self.be.concat_heads(attn), page_table, start_pos))
 
-    def forward_decode(self, x, cos, sin, page_table: np.ndarray, positions: np.ndarray):
-        q, k, v = self._qkv(x, cos, sin)
+    def forward_decode(self, x, cos, sin, page_table, positions):
+        q, k, v = self._qkv(x, cos, sin, decode=True)
         self.be.paged_update_cache(self.cache.k, k, positions, page_table)
         self.be.paged_update_cache(self.cache.v, v, positions, page_table)
         attn = self.be.sdpa_decode(q, self.cache.k, self.cache.v, page_table, positions, self.scale)
-        return self._out(attn)
+        return self._out(self.groups.gather(self.be.concat_heads(attn)))
 
 
 class MLP:
@@ -97,9 +115,9 @@ class MLP:
 
 
 class Decoder:
-    def __init__(self, be, layout: Layout, weights: dict, cache: KVCache):
+    def __init__(self, be, layout: Layout, weights: dict, cache: KVCache, groups: GroupOps | None = None):
         self.be, self.layout = be, layout
-        self.attention = Attention(be, layout, weights, cache)
+        self.attention = Attention(be, layout, weights, cache, groups)
         self.mlp = MLP(be, layout, weights)
         self.attention_norm, self.ffn_norm = weights["attention_norm"], weights["ffn_norm"]
         self.eps = layout.config.rms_norm_eps
@@ -159,7 +177,9 @@ class StepInputs:
     """The device tensors one step reads; a decode step's are persistent and rewritten in place.
 
     ``tokens`` and ``rope_index`` ``[B]`` (uint32), ``positions`` ``[B]`` (int32, -1 = idle slot),
-    ``page_table`` ``[B, W]`` (int32), ``sampling`` ``[B, 4]`` (float32, ``sampling.device_params``).
+    ``page_table`` ``[B, W]`` (int32, ids of each slot's group's pool), ``sampling`` ``[B, 4]``
+    (float32, ``sampling.device_params``). With user groups, ``rope_index``, ``positions`` and
+    ``page_table`` are split over the columns (each its group's B/G slots); the rest is replicated.
     ``host`` keeps what was last written, so only changed inputs are uploaded.
     """
 
@@ -174,11 +194,13 @@ class StepInputs:
 @dataclass(frozen=True)
 class ModelOptions:
     """``max_positions``: rows of the resident RoPE tables (and the longest sequence);
-    ``lm_head_chunk``: LM-head columns per device per matmul; ``logits_dtype``: the LM head's output format."""
+    ``lm_head_chunk``: LM-head columns per device per matmul; ``logits_dtype``: the LM head's output format;
+    ``max_batch``: the decode slot batch (a multiple of the layout's user groups)."""
 
     max_positions: int | None = None
     lm_head_chunk: int = 16384
     logits_dtype: DType | None = None
+    max_batch: int = 32
 
 
 class LlamaModel:
@@ -196,19 +218,23 @@ class LlamaModel:
         cos, sin = RopeTable(self.config).cos_sin(np.arange(self.max_positions))  # resident before the KV fit counts DRAM
         self.rope_cos = be.from_host(cos, REPLICATED, dtype=DType.float32, name="rope_table")
         self.rope_sin = be.from_host(sin, REPLICATED, dtype=DType.float32, name="rope_table")
+        self.group_ops = GroupOps(be, self.layout)
+        self.group_ops.prepare(options.max_batch)
         self.kv_fit = None
         if cache.num_pages <= 0:  # as many pages as the backend's DRAM ledger has room for after the weights
             self.kv_fit = fit_kv_cache(be, lambda n: KVCache(be, self.layout, replace(cache, num_pages=n), 0),
                                        self.config.num_hidden_layers, reserve_fraction=cache.reserve_fraction,
-                                       max_pages=cache.max_pages)
+                                       max_pages=cache.max_pages, user_groups=self.layout.user_groups)
             cache = self.cache_config = replace(cache, num_pages=self.kv_fit.num_pages)
             self.scratch_page = cache.num_pages
+        # group g owns global page ids [g * P, (g + 1) * P) and decode slots [g * B/G, (g + 1) * B/G)
+        self.groups = UserGroups(self.layout.user_groups, cache.num_pages, options.max_batch)
         # ttnn's paged ops take at most as many page-table entries as the cache has pages
         self.table_width = min(-(-(self.max_positions + PREFILL_BUCKETS[-1]) // cache.page_size), cache.num_pages + 1)
         self.embedding = placed["embedding"]
         self.caches = [KVCache(be, self.layout, cache, i) for i in range(self.config.num_hidden_layers)]
         self.layers = [
-            Decoder(be, self.layout, placed[f"layers.{i}"], self.caches[i]) for i in range(self.config.num_hidden_layers)
+            Decoder(be, self.layout, placed[f"layers.{i}"], self.caches[i], self.group_ops) for i in range(self.config.num_hidden_layers)
         ]
         self.lm_head = LMHead(be, self.layout, placed, out_dtype=options.logits_dtype)
         self.vocab_axis = self.layout.inner_axis
@@ -233,21 +259,24 @@ class LlamaModel:
         return out
 
     # ------------------------------------------------------------------ inputs
-    def table_rows(self, tables, rows: int | None = None) -> np.ndarray:
-        """Page tables ``[rows, W]`` (int32): each user's pages (trailing -1s are padding), then the
-        scratch page; ids checked."""
+    def table_rows(self, tables, rows: int | None = None, groups=None) -> np.ndarray:
+        """Page tables ``[rows, W]`` (int32): each user's pages as ids of its group's pool (``groups``:
+        each user's group, default each table's own; trailing -1s are padding), then the scratch
+        page; ids checked."""
         tables = [_strip_padding(list(t)) for t in tables]
         out = np.full((rows or len(tables), self.table_width), self.scratch_page, dtype=np.int32)
         for i, t in enumerate(tables):
             if len(t) > self.table_width:
                 raise MeshError(f"page table has {len(t)} pages; at most {self.table_width} fit {self.max_positions} positions")
-            if t and (min(t) < 0 or max(t) >= self.scratch_page):
-                raise MeshError(f"page ids must lie in [0, {self.scratch_page}), got {min(t)}..{max(t)}")
-            out[i, : len(t)] = t
+            group = self.groups.group_of(t)
+            if groups is not None and t and group != groups[i]:
+                raise UserGroupError(f"a user in a slot of group {groups[i]} has pages of group {group}")
+            out[i, : len(t)] = self.groups.local(t, group)
         return out
 
     def host_inputs(self, tokens, positions, tables, params: np.ndarray, rows: int | None = None, slots=None) -> dict:
-        """Host arrays for ``StepInputs``: user i in row ``slots[i]`` (default i), other rows idle."""
+        """Host arrays for ``StepInputs``: user i in row ``slots[i]`` (default i), other rows idle;
+        a user's slot lies in its pages' group's range of slots."""
         rows = rows or len(tokens)
         slots = np.arange(len(tokens)) if slots is None else np.asarray(slots, dtype=np.int64)
         pos = np.full(rows, -1, dtype=np.int32)
@@ -256,7 +285,8 @@ class LlamaModel:
         ids[0, slots] = tokens
         table = np.full((rows, self.table_width), self.scratch_page, dtype=np.int32)
         if len(tables):
-            table[slots] = self.table_rows(tables)
+            per_group = rows // self.groups.count
+            table[slots] = self.table_rows(tables, groups=[int(s) // per_group for s in slots])
         if len(positions) and (max(positions) >= self.max_positions or min(positions) < 0):
             raise MeshError(f"positions must lie in [0, {self.max_positions}), got {min(positions)}..{max(positions)}")
         for i, p in enumerate(positions):
@@ -269,9 +299,19 @@ class LlamaModel:
         return {"tokens": ids, "rope_index": np.maximum(pos, 0).astype(np.uint32).reshape(1, -1), "positions": pos,
                 "page_table": table, "sampling": full}
 
+    def prefill_table(self, pages) -> np.ndarray | GroupTable:
+        """One user's prefill page table (global ids): a checked ``[W]`` row of its group's pool ids,
+        as a ``GroupTable`` when there are several groups."""
+        pages = _strip_padding([int(p) for p in pages])
+        return self.groups.prefill_table(self.table_rows([pages])[0], self.groups.group_of(pages))
+
     def place_inputs(self, host: dict) -> StepInputs:
-        """Device tensors for ``host`` (persistent when kept and refreshed with ``write_inputs``)."""
-        placed = {name: self.be.input_tensor(array, REPLICATED, name=f"input.{name}") for name, array in host.items()}
+        """Device tensors for ``host`` (persistent when kept and refreshed with ``write_inputs``):
+        what attention reads split over the user groups' columns, the rest replicated."""
+        lay = self.layout
+        placements = {"rope_index": lay.per_group_rows(1), "positions": lay.per_group_rows(0), "page_table": lay.per_group_rows(0)}
+        placed = {name: self.be.input_tensor(array, placements.get(name, REPLICATED), name=f"input.{name}")
+                  for name, array in host.items()}
         return StepInputs(**placed, host={k: v.copy() for k, v in host.items()})
 
     def write_inputs(self, inputs: StepInputs, host: dict) -> int:
@@ -304,7 +344,7 @@ class LlamaModel:
         pages = [int(p) for p in np.asarray(page_table).reshape(-1)]
         if (start_pos + n - 1) // self.cache_config.page_size >= len(pages):
             raise MeshError(f"page table has {len(pages)} pages; position {start_pos + n - 1} needs more")
-        table = self.table_rows([pages])[0]
+        table = self.prefill_table(pages)
         rope_index = np.minimum(np.arange(start_pos, start_pos + padded), self.max_positions - 1)
         cos, sin = self._rope(rope_index)
         x = self.be.embedding(ids, self.embedding)
@@ -325,9 +365,20 @@ class LlamaModel:
         return self.lm_head.forward(x)
 
     def decode_forward(self, token_ids, positions, page_tables):
-        """``decode_step`` on freshly placed inputs (tests); logits of exactly these users."""
-        host = self.host_inputs(token_ids, positions, page_tables, np.zeros((0, sampling.PARAMS), np.float32))
-        return self.decode_step(self.place_inputs(host))
+        """``decode_step`` on freshly placed inputs (tests); logits of exactly these users, in order.
+        With user groups each user takes a slot of its group (as many per group as the busiest needs)."""
+        groups = [self.groups.group_of(_strip_padding(list(t))) for t in page_tables]
+        per_group = max([groups.count(g) for g in set(groups)] + [1])
+        slots = SlotMap(per_group * self.groups.count, UserGroups(self.groups.count, self.groups.pages,
+                                                                  per_group * self.groups.count)).assign([], len(groups), groups)
+        rows = per_group * self.groups.count
+        host = self.host_inputs(token_ids, positions, page_tables, np.zeros((0, sampling.PARAMS), np.float32), rows, slots)
+        logits = self.decode_step(self.place_inputs(host))
+        if slots == list(range(rows)):
+            return logits
+        pick = np.zeros((len(slots), rows), dtype=np.float32)
+        pick[np.arange(len(slots)), slots] = 1.0  # the users' rows, by a one-hot matmul (exact)
+        return self.be.linear(self.be.from_host(pick, REPLICATED, dtype=DType.float32, name="input.users"), logits)
 
     def sample(self, logits, params):
         """Token ids drawn on the mesh (a device tensor): ``params`` is an input tensor of device_params rows."""

@@ -22,6 +22,7 @@ from ttdist.model.config import LlamaConfig
 from ttdist.model.layout import Layout
 from ttdist.mesh.sampling import device_params
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions, StepInputs
+from ttdist.model.user_groups import SlotMap, UserGroupError
 from ttdist.model.weights import ShardedWeights, load_weights
 
 DEFAULT_MAX_PAGES = 4096
@@ -32,7 +33,13 @@ class KvBudget:
     weight_bytes_per_chip: int
     page_bytes_per_chip: int
     reserve_bytes_per_chip: int
-    num_pages: int
+    num_pages: int            # per chip: one user group's pool
+    user_groups: int = 1
+
+    @property
+    def total_pages(self) -> int:
+        """The replica's pages: every user group's pool."""
+        return self.num_pages * self.user_groups
 
 
 def weight_bytes_per_chip(layout: Layout, dtype: DType) -> int:
@@ -80,7 +87,7 @@ def kv_budget(path_or_config, *, mesh: str | MeshSpec, dtype: str | DType = "bfl
             f"{config.num_hidden_layers}-layer model needs {weights:,} bytes of weights per chip on {spec.shape_str}; "
             f"{spec.dram_bytes_per_chip:,} bytes of DRAM minus a {reserve:,} byte reserve leaves no room for the KV cache"
         )
-    return KvBudget(weights, page, reserve, free // page)
+    return KvBudget(weights, page, reserve, free // page, layout.user_groups)
 
 
 def _sampling_batch(specs: list[SamplingSpec]) -> SamplingBatch:
@@ -93,28 +100,6 @@ def _sampling_batch(specs: list[SamplingSpec]) -> SamplingBatch:
     )
 
 
-class SlotMap:
-    """Stable decode slots: a user keeps its slot while it decodes, so its page-table row stays put."""
-
-    def __init__(self, slots: int):
-        self.slots = slots
-        self._of: dict[str, int] = {}
-
-    def assign(self, seq_ids: list[str], count: int) -> list[int]:
-        if not seq_ids:  # callers without ids: users fill the first slots in order
-            self._of.clear()
-            return list(range(count))
-        if len(seq_ids) != count or len(set(seq_ids)) != count:
-            raise ValueError(f"decode: {count} users need {count} distinct seq_ids, got {len(seq_ids)}")
-        live = set(seq_ids)
-        self._of = {k: v for k, v in self._of.items() if k in live}
-        free = sorted(set(range(self.slots)) - set(self._of.values()))
-        for key in seq_ids:
-            if key not in self._of:
-                self._of[key] = free.pop(0)
-        return [self._of[key] for key in seq_ids]
-
-
 class MeshModelRunner:
     """Runs prefill chunks and decode batches of a Llama on one mesh.
 
@@ -124,6 +109,11 @@ class MeshModelRunner:
     i.e. real chips) the first decode step runs eagerly (compiling every program), the second
     is captured, and every later step replays the capture. All persistent device memory (weights,
     KV cache, inputs) exists before the capture, as tracing requires.
+
+    User groups (2D meshes, ``ttdist.model.user_groups``): ``num_pages`` (given or fitted) and
+    ``info.num_pages`` count every group's pages, ``info.user_groups`` groups of
+    ``num_pages // user_groups``; a user's group is its first page id's, and it decodes in a slot
+    of that group's range (``max_batch`` must be a multiple of the groups).
     """
 
     def __init__(self, weights: ShardedWeights, *, backend: str = "sim", page_size: int = 32, num_pages: int | None = None,
@@ -138,17 +128,25 @@ class MeshModelRunner:
         host_cap = max_pages if max_pages is not None else (DEFAULT_MAX_PAGES if backend == "sim" else None)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        groups = weights.layout().user_groups
+        if max_batch % groups:
+            raise UserGroupError(f"max_batch {max_batch} must be a multiple of the {groups} user groups of a "
+                                 f"{weights.mesh.shape_str} mesh (each column group decodes max_batch // {groups} users)")
+        if num_pages and num_pages % groups:
+            raise UserGroupError(f"num_pages {num_pages} must be a multiple of the {groups} user groups of a "
+                                 f"{weights.mesh.shape_str} mesh (each group holds num_pages // {groups})")
         self.backend = make_backend(weights.mesh, backend, **(backend_options or {}))
         context = min(max_context or config.max_position_embeddings, config.max_position_embeddings)
         options = ModelOptions(max_positions=context, lm_head_chunk=lm_head_chunk,
-                               logits_dtype=DType.parse(logits_dtype) if logits_dtype else None)
-        self.model = LlamaModel(self.backend, weights, CacheConfig(num_pages or 0, page_size, kv, max_pages=host_cap), options)
-        num_pages = self.model.cache_config.num_pages
+                               logits_dtype=DType.parse(logits_dtype) if logits_dtype else None, max_batch=max_batch)
+        cache = CacheConfig((num_pages or 0) // groups, page_size, kv, max_pages=host_cap)
+        self.model = LlamaModel(self.backend, weights, cache, options)
+        num_pages = self.model.groups.total_pages
         self.kv_fit = self.model.kv_fit
         self.trace_decode = self.backend.can_trace if trace_decode is None else bool(trace_decode)
         if self.trace_decode and not self.backend.can_trace:
             raise MeshError(f"trace_decode: the {self.backend.name} backend cannot capture traces here (real chips only)")
-        self.slots = SlotMap(max_batch)
+        self.slots = SlotMap(max_batch, self.model.groups)
         self.inputs: StepInputs | None = None
         self._warm = False
         self._trace = None
@@ -160,6 +158,7 @@ class MeshModelRunner:
             num_pages=num_pages,
             max_batch=max_batch,
             eos_token_ids=tuple(config.eos_token_ids),
+            user_groups=groups,
         )
 
     @classmethod
@@ -191,7 +190,8 @@ class MeshModelRunner:
         n = len(inp.token_ids)
         if n > self.info.max_batch:
             raise ValueError(f"decode: {n} users exceed the runner's {self.info.max_batch} slots")
-        slots = self.slots.assign(list(inp.seq_ids), n)
+        groups = [self.model.groups.group_of([p for p in t if p >= 0]) for t in inp.page_tables]
+        slots = self.slots.assign(list(inp.seq_ids), n, groups)
         rows = self.info.max_batch
         idle = [None] * rows
         tokens, positions, tables = list(idle), list(idle), list(idle)
