@@ -175,11 +175,14 @@ def prompt_for(i: int, length: int = 16) -> list[int]:
 
 
 async def drive(addresses: list[str], requests: int, concurrency: int, max_tokens: int,
-                prompts=prompt_for, duration_s: float | None = None, connections: int = 0) -> LoadResult:
+                prompts=prompt_for, duration_s: float | None = None, connections: int = 0,
+                stagger_s: float = 0.0) -> LoadResult:
     """``concurrency`` users, each sending streaming requests back to back (round robin over
     ``connections`` client connections spread over ``addresses``; at least one per address),
     until ``requests`` are done or ``duration_s`` has passed. Give both sides of a comparison
-    the same ``connections``: one HTTP/2 connection carries its streams one frame at a time."""
+    the same ``connections``: one HTTP/2 connection carries its streams one frame at a time.
+    ``stagger_s``: user u starts ``u / concurrency * stagger_s`` late and TTFT counts only
+    requests sent after ``stagger_s``, so it is the steady state's, not the opening burst's."""
     n = max(connections, len(addresses))
     channels = [grpc.aio.insecure_channel(addresses[i % len(addresses)], options=[("grpc.use_local_subchannel_pool", 1)])
                 for i in range(n)]
@@ -190,6 +193,7 @@ async def drive(addresses: list[str], requests: int, concurrency: int, max_token
     done = [0]
 
     async def user(u):
+        await asyncio.sleep(u / concurrency * stagger_s)
         for i in counter:
             if duration_s is not None and time.perf_counter() - t0 > duration_s:
                 return
@@ -197,10 +201,12 @@ async def drive(addresses: list[str], requests: int, concurrency: int, max_token
                                      sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True))
             start = time.perf_counter()
             first = True
+            steady = start - t0 >= stagger_s
             async for resp in stubs[i % len(stubs)].Generate(req):
                 if resp.WhichOneof("kind") == "chunk":
                     if first:
-                        ttft.append(time.perf_counter() - start)
+                        if steady:
+                            ttft.append(time.perf_counter() - start)
                         first = False
                     tokens[0] += len(resp.chunk.token_ids)
                     chunks[0] += 1

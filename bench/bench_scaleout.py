@@ -6,7 +6,9 @@ serving stack (router processes, gRPC, streaming) costs as replicas are added. E
 tokens/s through the routers / tokens/s sent direct, measured in the same run with the same
 load generator (one process, one client connection per replica on every side; with 2
 routers the connections alternate between them), sides alternating in short rounds. At half load
-(16 users per replica) it also prints the TTFT p50 the router adds. The ideal per replica is
+(16 users per replica) it also prints the TTFT p50 the router adds. Users start spread over
+one request's length and TTFT counts requests sent after that, so it is the steady state's,
+not the opening burst's (every user's first request at once). The ideal per replica is
 32 tokens / 14 ms = 2286 tok/s; on a small machine the load generator itself caps both sides.
 The routers get CPUs of their own (the last quarter, at least one), the replicas and the load
 generator share the rest on every side (``--no-pin``: all share every CPU).
@@ -49,7 +51,8 @@ def run_point(n: int, routers: list[int], users: int, seconds: float, max_tokens
         for k in range(rounds):
             for name in (list(sides) if k % 2 == 0 else list(sides)[::-1]):
                 runs[name].append(asyncio.run(drive(sides[name], 10**9, n * users, max_tokens,
-                                                    duration_s=seconds / rounds, connections=n)))
+                                                    duration_s=seconds / rounds, connections=n,
+                                                    stagger_s=max_tokens * STEP_S)))
         return {name: sorted(rs, key=lambda r: r.tps)[len(rs) // 2] for name, rs in runs.items()}
     finally:
         procs.close()
@@ -59,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", default="1,2,4,8,16")
     ap.add_argument("--routers", default="1,2")
-    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--seconds", type=float, default=9.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per side and point")
     ap.add_argument("--stream-interval", type=int, default=1, help="the routers' chunk interval in tokens")
