@@ -120,9 +120,11 @@ def test_one_decoder_layer(backend, spec, dims):
         out = layer.forward_prefill(x, cos, sin, np.array([0, 1, 2, 3]), start)
         assert out.shape == x.shape and out.placements == x.placements
     positions = np.arange(8) * 20
-    tables = np.arange(8 * 3).reshape(8, 3) % 8
+    tables = np.arange(8 * 3).reshape(8, 3) % 8  # ids of each slot's group's pool (Galaxy: 2 slots per column)
     x = backend.from_host(np.zeros((8, layout.hidden), np.float32), layout.residual, name="x")
-    cos, sin = (backend.from_host(a, REPLICATED, dtype=DType.float32) for a in rope.cos_sin(positions))
-    out = layer.forward_decode(x, cos, sin, tables, positions)
+    rows = layout.per_group_rows(0)
+    cos, sin = (backend.from_host(a, rows, dtype=DType.float32) for a in rope.cos_sin(positions))
+    out = layer.forward_decode(x, cos, sin, backend.input_tensor(tables.astype(np.int32), rows, name="page_table"),
+                               backend.input_tensor(positions.astype(np.int32), rows, name="positions"))
     assert out.shape == x.shape
     _check_dram(backend)

@@ -26,6 +26,7 @@ from ttdist.model.weights import expected_shapes, prepare  # noqa: E402
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
 SLOTS = 8
+GROUPS_SEEN: set[int] = set()
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +50,31 @@ def _serve(runner, count: int, seed: int) -> int:
                                   top_k=rng.choice([0, 5]), seed=rng.choice([None, 7]))
         core.add_request(GenerationRequest(f"r{seed}-{i}", prompt_token_ids=prompt, sampling=sampling))
     finished = 0
+    per_group = SLOTS // runner.info.user_groups
     while core.has_work():
         finished += sum(out.finished for out in core.step())
+        if runner.inputs is not None:  # the user groups the decode steps have run so far
+            GROUPS_SEEN.update(int(s) // per_group for s in np.nonzero(runner.inputs.host["positions"] >= 0)[0])
     return finished
 
 
 def test_serving_adds_no_programs_after_warm_up(runner, mesh_device):
+    """On a Galaxy the users spread over the 4 column groups (2 decode slots each), so the steps mix
+    groups, fill some and leave others idle."""
     _serve(runner, 48, seed=1)  # warm-up: every prefill bucket, chunk start and batch occupancy
     before = mesh_device.num_program_cache_entries()
     assert _serve(runner, 100, seed=2) == 100  # varying occupancy, context lengths and sampling
     assert mesh_device.num_program_cache_entries() == before
+    groups = runner.info.user_groups
+    assert groups == (4 if runner.model.layout.spec.rows > 1 else 1)
+    assert runner.info.num_pages == 48 and runner.model.groups.pages == 48 // groups
+    assert GROUPS_SEEN == set(range(groups))  # every group decoded users
 
 
 def test_decode_step_uploads_only_the_deltas_and_reads_back_only_ids(runner):
     be = runner.backend
     spec = [SamplingSpec()] * 3
-    tables = [[0, 1], [2], [3, 4]]
+    tables = [[0, 1], [12], [24, 25]]  # on a Galaxy: user groups 0, 1 and 2 (12 of the 48 pages each)
     runner.decode(DecodeInput([5, 6, 7], [40, 3, 33], tables, spec, seq_ids=["a", "b", "c"]))
     be.transfers.clear()
     ids = runner.decode(DecodeInput([8, 9, 10], [41, 4, 34], tables, spec, seq_ids=["a", "b", "c"]))
@@ -73,5 +83,5 @@ def test_decode_step_uploads_only_the_deltas_and_reads_back_only_ids(runner):
     assert (be.transfers.uploads, be.transfers.upload_bytes) == (3, 3 * SLOTS * 4)
     assert (be.transfers.readbacks, be.transfers.readback_bytes) == (1, SLOTS * 4)
     be.transfers.clear()
-    runner.decode(DecodeInput([1, 2], [42, 5], [[0, 1, 5], [2]], spec[:2], seq_ids=["a", "b"]))  # c left, a got a page
+    runner.decode(DecodeInput([1, 2], [42, 5], [[0, 1, 5], [12]], spec[:2], seq_ids=["a", "b"]))  # c left, a got a page
     assert be.transfers.uploads == 4  # ... and the page table, once

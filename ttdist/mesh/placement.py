@@ -115,3 +115,16 @@ def embedding_placement(ids, table) -> Placements:
                                 f"over a table replicated there")
             out[axis] = Shard(0)
     return (out[0], out[1])
+
+
+def multiply_placement(x, factor) -> Placements:
+    """How ``x * factor`` lies (``factor`` a per-device ``[1, 1]`` scalar): ``Partial`` on an axis
+    where the factor is (a one-hot over the axis), else as ``x``."""
+    if tuple(factor.shape) != (1, 1):
+        raise MeshError(f"multiply: factor {factor.name!r} must be a [1, 1] per-device scalar, got {tuple(factor.shape)}")
+    out = []
+    for axis, (px, pf) in enumerate(zip(x.placements, factor.placements)):
+        if isinstance(px, Partial) and isinstance(pf, Partial):
+            raise MeshError(f"multiply: {x.name!r} and {factor.name!r} are both Partial on axis {axis}")
+        out.append(pf if isinstance(pf, Partial) else px)
+    return (out[0], out[1])

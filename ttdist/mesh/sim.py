@@ -23,7 +23,7 @@ import torch
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh import sampling
 from ttdist.mesh.backend import MeshError, PerDevice, TransferLedger
-from ttdist.mesh.placement import (Partial, Placements, Replicate, Shard, embedding_placement, matmul_placement, normalize, normalize_dim,
+from ttdist.mesh.placement import (Partial, Placements, Replicate, Shard, embedding_placement, matmul_placement, multiply_placement, normalize, normalize_dim,
                                    require_reduced, with_axis)
 from ttdist.mesh.precision import DType, quantize
 from ttdist.mesh.spec import MeshSpec, Topology
@@ -226,14 +226,8 @@ class SimBackend:
         return self._wrap(_batched_matmul(x.data, w.data, x.ndim), placements, out_dtype)
 
     def multiply(self, x: SimTensor, factor: SimTensor) -> SimTensor:
-        if factor.shape != (1, 1):
-            raise MeshError(f"multiply: factor {factor.name!r} must be a [1, 1] per-device scalar, got {factor.shape}")
-        placements = []
-        for axis, (px, pf) in enumerate(zip(x.placements, factor.placements)):
-            if isinstance(px, Partial) and isinstance(pf, Partial):
-                raise MeshError(f"multiply: {x.name!r} and {factor.name!r} are both Partial on axis {axis}")
-            placements.append(pf if isinstance(pf, Partial) else px)
-        return self._wrap(x.data * _per_row(factor, x.ndim), (placements[0], placements[1]), x.dtype)
+        placements = multiply_placement(x, factor)
+        return self._wrap(x.data * _per_row(factor, x.ndim), placements, x.dtype)
 
     def add(self, a: SimTensor, b: SimTensor) -> SimTensor:
         if a.placements != b.placements:

@@ -25,7 +25,7 @@ import numpy as np
 import ttnn
 
 from ttdist.mesh import ttnn_configs as cfg
-from ttdist.mesh.backend import MeshError
+from ttdist.mesh.backend import MeshError, PerDevice
 from ttdist.mesh.placement import require_reduced
 from ttdist.mesh.precision import DType
 
@@ -123,11 +123,23 @@ class AttentionOps:
             raise MeshError(f"page ids must lie in [0, {pages}), got {used.min()}..{used.max()}")
         return np.clip(rows, 0, pages - 1).astype(np.int32)
 
+    def _prefill_table(self, cache, page_table, positions: np.ndarray, first: int = 0, last: int | None = None) -> ttnn.Tensor:
+        """One user's page table ``[1, last - first]`` (int32) on the chips: the same ``[W]`` row on
+        every chip, or each chip its own row of a ``PerDevice`` ``[R', C', W]`` (one host buffer per chip)."""
+        if not isinstance(page_table, PerDevice):
+            return self._ints(self._page_rows(cache, np.asarray(page_table).reshape(-1), positions)[:, first:last])
+        pieces = np.asarray(page_table.array)
+        if pieces.ndim != 3:
+            raise MeshError(f"a per-device page table is [R', C', W], got {pieces.shape}")
+        rows = np.stack([np.stack([self._page_rows(cache, pieces[r, c], positions)[:, first:last] for c in range(pieces.shape[1])])
+                         for r in range(pieces.shape[0])])
+        return self._upload_pieces(rows, DType.int32, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+
     def _as_cache_dtype(self, value: ttnn.Tensor, cache) -> ttnn.Tensor:
         want = cfg.ttnn_dtype(cache.dtype)
         return value if value.dtype == want else ttnn.typecast(value, want)
 
-    def paged_fill_cache(self, cache, x, page_table: np.ndarray, start_pos: int) -> None:
+    def paged_fill_cache(self, cache, x, page_table, start_pos: int) -> None:
         require_reduced("paged_fill_cache", x)
         self._check_cache(cache, x)
         page_size = cache.shape[2]
@@ -135,9 +147,8 @@ class AttentionOps:
             raise MeshError(f"paged_fill_cache: start_pos {start_pos} must be a multiple of the page size {page_size}")
         t = x.shape[0]
         positions = np.arange(start_pos, start_pos + t)
-        rows = self._page_rows(cache, np.asarray(page_table).reshape(-1), positions)
         first, last = start_pos // page_size, (start_pos + t - 1) // page_size + 1
-        chunk = self._ints(rows[:, first:last])
+        chunk = self._prefill_table(cache, page_table, positions, first, last)
         value = self._as_cache_dtype(self._prefill_heads(x), cache)
         ttnn.experimental.paged_fill_cache(cache.value, value, chunk, batch_idx=0)
 
@@ -178,11 +189,11 @@ class AttentionOps:
                 program_config=cfg.sdpa_prefill_program(t, self.grid), compute_kernel_config=compute)
         else:
             page_size = k_cache.shape[2]
-            rows = self._page_rows(k_cache, np.asarray(page_table).reshape(-1), np.arange(start_pos + t))
+            table = self._prefill_table(k_cache, page_table, np.arange(start_pos + t))
             if not np.isclose(scale, hd ** -0.5, rtol=1e-6):  # the 0.81.1 binding rejects every scale argument
                 raise MeshError(f"sdpa_prefill: chunked SDPA on ttnn only scales by 1/sqrt(head_dim), got {scale}")
             out = ttnn.transformer.chunked_scaled_dot_product_attention(
-                qv, k_cache.value, v_cache.value, self._ints(rows), start_pos,
+                qv, k_cache.value, v_cache.value, table, start_pos,
                 program_config=cfg.sdpa_chunked_program(t, page_size, self.grid, start_pos), compute_kernel_config=compute)
         return self._wrap(out, (t, n, hd), q.placements, kind=HEADS_PREFILL, heads=n)
 

@@ -34,7 +34,8 @@ from ttdist.mesh import ttnn_configs as cfg
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh import sampling
 from ttdist.mesh.backend import MeshError, TransferLedger
-from ttdist.mesh.placement import Partial, Placements, Replicate, Shard, matmul_placement, normalize, normalize_dim, require_reduced, with_axis
+from ttdist.mesh.placement import (Partial, Placements, Replicate, Shard, embedding_placement, matmul_placement, multiply_placement, normalize, normalize_dim,
+                                   require_reduced, with_axis)
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
 from ttdist.mesh.ttnn_attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
@@ -151,23 +152,42 @@ class TtnnBackend(AttentionOps):
             return np.uint32, DType.uint32, ttnn.ROW_MAJOR_LAYOUT
         return np.int32, DType.int32, ttnn.ROW_MAJOR_LAYOUT
 
-    def input_tensor(self, array, placements: Placements = (Replicate(), Replicate()), *, name: str = "input") -> TtnnTensor:
-        """Ints row-major (what embedding, cache and SDPA ops read), floats tiled ``[1, 1, B, W]``; replicated."""
-        array = np.asarray(array)
-        if any(not isinstance(p, Replicate) for p in placements):
-            raise MeshError(f"input {name!r}: step inputs are replicated")
+    def _input_plan(self, array: np.ndarray, placements: Placements, name: str):
+        """How an input lies: its host format, the global array as uploaded, the mesh dim per axis, the local shape."""
         np_dtype, dtype, layout = self._input_format(array)
-        shape4 = (1,) * (4 - array.ndim) + array.shape if layout == ttnn.TILE_LAYOUT else array.shape
-        value = self._upload(array.astype(np_dtype).reshape(shape4), (None, None), dtype, layout, ttnn.DRAM_MEMORY_CONFIG)
-        return TtnnTensor(self, value, array.shape, placements, dtype, name, INPUT)
+        pad = 4 - array.ndim if layout == ttnn.TILE_LAYOUT else 0
+        placements = normalize(placements, array.ndim)
+        local, dims = list(array.shape), []
+        for axis, p in enumerate(placements):
+            n = self.spec.shape[axis]
+            if isinstance(p, Partial):
+                raise MeshError(f"input {name!r}: a step input cannot be Partial")
+            if isinstance(p, Shard) and n > 1:
+                if local[p.dim] % n:
+                    raise MeshError(f"input {name!r}: dim {p.dim} of size {local[p.dim]} does not split over {n} devices on axis {axis}")
+                local[p.dim] //= n
+                dims.append(p.dim + pad)
+            else:
+                dims.append(None)
+        data = np.ascontiguousarray(array.astype(np_dtype).reshape((1,) * pad + array.shape))
+        return data, dtype, layout, (dims[0], dims[1]), tuple(local), placements
+
+    def input_tensor(self, array, placements: Placements = (Replicate(), Replicate()), *, name: str = "input") -> TtnnTensor:
+        """Ints row-major (what embedding, cache and SDPA ops read), floats tiled ``[1, 1, B, W]``;
+        replicated, or a dim split over an axis (each user group's rows on its column)."""
+        array = np.asarray(array)
+        data, dtype, layout, dims, local, placements = self._input_plan(array, placements, name)
+        value = self._upload(data, dims, dtype, layout, ttnn.DRAM_MEMORY_CONFIG)
+        return TtnnTensor(self, value, local, placements, dtype, name, INPUT)
 
     def write_input(self, t: TtnnTensor, array) -> None:
         array = np.asarray(array)
-        if t.kind != INPUT or tuple(array.shape) != t.shape:
-            raise MeshError(f"write_input: {t.name!r} is an input of shape {t.shape}, got {tuple(array.shape)}")
-        np_dtype, dtype, layout = self._input_format(array)
-        data = np.ascontiguousarray(array.astype(np_dtype).reshape(tuple(t.value.shape)))
-        host = ttnn.Tensor(data, cfg.ttnn_dtype(dtype), None, layout, mesh_mapper=self._mapper((None, None)))
+        if t.kind != INPUT:
+            raise MeshError(f"write_input: {t.name!r} is not a step input")
+        data, dtype, layout, dims, local, _ = self._input_plan(array, t.placements, t.name)
+        if local != t.shape:
+            raise MeshError(f"write_input: {t.name!r} is an input of local shape {t.shape}, got {local} from {tuple(array.shape)}")
+        host = ttnn.Tensor(data, cfg.ttnn_dtype(dtype), None, layout, mesh_mapper=self._mapper(dims))
         self.transfers.upload(data.nbytes)
         ttnn.copy_host_to_device_tensor(host, t.value)
 
@@ -388,6 +408,12 @@ class TtnnBackend(AttentionOps):
         out = ttnn.add(self._rows_value(a), self._rows_value(b), memory_config=cfg.activation_memory(_rows(a), a.shape[-1]))
         return self._wrap(out, a.shape, a.placements)
 
+    def multiply(self, x: TtnnTensor, factor: TtnnTensor) -> TtnnTensor:
+        placements = multiply_placement(x, factor)
+        f = self._materialize(factor, DType.bfloat16, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+        out = ttnn.multiply(self._rows_value(x), f, memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+        return self._wrap(out, x.shape, placements, x.dtype)
+
     def silu_mul(self, gate: TtnnTensor, up: TtnnTensor) -> TtnnTensor:
         require_reduced("silu_mul", gate, up)
         if gate.placements != up.placements or gate.shape != up.shape:
@@ -419,7 +445,7 @@ class TtnnBackend(AttentionOps):
         out = ttnn.embedding(index, table.value, layout=ttnn.TILE_LAYOUT,
                              dtype=cfg.ttnn_dtype(self.activation_dtype), memory_config=cfg.activation_memory(count, width))
         out = ttnn.reshape(out, (1, 1, count, width))
-        return self._wrap(out, (count, width), table.placements)
+        return self._wrap(out, (count, width), embedding_placement(ids, table))
 
     def _check_width(self, op: str, x: TtnnTensor) -> None:
         for axis, p in enumerate(x.placements):
