@@ -106,12 +106,17 @@ def _measured(rec, ccl_from):
 @pytest.mark.parametrize("mesh", MESHES)
 def test_decode_step_ops_are_the_models_own(mesh, tiny, cache):
     weights, rec, model, builder = load(tiny, mesh, "performance", cache)
-    host = model.host_inputs([5, 6, 7], [33, 2, 40], [[0, 1], [2], [3, 4]], np.zeros((0, sampling.PARAMS), np.float32))
+    groups, per = model.groups.count, model.groups.pages
+    if groups == 1:
+        tables, rows, slots = [[0, 1], [2], [3, 4]], 3, None
+    else:  # 2D: users in groups 0, 1 and 3, one slot per group
+        tables, rows, slots = [[0, 1], [per], [3 * per, 3 * per + 1]], 4, [0, 1, 3]
+    host = model.host_inputs([5, 6, 7], [33, 2, 40], tables, np.zeros((0, sampling.PARAMS), np.float32), rows, slots)
     inputs = model.place_inputs(host)
     start = len(rec.backend.ccl.records)
     rec.calls.clear()
     model.sample(model.decode_step(inputs), inputs.sampling)
-    assert _measured(rec, start) == _expected(builder.decode(3, 41), weights.mesh)
+    assert _measured(rec, start) == _expected(builder.decode(rows, 41), weights.mesh)
 
 
 @pytest.mark.parametrize("mesh", ["1x1", "1x8", "8x4"])

@@ -358,6 +358,8 @@ class SimBackend:
         for view, (pos, table), _ in self._cells(positions, page_table):
             pos = pos.astype(np.int64)
             live = np.nonzero(pos >= 0)[0]
+            if live.size == 0:  # every slot of this cell idle
+                continue
             data = view(cache.data)
             pages, offsets = self._slots(data.shape[3], data.shape[4], table[live], pos[live])
             self._write_slots(data, cache.dtype, view(x.data)[:, :, torch.as_tensor(live, device=self.device)], pages, offsets)

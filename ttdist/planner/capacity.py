@@ -70,7 +70,8 @@ class Memory:
     kv_page: int
     kv_per_user: int          # at the plan's context, whole pages
     kv_pages: int             # pages that fit after weights, activations and reserve
-    max_users: int            # users at the plan's context that fit in those pages
+    max_users: int            # users at the plan's context that fit in those pages (every user group's)
+    user_groups: int = 1      # column groups each holding its own users' pages (Layout.user_groups)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,5 +87,6 @@ def memory(layout: Layout, precision: Precision, *, context: int, batch: int, pa
     per_user_pages = -(-context // page_size)
     free = dram - weights - acts - reserve
     pages = int(free // page) if free > 0 else 0
+    groups = layout.user_groups  # a Galaxy's columns each hold a pool of `pages` for their own users
     return Memory(dram, int(weights), int(acts), reserve, int(page), int(page * per_user_pages), pages,
-                  pages // per_user_pages)
+                  groups * (pages // per_user_pages), groups)

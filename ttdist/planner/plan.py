@@ -130,7 +130,7 @@ def _prefill_time(builder: StepBuilder, input_len: int, chunk: int, sys_: System
 
 @dataclass(frozen=True)
 class KvPlan:
-    num_pages: int            # KV pages per replica
+    num_pages: int            # KV pages per replica (every user group's pool)
     max_batch: int            # users that fit at the context, capped by the requested batch
 
 
@@ -140,4 +140,4 @@ def kv_plan(model: "str | LlamaConfig", system: "str | MeshSpec", *, precision: 
     (it may pass its own ``LlamaConfig``, ``MeshSpec`` and ``Precision``)."""
     p = plan(model, system, precision=precision, batch=batch, context=context, input_len=min(context, 128),
              page_size=page_size, reserve_fraction=reserve_fraction)
-    return KvPlan(p.memory.kv_pages, p.users)
+    return KvPlan(p.memory.kv_pages * p.memory.user_groups, p.users)

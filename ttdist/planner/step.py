@@ -78,10 +78,12 @@ class StepBuilder:
         self.ops.append(Op("linear", "matmul", act_bytes=(t * k + t * n) * ACT, out_bytes=_tiles([(t, n)]),
                            weight_bytes=tile_padded_bytes((k, n), dtype), weight_dtype=dtype, flops=2.0 * t * k * n))
 
-    def _embed(self, t: int) -> None:
-        """RoPE cos and sin rows (looked up in bfloat16, like every activation), then the token embeddings."""
-        self._op("embedding", t * self.hd * ACT, (t, self.hd))
-        self._op("embedding", t * self.hd * ACT, (t, self.hd))
+    def _embed(self, t: int, rope_rows: int | None = None) -> None:
+        """RoPE cos and sin rows (looked up in bfloat16, like every activation; ``rope_rows`` per chip
+        in decode with user groups), then the token embeddings."""
+        r = t if rope_rows is None else rope_rows
+        self._op("embedding", r * self.hd * ACT, (r, self.hd))
+        self._op("embedding", r * self.hd * ACT, (r, self.hd))
         self._op("embedding", t * self.hl * ACT, (t, self.hl))
 
     def _norm(self, t: int) -> None:
@@ -109,21 +111,35 @@ class StepBuilder:
             self._ccl("all_reduce", lay.inner_axis, t * self.hl * ACT, (t, self.hl))
 
     # ------------------------------------------------------------------ blocks
-    def _qkv(self, t: int) -> None:
+    def _group_rows(self, t: int) -> int:
+        """Decode rows one chip attends for: its user group's share of the ``t`` slots."""
+        return -(-t // self.lay.user_groups)
+
+    def _qkv(self, t: int, decode: bool = False) -> None:
         lay, hd = self.lay, self.hd
         nq, nkv = lay.n_q_local, lay.n_kv_local
         self._gather_for_up(t)
         self._linear(t, "wqkv", self.hk, lay.qkv_local)
         self._finish_up(t, lay.qkv_local)
+        if decode and lay.user_groups > 1:  # each column picks its group's rows with a one-hot [b, t] matmul
+            b, q = self._group_rows(t), lay.qkv_local
+            self._op("linear", (b * t + t * q + b * q) * ACT, (b, q), flops=2.0 * b * t * q)
+            t = b
         self._op("create_qkv_heads", t * lay.qkv_local * ACT + t * (nq + 2 * nkv) * hd * ACT,
                  (t, nq, hd), (t, nkv, hd), (t, nkv, hd))
         for heads in (nq, nkv):
             self._op("rotary", 2 * t * heads * hd * ACT + 2 * t * hd * ACT, (t, heads, hd))
 
-    def _attention_out(self, t: int) -> None:
-        nq = self.lay.n_q_local
-        self._op("concat_heads", 2 * t * nq * self.hd * ACT, (t, nq * self.hd))
-        self._linear(t, "wo", nq * self.hd, self.hk)
+    def _attention_out(self, t: int, decode: bool = False, owner_mask: bool = False) -> None:
+        lay, w = self.lay, self.lay.n_q_local * self.hd
+        rows = self._group_rows(t) if decode and lay.user_groups > 1 else t
+        self._op("concat_heads", 2 * rows * w * ACT, (rows, w))
+        if rows != t:  # each column's group rows gathered back to every slot
+            self._ccl("all_gather", lay.group_axis, rows * lay.user_groups * w * ACT, (rows * lay.user_groups, w))
+        if owner_mask:  # a prefill chunk that read cached positions: the owner column's rows to every column
+            self._op("multiply", (2 * t * w + 1) * ACT, (t, w))
+            self._ccl("all_reduce", lay.group_axis, t * w * ACT, (t, w))
+        self._linear(t, "wo", w, self.hk)
         self._finish_down(t)
 
     def _mlp(self, t: int) -> None:
@@ -168,11 +184,11 @@ class StepBuilder:
         pages = -(-context // self.page_size)
         return 2.0 * users * pages * self.page_size * self.lay.n_kv_local * self.hd * self.kvb
 
-    def _layer(self, t: int, attention) -> None:
+    def _layer(self, t: int, attention, decode: bool = False, owner_mask: bool = False) -> None:
         self._norm(t)
-        self._qkv(t)
+        self._qkv(t, decode)
         attention()
-        self._attention_out(t)
+        self._attention_out(t, decode, owner_mask)
         self._add(t)
         self._norm(t)
         self._mlp(t)
@@ -183,17 +199,18 @@ class StepBuilder:
         """One decode step and its sampling: ``batch`` slots, each attending over ``context`` positions."""
         t, hd = batch, self.hd
         nq, nkv = self.lay.n_q_local, self.lay.n_kv_local
+        b = self._group_rows(t)  # with user groups each chip attends for its group's users only
 
         def attention():
             for _cache in ("k", "v"):
-                self._op("paged_update_cache", t * nkv * hd * ACT, kv_bytes=t * nkv * hd * self.kvb)
-            self._op("sdpa_decode", 2 * t * nq * hd * ACT, (t, nq, hd), kv_bytes=self._kv_read(batch, context),
-                     flops=4.0 * batch * context * nq * hd)
+                self._op("paged_update_cache", b * nkv * hd * ACT, kv_bytes=b * nkv * hd * self.kvb)
+            self._op("sdpa_decode", 2 * b * nq * hd * ACT, (b, nq, hd), kv_bytes=self._kv_read(b, context),
+                     flops=4.0 * b * context * nq * hd)
 
         self.ops = []
-        self._embed(t)
+        self._embed(t, b)
         for _ in range(self.lay.config.num_hidden_layers):
-            self._layer(t, attention)
+            self._layer(t, attention, decode=True)
         self._lm_head(t)
         self._sample(t)
         return self.ops
@@ -213,7 +230,7 @@ class StepBuilder:
         self.ops = []
         self._embed(t)
         for _ in range(self.lay.config.num_hidden_layers):
-            self._layer(t, attention)
+            self._layer(t, attention, owner_mask=start > 0 and self.lay.user_groups > 1)
         # the last real token's row, picked by a one-hot [1, T] matmul (one program per bucket)
         self._op("linear", (t + 1) * self.hl * ACT, (1, self.hl), flops=2.0 * t * self.hl)
         self._lm_head(1)
