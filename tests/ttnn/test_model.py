@@ -123,7 +123,10 @@ def test_one_decoder_layer(backend, spec, dims):
     tables = np.arange(8 * 3).reshape(8, 3) % 8  # ids of each slot's group's pool (Galaxy: 2 slots per column)
     x = backend.from_host(np.zeros((8, layout.hidden), np.float32), layout.residual, name="x")
     rows = layout.per_group_rows(0)
-    cos, sin = (backend.from_host(a, rows, dtype=DType.float32) for a in rope.cos_sin(positions))
+    # each column's rotary rows as the model makes them: looked up in resident tables by its own slots' positions
+    index = backend.input_tensor(positions.astype(np.uint32).reshape(1, -1), layout.per_group_rows(1), name="rope_index")
+    cos, sin = (backend.embedding(index, backend.from_host(a, REPLICATED, dtype=DType.float32, name="rope_table"))
+                for a in rope.cos_sin(np.arange(positions.max() + 1)))
     out = layer.forward_decode(x, cos, sin, backend.input_tensor(tables.astype(np.int32), rows, name="page_table"),
                                backend.input_tensor(positions.astype(np.int32), rows, name="positions"))
     assert out.shape == x.shape

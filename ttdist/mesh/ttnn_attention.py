@@ -92,6 +92,9 @@ class AttentionOps:
         shape4 = (1, rows, 1, head_dim) if decode else (1, 1, rows, head_dim)
         memory = cfg.heads_decode_memory(rows, 1, head_dim, self.grid) if decode else ttnn.DRAM_MEMORY_CONFIG
         if table.pending is not None:
+            if any(d is not None for d in getattr(table.pending, "mesh_dims", (None, None))):
+                raise MeshError(f"rotary: {table.name!r} is a sharded host array; look sharded rows up in a resident "
+                                f"table with embedding (as the model does)")
             table.kind = HEADS_DECODE if decode else ROWS
             return self._materialize(table, DType.bfloat16, ttnn.TILE_LAYOUT, memory, shape4)
         value = table.value
