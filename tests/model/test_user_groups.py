@@ -101,6 +101,8 @@ def test_group_errors_are_typed_and_clear(tiny_ckpt, weight_cache):
         runner.decode(DecodeInput([1], [40], [[15, 16]], spec[:1], seq_ids=["x"]))
     with pytest.raises(UserGroupError, match="user group 2 has 1 slots, all taken"):
         runner.decode(DecodeInput([1, 2], [3, 4], [[16], [17]], spec, seq_ids=["x", "y"]))
+    with pytest.raises(UserGroupError, match="a decode batch of 3 rows does not split over 4 user groups"):
+        runner.model.host_inputs([1], [3], [[0]], np.zeros((0, 4), np.float32), 3)
     with pytest.raises(UserGroupError, match="max_batch 6 must be a multiple of the 4 user groups"):
         make(tiny_ckpt, weight_cache, "8x4", max_batch=6)
     with pytest.raises(UserGroupError, match="num_pages 30 must be a multiple of the 4 user groups"):

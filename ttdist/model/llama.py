@@ -284,6 +284,8 @@ class LlamaModel:
         ids = np.zeros((1, rows), dtype=np.uint32)
         ids[0, slots] = tokens
         table = np.full((rows, self.table_width), self.scratch_page, dtype=np.int32)
+        if rows % self.groups.count:
+            raise UserGroupError(f"a decode batch of {rows} rows does not split over {self.groups.count} user groups")
         if len(tables):
             per_group = rows // self.groups.count
             table[slots] = self.table_rows(tables, groups=[int(s) // per_group for s in slots])
