@@ -90,10 +90,14 @@ def test_status_table_and_json(scripted):
     assert lines[2].split()[:4] == ["REPLICA", "STATE", "MESH", "BACKEND"]
     assert lines[3].split() == ["r0", "ready", "1x2", "sim", "node-a", "1234", "60/64", "(94%)", "600", "(host", "cap)",
                                 "1.00+0.50+0.00", "of", "12", "GiB", "1", "0", "12.5"]
-    assert lines[4].split()[:3] == ["r1", "unhealthy", "8x4"]
+    assert lines[4].split()[:3] == ["r1", "unhealthy", "8x4"]       # r0 has one user group: no line below it
+    assert lines[5] == " " * lines[2].index("KV PAGES FREE") + "4 user groups, free 512/400/512/376"
+    assert len(lines) == 6
     proc = ttdist("status", "--json", "--target", server.address)
     out = json.loads(proc.stdout)
     assert [r["kv_pages_total"] for r in out["replicas"]] == [64, 2048]
+    assert [(r["kv_user_groups"], r["kv_pages_free_per_group"]) for r in out["replicas"]] == [
+        (1, []), (4, [512, 400, 512, 376])]
 
 
 @pytest.mark.parametrize("args, code, needles", [

@@ -139,8 +139,9 @@ class ScriptedGeneration(pb_grpc.GenerationServicer):
                              kv_pages_capped_by_host=True, dram_total_bytes=12 * 2**30, dram_weights_bytes=2**30,
                              dram_kv_bytes=2**29, dram_other_bytes=2**20),
             pb.ReplicaStatus(replica_id="r1", state="unhealthy", pid=1235, node_id="node-b", mesh="8x4",
-                             backend="ttnn", kv_pages_total=2048, kv_pages_free=2048, running=0, waiting=3,
-                             address="127.0.0.1:40002"),
+                             backend="ttnn", kv_pages_total=2048, kv_pages_free=1800, running=0, waiting=3,
+                             address="127.0.0.1:40002", kv_user_groups=4,
+                             kv_pages_free_per_group=[512, 400, 512, 376]),
         ]
         return pb.ClusterStatus(replicas=replicas, model=MODEL_ID, policy="least_load")
 

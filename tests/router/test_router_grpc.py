@@ -279,10 +279,12 @@ async def test_an_aborted_request_adds_its_tokens_but_no_more(make_stack):
 async def test_cluster_status_reads_the_load_from_each_replica(make_stack):
     stack = await make_stack(2, engine=ScriptedEngineConfig(vocab_size=1000, step_s=0.01))
     # the registry's last heartbeats say both replicas are busy; the replicas themselves are idle
-    stale = tuple(replace(e, running=3, waiting=2, kv_pages_free=1) for e in stack.source.current.replicas)
+    stale = tuple(replace(e, running=3, waiting=2, kv_pages_free=1, kv_user_groups=2, kv_pages_free_per_group=(1, 0))
+                  for e in stack.source.current.replicas)
     stack.source.current = replace(stack.source.current, replicas=stale)
     status = await stack.stub.GetClusterStatus(pb.ClusterStatusRequest())
     assert [(r.running, r.waiting, r.kv_pages_free) for r in status.replicas] == [(0, 0, 4096), (0, 0, 4096)]
+    assert [(r.kv_user_groups, list(r.kv_pages_free_per_group)) for r in status.replicas] == [(1, []), (1, [])]
     call = stack.stub.Generate(request([4, 4], 400, request_id="busy"))
     await call.read()
     status = await stack.stub.GetClusterStatus(pb.ClusterStatusRequest())

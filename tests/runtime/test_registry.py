@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from ttdist.client import ReplicaStatus
 from ttdist.runtime.config import ClusterConfigError, HealthConfig
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
 from ttdist.runtime.spec import load_spec, parse_spec
+from ttdist.v1 import generation_pb2 as pb
 
 BEAT = Heartbeat(1, 0, 10, 12, 0.0, 5.0, 3, 4)
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +79,20 @@ def test_entries_carry_heartbeat_figures():
     (e,) = reg.entries()
     assert (e.running, e.waiting, e.kv_pages_free, e.kv_pages_total, e.kv_pages_budget) == (2, 3, 7, 12, 999)
     assert e.prefix_hashes == {5} and e.to_proto().kv_pages_budget == 999
+    assert (e.kv_user_groups, e.kv_pages_free_per_group) == (1, ())     # one group: no split shown
+    assert (e.to_proto().kv_user_groups, list(e.to_proto().kv_pages_free_per_group)) == (1, [])
+
+
+def test_entries_carry_the_user_groups_to_the_proto():
+    reg = registry()
+    reg.started("r0", 1.0, pid=11, node_id="n", address="a:1", kv_pages_total=512)
+    beat = Heartbeat(2, 0, 466, 512, 0.0, 9.0, 1, 1, kv_user_groups=4, kv_pages_free_per_group=(120, 128, 128, 90))
+    reg.heartbeat("r0", beat, 1.2)
+    (e,) = reg.entries()
+    assert (e.kv_pages_free, e.kv_user_groups, e.kv_pages_free_per_group) == (466, 4, (120, 128, 128, 90))
+    msg = pb.ReplicaStatus.FromString(e.to_proto().SerializeToString())
+    assert (msg.kv_pages_free, msg.kv_user_groups, list(msg.kv_pages_free_per_group)) == (466, 4, [120, 128, 128, 90])
+    assert ReplicaStatus.from_proto(msg).kv_pages_free_per_group == (120, 128, 128, 90)
 
 
 @pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy"])

@@ -17,7 +17,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "status", help="show the cluster's replicas, meshes, KV pages and load",
         description="Show every replica the router knows: state, mesh, backend, node, KV pages free of "
-                    "total, running and waiting requests, tokens per second.",
+                    "total, running and waiting requests, tokens per second. A replica whose KV pages are "
+                    "split into user groups (a Galaxy's column groups) gets a line below its row with "
+                    "each group's free pages.",
         epilog="examples:\n  ttdist status\n  ttdist status --json\n  ttdist status --watch 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
@@ -38,6 +40,14 @@ def _dram(r) -> str:
             f" of {r.dram_total_bytes / gib:.0f} GiB")
 
 
+def _user_groups(r) -> str:
+    """A replica whose KV pages are split into user groups (a Galaxy's columns): how many, each one's free pages."""
+    if r.kv_user_groups <= 1:
+        return ""
+    free = "/".join(str(n) for n in r.kv_pages_free_per_group) or "-"
+    return f"{r.kv_user_groups} user groups, free {free}"
+
+
 def _row(r) -> tuple[str, ...]:
     pct = f" ({100 * r.kv_pages_free / r.kv_pages_total:.0f}%)" if r.kv_pages_total else ""
     return (r.replica_id, r.state, r.mesh, r.backend, r.node_id[:12], str(r.pid),
@@ -45,18 +55,26 @@ def _row(r) -> tuple[str, ...]:
             f"{r.tokens_per_second:.1f}")
 
 
+def _aligned(row: tuple[str, ...], widths: list[int]) -> str:
+    return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+
+
 def format_table(status) -> str:
-    """The status as aligned text: a header line, then one row per replica."""
+    """The status as aligned text: a header line, then one row per replica (and below a replica
+    whose KV pages are split into user groups, each group's free pages)."""
     ready = sum(r.state == "ready" for r in status.replicas)
     lines = [f"model: {status.model or '-'}   policy: {status.policy or '-'}   "
              f"replicas: {len(status.replicas)} ({ready} ready)"]
     if not status.replicas:
         return "\n".join(lines + ["no replicas registered yet"])
-    rows = [COLUMNS, *(_row(r) for r in status.replicas)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines.append("")
-    for row in rows:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    rows = [_row(r) for r in status.replicas]
+    widths = [max(len(row[i]) for row in (COLUMNS, *rows)) for i in range(len(COLUMNS))]
+    pages_at = sum(w + 2 for w in widths[:COLUMNS.index("KV PAGES FREE")])
+    lines += ["", _aligned(COLUMNS, widths)]
+    for row, r in zip(rows, status.replicas):
+        lines.append(_aligned(row, widths))
+        if groups := _user_groups(r):
+            lines.append(" " * pages_at + groups)   # under the replica's KV pages
     return "\n".join(lines)
 
 

@@ -210,6 +210,8 @@ class ReplicaStatus:
     dram_weights_bytes: int = 0
     dram_kv_bytes: int = 0
     dram_other_bytes: int = 0
+    kv_user_groups: int = 1                # KV user groups (a Galaxy's column groups); pages above are totals
+    kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() if not reported)
 
     @classmethod
     def from_proto(cls, msg: pb.ReplicaStatus) -> ReplicaStatus:
@@ -220,7 +222,8 @@ class ReplicaStatus:
             tokens_per_second=msg.tokens_per_second, kv_pages_budget=msg.kv_pages_budget,
             kv_pages_capped_by_host=msg.kv_pages_capped_by_host, dram_total_bytes=msg.dram_total_bytes,
             dram_weights_bytes=msg.dram_weights_bytes, dram_kv_bytes=msg.dram_kv_bytes,
-            dram_other_bytes=msg.dram_other_bytes,
+            dram_other_bytes=msg.dram_other_bytes, kv_user_groups=msg.kv_user_groups or 1,   # 0: an older server
+            kv_pages_free_per_group=tuple(msg.kv_pages_free_per_group),
         )
 
 

@@ -217,7 +217,8 @@ class Router:
         if live is None:
             return entry
         return replace(entry, running=live.running, waiting=live.waiting, kv_pages_free=live.kv_pages_free,
-                       tokens_per_second=live.tokens_per_second)
+                       tokens_per_second=live.tokens_per_second, kv_user_groups=live.kv_user_groups or 1,
+                       kv_pages_free_per_group=tuple(live.kv_pages_free_per_group))
 
     def views(self) -> list[ReplicaView]:
         views = []

@@ -112,6 +112,7 @@ class ReplicaRecord:
             prefix_hashes=s.prefix_hashes if s else frozenset(), kv_pages_budget=self.memory.kv_pages_budget if self.memory else self.kv_pages_budget,
             kv_pages_capped_by_host=bool(self.memory and self.memory.kv_pages_capped_by_host),
             dram=self.memory.dram if self.memory else None, crash_loop=self.crash_loop,
+            kv_user_groups=s.kv_user_groups if s else 1, kv_pages_free_per_group=s.kv_pages_free_per_group if s else (),
         )
 
 

@@ -161,6 +161,8 @@ class ReplicaActor:
         return ReplicaEntry(
             self.setup.replica_id, "", state, os.getpid(), self.node_id(), self.setup.mesh, self.setup.backend,
             stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,
+            kv_user_groups=getattr(stats, "user_groups", 1),
+            kv_pages_free_per_group=tuple(getattr(stats, "free_pages_per_group", ())),
         )
 
     def engine_stats(self):

@@ -46,6 +46,8 @@ class ReplicaEntry:
     crash_loop: bool = False                # failed too often in a row: not restarted ("failed (crash loop)")
     kv_pages_capped_by_host: bool = False   # a simulated cache in host RAM holds fewer pages than the budget
     dram: ChipDram | None = None            # the fullest chip, from the replica backend's ledger
+    kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
+    kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() if not reported)
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(
@@ -55,6 +57,7 @@ class ReplicaEntry:
             kv_pages_free=self.kv_pages_free, running=self.running, waiting=self.waiting,
             address=self.address, tokens_per_second=self.tokens_per_second, kv_pages_budget=self.kv_pages_budget,
             kv_pages_capped_by_host=self.kv_pages_capped_by_host, **_dram_fields(self.dram),
+            kv_user_groups=self.kv_user_groups, kv_pages_free_per_group=self.kv_pages_free_per_group,
         )
 
 

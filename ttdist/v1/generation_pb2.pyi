@@ -193,7 +193,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second", "kv_pages_budget", "kv_pages_capped_by_host", "dram_total_bytes", "dram_weights_bytes", "dram_kv_bytes", "dram_other_bytes")
+    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second", "kv_pages_budget", "kv_pages_capped_by_host", "dram_total_bytes", "dram_weights_bytes", "dram_kv_bytes", "dram_other_bytes", "kv_user_groups", "kv_pages_free_per_group")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,8 @@ class ReplicaStatus(_message.Message):
     DRAM_WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     DRAM_KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     DRAM_OTHER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_USER_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_FREE_PER_GROUP_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     state: str
     pid: int
@@ -230,7 +232,9 @@ class ReplicaStatus(_message.Message):
     dram_weights_bytes: int
     dram_kv_bytes: int
     dram_other_bytes: int
-    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ..., kv_pages_capped_by_host: _Optional[bool] = ..., dram_total_bytes: _Optional[int] = ..., dram_weights_bytes: _Optional[int] = ..., dram_kv_bytes: _Optional[int] = ..., dram_other_bytes: _Optional[int] = ...) -> None: ...
+    kv_user_groups: int
+    kv_pages_free_per_group: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ..., kv_pages_capped_by_host: _Optional[bool] = ..., dram_total_bytes: _Optional[int] = ..., dram_weights_bytes: _Optional[int] = ..., dram_kv_bytes: _Optional[int] = ..., dram_other_bytes: _Optional[int] = ..., kv_user_groups: _Optional[int] = ..., kv_pages_free_per_group: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("replicas", "model", "policy")
