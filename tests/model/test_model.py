@@ -127,7 +127,8 @@ def test_smollm2_greedy_32_tokens_equal_transformers_generate(mesh, smollm2, smo
     ids = tok("Once upon a time, in a small village,", return_tensors="pt").input_ids
     with torch.no_grad():
         ref = smollm2_hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, ids.shape[1]:].tolist()
-    runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, dtype="float32", num_pages=4, page_size=32, max_batch=4,
+    # 8 pages: on 8x4 each of the 4 user groups holds 2 of them, and pages 0 and 1 are group 0's
+    runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, dtype="float32", num_pages=8, page_size=32, max_batch=4,
                                              cache_dir=weight_cache)
     prompt, table = ids[0].tolist(), [0, 1]
     out = [runner.prefill(PrefillInput(prompt, 0, table, True))]
