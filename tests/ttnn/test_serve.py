@@ -117,6 +117,11 @@ def test_cluster_status_reports_the_ttnn_mesh_and_its_kv_pages(served, spec):
         # on chips the cache takes the DRAM budget (no host-RAM cap): all of it free while idle
         assert replica.kv_pages_total == replica.kv_pages_budget > 0
         assert replica.kv_pages_free == replica.kv_pages_total
+        # a Galaxy splits its users over its 4 column groups, each with its own equal pool of pages
+        groups = 1 if spec.rows == 1 else spec.cols
+        assert replica.kv_user_groups == groups
+        per_group = [replica.kv_pages_total // groups] * groups if groups > 1 else []
+        assert list(replica.kv_pages_free_per_group) == per_group
 
 
 def test_tokens_stream_through_the_public_api(served, checkpoint):
@@ -151,10 +156,16 @@ def test_abort_mid_stream_frees_its_pages(served):
             assert time.monotonic() < deadline, f"the running stream's pages never showed as used: {replica}"
             time.sleep(0.1)
         assert replica.running == 1
+        if replica.kv_user_groups > 1:   # the stream's pages (3 or more by now) lie in its own group only
+            per_group = total // replica.kv_user_groups
+            own, *others = sorted(replica.kv_pages_free_per_group)
+            assert own <= per_group - 3 and others == [per_group] * (replica.kv_user_groups - 1)
         assert client.abort(stream.request_id) is True
         stream.close()
         after = _settled(client)
         assert after.kv_pages_free == after.kv_pages_total == total
+        if after.kv_user_groups > 1:
+            assert set(after.kv_pages_free_per_group) == {total // after.kv_user_groups}
 
 
 def test_a_mesh_the_system_lacks_is_one_line_naming_the_fix(checkpoint, spec, system, tmp_path):
