@@ -134,7 +134,7 @@ top = sum(v for k, v in led.items() if k.startswith("weights.") and not k.starts
 print(json.dumps({"seconds": time.perf_counter() - t0, "dram": dram.__dict__, "top_weight_bytes": top,
                   "layer_weight_bytes": dram.weights - top, "page_bytes": fit.page_bytes, "reserve": fit.reserve_bytes,
                   "pages_budget": fit.pages_budget, "num_pages": fit.num_pages, "capped": fit.capped_by_host,
-                  "layers": weights.config.num_hidden_layers}))
+                  "layers": weights.config.num_hidden_layers, "user_groups": runner.info.user_groups}))
 """
 
 
@@ -194,13 +194,16 @@ def report(r: dict, seconds: float, rss: float, args) -> None:
     weights80 = r["top_weight_bytes"] + FULL_LAYERS * per_layer
     room = d["capacity"] - weights80 - r["reserve"] - d["other"]
     pages80 = int(room // (page_layer * FULL_LAYERS)) - 1 if room > 0 else 0
-    tokens = pages80 * 32
+    groups = r.get("user_groups", 1)   # each column group's chips hold their own users' pages
+    per_user = pages80 * 32                # one user's pages lie in one group
+    tokens = per_user * groups
     fits = pages80 > 0
     print(f"80 layers (extrapolated from the ledger): weights {weights80 / GB:.2f} GB per chip of {d['capacity'] / GB:.2f} GB "
           f"-> {'FITS' if fits else 'DOES NOT FIT'} a Galaxy at {args.dtype}; KV {page_layer * FULL_LAYERS / 1e6:.2f} MB per page "
-          f"per chip, {pages80} pages = {tokens:,} tokens per replica (reserve {r['reserve'] / GB:.2f} GB)")
+          f"per chip, {pages80} pages per chip x {groups} user groups = {tokens:,} tokens per replica "
+          f"(reserve {r['reserve'] / GB:.2f} GB)")
     if fits:
-        users = ", ".join(f"{tokens // ctx} users x {ctx // 1024}K" for ctx in (4096, 32768, 131072))
+        users = ", ".join(f"{groups * (per_user // ctx)} users x {ctx // 1024}K" for ctx in (4096, 32768, 131072) if ctx <= per_user)
         print(f"  users x context: {users}")
 
 
