@@ -59,6 +59,13 @@ class Round:
     result: LoadResult
     prefill_steps: int
     decode_steps: int
+    engine_ttft_p50_ms: float      # arrival at the engine to its first token, as the engine measured it
+
+
+def engine_ttft_p50_ms(after, requests: int) -> float:
+    """The engine's own TTFT p50 over the round's ``requests`` requests (its newest samples)."""
+    samples = after.ttft_s[-requests:]
+    return 1000 * statistics.median(samples) if samples else float("nan")
 
 
 async def local_load(engine, load: Load) -> LoadResult:
@@ -103,7 +110,7 @@ def _engine_main(setup, weights, niceness: int, conn) -> None:
         result = asyncio.run(local_load(engine, load))
         after = engine.stats()
         conn.send(Round(result, after.prefill_steps_total - before.prefill_steps_total,
-                        after.decode_steps_total - before.decode_steps_total))
+                        after.decode_steps_total - before.decode_steps_total, engine_ttft_p50_ms(after, load.requests)))
     engine.shutdown()
 
 
@@ -147,7 +154,7 @@ class ServedSide:
                                    prompts=lambda i: prompt_ids(i, load.prompt)))
         after = ray.get(self.replica.engine_stats.remote())
         return Round(result, after.prefill_steps_total - before.prefill_steps_total,
-                     after.decode_steps_total - before.decode_steps_total)
+                     after.decode_steps_total - before.decode_steps_total, engine_ttft_p50_ms(after, load.requests))
 
 
 def checkpoint(model: str, tmp: str) -> str:
@@ -202,14 +209,14 @@ def main() -> None:
               f"{setup.num_pages} KV pages, batch {setup.max_batch}, torch threads {local.torch_threads} "
               f"(OMP_NUM_THREADS in-process {local.omp}, replica {replica_omp}), nice level in-process "
               f"{local.niceness}, replica {replica_nice}", flush=True)
-        print(f"{'round':<7}{'path':<30}{'tokens/s':>10}{'TTFT p50 ms':>13}{'prefill/decode steps':>22}")
+        print(f"{'round':<7}{'path':<30}{'tokens/s':>10}{'TTFT p50 ms':>13}{'in engine':>11}{'prefill/decode steps':>22}")
         for k in range(args.rounds):
             order = list(sides) if k % 2 == 0 else list(sides)[::-1]
             for name in order:
                 r = sides[name].run(Load(f"r{k}", args.requests, args.concurrency, args.max_tokens, args.prompt))
                 rounds[name].append(r)
                 print(f"{k + 1:<7}{name:<30}{r.result.tps:>10.1f}{r.result.ttft_p50_ms():>13.2f}"
-                      f"{f'{r.prefill_steps}/{r.decode_steps}':>22}", flush=True)
+                      f"{r.engine_ttft_p50_ms:>11.2f}{f'{r.prefill_steps}/{r.decode_steps}':>22}", flush=True)
     finally:
         if local is not None:
             local.close()
