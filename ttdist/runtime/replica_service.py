@@ -108,14 +108,13 @@ class _Outbox:
         self._ready.set()
 
     async def take(self) -> rpb.ReplicaStreamBatch | None:
-        """The next message (None once closed): waits for an entry, then one loop turn so the
-        rest of that engine step's outputs join it."""
+        """The next message (None once closed). The engine wakes every reader of one step in the
+        same loop turn, so by the time this wakes that step's entries are all here."""
         while not self._batch.entries:
             if self.closed:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        await asyncio.sleep(0)
         batch, self._batch = self._batch, rpb.ReplicaStreamBatch()
         return batch
 
