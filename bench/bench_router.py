@@ -176,13 +176,15 @@ def prompt_for(i: int, length: int = 16) -> list[int]:
 
 async def drive(addresses: list[str], requests: int, concurrency: int, max_tokens: int,
                 prompts=prompt_for, duration_s: float | None = None, connections: int = 0,
-                stagger_s: float = 0.0) -> LoadResult:
+                stagger_s: float = 0.0, arrivals: list[float] | None = None) -> LoadResult:
     """``concurrency`` users, each sending streaming requests back to back (round robin over
     ``connections`` client connections spread over ``addresses``; at least one per address),
     until ``requests`` are done or ``duration_s`` has passed. Give both sides of a comparison
     the same ``connections``: one HTTP/2 connection carries its streams one frame at a time.
     ``stagger_s``: user u starts ``u / concurrency * stagger_s`` late and TTFT counts only
-    requests sent after ``stagger_s``, so it is the steady state's, not the opening burst's."""
+    requests sent after ``stagger_s``, so it is the steady state's, not the opening burst's.
+    ``arrivals``: open loop instead: request i is sent ``arrivals[i]`` s after the start, whatever
+    is still running (``concurrency`` is then unused)."""
     n = max(connections, len(addresses))
     channels = [grpc.aio.insecure_channel(addresses[i % len(addresses)], options=[("grpc.use_local_subchannel_pool", 1)])
                 for i in range(n)]
@@ -192,27 +194,37 @@ async def drive(addresses: list[str], requests: int, concurrency: int, max_token
     t0 = time.perf_counter()
     done = [0]
 
+    async def send(i):
+        req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompts(i)), stream=True,
+                                 sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        start = time.perf_counter()
+        first = True
+        steady = start - t0 >= stagger_s
+        async for resp in stubs[i % len(stubs)].Generate(req):
+            if resp.WhichOneof("kind") == "chunk":
+                if first:
+                    if steady:
+                        ttft.append(time.perf_counter() - start)
+                    first = False
+                tokens[0] += len(resp.chunk.token_ids)
+                chunks[0] += 1
+        done[0] += 1
+
     async def user(u):
         await asyncio.sleep(u / concurrency * stagger_s)
         for i in counter:
             if duration_s is not None and time.perf_counter() - t0 > duration_s:
                 return
-            req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=prompts(i)), stream=True,
-                                     sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True))
-            start = time.perf_counter()
-            first = True
-            steady = start - t0 >= stagger_s
-            async for resp in stubs[i % len(stubs)].Generate(req):
-                if resp.WhichOneof("kind") == "chunk":
-                    if first:
-                        if steady:
-                            ttft.append(time.perf_counter() - start)
-                        first = False
-                    tokens[0] += len(resp.chunk.token_ids)
-                    chunks[0] += 1
-            done[0] += 1
+            await send(i)
 
-    await asyncio.gather(*(user(u) for u in range(concurrency)))
+    async def arrival(i):
+        await asyncio.sleep(max(0.0, t0 + arrivals[i] - time.perf_counter()))
+        await send(i)
+
+    if arrivals is None:
+        await asyncio.gather(*(user(u) for u in range(concurrency)))
+    else:
+        await asyncio.gather(*(arrival(i) for i in range(requests)))
     seconds = time.perf_counter() - t0
     for c in channels:
         await c.close()

@@ -11,12 +11,18 @@ The two sides differ only in the serving path:
   back, the same prompts and lengths. In-process they call ``engine.generate`` in the
   engine's process (its step loop is a worker thread, as in the replica); served they call
   the router over gRPC from this process;
+- two kinds of load, both sides alike: closed loop (each user sends its next request when the
+  last one ends: throughput) and open loop (Poisson arrivals at ``--load`` x the in-process
+  side's closed-loop request rate, the same send times on both sides). Closed-loop TTFT couples
+  the path to the step phase: a request the path delays by a few ms lands at another point of
+  a ~40 ms decode step, so it waits a different time for the step to end, on top of the path.
+  Open loop sends at times that do not depend on the path, so its added TTFT is the path's;
 - the same machine state: rounds alternate between the two (ABBA order) with both warm, so a
   shared machine's changing load falls on both alike. Each round prints its figures and the
   engine's prefill / decode step counts (equal counts: the same batching); the summary
   compares medians. Targets: throughput loss <= 5 %, added TTFT p50 <= 5 ms.
 
-    .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--rounds 3] [--requests 32] [--concurrency 8]
+    .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--rounds 3] [--requests 32] [--concurrency 8] [--load 0.5] [--open-requests 64]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -52,6 +59,17 @@ class Load:
     concurrency: int
     max_tokens: int
     prompt: int
+    rate: float = 0.0      # open loop: Poisson arrivals per second (0: closed loop, ``concurrency`` users)
+
+    def arrivals(self) -> list[float] | None:
+        """Send times in s after the start, the same for every side (seeded)."""
+        if not self.rate:
+            return None
+        rng, t, out = random.Random(self.requests), 0.0, []
+        for _ in range(self.requests):
+            out.append(t)
+            t += rng.expovariate(self.rate)
+        return out
 
 
 @dataclass(frozen=True)
@@ -75,22 +93,33 @@ async def local_load(engine, load: Load) -> LoadResult:
     counter = iter(range(load.requests))
     ttft, tokens, done = [], [0], [0]
 
+    async def send(i):
+        req = GenerationRequest(f"{load.tag}-{i}", prompt_token_ids=prompt_ids(i, load.prompt),
+                                sampling=SamplingParams(max_tokens=load.max_tokens, ignore_eos=True))
+        start = time.perf_counter()
+        first = True
+        async for out in engine.generate(req):
+            if out.token_ids:
+                if first:
+                    ttft.append(time.perf_counter() - start)
+                    first = False
+                tokens[0] += len(out.token_ids)
+        done[0] += 1
+
     async def user():
         for i in counter:
-            req = GenerationRequest(f"{load.tag}-{i}", prompt_token_ids=prompt_ids(i, load.prompt),
-                                    sampling=SamplingParams(max_tokens=load.max_tokens, ignore_eos=True))
-            start = time.perf_counter()
-            first = True
-            async for out in engine.generate(req):
-                if out.token_ids:
-                    if first:
-                        ttft.append(time.perf_counter() - start)
-                        first = False
-                    tokens[0] += len(out.token_ids)
-            done[0] += 1
+            await send(i)
+
+    async def arrival(i, at):
+        await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+        await send(i)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(load.concurrency)))
+    arrivals = load.arrivals()
+    if arrivals is None:
+        await asyncio.gather(*(user() for _ in range(load.concurrency)))
+    else:
+        await asyncio.gather(*(arrival(i, at) for i, at in enumerate(arrivals)))
     return LoadResult(done[0], tokens[0], time.perf_counter() - t0, ttft)
 
 
@@ -151,7 +180,7 @@ class ServedSide:
 
         before = ray.get(self.replica.engine_stats.remote())
         result = asyncio.run(drive([self.address], load.requests, load.concurrency, load.max_tokens,
-                                   prompts=lambda i: prompt_ids(i, load.prompt)))
+                                   prompts=lambda i: prompt_ids(i, load.prompt), arrivals=load.arrivals()))
         after = ray.get(self.replica.engine_stats.remote())
         return Round(result, after.prefill_steps_total - before.prefill_steps_total,
                      after.decode_steps_total - before.decode_steps_total, engine_ttft_p50_ms(after, load.requests))
@@ -180,6 +209,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--pages", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per engine, both sides")
+    ap.add_argument("--load", type=float, default=0.5,
+                    help="open-loop rate as a fraction of the in-process closed-loop request rate (0: closed loop only)")
+    ap.add_argument("--open-requests", type=int, default=64, help="requests per open-loop round")
     args = ap.parse_args()
     import psutil
     import ray
@@ -203,30 +235,44 @@ def main() -> None:
         warm = Load("warm", args.concurrency, args.concurrency, args.max_tokens, args.prompt)
         for side in sides.values():
             side.run(warm)
-        rounds: dict[str, list[Round]] = {name: [] for name in sides}
+        rounds: dict[tuple[str, str], list[Round]] = {}
+        rate = 0.0
         print(f"serving overhead: model {args.model}, {setup.mesh} {setup.backend} mesh, {args.requests} requests x "
               f"{args.max_tokens} tokens, prompt {args.prompt}, {args.concurrency} concurrent; both engines: "
               f"{setup.num_pages} KV pages, batch {setup.max_batch}, torch threads {local.torch_threads} "
               f"(OMP_NUM_THREADS in-process {local.omp}, replica {replica_omp}), nice level in-process "
               f"{local.niceness}, replica {replica_nice}", flush=True)
-        print(f"{'round':<7}{'path':<30}{'tokens/s':>10}{'TTFT p50 ms':>13}{'in engine':>11}{'prefill/decode steps':>22}")
+        print(f"{'round':<7}{'load':<12}{'path':<30}{'tokens/s':>10}{'TTFT p50 ms':>13}{'in engine':>11}"
+              f"{'prefill/decode steps':>22}")
         for k in range(args.rounds):
             order = list(sides) if k % 2 == 0 else list(sides)[::-1]
-            for name in order:
-                r = sides[name].run(Load(f"r{k}", args.requests, args.concurrency, args.max_tokens, args.prompt))
-                rounds[name].append(r)
-                print(f"{k + 1:<7}{name:<30}{r.result.tps:>10.1f}{r.result.ttft_p50_ms():>13.2f}"
-                      f"{r.engine_ttft_p50_ms:>11.2f}{f'{r.prefill_steps}/{r.decode_steps}':>22}", flush=True)
+            loads = [("closed", Load(f"r{k}", args.requests, args.concurrency, args.max_tokens, args.prompt))]
+            if args.load:
+                loads.append(("open", None))
+            for kind, load in loads:
+                for name in order:
+                    if load is None:   # the open-loop rate follows the first closed round's in-process rate
+                        load = Load(f"r{k}o", args.open_requests, args.concurrency, args.max_tokens, args.prompt, rate)
+                    r = sides[name].run(load)
+                    rounds.setdefault((kind, name), []).append(r)
+                    if kind == "closed" and name == IN_PROCESS and not rate:
+                        rate = args.load * r.result.rps
+                    label = kind if kind == "closed" else f"{load.rate:.1f} req/s"
+                    print(f"{k + 1:<7}{label:<12}{name:<30}{r.result.tps:>10.1f}{r.result.ttft_p50_ms():>13.2f}"
+                          f"{r.engine_ttft_p50_ms:>11.2f}{f'{r.prefill_steps}/{r.decode_steps}':>22}", flush=True)
     finally:
         if local is not None:
             local.close()
         deployment.shutdown()
-    tps = {name: statistics.median(r.result.tps for r in rs) for name, rs in rounds.items()}
-    ttft = {name: statistics.median(r.result.ttft_p50_ms() for r in rs) for name, rs in rounds.items()}
-    for name in rounds:
-        print(f"median {name:<30}{tps[name]:>10.1f}{ttft[name]:>13.2f}")
-    print(f"throughput loss {100 * (1 - tps[SERVED] / tps[IN_PROCESS]):.1f} % (target <= 5 %), "
-          f"added TTFT p50 {ttft[SERVED] - ttft[IN_PROCESS]:.2f} ms (target <= 5 ms)")
+    tps = {key: statistics.median(r.result.tps for r in rs) for key, rs in rounds.items()}
+    ttft = {key: statistics.median(r.result.ttft_p50_ms() for r in rs) for key, rs in rounds.items()}
+    for kind, name in rounds:
+        print(f"median {kind:<7}{name:<30}{tps[kind, name]:>10.1f}{ttft[kind, name]:>13.2f}")
+    print(f"closed loop: throughput loss {100 * (1 - tps['closed', SERVED] / tps['closed', IN_PROCESS]):.1f} % "
+          f"(target <= 5 %), added TTFT p50 {ttft['closed', SERVED] - ttft['closed', IN_PROCESS]:.2f} ms")
+    if args.load:
+        print(f"open loop at {rate:.1f} req/s ({args.load:.0%} of in-process capacity): added TTFT p50 "
+              f"{ttft['open', SERVED] - ttft['open', IN_PROCESS]:.2f} ms (target <= 5 ms)")
 
 
 if __name__ == "__main__":
