@@ -1,6 +1,8 @@
 """(a) Serving overhead: the same workload on the in-process engine and through router + replica.
 
-The two sides differ only in the serving path:
+The sides differ only in the serving path. A third side puts the same engine behind one bare
+gRPC server in a plain process (no Ray, no router), to show what a single gRPC hop into a
+process whose step thread is busy costs by itself:
 
 - the same engine: the in-process baseline is built by ``build_engine`` from the very
   ``ReplicaSetup`` and converted weights the coordinator gave the replica (mesh, KV pages,
@@ -10,7 +12,7 @@ The two sides differ only in the serving path:
 - the same client load: ``--concurrency`` async users sending streaming requests back to
   back, the same prompts and lengths. In-process they call ``engine.generate`` in the
   engine's process (its step loop is a worker thread, as in the replica); served they call
-  the router over gRPC from this process;
+  the router over gRPC from this process (the one-hop side: its bare server);
 - two kinds of load, both sides alike: closed loop (each user sends its next request when the
   last one ends: throughput) and open loop (Poisson arrivals at ``--load`` x the in-process
   side's closed-loop request rate, the same send times on both sides). Closed-loop TTFT couples
@@ -19,7 +21,8 @@ The two sides differ only in the serving path:
   Open loop sends at times that do not depend on the path, so its added TTFT is the path's;
 - the same machine state: rounds alternate between the two (ABBA order) with both warm, so a
   shared machine's changing load falls on both alike. Each round prints its figures and the
-  engine's prefill / decode step counts (equal counts: the same batching); the summary
+  engine's prefill / decode step counts (equal counts: the same batching) and the engine's
+  own TTFT p50, so the client's TTFT less the engine's is the path's ("path ms"); the summary
   compares medians. Targets: throughput loss <= 5 %, added TTFT p50 <= 5 ms.
 
     .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--rounds 3] [--requests 32] [--concurrency 8] [--load 0.5] [--open-requests 64]
@@ -45,7 +48,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from bench_router import LoadResult, drive  # noqa: E402
 
-IN_PROCESS, SERVED = "in-process engine", "router + replica (Ray, gRPC)"
+IN_PROCESS, ONE_HOP, SERVED = "in-process engine", "engine behind one gRPC hop", "router + replica (Ray, gRPC)"
 
 
 def prompt_ids(i: int, length: int) -> list[int]:
@@ -143,20 +146,75 @@ def _engine_main(setup, weights, niceness: int, conn) -> None:
     engine.shutdown()
 
 
+def _one_hop_main(setup, weights, niceness: int, conn) -> None:
+    """The one-hop side: the same engine behind a bare grpc.aio ``Generate`` in a fresh process (no
+    Ray, no router, no replica service), so what one gRPC hop into the engine's process costs shows
+    by itself. Answers each message on ``conn`` with the engine's stats; None ends it."""
+    import itertools
+
+    import grpc
+
+    from ttdist.engine import GenerationRequest, SamplingParams
+    from ttdist.runtime.replica import build_engine
+    from ttdist.v1 import generation_pb2 as pb
+    from ttdist.v1 import generation_pb2_grpc as pb_grpc
+
+    if niceness > os.nice(0):
+        os.nice(niceness - os.nice(0))
+    engine = build_engine(setup, weights)
+    engine.start()
+    ids = itertools.count()
+
+    class Bare(pb_grpc.GenerationServicer):
+        async def Generate(self, request, context):
+            req = GenerationRequest(f"hop-{next(ids)}", prompt_token_ids=list(request.token_ids.ids),
+                                    sampling=SamplingParams(max_tokens=request.sampling.max_tokens, ignore_eos=True))
+            async for out in engine.generate(req):
+                if out.token_ids:
+                    yield pb.GenerateResponse(chunk=pb.Chunk(token_ids=out.token_ids))
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_GenerationServicer_to_server(Bare(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        conn.send(port)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, conn.recv) is not None:
+            conn.send(engine.stats())
+        await server.stop(0)
+
+    asyncio.run(serve())
+    engine.shutdown()
+
+
+def _spawn(target, setup, weights, niceness: int):
+    """A fresh process running ``target`` with the replica's ``OMP_NUM_THREADS``; its pipe end."""
+    ctx = mp.get_context("spawn")
+    conn, child = ctx.Pipe()
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(setup.cpu_threads)   # as the coordinator starts replicas
+    try:
+        proc = ctx.Process(target=target, args=(setup, weights, niceness, child), daemon=True)
+        proc.start()
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    return proc, conn
+
+
+def _close(proc, conn) -> None:
+    conn.send(None)
+    proc.join(timeout=30)
+    if proc.is_alive():
+        proc.kill()
+
+
 class InProcessSide:
     def __init__(self, setup, weights, niceness: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        saved = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(setup.cpu_threads)   # as the coordinator starts replicas
-        try:
-            self.proc = ctx.Process(target=_engine_main, args=(setup, weights, niceness, child), daemon=True)
-            self.proc.start()
-        finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS")
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
+        self.proc, self.conn = _spawn(_engine_main, setup, weights, niceness)
         self.torch_threads, self.omp, self.niceness = self.conn.recv()
 
     def run(self, load: Load) -> Round:
@@ -164,26 +222,51 @@ class InProcessSide:
         return self.conn.recv()
 
     def close(self) -> None:
-        self.conn.send(None)
-        self.proc.join(timeout=30)
-        if self.proc.is_alive():
-            self.proc.kill()
+        _close(self.proc, self.conn)
 
 
-class ServedSide:
+class _GrpcSide:
+    """A side the load reaches over gRPC from this process, at ``self.address``."""
+
+    address: str
+
+    def stats(self):
+        raise NotImplementedError
+
+    def run(self, load: Load) -> Round:
+        before = self.stats()
+        result = asyncio.run(drive([self.address], load.requests, load.concurrency, load.max_tokens,
+                                   prompts=lambda i: prompt_ids(i, load.prompt), arrivals=load.arrivals()))
+        after = self.stats()
+        return Round(result, after.prefill_steps_total - before.prefill_steps_total,
+                     after.decode_steps_total - before.decode_steps_total, engine_ttft_p50_ms(after, load.requests))
+
+    def close(self) -> None:
+        pass
+
+
+class OneHopSide(_GrpcSide):
+    def __init__(self, setup, weights, niceness: int) -> None:
+        self.proc, self.conn = _spawn(_one_hop_main, setup, weights, niceness)
+        self.address = f"127.0.0.1:{self.conn.recv()}"
+
+    def stats(self):
+        self.conn.send(True)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        _close(self.proc, self.conn)
+
+
+class ServedSide(_GrpcSide):
     def __init__(self, deployment, replica) -> None:
         self.address = deployment.address
         self.replica = replica
 
-    def run(self, load: Load) -> Round:
+    def stats(self):
         import ray
 
-        before = ray.get(self.replica.engine_stats.remote())
-        result = asyncio.run(drive([self.address], load.requests, load.concurrency, load.max_tokens,
-                                   prompts=lambda i: prompt_ids(i, load.prompt), arrivals=load.arrivals()))
-        after = ray.get(self.replica.engine_stats.remote())
-        return Round(result, after.prefill_steps_total - before.prefill_steps_total,
-                     after.decode_steps_total - before.decode_steps_total, engine_ttft_p50_ms(after, load.requests))
+        return ray.get(self.replica.engine_stats.remote())
 
 
 def checkpoint(model: str, tmp: str) -> str:
@@ -223,13 +306,15 @@ def main() -> None:
     config = ClusterConfig(model=checkpoint(args.model, tmp), groups=(ReplicaGroup(),), port=0, dashboard_port=None,
                            max_kv_pages=args.pages, weights_cache=str(Path(tmp) / "weights"), cpu_threads=args.threads)
     deployment = deploy(config)
-    local = None
+    sides = {}
     try:
         wait_serving(deployment)
         setup, weights = ray.get(deployment.coordinator.replica_setup.remote("replica-0"))
         replica = ray.get(deployment.coordinator.actor.remote("replica-0"))
         replica_nice = psutil.Process(ray.get(replica.ping.remote())).nice()
-        sides = {IN_PROCESS: InProcessSide(setup, weights, replica_nice), SERVED: ServedSide(deployment, replica)}
+        sides = {IN_PROCESS: InProcessSide(setup, weights, replica_nice)}
+        sides[ONE_HOP] = OneHopSide(setup, weights, replica_nice)
+        sides[SERVED] = ServedSide(deployment, replica)
         local = sides[IN_PROCESS]
         replica_omp = ray.get(replica.env.remote("OMP_NUM_THREADS"))
         warm = Load("warm", args.concurrency, args.concurrency, args.max_tokens, args.prompt)
@@ -242,7 +327,7 @@ def main() -> None:
               f"{setup.num_pages} KV pages, batch {setup.max_batch}, torch threads {local.torch_threads} "
               f"(OMP_NUM_THREADS in-process {local.omp}, replica {replica_omp}), nice level in-process "
               f"{local.niceness}, replica {replica_nice}", flush=True)
-        print(f"{'round':<7}{'load':<12}{'path':<30}{'tokens/s':>10}{'TTFT p50 ms':>13}{'in engine':>11}"
+        print(f"{'round':<7}{'load':<12}{'path':<31}{'tokens/s':>10}{'TTFT p50 ms':>13}{'in engine':>11}"
               f"{'prefill/decode steps':>22}")
         for k in range(args.rounds):
             order = list(sides) if k % 2 == 0 else list(sides)[::-1]
@@ -258,21 +343,25 @@ def main() -> None:
                     if kind == "closed" and name == IN_PROCESS and not rate:
                         rate = args.load * r.result.rps
                     label = kind if kind == "closed" else f"{load.rate:.1f} req/s"
-                    print(f"{k + 1:<7}{label:<12}{name:<30}{r.result.tps:>10.1f}{r.result.ttft_p50_ms():>13.2f}"
+                    print(f"{k + 1:<7}{label:<12}{name:<31}{r.result.tps:>10.1f}{r.result.ttft_p50_ms():>13.2f}"
                           f"{r.engine_ttft_p50_ms:>11.2f}{f'{r.prefill_steps}/{r.decode_steps}':>22}", flush=True)
     finally:
-        if local is not None:
-            local.close()
+        for side in sides.values():
+            side.close()
         deployment.shutdown()
     tps = {key: statistics.median(r.result.tps for r in rs) for key, rs in rounds.items()}
     ttft = {key: statistics.median(r.result.ttft_p50_ms() for r in rs) for key, rs in rounds.items()}
+    # the path: the client's TTFT p50 less the engine's own, per round (what the path itself adds)
+    path = {key: statistics.median(r.result.ttft_p50_ms() - r.engine_ttft_p50_ms for r in rs) for key, rs in rounds.items()}
+    print(f"{'median':<19}{'path':<31}{'tokens/s':>10}{'TTFT p50 ms':>13}{'path ms':>11}")
     for kind, name in rounds:
-        print(f"median {kind:<7}{name:<30}{tps[kind, name]:>10.1f}{ttft[kind, name]:>13.2f}")
-    print(f"closed loop: throughput loss {100 * (1 - tps['closed', SERVED] / tps['closed', IN_PROCESS]):.1f} % "
-          f"(target <= 5 %), added TTFT p50 {ttft['closed', SERVED] - ttft['closed', IN_PROCESS]:.2f} ms")
-    if args.load:
-        print(f"open loop at {rate:.1f} req/s ({args.load:.0%} of in-process capacity): added TTFT p50 "
-              f"{ttft['open', SERVED] - ttft['open', IN_PROCESS]:.2f} ms (target <= 5 ms)")
+        print(f"median {kind:<12}{name:<31}{tps[kind, name]:>10.1f}{ttft[kind, name]:>13.2f}{path[kind, name]:>11.2f}")
+    for kind in ("closed", "open") if args.load else ("closed",):
+        head = "closed loop" if kind == "closed" else f"open loop at {rate:.1f} req/s ({args.load:.0%} of in-process capacity)"
+        print(f"{head}: added TTFT p50 one gRPC hop {ttft[kind, ONE_HOP] - ttft[kind, IN_PROCESS]:.2f} ms, "
+              f"router + replica {ttft[kind, SERVED] - ttft[kind, IN_PROCESS]:.2f} ms (target <= 5 ms)")
+    print(f"closed loop: throughput loss router + replica {100 * (1 - tps['closed', SERVED] / tps['closed', IN_PROCESS]):.1f} % "
+          f"(target <= 5 %), one gRPC hop {100 * (1 - tps['closed', ONE_HOP] / tps['closed', IN_PROCESS]):.1f} %")
 
 
 if __name__ == "__main__":
