@@ -126,16 +126,22 @@ async def local_load(engine, load: Load) -> LoadResult:
     return LoadResult(done[0], tokens[0], time.perf_counter() - t0, ttft)
 
 
-def _engine_main(setup, weights, niceness: int, conn) -> None:
-    """The in-process side: the replica's engine and the client load, in one fresh process."""
-    import torch
-
+def _start_engine(setup, weights, niceness: int):
+    """The replica's engine, built and started in this process at the replica's nice level."""
     from ttdist.runtime.replica import build_engine
 
     if niceness > os.nice(0):
         os.nice(niceness - os.nice(0))
     engine = build_engine(setup, weights)
     engine.start()
+    return engine
+
+
+def _engine_main(setup, weights, niceness: int, conn) -> None:
+    """The in-process side: the replica's engine and the client load, in one fresh process."""
+    import torch
+
+    engine = _start_engine(setup, weights, niceness)
     conn.send((torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"), os.nice(0)))
     while (load := conn.recv()) is not None:
         before = engine.stats()
@@ -155,14 +161,10 @@ def _one_hop_main(setup, weights, niceness: int, conn) -> None:
     import grpc
 
     from ttdist.engine import GenerationRequest, SamplingParams
-    from ttdist.runtime.replica import build_engine
     from ttdist.v1 import generation_pb2 as pb
     from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
-    if niceness > os.nice(0):
-        os.nice(niceness - os.nice(0))
-    engine = build_engine(setup, weights)
-    engine.start()
+    engine = _start_engine(setup, weights, niceness)
     ids = itertools.count()
 
     class Bare(pb_grpc.GenerationServicer):
