@@ -101,7 +101,8 @@ def test_counters_move_after_real_requests(cluster, page):
     # Round robin spread the requests: every replica produced tokens, and each card says so.
     body = status(cluster)
     by_replica = {r["replica_id"]: r["generation_tokens_total"] for r in body["replicas"]}
-    assert sum(by_replica.values()) == generated and all(by_replica.values()), (by_replica, [(e["kind"], e["replica_id"], e["message"]) for e in body["events"]])
+    events = [(e["kind"], e["replica_id"], e["message"]) for e in body["events"]]
+    assert sum(by_replica.values()) == generated and all(by_replica.values()), (by_replica, events)
     samples = metrics(cluster)
     for replica_id, tokens in by_replica.items():
         key = ("ttdist:generation_tokens_total", (("model_name", status(cluster)["model"]), ("replica", replica_id)))
