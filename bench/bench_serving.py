@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -126,13 +126,24 @@ async def local_load(engine, load: Load) -> LoadResult:
     return LoadResult(done[0], tokens[0], time.perf_counter() - t0, ttft)
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of process ``pid`` (and the threads it starts later) onto ``cpus``."""
+    if cpus is None:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass   # a thread that ended meanwhile
+
+
 def _start_engine(setup, weights, niceness: int):
     """The replica's engine, built and started in this process at the replica's nice level."""
     from ttdist.runtime.replica import build_engine
 
     if niceness > os.nice(0):
         os.nice(niceness - os.nice(0))
-    engine = build_engine(setup, weights)
+    engine = build_engine(replace(setup, engine_process=False), weights)   # its step loop a thread of this process
     engine.start()
     return engine
 
@@ -271,6 +282,14 @@ class ServedSide(_GrpcSide):
         return ray.get(self.replica.engine_stats.remote())
 
 
+def step_cpu_split() -> tuple[set[int], set[int]] | None:
+    """(the engine process's CPUs, everyone else's) on the served side: the first CPU for the step
+    loop, as a deployment gives an engine cores of its own; the client, router and the replica's
+    serving loop share the rest. None: one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else None
+
+
 def checkpoint(model: str, tmp: str) -> str:
     if model == "tiny":
         from ttdist.model.testing import tiny_llama_checkpoint
@@ -297,6 +316,7 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=0.5,
                     help="open-loop rate as a fraction of the in-process closed-loop request rate (0: closed loop only)")
     ap.add_argument("--open-requests", type=int, default=64, help="requests per open-loop round")
+    ap.add_argument("--no-pin", action="store_true", help="served: let the engine process share every CPU with the serving path")
     args = ap.parse_args()
     import psutil
     import ray
@@ -316,6 +336,13 @@ def main() -> None:
         replica_nice = psutil.Process(ray.get(replica.ping.remote())).nice()
         sides = {IN_PROCESS: InProcessSide(setup, weights, replica_nice)}
         sides[ONE_HOP] = OneHopSide(setup, weights, replica_nice)
+        split = None if args.no_pin else step_cpu_split()
+        if split is not None:   # the served deployment places its processes; the other sides use every CPU
+            replica_proc = psutil.Process(ray.get(replica.ping.remote()))
+            for proc in replica_proc.children():   # the replica's engine process
+                pin(proc.pid, split[0])
+            for pid in (os.getpid(), replica_proc.pid, *(ray.get(r.pid.remote()) for r in deployment.routers)):
+                pin(pid, split[1])
         sides[SERVED] = ServedSide(deployment, replica)
         local = sides[IN_PROCESS]
         replica_omp = ray.get(replica.env.remote("OMP_NUM_THREADS"))
@@ -328,7 +355,10 @@ def main() -> None:
               f"{args.max_tokens} tokens, prompt {args.prompt}, {args.concurrency} concurrent; both engines: "
               f"{setup.num_pages} KV pages, batch {setup.max_batch}, torch threads {local.torch_threads} "
               f"(OMP_NUM_THREADS in-process {local.omp}, replica {replica_omp}), nice level in-process "
-              f"{local.niceness}, replica {replica_nice}", flush=True)
+              f"{local.niceness}, replica {replica_nice}; " + (
+                  "no CPU pinning" if split is None else f"served: the replica's engine process on CPUs "
+                  f"{sorted(split[0])}, the router, the replica's serving loop and the client on CPUs "
+                  f"{sorted(split[1])}; the other sides on every CPU"), flush=True)
         print(f"{'round':<7}{'load':<12}{'path':<31}{'tokens/s':>10}{'TTFT p50 ms':>13}{'in engine':>11}"
               f"{'prefill/decode steps':>22}")
         for k in range(args.rounds):

@@ -12,11 +12,14 @@ group's page range and no group runs more than ``max_batch // user_groups`` user
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import xxhash
 
+from ttdist.engine.config import EngineConfig
+from ttdist.engine.core import EngineCore
 from ttdist.engine.runner import DecodeInput, PrefillInput, RunnerInfo, SamplingSpec
 
 NextToken = Callable[[tuple[int, ...]], int]
@@ -42,6 +45,7 @@ class FakeRunner:
     decode_gate: threading.Event | None = None   # when set up, each decode waits for it to open
     decode_entered: threading.Event = field(default_factory=threading.Event)
     user_groups: int = 1
+    decode_s: float = 0.0   # each decode takes at least this long (a model that computes)
 
     def __post_init__(self) -> None:
         self.info = RunnerInfo(
@@ -68,6 +72,8 @@ class FakeRunner:
         if self.decode_gate is not None:
             self.decode_gate.wait()
         self._count(("decode", len(inp.token_ids)))
+        if self.decode_s:
+            time.sleep(self.decode_s)
         if len(inp.token_ids) > self.max_batch:
             raise AssertionError(f"decode batch {len(inp.token_ids)} exceeds {self.max_batch}")
         groups = [self.group_of(table) for table in inp.page_tables]
@@ -123,3 +129,8 @@ def reference_output(
         if token in eos or token in stop_ids:
             break
     return out
+
+
+def fake_core(runner: dict, config: EngineConfig | None = None) -> EngineCore:
+    """An ``EngineCore`` over ``FakeRunner(**runner)``: what an ``EngineProcess`` child builds in tests."""
+    return EngineCore(FakeRunner(**runner), None, config or EngineConfig())

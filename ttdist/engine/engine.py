@@ -11,7 +11,6 @@ replica can report a dead or stuck loop instead of a constant "ready".
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import sys
 import threading
@@ -27,6 +26,7 @@ from ttdist.engine.request import GenerationRequest, RequestOutput
 from ttdist.engine.runner import ModelRunner, RunnerInfo
 from ttdist.engine.sequence import Sequence
 from ttdist.engine.stats import EngineLiveness, EngineStats
+from ttdist.engine.stream import OutputStream, wake_together
 from ttdist.engine.tokenizer import Tokenizer
 
 __all__ = ["AsyncEngine", "EngineConfig", "EngineStats", "block_hashes"]
@@ -36,72 +36,26 @@ _UNCLAIMED_LIMIT = 1024   # streams of submitted requests nobody asked for, kept
 # hands it over every 5 ms by default, so each loop turn that waits on a busy step can add up to
 # 5 ms to TTFT and inter-token gaps. 1 ms keeps the loop's turns short at a small cost in switches.
 GIL_SWITCH_INTERVAL_S = 0.001
-# While the step loop runs a step, the streams it fills are woken together once the step ends:
-# one callback per event loop instead of one per token, so every reader of that step runs in the
-# same loop turn (each turn the loop waits on the busy step thread for the GIL costs ~1 ms).
-_step_wakeups = threading.local()
-
-
-def _set_all(events: list[asyncio.Event]) -> None:
-    for event in events:
-        event.set()
-
-
-def _wake_readers(loop: asyncio.AbstractEventLoop, events: list[asyncio.Event]) -> None:
-    try:
-        loop.call_soon_threadsafe(_set_all, events)
-    except RuntimeError:
-        pass   # the consumer's loop is closed; nobody is left to read
-
-
-class _Stream:
-    """Outputs of one request: filled by the worker thread, read by one asyncio task."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque[RequestOutput] = collections.deque()
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Event | None = None
-        self.seq: Sequence | None = None
-
-    def put(self, out: RequestOutput) -> None:
-        with self._lock:
-            self._items.append(out)
-            loop, ready = self._loop, self._ready
-        if loop is None or ready is None:
-            return
-        pending = getattr(_step_wakeups, "pending", None)
-        if pending is None:
-            _wake_readers(loop, [ready])
-        else:
-            pending.setdefault(loop, []).append(ready)
-
-    async def get(self) -> RequestOutput:
-        """Every output waiting, merged into one (``RequestOutput.merge``); waits for the next
-        when none is: the first token is never held back, a reader behind catches up at once."""
-        with self._lock:
-            if self._ready is None:
-                self._loop, self._ready = asyncio.get_running_loop(), asyncio.Event()
-        while True:
-            with self._lock:
-                if self._items:
-                    items = list(self._items)
-                    self._items.clear()
-                    return RequestOutput.merge(items)
-                self._ready.clear()
-            await self._ready.wait()
-
-
 class AsyncEngine:
     def __init__(self, runner: ModelRunner, tokenizer: Tokenizer | None, config: EngineConfig | None = None) -> None:
-        self.core = EngineCore(runner, tokenizer, config or EngineConfig())
+        self._init(EngineCore(runner, tokenizer, config or EngineConfig()))
+
+    def _init(self, core: EngineCore) -> None:
+        self.core = core
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped_reason: str | None = "not started"
-        self._unclaimed: collections.OrderedDict[str, _Stream] = collections.OrderedDict()
+        self._unclaimed: collections.OrderedDict[str, tuple[OutputStream, Sequence]] = collections.OrderedDict()
         self._progress_s = time.monotonic()    # the loop last finished a step or found no work
         self._steps = 0
+
+    @classmethod
+    def around(cls, core: EngineCore) -> "AsyncEngine":
+        """An engine stepping ``core`` (built elsewhere, e.g. by a replica's ``build_core``)."""
+        engine = cls.__new__(cls)
+        engine._init(core)
+        return engine
 
     @property
     def info(self) -> RunnerInfo:
@@ -160,21 +114,17 @@ class AsyncEngine:
                 if self._stopping:
                     return
                 self._progress_s = time.monotonic()   # the age below is the current step's
-            _step_wakeups.pending = pending = {}
-            try:
-                self.core.step()
-                self._steps += 1
-                self._progress_s = time.monotonic()
-            except Exception as exc:  # the model failed: end every request, refuse new ones
-                with self._wake:
-                    self._stopping = True
-                    self._stopped_reason = f"engine failed: {type(exc).__name__}: {exc}"
-                self.core.abort_all(error=self._stopped_reason)
-                return
-            finally:
-                _step_wakeups.pending = None
-                for loop, events in pending.items():
-                    _wake_readers(loop, events)
+            with wake_together():   # the step's readers wake in one loop turn once it ends
+                try:
+                    self.core.step()
+                    self._steps += 1
+                    self._progress_s = time.monotonic()
+                except Exception as exc:  # the model failed: end every request, refuse new ones
+                    with self._wake:
+                        self._stopping = True
+                        self._stopped_reason = f"engine failed: {type(exc).__name__}: {exc}"
+                    self.core.abort_all(error=self._stopped_reason)
+                    return
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> None:
@@ -182,17 +132,16 @@ class AsyncEngine:
 
         Raises InvalidRequestError, OverloadedError, or EngineStoppedError.
         """
-        stream = self._submit(request)
-        self._unclaimed[request.request_id] = stream
+        self._unclaimed[request.request_id] = self._submit(request)
         while len(self._unclaimed) > _UNCLAIMED_LIMIT:
             self._unclaimed.popitem(last=False)
 
     def outputs(self, request_id: str) -> AsyncIterator[RequestOutput]:
         """The outputs of a request queued with ``submit`` (once; aborts it if left early)."""
-        stream = self._unclaimed.pop(request_id, None)
-        if stream is None:
+        submitted = self._unclaimed.pop(request_id, None)
+        if submitted is None:
             raise KeyError(f"no submitted request {request_id!r} is waiting to be read")
-        return self._follow(stream)
+        return self._follow(*submitted)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
         """Queue ``request`` now and iterate its outputs until one has ``finished`` set.
@@ -201,7 +150,7 @@ class AsyncEngine:
         the call. Leaving the loop early (break, an exception, cancellation) aborts the request
         once the iterator is closed: at once under ``contextlib.aclosing``, else when collected.
         """
-        return self._follow(self._submit(request))
+        return self._follow(*self._submit(request))
 
     def abort(self, request_id: str) -> bool:
         """End a request now and free its pages; False when it is not in flight (idempotent)."""
@@ -213,16 +162,16 @@ class AsyncEngine:
     def prefix_hashes(self) -> list[int]:
         return self.core.prefix_hashes()
 
-    def _submit(self, request: GenerationRequest) -> _Stream:
+    def _submit(self, request: GenerationRequest) -> tuple[OutputStream, Sequence]:
         with self._wake:
             if self._stopped_reason is not None:
                 raise EngineStoppedError(f"the engine is not running ({self._stopped_reason})")
-            stream = _Stream()
-            stream.seq = self.core.add_request(request, sink=stream.put)
+            stream = OutputStream()
+            seq = self.core.add_request(request, sink=stream.put)
             self._wake.notify()
-            return stream
+            return stream, seq
 
-    async def _follow(self, stream: _Stream) -> AsyncIterator[RequestOutput]:
+    async def _follow(self, stream: OutputStream, seq: Sequence) -> AsyncIterator[RequestOutput]:
         finished = False
         try:
             while not finished:
@@ -230,5 +179,5 @@ class AsyncEngine:
                 finished = out.finished
                 yield out
         finally:
-            if not finished and stream.seq is not None:
-                self.core.abort_sequence(stream.seq)
+            if not finished:
+                self.core.abort_sequence(seq)

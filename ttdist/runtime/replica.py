@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import ray
 
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
+from ttdist.engine.process import EngineProcess
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
 from ttdist.runtime.protocol import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
@@ -72,6 +73,7 @@ class ReplicaSetup:
     cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
     dispatch_core: str = "auto"   # ttnn backend: which cores dispatch (ReplicaGroup.dispatch_core)
     stall_after_s: float = 5.0    # the engine has work but made no step for this long: health NOT_SERVING
+    engine_process: bool = True   # model engine: its step loop in a process of its own (EngineProcess)
     faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
 
 
@@ -84,19 +86,17 @@ class StartedReplica:
     memory: ReplicaMemory | None = None   # KV budget and chip DRAM from the backend's ledger (model engines)
 
 
-def build_engine(setup: ReplicaSetup, weights):
-    """The engine a replica serves (not started): a scripted one, or the model on its mesh from
-    ``weights`` (a converted-weight cache path or the ``ShardedWeights``) with ``cpu_threads``
-    torch threads on the simulator (the ttnn backend never imports torch). The serving benchmark
-    builds its in-process baseline here too."""
-    s = setup
-    if s.engine == "scripted":
-        return ScriptedEngine(replace(s.scripted, faults=s.faults))
-    from ttdist.engine import AsyncEngine, EngineConfig
+def build_core(setup: ReplicaSetup, weights):
+    """The model's ``EngineCore`` on its mesh from ``weights`` (a converted-weight cache path, a
+    ``WeightSource`` or the ``ShardedWeights``), with ``cpu_threads`` torch threads on the simulator
+    (the ttnn backend never imports torch). Runs where the step loop will run."""
+    from ttdist.engine.core import EngineCore
+    from ttdist.engine.config import EngineConfig
     from ttdist.engine.tokenizer import Tokenizer
     from ttdist.model.runner import MeshModelRunner
     from ttdist.model.weights import open_weights
 
+    s = setup
     options = None
     if s.backend == "sim":
         import torch
@@ -111,7 +111,38 @@ def build_engine(setup: ReplicaSetup, weights):
     )
     tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
     config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens, faults=s.faults)
-    return AsyncEngine(runner, tokenizer, config)
+    return EngineCore(runner, tokenizer, config)
+
+
+def core_memory(core) -> ReplicaMemory | None:
+    """The KV budget and chip DRAM of a built engine's runner (its backend's ledger)."""
+    return replica_memory(core.runner)
+
+
+def build_engine(setup: ReplicaSetup, weights):
+    """The engine a replica serves (not started): a scripted one, the model's engine in a process
+    of its own (``EngineProcess``, the default), or with ``engine_process=False`` the model's
+    ``AsyncEngine`` in this process (the serving benchmark builds its in-process baseline so)."""
+    s = setup
+    if s.engine == "scripted":
+        return ScriptedEngine(replace(s.scripted, faults=s.faults))
+    from ttdist.engine import AsyncEngine
+    from ttdist.engine.tokenizer import Tokenizer
+
+    if not s.engine_process:
+        return AsyncEngine.around(build_core(s, weights))
+    tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
+    return EngineProcess(build_core, (s, _node_local(weights)), report=core_memory, tokenizer=tokenizer)
+
+
+def _node_local(weights):
+    """Weights the engine process can open by itself: shards fetched through Ray land in this
+    node's cache first (the child is no Ray worker)."""
+    from ttdist.model.weights import WeightSource
+
+    if isinstance(weights, WeightSource) and weights.remote is not None:
+        return WeightSource(entry=str(weights.remote.fetch()), precision=weights.precision)
+    return weights
 
 
 class ReplicaActor:
@@ -141,7 +172,7 @@ class ReplicaActor:
 
     async def start(self, weights) -> StartedReplica:
         self.engine = await asyncio.to_thread(build_engine, self.setup, weights)
-        self.engine.start()
+        await asyncio.to_thread(self.engine.start)
         host = self.setup.host or ray.util.get_node_ip_address()
         self._changed = asyncio.Event()
         self.server = await start_replica_server(
@@ -151,7 +182,10 @@ class ReplicaActor:
         self.address = f"{host}:{self.server.port}"
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
         total = self.engine.stats().total_pages
-        self.memory = replica_memory(getattr(getattr(self.engine, "core", None), "runner", None))
+        if isinstance(self.engine, EngineProcess):
+            self.memory = self.engine.report
+        else:
+            self.memory = replica_memory(getattr(getattr(self.engine, "core", None), "runner", None))
         return StartedReplica(os.getpid(), self.node_id(), self.address, total, self.memory)
 
     def _entry(self) -> ReplicaEntry:
@@ -203,7 +237,8 @@ class ReplicaActor:
             try:
                 if coordinator is None:
                     coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-                report = self.heartbeat()
+                # an engine process answers stats over a socket: not on the loop that streams tokens
+                report = await asyncio.to_thread(self.heartbeat) if isinstance(self.engine, EngineProcess) else self.heartbeat()
                 await self._publish_health(report)
                 beat = coordinator.heartbeat.remote(self.setup.replica_id, report)
                 self._prefix.acked(await asyncio.wait_for(beat, BEAT_TIMEOUT_S))
@@ -237,5 +272,5 @@ class ReplicaActor:
             self._beats.cancel()
         if self.server is not None:
             await self.server.stop(0.5)
-        if self.engine is not None:
-            self.engine.shutdown()
+        if self.engine is not None:   # waits for the step loop (a thread or the engine process)
+            await asyncio.to_thread(self.engine.shutdown)
