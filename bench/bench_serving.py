@@ -11,7 +11,7 @@ process whose step thread is busy costs by itself:
   torch and OpenMP run the same number of threads at the same OS priority on both sides;
 - the same client load: ``--concurrency`` async users sending streaming requests back to
   back, the same prompts and lengths. In-process they call ``engine.generate`` in the
-  engine's process (its step loop is a worker thread, as in the replica); served they call
+  engine's process (its step loop is a worker thread, ``AsyncEngine``); served they call
   the router over gRPC from this process (the one-hop side: its bare server);
 - two kinds of load, both sides alike: closed loop (each user sends its next request when the
   last one ends: throughput) and open loop (Poisson arrivals at ``--load`` x the in-process
@@ -19,13 +19,18 @@ process whose step thread is busy costs by itself:
   the path to the step phase: a request the path delays by a few ms lands at another point of
   a ~40 ms decode step, so it waits a different time for the step to end, on top of the path.
   Open loop sends at times that do not depend on the path, so its added TTFT is the path's;
+- the same CPUs: the in-process and one-hop sides use every CPU; the served deployment places
+  its processes as one would on a host, the replica's engine process on the first CPU and the
+  router, the replica's serving loop and the client on the rest (``--no-pin``: all share every CPU);
 - the same machine state: rounds alternate between the two (ABBA order) with both warm, so a
   shared machine's changing load falls on both alike. Each round prints its figures and the
   engine's prefill / decode step counts (equal counts: the same batching) and the engine's
-  own TTFT p50, so the client's TTFT less the engine's is the path's ("path ms"); the summary
-  compares medians. Targets: throughput loss <= 5 %, added TTFT p50 <= 5 ms.
+  own TTFT p50, so the client's TTFT less the engine's is the path's ("path ms"); served, the
+  engine process counts from when its loop takes the request between two steps, so its path
+  also holds the wait for the step in flight; the summary compares medians. Targets: throughput
+  loss <= 5 %, added TTFT p50 <= 5 ms.
 
-    .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--rounds 3] [--requests 32] [--concurrency 8] [--load 0.5] [--open-requests 64]
+    .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--rounds 3] [--requests 32] [--concurrency 8] [--load 0.5] [--open-requests 64] [--no-pin]
 """
 
 from __future__ import annotations

@@ -172,7 +172,10 @@ class ReplicaActor:
 
     async def start(self, weights) -> StartedReplica:
         self.engine = await asyncio.to_thread(build_engine, self.setup, weights)
-        await asyncio.to_thread(self.engine.start)
+        if isinstance(self.engine, EngineProcess):   # waits for the child to build the model
+            await asyncio.to_thread(self.engine.start)
+        else:   # a scripted engine's loop is a task of this event loop
+            self.engine.start()
         host = self.setup.host or ray.util.get_node_ip_address()
         self._changed = asyncio.Event()
         self.server = await start_replica_server(
@@ -272,5 +275,7 @@ class ReplicaActor:
             self._beats.cancel()
         if self.server is not None:
             await self.server.stop(0.5)
-        if self.engine is not None:   # waits for the step loop (a thread or the engine process)
+        if isinstance(self.engine, EngineProcess):   # waits for the child to exit
             await asyncio.to_thread(self.engine.shutdown)
+        elif self.engine is not None:
+            self.engine.shutdown()
