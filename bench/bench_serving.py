@@ -25,10 +25,9 @@ process whose step thread is busy costs by itself:
 - the same machine state: rounds alternate between the two (ABBA order) with both warm, so a
   shared machine's changing load falls on both alike. Each round prints its figures and the
   engine's prefill / decode step counts (equal counts: the same batching) and the engine's
-  own TTFT p50, so the client's TTFT less the engine's is the path's ("path ms"); served, the
-  engine process counts from when its loop takes the request between two steps, so its path
-  also holds the wait for the step in flight; the summary compares medians. Targets: throughput
-  loss <= 5 %, added TTFT p50 <= 5 ms.
+  own TTFT p50 (from the engine's ``generate`` call, the engine process's included), so the
+  client's TTFT less the engine's is the path's ("path ms"); the summary compares medians.
+  Targets: throughput loss <= 5 %, added TTFT p50 <= 5 ms.
 
     .venv/bin/python bench/bench_serving.py [--model tiny|smollm2|PATH] [--rounds 3] [--requests 32] [--concurrency 8] [--load 0.5] [--open-requests 64] [--no-pin]
 """

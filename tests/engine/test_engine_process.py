@@ -98,6 +98,27 @@ def test_abort_and_leaving_early_free_the_pages_in_the_child():
         assert stats.requests_aborted_total == 2 and stats.running == 0
 
 
+def test_ttft_counts_from_the_generate_call_through_the_step_in_flight():
+    with engine_process(decode_s=0.2) as engine:
+        async def run():
+            stream = engine.generate(request("long", [1, 2, 3], 6))
+            async for out in stream:
+                if out.token_ids:
+                    break   # a decode step of "long" starts now and takes 0.2 s
+            sent = time.monotonic()
+            ids, _ = await collect(engine, request("late", [4, 5], 1))
+            client_ttft = time.monotonic() - sent
+            await stream.aclose()
+            return client_ttft
+
+        client_ttft = asyncio.run(run())
+        engine_ttft = engine.stats().ttft_s[-1]
+        # "late" waited for the 0.2 s step in flight before it could prefill: the engine counts
+        # that wait, as the client saw it (less the channel's own time, a few ms)
+        assert client_ttft > 0.1
+        assert client_ttft - 0.05 < engine_ttft <= client_ttft
+
+
 def test_bad_requests_raise_typed_errors_and_the_engine_goes_on():
     config = EngineConfig(max_batch=1, max_waiting=1, prefill_chunk=8)
     with engine_process(config, decode_s=0.02) as engine:

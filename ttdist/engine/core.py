@@ -70,8 +70,12 @@ class EngineCore:
         self._lock = threading.RLock()
 
     # -- requests ---------------------------------------------------------------------------
-    def add_request(self, request: GenerationRequest, sink: Sink | None = None) -> Sequence:
-        """Validate and queue ``request``; raises InvalidRequestError or OverloadedError."""
+    def add_request(self, request: GenerationRequest, sink: Sink | None = None, arrival_s: float | None = None) -> Sequence:
+        """Validate and queue ``request``; raises InvalidRequestError or OverloadedError.
+
+        ``arrival_s`` (on ``clock``): when the request reached the engine, if that was before this
+        call (an engine process takes a request sent during a step once the step ends); its
+        queue time and TTFT count from there."""
         with self._lock:
             if isinstance(getattr(request, "request_id", None), str) and request.request_id in self._active:
                 raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
@@ -81,7 +85,7 @@ class EngineCore:
                 token_ids=list(checked.prompt_ids),
                 sampling=request.sampling,
                 max_tokens=checked.max_tokens,
-                arrival_s=self.clock(),
+                arrival_s=self.clock() if arrival_s is None else arrival_s,
                 detokenizer=self.tokenizer.detokenizer(checked.prompt_ids) if self.tokenizer else None,
             )
             if checked.resumed_ids:

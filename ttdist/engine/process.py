@@ -15,8 +15,9 @@ that the serving loop needs to take a request or send a token. They share three 
   whether it has work, written by the child's loop, read by the parent without a call, so a
   child stuck inside a step is still seen as stuck.
 
-The child takes new requests and aborts between steps (a step in flight could not use them)
-and blocks on the data channel while it has no work. It exits when the parent shuts it down or
+The child takes new requests and aborts between steps (a step in flight could not use them);
+a request's queue time and TTFT count from the parent's ``generate`` call, so the engine's
+latency figures hold the wait for the step in flight, as in ``AsyncEngine``. It blocks on the data channel while it has no work. It exits when the parent shuts it down or
 goes away (end of file on either channel), so a killed replica leaves no engine behind. When
 the child dies, every request the parent still has open ends with ABORT and the cause, as when
 the model fails in ``AsyncEngine``, and ``liveness`` says the engine is not alive.
@@ -199,7 +200,7 @@ class EngineProcess:
             if rid in self._streams:
                 raise InvalidRequestError("request_id", f"{rid!r} is already in flight")
             self._streams[rid] = stream
-        self._outbox.put(("add", request))
+        self._outbox.put(("add", request, time.monotonic()))
         return self._follow(rid, stream)
 
     async def _follow(self, rid: str, stream: OutputStream) -> AsyncIterator[RequestOutput]:
@@ -370,7 +371,7 @@ class _StepLoop:
         while self.conn.poll():
             msg = self.conn.recv()
             if msg[0] == "add":
-                self._add(msg[1])
+                self._add(msg[1], msg[2])
             elif msg[0] == "abort":
                 self.core.abort(msg[1])
             elif msg[0] == "shutdown":
@@ -379,11 +380,15 @@ class _StepLoop:
                 return False
         return True
 
-    def _add(self, request: GenerationRequest) -> None:
+    def _add(self, request: GenerationRequest, sent_s: float) -> None:
+        """Queue ``request``, its arrival the parent's ``generate`` call (``sent_s``, monotonic:
+        one clock for every process of the host), so its queue time and TTFT hold the wait for
+        the step that was in flight, as in ``AsyncEngine``."""
         try:
             if self.stopped is not None:
                 raise EngineStoppedError(f"the engine is not running ({self.stopped})")
-            self.core.add_request(request, sink=self._collect)
+            arrival = sent_s if self.core.clock is time.monotonic else None
+            self.core.add_request(request, sink=self._collect, arrival_s=arrival)
         except Exception as exc:  # noqa: BLE001 - this request alone: the parent raises it to its caller
             self.conn.send(("rejected", request.request_id, _encode_error(exc)))
 
