@@ -9,6 +9,8 @@ token and the tokens per streamed message (a stream that falls behind takes ever
 waiting for it in one message, on both paths). The router gets a CPU of its own, as in a
 deployment, and the replicas and the load generator share the others on both paths
 (``--no-pin``: everything shares every CPU, so the router's CPU is taken from the replicas).
+It also prints how busy the router process was and each CPU's busy share on each path, so
+which side ran out of CPU shows.
 Also the harness that bench_scaleout.py and bench_cache_aware.py use.
 
     .venv/bin/python bench/bench_router.py [--replicas 4] [--requests 2000] [--concurrency 64] [--stream-interval 1] [--no-pin]
@@ -121,13 +123,17 @@ class Processes:
         for _ in range(routers if policy else 0):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_router_main, args=(self.replica_ports, cfg, policy, child, interval), daemon=True)
-            proc.start()
+            if split is not None:   # the router starts on its CPUs, so every thread it starts stays there
+                os.sched_setaffinity(0, split[0])
+            try:
+                proc.start()
+            finally:
+                if split is not None:
+                    os.sched_setaffinity(0, split[1])
             self.procs.append(proc)
             self.conns.append(parent)
             self.router_ports.append(parent.recv())
             self.router_pids.append(proc.pid)
-            if split is not None:
-                os.sched_setaffinity(proc.pid, split[0])
 
     @property
     def router_port(self) -> int | None:
@@ -238,6 +244,21 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
+def cpu_busy(since: list[tuple[int, int]] | None = None):
+    """Each CPU's (busy, total) jiffies from /proc/stat; with ``since``, each CPU's busy
+    fraction since then."""
+    rows = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]
+                rows.append((sum(v) - idle, sum(v)))
+    if since is None:
+        return rows
+    return [(b - b0) / max(1, t - t0) for (b, t), (b0, t0) in zip(rows, since)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", type=int, default=4)
@@ -254,19 +275,22 @@ def main() -> None:
     split = cpu_split(not args.no_pin)
     procs = Processes(args.replicas, cfg, interval=(args.stream_interval, 0), split=split)
     results: dict[str, list[LoadResult]] = {DIRECT: [], ROUTED: []}
-    router_cpu, routed_tokens = 0.0, 0
+    router_cpu, routed_tokens, routed_s = 0.0, 0, 0.0
+    busy = {DIRECT: [], ROUTED: []}
     try:
         sides = {DIRECT: [f"127.0.0.1:{p}" for p in procs.replica_ports], ROUTED: [f"127.0.0.1:{procs.router_port}"]}
         for addresses in sides.values():   # warm up both paths
             asyncio.run(drive(addresses, 200, 16, 8))
         for k in range(args.rounds):
             for name in (list(sides) if k % 2 == 0 else list(sides)[::-1]):
-                before = cpu_seconds(procs.router_pid)
+                before, cpus = cpu_seconds(procs.router_pid), cpu_busy()
                 r = asyncio.run(drive(sides[name], args.requests, args.concurrency, args.max_tokens,
                                       connections=args.connections or args.replicas))
+                busy[name].append(cpu_busy(cpus))
                 if name == ROUTED:
                     router_cpu += cpu_seconds(procs.router_pid) - before
                     routed_tokens += r.tokens
+                    routed_s += r.seconds
                 results[name].append(r)
     finally:
         procs.close()
@@ -282,7 +306,11 @@ def main() -> None:
         print(f"{name:<22}{rps:>12.0f}{tps[name]:>12.0f}{statistics.median(r.ttft_p50_ms() for r in rs):>13.2f}"
               f"{statistics.median(r.tokens_per_chunk for r in rs):>12.2f}")
     print(f"tokens/s ratio router / direct {tps[ROUTED] / tps[DIRECT]:.2f} (target >= 0.9); router process "
-          f"{1e6 * router_cpu / max(1, routed_tokens):.1f} CPU us per streamed token")
+          f"{1e6 * router_cpu / max(1, routed_tokens):.1f} CPU us per streamed token, busy "
+          f"{router_cpu / max(1e-9, routed_s):.0%} of the time")
+    for name, rows in busy.items():
+        per_cpu = [statistics.median(r[c] for r in rows) for c in range(len(rows[0]))]
+        print(f"CPU busy, {name}: " + ", ".join(f"CPU {c} {b:.0%}" for c, b in enumerate(per_cpu)))
 
 
 DIRECT, ROUTED = "direct to replicas", "through one router"
