@@ -15,6 +15,8 @@ before the actor is created). Both are owned by this driver, so they end with it
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -98,15 +100,56 @@ class Deployment:
             ray.shutdown()
 
 
+LOCAL_RAY_TRIES = 2   # Ray gives a local raylet a fixed 30 s to register; a loaded host can miss it once
+
+
 def connect(address: str | None) -> bool:
-    """Join Ray at ``address`` or start a local one; True if this call started it."""
+    """Join Ray at ``address`` or start a local one; True if this call started it.
+
+    A local start whose raylet misses Ray's registration window is tried once more, after the
+    processes that attempt started (children of this process, found by PID) are killed."""
     if ray.is_initialized():
         return False
-    ray.init(
-        address=address or "local", namespace=NAMESPACE, include_dashboard=False,
-        logging_level="WARNING", log_to_driver=True,
-    )
-    return True
+    local = address in (None, "local")
+    for attempt in range(1, LOCAL_RAY_TRIES + 1):
+        before = _child_pids()
+        try:
+            ray.init(
+                address=address or "local", namespace=NAMESPACE, include_dashboard=False,
+                logging_level="WARNING", log_to_driver=True,
+            )
+            return True
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for a slow raylet
+            if not local or attempt == LOCAL_RAY_TRIES or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            _kill_children_since(before)
+    raise AssertionError("unreachable")
+
+
+def _child_pids() -> set[int]:
+    """Every descendant of this process (from /proc: the hardware environment has no psutil)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass   # gone meanwhile
+    found, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _kill_children_since(before: set[int]) -> None:
+    for pid in _child_pids() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def fixed_port(host: str, port: int) -> int:
