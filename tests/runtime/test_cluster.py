@@ -231,6 +231,67 @@ def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
     assert restarting_at - failed_at >= RESTART_DELAY_S
 
 
+def _engine_process_of(pid: int) -> int:
+    """The engine process a replica process started (``python -m ttdist.engine.process``)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == pid and b"ttdist.engine.process" in argv:
+            return int(entry)
+    raise AssertionError(f"replica process {pid} has no engine process")
+
+
+def test_a_killed_engine_process_fails_its_replica_and_its_streams_move_exactly(cluster):
+    deployment, stub = cluster
+    wait_all_ready(stub)
+    n = 60
+    undisturbed = [run(stub, greedy(p, n))[0] for p in PROMPTS]
+    got = [[] for _ in PROMPTS]
+    completes = [None] * len(PROMPTS)
+    all_started = threading.Barrier(len(PROMPTS) + 1)
+
+    def stream(i):
+        started = False
+        for resp in stub.Generate(greedy(PROMPTS[i], n), timeout=120):
+            if resp.WhichOneof("kind") == "chunk":
+                got[i].extend(resp.chunk.token_ids)
+                if not started and len(got[i]) >= 2:
+                    started = True
+                    all_started.wait()
+            else:
+                completes[i] = resp.complete
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    all_started.wait()
+    victim = next(r for r in status(stub).replicas if r.replica_id == "replica-1")
+    engine_pid = _engine_process_of(victim.pid)
+    os.kill(engine_pid, signal.SIGKILL)   # the replica process itself lives on
+    mid = [len(g) for g in got]
+    for t in threads:
+        t.join()
+    assert any(m < n for m in mid), "the kill came after every stream had finished"
+    for i in range(len(PROMPTS)):
+        assert got[i] == undisturbed[i], i
+        assert list(completes[i].output_ids) == undisturbed[i]
+        assert completes[i].replica_id in ("replica-0", "replica-2") or mid[i] == n
+    # the replica reported its dead engine: failed, then restarted as a new process with a new engine
+    st = wait_all_ready(stub)
+    restarted = next(r for r in st.replicas if r.replica_id == "replica-1")
+    assert restarted.pid != victim.pid and _engine_process_of(restarted.pid) != engine_pid
+    failures = [e.message for e in deployment.snapshot().events if e.kind == "replica_failed" and e.replica_id == "replica-1"]
+    assert any("exited with code -9" in m for m in failures), failures
+    assert run(stub, greedy(PROMPTS[0], n))[0] == undisturbed[0]
+
+
 def test_status_right_after_a_request_shows_it_finished(cluster):
     deployment, stub = cluster
     wait_all_ready(stub)
