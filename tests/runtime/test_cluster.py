@@ -170,10 +170,11 @@ def _replica_of(stub, request_id, call):
     raise AssertionError("no replica is running the request")
 
 
-def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
-    deployment, stub = cluster
-    wait_all_ready(stub)
-    n = 60
+def _streams_around(stub, n: int, cause, then=lambda: None):
+    """Every prompt of PROMPTS streamed at once for ``n`` tokens; ``cause()`` runs once each has
+    2 tokens, ``then()`` while they go on. Returns what ``cause`` returned, the tokens each stream
+    had right after it, the tokens and ``Complete`` each ended with, and the same requests' ids
+    undisturbed (sent one by one before)."""
     undisturbed = [run(stub, greedy(p, n))[0] for p in PROMPTS]
     got = [[] for _ in PROMPTS]
     completes = [None] * len(PROMPTS)
@@ -194,18 +195,34 @@ def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
     for t in threads:
         t.start()
     all_started.wait()
-    victim = next(r for r in status(stub).replicas if r.replica_id == "replica-0")
-    os.kill(victim.pid, signal.SIGKILL)
+    caused = cause()
     mid = [len(g) for g in got]
-    # the coordinator holds the restart for restart_delay_s: the failed state is visible
-    states = []
-    deadline = time.monotonic() + 30
-    while "failed" not in states and time.monotonic() < deadline:
-        states.append(next(r.state for r in status(stub).replicas if r.replica_id == "replica-0"))
-        time.sleep(0.05)
-    assert "failed" in states, states
+    then()
     for t in threads:
         t.join()
+    return caused, mid, got, completes, undisturbed
+
+
+def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
+    deployment, stub = cluster
+    wait_all_ready(stub)
+    n = 60
+
+    def kill():
+        victim = next(r for r in status(stub).replicas if r.replica_id == "replica-0")
+        os.kill(victim.pid, signal.SIGKILL)
+        return victim
+
+    def failed_is_visible():
+        # the coordinator holds the restart for restart_delay_s: the failed state is visible
+        states = []
+        deadline = time.monotonic() + 30
+        while "failed" not in states and time.monotonic() < deadline:
+            states.append(next(r.state for r in status(stub).replicas if r.replica_id == "replica-0"))
+            time.sleep(0.05)
+        assert "failed" in states, states
+
+    victim, mid, got, completes, undisturbed = _streams_around(stub, n, kill, failed_is_visible)
     assert any(m < n for m in mid), "the kill came after every stream had finished"
     for i in range(len(PROMPTS)):
         assert got[i] == undisturbed[i], i
@@ -252,32 +269,14 @@ def test_a_killed_engine_process_fails_its_replica_and_its_streams_move_exactly(
     deployment, stub = cluster
     wait_all_ready(stub)
     n = 60
-    undisturbed = [run(stub, greedy(p, n))[0] for p in PROMPTS]
-    got = [[] for _ in PROMPTS]
-    completes = [None] * len(PROMPTS)
-    all_started = threading.Barrier(len(PROMPTS) + 1)
 
-    def stream(i):
-        started = False
-        for resp in stub.Generate(greedy(PROMPTS[i], n), timeout=120):
-            if resp.WhichOneof("kind") == "chunk":
-                got[i].extend(resp.chunk.token_ids)
-                if not started and len(got[i]) >= 2:
-                    started = True
-                    all_started.wait()
-            else:
-                completes[i] = resp.complete
+    def kill():
+        victim = next(r for r in status(stub).replicas if r.replica_id == "replica-1")
+        engine_pid = _engine_process_of(victim.pid)
+        os.kill(engine_pid, signal.SIGKILL)   # the replica process itself lives on
+        return victim, engine_pid
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    all_started.wait()
-    victim = next(r for r in status(stub).replicas if r.replica_id == "replica-1")
-    engine_pid = _engine_process_of(victim.pid)
-    os.kill(engine_pid, signal.SIGKILL)   # the replica process itself lives on
-    mid = [len(g) for g in got]
-    for t in threads:
-        t.join()
+    (victim, engine_pid), mid, got, completes, undisturbed = _streams_around(stub, n, kill)
     assert any(m < n for m in mid), "the kill came after every stream had finished"
     for i in range(len(PROMPTS)):
         assert got[i] == undisturbed[i], i

@@ -141,7 +141,8 @@ class AsyncEngine:
         submitted = self._unclaimed.pop(request_id, None)
         if submitted is None:
             raise KeyError(f"no submitted request {request_id!r} is waiting to be read")
-        return self._follow(*submitted)
+        stream, seq = submitted
+        return stream.follow(lambda: self.core.abort_sequence(seq))
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
         """Queue ``request`` now and iterate its outputs until one has ``finished`` set.
@@ -150,7 +151,8 @@ class AsyncEngine:
         the call. Leaving the loop early (break, an exception, cancellation) aborts the request
         once the iterator is closed: at once under ``contextlib.aclosing``, else when collected.
         """
-        return self._follow(*self._submit(request))
+        stream, seq = self._submit(request)
+        return stream.follow(lambda: self.core.abort_sequence(seq))
 
     def abort(self, request_id: str) -> bool:
         """End a request now and free its pages; False when it is not in flight (idempotent)."""
@@ -171,13 +173,3 @@ class AsyncEngine:
             self._wake.notify()
             return stream, seq
 
-    async def _follow(self, stream: OutputStream, seq: Sequence) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                out = await stream.get()
-                finished = out.finished
-                yield out
-        finally:
-            if not finished:
-                self.core.abort_sequence(seq)

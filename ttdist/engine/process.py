@@ -201,23 +201,16 @@ class EngineProcess:
                 raise InvalidRequestError("request_id", f"{rid!r} is already in flight")
             self._streams[rid] = stream
         self._outbox.put(("add", request, time.monotonic()))
-        return self._follow(rid, stream)
+        return stream.follow(lambda: self._left(rid, stream))
 
-    async def _follow(self, rid: str, stream: OutputStream) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                out = await stream.get()
-                finished = out.finished
-                yield out
-        finally:
-            if not finished:
-                with self._lock:
-                    mine = self._streams.get(rid) is stream
-                    if mine:
-                        del self._streams[rid]
-                if mine:
-                    self._outbox.put(("abort", rid))
+    def _left(self, rid: str, stream: OutputStream) -> None:
+        """The reader of ``rid`` left before its end: abort it in the child (if still this stream's)."""
+        with self._lock:
+            mine = self._streams.get(rid) is stream
+            if mine:
+                del self._streams[rid]
+        if mine:
+            self._outbox.put(("abort", rid))
 
     def abort(self, request_id: str) -> bool:
         """End a request now (its pages are freed in the child before its next step); False when

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import threading
+from collections.abc import AsyncIterator, Callable
 
 from ttdist.engine.request import RequestOutput
 
@@ -91,3 +92,16 @@ class OutputStream:
                     raise self._error
                 self._ready.clear()
             await self._ready.wait()
+
+    async def follow(self, on_leave: Callable[[], None]) -> AsyncIterator[RequestOutput]:
+        """Every output until one has ``finished`` set; ``on_leave()`` when the reader leaves
+        before that (break, an exception, cancellation): the engine aborts the request then."""
+        finished = False
+        try:
+            while not finished:
+                out = await self.get()
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                on_leave()
