@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from ttdist.engine import EngineConfig, EngineStoppedError, FinishReason, GenerationRequest, InvalidRequestError, OverloadedError, SamplingParams
 from ttdist.engine.faults import EngineFaults
 from ttdist.engine.process import EngineProcess, EngineStartError
+from ttdist.runtime.procs import alive
 
 from engine_fakes import FakeRunner, fake_core, reference_output
 
@@ -126,6 +128,11 @@ def test_bad_requests_raise_typed_errors_and_the_engine_goes_on():
             with pytest.raises(InvalidRequestError) as err:
                 await collect(engine, request("bad", [1, 999], 4))    # vocab is 64
             assert err.value.field == "prompt_token_ids"
+            unsendable = GenerationRequest("unsendable", prompt_token_ids=[1, 2], sampling=SamplingParams(max_tokens=4))
+            unsendable.prompt = threading.Lock()   # cannot be pickled to the child
+            with pytest.raises(InvalidRequestError, match="cannot be sent to the engine process") as err:
+                engine.generate(unsendable)
+            assert err.value.field == "request"
             running = asyncio.ensure_future(collect(engine, request("a", [1, 2], 40)))
             await wait_until(lambda: engine.stats().running == 1, what="a running")
             waiting = asyncio.ensure_future(collect(engine, request("b", [3, 4], 4)))
@@ -205,19 +212,11 @@ def test_the_child_exits_when_its_owner_is_killed():
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 10
-        while _alive(child):
+        while alive(child):
             assert time.monotonic() < deadline, f"engine process {child} outlived its owner"
             time.sleep(0.05)
     finally:
         proc.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_child_that_cannot_build_its_engine_says_why():

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ttdist.router.deploy import deploy, wait_serving
 from ttdist.runtime.auth import cluster_metadata
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
+from ttdist.runtime.procs import alive, argv, descendants
 from ttdist.v1 import generation_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -250,18 +251,9 @@ def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
 
 def _engine_process_of(pid: int) -> int:
     """The engine process a replica process started (``python -m ttdist.engine.process``)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if ppid == pid and b"ttdist.engine.process" in argv:
-            return int(entry)
+    for child in descendants(pid):
+        if alive(child) and b"ttdist.engine.process" in argv(child):
+            return child
     raise AssertionError(f"replica process {pid} has no engine process")
 
 

@@ -11,31 +11,14 @@ import time
 import pytest
 import ray
 
-from ttdist.router.deploy import _child_pids, connect
+from ttdist.router.deploy import connect
+from ttdist.runtime.procs import alive, argv, descendants
 
 pytestmark = pytest.mark.slow
 
 
-def _alive(pid: int) -> bool:
-    """Running (a killed child stays a zombie until its parent reaps it: that is not alive)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def _raylets() -> list[int]:
-    found = []
-    for pid in _child_pids():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0")[0]
-        except OSError:
-            continue
-        if argv0.endswith(b"/raylet") and _alive(pid):
-            found.append(pid)
-    return found
+    return [pid for pid in descendants() if alive(pid) and argv(pid)[:1] and argv(pid)[0].endswith(b"/raylet")]
 
 
 def test_a_raylet_that_misses_registration_gets_a_second_start():
@@ -57,7 +40,7 @@ def test_a_raylet_that_misses_registration_gets_a_second_start():
         assert connect(None) is True
         watcher.join(timeout=5)
         assert len(stalled) == 1, "the first raylet was never seen"
-        assert not _alive(stalled[0])   # the stalled attempt's raylet was killed
+        assert not alive(stalled[0])   # the stalled attempt's raylet was killed
         raylets = _raylets()
         assert len(raylets) == 1 and raylets[0] != stalled[0]
         assert [n["Alive"] for n in ray.nodes()] == [True]

@@ -41,6 +41,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,7 +88,7 @@ class EngineProcess:
         self._lock = threading.Lock()          # guards _streams and _stopped_reason
         self._streams: dict[str, OutputStream] = {}
         self._stopped_reason: str | None = "not started"
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()   # pickled commands for the child, None: stop
         self._ctl_lock = threading.Lock()
         self._ctl_seq = 0
         self._last_stats: EngineStats | None = None
@@ -155,7 +156,7 @@ class EngineProcess:
             reason = self._stopped_reason
         if self._proc is None:
             return
-        self._outbox.put(("shutdown", reason))
+        self._outbox.put(ForkingPickler.dumps(("shutdown", reason)))
         self._outbox.put(None)
         try:
             self._proc.wait(timeout_s)
@@ -193,6 +194,10 @@ class EngineProcess:
         rid = request.request_id
         if not isinstance(rid, str):
             raise InvalidRequestError("request_id", f"must be a string, got {type(rid).__name__}")
+        try:   # pickled here, so a request that cannot cross fails at the call, not in the writer
+            message = ForkingPickler.dumps(("add", request, time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raised: this request only
+            raise InvalidRequestError("request", f"cannot be sent to the engine process: {type(exc).__name__}: {exc}") from None
         stream = OutputStream()
         with self._lock:
             if self._stopped_reason is not None:
@@ -200,7 +205,7 @@ class EngineProcess:
             if rid in self._streams:
                 raise InvalidRequestError("request_id", f"{rid!r} is already in flight")
             self._streams[rid] = stream
-        self._outbox.put(("add", request, time.monotonic()))
+        self._outbox.put(message)
         return stream.follow(lambda: self._left(rid, stream))
 
     def _left(self, rid: str, stream: OutputStream) -> None:
@@ -210,7 +215,7 @@ class EngineProcess:
             if mine:
                 del self._streams[rid]
         if mine:
-            self._outbox.put(("abort", rid))
+            self._outbox.put(ForkingPickler.dumps(("abort", rid)))
 
     def abort(self, request_id: str) -> bool:
         """End a request now (its pages are freed in the child before its next step); False when
@@ -218,7 +223,7 @@ class EngineProcess:
         with self._lock:
             found = request_id in self._streams
         if found:
-            self._outbox.put(("abort", request_id))
+            self._outbox.put(ForkingPickler.dumps(("abort", request_id)))
         return found
 
     def stats(self) -> EngineStats:
@@ -262,7 +267,7 @@ class EngineProcess:
     def _write(self) -> None:
         while (msg := self._outbox.get()) is not None:
             try:
-                self._data.send(msg)
+                self._data.send_bytes(msg)
             except OSError:
                 return   # the child is gone: the reader ends the streams
 
@@ -282,6 +287,9 @@ class EngineProcess:
                         self._stopped_reason = self._stopped_reason or msg[1]
         except (EOFError, OSError):
             pass
+        except Exception:  # noqa: BLE001 - an output this side cannot read: no stream may hang on it
+            traceback.print_exc()
+            self._kill()
         code = self._proc.wait()
         self._end_streams(f"the engine process exited with code {code}")
 

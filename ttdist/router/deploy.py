@@ -31,6 +31,7 @@ from ttdist.router.stream_interval import StreamInterval
 from ttdist.runtime.auth import new_cluster_token
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.coordinator import Coordinator
+from ttdist.runtime.procs import descendants
 from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, replica_actor_name
 
 
@@ -112,7 +113,7 @@ def connect(address: str | None) -> bool:
         return False
     local = address in (None, "local")
     for attempt in range(1, LOCAL_RAY_TRIES + 1):
-        before = _child_pids()
+        before = descendants()
         try:
             ray.init(
                 address=address or "local", namespace=NAMESPACE, include_dashboard=False,
@@ -127,25 +128,8 @@ def connect(address: str | None) -> bool:
     raise AssertionError("unreachable")
 
 
-def _child_pids() -> set[int]:
-    """Every descendant of this process (from /proc: the hardware environment has no psutil)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass   # gone meanwhile
-    found, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
 def _kill_children_since(before: set[int]) -> None:
-    for pid in _child_pids() - before:
+    for pid in descendants() - before:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
