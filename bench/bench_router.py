@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc  # noqa: E402
 
-from ttdist.runtime.protocol import ModelCard  # noqa: E402
+from ttdist.runtime.request_checks import ModelCard  # noqa: E402
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig  # noqa: E402
 from ttdist.v1 import generation_pb2 as pb  # noqa: E402
 from ttdist.v1 import generation_pb2_grpc as pb_grpc  # noqa: E402
@@ -66,7 +66,7 @@ def _router_main(ports: list[int], cfg: ScriptedEngineConfig, policy: str, conn,
     from ttdist.router.service import start_router_server
     from ttdist.router.sources import StaticSource
     from ttdist.router.stream_interval import StreamInterval
-    from ttdist.runtime.table import ReplicaEntry, RoutingTable
+    from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 
     async def main():
         entries = tuple(ReplicaEntry(f"replica-{i}", f"127.0.0.1:{p}", "ready") for i, p in enumerate(ports))

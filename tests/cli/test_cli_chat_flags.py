@@ -38,7 +38,7 @@ def test_serve_flags_build_the_api_config(tmp_path, monkeypatch):
 
 def test_spec_api_mapping(tmp_path):
     from ttdist.runtime.config import ClusterConfigError
-    from ttdist.runtime.spec import load_spec, parse_spec
+    from ttdist.runtime.cluster_file import load_spec, parse_spec
 
     keys = tmp_path / "keys"
     keys.write_text("k2\n")

@@ -17,9 +17,9 @@ from ttdist.engine.faults import EngineFaults
 from ttdist.router.core import Router, RouterConfig
 from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.replica_service import start_replica_server
-from ttdist.runtime.table import ReplicaEntry, RoutingTable
+from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -124,7 +124,7 @@ async def test_max_uint64_seed_through_router_and_replica_on_the_real_model(mode
 
 
 def test_every_list_field_is_bounded_and_abort_ids_are_checked():
-    from ttdist.runtime.protocol import RequestError, check_abort, check_request
+    from ttdist.runtime.request_checks import RequestError, check_abort, check_request
 
     card = ModelCard("m", 100, 64)
     req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2]), sampling=pb.SamplingParams(

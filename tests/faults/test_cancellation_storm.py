@@ -20,9 +20,9 @@ from ttdist.engine import AsyncEngine, EngineConfig
 from ttdist.router.core import Router, RouterConfig
 from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.replica_service import start_replica_server
-from ttdist.runtime.table import READY, ReplicaEntry, RoutingTable
+from ttdist.runtime.routing_table import READY, ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 

@@ -8,7 +8,7 @@ import torch
 
 from ttdist.mesh import DType, MeshError, MeshSpec, Partial, PartialTensorError, Replicate, Shard, Topology, parse_mesh
 from ttdist.mesh.accounting import all_gather_bytes, reduce_scatter_bytes
-from ttdist.mesh.sim import SimBackend
+from ttdist.mesh.sim.backend import SimBackend
 
 MESHES = ["1x2", "1x8", "2x4", "8x4"]
 TOPOLOGIES = [Topology.LINE, Topology.RING]

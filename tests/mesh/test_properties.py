@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttdist.mesh import DType, Partial, Replicate, Shard, parse_mesh
-from ttdist.mesh.sim import SimBackend
+from ttdist.mesh.sim.backend import SimBackend
 
 shapes = st.sampled_from(["1x2", "1x8", "2x4", "8x4", "4x1", "3x2"])
 

@@ -7,7 +7,7 @@ from ttdist.mesh import REPLICATED, SamplingBatch, Shard, parse_mesh
 from ttdist.mesh.placement import with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.sampling import MASK, candidates, device_params, draw, local_k
-from ttdist.mesh.sim import SimBackend
+from ttdist.mesh.sim.backend import SimBackend
 
 PARAMS = SamplingBatch(
     temperature=np.array([0.0, 0.7, 1.0, 1.5, 0.9, 1.0]),

@@ -193,7 +193,7 @@ def test_trace_decode_captures_once_and_replays_on_the_current_inputs(tiny_ckpt,
     the captured step and replays it: replayed steps read only the rewritten persistent inputs."""
     import ttdist.model.runner as runner_module
     from ttdist.mesh import MeshError
-    from ttdist.mesh.sim import SimBackend
+    from ttdist.mesh.sim.backend import SimBackend
 
     with pytest.raises(MeshError, match="cannot capture traces"):
         make(tiny_ckpt, weight_cache, "1x2", trace_decode=True)

@@ -10,11 +10,11 @@ import pytest
 from ttdist.router.core import Router, RouterConfig
 from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig, next_token
-from ttdist.runtime.table import ReplicaEntry, RoutingTable
+from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
 CARD = ModelCard("scripted", vocab_size=1000, max_context=512, page_size=4)

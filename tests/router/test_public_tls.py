@@ -24,7 +24,7 @@ from ttdist.router.sources import StaticSource
 from ttdist.runtime.api_config import ApiConfig
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
-from ttdist.runtime.table import ReplicaEntry, RoutingTable
+from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 

@@ -14,7 +14,7 @@ from ttdist.dashboard.status import LatencySummary
 from ttdist.router.core import Router
 from ttdist.router.service import start_router_server
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
-from ttdist.runtime.table import RouterReport, combine_reports
+from ttdist.runtime.routing_table import RouterReport, combine_reports
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 

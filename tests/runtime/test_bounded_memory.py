@@ -11,9 +11,9 @@ from ttdist.mesh.spec import Topology
 from ttdist.router.core import MAX_PENDING_EVENTS, Router, RouterConfig
 from ttdist.router.latency import LatencyWindow
 from ttdist.runtime.config import HealthConfig
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import Registry
-from ttdist.runtime.table import RoutingTable
+from ttdist.runtime.routing_table import RoutingTable
 
 
 def test_ccl_ledger_counts_every_collective_but_keeps_only_recent_records():

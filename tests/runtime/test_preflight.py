@@ -17,7 +17,7 @@ import pytest
 from ttdist.model.config import LlamaConfig
 from ttdist.runtime.config import ClusterConfig, ClusterConfigError, ReplicaGroup
 from ttdist.runtime.preflight import PreflightError, check_ttnn_layout, preflight, ttnn_installed
-from ttdist.runtime.spec import parse_spec
+from ttdist.runtime.cluster_file import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_TTNN = not ttnn_installed()

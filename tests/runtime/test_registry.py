@@ -9,7 +9,7 @@ import pytest
 from ttdist.client import ReplicaStatus
 from ttdist.runtime.config import ClusterConfigError, HealthConfig
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
-from ttdist.runtime.spec import load_spec, parse_spec
+from ttdist.runtime.cluster_file import load_spec, parse_spec
 from ttdist.v1 import generation_pb2 as pb
 
 BEAT = Heartbeat(1, 0, 10, 12, 0.0, 5.0, 3, 4)

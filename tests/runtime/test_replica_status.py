@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from ttdist.engine.stats import EngineLiveness, EngineStats
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.replica import ReplicaActor, ReplicaSetup
 
 

@@ -47,7 +47,7 @@ def spec():
 def mesh_device(spec):
     import ttnn
 
-    from ttdist.mesh.ttnn_mesh import open_device
+    from ttdist.mesh.ttnn.device import open_device
 
     device = open_device(spec)
     yield device

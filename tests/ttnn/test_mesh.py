@@ -13,7 +13,7 @@ pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scri
 import ttnn  # noqa: E402
 
 from ttdist.mesh import MeshError, parse_mesh  # noqa: E402
-from ttdist.mesh.ttnn_mesh import TtnnOptions, dispatch_config, open_device  # noqa: E402
+from ttdist.mesh.ttnn.device import TtnnOptions, dispatch_config, open_device  # noqa: E402
 
 
 def test_each_system_runs_on_its_own_descriptor(spec, descriptor):

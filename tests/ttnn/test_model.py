@@ -19,7 +19,7 @@ pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scri
 from ttdist.mesh import REPLICATED, Replicate, SamplingBatch  # noqa: E402
 from ttdist.mesh.precision import DType  # noqa: E402
 from ttdist.mesh.sampling import device_params  # noqa: E402
-from ttdist.mesh.ttnn_configs import dram_sharded_weight_bytes  # noqa: E402
+from ttdist.mesh.ttnn.configs import dram_sharded_weight_bytes  # noqa: E402
 from ttdist.mesh.accounting import tile_padded_bytes  # noqa: E402
 from ttdist.model.config import LlamaConfig  # noqa: E402
 from ttdist.model.layout import Layout  # noqa: E402

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ttdist.cli.serve import run_cluster
     from ttdist.runtime.config import ClusterConfigError
-    from ttdist.runtime.spec import load_spec
+    from ttdist.runtime.cluster_file import load_spec
 
     try:
         spec = load_spec(args.spec)

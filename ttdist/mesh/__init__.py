@@ -16,12 +16,12 @@ __all__ = [
 def make_backend(spec: MeshSpec, kind: str = "sim", **options) -> Backend:
     """The backend named ``kind`` (``sim`` or ``ttnn``) on mesh ``spec``."""
     if kind == "sim":
-        from ttdist.mesh.sim import SimBackend
+        from ttdist.mesh.sim.backend import SimBackend
 
         return SimBackend(spec, **options)
     if kind == "ttnn":
         try:
-            from ttdist.mesh.ttnn_backend import TtnnBackend
+            from ttdist.mesh.ttnn.backend import TtnnBackend
         except ModuleNotFoundError as err:
             if err.name != "ttnn" and not (err.name or "").startswith("ttnn."):
                 raise

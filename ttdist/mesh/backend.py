@@ -1,7 +1,7 @@
 """The op surface a model runs on a mesh, named after the ttnn ops that implement it.
 
-Two backends implement it: the torch simulator (``ttdist.mesh.sim``, exact collective
-semantics, runs anywhere) and ttnn (``ttdist.mesh.ttnn_backend``, real chips). Host arrays
+Two backends implement it: the torch simulator (``ttdist.mesh.sim.backend``, exact collective
+semantics, runs anywhere) and ttnn (``ttdist.mesh.ttnn.backend``, real chips). Host arrays
 crossing this boundary are numpy, so model code never imports torch or ttnn.
 
 Shapes are per-device ("local") unless a docstring says global. Activations are

@@ -22,7 +22,7 @@ from ttdist.router.core import Router, RouterConfig
 from ttdist.router.public import serve_public
 from ttdist.runtime.api_config import ApiConfig
 from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, restarted_by_ray
-from ttdist.runtime.table import RouterReport, RoutingTable
+from ttdist.runtime.routing_table import RouterReport, RoutingTable
 
 TABLE_TIMEOUT_S = 5.0
 

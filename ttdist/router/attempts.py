@@ -23,8 +23,8 @@ from typing import Callable
 import grpc
 
 from ttdist.router.policies import NoReplicaError, ReplicaView
-from ttdist.runtime.protocol import RequestError
-from ttdist.runtime.table import ReplicaEntry, RoutingTable
+from ttdist.runtime.request_checks import RequestError
+from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 
 ENGINE_ERROR_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 Incarnation = tuple[str, int]

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from ttdist.engine.chat_template import ChatTemplate, ChatTemplateError
-from ttdist.runtime.protocol import RequestError, invalid
+from ttdist.runtime.request_checks import RequestError, invalid
 from ttdist.v1 import generation_pb2 as pb
 
 

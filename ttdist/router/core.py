@@ -39,8 +39,8 @@ from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, mak
 from ttdist.router.replica_link import ReplicaLink, SubStream
 from ttdist.router.stream_interval import ChunkMerger, StreamInterval, interval_for, merged
 from ttdist.runtime.auth import cluster_channel
-from ttdist.runtime.protocol import RequestError, check_prompt_length, check_request, invalid
-from ttdist.runtime.table import DRAINING, FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
+from ttdist.runtime.request_checks import RequestError, check_prompt_length, check_request, invalid
+from ttdist.runtime.routing_table import DRAINING, FAILED, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 

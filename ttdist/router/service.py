@@ -11,7 +11,7 @@ import grpc
 from ttdist.router.chat import ChatPrompter
 from ttdist.router.core import Router
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
-from ttdist.runtime.protocol import RequestError, abort_with, check_abort
+from ttdist.runtime.request_checks import RequestError, abort_with, check_abort
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 

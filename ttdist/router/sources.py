@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ttdist.runtime.table import RouterReport, RoutingTable
+from ttdist.runtime.routing_table import RouterReport, RoutingTable
 
 
 class StaticSource:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from ttdist.runtime.protocol import RequestError, invalid
+from ttdist.runtime.request_checks import RequestError, invalid
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_TOKENS = 4096

@@ -22,7 +22,7 @@ from ttdist.runtime.api_config import ApiConfig, ApiConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
 BACKENDS = ("sim", "ttnn")
-DISPATCH_CORES = ("auto", "worker_row", "worker_col", "eth_row", "eth_col")   # ttnn: see mesh/ttnn_mesh.py
+DISPATCH_CORES = ("auto", "worker_row", "worker_col", "eth_row", "eth_col")   # ttnn: see mesh/ttnn/device.py
 NICENESS_ENV = "RAY_worker_niceness"   # read by Ray when it starts a worker with this env
 ENGINES = ("model", "scripted")
 

@@ -37,10 +37,10 @@ import ray
 from ttdist.dashboard.status import ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
 from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
-from ttdist.runtime.table import DRAINING, FAILED, READY, UNHEALTHY, RouterReport, RoutingTable, combine_reports
+from ttdist.runtime.routing_table import DRAINING, FAILED, READY, UNHEALTHY, RouterReport, RoutingTable, combine_reports
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead

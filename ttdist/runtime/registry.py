@@ -38,7 +38,7 @@ from ttdist.engine.stats import EngineLiveness
 from ttdist.model.kv_budget import ReplicaMemory
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta
-from ttdist.runtime.table import DRAINING, FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
+from ttdist.runtime.routing_table import DRAINING, FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,13 @@ import ray
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.engine.process import EngineProcess
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
-from ttdist.runtime.table import FAILED, READY, UNHEALTHY, ReplicaEntry
+from ttdist.runtime.routing_table import FAILED, READY, UNHEALTHY, ReplicaEntry
 
 COORDINATOR_NAME = "ttdist-coordinator"
 NAMESPACE = "ttdist"

@@ -26,9 +26,9 @@ from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, Overlo
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, Resume, SamplingParams
 from ttdist.runtime.auth import cluster_interceptors
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
-from ttdist.runtime.protocol import ModelCard, RequestError, abort_with, check_abort, check_request, invalid
+from ttdist.runtime.request_checks import ModelCard, RequestError, abort_with, check_abort, check_request, invalid
 from ttdist.runtime.replica_latency import ReplicaLatency
-from ttdist.runtime.table import ReplicaEntry
+from ttdist.runtime.routing_table import ReplicaEntry
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 from ttdist.v1 import replica_pb2 as rpb

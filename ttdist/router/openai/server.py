@@ -27,8 +27,8 @@ from ttdist.router.chat import ChatPrompter
 from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, from_request_error
 from ttdist.runtime.auth import ApiKeys
-from ttdist.runtime.protocol import RequestError
-from ttdist.runtime.table import READY
+from ttdist.runtime.request_checks import RequestError
+from ttdist.runtime.routing_table import READY
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_BODY_BYTES = 8 << 20

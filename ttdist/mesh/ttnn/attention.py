@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import ttnn
 
-from ttdist.mesh import ttnn_configs as cfg
+from ttdist.mesh.ttnn import configs as cfg
 from ttdist.mesh.backend import MeshError, PerDevice
 from ttdist.mesh.placement import require_reduced
 from ttdist.mesh.precision import DType

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import ttnn
 
-from ttdist.mesh import ttnn_configs as cfg
+from ttdist.mesh.ttnn import configs as cfg
 from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
 from ttdist.mesh import sampling
 from ttdist.mesh.backend import MeshError, TransferLedger
@@ -38,9 +38,9 @@ from ttdist.mesh.placement import (Partial, Placements, Replicate, Shard, embedd
                                    require_reduced, with_axis)
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
-from ttdist.mesh.ttnn_attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
-from ttdist.mesh.ttnn_host import assemble, host_shards
-from ttdist.mesh.ttnn_mesh import DecodeTrace, MeshHandle, TtnnOptions, open_mesh
+from ttdist.mesh.ttnn.attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
+from ttdist.mesh.ttnn.host import assemble, host_shards
+from ttdist.mesh.ttnn.device import DecodeTrace, MeshHandle, TtnnOptions, open_mesh
 
 INPUT = "input"
 
@@ -624,7 +624,7 @@ class TtnnBackend(AttentionOps):
 
     # ------------------------------------------------------------------ memory report
     def dram_report(self):
-        from ttdist.mesh.ttnn_mesh import dram_report
+        from ttdist.mesh.ttnn.device import dram_report
 
         return dram_report(self)
 

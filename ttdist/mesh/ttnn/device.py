@@ -30,7 +30,7 @@ import ttnn
 
 from ttdist.mesh.backend import MeshError
 from ttdist.mesh.spec import MeshSpec, Topology, too_few_chips
-from ttdist.mesh.ttnn_configs import Grid, interleaved_bytes
+from ttdist.mesh.ttnn.configs import Grid, interleaved_bytes
 
 DEFAULT_TRACE_REGION = 64 << 20
 DISPATCH_AUTO = "auto"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ttdist.dashboard.status import Event, LatencySummary
 from ttdist.mesh.accounting import ChipDram
-from ttdist.runtime.protocol import ModelCard
+from ttdist.runtime.request_checks import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
 STARTING, READY, UNHEALTHY, FAILED = "starting", "ready", "unhealthy", "failed"
