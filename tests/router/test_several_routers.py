@@ -11,7 +11,7 @@ import grpc
 from tests.router.conftest import expected_tokens
 from tests.router.test_router_grpc import collect, request
 from ttdist.dashboard.status import LatencySummary
-from ttdist.router.core import Router
+from ttdist.router.router import Router
 from ttdist.router.service import start_router_server
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.runtime.routing_table import RouterReport, combine_reports

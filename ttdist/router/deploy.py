@@ -25,7 +25,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ttdist.router.actor import RouterActor
-from ttdist.router.core import RouterConfig
+from ttdist.router.router import RouterConfig
 from ttdist.router.policies import make_policy
 from ttdist.router.stream_interval import StreamInterval
 from ttdist.runtime.auth import new_cluster_token
