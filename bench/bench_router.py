@@ -62,7 +62,7 @@ def _replicas_main(n: int, cfg: ScriptedEngineConfig, conn) -> None:
 
 
 def _router_main(ports: list[int], cfg: ScriptedEngineConfig, policy: str, conn, interval=(1, 0)) -> None:
-    from ttdist.router.core import Router, RouterConfig
+    from ttdist.router.router import Router, RouterConfig
     from ttdist.router.service import start_router_server
     from ttdist.router.sources import StaticSource
     from ttdist.router.stream_interval import StreamInterval

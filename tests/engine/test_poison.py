@@ -14,7 +14,7 @@ import pytest
 
 from ttdist.engine import AsyncEngine, EngineConfig, FinishReason, GenerationRequest, SamplingParams
 from ttdist.engine.faults import EngineFaults
-from ttdist.router.core import Router, RouterConfig
+from ttdist.router.router import Router, RouterConfig
 from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
 from ttdist.runtime.request_checks import ModelCard

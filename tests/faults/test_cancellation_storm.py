@@ -17,7 +17,7 @@ import grpc
 
 from tests.engine.engine_fakes import FakeRunner, reference_output
 from ttdist.engine import AsyncEngine, EngineConfig
-from ttdist.router.core import Router, RouterConfig
+from ttdist.router.router import Router, RouterConfig
 from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
 from ttdist.runtime.request_checks import ModelCard

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import grpc
 import pytest
 
-from ttdist.router.core import Router, RouterConfig
+from ttdist.router.router import Router, RouterConfig
 from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
 from ttdist.runtime.request_checks import ModelCard

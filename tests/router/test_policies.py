@@ -8,8 +8,8 @@ import pytest
 
 from ttdist.engine.page_pool import block_hashes
 from ttdist.router.policies import (
-    CacheAware, LeastLoad, NoReplicaError, PowerOfTwo, ReplicaView, RequestInfo, RoundRobin,
-    UnknownPolicyError, make_policy, route,
+    POLICIES, CacheAware, LeastLoad, NoReplicaError, Policy, PowerOfTwo, ReplicaView, RequestInfo,
+    RoundRobin, UnknownPolicyError, make_policy, route,
 )
 
 REQ = RequestInfo("r")
@@ -151,3 +151,14 @@ def test_make_policy_by_name():
         assert make_policy(name).name == name
     with pytest.raises(UnknownPolicyError, match="round_robin"):
         make_policy("random")
+
+
+def test_policies_share_the_base_hooks():
+    """Every policy is a ``Policy``: the hooks it has no use for are the base's no-ops, and the
+    base alone refuses to pick."""
+    for cls in POLICIES.values():
+        assert issubclass(cls, Policy)
+        assert cls.on_complete is Policy.on_complete
+        assert cls().on_complete("r0", REQ) is None
+    with pytest.raises(NotImplementedError, match="select"):
+        Policy().select(views(0), REQ)

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.router.conftest import CARD, expected_tokens
 from ttdist.client import AsyncClient, RetryPolicy, TLSConfig, Unauthenticated, Unavailable
-from ttdist.router.core import Router, RouterConfig
+from ttdist.router.router import Router, RouterConfig
 from ttdist.router.public import serve_public
 from ttdist.router.sources import StaticSource
 from ttdist.runtime.api_config import ApiConfig

@@ -19,7 +19,7 @@ async def test_one_message_per_engine_step_carries_every_request(make_stack):
     results = await asyncio.gather(*(collect(stack.stub, request(p, 20)) for p in prompts))
     for prompt, (ids, complete) in zip(prompts, results):
         assert ids == expected_tokens(prompt, 20) and list(complete.output_ids) == ids
-    (link,) = stack.router._links.values()
+    (link,) = stack.router.replicas.links.values()
     assert link.entries_received == 8 * (20 + 1)   # per request: a chunk per token, then the Complete
     # 8 prefills and ~19 shared decode steps, not one message per token per request
     assert link.batches_received <= 8 + 22, link.batches_received

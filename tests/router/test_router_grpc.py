@@ -30,6 +30,15 @@ async def collect(stub, req, timeout=None):
     return ids, complete
 
 
+async def wait_idle(engine, timeout_s: float = 2.0) -> None:
+    """Until ``engine`` runs nothing (its freed request's slot), failing after ``timeout_s``."""
+    for _ in range(int(timeout_s / 0.02)):
+        if not engine.stats().running:
+            break
+        await asyncio.sleep(0.02)
+    assert engine.stats().running == 0
+
+
 async def test_streaming_and_unary_agree(make_stack):
     stack = await make_stack(2)
     prompt = [5, 6, 7, 8, 9]
@@ -125,11 +134,7 @@ async def test_deadline_is_honoured_and_frees_the_replica(make_stack):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await collect(stack.stub, request([1, 2], 400), timeout=0.3)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    for _ in range(100):
-        if not stack.engines[0].stats().running:
-            break
-        await asyncio.sleep(0.02)
-    assert stack.engines[0].stats().running == 0
+    await wait_idle(stack.engines[0])
 
 
 async def test_overload_is_resource_exhausted(make_stack):
@@ -165,11 +170,7 @@ async def test_client_cancel_propagates_to_the_replica(make_stack):
     call = stack.stub.Generate(request([4, 4], 400))
     await call.read()
     call.cancel()
-    for _ in range(100):
-        if not stack.engines[0].stats().running:
-            break
-        await asyncio.sleep(0.02)
-    assert stack.engines[0].stats().running == 0
+    await wait_idle(stack.engines[0])
 
 
 async def run_streams(stack, prompts, n_tokens, on_progress):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import replace
 
@@ -11,7 +12,7 @@ import grpc
 from tests.router.conftest import expected_tokens
 from tests.router.test_router_grpc import collect, request
 from ttdist.dashboard.status import LatencySummary
-from ttdist.router.core import Router
+from ttdist.router.router import Router
 from ttdist.router.service import start_router_server
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.runtime.routing_table import RouterReport, combine_reports
@@ -25,18 +26,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.asynccontextmanager
 async def second_router(stack, port: int = 0):
-    """Another router over the same replicas (what ``--routers 2`` starts), and its stub."""
+    """Another router over the same replicas (what ``--routers 2`` starts), its server and its
+    stub; all stopped on leaving."""
     router = Router(replace(stack.router.config, router_id="router-1"), stack.source)
     server = await start_router_server(router, "127.0.0.1", port)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    return router, server, channel, pb_grpc.GenerationStub(channel)
+    try:
+        yield router, server, pb_grpc.GenerationStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await router.stop()
 
 
 async def test_abort_from_another_router_ends_the_stream_and_frees_the_replica(make_stack):
     stack = await make_stack(2, engine=ScriptedEngineConfig(vocab_size=1000, step_s=0.01), routers=2)
-    router, server, channel, other = await second_router(stack)
-    try:
+    async with second_router(stack) as (_, _, other):
         for i in range(2):    # one on each replica, round robin: the second is a moved-segment-free id too
             call = stack.stub.Generate(request([4, i], 400, request_id=f"long-{i}"))
             assert (await call.read()).WhichOneof("kind") == "chunk"
@@ -50,10 +57,6 @@ async def test_abort_from_another_router_ends_the_stream_and_frees_the_replica(m
         a = await stack.stub.GetClusterStatus(pb.ClusterStatusRequest())
         b = await other.GetClusterStatus(pb.ClusterStatusRequest())
         assert [r.replica_id for r in a.replicas] == [r.replica_id for r in b.replicas] == ["replica-0", "replica-1"]
-    finally:
-        await channel.close()
-        await server.stop(0)
-        await router.stop()
 
 
 async def test_one_router_alone_does_not_forward_aborts(make_stack):
@@ -71,20 +74,19 @@ async def test_two_routers_share_one_port(make_stack):
     stack = await make_stack(2, routers=2)
     first_router = Router(stack.router.config, stack.source)
     first = await start_router_server(first_router, "127.0.0.1", port)
-    router, server, channel, _ = await second_router(stack, port)
-    assert first.port == server.port == port
     try:
-        async def one(i):   # a channel with its own connection: the kernel picks the router
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-                ids, _ = await collect(pb_grpc.GenerationStub(ch), request([7, i], 3))
-                assert ids == expected_tokens([7, i], 3)
-        await asyncio.gather(*(one(i) for i in range(24)))
-        served = [first_router.report_snapshot().requests_total, router.report_snapshot().requests_total]
-        assert sum(served) == 24 and min(served) > 0, served
+        async with second_router(stack, port) as (router, server, _):
+            assert first.port == server.port == port
+
+            async def one(i):   # a channel with its own connection: the kernel picks the router
+                options = [("grpc.use_local_subchannel_pool", 1)]
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
+                    ids, _ = await collect(pb_grpc.GenerationStub(ch), request([7, i], 3))
+                    assert ids == expected_tokens([7, i], 3)
+            await asyncio.gather(*(one(i) for i in range(24)))
+            served = [first_router.report_snapshot().requests_total, router.report_snapshot().requests_total]
+            assert sum(served) == 24 and min(served) > 0, served
     finally:
-        await channel.close()
-        await server.stop(0)
-        await router.stop()
         await first.stop(0)
         await first_router.stop()
 

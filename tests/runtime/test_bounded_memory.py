@@ -8,7 +8,7 @@ import asyncio
 
 from ttdist.mesh.accounting import CclLedger, CclRecord
 from ttdist.mesh.spec import Topology
-from ttdist.router.core import MAX_PENDING_EVENTS, Router, RouterConfig
+from ttdist.router.router import MAX_PENDING_EVENTS, Router, RouterConfig
 from ttdist.router.latency import LatencyWindow
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.request_checks import ModelCard

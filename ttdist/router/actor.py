@@ -18,7 +18,7 @@ import os
 
 import ray
 
-from ttdist.router.core import Router, RouterConfig
+from ttdist.router.router import Router, RouterConfig
 from ttdist.router.public import serve_public
 from ttdist.runtime.api_config import ApiConfig
 from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, restarted_by_ray

@@ -11,6 +11,9 @@ streams in flight finish up to the timeout).
 The coordinator and router actors are supervised: Ray restarts them when their process dies
 (``max_restarts=-1``), the router on the same port (a port of 0 is fixed to a free one
 before the actor is created). Both are owned by this driver, so they end with it.
+
+Every wait for an actor has a timeout (``get_within``): one that does not answer in time raises
+``ActorTimeoutError`` naming the actor and the call instead of blocking the driver.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import time
 from dataclasses import dataclass, field, replace
 
 import ray
+from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ttdist.router.actor import RouterActor
-from ttdist.router.core import RouterConfig
+from ttdist.router.router import RouterConfig
 from ttdist.router.policies import make_policy
 from ttdist.router.stream_interval import StreamInterval
 from ttdist.runtime.auth import new_cluster_token
@@ -35,8 +39,26 @@ from ttdist.runtime.procs import descendants
 from ttdist.runtime.replica import COORDINATOR_NAME, NAMESPACE, replica_actor_name
 
 
+CALL_TIMEOUT_S = 60.0          # an actor call that does no long work: a snapshot, a path, a port
+ROUTER_START_TIMEOUT_S = 60.0  # a router actor starts serving (its first table from the coordinator)
+STOP_TIMEOUT_S = 15.0          # an actor stops what it runs at shutdown
+SERVING_TIMEOUT_S = 10.0       # a router says whether it serves
+
+
 class DeployError(RuntimeError):
-    """The cluster did not come up; the message says which part and why."""
+    """The cluster did not come up (or does not answer); the message says which part and why."""
+
+
+class ActorTimeoutError(DeployError, TimeoutError):
+    """An actor of the cluster did not answer a call in time; the message names the call."""
+
+
+def get_within(refs, timeout_s: float, what: str):
+    """``ray.get(refs)`` within ``timeout_s``; past it ``ActorTimeoutError`` naming ``what``."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError:
+        raise ActorTimeoutError(f"{what} did not answer within {timeout_s:g} s") from None
 
 
 @dataclass
@@ -67,27 +89,29 @@ class Deployment:
 
     def snapshot(self):
         """The dashboard's ``ClusterSnapshot`` of this cluster, now."""
-        return ray.get(self.coordinator.snapshot.remote())
+        return get_within(self.coordinator.snapshot.remote(), CALL_TIMEOUT_S, "the coordinator's snapshot()")
 
     def restart_replica(self, replica_id: str, drain_timeout_s: float = 30.0) -> int:
         """Restart a replica on purpose, draining it first (see ``Coordinator.drain_replica``);
         returns how many of its streams had to move to other replicas."""
-        return ray.get(self.coordinator.drain_replica.remote(replica_id, drain_timeout_s), timeout=drain_timeout_s + 60)
+        return get_within(self.coordinator.drain_replica.remote(replica_id, drain_timeout_s),
+                          drain_timeout_s + CALL_TIMEOUT_S, f"the coordinator's drain_replica({replica_id!r})")
 
     def drain(self, timeout_s: float) -> int:
         """Drain the router: NOT_SERVING, new requests UNAVAILABLE, wait up to ``timeout_s`` for
         the streams in flight; returns how many were still running."""
         try:
-            return sum(ray.get([r.drain.remote(timeout_s) for r in self.routers], timeout=timeout_s + 15))
+            drained = [r.drain.remote(timeout_s) for r in self.routers]
+            return sum(get_within(drained, timeout_s + STOP_TIMEOUT_S, "the routers' drain()"))
         except Exception:  # noqa: BLE001 - a router that cannot drain is stopped anyway
             return -1
 
     def shutdown(self, drain_timeout_s: float = 0.0) -> None:
         if drain_timeout_s > 0:
             self.drain(drain_timeout_s)
-        for call in (*(r.stop.remote() for r in self.routers), self.coordinator.shutdown.remote()):
+        for stopped in (*(r.stop.remote() for r in self.routers), self.coordinator.shutdown.remote()):
             try:
-                ray.get(call, timeout=15)
+                ray.get(stopped, timeout=STOP_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - keep tearing down whatever is left
                 pass
         for actor in (*self.routers, self.coordinator):
@@ -159,17 +183,19 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
     ).remote(config)
     routers: list = []
     try:
-        ray.get(coordinator.start.remote(), timeout=ready_timeout_s)
-        ready = ray.get(coordinator.wait_ready.remote(config.num_replicas, ready_timeout_s))
+        get_within(coordinator.start.remote(), ready_timeout_s, "the coordinator's start()")
+        ready = get_within(coordinator.wait_ready.remote(config.num_replicas, ready_timeout_s),
+                           ready_timeout_s + CALL_TIMEOUT_S, "the coordinator's wait_ready()")
         if ready == 0:
-            snap = ray.get(coordinator.snapshot.remote())
+            snap = get_within(coordinator.snapshot.remote(), CALL_TIMEOUT_S, "the coordinator's snapshot()")
             why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == "replica_failed")
             raise DeployError(f"no replica became ready ({why or 'no reason reported'})")
         router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens,
                                      cluster_token=config.cluster_token, ready_wait_s=config.ready_wait_s,
                                      stream_interval=StreamInterval(config.stream_interval, config.stream_interval_ms),
                                      routers=config.routers)
-        tokenizer_dir = ray.get(coordinator.model_dir_path.remote())
+        tokenizer_dir = get_within(coordinator.model_dir_path.remote(), CALL_TIMEOUT_S,
+                                   "the coordinator's model_dir_path()")
         env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}
         api = config.api if config.api.http_port is None else replace(
             config.api, http_port=fixed_port(config.host, config.api.http_port))
@@ -179,9 +205,9 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
                 num_cpus=0, max_concurrency=1000, scheduling_strategy=here, runtime_env={"env_vars": env},
                 max_restarts=-1,
             ).remote(replace(router_config, router_id=f"router-{index}"), config.host, public_port, tokenizer_dir, api))
-        port = ray.get([r.start.remote() for r in routers], timeout=60)[0]
-        http_port = ray.get(routers[0].http_port.remote())
-        url = ray.get(coordinator.dashboard_url.remote())
+        port = get_within([r.start.remote() for r in routers], ROUTER_START_TIMEOUT_S, "the routers' start()")[0]
+        http_port = get_within(routers[0].http_port.remote(), CALL_TIMEOUT_S, "the router's http_port()")
+        url = get_within(coordinator.dashboard_url.remote(), CALL_TIMEOUT_S, "the coordinator's dashboard_url()")
     except BaseException:
         for router in routers:
             ray.kill(router, no_restart=True)
@@ -200,7 +226,8 @@ def wait_serving(deployment: Deployment, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     if deployment.config.api.tls or len(deployment.routers) > 1:   # TLS, or one check reaches one router: ask them
         while time.monotonic() < deadline:
-            if all(ray.get([r.serving.remote() for r in deployment.routers], timeout=10)):
+            serving = [r.serving.remote() for r in deployment.routers]
+            if all(get_within(serving, SERVING_TIMEOUT_S, "the routers' serving()")):
                 return
             time.sleep(0.05)
         raise DeployError(f"the router at {deployment.address} is not serving after {timeout_s} s")

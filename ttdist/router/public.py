@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ttdist.router.chat import ChatPrompter
-from ttdist.router.core import Router
+from ttdist.router.router import Router
 from ttdist.router.openai import OpenAIServer, RunningHttp, start_http_server
 from ttdist.router.service import start_router_server
 from ttdist.runtime.api_config import ApiConfig

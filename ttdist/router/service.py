@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 
 from ttdist.router.chat import ChatPrompter
-from ttdist.router.core import Router
+from ttdist.router.router import Router
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
 from ttdist.runtime.request_checks import RequestError, abort_with, check_abort
 from ttdist.v1 import generation_pb2 as pb

@@ -1,6 +1,8 @@
 """What every routing policy sees: one view per replica, one request summary.
 
-A policy picks one replica for one request with ``select(replicas, request)``. The router
+A policy picks one replica for one request with ``select(replicas, request)``; ``Policy`` gives
+every policy the hooks it may ignore (``on_complete``) as no-ops, so a policy file holds only its
+algorithm. The router
 filters out replicas that are not ready (and any it must avoid, such as the one a stream
 is migrating away from) before any policy runs, so a policy never sees an unhealthy
 replica and always gets at least one.
@@ -9,7 +11,7 @@ replica and always gets at least one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
 READY = "ready"
 
@@ -58,14 +60,17 @@ class LoadWeights:
         return replica.running + replica.waiting + pending
 
 
-class Policy(Protocol):
-    name: str
+class Policy:
+    """The base of every routing policy: ``select`` to implement, the other hooks no-ops."""
+
+    name = ""
 
     def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
         """One of ``replicas`` (never empty, all ready) for ``request``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement select()")
 
     def on_complete(self, replica_id: str, request: RequestInfo) -> None:
-        """The request finished on ``replica_id`` (policies may ignore this)."""
+        """The request finished on ``replica_id``; a policy that keeps no such state ignores it."""
 
 
 class NoReplicaError(RuntimeError):

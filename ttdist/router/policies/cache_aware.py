@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
-from ttdist.router.policies.base import LoadWeights, ReplicaView, RequestInfo
+from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
 
 
-class CacheAware:
+class CacheAware(Policy):
     name = "cache_aware"
 
     def __init__(
@@ -50,8 +50,6 @@ class CacheAware:
         self._remember(chosen.replica_id, request)
         return chosen
 
-    def on_complete(self, replica_id: str, request: RequestInfo) -> None:
-        return None
 
     def match_length(self, replica: ReplicaView, request: RequestInfo) -> int:
         """Leading prompt pages ``replica`` is believed to hold."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ttdist.router.policies.base import LoadWeights, ReplicaView, RequestInfo
+from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
 
 
-class LeastLoad:
+class LeastLoad(Policy):
     name = "least_load"
 
     def __init__(self, weights: LoadWeights | None = None) -> None:
@@ -21,6 +21,3 @@ class LeastLoad:
 
     def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
         return min(replicas, key=lambda r: (self.weights.load(r), r.replica_id))
-
-    def on_complete(self, replica_id: str, request: RequestInfo) -> None:
-        return None

@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from ttdist.router.policies.base import LoadWeights, ReplicaView, RequestInfo
+from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
 
 
-class PowerOfTwo:
+class PowerOfTwo(Policy):
     name = "power_of_two"
 
     def __init__(self, seed: int = 0, weights: LoadWeights | None = None) -> None:
@@ -28,6 +28,3 @@ class PowerOfTwo:
         if self.weights.load(second) < self.weights.load(first):
             return second
         return first
-
-    def on_complete(self, replica_id: str, request: RequestInfo) -> None:
-        return None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ttdist.router.policies.base import ReplicaView, RequestInfo
+from ttdist.router.policies.base import Policy, ReplicaView, RequestInfo
 
 
-class RoundRobin:
+class RoundRobin(Policy):
     name = "round_robin"
 
     def __init__(self) -> None:
@@ -22,6 +22,3 @@ class RoundRobin:
         chosen = replicas[self._counter % len(replicas)]
         self._counter += 1
         return chosen
-
-    def on_complete(self, replica_id: str, request: RequestInfo) -> None:
-        return None

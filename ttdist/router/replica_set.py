@@ -1,0 +1,168 @@
+"""The replicas as one router knows them: the routing table, a channel and a stream to each,
+the replicas it suspects, and its own count of the streams it has on each.
+
+``ReplicaSet`` keeps the last table (``apply``) and drops the channel and ``ReplicaLink`` of a
+replica that left it. Its ``views`` are what a routing policy sees: per replica the larger of
+the heartbeat's load and this router's own (fresher) count, and ``SUSPECT`` as the state of a
+replica a request just moved away from, for ``suspect_s`` or until it restarts (a new pid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+
+import grpc
+
+from ttdist.router.policies import ReplicaView
+from ttdist.router.replica_link import ReplicaLink
+from ttdist.runtime.auth import cluster_channel
+from ttdist.runtime.routing_table import FAILED, READY, UNHEALTHY, ReplicaEntry, RoutingTable
+from ttdist.v1 import generation_pb2 as pb
+from ttdist.v1 import generation_pb2_grpc as pb_grpc
+
+SUSPECT = "suspect"
+ABORT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A replica incarnation (address + pid) the router skips until ``until`` (monotonic)."""
+
+    address: str
+    pid: int
+    until: float
+
+    def covers(self, entry: ReplicaEntry, now: float) -> bool:
+        return (entry.address, entry.pid) == (self.address, self.pid) and now < self.until
+
+
+@dataclass
+class Load:
+    """This router's streams on one replica: waiting for a first token (with their prompt
+    tokens) or running."""
+
+    running: int = 0
+    waiting: int = 0
+    pending_prefill_tokens: int = 0
+
+    def queued(self, prompt_tokens: int) -> None:
+        self.waiting += 1
+        self.pending_prefill_tokens += prompt_tokens
+
+    def started(self, prompt_tokens: int) -> None:
+        """The stream's first token came: it runs now."""
+        self._unqueue(prompt_tokens)
+        self.running += 1
+
+    def ended(self, prompt_tokens: int, started: bool) -> None:
+        if started:
+            self.running -= 1
+        else:
+            self._unqueue(prompt_tokens)
+
+    def _unqueue(self, prompt_tokens: int) -> None:
+        self.waiting -= 1
+        self.pending_prefill_tokens -= prompt_tokens
+
+
+class ReplicaSet:
+    def __init__(self, cluster_token: str, suspect_s: float) -> None:
+        self.cluster_token = cluster_token
+        self.suspect_s = suspect_s
+        self._table: RoutingTable | None = None
+        self._by_id: dict[str, ReplicaEntry] = {}
+        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GenerationStub]] = {}
+        self.links: dict[str, ReplicaLink] = {}
+        self.loads: dict[str, Load] = {}
+        self.suspects: dict[str, Suspect] = {}
+
+    @property
+    def table(self) -> RoutingTable:
+        if self._table is None:
+            raise RuntimeError("the router has no routing table yet: call start()")
+        return self._table
+
+    def apply(self, table: RoutingTable) -> None:
+        """Take ``table``; the channels and links to addresses no longer in it close."""
+        self._table = table
+        self._by_id = {e.replica_id: e for e in table.replicas}
+        addresses = {e.address for e in table.replicas}
+        for address in [a for a in self._stubs if a not in addresses]:
+            link = self.links.pop(address, None)
+            if link is not None:
+                asyncio.get_running_loop().create_task(link.close())
+            channel, _ = self._stubs.pop(address)
+            asyncio.get_running_loop().create_task(channel.close())
+
+    def gone(self, replica_id: str) -> bool:
+        """The replica left the table or the table marks it failed."""
+        entry = self._by_id.get(replica_id)
+        return entry is None or entry.state == FAILED
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            await link.close()
+        self.links.clear()
+        for channel, _ in self._stubs.values():
+            await channel.close()
+        self._stubs.clear()
+
+    def views(self) -> list[ReplicaView]:
+        views = []
+        now = time.monotonic()
+        for e in self.table.replicas:
+            load = self.loads.get(e.replica_id, Load())
+            suspect = self.suspects.get(e.replica_id)
+            state = SUSPECT if suspect is not None and suspect.covers(e, now) else e.state
+            views.append(ReplicaView(
+                e.replica_id, state, max(e.running, load.running), max(e.waiting, load.waiting),
+                load.pending_prefill_tokens, e.prefix_hashes,
+            ))
+        return views
+
+    def load(self, replica_id: str) -> Load:
+        return self.loads.setdefault(replica_id, Load())
+
+    def suspect(self, entry: ReplicaEntry) -> None:
+        """Skip ``entry``'s incarnation for ``suspect_s``."""
+        self.suspects[entry.replica_id] = Suspect(entry.address, entry.pid, time.monotonic() + self.suspect_s)
+
+    def stub(self, address: str) -> pb_grpc.GenerationStub:
+        if address not in self._stubs:
+            channel = cluster_channel(address, self.cluster_token)
+            self._stubs[address] = (channel, pb_grpc.GenerationStub(channel))
+        return self._stubs[address][1]
+
+    def link(self, address: str) -> ReplicaLink:
+        """The one stream to ``address`` that all of this router's requests there share."""
+        link = self.links.get(address)
+        if link is None or link.broken:
+            self.stub(address)
+            link = self.links[address] = ReplicaLink(self._stubs[address][0])
+        return link
+
+    async def abort(self, address: str, request_id: str) -> bool | None:
+        """Abort ``request_id`` on the replica at ``address``: whether it was there, None when
+        the replica did not answer."""
+        try:
+            return (await self.stub(address).Abort(pb.AbortRequest(request_id=request_id),
+                                                   timeout=ABORT_TIMEOUT_S)).found
+        except grpc.aio.AioRpcError:
+            return None
+
+    async def live_entry(self, entry: ReplicaEntry, timeout_s: float) -> ReplicaEntry:
+        """``entry`` with the load its replica reports now (as it was when it does not answer)."""
+        if entry.state not in (READY, UNHEALTHY) or not entry.address:
+            return entry
+        try:
+            answer = await self.stub(entry.address).GetClusterStatus(pb.ClusterStatusRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return entry
+        live = next((r for r in answer.replicas if r.replica_id == entry.replica_id), None)
+        if live is None:
+            return entry
+        return replace(entry, running=live.running, waiting=live.waiting, kv_pages_free=live.kv_pages_free,
+                       tokens_per_second=live.tokens_per_second, kv_user_groups=live.kv_user_groups or 1,
+                       kv_pages_free_per_group=tuple(live.kv_pages_free_per_group))
