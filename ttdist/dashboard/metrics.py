@@ -18,10 +18,12 @@ from prometheus_client.core import (
     Metric,
 )
 
+from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.dashboard.status import ClusterSnapshot, HistogramSnapshot
 from ttdist.dashboard.summary import ClusterSummary, is_live, kv_cache_usage
 
-REPLICA_STATES = ("starting", "ready", "unhealthy", "failed")
+# every replica has a series for each of these; another state (draining) gets one while the replica is in it
+REPLICA_STATES = (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.FAILED)
 LABELS = ["model_name", "replica"]
 
 

@@ -31,7 +31,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import grpc
 
-from ttdist.dashboard.status import Event
+from ttdist.dashboard.events import Event
 from ttdist.engine.page_pool import block_hashes
 from ttdist.router.attempts import ENGINE_ERROR_CODES, Attempts, wait_for_replica
 from ttdist.router.latency import LatencyWindow
