@@ -22,13 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ttdist.client.calls import (
     USE_CLIENT_TIMEOUT,
-    Attempts,
     ClientBase,
     GenerateOptions,
     ReadyWait,
     StreamBase,
     check_batch,
-    resolve_timeout,
 )
 from ttdist.client.errors import DeadlineExceeded, TtdistError, Unavailable, from_rpc_error
 from ttdist.client.options import DEFAULT_TARGET, RetryPolicy, TLSConfig
@@ -193,7 +191,7 @@ class AsyncClient(ClientBase):
         raise wait.expired()
 
     async def _unary(self, rpc, request, timeout):
-        attempts = Attempts(self.config.retry, resolve_timeout(self.config, timeout))
+        attempts = self._attempts(timeout)
         while True:
             try:
                 return await rpc(request, timeout=attempts.start(), metadata=self.config.metadata())

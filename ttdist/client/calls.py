@@ -264,6 +264,10 @@ class ClientBase:
         """The Generation and Health stubs of the client's channel."""
         raise NotImplementedError
 
+    def _attempts(self, timeout) -> Attempts:
+        """Deadline and retries of one unary call; ``timeout`` as the caller gave it."""
+        return Attempts(self.config.retry, resolve_timeout(self.config, timeout))
+
     def _generation(self, prompt, options: dict, *, stream: bool):
         prepared = prepare_generate(self.config, prompt, options, stream=stream)
         return self.stream_type(self._open()[0], prepared, self.config)
