@@ -6,12 +6,12 @@ import threading
 import time
 from pathlib import Path
 
+from ttdist.dashboard.events import Event
 from ttdist.dashboard.status import (
     INTER_TOKEN_BUCKETS_SECONDS,
     TTFT_BUCKETS_SECONDS,
     ChipSnapshot,
     ClusterSnapshot,
-    Event,
     HistogramSnapshot,
     LatencySummary,
     ReplicaSnapshot,

@@ -7,7 +7,7 @@ import time
 from dashboard_snapshots import ARTIFACTS
 from playwright.sync_api import expect
 
-from ttdist.dashboard.status import Event
+from ttdist.dashboard.events import Event
 
 WAIT_MS = 15_000
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from ttdist.cli import EXIT_USAGE, CommandError, add_connection_args, client_from_args
+from ttdist.dashboard.replica_state import ReplicaState
 
 COLUMNS = ("REPLICA", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "KV BUDGET", "DRAM/CHIP W+KV+OTHER",
            "RUNNING", "WAITING", "TOK/S")
@@ -62,7 +63,7 @@ def _aligned(row: tuple[str, ...], widths: list[int]) -> str:
 def format_table(status) -> str:
     """The status as aligned text: a header line, then one row per replica (and below a replica
     whose KV pages are split into user groups, each group's free pages)."""
-    ready = sum(r.state == "ready" for r in status.replicas)
+    ready = sum(r.state == ReplicaState.READY for r in status.replicas)
     lines = [f"model: {status.model or '-'}   policy: {status.policy or '-'}   "
              f"replicas: {len(status.replicas)} ({ready} ready)"]
     if not status.replicas:

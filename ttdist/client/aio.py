@@ -22,17 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ttdist.client.calls import (
     USE_CLIENT_TIMEOUT,
-    Attempts,
+    ClientBase,
     GenerateOptions,
     ReadyWait,
     StreamBase,
     check_batch,
-    prepare_chat,
-    prepare_generate,
-    resolve_timeout,
 )
 from ttdist.client.errors import DeadlineExceeded, TtdistError, Unavailable, from_rpc_error
-from ttdist.client.options import DEFAULT_TARGET, ClientConfig, RetryPolicy, TLSConfig
+from ttdist.client.options import DEFAULT_TARGET, RetryPolicy, TLSConfig
 from ttdist.client.types import Chunk, ClusterStatus, Completion, ModelInfo
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1.generation_pb2_grpc import GenerationStub
@@ -87,13 +84,15 @@ class AsyncGenerationStream(StreamBase):
         self._cancel()
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """asyncio client with the same surface as ``Client`` (every call is ``await``-ed)."""
+
+    stream_type = AsyncGenerationStream
 
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None,
                  tls: bool | TLSConfig | None = None, timeout: float | None = None,
                  retry: RetryPolicy | None = None):
-        self.config = ClientConfig.build(target, token=token, tls=tls, timeout=timeout, retry=retry)
+        super().__init__(target, token=token, tls=tls, timeout=timeout, retry=retry)
         if self.config.tls is not None:
             self.config.tls.credentials()  # bad TLS files fail here, not on first call
         self._channel: grpc.aio.Channel | None = None
@@ -117,25 +116,21 @@ class AsyncClient:
     async def generate(self, prompt: str | Sequence[int] | None = None,
                        **options: Unpack[GenerateOptions]) -> Completion:
         """Generate and wait for the whole result (see ``GenerateOptions`` for the keywords)."""
-        prepared = prepare_generate(self.config, prompt, options, stream=False)
-        return await AsyncGenerationStream(self._stub(), prepared, self.config).final()
+        return await self._generation(prompt, options, stream=False).final()
 
     def stream(self, prompt: str | Sequence[int] | None = None,
                **options: Unpack[GenerateOptions]) -> AsyncGenerationStream:
         """Generate, yielding Chunks as tokens arrive (``async for``); ``.completion`` at the end."""
-        prepared = prepare_generate(self.config, prompt, options, stream=True)
-        return AsyncGenerationStream(self._stub(), prepared, self.config)
+        return self._generation(prompt, options, stream=True)
 
     async def chat(self, messages: Sequence[dict], **options) -> Completion:
         """The assistant's reply to ``messages``, rendered by the router with the model's chat
         template (see ``Client.chat``)."""
-        prepared = prepare_chat(self.config, messages, options, stream=False)
-        return await AsyncGenerationStream(self._stub(), prepared, self.config).final()
+        return await self._chat(messages, options, stream=False).final()
 
     def stream_chat(self, messages: Sequence[dict], **options) -> AsyncGenerationStream:
         """``chat``, yielding Chunks as tokens arrive (``async for``)."""
-        prepared = prepare_chat(self.config, messages, options, stream=True)
-        return AsyncGenerationStream(self._stub(), prepared, self.config)
+        return self._chat(messages, options, stream=True)
 
     async def generate_batch(self, prompts: Sequence[str | Sequence[int]], *, concurrency: int = 8,
                              return_exceptions: bool = False,
@@ -196,7 +191,7 @@ class AsyncClient:
         raise wait.expired()
 
     async def _unary(self, rpc, request, timeout):
-        attempts = Attempts(self.config.retry, resolve_timeout(self.config, timeout))
+        attempts = self._attempts(timeout)
         while True:
             try:
                 return await rpc(request, timeout=attempts.start(), metadata=self.config.metadata())

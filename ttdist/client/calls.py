@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from ttdist.client.errors import Cancelled, DeadlineExceeded, InvalidRequest, ServerError, TtdistError, Unavailable
-from ttdist.client.options import ClientConfig, RetryPolicy, check_timeout
+from ttdist.client.options import ClientConfig, RetryPolicy, TLSConfig, check_timeout
 from ttdist.client.types import Chunk, Completion, SamplingParams, build_chat, build_request
 from ttdist.v1 import generation_pb2 as pb
 
@@ -248,6 +248,33 @@ class StreamBase:
     def __del__(self):
         if not getattr(self, "_done", True):
             self._cancel()
+
+
+class ClientBase:
+    """What ``Client`` and ``AsyncClient`` share: the config, and how a generation or a chat
+    becomes a stream of ``stream_type`` on the Generation stub that ``_open`` gives."""
+
+    stream_type: type[StreamBase]
+
+    def __init__(self, target: str, *, token: str | None, tls: bool | TLSConfig | None, timeout: float | None,
+                 retry: RetryPolicy | None):
+        self.config = ClientConfig.build(target, token=token, tls=tls, timeout=timeout, retry=retry)
+
+    def _open(self) -> tuple:
+        """The Generation and Health stubs of the client's channel."""
+        raise NotImplementedError
+
+    def _attempts(self, timeout) -> Attempts:
+        """Deadline and retries of one unary call; ``timeout`` as the caller gave it."""
+        return Attempts(self.config.retry, resolve_timeout(self.config, timeout))
+
+    def _generation(self, prompt, options: dict, *, stream: bool):
+        prepared = prepare_generate(self.config, prompt, options, stream=stream)
+        return self.stream_type(self._open()[0], prepared, self.config)
+
+    def _chat(self, messages, options: dict, *, stream: bool):
+        prepared = prepare_chat(self.config, messages, options, stream=stream)
+        return self.stream_type(self._open()[0], prepared, self.config)
 
 
 def check_batch(prompts, concurrency: int, options: dict) -> list:

@@ -21,17 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ttdist.client.calls import (
     USE_CLIENT_TIMEOUT,
-    Attempts,
+    ClientBase,
     GenerateOptions,
     ReadyWait,
     StreamBase,
     check_batch,
-    prepare_chat,
-    prepare_generate,
-    resolve_timeout,
 )
 from ttdist.client.errors import DeadlineExceeded, TtdistError, Unavailable, from_rpc_error
-from ttdist.client.options import DEFAULT_TARGET, ClientConfig, RetryPolicy, TLSConfig
+from ttdist.client.options import DEFAULT_TARGET, RetryPolicy, TLSConfig
 from ttdist.client.types import Chunk, ClusterStatus, Completion, ModelInfo
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1.generation_pb2_grpc import GenerationStub
@@ -83,7 +80,7 @@ class GenerationStream(StreamBase):
         self._cancel()
 
 
-class Client:
+class Client(ClientBase):
     """Blocking client for a ttdist router (or any server of the ttdist.v1 Generation service).
 
     ``token`` is sent as ``authorization: Bearer <token>``; ``tls`` is True (system roots) or a
@@ -91,10 +88,12 @@ class Client:
     ``retry`` sets the backoff for UNAVAILABLE before the first token.
     """
 
+    stream_type = GenerationStream
+
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None,
                  tls: bool | TLSConfig | None = None, timeout: float | None = None,
                  retry: RetryPolicy | None = None):
-        self.config = ClientConfig.build(target, token=token, tls=tls, timeout=timeout, retry=retry)
+        super().__init__(target, token=token, tls=tls, timeout=timeout, retry=retry)
         options = self.config.channel_options()
         if self.config.tls is None:
             self._channel = grpc.insecure_channel(self.config.target, options=options)
@@ -103,28 +102,27 @@ class Client:
         self._stub = GenerationStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
+    def _open(self) -> tuple[GenerationStub, health_pb2_grpc.HealthStub]:
+        return self._stub, self._health
+
     def generate(self, prompt: str | Sequence[int] | None = None, **options: Unpack[GenerateOptions]) -> Completion:
         """Generate and wait for the whole result (see ``GenerateOptions`` for the keywords)."""
-        prepared = prepare_generate(self.config, prompt, options, stream=False)
-        return GenerationStream(self._stub, prepared, self.config).final()
+        return self._generation(prompt, options, stream=False).final()
 
     def stream(self, prompt: str | Sequence[int] | None = None,
                **options: Unpack[GenerateOptions]) -> GenerationStream:
         """Generate, yielding Chunks as tokens arrive; ``.completion`` holds the final result."""
-        prepared = prepare_generate(self.config, prompt, options, stream=True)
-        return GenerationStream(self._stub, prepared, self.config)
+        return self._generation(prompt, options, stream=True)
 
     def chat(self, messages: Sequence[dict], **options) -> Completion:
         """The assistant's reply to ``messages`` (``[{"role": "user", "content": "..."}]``); the
         router renders them with the model's chat template. Keywords as ``generate``, plus
         ``add_generation_prompt`` (default True)."""
-        prepared = prepare_chat(self.config, messages, options, stream=False)
-        return GenerationStream(self._stub, prepared, self.config).final()
+        return self._chat(messages, options, stream=False).final()
 
     def stream_chat(self, messages: Sequence[dict], **options) -> GenerationStream:
         """``chat``, yielding Chunks as tokens arrive."""
-        prepared = prepare_chat(self.config, messages, options, stream=True)
-        return GenerationStream(self._stub, prepared, self.config)
+        return self._chat(messages, options, stream=True)
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int]], *, concurrency: int = 8,
                        return_exceptions: bool = False,
@@ -183,7 +181,7 @@ class Client:
         raise wait.expired()
 
     def _unary(self, rpc, request, timeout):
-        attempts = Attempts(self.config.retry, resolve_timeout(self.config, timeout))
+        attempts = self._attempts(timeout)
         while True:
             try:
                 return rpc(request, timeout=attempts.start(), metadata=self.config.metadata())

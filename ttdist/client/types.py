@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ttdist.client.errors import InvalidRequest
 from ttdist.v1 import generation_pb2 as pb
@@ -193,7 +193,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class ReplicaStatus:
     replica_id: str
-    state: str                             # starting, ready, unhealthy, failed
+    state: str                             # a ReplicaState value, or "failed (crash loop)"
     pid: int
     node_id: str
     mesh: str                              # "8x4"
@@ -215,16 +215,10 @@ class ReplicaStatus:
 
     @classmethod
     def from_proto(cls, msg: pb.ReplicaStatus) -> ReplicaStatus:
-        return cls(
-            replica_id=msg.replica_id, state=msg.state, pid=msg.pid, node_id=msg.node_id, mesh=msg.mesh,
-            backend=msg.backend, kv_pages_total=msg.kv_pages_total, kv_pages_free=msg.kv_pages_free,
-            running=msg.running, waiting=msg.waiting, address=msg.address,
-            tokens_per_second=msg.tokens_per_second, kv_pages_budget=msg.kv_pages_budget,
-            kv_pages_capped_by_host=msg.kv_pages_capped_by_host, dram_total_bytes=msg.dram_total_bytes,
-            dram_weights_bytes=msg.dram_weights_bytes, dram_kv_bytes=msg.dram_kv_bytes,
-            dram_other_bytes=msg.dram_other_bytes, kv_user_groups=msg.kv_user_groups or 1,   # 0: an older server
-            kv_pages_free_per_group=tuple(msg.kv_pages_free_per_group),
-        )
+        values = {f.name: getattr(msg, f.name) for f in fields(cls)}    # every field is the message's own
+        values["kv_user_groups"] = msg.kv_user_groups or 1                 # 0: an older server
+        values["kv_pages_free_per_group"] = tuple(msg.kv_pages_free_per_group)
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.dashboard.status import (
     INTER_TOKEN_BUCKETS_SECONDS,
     TTFT_BUCKETS_SECONDS,
@@ -24,7 +25,7 @@ from ttdist.dashboard.summary import ClusterSummary, is_live, kv_cache_usage
 
 @dataclass
 class ReplicaPoint:
-    state: str
+    state: ReplicaState
     running: int
     waiting: int
     tokens_per_second: float

@@ -18,11 +18,38 @@ from prometheus_client.core import (
     Metric,
 )
 
-from ttdist.dashboard.status import ClusterSnapshot, HistogramSnapshot
+from ttdist.dashboard.replica_state import ReplicaState
+from ttdist.dashboard.status import ClusterSnapshot, HistogramSnapshot, ReplicaSnapshot
 from ttdist.dashboard.summary import ClusterSummary, is_live, kv_cache_usage
 
-REPLICA_STATES = ("starting", "ready", "unhealthy", "failed")
+# every replica has a series for each of these; another state (draining) gets one while the replica is in it
+REPLICA_STATES = (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.FAILED)
 LABELS = ["model_name", "replica"]
+
+# One series per replica: (family, name, help, its value). A failed replica adds no live load.
+REPLICA_SERIES: tuple[tuple[type[Metric], str, str, Callable[[ReplicaSnapshot], float]], ...] = (
+    (GaugeMetricFamily, "ttdist:num_requests_running", "Requests in decode or prefill on the replica.",
+     lambda r: r.running if is_live(r) else 0),
+    (GaugeMetricFamily, "ttdist:num_requests_waiting", "Requests queued on the replica.",
+     lambda r: r.waiting if is_live(r) else 0),
+    (GaugeMetricFamily, "ttdist:kv_cache_usage_perc", "KV-cache page usage. 1 means 100 percent usage.",
+     kv_cache_usage),
+    (GaugeMetricFamily, "ttdist:generation_tokens_per_second", "Generated tokens per second, as the replica reports.",
+     lambda r: r.tokens_per_second if is_live(r) else 0.0),
+    (GaugeMetricFamily, "ttdist:prefix_cache_hit_rate", "Prefix-cache hit rate of the replica (0..1).",
+     lambda r: r.prefix_hit_rate),
+    (GaugeMetricFamily, "ttdist:heartbeat_age_seconds", "Seconds since the replica's last heartbeat.",
+     lambda r: r.last_heartbeat_age_s),
+    (GaugeMetricFamily, "ttdist:replica_crash_loop",
+     "1 while the replica is failed (crash loop): failed too often in a row, not restarted.",
+     lambda r: 1.0 if r.crash_loop else 0.0),
+    (CounterMetricFamily, "ttdist:prompt_tokens", "Prefill tokens processed.", lambda r: r.prompt_tokens_total),
+    (CounterMetricFamily, "ttdist:generation_tokens", "Generation tokens produced.",
+     lambda r: r.generation_tokens_total),
+    (CounterMetricFamily, "ttdist:request_success", "Requests finished.", lambda r: r.requests_finished_total),
+    (CounterMetricFamily, "ttdist:replica_restarts", "Times the coordinator restarted the replica.",
+     lambda r: r.restarts),
+)
 
 
 def _prometheus_buckets(histogram: HistogramSnapshot) -> list[tuple[str, float]]:
@@ -64,57 +91,19 @@ class SnapshotCollector:
             yield family
 
     def _replicas(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
-        gauges = {
-            "running": GaugeMetricFamily(
-                "ttdist:num_requests_running", "Requests in decode or prefill on the replica.", labels=LABELS),
-            "waiting": GaugeMetricFamily(
-                "ttdist:num_requests_waiting", "Requests queued on the replica.", labels=LABELS),
-            "kv": GaugeMetricFamily(
-                "ttdist:kv_cache_usage_perc", "KV-cache page usage. 1 means 100 percent usage.", labels=LABELS),
-            "tps": GaugeMetricFamily(
-                "ttdist:generation_tokens_per_second", "Generated tokens per second, as the replica reports.",
-                labels=LABELS),
-            "hit": GaugeMetricFamily(
-                "ttdist:prefix_cache_hit_rate", "Prefix-cache hit rate of the replica (0..1).", labels=LABELS),
-            "age": GaugeMetricFamily(
-                "ttdist:heartbeat_age_seconds", "Seconds since the replica's last heartbeat.", labels=LABELS),
-        }
         state = GaugeMetricFamily(
             "ttdist:replica_state", "1 for the replica's current state, 0 for the others.",
             labels=LABELS + ["state"])
-        crash_loop = GaugeMetricFamily(
-            "ttdist:replica_crash_loop", "1 while the replica is failed (crash loop): failed too often in a row, "
-            "not restarted.", labels=LABELS)
-        counters = {
-            "prompt": CounterMetricFamily(
-                "ttdist:prompt_tokens", "Prefill tokens processed.", labels=LABELS),
-            "generation": CounterMetricFamily(
-                "ttdist:generation_tokens", "Generation tokens produced.", labels=LABELS),
-            "success": CounterMetricFamily(
-                "ttdist:request_success", "Requests finished.", labels=LABELS),
-            "restarts": CounterMetricFamily(
-                "ttdist:replica_restarts", "Times the coordinator restarted the replica.", labels=LABELS),
-        }
+        series = [(family(name, doc, labels=LABELS), value) for family, name, doc, value in REPLICA_SERIES]
         for r in snapshot.replicas:
             labels = [snapshot.model, r.replica_id]
-            live = is_live(r)
-            gauges["running"].add_metric(labels, r.running if live else 0)
-            gauges["waiting"].add_metric(labels, r.waiting if live else 0)
-            gauges["kv"].add_metric(labels, kv_cache_usage(r))
-            gauges["tps"].add_metric(labels, r.tokens_per_second if live else 0.0)
-            gauges["hit"].add_metric(labels, r.prefix_hit_rate)
-            gauges["age"].add_metric(labels, r.last_heartbeat_age_s)
             for s in REPLICA_STATES + (() if r.state in REPLICA_STATES else (r.state,)):
                 state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
-            counters["prompt"].add_metric(labels, r.prompt_tokens_total)
-            counters["generation"].add_metric(labels, r.generation_tokens_total)
-            counters["success"].add_metric(labels, r.requests_finished_total)
-            counters["restarts"].add_metric(labels, r.restarts)
-            crash_loop.add_metric(labels, 1.0 if r.crash_loop else 0.0)
-        yield from gauges.values()
+            for family, value in series:
+                family.add_metric(labels, value(r))
         yield state
-        yield crash_loop
-        yield from counters.values()
+        for family, _ in series:
+            yield family
 
     def _histograms(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
         ttft = HistogramMetricFamily(

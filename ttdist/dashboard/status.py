@@ -9,6 +9,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass, field
 
+from ttdist.dashboard.events import Event
+from ttdist.dashboard.replica_state import ReplicaState
+
 # Fixed upper bounds (seconds) of the latency histograms that replicas report in their
 # heartbeats; the last, implicit bucket is +Inf. Same shape as vLLM's, stretched upward
 # because a simulated mesh on CPU is slower than a real one.
@@ -82,11 +85,14 @@ class HistogramSnapshot:
             raise ValueError("histograms with different bucket bounds cannot be combined")
 
 
+CHIP_OK = "ok"     # a chip of a live replica
+
+
 @dataclass
 class ChipSnapshot:
     row: int
     col: int
-    state: str                      # ok, failed (the replica's state for its chips)
+    state: str                      # CHIP_OK, or ReplicaState.FAILED with its replica
     dram_total_bytes: int
     dram_weights_bytes: int
     dram_kv_bytes: int
@@ -96,7 +102,7 @@ class ChipSnapshot:
 @dataclass
 class ReplicaSnapshot:
     replica_id: str
-    state: str                      # starting, ready, unhealthy, failed
+    state: ReplicaState
     pid: int
     node_id: str
     mesh: str                       # "8x4"
@@ -124,14 +130,6 @@ class ReplicaSnapshot:
     requests_finished_total: int = 0
     kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: list[int] = field(default_factory=list)   # group g's free pages, by group id
-
-
-@dataclass
-class Event:
-    time: float                     # unix seconds
-    kind: str                       # replica_started, replica_failed, replica_restarted, request_migrated, ...
-    replica_id: str
-    message: str
 
 
 @dataclass
@@ -165,6 +163,7 @@ class ClusterSnapshot:
         replicas = []
         for r in data["replicas"]:
             r = _known(ReplicaSnapshot, r)
+            r["state"] = ReplicaState(r["state"])
             r["chips"] = [ChipSnapshot(**_known(ChipSnapshot, c)) for c in r.get("chips", [])]
             for key in ("ttft_histogram", "inter_token_histogram"):
                 if key in r:

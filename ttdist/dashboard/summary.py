@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.dashboard.status import (
+    CHIP_OK,
     ClusterSnapshot,
     LatencySummary,
     ReplicaSnapshot,
     cluster_latency,
 )
 
-FAILED = "failed"
-READY = "ready"
-
 
 def is_live(replica: ReplicaSnapshot) -> bool:
-    return replica.state != FAILED
+    return replica.state != ReplicaState.FAILED
 
 
 def kv_cache_usage(replica: ReplicaSnapshot) -> float:
@@ -34,7 +33,7 @@ def kv_cache_usage(replica: ReplicaSnapshot) -> float:
 
 def chip_state(replica: ReplicaSnapshot, chip_state_value: str) -> str:
     """A chip that reports ok takes its replica's state when the replica is not ready."""
-    if chip_state_value == "ok" and replica.state != READY:
+    if chip_state_value == CHIP_OK and replica.state != ReplicaState.READY:
         return replica.state
     return chip_state_value
 
@@ -66,8 +65,8 @@ class ClusterSummary:
             ttft, itl = cluster_latency(snapshot.replicas)
         return cls(
             replicas_total=len(snapshot.replicas),
-            replicas_ready=sum(r.state == READY for r in snapshot.replicas),
-            replicas_failed=sum(r.state == FAILED for r in snapshot.replicas),
+            replicas_ready=sum(r.state == ReplicaState.READY for r in snapshot.replicas),
+            replicas_failed=sum(r.state == ReplicaState.FAILED for r in snapshot.replicas),
             requests_running=sum(r.running for r in live),
             requests_waiting=sum(r.waiting for r in live),
             tokens_per_second=sum(r.tokens_per_second for r in live),

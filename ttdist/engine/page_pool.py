@@ -2,7 +2,7 @@
 
 A page holds ``page_size`` consecutive tokens of one or more sequences (shared pages are
 prefix-cache hits). A full page whose K/V are computed gets a block hash chained over every
-token before it (``block_hashes``), so equal hashes mean equal prefixes; a lookup also compares
+token before it (``extend_block_hashes``), so equal hashes mean equal prefixes; a lookup also compares
 the page's token ids, so a hash collision is a miss, never wrong K/V.
 
 Free pages wait in one queue and are reused from its front. A sequence's pages are freed tail
@@ -25,26 +25,22 @@ import xxhash
 from ttdist.engine.sequence import Sequence
 
 
-def block_hashes(token_ids: list[int], page_size: int) -> list[int]:
-    """The chained hash of every full page of ``token_ids`` (a partial tail page has none)."""
-    hashes: list[int] = []
-    previous = 0
-    for start in range(0, len(token_ids) - page_size + 1, page_size):
-        previous = _chain(previous, token_ids[start:start + page_size])
-        hashes.append(previous)
+def extend_block_hashes(hashes: list[int], token_ids: list[int], page_size: int, pages: int) -> list[int]:
+    """Extend ``hashes``, the chained hashes of the first full pages of ``token_ids``, in place
+    until it holds ``pages`` of them (never shortened); returns it. Every chain is hashed here."""
+    while len(hashes) < pages:
+        start = len(hashes) * page_size
+        hashes.append(_chain(hashes[-1] if hashes else 0, token_ids[start:start + page_size]))
     return hashes
 
 
-def _page_hashes(seq: Sequence, pages: int, size: int) -> list[int]:
-    """The chained hashes of ``seq``'s first ``pages`` full pages, hashing only pages not seen before."""
-    memo = seq.token_hashes
-    while len(memo) < pages:
-        start = len(memo) * size
-        memo.append(_chain(memo[-1] if memo else 0, seq.token_ids[start:start + size]))
-    return memo[:pages]
+def block_hashes(token_ids: list[int], page_size: int) -> list[int]:
+    """The chained hash of every full page of ``token_ids`` (a partial tail page has none)."""
+    return extend_block_hashes([], token_ids, page_size, len(token_ids) // page_size)
 
 
 def _chain(previous: int, ids: list[int]) -> int:
+    """One page's block hash: its token ids and the hash of the page before it (0 for the first)."""
     return xxhash.xxh3_64_intdigest(struct.pack(f"<Q{len(ids)}q", previous, *ids))
 
 
@@ -167,15 +163,14 @@ class PagePool:
     def cache_full_pages(self, seq: Sequence) -> None:
         """Register every page of ``seq`` that is now full and computed in the prefix cache."""
         size = self.page_size
-        while len(seq.block_hashes) < seq.num_computed // size:
-            index = len(seq.block_hashes)
-            ids = seq.token_ids[index * size:(index + 1) * size]
-            previous = seq.block_hashes[-1] if seq.block_hashes else 0
-            block_hash = _chain(previous, ids)
+        full = seq.num_computed // size
+        hashes = self._hashes(seq, full)
+        for index in range(len(seq.block_hashes), full):
+            block_hash = hashes[index]
             seq.block_hashes.append(block_hash)
             if self.prefix_caching:
                 page = self.page(seq.page_table[index])
-                page.block_hash, page.token_ids = block_hash, tuple(ids)
+                page.block_hash, page.token_ids = block_hash, tuple(seq.token_ids[index * size:(index + 1) * size])
                 self._cached[block_hash] = page.page_id
 
     # -- internals --------------------------------------------------------------------------
@@ -184,7 +179,7 @@ class PagePool:
             return [], []
         size = self.page_size
         usable = (len(seq) - 1) // size * size
-        hashes = _page_hashes(seq, usable // size, size)
+        hashes = self._hashes(seq, usable // size)[:usable // size]
         hits: list[int] = []
         for index, block_hash in enumerate(hashes):
             pid = self._cached.get(block_hash)
@@ -192,6 +187,11 @@ class PagePool:
                 break
             hits.append(pid)
         return hits, hashes
+
+    def _hashes(self, seq: Sequence, pages: int) -> list[int]:
+        """``seq.token_hashes`` holding at least its first ``pages`` full pages: its tokens are only
+        ever appended, so each page is hashed once across steps and preemptions."""
+        return extend_block_hashes(seq.token_hashes, seq.token_ids, self.page_size, pages)
 
     def _take_free(self) -> int:
         pid, _ = self._free.popitem(last=False)

@@ -28,6 +28,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ttdist.dashboard.events import EventKind
 from ttdist.router.actor import RouterActor
 from ttdist.router.router import RouterConfig
 from ttdist.router.policies import make_policy
@@ -188,7 +189,7 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
                            ready_timeout_s + CALL_TIMEOUT_S, "the coordinator's wait_ready()")
         if ready == 0:
             snap = get_within(coordinator.snapshot.remote(), CALL_TIMEOUT_S, "the coordinator's snapshot()")
-            why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == "replica_failed")
+            why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == EventKind.REPLICA_FAILED)
             raise DeployError(f"no replica became ready ({why or 'no reason reported'})")
         router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens,
                                      cluster_token=config.cluster_token, ready_wait_s=config.ready_wait_s,

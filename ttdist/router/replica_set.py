@@ -18,7 +18,8 @@ import grpc
 from ttdist.router.policies import ReplicaView
 from ttdist.router.replica_link import ReplicaLink
 from ttdist.runtime.auth import cluster_channel
-from ttdist.runtime.routing_table import FAILED, READY, UNHEALTHY, ReplicaEntry, RoutingTable
+from ttdist.dashboard.replica_state import ReplicaState
+from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -99,7 +100,7 @@ class ReplicaSet:
     def gone(self, replica_id: str) -> bool:
         """The replica left the table or the table marks it failed."""
         entry = self._by_id.get(replica_id)
-        return entry is None or entry.state == FAILED
+        return entry is None or entry.state == ReplicaState.FAILED
 
     async def close(self) -> None:
         for link in self.links.values():
@@ -154,7 +155,7 @@ class ReplicaSet:
 
     async def live_entry(self, entry: ReplicaEntry, timeout_s: float) -> ReplicaEntry:
         """``entry`` with the load its replica reports now (as it was when it does not answer)."""
-        if entry.state not in (READY, UNHEALTHY) or not entry.address:
+        if entry.state not in (ReplicaState.READY, ReplicaState.UNHEALTHY) or not entry.address:
             return entry
         try:
             answer = await self.stub(entry.address).GetClusterStatus(pb.ClusterStatusRequest(), timeout=timeout_s)

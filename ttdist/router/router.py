@@ -32,7 +32,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import grpc
 
-from ttdist.dashboard.status import Event
+from ttdist.dashboard.events import Event
 from ttdist.engine.page_pool import block_hashes
 from ttdist.router.attempts import ENGINE_ERROR_CODES, Attempts, wait_for_replica
 from ttdist.router.completion import assemble_complete
@@ -44,7 +44,9 @@ from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, mak
 from ttdist.router.replica_set import ReplicaSet
 from ttdist.router.stream_interval import ChunkMerger, StreamInterval, interval_for, merged
 from ttdist.runtime.request_checks import RequestError, check_prompt_length, check_request, invalid
-from ttdist.runtime.routing_table import DRAINING, READY, UNHEALTHY, ReplicaEntry, RouterReport, RoutingTable
+from ttdist.dashboard.events import EventKind
+from ttdist.dashboard.replica_state import ReplicaState
+from ttdist.runtime.routing_table import ReplicaEntry, RouterReport, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_PENDING_EVENTS = 1000   # events kept for the coordinator while it does not answer (the oldest go)
@@ -121,7 +123,7 @@ class Router:
         table = await self.source.table(report)
         self._events = self._events[len(report.events):]
         self._apply(table)
-        serving = not self._draining and any(v.state == READY for v in self.views())
+        serving = not self._draining and any(v.state == ReplicaState.READY for v in self.views())
         if serving != self._serving and self.on_serving is not None:
             await self.on_serving(serving)
         self._serving = serving
@@ -132,7 +134,7 @@ class Router:
             try:
                 await self.refresh()
             except Exception as err:  # noqa: BLE001 - a failed refresh keeps the last table
-                self._event("router_refresh_failed", "", repr(err))
+                self._event(EventKind.ROUTER_REFRESH_FAILED, "", repr(err))
 
     def _apply(self, table: RoutingTable) -> None:
         """Take ``table``; a stream on a replica that left it or failed moves elsewhere."""
@@ -178,7 +180,7 @@ class Router:
 
     async def _abort_on_replicas(self, request_id: str) -> bool:
         ids = [request_id] + [f"{request_id}#{k}" for k in range(1, self.config.max_migrations + 1)]
-        live = [e for e in self.table.replicas if e.state in (READY, UNHEALTHY, DRAINING) and e.address]
+        live = [e for e in self.table.replicas if e.state in (ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.DRAINING) and e.address]
         return any(await asyncio.gather(*(self.replicas.abort(e.address, sub_id) for e in live for sub_id in ids)))
 
     async def drain(self) -> None:
@@ -290,7 +292,7 @@ class Router:
     async def _pick(self, info: RequestInfo, attempts: Attempts, deadline: float | None) -> ReplicaView:
         """The replica for the next segment; waits (to the deadline, else ``ready_wait_s``) while none can take it."""
         def pick():
-            if attempts.overloaded_on and attempts.all_overloaded(self.table, lambda e: e.state == READY):
+            if attempts.overloaded_on and attempts.all_overloaded(self.table, lambda e: e.state == ReplicaState.READY):
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", "every ready replica is overloaded")
             return route(self.policy, self.views(), info, attempts.avoid(self.table))
 
@@ -306,4 +308,4 @@ class Router:
         if end.code not in ENGINE_ERROR_CODES:
             self.replicas.suspect(entry)
         self._migrations_total += 1
-        self._event("request_migrated", entry.replica_id, f"{request_id}: {end.failure}")
+        self._event(EventKind.REQUEST_MIGRATED, entry.replica_id, f"{request_id}: {end.failure}")

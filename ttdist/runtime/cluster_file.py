@@ -60,11 +60,7 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     if not isinstance(groups_raw, list) or not groups_raw:
         raise ClusterConfigError(f"{where}: replicas must be a non-empty list of groups")
     groups = tuple(_group(g, f"{where}: replicas[{i}]") for i, g in enumerate(groups_raw))
-    if not isinstance(health_raw, dict):
-        raise ClusterConfigError(f"{where}: health must be a mapping of settings, got {health_raw!r}")
-    bad = sorted(set(health_raw) - _HEALTH_KEYS)
-    if bad:
-        raise ClusterConfigError(f"{where}: unknown health setting {bad[0]!r}")
+    health_raw = _settings(health_raw, _HEALTH_KEYS, where, "health", "health ")
     if address is not None and not isinstance(address, str):
         raise ClusterConfigError(f"{where}: address must be a string (host:port or auto), got {address!r}")
     check_types(ClusterConfig, raw, where)
@@ -105,14 +101,20 @@ def check_types(cls, raw: dict, where: str, prefix: str = "") -> None:
             raise ClusterConfigError(f"{where}: {prefix}{name} must be {kind[1]}, got {value!r}")
 
 
+def _settings(raw, known: set[str], where: str, name: str, kind: str) -> dict:
+    """A copy of ``raw``, checked to be a mapping of ``known`` settings (``name`` says what it is
+    in the error; ``kind`` is the error's word for its settings, e.g. "api ")."""
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(f"{where}: {name} must be a mapping of settings, got {raw!r}")
+    bad = sorted(set(raw) - known)
+    if bad:
+        raise ClusterConfigError(f"{where}: unknown {kind}setting {bad[0]!r}; known: {', '.join(sorted(known))}")
+    return dict(raw)
+
+
 def _api(raw, where: str) -> ApiConfig:
     """The ``api:`` mapping; ``api_keys`` is a list, ``api_key_file`` adds the keys of a file."""
-    if not isinstance(raw, dict):
-        raise ClusterConfigError(f"{where}: api must be a mapping")
-    bad = sorted(set(raw) - _API_KEYS)
-    if bad:
-        raise ClusterConfigError(f"{where}: unknown api setting {bad[0]!r}; known: {', '.join(sorted(_API_KEYS))}")
-    raw = dict(raw)
+    raw = _settings(raw, _API_KEYS, where, "api", "api ")
     keys = raw.pop("api_keys", None) or []
     if isinstance(keys, str) or not isinstance(keys, list):
         raise ClusterConfigError(f"{where}: api.api_keys must be a list of keys")
@@ -129,12 +131,7 @@ def _api(raw, where: str) -> ApiConfig:
 
 
 def _group(raw, where: str) -> ReplicaGroup:
-    if not isinstance(raw, dict):
-        raise ClusterConfigError(f"{where}: a replica group must be a mapping")
-    bad = sorted(set(raw) - _GROUP_KEYS)
-    if bad:
-        raise ClusterConfigError(f"{where}: unknown setting {bad[0]!r}; known: {', '.join(sorted(_GROUP_KEYS))}")
-    raw = dict(raw)
+    raw = _settings(raw, _GROUP_KEYS, where, "a replica group", "")
     devices = raw.get("devices") or []
     if not isinstance(devices, list) or not all(
             isinstance(ids, list) and all(_is_int(d) for d in ids) for ids in devices):

@@ -34,13 +34,15 @@ from pathlib import Path
 
 import ray
 
-from ttdist.dashboard.status import ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
+from ttdist.dashboard.events import EventKind
+from ttdist.dashboard.replica_state import ReplicaState
+from ttdist.dashboard.status import CHIP_OK, ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
 from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
-from ttdist.runtime.routing_table import DRAINING, FAILED, READY, UNHEALTHY, RouterReport, RoutingTable, combine_reports
+from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
@@ -60,7 +62,6 @@ class Coordinator:
         self._weights_ref: dict[str, ray.ObjectRef] = {}
         self._report = RouterReport(policy=config.policy)   # every router's reports added up
         self._reports: dict[str, RouterReport] = {}          # the last one of each router
-        self._router_events: list = []
         self._monitor: asyncio.Task | None = None
         self._dashboard = None
         self._node_id = ray.get_runtime_context().get_node_id()
@@ -79,7 +80,7 @@ class Coordinator:
 
     async def _recover(self) -> None:
         """After Ray restarted this actor: adopt the replicas that outlived the old process."""
-        self.registry.event("coordinator_restarted", "", "rebuilding the registry from the replicas' heartbeats")
+        self.registry.event(EventKind.COORDINATOR_RESTARTED, "", "rebuilding the registry from the replicas' heartbeats")
         await self._prepare(recovering=True)
         for rid in self._setups:
             try:
@@ -141,13 +142,13 @@ class Coordinator:
 
         cfg = self.config
         t0 = time.perf_counter()
-        self.registry.event("weights_converting", "", f"{self.card.model_id} for mesh {mesh} ({cfg.dtype})")
+        self.registry.event(EventKind.WEIGHTS_CONVERTING, "", f"{self.card.model_id} for mesh {mesh} ({cfg.dtype})")
         path = await asyncio.to_thread(
             convert_checkpoint, self.model_dir, mesh=mesh, dtype=cfg.dtype, cache_dir=cfg.weights_cache, progress=True
         )
         self._weights_path[mesh] = str(path)
         self.registry.event(
-            "weights_ready", "", f"mesh {mesh}: {path.name} in {time.perf_counter() - t0:.1f} s "
+            EventKind.WEIGHTS_READY, "", f"mesh {mesh}: {path.name} in {time.perf_counter() - t0:.1f} s "
             "(each replica sizes its KV cache from its backend's DRAM ledger)"
         )
 
@@ -231,7 +232,8 @@ class Coordinator:
     async def _monitor_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.health.heartbeat_s)
-            await asyncio.gather(*(self._probe(rid) for rid, r in self.registry.replicas.items() if r.state in (READY, UNHEALTHY)))
+            serving = (ReplicaState.READY, ReplicaState.UNHEALTHY)
+            await asyncio.gather(*(self._probe(rid) for rid, r in self.registry.replicas.items() if r.state in serving))
             self.registry.tick(time.monotonic())
             for rid in self.registry.due_restarts(time.monotonic()):
                 await self._restart(rid)
@@ -274,7 +276,7 @@ class Coordinator:
     async def wait_ready(self, count: int, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
         while True:
-            ready = sum(r.state == READY for r in self.registry.replicas.values())
+            ready = sum(r.state == ReplicaState.READY for r in self.registry.replicas.values())
             if ready >= count or time.monotonic() > deadline:
                 return ready
             await asyncio.sleep(0.05)
@@ -302,7 +304,7 @@ class Coordinator:
         if replica_id not in self.registry.replicas:
             raise KeyError(f"no replica {replica_id!r}; known: {', '.join(sorted(self.registry.replicas))}")
         self.registry.draining(replica_id, time.monotonic(), f"{'restart' if restart else 'removal'} on purpose")
-        if self.registry.replicas[replica_id].state != DRAINING:
+        if self.registry.replicas[replica_id].state != ReplicaState.DRAINING:
             raise RuntimeError(f"replica {replica_id} is {self.registry.replicas[replica_id].state}, not serving")
         await asyncio.sleep(DRAIN_SETTLE_S)
         actor = self._actors[replica_id]
@@ -311,7 +313,7 @@ class Coordinator:
             await asyncio.wait_for(actor.stop.remote(), 10)
         except (asyncio.TimeoutError, ray.exceptions.RayError):
             moved = -1
-        self.registry.event("replica_drained", replica_id, f"{moved} stream(s) moved" if moved >= 0 else "did not answer")
+        self.registry.event(EventKind.REPLICA_DRAINED, replica_id, f"{moved} stream(s) moved" if moved >= 0 else "did not answer")
         if restart:
             await self._restart(replica_id)
         else:
@@ -331,7 +333,7 @@ class Coordinator:
     def _replica_snapshot(self, r: ReplicaRecord, now: float) -> ReplicaSnapshot:
         spec = parse_mesh(r.mesh)
         d = r.memory.dram if r.memory else None  # the replica's own ledger (every chip holds the same bytes)
-        chip_state = "failed" if r.state == FAILED else "ok"
+        chip_state = ReplicaState.FAILED if r.state == ReplicaState.FAILED else CHIP_OK
         chips = [ChipSnapshot(row, col, chip_state, d.capacity if d else spec.dram_bytes_per_chip, d.weights if d else 0,
                               d.kv_cache if d else 0, d.other if d else 0) for row, col in spec.chips()]
         s = r.stats

@@ -33,12 +33,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from ttdist.dashboard.status import Event, HistogramSnapshot
+from ttdist.dashboard.events import Event, EventKind
+from ttdist.dashboard.replica_state import ReplicaState, state_label
+from ttdist.dashboard.status import HistogramSnapshot
 from ttdist.engine.stats import EngineLiveness
 from ttdist.model.kv_budget import ReplicaMemory
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta
-from ttdist.runtime.routing_table import DRAINING, FAILED, READY, STARTING, UNHEALTHY, ReplicaEntry
+from ttdist.runtime.routing_table import ReplicaEntry
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class ReplicaRecord:
     mesh: str
     backend: str
     devices: tuple[int, ...] = ()
-    state: str = STARTING
+    state: ReplicaState = ReplicaState.STARTING
     since: float = 0.0
     pid: int = 0
     node_id: str = ""
@@ -100,7 +102,7 @@ class ReplicaRecord:
 
     @property
     def state_label(self) -> str:
-        return f"{self.state} (crash loop)" if self.crash_loop else self.state
+        return state_label(self.state, self.crash_loop)
 
     def entry(self) -> ReplicaEntry:
         s = self.stats
@@ -124,15 +126,15 @@ class Registry:
     max_events: int = 500
 
     def add(self, record: ReplicaRecord, now: float) -> None:
-        record.state, record.since = STARTING, now
+        record.state, record.since = ReplicaState.STARTING, now
         self.replicas[record.replica_id] = record
 
-    def event(self, kind: str, replica_id: str, message: str) -> None:
+    def event(self, kind: EventKind, replica_id: str, message: str) -> None:
         self.events.append(Event(time.time(), kind, replica_id, message))
         del self.events[: -self.max_events]
 
-    def _move(self, record: ReplicaRecord, state: str, now: float, kind: str, why: str) -> None:
-        if state == FAILED:
+    def _move(self, record: ReplicaRecord, state: ReplicaState, now: float, kind: EventKind, why: str) -> None:
+        if state == ReplicaState.FAILED:
             self._count_failure(record, now, why)
         record.state, record.since, record.reason = state, now, why
         self.event(kind, record.replica_id, why)
@@ -143,8 +145,8 @@ class Registry:
         r.ready_since = None
         if r.failures_in_row >= self.health.crash_loop_failures and self.health.restart:
             r.crash_loop = True
-            self.event("replica_crash_loop", r.replica_id, f"failed {r.failures_in_row} times in a row; not restarted "
-                       f"again (last: {why})")
+            self.event(EventKind.REPLICA_CRASH_LOOP, r.replica_id,
+                       f"failed {r.failures_in_row} times in a row; not restarted again (last: {why})")
 
     def restart_delay(self, r: ReplicaRecord) -> float:
         """How long a failed replica waits before its restart: doubling per failure in a row."""
@@ -156,9 +158,10 @@ class Registry:
         r = self.replicas[replica_id]
         r.pid, r.node_id, r.address, r.kv_pages_total = pid, node_id, address, kv_pages_total
         r.last_heartbeat = now
-        kind = "replica_restarted" if r.restarts else "replica_started"
+        kind = EventKind.REPLICA_RESTARTED if r.restarts else EventKind.REPLICA_STARTED
         r.ready_since = now
-        self._move(r, READY, now, kind, f"pid {pid} on {node_id[:12]} serving {address} ({r.mesh} {r.backend})")
+        self._move(r, ReplicaState.READY, now, kind,
+                   f"pid {pid} on {node_id[:12]} serving {address} ({r.mesh} {r.backend})")
 
     def heartbeat(self, replica_id: str, beat: Heartbeat, now: float) -> int:
         """Take ``beat``; returns the number of the prefix-hash set now held for the replica."""
@@ -172,77 +175,83 @@ class Registry:
         return r.prefix_seq if r is not None else FULL
 
     def _heartbeat(self, r: ReplicaRecord | None, beat: Heartbeat, now: float) -> None:
-        if r is not None and beat.engine is not None and r.state in (READY, UNHEALTHY) and not self._engine_ok(r, beat, now):
+        serving = r is not None and r.state in (ReplicaState.READY, ReplicaState.UNHEALTHY)
+        if serving and beat.engine is not None and not self._engine_ok(r, beat, now):
             return
         if r is not None and r.recovering and beat.address:
             self.reregistered(r, beat, now)
             return
-        if r is None or r.state in (FAILED, STARTING):
+        if r is None or r.state in (ReplicaState.FAILED, ReplicaState.STARTING):
             return
         r.stats, r.last_heartbeat = beat, now
-        if r.state == UNHEALTHY:
-            self._move(r, READY, now, "replica_recovered", "heartbeats resumed")
+        if r.state == ReplicaState.UNHEALTHY:
+            self._move(r, ReplicaState.READY, now, EventKind.REPLICA_RECOVERED, "heartbeats resumed")
 
     def reregistered(self, r: ReplicaRecord, beat: Heartbeat, now: float) -> None:
         """A replica that outlived the coordinator heartbeats the restarted one: ready again."""
         r.pid, r.node_id, r.address, r.kv_pages_total = beat.pid, beat.node_id, beat.address, beat.total_pages
         r.stats, r.last_heartbeat, r.recovering, r.ready_since = beat, now, False, now
-        self._move(r, READY, now, "replica_reregistered", f"pid {beat.pid} serving {beat.address} after a coordinator restart")
+        self._move(r, ReplicaState.READY, now, EventKind.REPLICA_REREGISTERED,
+                   f"pid {beat.pid} serving {beat.address} after a coordinator restart")
 
     def draining(self, replica_id: str, now: float, why: str) -> None:
         """Taken out of routing on purpose (restart or removal): its streams finish or move."""
         r = self.replicas[replica_id]
-        if r.state in (READY, UNHEALTHY):
-            self._move(r, DRAINING, now, "replica_draining", why)
+        if r.state in (ReplicaState.READY, ReplicaState.UNHEALTHY):
+            self._move(r, ReplicaState.DRAINING, now, EventKind.REPLICA_DRAINING, why)
 
     def _engine_ok(self, r: ReplicaRecord, beat: Heartbeat, now: float) -> bool:
         """Apply the engine liveness a heartbeat carries; False when it says the engine is not serving."""
         engine = beat.engine
         r.stats, r.last_heartbeat = beat, now
         if not engine.alive:
-            self._move(r, FAILED, now, "replica_failed", f"engine stopped: {engine.error}")
+            self._move(r, ReplicaState.FAILED, now, EventKind.REPLICA_FAILED, f"engine stopped: {engine.error}")
             return False
         if engine.stalled(self.health.stall_after_s):
-            if r.state == READY:
-                self._move(r, UNHEALTHY, now, "replica_unhealthy",
+            if r.state == ReplicaState.READY:
+                self._move(r, ReplicaState.UNHEALTHY, now, EventKind.REPLICA_UNHEALTHY,
                            f"engine made no step for {engine.last_step_age_s:.1f} s with work waiting")
             return False
         return True
 
     def failed(self, replica_id: str, now: float, why: str) -> None:
         r = self.replicas.get(replica_id)
-        if r is not None and r.state != FAILED:
-            self._move(r, FAILED, now, "replica_failed", why)
+        if r is not None and r.state != ReplicaState.FAILED:
+            self._move(r, ReplicaState.FAILED, now, EventKind.REPLICA_FAILED, why)
 
     def unhealthy(self, replica_id: str, now: float, why: str) -> None:
         r = self.replicas.get(replica_id)
-        if r is not None and r.state == READY:
-            self._move(r, UNHEALTHY, now, "replica_unhealthy", why)
+        if r is not None and r.state == ReplicaState.READY:
+            self._move(r, ReplicaState.UNHEALTHY, now, EventKind.REPLICA_UNHEALTHY, why)
 
     def tick(self, now: float) -> None:
         h = self.health
         for r in self.replicas.values():
-            if r.state == READY and now - r.last_heartbeat > h.unhealthy_after_s:
-                self._move(r, UNHEALTHY, now, "replica_unhealthy", f"no heartbeat for {now - r.last_heartbeat:.1f} s")
-            elif r.state == UNHEALTHY and now - r.since > h.failed_after_s:
-                self._move(r, FAILED, now, "replica_failed", f"unhealthy for {now - r.since:.1f} s")
-            elif r.state == STARTING and r.recovering and now - r.since > h.unhealthy_after_s + h.failed_after_s:
+            if r.state == ReplicaState.READY and now - r.last_heartbeat > h.unhealthy_after_s:
+                self._move(r, ReplicaState.UNHEALTHY, now, EventKind.REPLICA_UNHEALTHY,
+                           f"no heartbeat for {now - r.last_heartbeat:.1f} s")
+            elif r.state == ReplicaState.UNHEALTHY and now - r.since > h.failed_after_s:
+                self._move(r, ReplicaState.FAILED, now, EventKind.REPLICA_FAILED, f"unhealthy for {now - r.since:.1f} s")
+            elif r.state == ReplicaState.STARTING and r.recovering and now - r.since > h.unhealthy_after_s + h.failed_after_s:
                 r.recovering = False
-                self._move(r, FAILED, now, "replica_failed", f"no heartbeat {now - r.since:.1f} s after a coordinator restart")
-            elif r.state == STARTING and now - r.since > h.start_timeout_s:
-                self._move(r, FAILED, now, "replica_failed", f"not started after {now - r.since:.0f} s")
+                self._move(r, ReplicaState.FAILED, now, EventKind.REPLICA_FAILED,
+                           f"no heartbeat {now - r.since:.1f} s after a coordinator restart")
+            elif r.state == ReplicaState.STARTING and now - r.since > h.start_timeout_s:
+                self._move(r, ReplicaState.FAILED, now, EventKind.REPLICA_FAILED,
+                           f"not started after {now - r.since:.0f} s")
 
     def due_restarts(self, now: float) -> list[str]:
         if not self.health.restart:
             return []
         return [rid for rid, r in self.replicas.items()
-                if r.state == FAILED and not r.crash_loop and now - r.since >= self.restart_delay(r)]
+                if r.state == ReplicaState.FAILED and not r.crash_loop and now - r.since >= self.restart_delay(r)]
 
     def restarting(self, replica_id: str, now: float) -> None:
         r = self.replicas[replica_id]
         r.restarts += 1
         r.stats, r.pid, r.address = None, 0, ""
-        self._move(r, STARTING, now, "replica_restarting", f"restart {r.restarts} after {now - r.since:.1f} s failed")
+        self._move(r, ReplicaState.STARTING, now, EventKind.REPLICA_RESTARTING,
+                   f"restart {r.restarts} after {now - r.since:.1f} s failed")
 
     def entries(self) -> tuple[ReplicaEntry, ...]:
         return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id))

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ttdist.dashboard.status import Event, LatencySummary
+from ttdist.dashboard.events import Event
+from ttdist.dashboard.replica_state import ReplicaState, state_label
+from ttdist.dashboard.status import LatencySummary
 from ttdist.mesh.accounting import ChipDram
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
-STARTING, READY, UNHEALTHY, FAILED = "starting", "ready", "unhealthy", "failed"
-DRAINING = "draining"     # finishing its streams before a restart or removal on purpose; gets no new ones
+# Old names of the states, still imported from here by the router and the replica; use ReplicaState.
+READY, UNHEALTHY, DRAINING, FAILED = ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.DRAINING, ReplicaState.FAILED
 
 
 def _dram_fields(dram: ChipDram | None) -> dict:
@@ -31,7 +33,7 @@ class ReplicaEntry:
 
     replica_id: str
     address: str
-    state: str
+    state: ReplicaState
     pid: int = 0
     node_id: str = ""
     mesh: str = ""
@@ -51,7 +53,7 @@ class ReplicaEntry:
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(
-            replica_id=self.replica_id, state=f"{self.state} (crash loop)" if self.crash_loop else self.state,
+            replica_id=self.replica_id, state=state_label(self.state, self.crash_loop),
             pid=self.pid, node_id=self.node_id,
             mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=self.kv_pages_free, running=self.running, waiting=self.waiting,

@@ -28,7 +28,7 @@ from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, from_request_error
 from ttdist.runtime.auth import ApiKeys
 from ttdist.runtime.request_checks import RequestError
-from ttdist.runtime.routing_table import READY
+from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_BODY_BYTES = 8 << 20
@@ -88,7 +88,7 @@ class OpenAIServer:
 
     # ------------------------------------------------------------ handlers
     async def health(self, request: web.Request) -> web.Response:
-        ready = sum(v.state == READY for v in self.router.views())
+        ready = sum(v.state == ReplicaState.READY for v in self.router.views())
         serving = self.router.serving      # false while draining, as the gRPC health says
         return web.json_response({"status": "ok" if serving else "unavailable", "ready_replicas": ready},
                                  status=200 if serving else 503)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-READY = "ready"
+from ttdist.dashboard.replica_state import ReplicaState
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ReplicaView:
     """
 
     replica_id: str
-    state: str = READY
+    state: str = ReplicaState.READY
     running: int = 0
     waiting: int = 0
     pending_prefill_tokens: int = 0
@@ -84,7 +84,7 @@ def route(
     exclude: frozenset[str] = frozenset(),
 ) -> ReplicaView:
     """Health filtering, then the policy: the replica that gets ``request``."""
-    healthy = [r for r in replicas if r.state == READY and r.replica_id not in exclude]
+    healthy = [r for r in replicas if r.state == ReplicaState.READY and r.replica_id not in exclude]
     if not healthy:
         known = ", ".join(f"{r.replica_id}={r.state}" for r in replicas) or "none registered"
         raise NoReplicaError(f"no replica is ready (replicas: {known})")

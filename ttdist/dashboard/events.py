@@ -1,0 +1,37 @@
+"""What happened in the cluster, as the coordinator and the routers record it and the page shows it.
+
+The coordinator's registry appends an ``Event`` at every replica state change and for its own
+steps (weights, restarts); each router reports its own (migrations) with its routing-table
+requests. The dashboard shows the last ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    REPLICA_STARTED = "replica_started"
+    REPLICA_RESTARTED = "replica_restarted"
+    REPLICA_REREGISTERED = "replica_reregistered"     # outlived a coordinator restart and heartbeat the new one
+    REPLICA_RECOVERED = "replica_recovered"           # unhealthy, then heartbeats resumed
+    REPLICA_UNHEALTHY = "replica_unhealthy"
+    REPLICA_FAILED = "replica_failed"
+    REPLICA_CRASH_LOOP = "replica_crash_loop"
+    REPLICA_RESTARTING = "replica_restarting"
+    REPLICA_DRAINING = "replica_draining"
+    REPLICA_DRAINED = "replica_drained"
+    WEIGHTS_CONVERTING = "weights_converting"
+    WEIGHTS_READY = "weights_ready"
+    COORDINATOR_RESTARTED = "coordinator_restarted"
+    REQUEST_MIGRATED = "request_migrated"
+    ROUTER_REFRESH_FAILED = "router_refresh_failed"
+
+
+@dataclass
+class Event:
+    time: float                     # unix seconds
+    kind: str                       # an EventKind (a kind this version does not know stays a plain string)
+    replica_id: str
+    message: str
