@@ -6,7 +6,8 @@ worker feeds with ``loop.call_soon_threadsafe``. ``generate`` aborts its request
 pages) when the consumer stops iterating or is cancelled. If the model raises, every request
 ends with ``FinishReason.ABORT`` and the error text, and the engine refuses new work.
 ``liveness()`` tells whether the step loop is alive and when it last made progress, so a
-replica can report a dead or stuck loop instead of a constant "ready".
+replica can report a dead or stuck loop instead of a constant "ready". It is a
+``ServingEngine``; its own ``start``, ``shutdown`` and ``stats`` serve callers off an event loop.
 """
 
 from __future__ import annotations
