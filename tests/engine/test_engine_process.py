@@ -1,6 +1,6 @@
 """EngineProcess: the step loop in a child process, driven through its real channels.
 
-Every test starts a real child (``python -m ttdist.engine.process.child``) that builds an ``EngineCore``
+Every test starts a real child (``python -m ttdist.engine.process``) that builds an ``EngineCore``
 over ``FakeRunner``; faults are caused for real (a runner that raises, an injected stall,
 SIGKILL of the child or of the process that owns it).
 """

@@ -22,7 +22,7 @@ dies, every request the parent still has open ends with ABORT and the cause, as 
 fails in ``AsyncEngine``, and ``liveness`` says the engine is not alive.
 
 ``parent`` holds ``EngineProcess``; ``child`` is the process itself, started as
-``python -m ttdist.engine.process.child`` with the parent's interpreter and environment (a
+``python -m ttdist.engine.process`` with the parent's interpreter and environment (a
 replica's ``TT_VISIBLE_DEVICES`` included) and the parent's ``sys.path``, which builds its
 ``EngineCore`` with ``build(*args)``, a function it imports by name; ``wire`` holds the messages.
 """

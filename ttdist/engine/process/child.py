@@ -1,4 +1,4 @@
-"""The engine process itself: ``python -m ttdist.engine.process.child DATA_FD CONTROL_FD LIVENESS_FD``.
+"""The engine process itself, run as ``python -m ttdist.engine.process DATA_FD CONTROL_FD LIVENESS_FD``.
 
 Its main thread is the step loop: it applies the parent's commands between steps (a step in
 flight could not use them), steps, and sends each step's outputs in one ``StepOutputs``; it
@@ -162,7 +162,3 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=serve_control, args=(core, ctl), name="ttdist-engine-control", daemon=True).start()
     StepLoop(core, data, live).run()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -41,7 +41,7 @@ from ttdist.engine.stream import OutputStream, wake_together
 from ttdist.engine.tokenizer import Tokenizer
 
 CONTROL_TIMEOUT_S = 10.0   # a control call the child does not answer in this long fails
-CHILD_MODULE = "ttdist.engine.process.child"
+CHILD_MODULE = "ttdist.engine.process"   # its __main__ runs the child
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 
