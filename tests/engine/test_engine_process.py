@@ -52,6 +52,20 @@ async def collect(engine, req: GenerationRequest):
     return ids, last
 
 
+async def wait_for_stats(engine: EngineProcess, holds, what: str, timeout_s: float = 10.0) -> None:
+    """Until ``holds(stats)`` for the child's stats."""
+    deadline = time.monotonic() + timeout_s
+    while not holds(await engine.read_stats()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def stats_of(engine: EngineProcess):
+    """The child's stats, read from outside any event loop."""
+    return asyncio.run(engine.read_stats())
+
+
 async def wait_until(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
@@ -75,7 +89,7 @@ def test_runs_in_a_child_and_streams_exact_greedy_outputs():
             assert ids == reference_output(ref, prompt, 20)
             assert last.finished and last.finish_reason is FinishReason.LENGTH and list(last.output_ids) == ids
             assert last.usage.prompt_tokens == len(prompt) and last.usage.completion_tokens == 20
-        stats = engine.stats()
+        stats = stats_of(engine)
         assert (stats.free_pages, stats.running, stats.waiting, stats.generation_tokens_total) == (64, 0, 0, 120)
         live = engine.liveness()
         assert live.alive and not live.has_work and live.steps_total == stats.prefill_steps_total + stats.decode_steps_total
@@ -85,7 +99,7 @@ def test_abort_and_leaving_early_free_the_pages_in_the_child():
     with engine_process(decode_s=0.02) as engine:
         async def run():
             task = asyncio.ensure_future(collect(engine, request("long", [1, 2, 3], 200)))
-            await wait_until(lambda: engine.stats().running == 1, what="the request running")
+            await wait_for_stats(engine, lambda st: st.running == 1, what="the request running")
             assert engine.abort("long") is True
             ids, last = await task
             assert last.finish_reason is FinishReason.ABORT and len(ids) < 200
@@ -93,10 +107,10 @@ def test_abort_and_leaving_early_free_the_pages_in_the_child():
             async for out in engine.generate(request("left", [4, 5, 6], 200)):
                 if out.token_ids:
                     break   # the consumer goes away: the request is aborted
-            await wait_until(lambda: engine.stats().free_pages == 64, what="every page free")
+            await wait_for_stats(engine, lambda st: st.free_pages == 64, what="every page free")
 
         asyncio.run(run())
-        stats = engine.stats()
+        stats = stats_of(engine)
         assert stats.requests_aborted_total == 2 and stats.running == 0
 
 
@@ -114,7 +128,7 @@ def test_ttft_counts_from_the_generate_call_through_the_step_in_flight():
             return client_ttft
 
         client_ttft = asyncio.run(run())
-        engine_ttft = engine.stats().ttft_s[-1]
+        engine_ttft = stats_of(engine).ttft_s[-1]
         # "late" waited for the 0.2 s step in flight before it could prefill: the engine counts
         # that wait, as the client saw it (less the channel's own time, a few ms)
         assert client_ttft > 0.1
@@ -134,9 +148,9 @@ def test_bad_requests_raise_typed_errors_and_the_engine_goes_on():
                 engine.generate(unsendable)
             assert err.value.field == "request"
             running = asyncio.ensure_future(collect(engine, request("a", [1, 2], 40)))
-            await wait_until(lambda: engine.stats().running == 1, what="a running")
+            await wait_for_stats(engine, lambda st: st.running == 1, what="a running")
             waiting = asyncio.ensure_future(collect(engine, request("b", [3, 4], 4)))
-            await wait_until(lambda: engine.stats().waiting == 1, what="b waiting")
+            await wait_for_stats(engine, lambda st: st.waiting == 1, what="b waiting")
             with pytest.raises(OverloadedError):
                 await collect(engine, request("c", [5, 6], 4))
             with pytest.raises(InvalidRequestError, match="already in flight"):
@@ -146,7 +160,7 @@ def test_bad_requests_raise_typed_errors_and_the_engine_goes_on():
             assert (await waiting)[0] == reference_output(ref, [3, 4], 4)
 
         asyncio.run(run())
-        assert engine.stats().free_pages == 64
+        assert stats_of(engine).free_pages == 64
 
 
 def test_a_model_failure_ends_every_request_and_refuses_new_ones():
@@ -160,19 +174,19 @@ def test_a_model_failure_ends_every_request_and_refuses_new_ones():
         assert not live.alive and "device lost" in live.error
         with pytest.raises(EngineStoppedError, match="device lost"):
             engine.generate(request("late", [1], 1))
-        assert engine.stats().free_pages == 64   # the child still answers, its pages all free
+        assert stats_of(engine).free_pages == 64   # the child still answers, its pages all free
 
 
 def test_a_stalled_step_is_seen_while_the_child_still_answers():
     with engine_process(decode_s=0.01) as engine:
-        engine.inject(EngineFaults(stall_after_steps=3, stall_s=30))
+        asyncio.run(engine.inject_faults(EngineFaults(stall_after_steps=3, stall_s=30)))
 
         async def run():
             task = asyncio.ensure_future(collect(engine, request("stuck", [1, 2], 50)))
             await wait_until(lambda: engine.liveness().stalled(0.5), what="the stall seen")
             live = engine.liveness()
             assert live.alive and live.has_work and live.steps_total == 3
-            assert engine.stats().running == 1    # the control thread answers during the stall
+            assert (await engine.read_stats()).running == 1    # the control thread answers during the stall
             task.cancel()
 
         asyncio.run(run())
@@ -182,7 +196,7 @@ def test_a_killed_child_ends_its_streams_and_says_so():
     with engine_process(decode_s=0.02) as engine:
         async def run():
             task = asyncio.ensure_future(collect(engine, request("r", [1, 2], 200)))
-            await wait_until(lambda: engine.stats().running == 1, what="the request running")
+            await wait_for_stats(engine, lambda st: st.running == 1, what="the request running")
             os.kill(engine.pid, signal.SIGKILL)
             ids, last = await asyncio.wait_for(task, 10)
             assert last.finish_reason is FinishReason.ABORT and "exited with code -9" in last.error
@@ -192,7 +206,7 @@ def test_a_killed_child_ends_its_streams_and_says_so():
         assert not live.alive and "exited with code -9" in live.error
         with pytest.raises(EngineStoppedError):
             engine.generate(request("late", [1], 1))
-        assert engine.stats().free_pages <= 64    # the last stats it gave
+        assert stats_of(engine).free_pages <= 64    # the last stats it gave
 
 
 def test_the_child_exits_when_its_owner_is_killed():

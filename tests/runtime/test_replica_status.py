@@ -18,7 +18,7 @@ class _StatsEngine:
     user_groups: int
     free_pages_per_group: list[int]
 
-    def stats(self) -> EngineStats:
+    async def read_stats(self) -> EngineStats:
         return EngineStats(
             running=2, waiting=1, free_pages=sum(self.free_pages_per_group) or 466, total_pages=512, cached_pages=0,
             page_size=32, max_batch=32, prefix_hit_rate=0.0, tokens_per_second=9.0, prompt_tokens_total=0,
@@ -30,16 +30,16 @@ class _StatsEngine:
     def liveness(self) -> EngineLiveness:
         return EngineLiveness(alive=True, has_work=True, last_step_age_s=0.0, steps_total=3)
 
-    def prefix_hashes(self) -> list[int]:
+    async def read_prefix_hashes(self) -> list[int]:
         return []
 
 
 @pytest.mark.parametrize("groups, free", [(4, [120, 128, 128, 90]), (1, [])])
-def test_status_entry_and_heartbeat_carry_the_user_groups(monkeypatch, groups, free):
+async def test_status_entry_and_heartbeat_carry_the_user_groups(monkeypatch, groups, free):
     monkeypatch.setattr(ReplicaActor, "node_id", lambda self: "node-a")
     actor = ReplicaActor(ReplicaSetup("tg-0", "8x4", "sim", ModelCard("m", 100, 64)))
     actor.engine = _StatsEngine(groups, free)
-    entry, beat = actor._entry(), actor.heartbeat()
+    entry, beat = await actor._entry(), await actor.heartbeat()
     assert (entry.kv_pages_free, entry.kv_user_groups, entry.kv_pages_free_per_group) == (466, groups, tuple(free))
     assert (beat.free_pages, beat.kv_user_groups, beat.kv_pages_free_per_group) == (466, groups, tuple(free))
     msg = entry.to_proto()   # what the replica's GetClusterStatus answers

@@ -6,16 +6,19 @@ worker feeds with ``loop.call_soon_threadsafe``. ``generate`` aborts its request
 pages) when the consumer stops iterating or is cancelled. If the model raises, every request
 ends with ``FinishReason.ABORT`` and the error text, and the engine refuses new work.
 ``liveness()`` tells whether the step loop is alive and when it last made progress, so a
-replica can report a dead or stuck loop instead of a constant "ready".
+replica can report a dead or stuck loop instead of a constant "ready". It is a
+``ServingEngine``; its own ``start``, ``shutdown`` and ``stats`` serve callers off an event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any, Callable
 
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.core import EngineCore
@@ -25,6 +28,7 @@ from ttdist.engine.page_pool import block_hashes
 from ttdist.engine.request import GenerationRequest, RequestOutput
 from ttdist.engine.runner import ModelRunner, RunnerInfo
 from ttdist.engine.sequence import Sequence
+from ttdist.engine.serving import InProcessEngine
 from ttdist.engine.stats import EngineLiveness, EngineStats
 from ttdist.engine.stream import OutputStream, wake_together
 from ttdist.engine.tokenizer import Tokenizer
@@ -36,12 +40,15 @@ _UNCLAIMED_LIMIT = 1024   # streams of submitted requests nobody asked for, kept
 # hands it over every 5 ms by default, so each loop turn that waits on a busy step can add up to
 # 5 ms to TTFT and inter-token gaps. 1 ms keeps the loop's turns short at a small cost in switches.
 GIL_SWITCH_INTERVAL_S = 0.001
-class AsyncEngine:
-    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer | None, config: EngineConfig | None = None) -> None:
-        self._init(EngineCore(runner, tokenizer, config or EngineConfig()))
 
-    def _init(self, core: EngineCore) -> None:
+
+class AsyncEngine(InProcessEngine):
+    def __init__(self, runner: ModelRunner, tokenizer: Tokenizer | None, config: EngineConfig | None = None) -> None:
+        self._init(EngineCore(runner, tokenizer, config or EngineConfig()), None)
+
+    def _init(self, core: EngineCore, measure_memory: Callable[[EngineCore], Any] | None) -> None:
         self.core = core
+        self._measure_memory = measure_memory
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -51,10 +58,11 @@ class AsyncEngine:
         self._steps = 0
 
     @classmethod
-    def around(cls, core: EngineCore) -> "AsyncEngine":
-        """An engine stepping ``core`` (built elsewhere, e.g. by a replica's ``build_core``)."""
+    def around(cls, core: EngineCore, measure_memory: Callable[[EngineCore], Any] | None = None) -> "AsyncEngine":
+        """An engine stepping ``core`` (built elsewhere, e.g. by a replica's ``build_core``);
+        ``measure_memory(core)`` is its ``memory()`` report (a replica's DRAM ledger)."""
         engine = cls.__new__(cls)
-        engine._init(core)
+        engine._init(core, measure_memory)
         return engine
 
     @property
@@ -65,7 +73,16 @@ class AsyncEngine:
     def tokenizer(self) -> Tokenizer | None:
         return self.core.tokenizer
 
+    def memory(self) -> Any:
+        return self._measure_memory(self.core) if self._measure_memory is not None else None
+
     # -- lifecycle --------------------------------------------------------------------------
+    async def launch(self) -> None:
+        self.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.shutdown)   # waits for the step in flight
+
     def start(self) -> None:
         self.core.faults.on_start()
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))

@@ -21,11 +21,14 @@ import asyncio
 import os
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import ray
 
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.engine.process import EngineProcess
+from ttdist.engine.serving import ServingEngine
+from ttdist.engine.stats import EngineStats
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
@@ -119,10 +122,11 @@ def core_memory(core) -> ReplicaMemory | None:
     return replica_memory(core.runner)
 
 
-def build_engine(setup: ReplicaSetup, weights):
+def build_engine(setup: ReplicaSetup, weights) -> ServingEngine:
     """The engine a replica serves (not started): a scripted one, the model's engine in a process
     of its own (``EngineProcess``, the default), or with ``engine_process=False`` the model's
-    ``AsyncEngine`` in this process (the serving benchmark builds its in-process baseline so)."""
+    ``AsyncEngine`` in this process (the serving benchmark builds its in-process baseline so).
+    Blocking (the in-process engine builds its model here): a replica calls it off its loop."""
     s = setup
     if s.engine == "scripted":
         return ScriptedEngine(replace(s.scripted, faults=s.faults))
@@ -130,9 +134,12 @@ def build_engine(setup: ReplicaSetup, weights):
     from ttdist.engine.tokenizer import Tokenizer
 
     if not s.engine_process:
-        return AsyncEngine.around(build_core(s, weights))
+        return AsyncEngine.around(build_core(s, weights), measure_memory=core_memory)
     tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
-    return EngineProcess(build_core, (s, _node_local(weights)), report=core_memory, tokenizer=tokenizer)
+    return EngineProcess(build_core, (s, _node_local(weights)), measure_memory=core_memory, tokenizer=tokenizer)
+
+
+EngineFactory = Callable[[ReplicaSetup, Any], ServingEngine]   # (setup, weights) -> the engine, not started
 
 
 def _node_local(weights):
@@ -146,9 +153,13 @@ def _node_local(weights):
 
 
 class ReplicaActor:
-    def __init__(self, setup: ReplicaSetup) -> None:
+    """A thin shell over the ``ServingEngine`` that ``engine_factory`` builds (``build_engine`` by
+    default; tests hand in their own, as Ray Serve LLM takes its ``engine_cls``)."""
+
+    def __init__(self, setup: ReplicaSetup, engine_factory: EngineFactory = build_engine) -> None:
         self.setup = setup
-        self.engine = None
+        self.engine_factory = engine_factory
+        self.engine: ServingEngine | None = None
         self.memory = None
         self.server = None
         self._beats: asyncio.Task | None = None
@@ -171,11 +182,8 @@ class ReplicaActor:
         return os.environ.get(name)
 
     async def start(self, weights) -> StartedReplica:
-        self.engine = await asyncio.to_thread(build_engine, self.setup, weights)
-        if isinstance(self.engine, EngineProcess):   # waits for the child to build the model
-            await asyncio.to_thread(self.engine.start)
-        else:   # a scripted engine's loop is a task of this event loop
-            self.engine.start()
+        self.engine = await asyncio.to_thread(self.engine_factory, self.setup, weights)
+        await self.engine.launch()
         host = self.setup.host or ray.util.get_node_ip_address()
         self._changed = asyncio.Event()
         self.server = await start_replica_server(
@@ -184,39 +192,36 @@ class ReplicaActor:
         )
         self.address = f"{host}:{self.server.port}"
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
-        total = self.engine.stats().total_pages
-        if isinstance(self.engine, EngineProcess):
-            self.memory = self.engine.report
-        else:
-            self.memory = replica_memory(getattr(getattr(self.engine, "core", None), "runner", None))
+        total = (await self.engine.read_stats()).total_pages
+        self.memory = self.engine.memory()
         return StartedReplica(os.getpid(), self.node_id(), self.address, total, self.memory)
 
-    def _entry(self) -> ReplicaEntry:
-        stats = self.engine.stats()
+    async def _entry(self) -> ReplicaEntry:
+        """This replica's registry entry now (its GetClusterStatus answer)."""
+        stats = await self.engine.read_stats()
         live = self.engine.liveness()
         state = FAILED if not live.alive else UNHEALTHY if live.stalled(self.setup.stall_after_s) else READY
         return ReplicaEntry(
             self.setup.replica_id, "", state, os.getpid(), self.node_id(), self.setup.mesh, self.setup.backend,
             stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,
-            kv_user_groups=getattr(stats, "user_groups", 1),
-            kv_pages_free_per_group=tuple(getattr(stats, "free_pages_per_group", ())),
+            kv_user_groups=stats.user_groups, kv_pages_free_per_group=tuple(stats.free_pages_per_group),
         )
 
-    def engine_stats(self):
+    async def engine_stats(self) -> EngineStats:
         """The engine's own ``EngineStats`` (step counts, token totals), for benchmarks and tests."""
-        return self.engine.stats()
+        return await self.engine.read_stats()
 
-    def heartbeat(self) -> Heartbeat:
-        st = self.engine.stats()
+    async def heartbeat(self) -> Heartbeat:
+        st = await self.engine.read_stats()
+        hashes = frozenset(await self.engine.read_prefix_hashes())
         ttft, inter_token = self.latency.snapshot()
         return Heartbeat(
             running=st.running, waiting=st.waiting, free_pages=st.free_pages, total_pages=st.total_pages,
             prefix_hit_rate=st.prefix_hit_rate, tokens_per_second=st.tokens_per_second,
             prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
-            requests_finished_total=getattr(st, "requests_finished_total", 0),
-            prefix_delta=self._prefix.delta(frozenset(self.engine.prefix_hashes())), memory=self.memory,
-            kv_user_groups=getattr(st, "user_groups", 1),
-            kv_pages_free_per_group=tuple(getattr(st, "free_pages_per_group", ())),
+            requests_finished_total=st.requests_finished_total,
+            prefix_delta=self._prefix.delta(hashes), memory=self.memory,
+            kv_user_groups=st.user_groups, kv_pages_free_per_group=tuple(st.free_pages_per_group),
             ttft_histogram=ttft, inter_token_histogram=inter_token,
             pid=os.getpid(), node_id=self.node_id(), address=self.address, engine=self.engine.liveness(),
         )
@@ -229,19 +234,18 @@ class ReplicaActor:
             self._engine_ok = ok
             await self.server.set_serving(ok)
 
-    def inject_fault(self, faults: EngineFaults) -> None:
+    async def inject_fault(self, faults: EngineFaults) -> None:
         """Cause ``faults`` in this replica's engine from now on (tests: stall or crash it for real)."""
-        self.engine.inject(faults)
+        await self.engine.inject_faults(faults)
 
     async def _heartbeats(self) -> None:
         coordinator = None
         while True:
             self._changed.clear()
             try:
-                if coordinator is None:
-                    coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
-                # an engine process answers stats over a socket: not on the loop that streams tokens
-                report = await asyncio.to_thread(self.heartbeat) if isinstance(self.engine, EngineProcess) else self.heartbeat()
+                if coordinator is None:   # a call to Ray's control store: not on the loop that streams tokens
+                    coordinator = await asyncio.to_thread(ray.get_actor, COORDINATOR_NAME, namespace=NAMESPACE)
+                report = await self.heartbeat()
                 await self._publish_health(report)
                 beat = coordinator.heartbeat.remote(self.setup.replica_id, report)
                 self._prefix.acked(await asyncio.wait_for(beat, BEAT_TIMEOUT_S))
@@ -265,7 +269,7 @@ class ReplicaActor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            st = self.engine.stats()
+            st = await self.engine.read_stats()
             if st.running + st.waiting == 0 or loop.time() >= deadline:
                 return st.running + st.waiting
             await asyncio.sleep(0.05)
@@ -275,7 +279,5 @@ class ReplicaActor:
             self._beats.cancel()
         if self.server is not None:
             await self.server.stop(0.5)
-        if isinstance(self.engine, EngineProcess):   # waits for the child to exit
-            await asyncio.to_thread(self.engine.shutdown)
-        elif self.engine is not None:
-            self.engine.shutdown()
+        if self.engine is not None:
+            await self.engine.stop()

@@ -1,6 +1,6 @@
 """The ``Generation`` service of one replica: proto requests in, engine outputs out.
 
-A thin adapter over an engine with the ``AsyncEngine`` surface (``generate``, ``abort``):
+A thin adapter over a ``ServingEngine`` (``generate``, ``abort``, ``tokenizer``):
 it checks the request, turns it into a ``GenerationRequest``, streams each step's new ids
 and text as a ``Chunk`` and ends with a ``Complete``. Engine errors become status codes:
 a bad field INVALID_ARGUMENT, a full queue RESOURCE_EXHAUSTED, a stopped engine UNAVAILABLE
@@ -16,14 +16,17 @@ replica can report its new running / waiting counts at once.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Union
 
 import grpc
 
 from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, OverloadedError
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, Resume, SamplingParams
+from ttdist.engine.serving import ServingEngine
 from ttdist.runtime.auth import cluster_interceptors
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
 from ttdist.runtime.request_checks import ModelCard, RequestError, abort_with, check_abort, check_request, invalid
@@ -35,6 +38,10 @@ from ttdist.v1 import replica_pb2 as rpb
 from ttdist.v1 import replica_pb2_grpc as rpb_grpc
 
 OFFLOAD_PROMPT_CHARS = 16384   # longer text prompts are tokenized off the event loop
+
+# What GetClusterStatus answers: a replica's entry, read without blocking the loop (a coroutine
+# function when it waits on the engine; a plain one when its figures are at hand)
+StatusSource = Callable[[], Union[ReplicaEntry, Awaitable[ReplicaEntry]]]
 
 FINISH_TO_PROTO = {
     FinishReason.STOP: pb.STOP,
@@ -120,10 +127,10 @@ class _Outbox:
 
 
 class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
-    """Serves one engine. ``status`` returns this replica's registry entry for GetClusterStatus."""
+    """Serves one engine. ``status`` gives this replica's registry entry for GetClusterStatus."""
 
     def __init__(
-        self, engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry],
+        self, engine: ServingEngine, card: ModelCard, replica_id: str, status: StatusSource,
         latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -228,7 +235,7 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
     async def _tokenized(self, request: GenerationRequest) -> GenerationRequest:
         """A long text prompt tokenized in a worker thread (the engine would do it on the event
         loop, holding up every other stream of this replica meanwhile)."""
-        tokenizer = getattr(self.engine, "tokenizer", None)
+        tokenizer = self.engine.tokenizer
         if tokenizer is None or request.prompt is None or len(request.prompt) < OFFLOAD_PROMPT_CHARS:
             return request
         ids = await asyncio.to_thread(tokenizer.encode, request.prompt)
@@ -245,11 +252,14 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         return pb.ListModelsResponse(models=[self.card.to_proto()])
 
     async def GetClusterStatus(self, request, context) -> pb.ClusterStatus:
-        return pb.ClusterStatus(replicas=[self._status().to_proto()], model=self.card.model_id)
+        entry = self._status()
+        if inspect.isawaitable(entry):
+            entry = await entry
+        return pb.ClusterStatus(replicas=[entry.to_proto()], model=self.card.model_id)
 
 
 async def start_replica_server(
-    engine, card: ModelCard, replica_id: str, status: Callable[[], ReplicaEntry], host: str = "127.0.0.1", port: int = 0,
+    engine: ServingEngine, card: ModelCard, replica_id: str, status: StatusSource, host: str = "127.0.0.1", port: int = 0,
     *, latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None, token: str = "",
 ) -> RunningServer:
     """Serve ``engine`` on host:port (0 = any free port), SERVING at once; with ``token`` every call

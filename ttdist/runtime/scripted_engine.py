@@ -1,4 +1,4 @@
-"""An engine with the ``AsyncEngine`` surface whose "model" is a fixed token rule.
+"""A ``ServingEngine`` (with ``AsyncEngine``'s own surface too) whose "model" is a fixed token rule.
 
 Used where the serving stack is under test rather than the model: router and migration
 tests, the router-capacity and scale-out benchmarks. Each step does what the real engine's
@@ -26,6 +26,7 @@ from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, Overlo
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
 from ttdist.engine.page_pool import block_hashes
 from ttdist.engine.output import OutputIds
+from ttdist.engine.serving import InProcessEngine
 from ttdist.engine.stats import EngineLiveness, EngineStats
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, Timings, Usage
 
@@ -67,7 +68,9 @@ class _Job:
     first_token_at: float = 0.0
 
 
-class ScriptedEngine:
+class ScriptedEngine(InProcessEngine):
+    tokenizer = None   # prompts are bytes: a text prompt is tokenized here, never by the caller
+
     def __init__(self, config: ScriptedEngineConfig | None = None) -> None:
         self.config = config or ScriptedEngineConfig()
         self._waiting: deque[_Job] = deque()
@@ -83,7 +86,17 @@ class ScriptedEngine:
         self._progress_s = time.monotonic()
         self._failure = ""
 
+    async def launch(self) -> None:
+        self.start()
+
+    async def stop(self) -> None:
+        self.shutdown()
+
+    def memory(self) -> None:
+        return None   # no mesh
+
     def start(self) -> None:
+        """Start the step loop, a task of the running event loop."""
         self.faults.on_start()
         if self._task is None:
             self._progress_s = time.monotonic()
