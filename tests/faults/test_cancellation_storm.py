@@ -22,7 +22,8 @@ from ttdist.router.service import start_router_server
 from ttdist.router.sources import StaticSource
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.replica_service import start_replica_server
-from ttdist.runtime.routing_table import READY, ReplicaEntry, RoutingTable
+from ttdist.dashboard.replica_state import ReplicaState
+from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -52,10 +53,10 @@ async def test_hundreds_of_aborts_and_cancels_free_every_page():
 
     def status() -> ReplicaEntry:
         st = engine.stats()
-        return ReplicaEntry("replica-0", "", READY, kv_pages_total=st.total_pages, kv_pages_free=st.free_pages)
+        return ReplicaEntry("replica-0", "", ReplicaState.READY, kv_pages_total=st.total_pages, kv_pages_free=st.free_pages)
 
     replica = await start_replica_server(engine, card, "replica-0", status)
-    source = StaticSource(RoutingTable(card, (ReplicaEntry("replica-0", f"127.0.0.1:{replica.port}", READY),)))
+    source = StaticSource(RoutingTable(card, (ReplicaEntry("replica-0", f"127.0.0.1:{replica.port}", ReplicaState.READY),)))
     router = Router(RouterConfig(refresh_s=0.05), source)
     server = await start_router_server(router, "127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")

@@ -36,7 +36,8 @@ from ttdist.runtime.registry import Heartbeat
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
-from ttdist.runtime.routing_table import FAILED, READY, UNHEALTHY, ReplicaEntry
+from ttdist.dashboard.replica_state import ReplicaState
+from ttdist.runtime.routing_table import ReplicaEntry
 
 COORDINATOR_NAME = "ttdist-coordinator"
 NAMESPACE = "ttdist"
@@ -200,7 +201,12 @@ class ReplicaActor:
         """This replica's registry entry now (its GetClusterStatus answer)."""
         stats = await self.engine.read_stats()
         live = self.engine.liveness()
-        state = FAILED if not live.alive else UNHEALTHY if live.stalled(self.setup.stall_after_s) else READY
+        if not live.alive:
+            state = ReplicaState.FAILED
+        elif live.stalled(self.setup.stall_after_s):
+            state = ReplicaState.UNHEALTHY
+        else:
+            state = ReplicaState.READY
         return ReplicaEntry(
             self.setup.replica_id, "", state, os.getpid(), self.node_id(), self.setup.mesh, self.setup.backend,
             stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,

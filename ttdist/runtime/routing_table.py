@@ -16,8 +16,6 @@ from ttdist.mesh.accounting import ChipDram
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
-# Old names of the states, still imported from here by the router and the replica; use ReplicaState.
-READY, UNHEALTHY, DRAINING, FAILED = ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.DRAINING, ReplicaState.FAILED
 
 
 def _dram_fields(dram: ChipDram | None) -> dict:
