@@ -17,7 +17,6 @@ from ttdist.runtime.request_checks import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
 
-
 def _dram_fields(dram: ChipDram | None) -> dict:
     if dram is None:
         return {}
