@@ -71,7 +71,7 @@ def test_runner_traced_decode_replays_what_eager_decode_computes(emulated):
     spec = parse_mesh("n300")
     weights = _weights(spec, DType.bfloat16)
     runners = [MeshModelRunner(weights, backend="ttnn", page_size=32, num_pages=16, max_batch=8, trace_decode=t) for t in (False, True)]
-    tables = [[0, 1], [2], [4, 5]]
+    tables = [[0, 1], [2, 3], [4, 5]]
     for runner in runners:
         for u, table in enumerate(tables):
             runner.prefill_logits(list(range(1 + u, 30 + u)), 0, table)
