@@ -8,6 +8,10 @@ them and gives member ``i`` chunk ``i`` of ``dim``. Sums of BFLOAT16/BFLOAT8_B r
 BFLOAT16 (ttnn's doc: "the reduction is performed in BFLOAT16"), device by device in group
 order, rounding after each add; FLOAT32 sums in float32. An axis of more than one device
 needs the fabric (``set_fabric_config`` before ``open_mesh_device``), as on chips.
+
+An all-gather along a tile dim whose size is not whole tiles takes ttnn's composite path
+(its doc), whose output lands in DRAM interleaved whatever ``memory_config`` asks (as ttnn
+0.81.1 reports on mock chips).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from ttdist.mesh.ttnn_emu import kernel as kn
 from ttdist.mesh.ttnn_emu import storage
-from ttdist.mesh.ttnn_emu.types import DataType, FabricConfig
+from ttdist.mesh.ttnn_emu.types import DRAM_MEMORY_CONFIG, TILE, DataType, FabricConfig, Layout
 
 _REDUCE_TYPES = frozenset({DataType.BFLOAT16, DataType.BFLOAT8_B, DataType.FLOAT32})
 
@@ -70,7 +74,9 @@ def all_gather(x, dim: int, *, cluster_axis=None, memory_config=None, num_links=
     axes, n = _axes(op, device, cluster_axis)
     shape = list(x.shape)
     shape[d] *= n
-    out = kn.output(device, shape, x.dtype, x.layout, memory_config or x.memory_config())
+    composite = x.layout is Layout.TILE and d >= len(x.shape) - 2 and x.shape[d] % TILE
+    mem = DRAM_MEMORY_CONFIG if composite else memory_config or x.memory_config()
+    out = kn.output(device, shape, x.dtype, x.layout, mem)
     mesh = device.shape_tuple
 
     def run():
