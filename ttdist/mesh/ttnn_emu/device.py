@@ -26,7 +26,7 @@ import numpy as np
 from ttdist.mesh.ttnn_emu import storage
 from ttdist.mesh.ttnn_emu.tensor import Buffer, Tensor
 from ttdist.mesh.ttnn_emu.types import (BufferType, CoreCoord, DispatchCoreAxis, DispatchCoreConfig, DispatchCoreType, FabricConfig,
-                                        MemoryConfig, MeshCoordinate, MeshShape)
+                                        Layout, MemoryConfig, MeshCoordinate, MeshShape, TILE)
 
 SYSTEMS = {(1, 1): "n150", (1, 2): "n300", (1, 8): "t3k", (8, 4): "tg"}
 DRAM_BANKS = 12
@@ -133,7 +133,8 @@ class MeshDevice:
         if host._mesh_shape is not None and tuple(host._mesh_shape) != self.shape_tuple:
             raise RuntimeError(f"a host tensor mapped for a {host._mesh_shape[0]}x{host._mesh_shape[1]} mesh cannot go to {self}")
         out = Tensor._make(host.shape, host.dtype, host.layout)
-        out._buffer = self.allocate(pieces.copy(), out, memory_config)
+        out._buffer = self.allocate(pieces, out, memory_config)
+        out._buffer.shared = True  # host arrays are never written: ops replace buffers, in-place writers copy first
         return out
 
     def read(self, t: Tensor) -> np.ndarray:
@@ -151,7 +152,7 @@ class MeshDevice:
         if (host.shape, host.dtype, host.layout) != (target.shape, target.dtype, target.layout):
             raise RuntimeError(f"TT_FATAL copy_host_to_device_tensor: host {list(host.shape)} {host.dtype} {host.layout} does not "
                                f"match the device tensor {list(target.shape)} {target.dtype} {target.layout}")
-        buf.data = host._host.copy()
+        buf.data, buf.shared = host._host, True
 
     # ------------------------------------------------------------------ ops and traces
     def launch(self, op: str, inputs, outputs, kernel, attrs=()) -> None:
@@ -216,11 +217,14 @@ class MeshDevice:
 
 
 def _buffer_bytes(t: Tensor, memory_config: MemoryConfig) -> int:
-    """Per-chip bytes the allocator reserves: interleaved pages round-robin over the banks, shards per core."""
+    """Per-chip bytes the allocator reserves: interleaved pages round-robin over the banks; a
+    sharded buffer, every core (bank) its whole shard of pages."""
     pages, page = t.buffer_num_pages(), t.buffer_aligned_page_size()
     if memory_config.is_sharded() and memory_config.shard_spec is not None:
-        shards = memory_config.shard_spec.num_cores()
-        return -(-pages // shards) * shards * page
+        height, width = memory_config.shard_spec.shape
+        tile = t.layout is Layout.TILE
+        per_shard = -(-height // TILE) * -(-width // TILE) if tile else height
+        return per_shard * memory_config.shard_spec.num_cores() * page
     banks = DRAM_BANKS if memory_config.buffer_type is BufferType.DRAM else 64
     return -(-pages // banks) * banks * page
 

@@ -39,7 +39,7 @@ def _module(name: str, attrs: dict) -> pytypes.ModuleType:
 
 _TYPES = {n: getattr(t, n) for n in (
     "DataType", "Layout", "TensorMemoryLayout", "BufferType", "ShardOrientation", "ShardStrategy", "MathFidelity", "Topology",
-    "FabricConfig", "DispatchCoreType", "DispatchCoreAxis", "UnaryOpType", "CoreCoord", "CoreRange", "CoreRangeSet", "CoreGrid",
+    "FabricConfig", "DispatchCoreType", "DispatchCoreAxis", "UnaryOpType", "StorageType", "CoreCoord", "CoreRange", "CoreRangeSet", "CoreGrid",
     "ShardSpec", "MemoryConfig", "DRAM_MEMORY_CONFIG", "L1_MEMORY_CONFIG", "L1_HEIGHT_SHARDED_MEMORY_CONFIG",
     "L1_WIDTH_SHARDED_MEMORY_CONFIG", "L1_BLOCK_SHARDED_MEMORY_CONFIG", "create_sharded_memory_config",
     "num_cores_to_corerangeset", "WormholeComputeKernelConfig", "MatmulMultiCoreReuseMultiCastProgramConfig",

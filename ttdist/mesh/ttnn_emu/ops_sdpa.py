@@ -89,10 +89,10 @@ def paged_update_cache(cache, x, *, update_idxs=None, update_idxs_tensor=None, p
 
 def _writable(cache, lead: tuple) -> np.ndarray:
     """The cache's buffer as a per-chip array it may be written in place (expanded once to ``lead`` chips)."""
-    data = cache._buffer.data
-    if data.shape[:2] != lead:
-        data = cache._buffer.data = np.broadcast_to(data, lead + data.shape[2:]).copy()
-    return data
+    buf = cache._buffer
+    if buf.data.shape[:2] != lead or buf.shared or not buf.data.flags.writeable:
+        buf.data, buf.shared = np.broadcast_to(buf.data, lead + buf.data.shape[2:]).copy(), False
+    return buf.data
 
 
 def _at(v: np.ndarray, r: int, c: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ttdist.mesh.ttnn_emu import storage
-from ttdist.mesh.ttnn_emu.types import DRAM_MEMORY_CONFIG, TILE, DataType, Layout, MemoryConfig
+from ttdist.mesh.ttnn_emu.types import DRAM_MEMORY_CONFIG, TILE, DataType, Layout, MemoryConfig, StorageType
 
 _NUMPY_TYPES = {np.dtype(np.float32): DataType.FLOAT32, np.dtype(np.int32): DataType.INT32,
                 np.dtype(np.uint32): DataType.UINT32, np.dtype(np.uint16): DataType.UINT16, np.dtype(np.uint8): DataType.UINT8}
@@ -47,17 +47,19 @@ class Buffer:
 
     ``owner`` is the trace id that allocated it during a capture (None outside one): a
     trace may free and reuse its own buffers, but replaying a trace that reads a buffer
-    freed outside it is an error."""
+    freed outside it is an error. ``shared``: ``data`` is also a host tensor's array, so an op
+    that writes the buffer in place copies it first."""
 
-    __slots__ = ("data", "device", "memory_config", "freed", "owner", "nbytes")
+    __slots__ = ("data", "device", "memory_config", "freed", "owner", "nbytes", "shared")
 
-    def __init__(self, data: np.ndarray, device, memory_config: MemoryConfig, nbytes: int, owner=None):
+    def __init__(self, data: np.ndarray, device, memory_config: MemoryConfig, nbytes: int, owner=None, shared: bool = False):
         self.data = data
         self.device = device
         self.memory_config = memory_config
         self.freed = False
         self.owner = owner
         self.nbytes = nbytes
+        self.shared = shared
 
 
 class Tensor:
@@ -123,8 +125,8 @@ class Tensor:
     def memory_config(self) -> MemoryConfig:
         return self._buffer.memory_config if self._buffer is not None else DRAM_MEMORY_CONFIG
 
-    def storage_type(self) -> str:
-        return "StorageType.DEVICE" if self._buffer is not None else "StorageType.HOST"
+    def storage_type(self) -> StorageType:
+        return StorageType.DEVICE if self._buffer is not None else StorageType.HOST
 
     def is_allocated(self) -> bool:
         return not self._deallocated
@@ -174,6 +176,13 @@ class Tensor:
             return self
         return self._make(self._shape, self._dtype, self._layout, host=self._buffer.device.read(self),
                           mesh_shape=self._buffer.device.shape_tuple)
+
+    def to_list(self) -> list:
+        """A single host tensor's logical values as a flat list (bfloat16 included)."""
+        self._check_alive()
+        if self._dtype is DataType.BFLOAT16:
+            return self._make(self._shape, DataType.FLOAT32, self._layout, host=self._host, mesh_shape=self._mesh_shape).to_list()
+        return self.to_numpy().reshape(-1).tolist()
 
     def to_numpy(self) -> np.ndarray:
         """A single host tensor's logical values (floats as float32)."""

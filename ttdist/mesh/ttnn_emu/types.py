@@ -105,6 +105,7 @@ DispatchCoreType = enum.Enum("DispatchCoreType", "WORKER ETH")
 DispatchCoreAxis = enum.Enum("DispatchCoreAxis", "ROW COL")
 UnaryOpType = enum.Enum("UnaryOpType", "SILU RELU GELU EXP SIGMOID RECIP SQRT")
 ShardMode = enum.Enum("ShardMode", "PHYSICAL LOGICAL")
+StorageType = enum.Enum("StorageType", "HOST DEVICE")
 
 
 @dataclass(frozen=True)
