@@ -124,3 +124,12 @@ def test_the_system_follows_the_mesh_shape(ttnn):
     assert (dev.system, dev.compute_with_storage_grid_size()) == ("n300", ttnn.CoreCoord(8, 7))
     with pytest.raises(RuntimeError, match="needs 64 chips"):
         ttnn.open_mesh_device(ttnn.MeshShape(8, 8))
+
+
+def test_the_emulator_and_the_backend_on_it_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from ttdist.mesh import ttnn_emu; ttnn_emu.install(); import ttdist.mesh.ttnn.backend; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
