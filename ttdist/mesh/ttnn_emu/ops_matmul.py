@@ -65,11 +65,18 @@ def _check_dram_sharded(op: str, a, b, cfg, out_mem, device) -> None:
         raise kn.fatal(op, f"per_core_N {cfg.per_core_N} x {cores} cores does not cover {nt} N tiles")
 
 
-def _check_2d(op: str, a, b, cfg, compute, device) -> None:
-    gx, gy = cfg.compute_with_storage_grid_size
+def _program_grid(op: str, cfg, device) -> tuple[int, int]:
+    """The program config's core grid (columns, rows), checked against the device's worker grid."""
+    size = cfg.compute_with_storage_grid_size
+    gx, gy = (size.x, size.y) if hasattr(size, "x") else size
     grid = device.compute_with_storage_grid_size()
     if gx > grid.x or gy > grid.y:
         raise kn.fatal(op, f"program grid {gx}x{gy} exceeds the device's {grid.x}x{grid.y} worker grid")
+    return gx, gy
+
+
+def _check_2d(op: str, a, b, cfg, compute, device) -> None:
+    gx, gy = _program_grid(op, cfg, device)
     mt, kt, nt = a.padded_shape[-2] // TILE, a.padded_shape[-1] // TILE, b.padded_shape[-1] // TILE
     rows, cols = (gx, gy) if cfg.transpose_mcast else (gy, gx)
     if cfg.per_core_M * rows < mt or cfg.per_core_N * cols < nt:
@@ -89,10 +96,7 @@ def _check_subblock(op: str, cfg, compute) -> None:
 
 
 def _check_1d(op: str, a, b, cfg, compute, device) -> None:
-    gx, gy = cfg.compute_with_storage_grid_size
-    grid = device.compute_with_storage_grid_size()
-    if gx > grid.x or gy > grid.y:
-        raise kn.fatal(op, f"program grid {gx}x{gy} exceeds the device's {grid.x}x{grid.y} worker grid")
+    gx, gy = _program_grid(op, cfg, device)
     mt = _tiles(int(np.prod(a.padded_shape[:-1]))) if cfg.fuse_batch else a.padded_shape[-2] // TILE
     nt = b.padded_shape[-1] // TILE
     blocks = (-(-mt // cfg.per_core_M)) * (-(-nt // cfg.per_core_N))

@@ -17,7 +17,16 @@ import numpy as np
 TILE = 32
 
 
-class DataType(enum.Enum):
+class _Enum(enum.Enum):
+    """An enum that prints as ttnn's bound enums do (``DataType.BFLOAT16``)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    __str__ = __repr__
+
+
+class DataType(_Enum):
     BFLOAT16 = "bfloat16"
     FLOAT32 = "float32"
     UINT32 = "uint32"
@@ -26,11 +35,6 @@ class DataType(enum.Enum):
     UINT8 = "uint8"
     UINT16 = "uint16"
     INT32 = "int32"
-
-    def __repr__(self) -> str:
-        return f"DataType.{self.name}"
-
-    __str__ = __repr__
 
     @property
     def is_float(self) -> bool:
@@ -64,48 +68,33 @@ _ELEMENT_BYTES = {DataType.BFLOAT16: 2, DataType.FLOAT32: 4, DataType.UINT32: 4,
                   DataType.UINT8: 1, DataType.BFLOAT8_B: 1, DataType.BFLOAT4_B: 1}
 
 
-class Layout(enum.Enum):
+class Layout(_Enum):
     ROW_MAJOR = 0
     TILE = 1
 
-    def __repr__(self) -> str:
-        return f"Layout.{self.name}"
 
-    __str__ = __repr__
-
-
-class TensorMemoryLayout(enum.Enum):
+class TensorMemoryLayout(_Enum):
     INTERLEAVED = 0
     HEIGHT_SHARDED = 2
     WIDTH_SHARDED = 3
     BLOCK_SHARDED = 4
 
-    def __repr__(self) -> str:
-        return f"TensorMemoryLayout.{self.name}"
 
-    __str__ = __repr__
-
-
-class BufferType(enum.Enum):
+class BufferType(_Enum):
     DRAM = 0
     L1 = 1
 
-    def __repr__(self) -> str:
-        return f"BufferType.{self.name}"
 
-    __str__ = __repr__
-
-
-ShardOrientation = enum.Enum("ShardOrientation", "ROW_MAJOR COL_MAJOR")
-ShardStrategy = enum.Enum("ShardStrategy", "HEIGHT WIDTH BLOCK")
-MathFidelity = enum.Enum("MathFidelity", "LoFi HiFi2 HiFi3 HiFi4")
-Topology = enum.Enum("Topology", "NeighborExchange Linear Ring Mesh Torus")
-FabricConfig = enum.Enum("FabricConfig", "DISABLED FABRIC_1D FABRIC_1D_RING FABRIC_2D CUSTOM")
-DispatchCoreType = enum.Enum("DispatchCoreType", "WORKER ETH")
-DispatchCoreAxis = enum.Enum("DispatchCoreAxis", "ROW COL")
-UnaryOpType = enum.Enum("UnaryOpType", "SILU RELU GELU EXP SIGMOID RECIP SQRT")
-ShardMode = enum.Enum("ShardMode", "PHYSICAL LOGICAL")
-StorageType = enum.Enum("StorageType", "HOST DEVICE")
+ShardOrientation = _Enum("ShardOrientation", "ROW_MAJOR COL_MAJOR")
+ShardStrategy = _Enum("ShardStrategy", "HEIGHT WIDTH BLOCK")
+MathFidelity = _Enum("MathFidelity", "LoFi HiFi2 HiFi3 HiFi4")
+Topology = _Enum("Topology", "NeighborExchange Linear Ring Mesh Torus")
+FabricConfig = _Enum("FabricConfig", "DISABLED FABRIC_1D FABRIC_1D_RING FABRIC_2D CUSTOM")
+DispatchCoreType = _Enum("DispatchCoreType", "WORKER ETH")
+DispatchCoreAxis = _Enum("DispatchCoreAxis", "ROW COL")
+UnaryOpType = _Enum("UnaryOpType", "SILU RELU GELU EXP SIGMOID RECIP SQRT")
+ShardMode = _Enum("ShardMode", "PHYSICAL LOGICAL")
+StorageType = _Enum("StorageType", "HOST DEVICE")
 
 
 @dataclass(frozen=True)
