@@ -155,6 +155,8 @@ class Tensor:
         self._check_alive()
         if self._buffer is None:
             raise RuntimeError("TT_FATAL: the operation needs a device tensor, got a host tensor (use .to(device))")
+        if self._buffer.freed:  # freed through another tensor of the same buffer (a per-chip view)
+            raise TensorDeallocated(f"tensor {list(self._shape)} {self._dtype}: its device buffer was deallocated")
         return self._buffer
 
     def _check_alive(self) -> None:
