@@ -246,31 +246,43 @@ def paged_scaled_dot_product_attention_decode(q, k_cache, v_cache, page_table_te
     pages, page_size = k_cache.shape[0], k_cache.shape[2]
 
     def run():
-        pos = kn.read(cur_pos_tensor).astype(np.int64)
-        table = kn.read(page_table_tensor).astype(np.int64)
-        qv, kc, vc = kn.read(q).astype(np.float32), kn.read(k_cache), kn.read(v_cache)
+        pos = kn.read(cur_pos_tensor).astype(np.int64)[..., :batch]
+        table = kn.read(page_table_tensor).astype(np.int64)[..., :batch, :]
+        qv, kc, vc = kn.read(q).astype(np.float32)[:, :, 0], kn.read(k_cache), kn.read(v_cache)
         lead = np.broadcast_shapes(pos.shape[:2], table.shape[:2], qv.shape[:2], kc.shape[:2], vc.shape[:2])
-        result = storage.poisoned(lead + (1, batch, heads, hd), DataType.FLOAT32)
-        for r in range(lead[0]):
-            for c in range(lead[1]):
-                _decode_chip(op, result[r, c, 0], _at(pos, r, c), _at(table, r, c), _at(qv, r, c)[0], _at(kc, r, c), _at(vc, r, c),
-                             sc, pages, page_size)
-        kn.write(out, result)
+        result = _decode_all(op, *(np.broadcast_to(v, lead + v.shape[2:]) for v in (pos, table, qv, kc, vc)), sc, pages)
+        kn.write(out, result[:, :, None])
 
     device.launch(op, [q, k_cache, v_cache, cur_pos_tensor, page_table_tensor], [out], run, (sc, repr(program_config)))
     return out
 
 
-def _decode_chip(op: str, out: np.ndarray, pos, table, q, kc, vc, scale: float, pages: int, page_size: int) -> None:
-    """One chip's decode attention: each user with a position attends its first ``pos + 1`` cached tokens."""
-    heads = q.shape[1]
-    for b, p in enumerate(pos.reshape(-1)[: q.shape[0]]):
-        if p < 0:
-            continue
-        used = -(-(int(p) + 1) // page_size)
-        if used > table.shape[-1]:
-            raise kn.fatal(op, f"position {int(p)} needs {used} pages; the page table has {table.shape[-1]}")
-        rows = _page_rows(op, table[b, :used], pages)
-        keys, values = _contiguous(kc, rows)[:, : p + 1], _contiguous(vc, rows)[:, : p + 1]
-        mask = np.ones((1, int(p) + 1), bool)
-        out[b, :heads] = _attend(q[b][:, None, :], keys, values, mask, scale)[:, 0, :]
+def _decode_all(op: str, pos, table, q, kc, vc, scale: float, pages: int) -> np.ndarray:
+    """Every chip's decode attention at once: user ``b`` attends its first ``pos[b] + 1`` cached tokens
+    through its page table row; a user at a negative position is skipped (its rows stay poison).
+    ``pos [R, C, B]``, ``table [R, C, B, W]``, ``q [R, C, B, nh, d]``, caches ``[R, C, P, nkv, ps, d]``."""
+    rows, cols, batch, heads, hd = q.shape
+    kv_heads, page_size = kc.shape[3], kc.shape[4]
+    active = pos >= 0
+    need = -(-(int(pos.max()) + 1) // page_size) if active.any() else 0
+    if need > table.shape[-1]:
+        raise kn.fatal(op, f"position {int(pos.max())} needs {need} pages; the page table has {table.shape[-1]}")
+    if not need:
+        return storage.poisoned(q.shape, DataType.FLOAT32)
+    used = np.arange(need) * page_size <= np.where(active, pos, -1)[..., None]  # [R, C, B, need]: pages a user reads
+    _page_rows(op, table[..., :need][used], pages)
+    ids = np.where(used, table[..., :need], 0)
+    r, c = np.arange(rows)[:, None, None, None], np.arange(cols)[None, :, None, None]
+    keys, values = (np.moveaxis(cache[r, c, ids], 3, 4).reshape(rows, cols, batch, kv_heads, need * page_size, hd)
+                    for cache in (kc, vc))  # [R, C, B, nkv, T, d]
+    groups = heads // kv_heads
+    qg = q.reshape(rows, cols, batch, kv_heads, groups, hd)
+    scores = np.matmul(qg, np.swapaxes(keys, -1, -2)) * scale  # [R, C, B, nkv, g, T]
+    visible = np.arange(need * page_size) <= pos[..., None, None, None]
+    scores = np.where(visible, scores, -np.inf)
+    with np.errstate(invalid="ignore"):
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(axis=-1, keepdims=True)
+    out = np.matmul(weights, values).reshape(rows, cols, batch, heads, hd)
+    return np.where(active[..., None, None], out, storage.settings.float_poison()).astype(np.float32)
