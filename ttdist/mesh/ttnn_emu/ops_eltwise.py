@@ -74,8 +74,8 @@ def _binary(op: str, fn, a, b, *, memory_config=None, dtype=None, output_tensor=
     a_acts, b_acts = input_tensor_a_activations, input_tensor_b_activations
 
     def run():
-        va = _activate(op, a_acts, kn.read(a).astype(np.float32)) if isinstance(a, Tensor) else a
-        vb = _activate(op, b_acts, kn.read(b).astype(np.float32)) if isinstance(b, Tensor) else b
+        va = _activate(op, a_acts, kn.read(a).astype(np.float32, copy=False)) if isinstance(a, Tensor) else a
+        vb = _activate(op, b_acts, kn.read(b).astype(np.float32, copy=False)) if isinstance(b, Tensor) else b
         if isinstance(a, Tensor) and isinstance(b, Tensor):
             va, vb = _align(va, len(a.shape), vb, len(b.shape))
         result = fn(va, vb)
@@ -144,7 +144,7 @@ def _unary(op: str, fn, x, allowed, *, memory_config=None, output_tensor=None, f
 
     def run():
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            kn.write(out, fn(kn.read(x).astype(np.float32)))
+            kn.write(out, fn(kn.read(x).astype(np.float32, copy=False)))
 
     device.launch(op, [x], [out], run)
     return out
@@ -182,7 +182,7 @@ def sum(x, dim=None, keepdim: bool = False, *, memory_config=None, compute_kerne
     factor = 1.0 if scalar is None else float(scalar)
 
     def run():
-        kn.write(out, np.sum(kn.read(x).astype(np.float32) * factor, axis=2 + d, keepdims=keepdim))
+        kn.write(out, np.sum(kn.read(x).astype(np.float32, copy=False) * factor, axis=2 + d, keepdims=keepdim))
 
     device.launch("sum", [x], [out], run, (d, keepdim, factor))
     return out
@@ -222,9 +222,13 @@ def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *,
     index = kn.output(device, shape, DataType.UINT32 if wide else DataType.UINT16, Layout.TILE, mem)
 
     def run():
-        v = np.moveaxis(kn.read(x).astype(np.float32), 2 + d, -1)
+        v = np.moveaxis(kn.read(x).astype(np.float32, copy=False), 2 + d, -1)
         keys = -v if largest else v
-        order = np.argsort(keys, axis=-1, kind="stable")[..., :k]
+        if k < keys.shape[-1]:  # the k best in any order, then ordered (ties by index, as a stable sort would)
+            best = np.sort(np.argpartition(keys, k - 1, axis=-1)[..., :k], axis=-1)
+            order = np.take_along_axis(best, np.argsort(np.take_along_axis(keys, best, -1), axis=-1, kind="stable"), -1)
+        else:
+            order = np.argsort(keys, axis=-1, kind="stable")
         kn.write(values, np.moveaxis(np.take_along_axis(v, order, axis=-1), -1, 2 + d))
         kn.write(index, np.moveaxis(order, -1, 2 + d))
 

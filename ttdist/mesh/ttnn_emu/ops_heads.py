@@ -175,7 +175,7 @@ def rotary_embedding_hf(x, cos_cache, sin_cache, *, is_decode_mode: bool = False
     out = kn.output(device, x.shape, x.dtype, Layout.TILE, memory_config or x.memory_config())
 
     def run():
-        v = kn.read(x).astype(np.float32)
+        v = kn.read(x).astype(np.float32, copy=False)
         kn.write(out, v * kn.read(cos_cache) + _rotate_half(v) * kn.read(sin_cache))
 
     device.launch(op, [x, cos_cache, sin_cache], [out], run, (is_decode_mode,))

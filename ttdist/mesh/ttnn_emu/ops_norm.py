@@ -38,7 +38,7 @@ def _weight_row(op: str, weight, width: int):
 
 
 def _flat_weight(weight, width: int):
-    v = kn.read(weight).astype(np.float32)
+    v = kn.read(weight).astype(np.float32, copy=False)
     return v.reshape(v.shape[:2] + (-1,))[..., :width]
 
 
@@ -64,7 +64,7 @@ def rms_norm(x, *, epsilon: float = 1e-12, weight=None, bias=None, residual_inpu
     rank = len(x.shape)
 
     def run():
-        v = kn.read(x).astype(np.float32)
+        v = kn.read(x).astype(np.float32, copy=False)
         y = v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + epsilon)
         if weight is not None:
             y = y * _expand(_flat_weight(weight, width), rank)
@@ -83,7 +83,7 @@ def rms_norm_pre_all_gather(x, *, dtype: DataType = DataType.BFLOAT16, residual_
     out = kn.output(device, shape, dtype, Layout.TILE, memory_config or x.memory_config())
 
     def run():
-        v = kn.read(x).astype(np.float32)
+        v = kn.read(x).astype(np.float32, copy=False)
         stats = storage.poisoned(v.shape[:-1] + (TILE,), DataType.FLOAT32)
         stats[..., 0] = np.sum(v * v, axis=-1)
         kn.write(out, stats)
@@ -107,8 +107,8 @@ def rms_norm_post_all_gather(x, stats, *, epsilon: float = 1e-12, weight=None, b
     rank = len(x.shape)
 
     def run():
-        v = kn.read(x).astype(np.float32)
-        s = kn.read(stats).astype(np.float32)
+        v = kn.read(x).astype(np.float32, copy=False)
+        s = kn.read(stats).astype(np.float32, copy=False)
         ex2 = np.sum(s[..., ::TILE], axis=-1, keepdims=True) / (width * devices)
         y = v / np.sqrt(ex2 + epsilon)
         if weight is not None:
@@ -136,15 +136,16 @@ def embedding(input_tensor, weight, *, memory_config=None, output_tensor=None, p
 
     def run():
         ids = kn.read(input_tensor).astype(np.int64)
-        table = kn.read(weight).astype(np.float32)
+        table = kn.read(weight)
         table = table.reshape(table.shape[:2] + (vocab, hidden))
         valid = (ids >= 0) & (ids < vocab)
+        safe = np.where(valid, ids, 0)
         lead = np.broadcast_shapes(ids.shape[:2], table.shape[:2])
-        ids_b = np.broadcast_to(np.where(valid, ids, 0), lead + ids.shape[2:])
-        table_b = np.broadcast_to(table, lead + table.shape[2:])
-        rows = np.take_along_axis(table_b, ids_b.reshape(lead + (-1, 1)), axis=2)
-        rows = np.where(np.broadcast_to(valid, lead + ids.shape[2:]).reshape(lead + (-1, 1)), rows, storage.settings.float_poison())
-        kn.write(out, rows.reshape(lead + (batch, tokens, hidden)))
+        r, c = np.arange(lead[0])[:, None], np.arange(lead[1])[None, :]
+        chip_ids = safe[r % ids.shape[0], c % ids.shape[1]]  # [R, C, B, T]
+        rows = table[(r % table.shape[0])[..., None, None], (c % table.shape[1])[..., None, None], chip_ids]  # [R, C, B, T, H]
+        ok = valid[r % ids.shape[0], c % ids.shape[1]]
+        kn.write(out, np.where(ok[..., None], rows, storage.settings.float_poison()))
 
     device.launch(op, [input_tensor, weight], [out], run, (layout, out.dtype))
     return out

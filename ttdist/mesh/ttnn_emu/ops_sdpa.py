@@ -172,7 +172,7 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, is_causal: bool = T
     sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
 
     def run():
-        kn.write(out, _attend(kn.read(q).astype(np.float32), kn.read(k).astype(np.float32), kn.read(v).astype(np.float32), mask, sc))
+        kn.write(out, _attend(kn.read(q).astype(np.float32, copy=False), kn.read(k).astype(np.float32, copy=False), kn.read(v).astype(np.float32, copy=False), mask, sc))
 
     device.launch(op, [q, k, v], [out], run, (is_causal, sc, repr(program_config)))
     return out
@@ -208,7 +208,7 @@ def chunked_scaled_dot_product_attention(q, k_cache, v_cache, page_table, chunk_
 
     def run():
         table = kn.read(page_table).astype(np.int64)
-        qv, kc, vc = kn.read(q).astype(np.float32), kn.read(k_cache), kn.read(v_cache)
+        qv, kc, vc = kn.read(q).astype(np.float32, copy=False), kn.read(k_cache), kn.read(v_cache)
         lead = np.broadcast_shapes(table.shape[:2], qv.shape[:2], kc.shape[:2], vc.shape[:2])
         result = np.empty(lead + qv.shape[2:], np.float32)
         for r in range(lead[0]):
@@ -248,7 +248,7 @@ def paged_scaled_dot_product_attention_decode(q, k_cache, v_cache, page_table_te
     def run():
         pos = kn.read(cur_pos_tensor).astype(np.int64)[..., :batch]
         table = kn.read(page_table_tensor).astype(np.int64)[..., :batch, :]
-        qv, kc, vc = kn.read(q).astype(np.float32)[:, :, 0], kn.read(k_cache), kn.read(v_cache)
+        qv, kc, vc = kn.read(q).astype(np.float32, copy=False)[:, :, 0], kn.read(k_cache), kn.read(v_cache)
         lead = np.broadcast_shapes(pos.shape[:2], table.shape[:2], qv.shape[:2], kc.shape[:2], vc.shape[:2])
         result = _decode_all(op, *(np.broadcast_to(v, lead + v.shape[2:]) for v in (pos, table, qv, kc, vc)), sc, pages)
         kn.write(out, result[:, :, None])
