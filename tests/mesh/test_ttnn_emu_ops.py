@@ -59,6 +59,8 @@ def test_from_host_shards_and_device_tensors_are_row_major(ttnn):
     pieces = [ttnn.Tensor(np.full((1, 4), i, np.int32), ttnn.int32, None, ttnn.ROW_MAJOR_LAYOUT) for i in range(6)]
     t = ttnn.from_host_shards(pieces, ttnn.MeshShape(2, 3)).to(dev)
     assert [int(p.cpu().to_numpy()[0, 0]) for p in ttnn.get_device_tensors(t)] == list(range(6))
+    back = ttnn.from_device(ttnn.to_device(pieces[4], dev))
+    assert np.array_equal(ttnn.get_device_tensors(back)[5].to_numpy(), np.full((1, 4), 4))
     shared = ttnn.Tensor(np.arange(4, dtype=np.int32).reshape(1, 4), ttnn.int32, None, ttnn.ROW_MAJOR_LAYOUT)
     t = ttnn.from_host_shards([shared] * 6, ttnn.MeshShape(2, 3)).to(dev)
     assert all(np.array_equal(p.cpu().to_numpy(), [[0, 1, 2, 3]]) for p in ttnn.get_device_tensors(t))

@@ -292,6 +292,14 @@ def copy_host_to_device_tensor(host: Tensor, device_tensor: Tensor, cq_id=None) 
     device_tensor.live_buffer().device.write(host, device_tensor)
 
 
+def to_device(tensor: Tensor, device: MeshDevice, memory_config: MemoryConfig | None = None, cq_id=None) -> Tensor:
+    return tensor.to(device, memory_config)
+
+
+def from_device(tensor: Tensor, blocking: bool = True, cq_id=None) -> Tensor:
+    return tensor.cpu(blocking)
+
+
 def deallocate(tensor: Tensor, force: bool = True) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"deallocate: expected a ttnn.Tensor, got {type(tensor).__name__}")

@@ -60,6 +60,7 @@ _FUNCTIONS = {
     "begin_trace_capture": dev.begin_trace_capture, "end_trace_capture": dev.end_trace_capture,
     "execute_trace": dev.execute_trace, "release_trace": dev.release_trace, "MeshDevice": dev.MeshDevice,
     "copy_host_to_device_tensor": dev.copy_host_to_device_tensor, "deallocate": dev.deallocate,
+    "to_device": dev.to_device, "from_device": dev.from_device,
     "create_mesh_mapper": mapping.create_mesh_mapper, "from_host_shards": mapping.from_host_shards,
     "get_device_tensors": mapping.get_device_tensors, "Tensor": Tensor, "Shape": Shape,
     # data movement and creation
