@@ -92,6 +92,25 @@ def block_float_round(x, bits: int):
     return out.to(x.dtype).reshape(shape)
 
 
+
+def block_float_round_numpy(x, bits: int):
+    """``block_float_round`` on a numpy array (float32 out): the same groups of 16 along the
+    last dim, the same shared exponent and mantissa rounding, for code that runs without torch."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float32)
+    width = x.shape[-1]
+    pad = (-width) % BLOCK
+    flat = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]) if pad else x
+    blocks = flat.reshape(*flat.shape[:-1], -1, BLOCK)
+    peak = np.abs(blocks).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponent = np.floor(np.log2(np.where(peak > 0, peak, 1.0)))
+        step = np.exp2(exponent - (bits - 1)).astype(np.float32)
+        mantissa = np.minimum(np.round(np.abs(blocks) / step), 2**bits - 1)
+    rounded = np.where(peak > 0, np.sign(blocks) * mantissa * step, 0.0).astype(np.float32)
+    return rounded.reshape(flat.shape)[..., :width].reshape(x.shape)
+
 # ---------------------------------------------------------------------- precision per tensor group
 GROUPS = ("wqkv", "wo", "ff1_ff3", "ff2", "lm_head", "kv_cache", "embedding", "norms")
 _GROUP_OF = {"wqkv": "wqkv", "wo": "wo", "w1": "ff1_ff3", "w3": "ff1_ff3", "w2": "ff2", "lm_head": "lm_head",

@@ -1,0 +1,105 @@
+"""Record what every ttnn call of the ttnn backend returns while it runs a tiny Llama (prefill,
+a chunk at a later position, decode, sampling): op name and, per output, logical shape, padded
+shape, dtype, layout, memory layout and buffer type.
+
+Run it once on the real ttnn (mocked chips, .venv-ttnn) and once on the emulator, and compare:
+
+    TT_METAL_MOCK_CLUSTER_DESC_PATH=../shared/ttnn-mock/cluster/wormhole_N300.yaml \\
+        .venv-ttnn/bin/python scripts/ttnn_op_shapes.py record real n300 real.json
+    .venv/bin/python scripts/ttnn_op_shapes.py record emu n300 emu.json
+    .venv/bin/python scripts/ttnn_op_shapes.py compare real.json emu.json
+
+``tests/mesh/data/ttnn_op_shapes_<system>.json`` are such records from ttnn 0.81.1 on mock
+chips (N300 on wormhole_N300.yaml, Galaxy on 6u_cluster_desc.yaml); the emulator is held to them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NAMES = ["matmul", "linear", "add", "multiply", "mul", "subtract", "reciprocal", "exp", "lt", "gt", "ge", "eq", "sum", "typecast",
+         "topk", "embedding", "rms_norm", "rms_norm_pre_all_gather", "rms_norm_post_all_gather", "reshape", "permute", "slice",
+         "concat", "to_memory_config", "sharded_to_interleaved", "all_gather", "reduce_scatter", "all_reduce", "zeros"]
+EXPERIMENTAL = ["rotary_embedding_hf", "nlp_create_qkv_heads", "nlp_create_qkv_heads_decode", "nlp_concat_heads", "nlp_concat_heads_decode"]
+TRANSFORMER = ["scaled_dot_product_attention", "chunked_scaled_dot_product_attention", "paged_scaled_dot_product_attention_decode"]
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32)
+
+
+def _meta(t) -> list:
+    mc = t.memory_config()
+    return [list(t.shape), list(t.padded_shape), str(t.dtype), str(t.layout), str(mc.memory_layout), str(mc.buffer_type)]
+
+
+def _wrap(log: list, ns, name: str, label: str) -> None:
+    f = getattr(ns, name)
+
+    @functools.wraps(f)
+    def recorded(*args, **kwargs):
+        out = f(*args, **kwargs)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        log.append([label, [_meta(o) for o in outs if hasattr(o, "memory_config")]])
+        return out
+
+    setattr(ns, name, recorded)
+
+
+def record(mode: str, system: str, path: str) -> None:
+    if mode == "emu":
+        from ttdist.mesh import ttnn_emu
+
+        ttnn_emu.install()
+    import ttnn
+
+    from ttdist.mesh import REPLICATED, SamplingBatch, make_backend, parse_mesh
+    from ttdist.mesh.precision import DType
+    from ttdist.mesh.sampling import device_params
+    from ttdist.mesh.ttnn.device import open_device
+    from ttdist.model.config import LlamaConfig
+    from ttdist.model.llama import CacheConfig, LlamaModel
+    from ttdist.model.weights import expected_shapes, prepare
+
+    log: list = []
+    for ns, names, prefix in ((ttnn, NAMES, ""), (ttnn.experimental, EXPERIMENTAL, "experimental."),
+                              (ttnn.transformer, TRANSFORMER, "transformer.")):
+        for name in names:
+            _wrap(log, ns, name, prefix + name)
+    spec = parse_mesh(system)
+    backend = make_backend(spec, "ttnn", device=open_device(spec))
+    config = LlamaConfig(**TINY)
+    rng = np.random.default_rng(0)
+    hf = {k: (rng.standard_normal(s) * 0.02).astype(np.float32) for k, s in expected_shapes(config).items()}
+    model = LlamaModel(backend, prepare(config, hf, spec, DType.bfloat8_b), CacheConfig(num_pages=8, page_size=32, dtype=DType.bfloat8_b))
+    model.prefill_forward(list(range(1, 41)), 0, [3, 1])
+    model.prefill_forward(list(range(5)), 64, [3, 1, 0])
+    logits = model.decode_forward([7, 8, 9], [69, 12, 40], np.array([[3, 1, 0], [2, -1, -1], [4, 5, -1]]))
+    backend.read_ids(model.sample(logits, backend.input_tensor(device_params(SamplingBatch.greedy(3)), REPLICATED, name="sampling")))
+    Path(path).write_text(json.dumps({"system": system, "ttnn": mode, "calls": log}, separators=(",", ":")))
+    print(f"{len(log)} calls recorded in {path}")
+
+
+def compare(expected: str, got: str) -> int:
+    """The calls that differ (op sequence or any output's metadata); prints each; returns their count."""
+    a, b = (json.loads(Path(p).read_text())["calls"] for p in (expected, got))
+    bad = [f"call count {len(a)} != {len(b)}"] if len(a) != len(b) else []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            bad.append(f"call {i}: expected {x}\n         got {y}")
+    print("\n".join(bad) or f"all {len(a)} calls agree")
+    return len(bad)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "record":
+        record(*sys.argv[2:])
+    elif len(sys.argv) == 4 and sys.argv[1] == "compare":
+        sys.exit(1 if compare(*sys.argv[2:]) else 0)
+    else:
+        sys.exit(__doc__)
