@@ -9,7 +9,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.router.conftest import expected_tokens
+from tests.support.scripted import expected_tokens
 from ttdist.router.openai import OpenAIServer, start_http_server
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 

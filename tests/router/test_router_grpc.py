@@ -9,25 +9,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.router.conftest import expected_tokens
+from tests.support.generation import collect, request
+from tests.support.scripted import expected_tokens
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.v1 import generation_pb2 as pb
-
-
-def request(prompt, max_tokens=8, stream=True, **kw):
-    return pb.GenerateRequest(
-        token_ids=pb.TokenIds(ids=prompt), sampling=pb.SamplingParams(max_tokens=max_tokens), stream=stream, **kw
-    )
-
-
-async def collect(stub, req, timeout=None):
-    ids, complete = [], None
-    async for resp in stub.Generate(req, timeout=timeout):
-        if resp.WhichOneof("kind") == "chunk":
-            ids.extend(resp.chunk.token_ids)
-        else:
-            complete = resp.complete
-    return ids, complete
 
 
 async def test_streaming_and_unary_agree(make_stack):
