@@ -25,7 +25,8 @@ from ttdist.engine.faults import EngineFaults
 from ttdist.engine.process import EngineProcess, EngineStartError
 from ttdist.runtime.procs import alive
 
-from engine_fakes import FakeRunner, fake_core, reference_output
+from tests.support.engine_fakes import FakeRunner, fake_core, reference_output
+from tests.support.waiting import wait_for, wait_for_async
 
 RUNNER = dict(page_size=4, num_pages=64, max_batch=8)
 
@@ -50,14 +51,6 @@ async def collect(engine, req: GenerationRequest):
         ids += out.token_ids
         last = out
     return ids, last
-
-
-async def wait_until(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_runs_in_a_child_and_streams_exact_greedy_outputs():
@@ -85,7 +78,7 @@ def test_abort_and_leaving_early_free_the_pages_in_the_child():
     with engine_process(decode_s=0.02) as engine:
         async def run():
             task = asyncio.ensure_future(collect(engine, request("long", [1, 2, 3], 200)))
-            await wait_until(lambda: engine.stats().running == 1, what="the request running")
+            await wait_for_async(lambda: engine.stats().running == 1, 10.0, "the request running", every=0.01)
             assert engine.abort("long") is True
             ids, last = await task
             assert last.finish_reason is FinishReason.ABORT and len(ids) < 200
@@ -93,7 +86,7 @@ def test_abort_and_leaving_early_free_the_pages_in_the_child():
             async for out in engine.generate(request("left", [4, 5, 6], 200)):
                 if out.token_ids:
                     break   # the consumer goes away: the request is aborted
-            await wait_until(lambda: engine.stats().free_pages == 64, what="every page free")
+            await wait_for_async(lambda: engine.stats().free_pages == 64, 10.0, "every page free", every=0.01)
 
         asyncio.run(run())
         stats = engine.stats()
@@ -134,9 +127,9 @@ def test_bad_requests_raise_typed_errors_and_the_engine_goes_on():
                 engine.generate(unsendable)
             assert err.value.field == "request"
             running = asyncio.ensure_future(collect(engine, request("a", [1, 2], 40)))
-            await wait_until(lambda: engine.stats().running == 1, what="a running")
+            await wait_for_async(lambda: engine.stats().running == 1, 10.0, "a running", every=0.01)
             waiting = asyncio.ensure_future(collect(engine, request("b", [3, 4], 4)))
-            await wait_until(lambda: engine.stats().waiting == 1, what="b waiting")
+            await wait_for_async(lambda: engine.stats().waiting == 1, 10.0, "b waiting", every=0.01)
             with pytest.raises(OverloadedError):
                 await collect(engine, request("c", [5, 6], 4))
             with pytest.raises(InvalidRequestError, match="already in flight"):
@@ -169,7 +162,7 @@ def test_a_stalled_step_is_seen_while_the_child_still_answers():
 
         async def run():
             task = asyncio.ensure_future(collect(engine, request("stuck", [1, 2], 50)))
-            await wait_until(lambda: engine.liveness().stalled(0.5), what="the stall seen")
+            await wait_for_async(lambda: engine.liveness().stalled(0.5), 10.0, "the stall seen", every=0.01)
             live = engine.liveness()
             assert live.alive and live.has_work and live.steps_total == 3
             assert engine.stats().running == 1    # the control thread answers during the stall
@@ -182,7 +175,7 @@ def test_a_killed_child_ends_its_streams_and_says_so():
     with engine_process(decode_s=0.02) as engine:
         async def run():
             task = asyncio.ensure_future(collect(engine, request("r", [1, 2], 200)))
-            await wait_until(lambda: engine.stats().running == 1, what="the request running")
+            await wait_for_async(lambda: engine.stats().running == 1, 10.0, "the request running", every=0.01)
             os.kill(engine.pid, signal.SIGKILL)
             ids, last = await asyncio.wait_for(task, 10)
             assert last.finish_reason is FinishReason.ABORT and "exited with code -9" in last.error
@@ -198,8 +191,8 @@ def test_a_killed_child_ends_its_streams_and_says_so():
 def test_the_child_exits_when_its_owner_is_killed():
     owner = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from engine_fakes import fake_core
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tests.support.engine_fakes import fake_core
         from ttdist.engine.process import EngineProcess
         engine = EngineProcess(fake_core, ({RUNNER!r},))
         engine.start()
@@ -211,10 +204,7 @@ def test_the_child_exits_when_its_owner_is_killed():
         child = int(proc.stdout.readline())
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.monotonic() + 10
-        while alive(child):
-            assert time.monotonic() < deadline, f"engine process {child} outlived its owner"
-            time.sleep(0.05)
+        wait_for(lambda: not alive(child), 10, f"engine process {child} to end with its owner", every=0.05)
     finally:
         proc.kill()
 

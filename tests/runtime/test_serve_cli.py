@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.runtime.conftest import greedy, run, stub_for
+from tests.support.generation import greedy, run, stub_for
+from tests.support.waiting import wait_for
 from ttdist.v1 import generation_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -61,9 +62,8 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 30
-    alive = started
-    while alive and time.monotonic() < deadline:
-        alive = {pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
-        time.sleep(0.2)
-    assert not alive, [psutil.Process(p).cmdline()[:3] for p in alive]
+
+    def survivors() -> set[int]:
+        return {pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+    wait_for(lambda: not survivors(), 30, lambda: f"no process left: {[psutil.Process(p).cmdline()[:3] for p in survivors()]}",
+             every=0.2)
