@@ -16,10 +16,11 @@ from importlib import resources
 
 import jsonschema
 import pytest
-from tests.support.cluster import running_cluster
-from tests.support.dashboard_snapshots import ARTIFACTS
 from playwright.sync_api import expect
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.cluster import running_cluster
+from tests.support.dashboard_snapshots import ARTIFACTS
 
 pytestmark = pytest.mark.slow
 

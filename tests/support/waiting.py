@@ -10,31 +10,33 @@ T = TypeVar("T")
 Message = Union[str, Callable[[], str]]
 
 
-def _describe(message: Message) -> str:
-    return message() if callable(message) else message
+class _Deadline:
+    def __init__(self, timeout: float, message: Message):
+        self.timeout, self.message = timeout, message
+        self.at = time.monotonic() + timeout
+
+    def check(self) -> None:
+        """Fail once the deadline has passed."""
+        if time.monotonic() >= self.at:
+            described = self.message() if callable(self.message) else self.message
+            raise AssertionError(f"timed out after {self.timeout} s waiting for {described}")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, message: Message, every: float = 0.1) -> T:
     """Call ``predicate`` every ``every`` seconds until it returns something true and return that;
     past ``timeout`` seconds fail with ``message`` (a string, or a callable read at the timeout
     so it can show the last state)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {_describe(message)}")
+    deadline = _Deadline(timeout, message)
+    while not (value := predicate()):
+        deadline.check()
         time.sleep(every)
+    return value
 
 
 async def wait_for_async(predicate: Callable[[], T], timeout: float, message: Message, every: float = 0.05) -> T:
     """``wait_for`` inside an event loop: sleeps with ``asyncio.sleep`` so the loop keeps running."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {_describe(message)}")
+    deadline = _Deadline(timeout, message)
+    while not (value := predicate()):
+        deadline.check()
         await asyncio.sleep(every)
+    return value
