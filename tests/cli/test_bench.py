@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.router.conftest import make_stack  # noqa: F401  (the fixture)
 from ttdist.cli import main
 from ttdist.router.openai import OpenAIServer, start_http_server
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,34 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from scripted_generation import MODEL_ID, Script, ScriptedServer, expected_ids, expected_text
+from tests.support.cli import ROOT, assert_one_line_error, free_port, ttdist
+from tests.support.scripted_generation import MODEL_ID, Script, ScriptedServer, expected_ids, expected_text
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def ttdist(*args: str, stdin: str | None = None, env: dict | None = None, timeout: float = 120):
-    """Run ``ttdist ARGS`` the way the console script does; the CompletedProcess."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("TTDIST_TARGET", "TTDIST_TOKEN")}
-    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())", *args],
-        input=stdin if stdin is not None else "", capture_output=True, text=True, env=full_env, cwd=ROOT,
-        timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def assert_one_line_error(proc, code: int, *needles: str):
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_generate_streams_the_text(scripted):
@@ -134,7 +108,7 @@ def test_unreachable_router_is_exit_code_3_with_a_hint():
 
 
 def test_wait_reaches_a_router_that_comes_up_late():
-    port = _free_port()
+    port = free_port()
     cli = subprocess.Popen(
         [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())",
          "generate", "late", "-n", "3", "--wait", "60", "--target", f"127.0.0.1:{port}"],
@@ -196,33 +170,31 @@ def test_no_command_is_a_usage_error():
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from ttdist.model.testing import tiny_llama_checkpoint
-
-    return tiny_llama_checkpoint(tmp_path_factory.mktemp("tiny"), with_tokenizer=False, vocab_size=256)
+def small_vocab_checkpoint(tiny_checkpoints):
+    return tiny_checkpoints(with_tokenizer=False, vocab_size=256)
 
 
-def test_convert_writes_the_cache_once_with_progress(tiny_checkpoint, tmp_path):
-    proc = ttdist("convert", str(tiny_checkpoint), "--mesh", "1x2", "--cache-dir", str(tmp_path / "cache"))
+def test_convert_writes_the_cache_once_with_progress(small_vocab_checkpoint, tmp_path):
+    proc = ttdist("convert", str(small_vocab_checkpoint), "--mesh", "1x2", "--cache-dir", str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr
     entry = Path(proc.stdout.strip())
     assert entry.parent == tmp_path / "cache"
     manifest = json.loads((entry / "manifest.json").read_text())
     assert (manifest["mesh"], manifest["dtype"]) == ("1x2", "bfloat16")
     assert "convert" in proc.stderr and "100%" in proc.stderr
-    again = ttdist("convert", str(tiny_checkpoint), "--mesh", "1x2", "--cache-dir", str(tmp_path / "cache"),
+    again = ttdist("convert", str(small_vocab_checkpoint), "--mesh", "1x2", "--cache-dir", str(tmp_path / "cache"),
                    "--no-progress")
     assert (again.returncode, again.stdout, again.stderr) == (0, proc.stdout, "")
 
 
-def test_convert_errors_are_one_line(tiny_checkpoint, tmp_path):
+def test_convert_errors_are_one_line(small_vocab_checkpoint, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
-    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (broken / "config.json").write_text((small_vocab_checkpoint / "config.json").read_text())
+    data = (small_vocab_checkpoint / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     cache = ["--cache-dir", str(tmp_path / "cache")]
     assert_one_line_error(ttdist("convert", str(broken), *cache), 2, "model.safetensors", "tensor")
     assert_one_line_error(ttdist("convert", str(tmp_path / "missing"), *cache), 2, "no such checkpoint")
-    assert_one_line_error(ttdist("convert", str(tiny_checkpoint), "--mesh", "banana", *cache), 2, "banana")
-    assert_one_line_error(ttdist("convert", str(tiny_checkpoint), "--dtype", "int3", *cache), 2, "int3")
+    assert_one_line_error(ttdist("convert", str(small_vocab_checkpoint), "--mesh", "banana", *cache), 2, "banana")
+    assert_one_line_error(ttdist("convert", str(small_vocab_checkpoint), "--dtype", "int3", *cache), 2, "int3")

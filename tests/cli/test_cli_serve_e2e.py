@@ -11,33 +11,20 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.support.cli import CLI, ROOT, free_port, interrupt, ttdist
+from tests.support.waiting import wait_for
 from ttdist.client import AsyncClient, Client, DeadlineExceeded, InvalidRequest, NotFound, RetryPolicy
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "The capital of France is"
 LATE_PROMPT = "Retry until the router is up"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
 
 
 class Served:
@@ -50,11 +37,8 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    from ttdist.model.testing import tiny_llama_checkpoint
-
-    checkpoint = tiny_llama_checkpoint(tmp_path_factory.mktemp("tiny-e2e"), seed=3)
-    port, dash_port = _free_port(), _free_port()
+def served(tiny_checkpoint, tmp_path_factory):
+    port, dash_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     late: dict = {}
 
@@ -71,11 +55,11 @@ def served(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     log = open(log_path, "w")
     server = subprocess.Popen(
-        [sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())", "serve",
-         "--model", str(checkpoint), "--mesh", "1x2", "--replicas", "1", "--port", str(port),
+        [*CLI, "serve", "--model", str(tiny_checkpoint), "--mesh", "1x2", "--replicas", "1", "--port", str(port),
          "--dashboard-port", str(dash_port), "--drain-timeout", "600", "--http-port", "0"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**_env(), "TTDIST_CACHE": str(tmp_path_factory.mktemp("cache"))}, cwd=ROOT)
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
+             "TTDIST_CACHE": str(tmp_path_factory.mktemp("cache"))}, cwd=ROOT)
     try:
         with Client(address) as client:
             try:
@@ -87,19 +71,8 @@ def served(tmp_path_factory):
         served.process, served.log_path = server, log_path
         yield served
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        interrupt(server)
         log.close()
-
-
-def ttdist(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from ttdist.cli import main; raise SystemExit(main())", *args],
-                          capture_output=True, text=True, env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
-                          timeout=timeout)
 
 
 def test_call_started_before_the_router_succeeds(served):
@@ -134,13 +107,12 @@ def test_stream_and_unary_agree_sync_and_async(served):
 
 def _settled(served: Served) -> dict:
     """The dashboard's replica entry once nothing is running or waiting on it."""
-    deadline = time.monotonic() + 60
-    while True:
-        replicas = served.dashboard_status().get("replicas") or []
-        if replicas and replicas[0]["running"] == 0 and replicas[0]["waiting"] == 0:
-            return replicas[0]
-        assert time.monotonic() < deadline, f"replica never idle: {replicas}"
-        time.sleep(0.2)
+    replicas = []
+
+    def idle():
+        replicas[:] = served.dashboard_status().get("replicas") or []
+        return replicas[0] if replicas and replicas[0]["running"] == 0 and replicas[0]["waiting"] == 0 else None
+    return wait_for(idle, 60, lambda: f"the replica idle: {replicas}", every=0.2)
 
 
 def test_breaking_out_of_a_stream_aborts_it_on_the_replica(served):
@@ -150,13 +122,9 @@ def test_breaking_out_of_a_stream_aborts_it_on_the_replica(served):
         for i, _ in enumerate(client.stream(PROMPT, max_tokens=budget, ignore_eos=True)):
             if i == 2:
                 break
-    deadline = time.monotonic() + 60
-    while True:  # wait for a snapshot taken after the request ended (it counts our tokens, none running)
-        after = _settled(served)["generation_tokens_total"]
-        if after - before >= 3:
-            break
-        assert time.monotonic() < deadline, "the stream's tokens never showed in the dashboard"
-        time.sleep(0.2)
+    # wait for a snapshot taken after the request ended (it counts our tokens, none running)
+    after = wait_for(lambda: (total := _settled(served)["generation_tokens_total"]) - before >= 3 and total, 60,
+                     "the stream's tokens in the dashboard", every=0.2)
     assert after - before < budget
 
 
@@ -236,11 +204,8 @@ def test_sigterm_drains_streams_then_stops_everything(served):
         served.process.send_signal(signal.SIGTERM)
         with grpc.insecure_channel(served.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while health.Check(health_pb2.HealthCheckRequest(), timeout=10).status != \
-                    health_pb2.HealthCheckResponse.NOT_SERVING:
-                assert time.monotonic() < deadline, "health never went NOT_SERVING"
-                time.sleep(0.05)
+            wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                     == health_pb2.HealthCheckResponse.NOT_SERVING, 60, "health NOT_SERVING", every=0.05)
         with Client(served.address, retry=RetryPolicy(max_attempts=1)) as late:
             with pytest.raises(Unavailable) as info:
                 late.generate(PROMPT, max_tokens=2)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.cli import assert_one_line_error, ttdist
 from ttdist.cli import main
-
-from test_cli_commands import assert_one_line_error, ttdist
 
 # (spec file text, what the one line must contain)
 SPEC_ERRORS = [

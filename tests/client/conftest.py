@@ -1,3 +1,3 @@
 """Fixtures for the client tests: a real gRPC server over the scripted backend."""
 
-from scripted_generation import scripted  # noqa: F401  (the fixture)
+from tests.support.scripted_generation import scripted  # noqa: F401  (the fixture)

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from scripted_generation import MODEL_ID, expected_ids, expected_text
+from tests.support.scripted_generation import MODEL_ID, expected_ids, expected_text
 
 from ttdist.client import (
     AsyncClient,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripted_generation import MODEL_ID, expected_text
+from tests.support.scripted_generation import MODEL_ID, expected_text
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from scripted_generation import Script, ScriptedServer, expected_text
+from tests.support.scripted_generation import Script, ScriptedServer, expected_text
 
 from ttdist.client import Client, InvalidRequest, RetryPolicy, TLSConfig, Unavailable
 from ttdist.client.calls import Attempts

@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from scripted_generation import MODEL_ID, Script, ScriptedServer, expected_ids, expected_text
+from tests.support.scripted_generation import MODEL_ID, Script, ScriptedServer, expected_ids, expected_text
 
 from ttdist.client import (
     Cancelled,

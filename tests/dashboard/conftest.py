@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from dashboard_snapshots import CHROMIUM, CHROMIUM_ARGS, FakeCluster, galaxy_and_t3k
+from tests.support.dashboard_snapshots import CHROMIUM, CHROMIUM_ARGS, FakeCluster, galaxy_and_t3k
 
 from ttdist.dashboard.server import DashboardConfig, DashboardServer
 

@@ -16,9 +16,11 @@ from importlib import resources
 
 import jsonschema
 import pytest
-from dashboard_snapshots import ARTIFACTS
 from playwright.sync_api import expect
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.cluster import running_cluster
+from tests.support.dashboard_snapshots import ARTIFACTS
 
 pytestmark = pytest.mark.slow
 
@@ -29,27 +31,19 @@ MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from ttdist.model.testing import tiny_llama_checkpoint
-    from ttdist.router.deploy import deploy, wait_serving
+def cluster(tiny_checkpoint, tmp_path_factory):
     from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
 
-    checkpoint = tiny_llama_checkpoint(tmp_path_factory.mktemp("tiny-dashboard") / "tiny-llama", seed=3)
     config = ClusterConfig(
-        model=str(checkpoint), groups=(ReplicaGroup(count=2, mesh="2x2"), ReplicaGroup(count=1, mesh="1x2")),
+        model=str(tiny_checkpoint), groups=(ReplicaGroup(count=2, mesh="2x2"), ReplicaGroup(count=1, mesh="1x2")),
         policy="round_robin", port=0, dashboard_port=0, max_kv_pages=64,
         # The stall detector has its own tests (tests/runtime/test_faults_health.py); here a first
         # step slowed by a busy 2-core CI machine must not read as a stall and take a replica
         # out of the round robin whose spread this module checks.
         health=HealthConfig(restart=False, stall_after_s=120.0), weights_cache=str(tmp_path_factory.mktemp("weights")),
     )
-    deployment = deploy(config)
-    try:
-        wait_serving(deployment)
+    with running_cluster(config) as deployment:
         yield deployment
-    finally:
-        deployment.shutdown()
 
 
 def status(cluster) -> dict:

@@ -12,7 +12,7 @@ from importlib import resources
 import aiohttp
 import jsonschema
 import pytest
-from dashboard_snapshots import FakeCluster, histogram, make_replica
+from tests.support.dashboard_snapshots import FakeCluster, histogram, make_replica
 
 from ttdist.dashboard.server import DashboardConfig, DashboardConfigError, DashboardError, DashboardServer
 from ttdist.dashboard.status import TTFT_BUCKETS_SECONDS, ClusterSnapshot, LatencySummary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dashboard_snapshots import ARTIFACTS
+from tests.support.dashboard_snapshots import ARTIFACTS
 from playwright.sync_api import expect
 
 from ttdist.dashboard.events import Event

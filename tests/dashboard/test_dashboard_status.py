@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dashboard_snapshots import galaxy_and_t3k, histogram, make_replica
+from tests.support.dashboard_snapshots import galaxy_and_t3k, histogram, make_replica
 
 from ttdist.dashboard.status import (
     INTER_TOKEN_BUCKETS_SECONDS,

@@ -40,8 +40,6 @@ def tokenizer(tokenizer_dir: Path) -> Tokenizer:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random Llama (SmolLM2's vocabulary) as a Hugging Face checkpoint folder."""
-    from ttdist.model.testing import tiny_llama_checkpoint
-
-    return tiny_llama_checkpoint(tmp_path_factory.mktemp("tiny-llama"), seed=0, with_tokenizer=False)
+def tiny_checkpoint(tiny_checkpoints) -> Path:
+    """The engine tests' tiny random Llama (SmolLM2's vocabulary, seed 0, no tokenizer files)."""
+    return tiny_checkpoints(seed=0, with_tokenizer=False)

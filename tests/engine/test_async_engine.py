@@ -13,11 +13,9 @@ from ttdist.engine import (
     OverloadedError, SamplingParams,
 )
 
-from engine_fakes import FakeRunner, reference_output
-
-
-def request(name: str, ids: list[int], max_tokens: int = 8) -> GenerationRequest:
-    return GenerationRequest(name, prompt_token_ids=ids, sampling=SamplingParams(max_tokens=max_tokens))
+from tests.support.engine_fakes import FakeRunner, reference_output
+from tests.support.engine_requests import outputs, request
+from tests.support.waiting import wait_for_async
 
 
 @pytest.fixture
@@ -33,21 +31,9 @@ def engine(runner):
     engine.shutdown()
 
 
-async def collect(engine: AsyncEngine, req: GenerationRequest):
-    return [out async for out in engine.generate(req)]
-
-
-async def wait_until(predicate, timeout_s: float = 10.0) -> None:
-    for _ in range(int(timeout_s / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
-
-
 async def test_concurrent_generate_streams_each_request_its_own_tokens(engine, runner):
     prompts = {f"r{i}": [i + 1] * (i + 2) for i in range(10)}
-    results = await asyncio.gather(*(collect(engine, request(n, p, 6 + i)) for i, (n, p) in enumerate(prompts.items())))
+    results = await asyncio.gather(*(outputs(engine, request(n, p, 6 + i)) for i, (n, p) in enumerate(prompts.items())))
     for i, ((name, ids), outs) in enumerate(zip(prompts.items(), results)):
         assert {o.request_id for o in outs} == {name}
         assert [o.finished for o in outs] == [False] * (len(outs) - 1) + [True]
@@ -109,7 +95,7 @@ async def test_leaving_the_stream_early_aborts_and_frees_pages(gated):
     assert_all_free_and_aborted(engine)
     assert engine.abort("long") is False                    # already gone: idempotent
     gate.set()
-    await wait_until(lambda: not engine.core.has_work())
+    await wait_for_async(lambda: not engine.core.has_work(), 10.0, "the condition", every=0.005)
     assert_all_free_and_aborted(engine)
 
 
@@ -141,7 +127,7 @@ async def test_abort_by_id_ends_the_stream_with_abort(gated):
     assert len(outs) == 2 and outs[-1].finished and outs[-1].finish_reason is FinishReason.ABORT
     assert outs[-1].usage.completion_tokens == len(outs[-1].output_ids) == 1
     gate.set()
-    await wait_until(lambda: engine.stats().decode_steps_total == 1)
+    await wait_for_async(lambda: engine.stats().decode_steps_total == 1, 10.0, "the condition", every=0.005)
     assert outs[-1].output_ids == outs[0].output_ids     # the token of the in-flight step was dropped
 
 
@@ -206,7 +192,7 @@ async def test_event_loop_runs_while_the_model_computes(gated):
     engine, gate = gated
     stream = engine.generate(request("s", [1, 2], 3))
     await stream.__anext__()
-    await wait_until(engine.core.runner.decode_entered.is_set)
+    await wait_for_async(engine.core.runner.decode_entered.is_set, 10.0, "the condition", every=0.005)
     other = await asyncio.wait_for(asyncio.sleep(0.01, result="done"), timeout=5)  # the model is still busy
     assert other == "done" and engine.stats().running == 1
     gate.set()

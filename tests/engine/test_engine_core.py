@@ -9,13 +9,10 @@ import pytest
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.core import EngineCore
 from ttdist.engine.errors import OverloadedError
-from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, SamplingParams
+from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput
 
-from engine_fakes import FakeRunner, reference_output
-
-
-def request(name: str, ids: list[int], max_tokens: int = 8, **sampling) -> GenerationRequest:
-    return GenerationRequest(name, prompt_token_ids=ids, sampling=SamplingParams(max_tokens=max_tokens, **sampling))
+from tests.support.engine_fakes import FakeRunner, reference_output
+from tests.support.engine_requests import assert_pool_empty, request
 
 
 def run(core: EngineCore, max_steps: int = 10_000) -> dict[str, list[RequestOutput]]:
@@ -26,11 +23,6 @@ def run(core: EngineCore, max_steps: int = 10_000) -> dict[str, list[RequestOutp
         for out in core.step():
             outputs.setdefault(out.request_id, []).append(out)
     raise AssertionError("engine did not drain")
-
-
-def assert_pool_empty(core: EngineCore) -> None:
-    assert core.pool.num_free == core.pool.num_pages
-    assert all(page.ref_count == 0 for page in core.pool.pages)
 
 
 def prompt(rng: random.Random, n: int, vocab: int = 64) -> list[int]:

@@ -4,12 +4,12 @@ says why; one that hangs with work is stalled until it steps again; an idle one 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from ttdist.engine import AsyncEngine, EngineConfig, FinishReason, GenerationRequest, SamplingParams
 from ttdist.engine.faults import EngineFaults
 
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
+from tests.support.waiting import wait_for_async
 
 
 def request(name: str, max_tokens: int = 6) -> GenerationRequest:
@@ -41,10 +41,7 @@ async def test_a_hanging_step_loop_is_stalled_until_it_steps_again():
         assert not engine.liveness().stalled(0.3)                  # idle: no work, not stalled
         job = asyncio.ensure_future(asyncio.wait_for(
             asyncio.gather(*[_last(engine, request(f"r{i}", 4)) for i in range(2)]), 30))
-        deadline = time.monotonic() + 10
-        while not engine.liveness().stalled(0.3):
-            assert time.monotonic() < deadline, "never stalled"
-            await asyncio.sleep(0.05)
+        await wait_for_async(lambda: engine.liveness().stalled(0.3), 10, "the step loop stalled", every=0.05)
         live = engine.liveness()
         assert live.alive and live.has_work and live.steps_total == 2
         engine.inject(EngineFaults())                               # the hang ends; the loop steps on

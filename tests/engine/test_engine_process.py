@@ -25,7 +25,8 @@ from ttdist.engine.faults import EngineFaults
 from ttdist.engine.process import EngineProcess, EngineStartError
 from ttdist.runtime.procs import alive
 
-from engine_fakes import FakeRunner, fake_core, reference_output
+from tests.support.engine_fakes import FakeRunner, fake_core, reference_output
+from tests.support.waiting import wait_for, wait_for_async
 
 RUNNER = dict(page_size=4, num_pages=64, max_batch=8)
 
@@ -54,24 +55,14 @@ async def collect(engine, req: GenerationRequest):
 
 async def wait_for_stats(engine: EngineProcess, holds, what: str, timeout_s: float = 10.0) -> None:
     """Until ``holds(stats)`` for the child's stats."""
-    deadline = time.monotonic() + timeout_s
-    while not holds(await engine.read_stats()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    async def check():
+        return holds(await engine.read_stats())
+    await wait_for_async(check, timeout_s, what, every=0.01)
 
 
 def stats_of(engine: EngineProcess):
     """The child's stats, read from outside any event loop."""
     return asyncio.run(engine.read_stats())
-
-
-async def wait_until(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_runs_in_a_child_and_streams_exact_greedy_outputs():
@@ -183,7 +174,7 @@ def test_a_stalled_step_is_seen_while_the_child_still_answers():
 
         async def run():
             task = asyncio.ensure_future(collect(engine, request("stuck", [1, 2], 50)))
-            await wait_until(lambda: engine.liveness().stalled(0.5), what="the stall seen")
+            await wait_for_async(lambda: engine.liveness().stalled(0.5), 10.0, "the stall seen", every=0.01)
             live = engine.liveness()
             assert live.alive and live.has_work and live.steps_total == 3
             assert (await engine.read_stats()).running == 1    # the control thread answers during the stall
@@ -212,8 +203,8 @@ def test_a_killed_child_ends_its_streams_and_says_so():
 def test_the_child_exits_when_its_owner_is_killed():
     owner = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from engine_fakes import fake_core
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tests.support.engine_fakes import fake_core
         from ttdist.engine.process import EngineProcess
         engine = EngineProcess(fake_core, ({RUNNER!r},))
         engine.start()
@@ -225,10 +216,7 @@ def test_the_child_exits_when_its_owner_is_killed():
         child = int(proc.stdout.readline())
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.monotonic() + 10
-        while alive(child):
-            assert time.monotonic() < deadline, f"engine process {child} outlived its owner"
-            time.sleep(0.05)
+        wait_for(lambda: not alive(child), 10, f"engine process {child} to end with its owner", every=0.05)
     finally:
         proc.kill()
 

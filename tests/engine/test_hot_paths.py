@@ -5,13 +5,9 @@ from __future__ import annotations
 import ttdist.engine.page_pool as page_pool
 from ttdist.engine.output import OutputIds, OutputProcessor
 from ttdist.engine.page_pool import PagePool, block_hashes
-from ttdist.engine.request import SamplingParams
-from ttdist.engine.sequence import Sequence
 from ttdist.v1 import generation_pb2 as pb
 
-
-def seq(ids: list[int]) -> Sequence:
-    return Sequence(request_id="r", token_ids=list(ids), sampling=SamplingParams(), max_tokens=8, arrival_s=0.0)
+from tests.support.engine_requests import seq
 
 
 def test_a_waiting_prompt_is_hashed_once_not_every_step(monkeypatch):

@@ -13,43 +13,20 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import pytest
 
 from ttdist.engine import AsyncEngine, EngineConfig
-from ttdist.router.router import Router, RouterConfig
-from ttdist.router.service import start_router_server
-from ttdist.router.sources import StaticSource
+from ttdist.router.router import RouterConfig
 from ttdist.runtime.request_checks import ModelCard
-from ttdist.runtime.replica_service import start_replica_server
-from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
-from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
+from tests.support.stack import Stack, make_stack
 
 TEXT = " Hello 龘 wörld, the END! more text after all"
 PROMPT = [101, 102, 103, 104]
 FILLER = 1000
 CONTEXT = 256
-
-
-class Cluster:
-    def __init__(self, engines, replicas, router, server, channel):
-        self.engines, self.replicas, self.router, self.server, self.channel = engines, replicas, router, server, channel
-        self.stub = pb_grpc.GenerationStub(channel)
-
-    def serving(self, request_id: str) -> int:
-        return int(self.router._streams[request_id].replica_id.split("-")[1])
-
-    async def close(self):
-        await self.channel.close()
-        await self.server.stop(0)
-        await self.router.stop()
-        for r in self.replicas:
-            await r.stop(0)
-        for e in self.engines:
-            e.shutdown()
 
 
 @pytest.fixture
@@ -61,25 +38,17 @@ async def cluster(tokenizer):
         i = len(context) - len(PROMPT)
         return script[i] if 0 <= i < len(script) else FILLER
 
-    card = ModelCard("scripted-text", tokenizer.vocab_size, CONTEXT, 4)
-    engines, replicas, entries = [], [], []
-    for i in range(3):
+    def engine(i: int) -> AsyncEngine:
         runner = FakeRunner(vocab_size=tokenizer.vocab_size, page_size=4, num_pages=CONTEXT // 4, max_batch=4,
                             max_context=CONTEXT, next_token=next_token)
-        engine = AsyncEngine(runner, tokenizer, EngineConfig(max_batch=4, prefill_chunk=8, default_max_tokens=200))
-        engine.start()
-        rid = f"replica-{i}"
-        server = await start_replica_server(engine, card, rid, lambda rid=rid: ReplicaEntry(rid, "", "ready"))
-        engines.append(engine)
-        replicas.append(server)
-        entries.append(ReplicaEntry(rid, f"127.0.0.1:{server.port}", "ready", pid=i + 1))
-    router = Router(RouterConfig(refresh_s=0.05, default_max_tokens=200), StaticSource(RoutingTable(card, tuple(entries))),
-                    tokenizer)
-    server = await start_router_server(router, "127.0.0.1", 0)
-    c = Cluster(engines, replicas, router, server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
-    c.script = script
-    yield c
-    await c.close()
+        return AsyncEngine(runner, tokenizer, EngineConfig(max_batch=4, prefill_chunk=8, default_max_tokens=200))
+
+    card = ModelCard("scripted-text", tokenizer.vocab_size, CONTEXT, 4)
+    stack = await make_stack(engine, 3, card=card, router_config=RouterConfig(refresh_s=0.05, default_max_tokens=200),
+                             tokenizer=tokenizer, with_pids=True)
+    stack.script = script
+    yield stack
+    await stack.close()
 
 
 def text_request(request_id: str, max_tokens: int = 16) -> pb.GenerateRequest:
@@ -87,7 +56,7 @@ def text_request(request_id: str, max_tokens: int = 16) -> pb.GenerateRequest:
                               sampling=pb.SamplingParams(max_tokens=max_tokens, stop=["END!"]))
 
 
-async def run(cluster: Cluster, req: pb.GenerateRequest, kill_after: tuple[int, ...] = ()):
+async def run(cluster: Stack, req: pb.GenerateRequest, kill_after: tuple[int, ...] = ()):
     """Stream ``req``; right after the chunk carrying each token in ``kill_after`` arrives, stop
     the replica serving it. Returns (ids, streamed text bytes, Complete, replicas that served)."""
     ids, text, complete, served = [], "", None, []
@@ -102,7 +71,7 @@ async def run(cluster: Cluster, req: pb.GenerateRequest, kill_after: tuple[int, 
             pending.pop(0)
             index = cluster.serving(req.request_id)
             served.append(index)
-            await cluster.replicas[index].stop(0)
+            await cluster.replica_servers[index].stop(0)
     served.append(int(complete.replica_id.split("-")[1]))
     return ids, text.encode(), complete, served
 

@@ -7,7 +7,7 @@ import asyncio
 from ttdist.engine import AsyncEngine, EngineConfig, FinishReason, GenerationRequest, SamplingParams
 from ttdist.engine.request import RequestOutput, Usage
 
-from engine_fakes import FakeRunner, reference_output
+from tests.support.engine_fakes import FakeRunner, reference_output
 
 
 def test_merge_joins_new_ids_and_text_and_keeps_the_last_totals():

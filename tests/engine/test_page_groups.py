@@ -7,7 +7,7 @@ import pytest
 from ttdist.engine.page_groups import GroupedPagePool, GroupFit
 from ttdist.engine.page_pool import PagePool, block_hashes
 
-from test_page_pool import A, B, computed, seq
+from tests.support.engine_requests import A, B, computed, seq
 
 
 def test_each_group_takes_its_own_page_ids_and_keeps_its_own_cache():

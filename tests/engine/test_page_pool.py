@@ -5,23 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ttdist.engine.page_pool import PagePool, block_hashes
-from ttdist.engine.request import SamplingParams
-from ttdist.engine.sequence import Sequence
 
-
-def seq(ids: list[int], name: str = "r") -> Sequence:
-    return Sequence(request_id=name, token_ids=list(ids), sampling=SamplingParams(), max_tokens=8, arrival_s=0.0)
-
-
-def computed(pool: PagePool, s: Sequence) -> Sequence:
-    """Pretend the model computed every token of ``s`` and register its full pages."""
-    s.num_computed = len(s)
-    pool.cache_full_pages(s)
-    return s
-
-
-A = list(range(100, 110))            # 10 tokens: pages [100..103] [104..107] + 2
-B = A[:8] + [7, 8, 9]                # shares A's first two pages
+from tests.support.engine_requests import A, B, computed, seq
 
 
 def test_block_hashes_chain_over_full_pages():

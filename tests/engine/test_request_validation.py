@@ -11,7 +11,7 @@ from ttdist.engine.core import EngineCore
 from ttdist.engine.errors import InvalidRequestError
 from ttdist.engine.request import GenerationRequest, SamplingParams
 
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
 
 # vocab 64, context window min(max_context=32, 16 pages x 4) = 32
 RUNNER = dict(vocab_size=64, max_context=32, page_size=4, num_pages=16)

@@ -8,7 +8,7 @@ from ttdist.engine.config import EngineConfig
 from ttdist.engine.core import EngineCore
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput, SamplingParams
 
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
 
 SCRIPT = " The answer is 42. ## End of answer 🚀 and more text after it."
 

@@ -13,8 +13,8 @@ from ttdist.engine.core import EngineCore
 from ttdist.engine.errors import UserGroupsError
 from ttdist.engine.sequence import SequenceStatus
 
-from engine_fakes import FakeRunner, reference_output
-from test_engine_core import assert_pool_empty, request
+from tests.support.engine_fakes import FakeRunner, reference_output
+from tests.support.engine_requests import assert_pool_empty, request
 
 Placement = tuple[str, int, tuple[int, ...]]
 

@@ -13,19 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
-
-from tests.engine.engine_fakes import FakeRunner, reference_output
+from tests.support.engine_fakes import FakeRunner, reference_output
+from tests.support.stack import make_stack, page_status
 from ttdist.engine import AsyncEngine, EngineConfig
-from ttdist.router.router import Router, RouterConfig
-from ttdist.router.service import start_router_server
-from ttdist.router.sources import StaticSource
 from ttdist.runtime.request_checks import ModelCard
-from ttdist.runtime.replica_service import start_replica_server
-from ttdist.dashboard.replica_state import ReplicaState
-from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
-from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
 STORM = 300
 SHARED = [3, 1, 4, 1, 5, 9, 2, 6]    # two full pages shared by every prompt: prefix-cache ref counts too
@@ -48,19 +40,9 @@ def request(i: int, max_tokens: int = 200) -> pb.GenerateRequest:
 async def test_hundreds_of_aborts_and_cancels_free_every_page():
     runner = SteppedRunner(vocab_size=64, page_size=4, num_pages=512, max_batch=8, max_context=256)
     engine = AsyncEngine(runner, None, EngineConfig(max_batch=8, prefill_chunk=8, max_waiting=STORM))
-    engine.start()
     card = ModelCard("fake", runner.vocab_size, runner.max_context, runner.page_size)
-
-    def status() -> ReplicaEntry:
-        st = engine.stats()
-        return ReplicaEntry("replica-0", "", ReplicaState.READY, kv_pages_total=st.total_pages, kv_pages_free=st.free_pages)
-
-    replica = await start_replica_server(engine, card, "replica-0", status)
-    source = StaticSource(RoutingTable(card, (ReplicaEntry("replica-0", f"127.0.0.1:{replica.port}", ReplicaState.READY),)))
-    router = Router(RouterConfig(refresh_s=0.05), source)
-    server = await start_router_server(router, "127.0.0.1", 0)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    stub = pb_grpc.GenerationStub(channel)
+    stack = await make_stack(lambda i: engine, card=card, status=page_status)
+    router, stub = stack.router, stack.stub
     try:
         total = engine.stats().total_pages
         ended = {"abort": 0, "cancel": 0}
@@ -102,8 +84,4 @@ async def test_hundreds_of_aborts_and_cancels_free_every_page():
         assert ids == reference_output(runner, list(request(STORM).token_ids.ids), 20)
         assert complete.finish_reason == pb.LENGTH and engine.stats().free_pages == total
     finally:
-        await channel.close()
-        await server.stop(0)
-        await router.stop()
-        await replica.stop(0)
-        engine.shutdown()
+        await stack.close()

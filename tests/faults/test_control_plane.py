@@ -17,9 +17,11 @@ import pytest
 import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.faults.conftest import SCRIPTED, Streams, actor_pid, expected, greedy, run, stub_for, wait_for
+from tests.support.cluster import SCRIPTED, Streams, actor_pid, running_cluster
+from tests.support.generation import greedy, run, stub_for
+from tests.support.scripted import expected_tokens
+from tests.support.waiting import wait_for
 from ttdist.client import Client, RetryPolicy
-from ttdist.router.deploy import deploy, wait_serving
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
 
 pytestmark = pytest.mark.slow
@@ -34,12 +36,10 @@ def cluster():
         dashboard_port=None, health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0, failed_after_s=6.0,
                                                  restart_delay_s=0.5),
     )
-    deployment = deploy(config)
-    wait_serving(deployment)
-    channel, stub = stub_for(deployment.address)
-    yield deployment, stub
-    channel.close()
-    deployment.shutdown()
+    with running_cluster(config) as deployment:
+        channel, stub = stub_for(deployment.address)
+        yield deployment, stub
+        channel.close()
 
 
 def replicas(deployment) -> dict:
@@ -81,7 +81,7 @@ def test_coordinator_sigkill_serving_goes_on_and_the_registry_is_rebuilt(cluster
     # while it is down the router serves from its last table
     ids, _ = run(stub, greedy(PROMPTS[7], 5))
     served_at = time.time()
-    assert ids == expected(PROMPTS[7], 5)
+    assert ids == expected_tokens(PROMPTS[7], 5)
     streams.assert_exact()
     # Ray restarts it; it finds the same replica processes by name and their heartbeats re-register them
     after = all_ready(deployment)
@@ -90,7 +90,7 @@ def test_coordinator_sigkill_serving_goes_on_and_the_registry_is_rebuilt(cluster
     restarted = events(deployment, "coordinator_restarted")
     assert len(restarted) == 1 and served_at < restarted[0].time
     assert sorted(e.replica_id for e in events(deployment, "replica_reregistered")) == sorted(before)
-    assert run(stub, greedy(PROMPTS[8], 30))[0] == expected(PROMPTS[8], 30)
+    assert run(stub, greedy(PROMPTS[8], 30))[0] == expected_tokens(PROMPTS[8], 30)
 
 
 def test_router_sigkill_client_retries_succeed_once_it_is_back(cluster):
@@ -99,12 +99,12 @@ def test_router_sigkill_client_retries_succeed_once_it_is_back(cluster):
     old_pid = actor_pid(deployment.router)
     retry = RetryPolicy(max_attempts=None, initial_backoff_s=0.1, max_backoff_s=0.5, max_wait_s=90)
     with Client(deployment.address, retry=retry, timeout=120) as client:
-        assert client.generate(PROMPTS[2], max_tokens=8, ignore_eos=True).token_ids == tuple(expected(PROMPTS[2], 8))
+        assert client.generate(PROMPTS[2], max_tokens=8, ignore_eos=True).token_ids == tuple(expected_tokens(PROMPTS[2], 8))
         os.kill(old_pid, signal.SIGKILL)
         t0 = time.monotonic()
         done = client.generate(PROMPTS[3], max_tokens=8, ignore_eos=True)
         back_after = time.monotonic() - t0
-    assert done.token_ids == tuple(expected(PROMPTS[3], 8))
+    assert done.token_ids == tuple(expected_tokens(PROMPTS[3], 8))
     assert actor_pid(deployment.router) != old_pid
     print(f"router SIGKILL -> first successful retry after {back_after:.2f} s")
 

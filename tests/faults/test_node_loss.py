@@ -125,7 +125,7 @@ def test_worker_node_killed_mid_stream_every_stream_finishes_on_the_other(hosts)
     for node in ("h", "w1", "w2"):
         hosts.start_ray(node)
     driver = subprocess.Popen(
-        hosts.in_ns("h", sys.executable, "-m", "tests.faults.multinode_driver", f"{NODES['h']}:6379"),
+        hosts.in_ns("h", sys.executable, "-m", "tests.support.multinode_driver", f"{NODES['h']}:6379"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hosts.env, cwd=ROOT)
     try:
         line = driver.stdout.readline()

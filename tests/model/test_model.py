@@ -4,24 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.model.conftest import MESHES, pcc
+from tests.support.model_checks import MESHES, PROMPT, mesh_runner, pcc
 from ttdist.engine.runner import DecodeInput, PrefillInput, SamplingSpec
 from ttdist.mesh.accounting import all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
 from ttdist.mesh.sampling import K
 from ttdist.mesh.spec import Topology
 from ttdist.model.runner import MeshModelRunner
 
-PROMPT = [5, 17, 300, 2000, 45, 9, 11, 12, 99, 1000, 3, 77, 8000, 123]
-
-
-def make(ckpt, cache, mesh, **kw):
-    kw.setdefault("max_batch", 4)  # the fixed slot batch; small keeps the simulator's steps cheap
-    return MeshModelRunner.from_checkpoint(ckpt, mesh=mesh, dtype="float32", num_pages=32, page_size=32, cache_dir=cache, **kw)
-
-
 @pytest.mark.parametrize("mesh", MESHES)
 def test_logits_prefill_and_decode_match_transformers(mesh, tiny_ckpt, weight_cache, hf_tiny):
-    runner = make(tiny_ckpt, weight_cache, mesh)
+    runner = mesh_runner(tiny_ckpt, weight_cache, mesh)
     follow = [7, 8, 4242]
     with torch.no_grad():
         ref = hf_tiny(torch.tensor([PROMPT + follow])).logits[0].numpy()
@@ -36,13 +28,13 @@ def test_logits_prefill_and_decode_match_transformers(mesh, tiny_ckpt, weight_ca
 @pytest.mark.parametrize("mesh", ["1x2", "8x4"])
 def test_batched_decode_equals_each_user_alone(mesh, tiny_ckpt, weight_cache):
     prompts = [PROMPT[:3], PROMPT, PROMPT[::-1] * 3]
-    batch = make(tiny_ckpt, weight_cache, mesh)
+    batch = mesh_runner(tiny_ckpt, weight_cache, mesh)
     tables = [[0, 1], [8, 11], [30, 31]]  # on 8x4: user groups 0, 1 and 3 (8 pages each), one slot each
     firsts = [batch.prefill(PrefillInput(p, 0, t, True)) for p, t in zip(prompts, tables)]
     positions = [len(p) for p in prompts]
     batched = batch.decode_logits(firsts, positions, tables)
     for u, (p, first) in enumerate(zip(prompts, firsts)):
-        alone = make(tiny_ckpt, weight_cache, mesh)
+        alone = mesh_runner(tiny_ckpt, weight_cache, mesh)
         assert alone.prefill(PrefillInput(p, 0, [9, 10], True)) == first
         np.testing.assert_allclose(batched[u], alone.decode_logits([first], [len(p)], [[9, 10]])[0], atol=1e-5)
 
@@ -50,8 +42,8 @@ def test_batched_decode_equals_each_user_alone(mesh, tiny_ckpt, weight_cache):
 @pytest.mark.parametrize("mesh", ["1x1", "1x8", "2x4"])
 def test_chunked_prefill_equals_one_shot(mesh, tiny_ckpt, weight_cache):
     prompt = (PROMPT * 6)[:77]
-    one = make(tiny_ckpt, weight_cache, mesh).prefill_logits(prompt, 0, [0, 1, 2])
-    chunked = make(tiny_ckpt, weight_cache, mesh)
+    one = mesh_runner(tiny_ckpt, weight_cache, mesh).prefill_logits(prompt, 0, [0, 1, 2])
+    chunked = mesh_runner(tiny_ckpt, weight_cache, mesh)
     table = [5, 3, 7]
     assert chunked.prefill(PrefillInput(prompt[:32], 0, table[:1], False)) is None
     assert chunked.prefill(PrefillInput(prompt[32:64], 32, table[:2], False)) is None
@@ -59,7 +51,7 @@ def test_chunked_prefill_equals_one_shot(mesh, tiny_ckpt, weight_cache):
 
 
 def test_sampling_on_the_mesh_is_seeded_per_request(tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, "1x2")
+    runner = mesh_runner(tiny_ckpt, weight_cache, "1x2")
     spec = SamplingSpec(temperature=0.8, top_k=50, top_p=0.9, seed=1234)
     a = runner.prefill(PrefillInput(PROMPT, 0, [0], True, spec))
     b = runner.prefill(PrefillInput(PROMPT, 0, [1], True, spec))
@@ -84,7 +76,7 @@ def decode_step_ccl(runner, batch):
 
 
 def test_decode_step_bytes_on_1x8_match_hand_computation(tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, "1x8", max_batch=4)
+    runner = mesh_runner(tiny_ckpt, weight_cache, "1x8", max_batch=4)
     lay, b, d, line = runner.model.layout, 4, 8, Topology.LINE
     bf16, f32 = 2, 4
     # per layer: two norms (gather stats), two up-gathers of the residual, two reduce-scatters
@@ -100,7 +92,7 @@ def test_decode_step_bytes_on_1x8_match_hand_computation(tiny_ckpt, weight_cache
 
 
 def test_decode_step_bytes_on_8x4_match_hand_computation(tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, "8x4", max_batch=4)
+    runner = mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=4)
     lay, b, line = runner.model.layout, 4, Topology.LINE
     bf16, f32 = 2, 4
     rows, cols = 8, 4
@@ -152,16 +144,14 @@ def smollm2_hf(smollm2):
 
 
 @pytest.mark.parametrize("mesh, padded", [("1x2", False), ("1x4", True), ("8x4", True)])
-def test_uneven_heads_are_padded_exactly(mesh, padded, tmp_path_factory, weight_cache):
+def test_uneven_heads_are_padded_exactly(mesh, padded, tiny_checkpoints, weight_cache):
     """6 query heads in 2 KV groups of 3: groups are padded to whole blocks per chip."""
     from transformers import LlamaForCausalLM
 
-    from ttdist.model.testing import tiny_llama_checkpoint
-
-    ckpt = tiny_llama_checkpoint(tmp_path_factory.mktemp("odd"), seed=3, hidden_size=96, num_attention_heads=6,
-                                 num_key_value_heads=2, head_dim=32, intermediate_size=160, with_tokenizer=False)
+    ckpt = tiny_checkpoints(seed=3, hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=32,
+                            intermediate_size=160, with_tokenizer=False)
     hf = LlamaForCausalLM.from_pretrained(ckpt).float().eval()
-    runner = make(ckpt, weight_cache, mesh)
+    runner = mesh_runner(ckpt, weight_cache, mesh)
     with torch.no_grad():
         ref = hf(torch.tensor([PROMPT + [42]])).logits[0].numpy()
     np.testing.assert_allclose(runner.prefill_logits(PROMPT, 0, [0])[0], ref[-2], atol=1e-4)
@@ -171,7 +161,7 @@ def test_uneven_heads_are_padded_exactly(mesh, padded, tmp_path_factory, weight_
 
 def test_decode_runs_the_fixed_slot_batch_and_uploads_only_deltas(tiny_ckpt, weight_cache):
     """The simulator runs the same trace-ready path: persistent inputs, stable slots, idle slots at -1."""
-    runner = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    runner = mesh_runner(tiny_ckpt, weight_cache, "1x2", max_batch=4)
     be, spec = runner.backend, [SamplingSpec()] * 2
     for u, n in enumerate((5, 9)):
         runner.prefill(PrefillInput(PROMPT[:n], 0, [u], False))
@@ -182,7 +172,7 @@ def test_decode_runs_the_fixed_slot_batch_and_uploads_only_deltas(tiny_ckpt, wei
     assert (be.transfers.readbacks, be.transfers.readback_bytes) == (1, 4 * 4)
     assert runner.inputs.host["positions"].tolist() == [7 - 1, 11 - 1, -1, -1]
     # "y" alone keeps slot 1 and its token: idle slots change nothing
-    alone = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    alone = mesh_runner(tiny_ckpt, weight_cache, "1x2", max_batch=4)
     alone.prefill(PrefillInput(PROMPT[:9], 0, [1], False))
     assert alone.decode(DecodeInput([2], [9], [[1]], spec[:1], seq_ids=["y"])) == [a[1]]
     assert runner.decode(DecodeInput([b[1]], [11], [[1]], spec[:1], seq_ids=["y"])) and runner.slots.assign(["y"], 1) == [1]
@@ -196,7 +186,7 @@ def test_trace_decode_captures_once_and_replays_on_the_current_inputs(tiny_ckpt,
     from ttdist.mesh.sim.backend import SimBackend
 
     with pytest.raises(MeshError, match="cannot capture traces"):
-        make(tiny_ckpt, weight_cache, "1x2", trace_decode=True)
+        mesh_runner(tiny_ckpt, weight_cache, "1x2", trace_decode=True)
 
     class Captures(SimBackend):
         can_trace = True
@@ -211,9 +201,9 @@ def test_trace_decode_captures_once_and_replays_on_the_current_inputs(tiny_ckpt,
             return step()
 
     monkeypatch.setattr(runner_module, "make_backend", lambda spec, kind, **kw: Captures(spec, **kw))
-    traced = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    traced = mesh_runner(tiny_ckpt, weight_cache, "1x2", max_batch=4)
     monkeypatch.undo()
-    eager = make(tiny_ckpt, weight_cache, "1x2", max_batch=4)
+    eager = mesh_runner(tiny_ckpt, weight_cache, "1x2", max_batch=4)
     assert traced.trace_decode and not eager.trace_decode
     outs = []
     for r in (traced, eager):
@@ -228,8 +218,8 @@ def test_trace_decode_captures_once_and_replays_on_the_current_inputs(tiny_ckpt,
 
 @pytest.mark.parametrize("mesh", ["1x2", "8x4"])
 def test_lm_head_chunked_per_device_gives_the_same_logits(mesh, tiny_ckpt, weight_cache):
-    whole = make(tiny_ckpt, weight_cache, mesh, lm_head_chunk=1 << 20)
-    chunked = make(tiny_ckpt, weight_cache, mesh, lm_head_chunk=4010, logits_dtype="float32")
+    whole = mesh_runner(tiny_ckpt, weight_cache, mesh, lm_head_chunk=1 << 20)
+    chunked = mesh_runner(tiny_ckpt, weight_cache, mesh, lm_head_chunk=4010, logits_dtype="float32")
     lay = chunked.model.layout
     assert len(whole.model.lm_head.chunks) == 1 and len(chunked.model.lm_head.chunks) == -(-lay.vocab_local // 4000)
     assert all(w.shape[-1] <= 4000 for w in chunked.model.lm_head.chunks)  # rounded down to whole tiles

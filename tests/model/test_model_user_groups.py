@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.model.test_model import PROMPT, make
+from tests.support.model_checks import PROMPT, mesh_runner
 from ttdist.engine.runner import DecodeInput, PrefillInput, SamplingSpec
 from ttdist.mesh.placement import Replicate, Shard
 from ttdist.model.runner import MeshModelRunner
 from ttdist.model.user_groups import UserGroupError
 
-P = 8  # make() gives 32 pages: 8 per group on a 2D mesh
+P = 8  # mesh_runner() gives 32 pages: 8 per group on a 2D mesh
 
 
 def hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
@@ -24,7 +24,7 @@ def test_users_in_several_groups_decode_greedy_exact(tiny_ckpt, weight_cache, hf
     """Four users in groups 0, 1, 1 and 3 on 8x4: a plain prompt, a two-page one, one that reuses the
     other's cached first page in its group (prefill from position 32), and a chunked one; then one
     decode batch mixing the groups. Every user's greedy tokens equal transformers'."""
-    runner = make(tiny_ckpt, weight_cache, "8x4", max_batch=8)
+    runner = mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=8)
     assert (runner.info.user_groups, runner.info.num_pages, runner.model.groups.pages) == (4, 32, P)
     long = (PROMPT * 6)[:77]
     shared = (PROMPT * 3)[:32] + [4242, 17, 99]
@@ -59,7 +59,7 @@ def test_users_in_several_groups_decode_greedy_exact(tiny_ckpt, weight_cache, hf
 
 def test_each_column_holds_only_its_groups_pages(tiny_ckpt, weight_cache):
     """A prefill of a group-1 user writes the pool of column 1 only; no chip holds a page of another group."""
-    runner = make(tiny_ckpt, weight_cache, "8x4")
+    runner = mesh_runner(tiny_ckpt, weight_cache, "8x4")
     cache = runner.model.caches[0].k
     assert cache.placements == (Shard(1), Shard(0))  # heads on the rows, pages on the columns
     assert cache.shape[1] == P + 1                     # per chip: its group's pool and a scratch page
@@ -74,7 +74,7 @@ def test_each_column_holds_only_its_groups_pages(tiny_ckpt, weight_cache):
 
 @pytest.mark.parametrize("mesh", ["1x1", "1x2", "1x8"])
 def test_one_dimensional_meshes_keep_one_group(mesh, tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, mesh, max_batch=3)
+    runner = mesh_runner(tiny_ckpt, weight_cache, mesh, max_batch=3)
     lay = runner.model.layout
     assert lay.user_groups == 1 and runner.info.user_groups == 1 and runner.info.num_pages == 32
     assert lay.kv_cache == lay.heads and lay.per_group_rows(0) == (Replicate(), Replicate())
@@ -82,7 +82,7 @@ def test_one_dimensional_meshes_keep_one_group(mesh, tiny_ckpt, weight_cache):
 
 
 def test_slots_are_assigned_inside_each_group(tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, "8x4", max_batch=8)
+    runner = mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=8)
     slots = runner.slots
     assert slots.assign(["a", "b", "c"], 3, [3, 0, 3]) == [6, 0, 7]
     assert slots.assign(["b", "d", "c"], 3, [0, 0, 3]) == [0, 1, 7]  # a left: its slot frees, the rest stay
@@ -93,7 +93,7 @@ def test_slots_are_assigned_inside_each_group(tiny_ckpt, weight_cache):
 
 
 def test_group_errors_are_typed_and_clear(tiny_ckpt, weight_cache):
-    runner = make(tiny_ckpt, weight_cache, "8x4", max_batch=4)  # one slot per group
+    runner = mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=4)  # one slot per group
     spec = [SamplingSpec()] * 2
     with pytest.raises(UserGroupError, match=r"span groups \[0, 1\]"):
         runner.prefill(PrefillInput(PROMPT * 3, 0, [7, 8], True))
@@ -104,7 +104,7 @@ def test_group_errors_are_typed_and_clear(tiny_ckpt, weight_cache):
     with pytest.raises(UserGroupError, match="a decode batch of 3 rows does not split over 4 user groups"):
         runner.model.host_inputs([1], [3], [[0]], np.zeros((0, 4), np.float32), 3)
     with pytest.raises(UserGroupError, match="max_batch 6 must be a multiple of the 4 user groups"):
-        make(tiny_ckpt, weight_cache, "8x4", max_batch=6)
+        mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=6)
     with pytest.raises(UserGroupError, match="num_pages 30 must be a multiple of the 4 user groups"):
         MeshModelRunner.from_checkpoint(tiny_ckpt, mesh="8x4", dtype="float32", num_pages=30, max_batch=4, cache_dir=weight_cache)
 

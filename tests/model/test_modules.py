@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.model.conftest import MESHES, causal_mask, pcc
+from tests.support.model_checks import MESHES, causal_mask, pcc
 from ttdist.mesh import DType
 from ttdist.model import ccl
 from ttdist.model.runner import MeshModelRunner

@@ -18,7 +18,6 @@ from ttdist.mesh.precision import DType
 from ttdist.mesh.sim.backend import SimBackend, SimTensor
 from ttdist.model.layout import Layout
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions
-from ttdist.model.testing import tiny_llama_checkpoint
 from ttdist.model.weights import load_weights
 from ttdist.planner.capacity import activation_bytes_per_chip, page_bytes_per_chip, weight_bytes_per_chip
 from ttdist.planner.catalog import resolve_precision
@@ -34,11 +33,10 @@ OPTIONS = ModelOptions(max_positions=256, lm_head_chunk=64)  # several LM-head c
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_checkpoints):
     # heads and widths that pad on the wider meshes, so padding is counted too
-    return tiny_llama_checkpoint(tmp_path_factory.mktemp("tiny"), with_tokenizer=False, vocab_size=1000,
-                                 num_attention_heads=6, num_key_value_heads=2, head_dim=32, hidden_size=96,
-                                 intermediate_size=160)
+    return tiny_checkpoints(with_tokenizer=False, vocab_size=1000, num_attention_heads=6, num_key_value_heads=2,
+                            head_dim=32, hidden_size=96, intermediate_size=160)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.router.conftest import expected_tokens
-from tests.router.test_router_grpc import request
+from tests.support.scripted import expected_tokens
+from tests.support.generation import request
 from ttdist.engine.request import GenerationRequest, SamplingParams
 from ttdist.router.replica_link import SubStream
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig

@@ -9,7 +9,8 @@ import aiohttp
 import openai
 import pytest
 
-from tests.router.conftest import expected_tokens
+from tests.support.scripted import expected_tokens
+from tests.support.waiting import wait_for_async
 from ttdist.router.openai import OpenAIServer, start_http_server
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
@@ -167,19 +168,12 @@ async def test_a_client_that_goes_away_aborts_its_request(http):
                 r.close()
             else:      # the answer comes only at the end: give up while it is running
                 call = asyncio.ensure_future(s.post(url + "/v1/completions", json=body))
-                await _until(lambda: engine.stats().running == 1)
+                await wait_for_async(lambda: engine.stats().running == 1, 30.0, "the condition", every=0.02)
                 call.cancel()
-        await _until(lambda: engine.stats().running == 0 and engine.stats().waiting == 0)
+        await wait_for_async(lambda: engine.stats().running == 0 and engine.stats().waiting == 0, 30.0,
+                             "the condition", every=0.02)
         assert engine.stats().free_pages == engine.stats().total_pages
         assert not stack.router._streams
-
-
-async def _until(condition, timeout=30.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 async def test_several_routers_serve_one_http_port(make_stack):

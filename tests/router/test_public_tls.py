@@ -16,15 +16,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.router.conftest import CARD, expected_tokens
+from tests.support.scripted import expected_tokens
+from tests.support.stack import Stack, make_stack
 from ttdist.client import AsyncClient, RetryPolicy, TLSConfig, Unauthenticated, Unavailable
-from ttdist.router.router import Router, RouterConfig
-from ttdist.router.public import serve_public
-from ttdist.router.sources import StaticSource
+from ttdist.router.router import RouterConfig
 from ttdist.runtime.api_config import ApiConfig
-from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
-from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -68,25 +65,18 @@ def pki(tmp_path_factory):
 
 @pytest.fixture
 async def serve():
-    opened = []
+    stacks: list[Stack] = []
 
     async def build(api: ApiConfig):
-        engine = ScriptedEngine(ScriptedEngineConfig(vocab_size=1000))
-        engine.start()
-        replica = await start_replica_server(engine, CARD, "replica-0", lambda: ReplicaEntry("replica-0", "", "ready"),
-                                             token=TOKEN)
-        source = StaticSource(RoutingTable(CARD, (ReplicaEntry("replica-0", f"127.0.0.1:{replica.port}", "ready"),)))
-        router = Router(RouterConfig(refresh_s=0.05, cluster_token=TOKEN), source)
-        public = await serve_public(router, "127.0.0.1", 0, api)
-        opened.append((engine, replica, router, public))
-        return public, replica
+        stack = await make_stack(lambda i: ScriptedEngine(ScriptedEngineConfig(vocab_size=1000)),
+                                 router_config=RouterConfig(refresh_s=0.05, cluster_token=TOKEN),
+                                 replica_token=TOKEN, public_api=api)
+        stacks.append(stack)
+        return stack.server, stack.replica_servers[0]
 
     yield build
-    for engine, replica, router, public in opened:
-        await public.stop(0)
-        await router.stop()
-        await replica.stop(0)
-        engine.shutdown()
+    for stack in stacks:
+        await stack.close()
 
 
 def _ssl(pki, client=None):

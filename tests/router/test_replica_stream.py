@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from tests.router.conftest import expected_tokens
-from tests.router.test_router_grpc import collect, request
+from tests.support.scripted import expected_tokens
+from tests.support.generation import collect, request
 from ttdist.router.replica_link import ReplicaLink
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 

@@ -15,8 +15,9 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from tests.router.conftest import CARD, expected_tokens, own_status
-from tests.router.test_router_grpc import collect
+from tests.support.scripted import expected_tokens
+from tests.support.stack import SCRIPTED_CARD, own_status
+from tests.support.generation import collect
 from ttdist.engine.faults import EngineFaults
 from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
@@ -77,7 +78,7 @@ async def test_a_restarted_replica_is_eligible_again_for_the_request_that_failed
     await asyncio.sleep(0.5)
     eng = ScriptedEngine(engine)                        # ... and a new one serves under the same id
     eng.start()
-    srv = await start_replica_server(eng, CARD, "replica-0", own_status(eng, "replica-0"))
+    srv = await start_replica_server(eng, SCRIPTED_CARD, "replica-0", own_status(eng, "replica-0"))
     stack.engines.append(eng)
     stack.replica_servers.append(srv)
     entry = replace(stack.source.current.replicas[0], address=f"127.0.0.1:{srv.port}", pid=2)

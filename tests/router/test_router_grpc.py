@@ -9,34 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.router.conftest import expected_tokens
+from tests.support.generation import collect, request
+from tests.support.scripted import expected_tokens
+from tests.support.waiting import wait_for_async
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.v1 import generation_pb2 as pb
-
-
-def request(prompt, max_tokens=8, stream=True, **kw):
-    return pb.GenerateRequest(
-        token_ids=pb.TokenIds(ids=prompt), sampling=pb.SamplingParams(max_tokens=max_tokens), stream=stream, **kw
-    )
-
-
-async def collect(stub, req, timeout=None):
-    ids, complete = [], None
-    async for resp in stub.Generate(req, timeout=timeout):
-        if resp.WhichOneof("kind") == "chunk":
-            ids.extend(resp.chunk.token_ids)
-        else:
-            complete = resp.complete
-    return ids, complete
-
-
-async def wait_idle(engine, timeout_s: float = 2.0) -> None:
-    """Until ``engine`` runs nothing (its freed request's slot), failing after ``timeout_s``."""
-    for _ in range(int(timeout_s / 0.02)):
-        if not engine.stats().running:
-            break
-        await asyncio.sleep(0.02)
-    assert engine.stats().running == 0
 
 
 async def test_streaming_and_unary_agree(make_stack):
@@ -134,7 +111,7 @@ async def test_deadline_is_honoured_and_frees_the_replica(make_stack):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await collect(stack.stub, request([1, 2], 400), timeout=0.3)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await wait_idle(stack.engines[0])
+    await wait_for_async(lambda: stack.engines[0].stats().running == 0, 2.0, "the freed slot", every=0.02)
 
 
 async def test_overload_is_resource_exhausted(make_stack):
@@ -170,7 +147,7 @@ async def test_client_cancel_propagates_to_the_replica(make_stack):
     call = stack.stub.Generate(request([4, 4], 400))
     await call.read()
     call.cancel()
-    await wait_idle(stack.engines[0])
+    await wait_for_async(lambda: stack.engines[0].stats().running == 0, 2.0, "the freed slot", every=0.02)
 
 
 async def run_streams(stack, prompts, n_tokens, on_progress):

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import grpc
 
-from tests.router.conftest import expected_tokens
-from tests.router.test_router_grpc import collect, request
+from tests.support.scripted import expected_tokens
+from tests.support.generation import collect, request
 from ttdist.dashboard.status import LatencySummary
 from ttdist.router.router import Router
 from ttdist.router.service import start_router_server

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tests.router.conftest import expected_tokens
-from tests.router.test_router_grpc import request
+from tests.support.scripted import expected_tokens
+from tests.support.generation import request
 from ttdist.router.stream_interval import ChunkMerger, StreamInterval
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.v1 import generation_pb2 as pb

@@ -13,10 +13,12 @@ import psutil
 import pytest
 import ray
 
-from tests.runtime.conftest import greedy, run, stub_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from ttdist.router.deploy import deploy, wait_serving
+from tests.support.cluster import running_cluster
+from tests.support.generation import greedy, run, stub_for
+from tests.support.waiting import wait_for
+
 from ttdist.runtime.auth import cluster_metadata
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
 from ttdist.runtime.procs import alive, argv, descendants
@@ -37,12 +39,10 @@ def cluster(tiny_checkpoint, tmp_path_factory):
         cluster_token=CLUSTER_TOKEN,
         health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0, failed_after_s=6.0, restart_delay_s=RESTART_DELAY_S),
     )
-    deployment = deploy(config)
-    wait_serving(deployment)
-    channel, stub = stub_for(deployment.address)
-    yield deployment, stub
-    channel.close()
-    deployment.shutdown()
+    with running_cluster(config) as deployment:
+        channel, stub = stub_for(deployment.address)
+        yield deployment, stub
+        channel.close()
 
 
 def status(stub):
@@ -50,13 +50,10 @@ def status(stub):
 
 
 def wait_all_ready(stub, n=3, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def all_ready():
         st = status(stub)
-        if sum(r.state == "ready" for r in st.replicas) == n:
-            return st
-        time.sleep(0.2)
-    raise AssertionError(f"replicas not ready: {status(stub)}")
+        return st if sum(r.state == "ready" for r in st.replicas) == n else None
+    return wait_for(all_ready, timeout, lambda: f"{n} replicas ready: {status(stub)}", every=0.2)
 
 
 def reference_greedy(checkpoint, prompt, n):
@@ -217,11 +214,11 @@ def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
     def failed_is_visible():
         # the coordinator holds the restart for restart_delay_s: the failed state is visible
         states = []
-        deadline = time.monotonic() + 30
-        while "failed" not in states and time.monotonic() < deadline:
+
+        def shown_failed():
             states.append(next(r.state for r in status(stub).replicas if r.replica_id == "replica-0"))
-            time.sleep(0.05)
-        assert "failed" in states, states
+            return states[-1] == "failed"
+        wait_for(shown_failed, 30, lambda: f"replica-0 shown failed: {states}", every=0.05)
 
     victim, mid, got, completes, undisturbed = _streams_around(stub, n, kill, failed_is_visible)
     assert any(m < n for m in mid), "the kill came after every stream had finished"
@@ -234,12 +231,8 @@ def test_sigkill_mid_stream_migrates_all_streams_exactly(cluster):
     st = wait_all_ready(stub)
     restarted = next(r for r in st.replicas if r.replica_id == "replica-0")
     assert restarted.pid != victim.pid
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        kinds = [e.kind for e in deployment.snapshot().events]
-        if "request_migrated" in kinds:
-            break
-        time.sleep(0.2)
+    kinds = wait_for(lambda: "request_migrated" in (k := [e.kind for e in deployment.snapshot().events]) and k, 10,
+                     "a request_migrated event", every=0.2)
     assert {"replica_failed", "replica_restarted", "request_migrated"} <= set(kinds)
     snap = deployment.snapshot()
     r0 = next(r for r in snap.replicas if r.replica_id == "replica-0")
@@ -292,11 +285,8 @@ def test_status_right_after_a_request_shows_it_finished(cluster):
         assert [(r.running, r.waiting) for r in st.replicas] == [(0, 0)] * 3, (complete.replica_id, st)
         assert all(r.kv_pages_free == r.kv_pages_total for r in st.replicas)
     # the registry (and so the dashboard) follows within a heartbeat too
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if all(r.running == 0 and r.waiting == 0 for r in deployment.snapshot().replicas):
-            break
-        time.sleep(0.05)
+    wait_for(lambda: all(r.running == 0 and r.waiting == 0 for r in deployment.snapshot().replicas), 10,
+             "the registry showing nothing running", every=0.05)
     assert all(r.running == 0 and r.waiting == 0 for r in deployment.snapshot().replicas)
 
 
@@ -322,13 +312,17 @@ def test_metrics_latency_histograms_count_every_finished_request(cluster):
 
     def settled():
         """A scrape that has caught up with every replica's own count of finished requests."""
-        deadline = time.monotonic() + 30
-        while True:
-            truth = {r: ray.get(a.engine_stats.remote()).requests_finished_total for r, a in actors.items()}
-            metrics = scrape(deployment.dashboard_url)
-            if totals(metrics, success) == truth or time.monotonic() > deadline:
-                return metrics, truth
-            time.sleep(0.2)
+        last = {}
+
+        def caught_up():
+            last["truth"] = {r: ray.get(a.engine_stats.remote()).requests_finished_total for r, a in actors.items()}
+            last["metrics"] = scrape(deployment.dashboard_url)
+            return totals(last["metrics"], success) == last["truth"]
+        try:
+            wait_for(caught_up, 30, "the scrape catching up", every=0.2)
+        except AssertionError:
+            pass    # the caller checks the last scrape
+        return last["metrics"], last["truth"]
 
     before, _ = settled()
     n_requests, n_tokens = 6, 5

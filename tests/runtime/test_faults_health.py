@@ -25,12 +25,14 @@ import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.runtime.conftest import run, stub_for
+from tests.support.cluster import running_cluster
+from tests.support.generation import run, stub_for
+from tests.support.scripted import expected_tokens
+from tests.support.waiting import wait_for
 from ttdist.engine.faults import EngineFaults
-from ttdist.router.deploy import deploy, wait_serving
 from ttdist.runtime.auth import cluster_metadata
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
-from ttdist.runtime.scripted_engine import ScriptedEngineConfig, next_token
+from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.v1 import generation_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -46,19 +48,10 @@ def cluster():
         engine="scripted", scripted=ScriptedEngineConfig(vocab_size=VOCAB, step_s=0.02), groups=(ReplicaGroup(count=2),),
         port=0, dashboard_port=0, health=HEALTH,
     )
-    deployment = deploy(config)
-    wait_serving(deployment)
-    channel, stub = stub_for(deployment.address)
-    yield deployment, stub
-    channel.close()
-    deployment.shutdown()
-
-
-def expected(prompt, n):
-    seq = list(prompt)
-    for _ in range(n):
-        seq.append(next_token(seq, VOCAB))
-    return seq[len(prompt):]
+    with running_cluster(config) as deployment:
+        channel, stub = stub_for(deployment.address)
+        yield deployment, stub
+        channel.close()
 
 
 def request(prompt, n):
@@ -67,16 +60,6 @@ def request(prompt, n):
 
 def replicas(stub) -> dict:
     return {r.replica_id: r for r in stub.GetClusterStatus(pb.ClusterStatusRequest()).replicas}
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events(deployment, kind: str, replica_id: str) -> list:
@@ -121,7 +104,7 @@ def test_a_stalled_engine_is_reported_unhealthy_then_restarted_and_its_stream_mo
     for t in threads:
         t.join(120)
     for prompt, (ids, complete) in zip(prompts, results):
-        assert ids == expected(prompt, 30) and complete.finish_reason == pb.LENGTH
+        assert ids == expected_tokens(prompt, 30, VOCAB) and complete.finish_reason == pb.LENGTH
     assert events(deployment, "replica_restarting", "replica-0")
     print(f"stall -> unhealthy in {took:.1f} s")
 
@@ -164,4 +147,4 @@ def test_a_replica_that_never_starts_again_is_failed_crash_loop(cluster):
     assert "failed (crash loop)" in row
     # the other replica keeps serving
     ids, complete = run(stub, request([9, 9], 5))
-    assert ids == expected([9, 9], 5) and complete.replica_id == "replica-0"
+    assert ids == expected_tokens([9, 9], 5, VOCAB) and complete.replica_id == "replica-0"

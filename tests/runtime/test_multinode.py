@@ -7,8 +7,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from tests.runtime.conftest import greedy, run, stub_for
-from ttdist.router.deploy import deploy, wait_serving
+from tests.support.cluster import running_cluster
+from tests.support.generation import greedy, run, stub_for
 from ttdist.runtime.config import ClusterConfig, ReplicaGroup
 from ttdist.v1 import generation_pb2 as pb
 
@@ -44,31 +44,27 @@ def two_node_cluster() -> Cluster:
 
 def test_two_nodes_serve_the_same_tokens(tiny_checkpoint, tmp_path):
     cluster = two_node_cluster()
-    deployment = None
     try:
         config = ClusterConfig(
             model=str(tiny_checkpoint), port=0, dashboard_port=None, max_kv_pages=32,
             weights_cache=str(tmp_path / "weights"),
             groups=(ReplicaGroup(resources={"node_a": 1}), ReplicaGroup(resources={"node_b": 1})),
         )
-        deployment = deploy(config, address=cluster.address)
-        wait_serving(deployment)
-        records = {r.replica_id: r for r in ray.get(deployment.coordinator.replicas.remote())}
-        assert records["replica-0"].node_id != records["replica-1"].node_id
-        assert records["replica-0"].weights_via == "cache"
-        assert records["replica-1"].weights_via == "object_store"
-        channel, stub = stub_for(deployment.address)
-        with channel:
-            outputs = {}
-            for _ in range(2):   # round robin: one request per node
-                ids, complete = run(stub, greedy([9, 8, 7, 6], 6))
-                outputs[complete.replica_id] = ids
-            st = stub.GetClusterStatus(pb.ClusterStatusRequest())
+        with running_cluster(config, address=cluster.address) as deployment:
+            records = {r.replica_id: r for r in ray.get(deployment.coordinator.replicas.remote())}
+            assert records["replica-0"].node_id != records["replica-1"].node_id
+            assert records["replica-0"].weights_via == "cache"
+            assert records["replica-1"].weights_via == "object_store"
+            channel, stub = stub_for(deployment.address)
+            with channel:
+                outputs = {}
+                for _ in range(2):   # round robin: one request per node
+                    ids, complete = run(stub, greedy([9, 8, 7, 6], 6))
+                    outputs[complete.replica_id] = ids
+                st = stub.GetClusterStatus(pb.ClusterStatusRequest())
         assert set(outputs) == {"replica-0", "replica-1"}
         assert outputs["replica-0"] == outputs["replica-1"] and len(outputs["replica-0"]) == 6
         assert len({r.node_id for r in st.replicas}) == 2
     finally:
-        if deployment is not None:
-            deployment.shutdown()
         ray.shutdown()
         cluster.shutdown()

@@ -9,15 +9,15 @@ a client that goes away frees its pages.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import openai
 import pytest
 
-from tests.runtime.conftest import greedy, stub_for
+from tests.support.cluster import running_cluster
+from tests.support.generation import greedy, stub_for
+from tests.support.waiting import wait_for
 from ttdist.client import AsyncClient, Client, Unauthenticated
-from ttdist.router.deploy import deploy, wait_serving
 from ttdist.runtime.api_config import ApiConfig
 from ttdist.runtime.config import ClusterConfig, ReplicaGroup
 from ttdist.v1 import generation_pb2 as pb
@@ -39,10 +39,8 @@ def served(tmp_path_factory):
         max_kv_pages=64, weights_cache=str(tmp_path_factory.mktemp("weights")),
         api=ApiConfig(http_port=0, api_keys=(KEY, "second-key")),
     )
-    deployment = deploy(config)
-    wait_serving(deployment)
-    yield deployment
-    deployment.shutdown()
+    with running_cluster(config) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +194,7 @@ def test_a_client_that_disconnects_frees_its_pages(served):
                 assert next(line for line in lines if line).startswith("data: ")
                 busy = client.cluster_status().replicas[0]
                 assert busy.running == 1 and busy.kv_pages_free < total
-        deadline = time.monotonic() + 60
-        while (st := client.cluster_status().replicas[0]).running and time.monotonic() < deadline:
-            time.sleep(0.1)
+        st = wait_for(lambda: (s := client.cluster_status().replicas[0]).running == 0 and s, 60, "the replica idle")
         assert st.running == 0 and st.kv_pages_free == total
 
 

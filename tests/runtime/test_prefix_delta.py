@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tests.runtime.test_registry import BEAT, registry
+from tests.support.registry import BEAT, registry
 from ttdist.runtime.prefix_delta import FULL, PrefixDelta, PrefixSender
 
 

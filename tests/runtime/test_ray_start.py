@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 import ray
 
+from tests.support.waiting import wait_for
 from ttdist.router.deploy import connect
 from ttdist.runtime.procs import alive, argv, descendants
 
@@ -26,13 +26,9 @@ def test_a_raylet_that_misses_registration_gets_a_second_start():
     stalled: list[int] = []
 
     def stall_the_first_raylet() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for pid in _raylets():
-                os.kill(pid, signal.SIGSTOP)   # alive but silent: it never registers with the GCS
-                stalled.append(pid)
-                return
-            time.sleep(0.005)
+        pid = wait_for(lambda: next(iter(_raylets()), None), 60, "a raylet", every=0.005)
+        os.kill(pid, signal.SIGSTOP)   # alive but silent: it never registers with the GCS
+        stalled.append(pid)
 
     watcher = threading.Thread(target=stall_the_first_raylet, daemon=True)
     watcher.start()

@@ -6,20 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.registry import BEAT, registry
 from ttdist.client import ReplicaStatus
 from ttdist.runtime.config import ClusterConfigError, HealthConfig
 from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
 from ttdist.runtime.cluster_file import load_spec, parse_spec
 from ttdist.v1 import generation_pb2 as pb
 
-BEAT = Heartbeat(1, 0, 10, 12, 0.0, 5.0, 3, 4)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def registry():
-    reg = Registry(HealthConfig(unhealthy_after_s=2.0, failed_after_s=5.0, start_timeout_s=30.0))
-    reg.add(ReplicaRecord("r0", 0, "1x1", "sim"), now=0.0)
-    return reg
 
 
 def test_starting_ready_unhealthy_ready_unhealthy_failed():

@@ -29,7 +29,7 @@ from ttdist.runtime.request_checks import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
-from tests.engine.engine_fakes import fake_core
+from tests.support.engine_fakes import fake_core
 
 RUNNER = dict(page_size=4, num_pages=64, max_batch=8, decode_s=0.05)
 CONFIG = EngineConfig(max_batch=8, prefill_chunk=8)

@@ -13,11 +13,21 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.runtime.conftest import greedy, run, stub_for
+from tests.support.generation import greedy, run, stub_for
+from tests.support.waiting import wait_for
 from ttdist.v1 import generation_pb2 as pb
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _reported(proc: subprocess.Popen, pattern: str) -> str | None:
+    """The group of ``pattern`` in the next line ``proc`` prints, if it is there."""
+    line = proc.stdout.readline()
+    if not line and proc.poll() is not None:
+        raise AssertionError(f"serve exited with {proc.returncode}")
+    match = re.search(pattern, line)
+    return match.group(1) if match else None
 
 
 def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
@@ -27,20 +37,11 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
            "--max-kv-pages", "32", "--policy", "least_load", "--http-port", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        address = None
-        deadline = time.monotonic() + 240
-        while address is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                raise AssertionError(f"serve exited with {proc.returncode}")
-            match = re.search(r"serving .* on (\S+:\d+)", line)
-            address = match.group(1) if match else None
-        assert address, "serve did not report its address"
-        http = None
-        while http is None and time.monotonic() < deadline:
-            match = re.search(r"OpenAI API at (\S+)", proc.stdout.readline())
-            http = match.group(1) if match else None
-        assert http and http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
+        started_at = time.monotonic()
+        address = wait_for(lambda: _reported(proc, r"serving .* on (\S+:\d+)"), 240, "serve to report its address", every=0)
+        http = wait_for(lambda: _reported(proc, r"OpenAI API at (\S+)"), 240 - (time.monotonic() - started_at),
+                        "serve to report its OpenAI API", every=0)
+        assert http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
         import openai
 
         done = openai.OpenAI(base_url=http, api_key="none", max_retries=0).completions.create(
@@ -61,9 +62,8 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 30
-    alive = started
-    while alive and time.monotonic() < deadline:
-        alive = {pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
-        time.sleep(0.2)
-    assert not alive, [psutil.Process(p).cmdline()[:3] for p in alive]
+
+    def survivors() -> set[int]:
+        return {pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+    wait_for(lambda: not survivors(), 30, lambda: f"no process left: {[psutil.Process(p).cmdline()[:3] for p in survivors()]}",
+             every=0.2)

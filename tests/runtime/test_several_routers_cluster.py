@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import time
 
 import grpc
 import pytest
 import ray
 
-from ttdist.router.deploy import deploy, wait_serving
+from tests.support.cluster import running_cluster
+from tests.support.scripted import expected_tokens
+from tests.support.waiting import wait_for
 from ttdist.runtime.config import ClusterConfig, ReplicaGroup
-from ttdist.runtime.scripted_engine import ScriptedEngineConfig, next_token
+from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 SCRIPTED = ScriptedEngineConfig(vocab_size=1000, step_s=0.01)
-
-
-def expected(prompt, n):
-    seq = list(prompt)
-    for _ in range(n):
-        seq.append(next_token(seq, 1000))
-    return seq[len(prompt):]
 
 
 def fresh_stub(address):
@@ -40,10 +32,8 @@ def requests_served(router) -> int:
 def deployment():
     config = ClusterConfig(engine="scripted", scripted=SCRIPTED, groups=(ReplicaGroup(count=2, mesh="1x1"),),
                            port=0, dashboard_port=None, routers=2, policy="least_load")
-    deployment = deploy(config)
-    wait_serving(deployment)
-    yield deployment
-    deployment.shutdown()
+    with running_cluster(config) as deployment:
+        yield deployment
 
 
 def test_both_routers_serve_the_one_port_and_status_adds_them_up(deployment):
@@ -54,17 +44,14 @@ def test_both_routers_serve_the_one_port_and_status_adds_them_up(deployment):
         ids = [t for r in stub.Generate(pb.GenerateRequest(
             token_ids=pb.TokenIds(ids=[3, i]), stream=True, sampling=pb.SamplingParams(max_tokens=4)), timeout=60)
             for t in (r.chunk.token_ids if r.WhichOneof("kind") == "chunk" else [])]
-        assert ids == expected([3, i], 4)
+        assert ids == expected_tokens([3, i], 4)
         status = stub.GetClusterStatus(pb.ClusterStatusRequest(), timeout=30)
         assert [r.replica_id for r in status.replicas] == ["replica-0", "replica-1"]
         channel.close()
     served = [requests_served(r) for r in deployment.routers]
     assert sum(served) == 16 and min(served) > 0, served
     # each router reports its own window with every table refresh (0.25 s); the coordinator adds them up
-    for _ in range(100):
-        if deployment.snapshot().ttft_seconds.count == 16:
-            break
-        time.sleep(0.1)
+    wait_for(lambda: deployment.snapshot().ttft_seconds.count == 16, 10, "16 first tokens in the snapshot")
     assert deployment.snapshot().ttft_seconds.count == 16
 
 

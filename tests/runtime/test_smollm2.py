@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.runtime.conftest import run, stub_for
-from ttdist.router.deploy import deploy, wait_serving
+from tests.support.cluster import running_cluster
+from tests.support.generation import run, stub_for
 from ttdist.runtime.config import ClusterConfig, ReplicaGroup
 from ttdist.v1 import generation_pb2 as pb
 
@@ -30,16 +30,12 @@ def test_smollm2_greedy_through_the_router_equals_transformers(tmp_path):
 
     config = ClusterConfig(model="smollm2", groups=(ReplicaGroup(count=1),), port=0, dashboard_port=None,
                            max_kv_pages=32, weights_cache=str(tmp_path / "weights"))
-    deployment = deploy(config)
-    try:
-        wait_serving(deployment)
+    with running_cluster(config) as deployment:
         channel, stub = stub_for(deployment.address)
         with channel:
             req = pb.GenerateRequest(text=text, sampling=pb.SamplingParams(max_tokens=8), stream=True)
             ids, complete = run(stub, req, timeout=300)
             unary = run(stub, pb.GenerateRequest(text=text, sampling=pb.SamplingParams(max_tokens=8)), timeout=300)[1]
-    finally:
-        deployment.shutdown()
     n = len(ids)
     assert ids == want[:n] and list(complete.output_ids) == ids
     assert n == 8 or complete.finish_reason == pb.EOS

@@ -9,29 +9,21 @@ counts, finish reasons, KV pages, the mesh and backend the cluster reports), nev
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scripts/test-ttnn)")
 
+from tests.support.cli import ROOT, free_port, interrupt  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 from ttdist.client import Client, DeadlineExceeded  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 TTDIST = Path(sys.executable).with_name("ttdist")   # the environment's console script
 PROMPT = "The capital of France is"
 START_TIMEOUT_S = 900
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(tmp: Path) -> dict:
@@ -53,7 +45,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(checkpoint, system, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     log_path = cache / "serve.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
@@ -65,26 +57,22 @@ def served(checkpoint, system, tmp_path_factory):
             _wait_serving(server, address, log_path)
             yield address
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            interrupt(server)
 
 
 def _wait_serving(server: subprocess.Popen, address: str, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+    def ready() -> bool:
+        if server.poll() is not None:
+            pytest.fail(f"ttdist serve --backend ttnn exited ({server.returncode}); its output:\n{_tail(log_path)}")
+        try:
+            client.wait_ready(timeout=5)
+            return True
+        except DeadlineExceeded:
+            return False
+
     with Client(address) as client:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"ttdist serve --backend ttnn exited ({server.returncode}); its output:\n{_tail(log_path)}")
-            try:
-                client.wait_ready(timeout=5)
-                return
-            except DeadlineExceeded:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"ttdist serve --backend ttnn never became ready; its output:\n{_tail(log_path)}")
+        wait_for(ready, START_TIMEOUT_S, lambda: f"ttdist serve --backend ttnn ready; its output:\n{_tail(log_path)}",
+                 every=0)
 
 
 def _tail(path: Path) -> str:
@@ -99,13 +87,13 @@ def _replica(client: Client):
 
 def _settled(client: Client, timeout_s: float = 60.0):
     """The replica's status once nothing runs and every KV page is free again."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        replica = _replica(client)
-        if replica.running == 0 and replica.waiting == 0 and replica.kv_pages_free == replica.kv_pages_total:
-            return replica
-        assert time.monotonic() < deadline, f"replica never settled: {replica}"
-        time.sleep(0.2)
+    seen = []
+
+    def settled():
+        seen[:] = [_replica(client)]
+        replica = seen[0]
+        return replica.running == 0 and replica.waiting == 0 and replica.kv_pages_free == replica.kv_pages_total and replica
+    return wait_for(settled, timeout_s, lambda: f"the replica settled: {seen}", every=0.2)
 
 
 def test_cluster_status_reports_the_ttnn_mesh_and_its_kv_pages(served, spec):
@@ -151,10 +139,8 @@ def test_abort_mid_stream_frees_its_pages(served):
             seen += len(chunk.token_ids)
             if seen >= 2:
                 break
-        deadline = time.monotonic() + 60
-        while (replica := _replica(client)).kv_pages_free > total - 3:   # heartbeats catch up
-            assert time.monotonic() < deadline, f"the running stream's pages never showed as used: {replica}"
-            time.sleep(0.1)
+        replica = wait_for(lambda: (r := _replica(client)).kv_pages_free <= total - 3 and r, 60,   # heartbeats catch up
+                           "the running stream's pages shown as used")
         assert replica.running == 1
         if replica.kv_user_groups > 1:   # the stream's pages (3 or more by now) lie in its own group only
             per_group = total // replica.kv_user_groups

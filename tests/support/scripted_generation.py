@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from tests.support.waiting import wait_for, wait_for_async
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -115,11 +115,11 @@ class ScriptedGeneration(pb_grpc.GenerationServicer):
             self._running.pop(rid, None)
 
     async def _hold(self, context) -> None:
-        deadline = time.monotonic() + 10
-        while self.seen.peak_active < self.script.hold_until_active:
-            if time.monotonic() > deadline:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "concurrency never reached")
-            await asyncio.sleep(0.01)
+        try:
+            await wait_for_async(lambda: self.seen.peak_active >= self.script.hold_until_active, 10,
+                                 "the concurrency asked for", every=0.01)
+        except AssertionError:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "concurrency never reached")
 
     async def Abort(self, request, context):
         self.seen.abort_calls.append(request.request_id)
@@ -192,12 +192,10 @@ class ScriptedServer:
 
     def wait_for(self, predicate, timeout: float = 10.0) -> bool:
         """Poll ``predicate(seen)`` until it holds; False if it never did within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.seen):
-                return True
-            time.sleep(0.01)
-        return predicate(self.seen)
+        try:
+            return bool(wait_for(lambda: predicate(self.seen), timeout, "the server's record", every=0.01))
+        except AssertionError:
+            return False
 
 
 @pytest.fixture

@@ -1,39 +1,48 @@
-"""Fault injection on a real Ray cluster: faults are caused (SIGKILL, drain, node loss), not mocked.
+"""A real local Ray cluster through the project's ``deploy()``, and streams driven through it.
 
-``scripted_cluster`` is one module-scoped cluster of three scripted replicas behind the
-router. The scripted engine's next token depends only on the sequence so far, so every
-stream has one exact expected output (``expected``) whatever replica serves it and however
-often it moves.
+``running_cluster(config)`` deploys ``config`` (on a new local Ray, or joining ``address``),
+waits until the public port serves, yields the ``Deployment`` and shuts it down however the
+block ends. ``Streams`` runs greedy streams concurrently and checks them token for token
+against the scripted engine's continuation.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import grpc
-import ray
 
-from tests.runtime.conftest import greedy, run, stub_for  # noqa: F401 - shared with the fault tests
-from ttdist.runtime.scripted_engine import ScriptedEngineConfig, next_token
+from tests.support.generation import greedy
+from tests.support.scripted import VOCAB, expected_tokens
+from ttdist.router.deploy import Deployment, deploy, wait_serving
+from ttdist.runtime.config import ClusterConfig
+from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.v1 import generation_pb2 as pb
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-VOCAB = 1000
+# the fault tests' scripted replicas: steps slow enough that a fault lands mid-stream
 SCRIPTED = ScriptedEngineConfig(vocab_size=VOCAB, step_s=0.02, max_context=4096, page_size=16, num_pages=512)
 
 
-def expected(prompt: list[int], n: int, vocab: int = VOCAB) -> list[int]:
-    seq = list(prompt)
-    for _ in range(n):
-        seq.append(next_token(seq, vocab))
-    return seq[len(prompt):]
+@contextmanager
+def running_cluster(config: ClusterConfig, *, address: str | None = None,
+                    serving_timeout_s: float = 30.0) -> Iterator[Deployment]:
+    """``config`` deployed and serving until the block ends."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    deployment = deploy(config, address=address)
+    try:
+        wait_serving(deployment, serving_timeout_s)
+        yield deployment
+    finally:
+        deployment.shutdown()
 
 
 def actor_pid(actor) -> int:
+    import ray
+
     return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
 
 
@@ -86,16 +95,6 @@ class Streams:
         """Every stream finished with exactly the undisturbed output: none lost, none duplicated."""
         for prompt, out in zip(self.prompts, self.join()):
             assert out.error is None, (out.error.code(), out.error.details())
-            want = expected(prompt, self.max_tokens)
+            want = expected_tokens(prompt, self.max_tokens)
             assert out.ids == want, (len(out.ids), len(want))
             assert list(out.complete.output_ids) == want and out.complete.usage.completion_tokens == self.max_tokens
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,4 +1,4 @@
-"""The driver side of test_node_loss: runs inside the head node's network namespace.
+"""The driver side of tests/faults/test_node_loss.py: runs inside the head node's network namespace.
 
 Joins the Ray cluster at argv[1], deploys two scripted replicas (one per worker node, each
 listening on its node's IP), starts greedy streams on both, prints ``STARTED`` and waits for
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import ray
 
-from tests.faults.conftest import SCRIPTED, Streams, expected, stub_for
-from ttdist.router.deploy import deploy, wait_serving
+from tests.support.cluster import SCRIPTED, Streams, running_cluster
+from tests.support.generation import stub_for
+from tests.support.scripted import expected_tokens
+from tests.support.waiting import wait_for
 from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
 
 PROMPTS = [[21 + 3 * i, 5, 8 + i] for i in range(6)]
@@ -28,9 +29,7 @@ def main() -> None:
         groups=(ReplicaGroup(resources={"node_w1": 1}), ReplicaGroup(resources={"node_w2": 1})),
         health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0, failed_after_s=4.0, restart=False),
     )
-    deployment = deploy(config, address=sys.argv[1])
-    try:
-        wait_serving(deployment, 120)
+    with running_cluster(config, address=sys.argv[1], serving_timeout_s=120) as deployment:
         before = {r.replica_id: (r.node_id, r.address) for r in ray.get(deployment.coordinator.replicas.remote())}
         channel, stub = stub_for(deployment.address)
         streams = Streams(stub, PROMPTS, N_TOKENS, started_after=3)
@@ -39,12 +38,12 @@ def main() -> None:
         sys.stdin.readline()
         killed_at = [len(o.ids) for o in streams.outcomes]
         outcomes = streams.join()
-        deadline = time.monotonic() + 60
-        while True:
-            records = {r.replica_id: r for r in ray.get(deployment.coordinator.replicas.remote())}
-            if records["replica-0"].state == "failed" or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        try:
+            wait_for(lambda: replica_records(deployment)["replica-0"].state == "failed", 60, "replica-0 failed",
+                     every=0.2)
+        except AssertionError:
+            pass    # the test reports the states as they are
+        records = replica_records(deployment)
         snapshot = ray.get(deployment.coordinator.snapshot.remote())
         channel.close()
         print(json.dumps({
@@ -52,14 +51,16 @@ def main() -> None:
             "states": {rid: r.state for rid, r in records.items()},
             "failed_events": [e.message for e in snapshot.events if e.kind == "replica_failed"],
             "streams": [{
-                "exact": o.error is None and o.ids == expected(p, N_TOKENS)
+                "exact": o.error is None and o.ids == expected_tokens(p, N_TOKENS)
                 and list(o.complete.output_ids) == o.ids,
                 "tokens": len(o.ids), "at_kill": k, "replica": o.complete.replica_id if o.complete else "",
                 "error": f"{o.error.code().name}: {o.error.details()}" if o.error else "",
             } for p, o, k in zip(PROMPTS, outcomes, killed_at)],
         }), flush=True)
-    finally:
-        deployment.shutdown()
+
+
+def replica_records(deployment) -> dict:
+    return {r.replica_id: r for r in ray.get(deployment.coordinator.replicas.remote())}
 
 
 if __name__ == "__main__":
