@@ -52,6 +52,7 @@ from ttdist.engine.runner import RunnerInfo
 from ttdist.engine.stats import EngineLiveness, EngineStats
 from ttdist.engine.stream import OutputStream, wake_together
 from ttdist.engine.tokenizer import Tokenizer
+from ttdist.errors import PermanentError
 
 CONTROL_TIMEOUT_S = 10.0   # a control call the child does not answer in this long fails
 _LIVE = struct.Struct("<dddd")   # progress (monotonic s), steps, has work, failed
@@ -60,6 +61,10 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 class EngineStartError(EngineError):
     """The engine process could not build or start its engine; the message says why."""
+
+
+class EngineCannotStartError(EngineStartError, PermanentError):
+    """The engine's build failed with a ``PermanentError`` in the child: starting again cannot help."""
 
 
 # -- parent side ----------------------------------------------------------------------------
@@ -143,8 +148,9 @@ class EngineProcess:
             msg = self._data.recv()
         except (EOFError, OSError):
             raise EngineStartError(f"the engine process exited with code {self._proc.wait()} before it was ready") from None
-        if msg[0] != "ready":
-            raise EngineStartError(f"the engine process could not start its engine: {msg[1]}")
+        if msg[0] != "ready":   # ("failed", why, permanent): the kind the child's error had
+            error = EngineCannotStartError if msg[2] else EngineStartError
+            raise error(f"the engine process could not start its engine: {msg[1]}")
         return msg[1], msg[2]
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
@@ -461,7 +467,7 @@ def main(argv: list[str]) -> int:
         extra = report(core) if report is not None else None
     except Exception as exc:  # noqa: BLE001 - the parent raises EngineStartError with this text
         traceback.print_exc()
-        data.send(("failed", f"{type(exc).__name__}: {exc}"))
+        data.send(("failed", f"{type(exc).__name__}: {exc}", isinstance(exc, PermanentError)))
         return 1
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)   # the control thread answers within ~1 ms of a step
     data.send(("ready", core.runner.info, extra))
