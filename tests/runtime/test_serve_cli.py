@@ -1,4 +1,5 @@
-"""``ttdist serve`` in a subprocess: serves, then SIGTERM leaves no process behind (by PID)."""
+"""``ttdist serve`` in a subprocess: serves, then SIGTERM leaves no process behind (by PID); a
+checkpoint without a tokenizer serves token ids and refuses text, naming the tokenizer."""
 
 from __future__ import annotations
 
@@ -20,27 +21,36 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
+def _serve(checkpoint, tmp_path, *flags) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TTDIST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", "import sys; from ttdist.cli import main; sys.exit(main())",
-           "serve", "--model", str(tiny_checkpoint), "--replicas", "2", "--port", "0", "--dashboard-port", "0",
-           "--max-kv-pages", "32", "--policy", "least_load", "--http-port", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+           "serve", "--model", str(checkpoint), "--port", "0", "--dashboard-port", "0", "--http-port", "0", *flags]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _addresses(proc: subprocess.Popen) -> tuple[str, str]:
+    """The gRPC address and OpenAI base URL ``serve`` prints once it serves."""
+    address = None
+    deadline = time.monotonic() + 240
+    while address is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}")
+        match = re.search(r"serving .* on (\S+:\d+)", line)
+        address = match.group(1) if match else None
+    assert address, "serve did not report its address"
+    http = None
+    while http is None and time.monotonic() < deadline:
+        match = re.search(r"OpenAI API at (\S+)", proc.stdout.readline())
+        http = match.group(1) if match else None
+    assert http and http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
+    return address, http
+
+
+def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
+    proc = _serve(tiny_checkpoint, tmp_path, "--replicas", "2", "--max-kv-pages", "32", "--policy", "least_load")
     try:
-        address = None
-        deadline = time.monotonic() + 240
-        while address is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                raise AssertionError(f"serve exited with {proc.returncode}")
-            match = re.search(r"serving .* on (\S+:\d+)", line)
-            address = match.group(1) if match else None
-        assert address, "serve did not report its address"
-        http = None
-        while http is None and time.monotonic() < deadline:
-            match = re.search(r"OpenAI API at (\S+)", proc.stdout.readline())
-            http = match.group(1) if match else None
-        assert http and http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
+        address, http = _addresses(proc)
         import openai
 
         done = openai.OpenAI(base_url=http, api_key="none", max_retries=0).completions.create(
@@ -67,3 +77,42 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
         alive = {pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
         time.sleep(0.2)
     assert not alive, [psutil.Process(p).cmdline()[:3] for p in alive]
+
+
+def test_checkpoint_without_tokenizer_serves_token_ids_and_refuses_text(tmp_path):
+    import openai
+
+    from ttdist.client import Client, InvalidRequest
+    from ttdist.model.testing import tiny_llama_checkpoint
+
+    checkpoint = tiny_llama_checkpoint(tmp_path / "no-tokenizer", seed=3, with_tokenizer=False)
+    assert not (checkpoint / "tokenizer.json").exists()
+    proc = _serve(checkpoint, tmp_path, "--mesh", "1x2", "--max-kv-pages", "32")
+    try:
+        address, http = _addresses(proc)
+        with Client(address) as client:
+            done = client.generate([1, 2, 3], max_tokens=4, temperature=0, ignore_eos=True)
+            assert len(done.token_ids) == 4 and done.text == ""
+            with pytest.raises(InvalidRequest, match="tokenizer"):
+                client.generate("Hello", max_tokens=4)
+            with pytest.raises(InvalidRequest, match="tokenizer"):
+                client.chat([{"role": "user", "content": "Hello"}], max_tokens=4)
+        api = openai.OpenAI(base_url=http, api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="tokenizer"):
+            api.completions.create(model=checkpoint.name, prompt="Hello", max_tokens=4)
+        with pytest.raises(openai.BadRequestError, match="tokenizer"):
+            api.chat.completions.create(model=checkpoint.name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        ids = api.completions.create(model=checkpoint.name, prompt=[1, 2, 3], max_tokens=4, temperature=0)
+        assert ids.usage.completion_tokens == 4   # still up and serving after the refusals
+        channel, stub = stub_for(address)
+        with channel:
+            got, complete = run(stub, greedy([1, 2, 3], 4))
+        assert got == list(done.token_ids) and complete.finish_reason == pb.LENGTH
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -11,11 +11,9 @@ in bounded chunks, one at a time (put once per layout).
 
 A monitor loop probes every replica each ``heartbeat_s`` (a dead process fails at once),
 feeds the health state machine and restarts failed replicas once they have shown as failed
-for ``restart_delay_s`` (never, with ``restart`` off). A replica whose start raised a
-``PermanentError`` (``ttdist.errors``: a bad checkpoint, a mesh the model does not fit, a
-backend not installed) is never restarted; when that is every replica, ``start`` and
-``wait_ready`` raise ``NoReplicaCanStartError`` at once, and ``events_after`` (which ``ttdist
-serve`` follows) says so. The router asks for the
+for ``restart_delay_s`` (never, with ``restart`` off, nor after a start that raised a
+``PermanentError``; when no replica can start, ``start`` and ``wait_ready`` raise
+``NoReplicaCanStartError``; ``ttdist serve`` follows ``events_after``). The router asks for the
 ``RoutingTable`` and reports latencies and migrations in the same call; ``snapshot`` turns
 all of it into the dashboard's ``ClusterSnapshot``.
 
