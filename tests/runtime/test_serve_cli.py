@@ -3,12 +3,14 @@ checkpoint without a tokenizer serves token ids and refuses text, naming the tok
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -21,11 +23,19 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _serve(checkpoint, tmp_path, *flags) -> subprocess.Popen:
+@contextlib.contextmanager
+def _serve(checkpoint, tmp_path, *flags) -> Iterator[subprocess.Popen]:
+    """``ttdist serve`` on ``checkpoint`` in a subprocess, killed on the way out if still running."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TTDIST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", "import sys; from ttdist.cli import main; sys.exit(main())",
            "serve", "--model", str(checkpoint), "--port", "0", "--dashboard-port", "0", "--http-port", "0", *flags]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _addresses(proc: subprocess.Popen) -> tuple[str, str]:
@@ -48,8 +58,7 @@ def _addresses(proc: subprocess.Popen) -> tuple[str, str]:
 
 
 def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
-    proc = _serve(tiny_checkpoint, tmp_path, "--replicas", "2", "--max-kv-pages", "32", "--policy", "least_load")
-    try:
+    with _serve(tiny_checkpoint, tmp_path, "--replicas", "2", "--max-kv-pages", "32", "--policy", "least_load") as proc:
         address, http = _addresses(proc)
         import openai
 
@@ -67,10 +76,6 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
         assert replica_pids <= started
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     deadline = time.monotonic() + 30
     alive = started
     while alive and time.monotonic() < deadline:
@@ -87,8 +92,7 @@ def test_checkpoint_without_tokenizer_serves_token_ids_and_refuses_text(tmp_path
 
     checkpoint = tiny_llama_checkpoint(tmp_path / "no-tokenizer", seed=3, with_tokenizer=False)
     assert not (checkpoint / "tokenizer.json").exists()
-    proc = _serve(checkpoint, tmp_path, "--mesh", "1x2", "--max-kv-pages", "32")
-    try:
+    with _serve(checkpoint, tmp_path, "--mesh", "1x2", "--max-kv-pages", "32") as proc:
         address, http = _addresses(proc)
         with Client(address) as client:
             done = client.generate([1, 2, 3], max_tokens=4, temperature=0, ignore_eos=True)
@@ -109,10 +113,5 @@ def test_checkpoint_without_tokenizer_serves_token_ids_and_refuses_text(tmp_path
             got, complete = run(stub, greedy([1, 2, 3], 4))
         assert got == list(done.token_ids) and complete.finish_reason == pb.LENGTH
         assert proc.poll() is None
-    finally:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        assert proc.wait(timeout=60) == 0

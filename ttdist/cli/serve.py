@@ -167,7 +167,7 @@ def _serve(config, address: str | None, drain_timeout_s: float, stop: threading.
     from ttdist.router.deploy import wait_serving
 
     deployment = _deploy(config, address)
-    # after deploy: Ray installs its own handlers when it starts
+    # after Ray started (it installs its own handlers) and deployed
     signals: list[int] = []
 
     def on_signal(signum, _frame) -> None:
