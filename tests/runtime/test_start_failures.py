@@ -4,12 +4,14 @@ pages by number, and the registry says when no replica can ever start."""
 
 from __future__ import annotations
 
-from ttdist.engine.process import EngineCannotStartError, EngineStartError
+import pytest
+
+from ttdist.engine.process import EngineCannotStartError, EngineProcess, EngineStartError
 from ttdist.engine.tokenizer import TokenizerError
 from ttdist.errors import PermanentError
 from ttdist.mesh.accounting import DramOverflowError
 from ttdist.mesh.errors import MeshError
-from ttdist.model.config import CheckpointError
+from ttdist.model.config import CheckpointError, LlamaConfig
 from ttdist.model.kv_budget import KvCacheFitError
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.registry import ReplicaRecord, Registry
@@ -29,6 +31,16 @@ def test_the_errors_that_retrying_cannot_fix_say_so_by_their_class():
     for err in (EngineStartError("x"), TimeoutError(), OSError("port in use"), RuntimeError("x")):
         assert not isinstance(err, PermanentError), type(err)
     assert isinstance(KvCacheFitError("x"), MemoryError) and isinstance(CheckpointError("x"), ValueError)
+
+
+def test_the_engine_process_carries_the_kind_of_its_build_error(tmp_path):
+    engine = EngineProcess(LlamaConfig.from_dir, (str(tmp_path),))   # no config.json: a CheckpointError there
+    with pytest.raises(EngineCannotStartError, match="could not start its engine: CheckpointError: .*no config.json"):
+        engine.start()
+    engine = EngineProcess(int, ("not a number",))                   # any other error: may pass on a retry
+    with pytest.raises(EngineStartError, match="ValueError") as info:
+        engine.start()
+    assert not isinstance(info.value, PermanentError)
 
 
 def test_a_permanent_start_failure_is_never_restarted_and_says_why_on_one_line():
