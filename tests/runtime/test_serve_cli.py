@@ -105,7 +105,8 @@ def test_checkpoint_without_tokenizer_serves_token_ids_and_refuses_text(tmp_path
         with pytest.raises(openai.BadRequestError, match="tokenizer"):
             api.completions.create(model=checkpoint.name, prompt="Hello", max_tokens=4)
         with pytest.raises(openai.BadRequestError, match="tokenizer"):
-            api.chat.completions.create(model=checkpoint.name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+            api.chat.completions.create(model=checkpoint.name, messages=[{"role": "user", "content": "Hi"}],
+                                        max_tokens=4)
         ids = api.completions.create(model=checkpoint.name, prompt=[1, 2, 3], max_tokens=4, temperature=0)
         assert ids.usage.completion_tokens == 4   # still up and serving after the refusals
         channel, stub = stub_for(address)

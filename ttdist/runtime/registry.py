@@ -299,7 +299,7 @@ class Registry:
         if not self.health.restart:
             return []
         return [rid for rid, r in self.replicas.items()
-                if r.state == FAILED and not r.crash_loop and not r.cannot_start and now - r.since >= self.restart_delay(r)]
+                if r.state == FAILED and not (r.crash_loop or r.cannot_start) and now - r.since >= self.restart_delay(r)]
 
     def restarting(self, replica_id: str, now: float) -> None:
         r = self.replicas[replica_id]
