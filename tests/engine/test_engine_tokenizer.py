@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from ttdist.engine.tokenizer import Tokenizer
+from ttdist.engine.tokenizer import Tokenizer, TokenizerError
+from ttdist.errors import PermanentError
 
 TEXTS = [
     "Hello, world! The quick brown fox.",
@@ -78,3 +79,17 @@ def test_from_dir_collects_eos_ids(tokenizer: Tokenizer, tokenizer_dir, tmp_path
 def test_from_dir_without_tokenizer_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_a_checkpoint_without_tokenizer_json_has_no_tokenizer(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert Tokenizer.from_dir_if_present(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        Tokenizer.from_dir(tmp_path)
+
+
+def test_a_tokenizer_file_that_is_not_one_is_a_permanent_error_naming_it(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match="tokenizer.json: not a readable tokenizer") as info:
+        Tokenizer.from_dir_if_present(tmp_path)
+    assert isinstance(info.value, PermanentError)

@@ -1,13 +1,16 @@
-"""``ttdist serve`` in a subprocess: serves, then SIGTERM leaves no process behind (by PID)."""
+"""``ttdist serve`` in a subprocess: serves, then SIGTERM leaves no process behind (by PID); a
+checkpoint without a tokenizer serves token ids and refuses text, naming the tokenizer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -30,18 +33,34 @@ def _reported(proc: subprocess.Popen, pattern: str) -> str | None:
     return match.group(1) if match else None
 
 
-def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
+@contextlib.contextmanager
+def _serve(checkpoint, tmp_path, *flags) -> Iterator[subprocess.Popen]:
+    """``ttdist serve`` on ``checkpoint`` in a subprocess, killed on the way out if still running."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TTDIST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", "import sys; from ttdist.cli import main; sys.exit(main())",
-           "serve", "--model", str(tiny_checkpoint), "--replicas", "2", "--port", "0", "--dashboard-port", "0",
-           "--max-kv-pages", "32", "--policy", "least_load", "--http-port", "0"]
+           "serve", "--model", str(checkpoint), "--port", "0", "--dashboard-port", "0", "--http-port", "0", *flags]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        started_at = time.monotonic()
-        address = wait_for(lambda: _reported(proc, r"serving .* on (\S+:\d+)"), 240, "serve to report its address", every=0)
-        http = wait_for(lambda: _reported(proc, r"OpenAI API at (\S+)"), 240 - (time.monotonic() - started_at),
-                        "serve to report its OpenAI API", every=0)
-        assert http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _addresses(proc: subprocess.Popen) -> tuple[str, str]:
+    """The gRPC address and OpenAI base URL ``serve`` prints once it serves."""
+    started_at = time.monotonic()
+    address = wait_for(lambda: _reported(proc, r"serving .* on (\S+:\d+)"), 240, "serve to report its address", every=0)
+    http = wait_for(lambda: _reported(proc, r"OpenAI API at (\S+)"), 240 - (time.monotonic() - started_at),
+                    "serve to report its OpenAI API", every=0)
+    assert http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
+    return address, http
+
+
+def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
+    with _serve(tiny_checkpoint, tmp_path, "--replicas", "2", "--max-kv-pages", "32", "--policy", "least_load") as proc:
+        address, http = _addresses(proc)
         import openai
 
         done = openai.OpenAI(base_url=http, api_key="none", max_retries=0).completions.create(
@@ -58,12 +77,42 @@ def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
         assert replica_pids <= started
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     def survivors() -> set[int]:
         return {pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
     wait_for(lambda: not survivors(), 30, lambda: f"no process left: {[psutil.Process(p).cmdline()[:3] for p in survivors()]}",
              every=0.2)
+
+
+def test_checkpoint_without_tokenizer_serves_token_ids_and_refuses_text(tmp_path):
+    import openai
+
+    from ttdist.client import Client, InvalidRequest
+    from ttdist.model.testing import tiny_llama_checkpoint
+
+    checkpoint = tiny_llama_checkpoint(tmp_path / "no-tokenizer", seed=3, with_tokenizer=False)
+    assert not (checkpoint / "tokenizer.json").exists()
+    with _serve(checkpoint, tmp_path, "--mesh", "1x2", "--max-kv-pages", "32") as proc:
+        address, http = _addresses(proc)
+        with Client(address) as client:
+            done = client.generate([1, 2, 3], max_tokens=4, temperature=0, ignore_eos=True)
+            assert len(done.token_ids) == 4 and done.text == ""
+            with pytest.raises(InvalidRequest, match="tokenizer"):
+                client.generate("Hello", max_tokens=4)
+            with pytest.raises(InvalidRequest, match="tokenizer"):
+                client.chat([{"role": "user", "content": "Hello"}], max_tokens=4)
+        api = openai.OpenAI(base_url=http, api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="tokenizer"):
+            api.completions.create(model=checkpoint.name, prompt="Hello", max_tokens=4)
+        with pytest.raises(openai.BadRequestError, match="tokenizer"):
+            api.chat.completions.create(model=checkpoint.name, messages=[{"role": "user", "content": "Hi"}],
+                                        max_tokens=4)
+        ids = api.completions.create(model=checkpoint.name, prompt=[1, 2, 3], max_tokens=4, temperature=0)
+        assert ids.usage.completion_tokens == 4   # still up and serving after the refusals
+        channel, stub = stub_for(address)
+        with channel:
+            got, complete = run(stub, greedy([1, 2, 3], 4))
+        assert got == list(done.token_ids) and complete.finish_reason == pb.LENGTH
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

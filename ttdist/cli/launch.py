@@ -1,4 +1,7 @@
-"""``ttdist launch cluster/<spec>.yaml``: run the cluster a spec file describes (foreground)."""
+"""``ttdist launch cluster/<spec>.yaml``: run the cluster a spec file describes (foreground).
+
+It runs as ``ttdist serve`` does (``run_cluster``): replica failures on stderr as they happen,
+exit code 2 with the reason once no replica of the model can ever start."""
 
 from __future__ import annotations
 

@@ -7,6 +7,11 @@ SIGINT / SIGTERM drains first: the router's health goes NOT_SERVING, new request
 UNAVAILABLE and the streams in flight finish (up to ``--drain-timeout`` seconds; a second
 signal cuts the drain short). Then it stops the router, the replicas, the coordinator and the
 local Ray processes it started, and nothing else.
+
+Replica failures, restarts and give-ups are printed on stderr as they happen (``ClusterConsole``).
+A failure that retrying cannot fix (a ``PermanentError``: a bad checkpoint, a mesh the model does
+not fit, a backend not installed) is not retried; once no replica can ever start, ``serve`` (and
+``launch``) exits with code 2 and the reason, at start-up or later.
 """
 
 from __future__ import annotations
@@ -109,9 +114,12 @@ def _drain(deployment, timeout_s: float, signals: list) -> None:
 
 
 def run_cluster(config, address: str | None, drain_timeout_s: float = 30.0) -> int:
-    """Deploy, print where it serves, block until SIGINT/SIGTERM, drain, tear everything down."""
-    from ttdist.router.deploy import DeployError, deploy, wait_serving
-    from ttdist.router.policies import UnknownPolicyError
+    """Connect to Ray, follow the cluster's events, deploy, then serve until SIGINT/SIGTERM (or
+    until no replica can ever start: exit 2), drain, tear everything down."""
+    import ray
+
+    from ttdist.cli.cluster_console import ClusterConsole
+    from ttdist.router.deploy import connect
     from ttdist.runtime.config import ClusterConfigError
     from ttdist.runtime.preflight import PreflightError, preflight
 
@@ -120,14 +128,46 @@ def run_cluster(config, address: str | None, drain_timeout_s: float = 30.0) -> i
         preflight(config, local=address is None)
     except (ClusterConfigError, PreflightError) as err:
         raise CommandError(str(err), EXIT_USAGE) from None
+    stop = threading.Event()
+    console = ClusterConsole(on_none_can_start=stop.set)
+    started_ray = connect(address)   # this process owns Ray: the console stops before Ray does
+    console.start()
     try:
-        deployment = deploy(config, address=address)
+        return _serve(config, address, drain_timeout_s, stop, console)
+    finally:
+        console.stop()
+        if started_ray:
+            ray.shutdown()
+
+
+def _deploy(config, address: str | None):
+    """``deploy``, its failures as CommandErrors: a PermanentError (no replica can ever start, a
+    bad checkpoint) is bad input, exit 2, with its one-line reason."""
+    from ray.exceptions import RayTaskError
+
+    from ttdist.errors import PermanentError
+    from ttdist.router.deploy import DeployError, deploy
+    from ttdist.router.policies import UnknownPolicyError
+    from ttdist.runtime.registry import NoReplicaCanStartError, one_line
+
+    try:
+        return deploy(config, address=address)
     except UnknownPolicyError as err:
         raise CommandError(str(err), EXIT_USAGE) from None
     except DeployError as err:
         raise CommandError(str(err)) from None
-    # after deploy: Ray installs its own handlers when it starts
-    stop = threading.Event()
+    except RayTaskError as err:   # raised in the coordinator
+        if not isinstance(err.cause, PermanentError):
+            raise
+        why = str(err.cause) if isinstance(err.cause, NoReplicaCanStartError) else one_line(err.cause)
+        raise CommandError(f"cannot serve {config.model}: {why}", EXIT_USAGE) from None
+
+
+def _serve(config, address: str | None, drain_timeout_s: float, stop: threading.Event, console) -> int:
+    from ttdist.router.deploy import wait_serving
+
+    deployment = _deploy(config, address)
+    # after Ray started (it installs its own handlers) and deployed
     signals: list[int] = []
 
     def on_signal(signum, _frame) -> None:
@@ -145,6 +185,8 @@ def run_cluster(config, address: str | None, drain_timeout_s: float = 30.0) -> i
             print(f"ttdist: OpenAI API at {deployment.http_url}/v1", flush=True)
         while not stop.wait(0.5):
             pass
+        if console.none_can_start:
+            raise CommandError(f"no replica of {config.model} can start any more: {console.none_can_start}", EXIT_USAGE)
         _drain(deployment, drain_timeout_s, signals)
         print("ttdist: shutting down", file=sys.stderr, flush=True)
     finally:

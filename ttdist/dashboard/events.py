@@ -19,6 +19,7 @@ class EventKind(StrEnum):
     REPLICA_UNHEALTHY = "replica_unhealthy"
     REPLICA_FAILED = "replica_failed"
     REPLICA_CRASH_LOOP = "replica_crash_loop"
+    REPLICA_CANNOT_START = "replica_cannot_start"      # a start failure retrying cannot fix
     REPLICA_RESTARTING = "replica_restarting"
     REPLICA_DRAINING = "replica_draining"
     REPLICA_DRAINED = "replica_drained"

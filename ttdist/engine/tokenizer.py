@@ -1,7 +1,10 @@
 """Text <-> token ids with Hugging Face ``tokenizers``, and an incremental detokenizer.
 
 ``Tokenizer.from_dir`` reads a checkpoint folder's ``tokenizer.json`` and collects the EOS ids
-from ``generation_config.json``, ``config.json`` and ``tokenizer_config.json``.
+from ``generation_config.json``, ``config.json`` and ``tokenizer_config.json``. A checkpoint
+without ``tokenizer.json`` is served on token ids only (``from_dir_if_present`` gives None, as
+vLLM's ``--skip-tokenizer-init``); one that is there but cannot be read raises
+``TokenizerError``, a ``PermanentError`` (restarting the replica cannot fix the file).
 ``IncrementalDetokenizer`` turns a stream of ids into text deltas that never split a multi-byte
 character: a delta is released only once the bytes decoded so far form whole characters.
 """
@@ -13,9 +16,16 @@ from pathlib import Path
 
 import tokenizers
 
+from ttdist.errors import PermanentError
+
+TOKENIZER_FILE = "tokenizer.json"
 _REPLACEMENT = "\ufffd"
 _PROMPT_CONTEXT = 5     # prompt ids kept as context so the first delta decodes as in the full text
 _TRIM_AFTER = 64        # drop consumed ids from the window once this many have piled up
+
+
+class TokenizerError(PermanentError, ValueError):
+    """A checkpoint's tokenizer file that cannot be read; the message names the file."""
 
 
 class Tokenizer:
@@ -27,11 +37,21 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, checkpoint_dir: str | Path) -> "Tokenizer":
         folder = Path(checkpoint_dir)
-        path = folder / "tokenizer.json"
+        path = folder / TOKENIZER_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"no tokenizer.json in {folder}")
-        backend = tokenizers.Tokenizer.from_file(str(path))
+            raise FileNotFoundError(f"no {TOKENIZER_FILE} in {folder}")
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
+            raise TokenizerError(f"{path}: not a readable tokenizer ({err})") from None
         return cls(backend, _eos_ids(folder, backend))
+
+    @classmethod
+    def from_dir_if_present(cls, checkpoint_dir: str | Path) -> "Tokenizer | None":
+        """The checkpoint's tokenizer, or None when it has no ``tokenizer.json`` (token ids only)."""
+        if not (Path(checkpoint_dir) / TOKENIZER_FILE).is_file():
+            return None
+        return cls.from_dir(checkpoint_dir)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tk.encode(text, add_special_tokens=add_special_tokens).ids
@@ -99,5 +119,8 @@ def _eos_ids(folder: Path, backend: tokenizers.Tokenizer) -> tuple[int, ...]:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise TokenizerError(f"{path}: {err}") from None
     return data if isinstance(data, dict) else {}

@@ -21,6 +21,7 @@ import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from ttdist.errors import PermanentError
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, Topology
 
@@ -107,7 +108,7 @@ class CclLedger:
         self.recorded = 0
 
 
-class DramOverflowError(MemoryError):
+class DramOverflowError(PermanentError, MemoryError):
     """A tensor does not fit in a chip's DRAM."""
 
 

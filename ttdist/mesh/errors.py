@@ -1,7 +1,9 @@
 """Errors raised by mesh backends."""
 
+from ttdist.errors import PermanentError
 
-class MeshError(ValueError):
+
+class MeshError(PermanentError, ValueError):
     """An op was asked for something the mesh cannot do (shapes, placements, axes)."""
 
 

@@ -10,6 +10,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from ttdist.errors import PermanentError
 from ttdist.mesh.errors import MeshError
 
 GB = 10**9
@@ -21,7 +22,7 @@ class Topology(enum.Enum):
     RING = "ring"
 
 
-class MeshSpecError(ValueError):
+class MeshSpecError(PermanentError, ValueError):
     """A mesh name or shape that ttdist cannot build."""
 
 

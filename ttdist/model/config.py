@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ttdist.errors import PermanentError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(PermanentError, ValueError):
     """A checkpoint that is missing, corrupt, or does not match its config."""
 
 

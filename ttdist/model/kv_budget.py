@@ -21,9 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ttdist.errors import PermanentError
 from ttdist.mesh.accounting import ChipDram
 
 DEFAULT_RESERVE_FRACTION = 0.1
+
+
+class KvCacheFitError(PermanentError, MemoryError):
+    """The mesh's DRAM (or the host-RAM cap of a simulated cache) leaves no KV pages for the model."""
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,14 @@ def fit_kv_cache(be, make_layer_cache: Callable[[int], object], layers: int, *,
     reserve = int(before.capacity * reserve_fraction)
     room = before.free - reserve - fixed
     if page <= 0 or room < page:
-        raise MemoryError(
+        raise KvCacheFitError(
             f"{be.spec.name}: the weights hold {before.weights:,} bytes per chip of {before.capacity:,}; "
             f"after a {reserve:,} byte reserve there is no room for one KV page ({page:,} bytes per chip)"
         )
     budget = room // page
     pages = budget if max_pages is None else min(budget, max_pages // user_groups)
     if pages < 1:
-        raise MemoryError(f"a host-RAM cap of {max_pages} KV pages leaves none for each of {user_groups} user groups")
+        raise KvCacheFitError(f"a host-RAM cap of {max_pages} KV pages leaves none for each of {user_groups} user groups")
     return KvFit(budget, pages, pages < budget, page, reserve, before, user_groups)
 
 

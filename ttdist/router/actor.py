@@ -66,7 +66,7 @@ class RouterActor:
         if self.tokenizer_dir:
             from ttdist.engine.tokenizer import Tokenizer
 
-            tokenizer = Tokenizer.from_dir(self.tokenizer_dir)
+            tokenizer = Tokenizer.from_dir_if_present(self.tokenizer_dir)
         source = CoordinatorSource(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE))
         self.router = Router(self.config, source, tokenizer)
         self.server = await serve_public(self.router, self.host, self.port, self.api, self.tokenizer_dir)

@@ -11,7 +11,9 @@ in bounded chunks, one at a time (put once per layout).
 
 A monitor loop probes every replica each ``heartbeat_s`` (a dead process fails at once),
 feeds the health state machine and restarts failed replicas once they have shown as failed
-for ``restart_delay_s`` (never, with ``restart`` off). The router asks for the
+for ``restart_delay_s`` (never, with ``restart`` off, nor after a start that raised a
+``PermanentError``; when no replica can start, ``start`` and ``wait_ready`` raise
+``NoReplicaCanStartError``; ``ttdist serve`` follows ``events_after``). The router asks for the
 ``RoutingTable`` and reports latencies and migrations in the same call; ``snapshot`` turns
 all of it into the dashboard's ``ClusterSnapshot``.
 
@@ -40,7 +42,7 @@ from ttdist.dashboard.status import CHIP_OK, ChipSnapshot, ClusterSnapshot, Repl
 from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.request_checks import ModelCard
-from ttdist.runtime.registry import Heartbeat, ReplicaRecord, Registry
+from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
 from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
 
@@ -77,6 +79,12 @@ class Coordinator:
         await self._prepare()
         await asyncio.gather(*(self._launch(rid) for rid in self._setups))
         await self._begin()
+        self._check_some_can_start()
+
+    def _check_some_can_start(self) -> None:
+        why = self.registry.none_can_start()
+        if why:
+            raise NoReplicaCanStartError(f"no replica of {self.card.model_id} can start: {why}")
 
     async def _recover(self) -> None:
         """After Ray restarted this actor: adopt the replicas that outlived the old process."""
@@ -203,7 +211,8 @@ class Coordinator:
             self.registry.replicas[rid].weights_via = via
             started = await asyncio.wait_for(actor.start.remote(arg), self.config.health.start_timeout_s)
         except Exception as err:  # noqa: BLE001 - any start failure marks the replica failed
-            self.registry.failed(rid, time.monotonic(), f"start failed: {type(err).__name__}: {err}")
+            cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err   # the replica's own error
+            self.registry.start_failed(rid, time.monotonic(), cause)
             return
         self.registry.started(
             rid, time.monotonic(), pid=started.pid, node_id=started.node_id, address=started.address,
@@ -266,20 +275,29 @@ class Coordinator:
         if report is not None:
             self._reports[report.router_id] = report
             self._report = combine_reports(list(self._reports.values()))
-            self.registry.events.extend(report.events)
-            del self.registry.events[: -self.registry.max_events]   # a ring: bounded however long it runs
+            self.registry.record(report.events)   # a ring: bounded however long it runs
         return RoutingTable(self.card, self.registry.entries())
 
     async def replicas(self) -> list[ReplicaRecord]:
         return list(self.registry.replicas.values())
 
     async def wait_ready(self, count: int, timeout_s: float) -> int:
+        """Wait until ``count`` replicas are ready; returns how many are, sooner once no more can
+        become ready (failed for good). Raises ``NoReplicaCanStartError`` when none ever can."""
         deadline = time.monotonic() + timeout_s
         while True:
-            ready = sum(r.state == ReplicaState.READY for r in self.registry.replicas.values())
+            records = self.registry.replicas.values()
+            ready = sum(r.state == ReplicaState.READY for r in records)
             if ready >= count or time.monotonic() > deadline:
                 return ready
+            self._check_some_can_start()
+            if sum(self.registry.may_serve(r) for r in records) < count:
+                return ready
             await asyncio.sleep(0.05)
+
+    async def events_after(self, seen: int) -> EventPage:
+        """The cluster's events numbered above ``seen`` (0: all still held), for a console to follow."""
+        return self.registry.events_after(seen)
 
     async def model_dir_path(self) -> str:
         return self.model_dir

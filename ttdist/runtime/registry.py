@@ -16,6 +16,10 @@ machine is tested without clocks or Ray:
 - ``draining``: taken out of routing on purpose (restart or removal) -> draining; its streams
   finish or move before it stops.
 - ``failed``: a definite failure (its process is gone, its start raised) -> failed at once.
+- ``start_failed``: its start raised ``err``. A ``PermanentError`` (a missing or corrupt file, a
+  mesh the model does not fit, a backend not installed: the error's class says so where it is
+  raised) leaves it "failed (cannot start)": ``cannot_start`` set, never restarted, an event
+  ``replica_cannot_start``. Any other error fails it like ``failed`` and the backoff below applies.
 - ``heartbeat`` carrying the engine's liveness: a step loop that died -> failed at once; one
   that has work but made no step for ``stall_after_s`` -> unhealthy (and not ready again
   until it steps), then failed after ``failed_after_s`` like any unhealthy replica.
@@ -25,7 +29,8 @@ machine is tested without clocks or Ray:
   replica that stays ready ``stable_after_s`` starts the count again. After
   ``crash_loop_failures`` in a row it is "failed (crash loop)": ``crash_loop`` set, never
   restarted, ``reason`` saying why it last failed.
-Every transition appends an ``Event``.
+Every transition appends an ``Event``; ``events_after`` pages through them by number (the
+serve console follows them), ``none_can_start`` says when no replica can ever serve.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from ttdist.dashboard.events import Event, EventKind
 from ttdist.dashboard.replica_state import ReplicaState, state_label
 from ttdist.dashboard.status import HistogramSnapshot
 from ttdist.engine.stats import EngineLiveness
+from ttdist.errors import PermanentError
 from ttdist.model.kv_budget import ReplicaMemory
 from ttdist.runtime.config import HealthConfig
 from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta
@@ -97,11 +103,14 @@ class ReplicaRecord:
     failures_in_row: int = 0     # failures without staying ready ``stable_after_s`` in between
     ready_since: float | None = None
     crash_loop: bool = False     # failed too often in a row: left failed, not restarted
+    cannot_start: bool = False   # its start failed for good (a PermanentError): left failed, not restarted
     prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
     prefix_seq: int = FULL                        # the number of that set (FULL: none held)
 
     @property
     def state_label(self) -> str:
+        if self.cannot_start:
+            return f"{self.state} (cannot start)"
         return state_label(self.state, self.crash_loop)
 
     def entry(self) -> ReplicaEntry:
@@ -118,20 +127,64 @@ class ReplicaRecord:
         )
 
 
+class NoReplicaCanStartError(PermanentError):
+    """Every replica's start failed with a ``PermanentError``: the message gives their reasons."""
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """The events numbered after the caller's ``seen`` (those still held), and the number of the last."""
+
+    last: int
+    events: tuple[Event, ...]
+    none_can_start: str = ""   # why no replica can ever start ("" while one can)
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: message`` on one line (a traceback-free reason for the dashboard and the console)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 @dataclass
 class Registry:
     health: HealthConfig
     replicas: dict[str, ReplicaRecord] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     max_events: int = 500
+    logged: int = 0   # events appended so far: the number of the newest
 
     def add(self, record: ReplicaRecord, now: float) -> None:
         record.state, record.since = ReplicaState.STARTING, now
         self.replicas[record.replica_id] = record
 
     def event(self, kind: EventKind, replica_id: str, message: str) -> None:
-        self.events.append(Event(time.time(), kind, replica_id, message))
+        self.record([Event(time.time(), kind, replica_id, message)])
+
+    def record(self, events: list[Event]) -> None:
+        """Append ``events`` (this registry's or a router's) to the bounded ring, numbering them."""
+        self.events.extend(events)
+        self.logged += len(events)
         del self.events[: -self.max_events]
+
+    def events_after(self, seen: int) -> EventPage:
+        """The events numbered above ``seen`` that the ring still holds (all of them when ``seen``
+        is past the newest: a restarted coordinator numbers from 0 again)."""
+        new = len(self.events) if seen > self.logged else min(self.logged - seen, len(self.events))   # a new log
+        return EventPage(self.logged, tuple(self.events[len(self.events) - new:]), self.none_can_start())
+
+    def none_can_start(self) -> str:
+        """Why no replica can ever start (every one failed with a PermanentError); "" otherwise."""
+        records = list(self.replicas.values())
+        if not records or not all(r.cannot_start for r in records):
+            return ""
+        reasons = list(dict.fromkeys(r.reason for r in records))
+        if len(reasons) == 1:
+            return reasons[0]
+        return "; ".join(f"{r.replica_id}: {r.reason}" for r in records)
+
+    def may_serve(self, r: ReplicaRecord) -> bool:
+        """Whether ``r`` is ready or may still become ready (not failed for good)."""
+        return not (r.state == ReplicaState.FAILED and (r.cannot_start or r.crash_loop or not self.health.restart))
 
     def _move(self, record: ReplicaRecord, state: ReplicaState, now: float, kind: EventKind, why: str) -> None:
         if state == ReplicaState.FAILED:
@@ -143,7 +196,7 @@ class Registry:
         stable = r.ready_since is not None and now - r.ready_since >= self.health.stable_after_s
         r.failures_in_row = 1 if stable else r.failures_in_row + 1
         r.ready_since = None
-        if r.failures_in_row >= self.health.crash_loop_failures and self.health.restart:
+        if r.failures_in_row >= self.health.crash_loop_failures and self.health.restart and not r.cannot_start:
             r.crash_loop = True
             self.event(EventKind.REPLICA_CRASH_LOOP, r.replica_id,
                        f"failed {r.failures_in_row} times in a row; not restarted again (last: {why})")
@@ -219,6 +272,16 @@ class Registry:
         if r is not None and r.state != ReplicaState.FAILED:
             self._move(r, ReplicaState.FAILED, now, EventKind.REPLICA_FAILED, why)
 
+    def start_failed(self, replica_id: str, now: float, err: BaseException) -> None:
+        """Its start raised ``err``: failed; for good when ``err`` is a ``PermanentError``."""
+        r = self.replicas.get(replica_id)
+        if r is None or r.state == ReplicaState.FAILED:
+            return
+        r.cannot_start = isinstance(err, PermanentError)
+        self._move(r, ReplicaState.FAILED, now, EventKind.REPLICA_FAILED, f"start failed: {one_line(err)}")
+        if r.cannot_start:
+            self.event(EventKind.REPLICA_CANNOT_START, replica_id, "retrying cannot help: not restarted")
+
     def unhealthy(self, replica_id: str, now: float, why: str) -> None:
         r = self.replicas.get(replica_id)
         if r is not None and r.state == ReplicaState.READY:
@@ -244,7 +307,7 @@ class Registry:
         if not self.health.restart:
             return []
         return [rid for rid, r in self.replicas.items()
-                if r.state == ReplicaState.FAILED and not r.crash_loop and now - r.since >= self.restart_delay(r)]
+                if r.state == ReplicaState.FAILED and not (r.crash_loop or r.cannot_start) and now - r.since >= self.restart_delay(r)]
 
     def restarting(self, replica_id: str, now: float) -> None:
         r = self.replicas[replica_id]

@@ -113,7 +113,7 @@ def build_core(setup: ReplicaSetup, weights):
         sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages or None, max_pages=s.max_pages,
         max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options,
     )
-    tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
+    tokenizer = Tokenizer.from_dir_if_present(s.model_dir) if s.model_dir else None
     config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens, faults=s.faults)
     return EngineCore(runner, tokenizer, config)
 
@@ -136,7 +136,7 @@ def build_engine(setup: ReplicaSetup, weights) -> ServingEngine:
 
     if not s.engine_process:
         return AsyncEngine.around(build_core(s, weights), measure_memory=core_memory)
-    tokenizer = Tokenizer.from_dir(s.model_dir) if s.model_dir else None
+    tokenizer = Tokenizer.from_dir_if_present(s.model_dir) if s.model_dir else None
     return EngineProcess(build_core, (s, _node_local(weights)), measure_memory=core_memory, tokenizer=tokenizer)
 
 

@@ -27,6 +27,6 @@ replica's ``TT_VISIBLE_DEVICES`` included) and the parent's ``sys.path``, which 
 ``EngineCore`` with ``build(*args)``, a function it imports by name; ``wire`` holds the messages.
 """
 
-from ttdist.engine.process.parent import EngineProcess, EngineStartError
+from ttdist.engine.process.parent import EngineCannotStartError, EngineProcess, EngineStartError
 
-__all__ = ["EngineProcess", "EngineStartError"]
+__all__ = ["EngineCannotStartError", "EngineProcess", "EngineStartError"]

@@ -31,7 +31,7 @@ from ttdist.engine.core import EngineCore
 from ttdist.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from ttdist.engine.faults import EngineFaults
 from ttdist.engine.process.wire import (
-    AbortRequest, AddRequest, ControlCall, ControlOp, ControlReply, EngineBuild, EventKind, LivenessCell, Ready,
+    AbortRequest, AddRequest, ControlCall, ControlOp, ControlReply, EngineBuild, ErrorKind, EventKind, LivenessCell, Ready,
     Rejected, Shutdown, StartFailed, Startup, StepOutputs, Stopped,
 )
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput
@@ -39,6 +39,7 @@ from ttdist.engine.runner import RunnerInfo
 from ttdist.engine.stats import EngineLiveness, EngineStats
 from ttdist.engine.stream import OutputStream, wake_together
 from ttdist.engine.tokenizer import Tokenizer
+from ttdist.errors import PermanentError
 
 CONTROL_TIMEOUT_S = 10.0   # a control call the child does not answer in this long fails
 CHILD_MODULE = "ttdist.engine.process"   # its __main__ runs the child
@@ -47,6 +48,10 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 class EngineStartError(EngineError):
     """The engine process could not build or start its engine; the message says why."""
+
+
+class EngineCannotStartError(EngineStartError, PermanentError):
+    """The engine's build failed with a ``PermanentError`` in the child: starting again cannot help."""
 
 
 class EngineProcess:
@@ -136,7 +141,8 @@ class EngineProcess:
         except (EOFError, OSError):
             raise EngineStartError(f"the engine process exited with code {self._proc.wait()} before it was ready") from None
         if msg.kind is EventKind.START_FAILED:
-            raise EngineStartError(f"the engine process could not start its engine: {msg.error.message}")
+            error = EngineCannotStartError if msg.error.kind is ErrorKind.PERMANENT else EngineStartError
+            raise error(f"the engine process could not start its engine: {msg.error.message}")
         return msg
 
     def shutdown(self, timeout_s: float = 30.0) -> None:

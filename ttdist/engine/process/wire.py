@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar
 from ttdist.engine.errors import EngineStoppedError, InvalidRequestError, OverloadedError
 from ttdist.engine.request import GenerationRequest, RequestOutput
 from ttdist.engine.runner import RunnerInfo
+from ttdist.errors import PermanentError
 
 
 class CommandKind(enum.Enum):
@@ -62,6 +63,7 @@ class ErrorKind(enum.Enum):
     INVALID_REQUEST = "invalid_request"   # InvalidRequestError (``field`` names the field)
     OVERLOADED = "overloaded"             # OverloadedError
     STOPPED = "stopped"                   # EngineStoppedError
+    PERMANENT = "permanent"               # a PermanentError: trying again cannot help
     INTERNAL = "internal"                 # anything else: a RuntimeError on the other side
 
 
@@ -81,6 +83,8 @@ class WireError:
             return cls(ErrorKind.OVERLOADED, str(exc))
         if isinstance(exc, EngineStoppedError):
             return cls(ErrorKind.STOPPED, str(exc))
+        if isinstance(exc, PermanentError):
+            return cls(ErrorKind.PERMANENT, f"{type(exc).__name__}: {exc}")
         return cls(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     def to_exception(self) -> Exception:
