@@ -1,6 +1,7 @@
 """Fit the planner's seven free constants ONCE over every published row the tests hold.
 
     PYTHONPATH=. python bench/fit_planner.py [--rows tests/planner/published.json]
+    PYTHONPATH=. python bench/fit_planner.py --table      # no fit: every row's error as markdown
 
 The rows are tt-metal's published Llama figures (``tests/planner/published.json``, each with
 its source); excluded rows (with their reason) take no part. The op lists of every row are
@@ -91,10 +92,28 @@ def fit(prep, hw: Hardware, sweeps: int = 3) -> Hardware:
     return with_params(hw, values)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| source | model | system | batch | input | t/s/u | published | error | TTFT ms | published | error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        p = plan(row["model"], row["system"], batch=row["batch"], context=row["input"], input_len=row["input"])
+        tsu, ttft = p.tokens_per_s_per_user, p.ttft_s * 1e3
+        pub = row.get("ttft_ms")
+        ttft_cells = f"{ttft:,.0f} | {pub:,.0f} | {ttft / pub - 1:+.0%}" if pub else f"{ttft:,.0f} | - | "
+        note = " (excluded)" if row.get("excluded") else ""
+        lines.append(f"| {row['source']} | {row['model']} | {row['system']} | {row['batch']} | {row['input']} | "
+                     f"{tsu:.1f} | {row['tsu']:g} | {tsu / row['tsu'] - 1:+.0%}{note} | {ttft_cells} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=Path, default=ROWS)
+    parser.add_argument("--table", action="store_true", help="print every row's error as markdown, fit nothing")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.rows.read_text())["rows"]))
+        return
     rows = [r for r in json.loads(args.rows.read_text())["rows"] if not r.get("excluded")]
     prep = prepared(rows)
     print(f"{len(rows)} rows; loss with the current constants {loss(prep, WORMHOLE):.4f}")

@@ -50,7 +50,7 @@ GALAXY_DEMO = DecodeKernels("llama3_70b_galaxy", op_s=2.2e-6, ccl_s=0.0, gap_s=0
 # shortest op and collective are FITTED (bench/fit_planner.py); the gap is the Galaxy's measured one.
 # Its collectives are timed as lines (one direction per link), even on the T3000's ring axis: its
 # published T3000 long-prompt TTFTs leave no room for a second direction.
-TT_TRANSFORMERS = DecodeKernels("tt_transformers", op_s=23.06e-6, ccl_s=2.33e-6, gap_s=0.7e-6)
+TT_TRANSFORMERS = DecodeKernels("tt_transformers", op_s=23.06e-6, ccl_s=0.0, gap_s=0.7e-6)
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,14 @@ class Hardware:
     sdpa_decode_positions_per_s: float = 1.433e8
     # FITTED: prefill matmuls reach this fraction of the fidelity's peak (2D-interleaved
     # matmuls on a whole prompt; tt_transformers and the Galaxy demo alike).
-    prefill_matmul_efficiency: float = 0.2237
+    prefill_matmul_efficiency: float = 0.2643
     # FITTED: causal prefill attention (flash SDPA) handles this many query-key scores per
     # second per chip (scores = query rows x keys attended x query heads on the chip).
     sdpa_prefill_scores_per_s: float = 4.924e10
     # FITTED: prefill is not traced in tt_transformers: the host dispatches each op of a chunk.
     prefill_dispatch_s: float = 49.46e-6
     # FITTED: the shortest device time of a prefill op (programs sized for a whole prompt).
-    prefill_op_s: float = 25.71e-6
+    prefill_op_s: float = 28.73e-6
     # Whose decode op latencies a step is timed with: the Galaxy demo's fused ops on 2D meshes
     # (with the prefetcher), tt_transformers' unfused ones on 1xN meshes.
     fused_decode: DecodeKernels = GALAXY_DEMO

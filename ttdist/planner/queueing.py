@@ -6,7 +6,7 @@ prompt's prefill time and yields the request's first token) or, when nothing wai
 is full, one decode step of every running request (one token each, at the decode step time).
 Requests arrive as a Poisson process of ``rate`` per second and go to the replica holding the
 fewest requests (the router's ``least_load``). From each request's arrival, first token and
-last token come TTFT and TPOT (``(E2E - TTFT) / (output - 1)``, as ``ttdist bench`` defines
+last token (plus the serving path's fixed ``overhead_s`` on the first) come TTFT and TPOT (``(E2E - TTFT) / (output - 1)``, as ``ttdist bench`` defines
 it), then their percentiles. ``saturation_rate`` bisects for the highest rate whose p90 TTFT
 and TPOT still meet an SLO.
 """
@@ -28,6 +28,7 @@ class Service:
     decode_s: float           # one decode step of the whole batch
     batch: int                # decode slots
     replicas: int = 1
+    overhead_s: float = 0.0   # the serving path's fixed cost per request (client, router, replica hops)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def simulate(service: Service, load: Load, *, requests: int = 2000, seed: int = 
         rep.idle = False
         order += 1
         heapq.heappush(events, (now + step, order, 1, reps.index(rep)))
-    ttft = [f - a for f, a in zip(first, arrivals)]
+    ttft = [f - a + service.overhead_s for f, a in zip(first, arrivals)]
     tpot = [(l - f) / (load.output - 1) for f, l in zip(first, last)] if load.output > 1 else [0.0] * len(ttft)
     return Latency(percentile(ttft, 50), percentile(ttft, 90), percentile(tpot, 50), percentile(tpot, 90), len(ttft))
 
