@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ttdist.mesh.spec import MeshSpec
 from ttdist.model.config import LlamaConfig
 from ttdist.model.layout import Layout
-from ttdist.planner.capacity import RESERVE_FRACTION, Memory, memory
+from ttdist.planner.capacity import Memory, memory
 from ttdist.mesh.precision import GROUPS, Precision
 from ttdist.planner.catalog import PlanError, System, parse_system, resolve_model, resolve_precision
 from ttdist.planner.hardware import TT_TRANSFORMERS, WORMHOLE, DecodeKernels, Hardware
@@ -186,7 +186,7 @@ class KvPlan:
 
 
 def kv_plan(model: "str | LlamaConfig", system: "str | MeshSpec", *, precision: "str | Precision" = "performance",
-            context: int, page_size: int = 32, batch: int = 32, reserve_fraction: float | None = RESERVE_FRACTION) -> KvPlan:
+            context: int, page_size: int = 32, batch: int = 32, reserve_fraction: float | None = None) -> KvPlan:
     """KV pages and decode batch for one replica: what a coordinator sizes its KV budget with
     (it may pass its own ``LlamaConfig``, ``MeshSpec`` and ``Precision``)."""
     p = plan(model, system, precision=precision, batch=batch, context=context, input_len=min(context, 128),

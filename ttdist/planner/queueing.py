@@ -45,10 +45,11 @@ class Latency:
     tpot_p50: float
     tpot_p90: float
     requests: int
+    throughput: float = 0.0   # requests finished per second, first arrival to last token
 
     def to_json(self) -> dict:
         return {"ttft_p50_s": self.ttft_p50, "ttft_p90_s": self.ttft_p90, "tpot_p50_s": self.tpot_p50,
-                "tpot_p90_s": self.tpot_p90, "requests": self.requests}
+                "tpot_p90_s": self.tpot_p90, "requests": self.requests, "throughput": self.throughput}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -106,7 +107,9 @@ def simulate(service: Service, load: Load, *, requests: int = 2000, seed: int = 
         heapq.heappush(events, (now + step, order, 1, reps.index(rep)))
     ttft = [f - a + service.overhead_s for f, a in zip(first, arrivals)]
     tpot = [(l - f) / (load.output - 1) for f, l in zip(first, last)] if load.output > 1 else [0.0] * len(ttft)
-    return Latency(percentile(ttft, 50), percentile(ttft, 90), percentile(tpot, 50), percentile(tpot, 90), len(ttft))
+    span = max(last) - min(arrivals)
+    return Latency(percentile(ttft, 50), percentile(ttft, 90), percentile(tpot, 50), percentile(tpot, 90), len(ttft),
+                   len(ttft) / span if span > 0 else math.inf)
 
 
 def _step(rep: _Replica, service: Service, load: Load, now: float, first: list, last: list) -> float | None:
