@@ -100,14 +100,18 @@ def _collective(op: Op, spec: MeshSpec, hw: Hardware, k: DecodeKernels, decode: 
     s.collectives += 1
 
 
+def _matmul(op: Op, stream: float, busy: float, s: _Sums) -> None:
+    """A matmul streams its weights (``stream``) and is busy ``busy`` otherwise: serially it costs
+    the longer; with a prefetcher the stream overlaps and ``busy`` is all of it."""
+    s.weights += stream
+    s.compute += busy
+    s.extra += max(0.0, busy - stream)
+    s.weight_bytes += op.weight_bytes
+
+
 def _decode_op(op: Op, dram_bw: float, hw: Hardware, k: DecodeKernels, s: _Sums) -> None:
     if op.kind == "matmul":
-        stream = op.weight_bytes / dram_bw
-        busy = max(op.flops / hw.matmul_flops(op.weight_dtype), k.op_s)
-        s.weights += stream
-        s.compute += busy
-        s.extra += max(0.0, busy - stream)
-        s.weight_bytes += op.weight_bytes
+        _matmul(op, op.weight_bytes / dram_bw, max(op.flops / hw.matmul_flops(op.weight_dtype), k.op_s), s)
         return
     s.kv_bytes += op.kv_bytes
     paged = op.kv_bytes / hw.dram_interleaved_bytes_per_s
@@ -122,13 +126,9 @@ def _decode_op(op: Op, dram_bw: float, hw: Hardware, k: DecodeKernels, s: _Sums)
 def _prefill_op(op: Op, hw: Hardware, s: _Sums) -> None:
     rate = hw.dram_interleaved_bytes_per_s
     if op.kind == "matmul":
-        stream = op.weight_bytes / rate
         busy = max(op.flops / (hw.matmul_flops(op.weight_dtype) * hw.prefill_matmul_efficiency),
                    op.act_bytes / rate, hw.prefill_op_s)
-        s.weights += stream
-        s.compute += busy
-        s.extra += max(0.0, busy - stream)
-        s.weight_bytes += op.weight_bytes
+        _matmul(op, op.weight_bytes / rate, busy, s)
         return
     s.kv_bytes += op.kv_bytes
     if op.scores:
