@@ -27,10 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--system", default=None,
                    help="n150, n300, t3k, tg, an RxC mesh, or N of them such as 4xtg (default n300; with --load: "
                         "a comma-separated list of systems to consider, default n150,n300,t3k,tg)")
-    p.add_argument("--precision", default="performance",
+    p.add_argument("--precision", default=None,
                    help="performance (bfp8 attention, FF2, LM head and KV cache, bfp4 FF1/FF3), accuracy "
                         "(bf16 attention and KV cache, bfp8 MLP), or one dtype for every matmul weight such as "
-                        "bfloat8_b (default %(default)s)")
+                        "bfloat8_b (default performance; with --load: both presets unless one is given)")
     p.add_argument("--kv-dtype", help="KV cache dtype, overriding the preset's")
     p.add_argument("--batch", type=int, default=32, help="decode users per replica (default %(default)s)")
     p.add_argument("--context", type=int, default=128, help="positions each user attends over (default %(default)s)")
@@ -65,12 +65,14 @@ def format_plan(p) -> str:
         f"  DRAM              {_gib(m.dram_per_chip)}",
         f"  weights           {_gib(m.weights)}",
         f"  activations       {m.activations / 2**20:.2f} MiB",
-        f"  reserve           {_gib(m.reserve)}",
+        f"  reserve           {_gib(m.reserve)} (trace region {m.trace_region / 2**20:.0f} MiB, collective buffers "
+        f"{m.ccl_buffers / 2**20:.0f} MiB)",
         f"  KV page           {m.kv_page / 2**20:.2f} MiB ({p.context} positions per user: {m.kv_per_user / 2**20:.1f} MiB)",
         f"  KV pages          {m.kv_pages:,}",
         f"  max users         {m.max_users:,} at context {p.context}",
         "",
-        f"decode (batch {p.users}, context {p.context}, {'prefetched' if d.prefetch else 'serial'})",
+        f"decode (batch {p.users}, context {p.context}, {'prefetched' if d.prefetch else 'serial'}, "
+        f"timed as {p.kernels.name} runs it)",
         f"  step              {d.total_s * 1e3:.2f} ms",
         f"    weights         {d.weights_s * 1e3:.2f} ms ({d.weight_bytes / 2**30:.2f} GiB per chip)",
         f"    matmul compute  {d.matmul_compute_s * 1e3:.2f} ms",
@@ -80,7 +82,7 @@ def format_plan(p) -> str:
         f"    other ops       {d.ops_s * 1e3:.2f} ms",
         f"    dispatch        {d.dispatch_s * 1e3:.2f} ms ({d.num_ops} ops)",
         f"  tokens/s/user     {p.tokens_per_s_per_user:.1f}",
-        f"  TTFT              {f.total_s * 1e3:.1f} ms (input {p.input_len})",
+        f"  TTFT              {f.total_s * 1e3:.1f} ms (input {p.input_len} in chunks of {m.prefill_chunk})",
         "",
         f"throughput          {p.replica_tokens_per_s:,.0f} tokens/s per replica, "
         f"{p.cluster_tokens_per_s:,.0f} tokens/s for {p.replicas} replica{'s' if p.replicas != 1 else ''}",
@@ -97,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.load or args.load_file:
             return _fleet(args)
-        p = plan(args.model, args.system or "n300", precision=args.precision, batch=args.batch, context=args.context,
-                 input_len=args.input_len, replicas=args.replicas, page_size=args.page_size,
+        p = plan(args.model, args.system or "n300", precision=args.precision or "performance", batch=args.batch,
+                 context=args.context, input_len=args.input_len, replicas=args.replicas, page_size=args.page_size,
                  prefill_chunk=args.prefill_chunk, kv_dtype=args.kv_dtype, prefetch=prefetch)
     except PlanError as e:
         raise CommandError(f"--{e.field}: {e.message}" if e.field != "model" else f"model: {e.message}",
@@ -122,7 +124,7 @@ def _fleet(args: argparse.Namespace) -> int:
         raise PlanError("load", f"input + output = {load.input + load.output} is beyond the model's "
                                 f"{config.max_position_embeddings} positions")
     systems = tuple(s.strip() for s in args.system.split(",")) if args.system else SYSTEMS
-    precisions = (args.precision,) if args.precision != "performance" else PRECISIONS
+    precisions = (args.precision,) if args.precision else PRECISIONS
     options = size_fleet(args.model, load, slo, systems=systems, precisions=precisions)
     if args.json:
         print(json.dumps({"load": vars(load), "slo": slo.to_json(), "options": [o.to_json() for o in options]}))
