@@ -1,9 +1,11 @@
 """Capacity planning: will a model fit on a system, how many users at what context, how fast.
 
 ``plan()`` sizes per-chip DRAM from the model's own layout and times a decode step and a
-prefill with a roofline (DRAM streaming, collectives over Ethernet, dispatched ops) whose
-constants are documented in ``hardware.py``; ``kv_plan()`` gives a coordinator KV pages and
-the decode batch. ``ttdist plan`` is the command.
+prefill from the model's own ops as the published implementation runs them (DRAM streaming,
+compute, collectives over Ethernet, fixed per-op latency, dispatch, paged attention over the
+context), with constants documented in ``hardware.py``; ``kv_plan()`` gives a coordinator KV
+pages and the decode batch; ``fleet.size_fleet()`` sizes replicas for a load and an SLO with a
+simulation of the engine's scheduler (``queueing.py``). ``ttdist plan`` is the command.
 """
 
 from ttdist.planner.catalog import MODELS, PlanError, parse_system, resolve_model, resolve_precision

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ttdist.mesh.precision import DType, Precision
-from ttdist.mesh.spec import MeshSpec, MeshSpecError, parse_mesh
+from ttdist.mesh.spec import MeshSpec, MeshSpecError, Topology, parse_mesh
 from ttdist.model.config import CheckpointError, LlamaConfig
 
 
@@ -39,6 +39,10 @@ MODELS: dict[str, dict] = {
                      "tie_word_embeddings": True},
     "llama-3.1-8b": {**_LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},
+    # Llama-3.2-11B-Vision's text decoder as it runs on text alone: its 32 self-attention layers
+    # (the 8 cross-attention layers are skipped without an image, as in transformers' Mllama)
+    "llama-3.2-11b": {**_LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},
     "llama-3.1-70b": {**_LLAMA3, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
                       "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128},
     "smollm2": {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -104,7 +108,15 @@ def parse_system(text: "str | MeshSpec") -> System:
         mesh = parse_mesh(name)
     except MeshSpecError as err:
         raise PlanError("system", str(err)) from None
+    if mesh.name == "tg":
+        mesh = GALAXY_TORUS
     return System(text.strip().lower(), mesh, count)
+
+
+# The Galaxy Tenstorrent publishes figures for is the 6U system, whose rows and columns close
+# into rings: its demo runs every collective as a ring (llama3_70b_galaxy PERF.md: fabric_config
+# FABRIC_1D_RING; README: "on a machine with torus, all ops will by default use ring topology").
+GALAXY_TORUS = replace(parse_mesh("tg"), topology=(Topology.RING, Topology.RING))
 
 
 # ---------------------------------------------------------------------- precision

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from ttdist.mesh.spec import MeshSpec
 from ttdist.model.config import LlamaConfig
 from ttdist.model.layout import Layout
-from ttdist.planner.capacity import RESERVE_FRACTION, Memory, memory
+from ttdist.planner.capacity import Memory, memory
 from ttdist.mesh.precision import GROUPS, Precision
 from ttdist.planner.catalog import PlanError, System, parse_system, resolve_model, resolve_precision
-from ttdist.planner.hardware import WORMHOLE, Hardware
+from ttdist.planner.hardware import TT_TRANSFORMERS, WORMHOLE, DecodeKernels, Hardware
 from ttdist.planner.roofline import StepTime, step_time
 from ttdist.planner.step import StepBuilder
 
@@ -37,6 +37,7 @@ class Plan:
     decode: StepTime
     prefill: StepTime
     users: int                  # decode users per replica: the batch, or fewer if KV runs out
+    kernels: DecodeKernels = TT_TRANSFORMERS   # whose decode op latencies the step is timed with
 
     @property
     def tokens_per_s_per_user(self) -> float:
@@ -60,7 +61,7 @@ class Plan:
             "system": {"name": self.system.name, "mesh": self.system.mesh.name, "shape": self.system.mesh.shape_str,
                        "chips_per_replica": self.system.mesh.num_chips, "count": self.system.count},
             "precision": {"name": self.precision.name, **{g: getattr(self.precision, g).value for g in GROUPS}},
-            "layout": self.layout,
+            "layout": self.layout, "decode_kernels": self.kernels.name,
             "batch": self.batch, "context": self.context, "input_len": self.input_len,
             "replicas": self.replicas, "users_per_replica": self.users,
             "memory": self.memory.to_json(),
@@ -80,11 +81,13 @@ def _positive(field: str, value, low: int = 1) -> int:
 def plan(model: str, system: str, *, precision: str = "performance", batch: int = 32, context: int = 128,
          input_len: int = 128, replicas: int | None = None, page_size: int = 32, prefill_chunk: int | None = None,
          kv_dtype: str | None = None, prefetch: bool | None = None, hardware: Hardware = WORMHOLE,
-         reserve_fraction: float = RESERVE_FRACTION) -> Plan:
+         reserve_fraction: float | None = None) -> Plan:
     """Size and time ``model`` on ``system``; raises ``PlanError`` naming the bad input.
 
-    ``prefetch`` None means what tt-metal's own implementation does there: weight prefetch on
-    2D meshes (the Galaxy demo), serial execution on 1xN meshes.
+    ``prefetch`` None means what tt-metal's own implementation does there: the Galaxy demo's
+    weight prefetch and fused decode ops on 2D meshes, tt_transformers' serial decode on 1xN
+    meshes. ``prefill_chunk`` None: the largest power-of-two chunk (up to the prompt) whose
+    activations fit beside the weights and one user's KV cache.
     """
     name, config = resolve_model(model)
     sys_ = parse_system(system)
@@ -96,36 +99,84 @@ def plan(model: str, system: str, *, precision: str = "performance", batch: int 
     replicas = sys_.count if replicas is None else _positive("replicas", replicas)
     if context > config.max_position_embeddings:
         raise PlanError("context", f"{context} is beyond the model's {config.max_position_embeddings} positions")
-    chunk = _positive("prefill-chunk", prefill_chunk if prefill_chunk is not None else input_len)
+    if input_len > config.max_position_embeddings:
+        raise PlanError("input-len", f"{input_len} is beyond the model's {config.max_position_embeddings} positions")
     layout = Layout(config, sys_.mesh)
-    mem = memory(layout, prec, context=context, batch=batch, page_size=page_size, prefill_chunk=chunk,
-                 reserve_fraction=reserve_fraction)
+    sizing = dict(context=context, batch=batch, page_size=page_size, reserve_fraction=reserve_fraction)
+    if prefill_chunk is None:
+        chunk, mem = _largest_chunk(layout, prec, input_len, sizing)
+    else:
+        chunk = _positive("prefill-chunk", prefill_chunk)
+        mem = memory(layout, prec, prefill_chunk=chunk, **sizing)
     if mem.max_users < 1:
         need = (mem.weights + mem.activations + mem.reserve + mem.kv_per_user) / 2**30
         raise PlanError("system", f"{name} does not fit on {sys_.mesh.name} ({sys_.mesh.shape_str}) at {prec.name}: "
                                   f"each chip needs {need:.1f} GiB for weights, activations, reserve and one user's KV "
                                   f"at context {context}, and has {mem.dram_per_chip / 2**30:.0f} GiB")
     users = min(batch, mem.max_users)
-    pre = sys_.mesh.rows > 1 if prefetch is None else prefetch
-    builder = StepBuilder(layout, prec, page_size=page_size)
-    decode = step_time(builder.decode(users, context), sys_.mesh, hardware, prefetch=pre)
-    prefill = _prefill_time(builder, input_len, chunk, sys_, hardware)
-    return Plan(name, sys_, prec, layout.describe(), batch, context, input_len, replicas, mem, decode, prefill, users)
+    pre = not layout.one_d if prefetch is None else prefetch
+    ops = step_ops(StepBuilder(layout, prec, page_size=page_size), sys_.mesh, users=users, context=context,
+                   input_len=input_len, chunk=chunk, prefetch=pre, hardware=hardware)
+    decode, prefill = ops.time(hardware)
+    return Plan(name, sys_, prec, layout.describe(), batch, context, input_len, replicas, mem, decode, prefill, users,
+                ops.kernels(hardware))
 
 
-def _prefill_time(builder: StepBuilder, input_len: int, chunk: int, sys_: System, hw: Hardware) -> StepTime:
-    """Prefill of one user's prompt in chunks (serial: prefill is not overlapped with a prefetcher)."""
-    parts = []
-    start = 0
+@dataclass(frozen=True)
+class StepOps:
+    """The op lists of one decode step and of a prompt's prefill chunks, ready to be timed."""
+
+    mesh: MeshSpec
+    decode: list
+    prefill: list             # one op list per chunk
+    prefetch: bool
+    fused: bool               # the Galaxy demo's fused decode (2D meshes) or tt_transformers' unfused one
+
+    def kernels(self, hw: Hardware) -> DecodeKernels:
+        return hw.fused_decode if self.fused else hw.unfused_decode
+
+    def time(self, hw: Hardware) -> tuple[StepTime, StepTime]:
+        k = self.kernels(hw)
+        decode = step_time(self.decode, self.mesh, hw, kernels=k, decode=True, prefetch=self.prefetch)
+        parts = [step_time(ops, self.mesh, hw, kernels=k, decode=False) for ops in self.prefill]
+        return decode, _summed(parts)
+
+
+def step_ops(builder: StepBuilder, mesh: MeshSpec, *, users: int, context: int, input_len: int, chunk: int,
+             prefetch: bool, hardware: Hardware) -> StepOps:
+    """Decode at ``users`` (a fixed-shape trace runs its full rows) and the prompt's prefill in
+    chunks, each after the ones before it (the host dispatches prefill; no prefetcher overlaps it)."""
+    fused = not builder.lay.one_d
+    kernels = hardware.fused_decode if fused else hardware.unfused_decode
+    decode = builder.decode(max(users, kernels.trace_rows), context, active=users)
+    prefill, start = [], 0
     while start < input_len:
         tokens = min(chunk, input_len - start)
-        parts.append(step_time(builder.prefill(tokens, start), sys_.mesh, hw, prefetch=False))
+        prefill.append(builder.prefill(tokens, start))
         start += tokens
+    return StepOps(mesh, decode, prefill, prefetch, fused)
+
+
+def _summed(parts: list[StepTime]) -> StepTime:
     if len(parts) == 1:
         return parts[0]
     fields = StepTime.__dataclass_fields__
     summed = {f: sum(getattr(p, f) for p in parts) for f in fields if f != "prefetch"}
     return StepTime(**{**summed, "prefetch": False})
+
+
+def _largest_chunk(layout: Layout, prec: Precision, input_len: int, sizing: dict) -> tuple[int, Memory]:
+    """The largest power-of-two prefill chunk (at most the prompt, at least 128) that leaves room
+    for one user's KV cache; the smallest if none does (the caller reports the misfit)."""
+    chunk = 128
+    while chunk < input_len:
+        chunk *= 2
+    chunk = min(chunk, input_len) if input_len >= 128 else input_len
+    while True:
+        mem = memory(layout, prec, prefill_chunk=chunk, **sizing)
+        if mem.max_users >= 1 or chunk <= 128:
+            return chunk, mem
+        chunk = max(128, 1 << ((chunk - 1).bit_length() - 1))
 
 
 @dataclass(frozen=True)
@@ -135,7 +186,7 @@ class KvPlan:
 
 
 def kv_plan(model: "str | LlamaConfig", system: "str | MeshSpec", *, precision: "str | Precision" = "performance",
-            context: int, page_size: int = 32, batch: int = 32, reserve_fraction: float = RESERVE_FRACTION) -> KvPlan:
+            context: int, page_size: int = 32, batch: int = 32, reserve_fraction: float | None = None) -> KvPlan:
     """KV pages and decode batch for one replica: what a coordinator sizes its KV budget with
     (it may pass its own ``LlamaConfig``, ``MeshSpec`` and ``Precision``)."""
     p = plan(model, system, precision=precision, batch=batch, context=context, input_len=min(context, 128),

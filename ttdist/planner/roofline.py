@@ -1,20 +1,32 @@
-"""Time of a step from its ops: DRAM traffic, collectives over Ethernet, dispatched ops.
+"""Time of a step from its ops: DRAM traffic, compute, collectives, fixed per-op latency, dispatch.
 
-* A matmul streams its weights from DRAM and does its flops; it takes the longer of the two
-  (``bytes / (peak DRAM bandwidth x dram_efficiency)`` vs ``flops / peak at its fidelity``).
-* Attention reads the KV cache at the same DRAM rate.
-* A collective moves ``accounting``'s bytes for its op and topology, spread over the chips of
-  its axis and their links (each chip sends ``bytes / D`` over ``links`` links at the link
-  bandwidth), plus one hop latency per step of the algorithm (``D - 1`` for an all-gather or
-  reduce-scatter, twice that for an all-reduce). A collective over one chip is free, as
-  ttnn's are.
-* Every other op costs at least a short kernel, or its activation bytes at NOC rate.
-* Every op pays the traced op-to-op gap.
+Decode (traced; ``kernels`` gives the implementation's shortest op, collective and op-to-op gap):
 
-Serial execution (tt-metal's ``tt_transformers`` demos on N150/N300/T3000) adds it all up.
-With ``prefetch`` (the Galaxy demo ``llama3_70b_galaxy``: a DRAM prefetcher on its own
-sub-device streams the next weights into L1 while the current ops and collectives run) the
-weight stream overlaps the rest, so a step takes the longer of the two.
+* a matmul streams its weights from DRAM (``bytes / (288 GB/s x dram_efficiency)``) or does its
+  flops at the fidelity's peak, whichever is longer, and never less than the shortest op;
+* paged SDPA decode reads the KV cache at the interleaved DRAM rate (pages are interleaved), but one (user, KV head) stream walks its
+  context at ``sdpa_decode_positions_per_s``: at batch 1 and long context the walk, not DRAM,
+  is the bound (streams of different users and heads run side by side);
+* a collective is bandwidth-optimal: each chip receives ``(D - 1) / D`` of the full tensor per
+  phase (one for an all-gather or reduce-scatter, two for an all-reduce) over its ``links`` links
+  at the link bandwidth, in both directions on a ring where the implementation runs ring
+  collectives (``accounting``'s bytes moved are reported
+  beside it, as the simulator records them), plus one hop latency per step of the algorithm (``D - 1`` for an all-gather or reduce-scatter,
+  twice that for an all-reduce), plus the implementation's fixed collective latency; free on an
+  axis of one chip, as ttnn's are;
+* every other op costs at least the shortest op, or its activation bytes at NOC rate;
+* every op pays the op-to-op gap.
+
+Prefill (``decode`` False; the host dispatches each op unless the implementation traces prefill): matmuls do their flops at
+``prefill_matmul_efficiency`` of the fidelity's peak or stream their weights from interleaved
+DRAM, attention computes its causal scores at ``sdpa_prefill_scores_per_s``, element-wise ops
+move their bytes at the interleaved DRAM rate, every op takes at least ``prefill_op_s`` on the
+device, collectives as in decode; each op pays the host dispatch ``prefill_dispatch_s`` (or the
+op-to-op gap where the implementation replays a captured prefill trace).
+
+Serial execution (tt_transformers on N150/N300/T3000) adds it all up. With ``prefetch`` (the
+Galaxy demo: a DRAM prefetcher on its own sub-device streams the next weights into L1 while the
+current ops and collectives run) the weight stream overlaps the rest: a step takes the longer.
 """
 
 from __future__ import annotations
@@ -22,8 +34,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ttdist.mesh.accounting import all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
-from ttdist.mesh.spec import MeshSpec
-from ttdist.planner.hardware import Hardware
+from ttdist.mesh.spec import MeshSpec, Topology
+from ttdist.planner.hardware import DecodeKernels, Hardware
 from ttdist.planner.step import Op
 
 _CCL_BYTES = {"all_gather": all_gather_bytes, "reduce_scatter": reduce_scatter_bytes, "all_reduce": all_reduce_bytes}
@@ -40,12 +52,12 @@ class StepTime:
     """Where a step's time goes, in seconds (``total_s`` is the step)."""
 
     weights_s: float          # streaming matmul weights from DRAM
-    matmul_compute_s: float   # matmul flops beyond what the weight stream hides (serial), or all of them (prefetch)
-    kv_cache_s: float         # reading and writing the KV cache
+    matmul_compute_s: float   # matmul time beyond the weight stream (serial), or all of it (prefetch)
+    kv_cache_s: float         # attention: reading and writing the KV cache, SDPA
     ccl_transfer_s: float     # collective bytes over Ethernet links
-    ccl_latency_s: float      # collective hops
+    ccl_latency_s: float      # collective hops and fixed collective latency
     ops_s: float              # element-wise and data-movement ops
-    dispatch_s: float         # op-to-op gaps
+    dispatch_s: float         # op-to-op gaps (decode) or host dispatch (prefill)
     total_s: float
     prefetch: bool
     num_ops: int
@@ -58,40 +70,97 @@ class StepTime:
         return asdict(self)
 
 
-def step_time(ops: list[Op], spec: MeshSpec, hw: Hardware, *, prefetch: bool) -> StepTime:
+@dataclass
+class _Sums:
+    weights: float = 0.0
+    extra: float = 0.0        # matmul time beyond its weight stream
+    compute: float = 0.0      # matmul time that is not the weight stream (prefetch: all of it)
+    kv: float = 0.0
+    xfer: float = 0.0
+    hops: float = 0.0
+    other: float = 0.0
+    weight_bytes: float = 0.0
+    kv_bytes: float = 0.0
+    ccl_bytes: float = 0.0
+    dispatched: int = 0
+    collectives: int = 0
+
+
+def _collective(op: Op, spec: MeshSpec, hw: Hardware, k: DecodeKernels, decode: bool, s: _Sums) -> None:
+    d = spec.shape[op.axis]
+    if d == 1:
+        return
+    s.ccl_bytes += ccl_bytes_moved(op, spec)
+    # bandwidth-optimal: each chip receives (D - 1) / D of the tensor per phase (reduce-scatter,
+    # all-gather; an all-reduce is both), over its links, in both directions on a ring
+    directions = 2 if k.ring_collectives and spec.topology[op.axis] is Topology.RING else 1
+    per_chip = _CCL_STEPS[op.name] * op.full_bytes * (d - 1) / d
+    s.xfer += per_chip / (directions * spec.links[op.axis] * spec.link_bandwidth_gbps * 1e9)
+    s.hops += _CCL_STEPS[op.name] * (d - 1) * hw.hop_latency_s + (k.ccl_s if decode else 0.0)
+    s.collectives += 1
+
+
+def _matmul(op: Op, stream: float, busy: float, s: _Sums) -> None:
+    """A matmul streams its weights (``stream``) and is busy ``busy`` otherwise: serially it costs
+    the longer; with a prefetcher the stream overlaps and ``busy`` is all of it."""
+    s.weights += stream
+    s.compute += busy
+    s.extra += max(0.0, busy - stream)
+    s.weight_bytes += op.weight_bytes
+
+
+def _decode_op(op: Op, dram_bw: float, hw: Hardware, k: DecodeKernels, s: _Sums) -> None:
+    if op.kind == "matmul":
+        _matmul(op, op.weight_bytes / dram_bw, max(op.flops / hw.matmul_flops(op.weight_dtype), k.op_s), s)
+        return
+    s.kv_bytes += op.kv_bytes
+    paged = op.kv_bytes / hw.dram_interleaved_bytes_per_s
+    if op.positions:
+        s.kv += max(paged, op.positions / hw.sdpa_decode_positions_per_s, k.op_s)
+    elif op.kv_bytes:
+        s.kv += max(paged, k.op_s)
+    else:
+        s.other += max(k.op_s + op.flops / hw.matmul_flops(None), op.act_bytes / hw.noc_bytes_per_s)
+
+
+def _prefill_op(op: Op, hw: Hardware, s: _Sums) -> None:
+    rate = hw.dram_interleaved_bytes_per_s
+    if op.kind == "matmul":
+        busy = max(op.flops / (hw.matmul_flops(op.weight_dtype) * hw.prefill_matmul_efficiency),
+                   op.act_bytes / rate, hw.prefill_op_s)
+        _matmul(op, op.weight_bytes / rate, busy, s)
+        return
+    s.kv_bytes += op.kv_bytes
+    if op.scores:
+        s.kv += max(op.scores / hw.sdpa_prefill_scores_per_s, (op.kv_bytes + op.act_bytes) / rate, hw.prefill_op_s)
+    elif op.kv_bytes:
+        s.kv += max((op.kv_bytes + op.act_bytes) / rate, hw.prefill_op_s)
+    else:
+        s.other += max(op.act_bytes / rate, hw.prefill_op_s)
+
+
+def step_time(ops: list[Op], spec: MeshSpec, hw: Hardware, *, kernels: DecodeKernels, decode: bool,
+              prefetch: bool = False) -> StepTime:
+    """A decode step or a prefill chunk of the implementation ``kernels`` (its op latencies, its
+    collectives, whether its prefill is traced)."""
     dram_bw = spec.dram_bandwidth_gbps * 1e9 * hw.dram_efficiency
-    weights = compute = extra = kv = xfer = hops = other = 0.0
-    weight_bytes = kv_bytes = ccl_bytes = 0.0
-    dispatched = collectives = 0
+    s = _Sums()
     for op in ops:
         if op.kind == "ccl":
-            d = spec.shape[op.axis]
-            if d == 1:
-                continue
-            moved = ccl_bytes_moved(op, spec)
-            ccl_bytes += moved
-            xfer += moved / (d * spec.links[op.axis] * spec.link_bandwidth_gbps * 1e9)
-            hops += _CCL_STEPS[op.name] * (d - 1) * hw.hop_latency_s
-            collectives += 1
-        elif op.kind == "matmul":
-            stream = op.weight_bytes / dram_bw
-            flops = op.flops / hw.matmul_flops(op.weight_dtype)
-            weights += stream
-            compute += flops
-            extra += max(0.0, flops - stream)
-            weight_bytes += op.weight_bytes
+            _collective(op, spec, hw, kernels, decode, s)
+            continue
+        if decode:
+            _decode_op(op, dram_bw, hw, kernels, s)
         else:
-            kv += op.kv_bytes / dram_bw
-            kv_bytes += op.kv_bytes
-            other += max(hw.op_kernel_s + op.flops / hw.matmul_flops(None), op.act_bytes / hw.noc_bytes_per_s)
-        dispatched += 1
-    dispatch = dispatched * hw.op_gap_s
+            _prefill_op(op, hw, s)
+        s.dispatched += 1
+    traced = decode or kernels.traced_prefill
+    dispatch = s.dispatched * (kernels.gap_s if traced else hw.prefill_dispatch_s)
     if prefetch:
-        rest = compute + kv + xfer + hops + other + dispatch
-        total = max(weights, rest)
-        matmul = compute
+        total = max(s.weights, s.compute + s.kv + s.xfer + s.hops + s.other + dispatch)
+        matmul = s.compute
     else:
-        total = weights + extra + kv + xfer + hops + other + dispatch
-        matmul = extra
-    return StepTime(weights, matmul, kv, xfer, hops, other, dispatch, total, prefetch, dispatched, collectives,
-                    weight_bytes, kv_bytes, ccl_bytes)
+        total = s.weights + s.extra + s.kv + s.xfer + s.hops + s.other + dispatch
+        matmul = s.extra
+    return StepTime(s.weights, matmul, s.kv, s.xfer, s.hops, s.other, dispatch, total, prefetch, s.dispatched,
+                    s.collectives, s.weight_bytes, s.kv_bytes, s.ccl_bytes)

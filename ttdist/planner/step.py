@@ -40,6 +40,8 @@ class Op:
     full_bytes: float = 0.0          # collective: bytes of the full tensor (accounting's B)
     inside: str = ""                 # a collective a backend op runs itself (sampling's gathers)
     out_bytes: float = 0.0           # its outputs on one chip, in 32x32 tiles (what DRAM holds)
+    positions: float = 0.0           # paged SDPA decode: context positions each (user, KV head) stream walks
+    scores: float = 0.0              # prefill SDPA: query-key scores computed on one chip (causal)
 
 
 def _tiles(shapes) -> float:
@@ -195,17 +197,20 @@ class StepBuilder:
         self._add(t)
 
     # ------------------------------------------------------------------ steps
-    def decode(self, batch: int, context: int) -> list[Op]:
-        """One decode step and its sampling: ``batch`` slots, each attending over ``context`` positions."""
+    def decode(self, batch: int, context: int, active: int | None = None) -> list[Op]:
+        """One decode step and its sampling: ``batch`` slots, each attending over ``context`` positions;
+        ``active`` of them hold users whose KV cache is read (default all; a fixed-shape trace runs
+        every slot, but attention reads only real users' pages)."""
         t, hd = batch, self.hd
         nq, nkv = self.lay.n_q_local, self.lay.n_kv_local
         b = self._group_rows(t)  # with user groups each chip attends for its group's users only
+        readers = b if active is None else self._group_rows(min(active, t))
 
         def attention():
             for _cache in ("k", "v"):
                 self._op("paged_update_cache", b * nkv * hd * ACT, kv_bytes=b * nkv * hd * self.kvb)
-            self._op("sdpa_decode", 2 * b * nq * hd * ACT, (b, nq, hd), kv_bytes=self._kv_read(b, context),
-                     flops=4.0 * b * context * nq * hd)
+            self._op("sdpa_decode", 2 * b * nq * hd * ACT, (b, nq, hd), kv_bytes=self._kv_read(readers, context),
+                     flops=4.0 * b * context * nq * hd, positions=float(context))
 
         self.ops = []
         self._embed(t, b)
@@ -225,7 +230,7 @@ class StepBuilder:
             for _cache in ("k", "v"):
                 self._op("paged_fill_cache", t * nkv * hd * ACT, kv_bytes=t * nkv * hd * self.kvb)
             self._op("sdpa_prefill", 2 * t * (nq + nkv) * hd * ACT, (t, nq, hd), kv_bytes=self._kv_read(1, start + t),
-                     flops=4.0 * t * (start + (t + 1) / 2) * nq * hd)
+                     flops=4.0 * t * (start + (t + 1) / 2) * nq * hd, scores=t * (start + (t + 1) / 2) * nq)
 
         self.ops = []
         self._embed(t)
