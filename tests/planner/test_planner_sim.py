@@ -15,7 +15,8 @@ from ttdist.mesh import sampling
 from ttdist.mesh.backend import SamplingBatch
 from ttdist.mesh.placement import REPLICATED
 from ttdist.mesh.precision import DType
-from ttdist.mesh.sim.backend import SimBackend, SimTensor
+from ttdist.mesh.sim.backend import SimBackend
+from ttdist.mesh.sim.tensor import SimTensor
 from ttdist.model.layout import Layout
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions
 from ttdist.model.weights import load_weights

@@ -19,7 +19,6 @@ pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scri
 from ttdist.mesh import REPLICATED, Replicate, SamplingBatch  # noqa: E402
 from ttdist.mesh.precision import DType  # noqa: E402
 from ttdist.mesh.sampling import device_params  # noqa: E402
-from ttdist.mesh.ttnn.configs import dram_sharded_weight_bytes  # noqa: E402
 from ttdist.mesh.accounting import tile_padded_bytes  # noqa: E402
 from ttdist.model.config import LlamaConfig  # noqa: E402
 from ttdist.model.layout import Layout  # noqa: E402
@@ -92,7 +91,8 @@ def test_dram_allocator_matches_weight_layouts(backend):
     x = backend.from_host(np.zeros((1, 256), np.float32), (Replicate(), Replicate()), name="x")
     backend.linear(backend.rms_norm(x, norm, eps=1e-5, width=256), w)
     grown = backend.dram_report().allocator_bytes - before
-    sharded = dram_sharded_weight_bytes(256, 800, DType.bfloat8_b)  # 800 columns padded to 12 banks x 3 tiles
+    # DRAM-sharded: 800 columns padded to 12 banks x 3 tiles (1152), 8 x 36 tiles of 1024 bfp8 values + exponents
+    sharded = 256 * 1152 * (1 + 1 / 16)
     vector = 12 * 64  # 256 bf16 values row-major: 8 pages of 64 bytes, one page per bank
     assert grown == sharded + vector
     assert backend.dram.by_name["w"] == tile_padded_bytes((256, 800), DType.bfloat8_b) == 256 * 800 * (1 + 1 / 16)

@@ -165,3 +165,12 @@ def test_collective_needs_axis_on_2d(backend, spec):
             backend.all_reduce(x)
     with pytest.raises(MeshError, match="cluster_axis must be"):
         backend.all_reduce(x, cluster_axis=2)
+
+
+def test_the_backend_provides_what_its_op_mixins_use(backend):
+    from ttdist.mesh.ttnn.attention import AttentionHost
+    from ttdist.mesh.ttnn.collectives import CollectiveHost
+    from ttdist.mesh.ttnn.sampling import SamplingHost
+
+    for host in (AttentionHost, CollectiveHost, SamplingHost):
+        assert isinstance(backend, host), host.__name__

@@ -56,6 +56,9 @@ def all_reduce_bytes(full_bytes: float, devices: int, topology: Topology) -> flo
     return reduce_scatter_bytes(full_bytes, devices, topology) + all_gather_bytes(full_bytes, devices, topology)
 
 
+COLLECTIVE_BYTES = {"all_gather": all_gather_bytes, "reduce_scatter": reduce_scatter_bytes, "all_reduce": all_reduce_bytes}
+
+
 @dataclass(frozen=True)
 class CclRecord:
     op: str
@@ -76,6 +79,15 @@ class CclLedger:
         self._count: dict[tuple[str, int], int] = defaultdict(int)
         self._bytes: dict[tuple[str, int], float] = defaultdict(float)
         self.recorded = 0                 # records ever (the ring keeps the last ``keep``)
+
+    def record_collective(self, op: str, spec: MeshSpec, axis: int, full_elems: int, dtype: DType,
+                          topology: Topology | None = None) -> None:
+        """Record collective ``op`` on mesh ``axis`` of ``spec`` over a full (gathered, or
+        pre-reduction) tensor of ``full_elems`` elements of ``dtype``; ``topology`` defaults to the axis's."""
+        topo = topology or spec.topology[axis]
+        n = spec.shape[axis]
+        full = full_elems * dtype.bytes_per_element
+        self.record(CclRecord(op, axis, n, topo, full, COLLECTIVE_BYTES[op](full, n, topo)))
 
     def record(self, rec: CclRecord) -> None:
         self._recent.append(rec)

@@ -76,16 +76,6 @@ class PerDevice:
     array: np.ndarray
 
 
-class MeshTensor(Protocol):
-    placements: Placements
-    dtype: DType
-    name: str
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Per-device shape."""
-
-
 class Backend(Protocol):
     spec: MeshSpec
     ccl: CclLedger

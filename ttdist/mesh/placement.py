@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+import numpy as np
+
 from ttdist.mesh.errors import MeshError, PartialTensorError
 
 
@@ -58,6 +60,54 @@ def with_axis(placements: Placements, axis: int, p: Placement) -> Placements:
     out = list(placements)
     out[axis] = p
     return (out[0], out[1])
+
+
+@dataclass(frozen=True)
+class HostCut:
+    """How a global array is cut over a mesh by its placements."""
+
+    placements: Placements                     # normalized (non-negative shard dims)
+    local_shape: tuple[int, ...]               # the piece each chip holds
+    shard_dims: tuple[int | None, int | None]  # per mesh axis: the array dim it cuts, None if kept whole
+
+
+def plan_cut(shape, placements: Placements, mesh_shape: tuple[int, int], name: str = "tensor",
+             *, allow_partial: bool = False) -> HostCut:
+    """The cut of a global array of ``shape``: axis 0 first, then axis 1, each ``Shard`` dim split
+    evenly over the devices of its axis (an axis of one device cuts nothing). A host array is never
+    ``Partial``; a zero tensor may be (``allow_partial``: each chip holds a full-size zero addend)."""
+    placements = normalize(placements, len(shape))
+    local, dims = [int(s) for s in shape], []
+    for axis, p in enumerate(placements):
+        n = mesh_shape[axis]
+        if isinstance(p, Partial) and not allow_partial:
+            raise MeshError(f"tensor {name!r}: a host array cannot be placed as Partial")
+        if isinstance(p, Shard) and n > 1:
+            if local[p.dim] % n:
+                raise MeshError(f"tensor {name!r}: dim {p.dim} of size {local[p.dim]} does not split evenly "
+                                f"over {n} devices on axis {axis}")
+            local[p.dim] //= n
+            dims.append(p.dim)
+        else:
+            dims.append(None)
+    return HostCut(placements, tuple(local), (dims[0], dims[1]))
+
+
+def cut(array, placements: Placements, mesh_shape: tuple[int, int], name: str = "tensor"):
+    """``[R', C', *local]``: the pieces of a global ``array`` (numpy or torch) each chip holds, chip
+    (r, c)'s at ``[r % R', c % C']``; a mesh axis the array is not cut on keeps one entry (``R'`` or
+    ``C'`` is 1). A view where the cut allows it, not necessarily contiguous."""
+    plan = plan_cut(tuple(array.shape), placements, mesh_shape, name)
+    out = array[None, None]
+    for axis, dim in enumerate(plan.shard_dims):
+        if dim is None:
+            continue
+        n, at = mesh_shape[axis], 2 + dim
+        split = out.reshape(tuple(out.shape[:at]) + (n, out.shape[at] // n) + tuple(out.shape[at + 1:]))
+        # the n pieces move onto the mesh axis, replacing its old size-1 dim
+        moved = split.movedim(at, axis) if hasattr(split, "movedim") else np.moveaxis(split, at, axis)
+        out = moved.squeeze(axis + 1)
+    return out
 
 
 def normalize_dim(dim: int, ndim: int, op: str) -> int:

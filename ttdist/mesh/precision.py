@@ -32,10 +32,6 @@ class DType(enum.Enum):
     def mantissa_bits(self) -> int:
         return _MANTISSA[self]
 
-    @property
-    def is_block_float(self) -> bool:
-        return self in (DType.bfloat8_b, DType.bfloat4_b)
-
     @classmethod
     def parse(cls, text: "str | DType") -> "DType":
         if isinstance(text, DType):

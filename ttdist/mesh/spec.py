@@ -55,11 +55,6 @@ class MeshSpec:
     def shape_str(self) -> str:
         return f"{self.rows}x{self.cols}"
 
-    def axis_size(self, axis: int) -> int:
-        if axis not in (0, 1):
-            raise MeshSpecError(f"cluster_axis must be 0 or 1, got {axis}")
-        return self.shape[axis]
-
     def resolve_axis(self, op: str, cluster_axis: int | None) -> int:
         """The mesh axis a collective runs on; ``None`` means the whole of a 1D mesh."""
         if cluster_axis is None:

@@ -21,20 +21,43 @@ Q/K weight columns.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
 import ttnn
 
-from ttdist.mesh.ttnn import configs as cfg
 from ttdist.mesh.backend import MeshError, PerDevice
-from ttdist.mesh.placement import require_reduced
+from ttdist.mesh.placement import Placements, require_reduced
 from ttdist.mesh.precision import DType
+from ttdist.mesh.ttnn import configs as cfg
+from ttdist.mesh.ttnn.tensor import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, TtnnTensor
 
-ROWS, VECTOR, TABLE, HEADS_PREFILL, HEADS_DECODE, CACHE, STATS = (
-    "rows", "vector", "table", "heads_prefill", "heads_decode", "cache", "stats")
+
+@runtime_checkable
+class AttentionHost(Protocol):
+    """What ``AttentionOps`` uses of the backend it is mixed into (``TtnnBackend``)."""
+
+    grid: cfg.Grid
+
+    def _wrap(self, value: ttnn.Tensor, shape, placements: Placements, dtype: DType | None = None,
+              name: str = "activations", kind: str = ROWS, heads: int = 0) -> TtnnTensor:
+        """A device tensor as a ``TtnnTensor`` of ``kind`` with per-device ``shape``."""
+
+    def _rows_value(self, t: TtnnTensor) -> ttnn.Tensor:
+        """A token-major tensor's ``[1, 1, T, W]`` device value (placed now if pending)."""
+
+    def _materialize(self, t: TtnnTensor, dtype: DType, layout, memory, shape4=None) -> ttnn.Tensor:
+        """A pending tensor placed on the chips in ``dtype``, ``layout`` and ``memory`` (4D ``shape4``)."""
+
+    def _ints(self, array: np.ndarray, dtype=ttnn.int32) -> ttnn.Tensor:
+        """A small replicated integer tensor, uploaded for one op."""
+
+    def _upload_pieces(self, pieces: np.ndarray, dtype: DType, layout, memory) -> ttnn.Tensor:
+        """``[R', C', *piece4]``: one host buffer per chip from its own piece, onto its chip."""
 
 
 class AttentionOps:
-    """Mixed into ``TtnnBackend``; relies on its ``_wrap``, ``_rows_value``, ``_ints`` and ``grid``."""
+    """The attention ops of ``TtnnBackend`` (see ``AttentionHost`` for what they need from it)."""
 
     def create_qkv_heads(self, qkv, n_q: int, n_kv: int, head_dim: int):
         require_reduced("create_qkv_heads", qkv)
@@ -173,7 +196,7 @@ class AttentionOps:
         ttnn.experimental.paged_update_cache(cache.value, x.value, update_idxs_tensor=pos, page_table=table)
 
     def _check_cache(self, cache, x) -> None:
-        if cache.kind != "cache" or cache.ndim != 4:
+        if cache.kind != CACHE or cache.ndim != 4:
             raise MeshError(f"{cache.name!r} is not a paged cache [pages, kv_heads, page_size, head_dim]")
         if cache.shape[2] % cfg.TILE:
             raise MeshError(f"paged cache {cache.name!r}: page size {cache.shape[2]} must be a multiple of {cfg.TILE} on ttnn")

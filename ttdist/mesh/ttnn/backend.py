@@ -1,21 +1,10 @@
 """The ``Backend`` protocol on real Tenstorrent chips through ttnn (no torch: host arrays are numpy).
 
-A ``TtnnTensor`` wraps one ttnn mesh tensor with the protocol's view of it: the per-device
-shape, the placement per mesh axis, the dtype and a ``kind`` that says how the data lies
-on the chips:
-
-* ``rows``   token-major activations and matmul weights, ``[1, 1, T, W]`` on device;
-* ``vector`` norm weights ``[W]``, row-major ``[1, 1, W/32, 32]``;
-* ``table``  the embedding table, row-major ``[1, 1, V, H]``;
-* ``heads_prefill`` ``[1, heads, T, hd]`` and ``heads_decode`` ``[1, B, heads(32), hd]``
-  (height-sharded, one user per core) from ``create_qkv_heads``;
-* ``cache``  paged KV ``[pages, kv_heads, page_size, hd]``;
-* ``stats``  distributed-norm statistics ``[1, 1, T, 32 * n]``.
-
-Host arrays given to ``from_host`` are placed lazily: the first op that reads a tensor
-decides its on-chip layout (a matmul weight goes DRAM-sharded, an embedding table
-row-major, rotary tables straight into the decode shape), so no layout is converted
-twice. Op choices follow the tt-metal LLM guide; configs come from ``ttnn_configs``.
+Tensors are ``TtnnTensor`` (``ttdist.mesh.ttnn.tensor``: the tensor kinds and how each lies
+on the chips). Host arrays given to ``from_host`` are placed lazily: the first op that reads a
+tensor decides its on-chip layout (a matmul weight goes DRAM-sharded, an embedding table
+row-major, rotary tables straight into the decode shape), so no layout is converted twice.
+Op choices follow the tt-metal LLM guide; configs come from ``ttdist.mesh.ttnn.configs``.
 The DRAM ledger counts tile-padded bytes exactly as the simulator does; ``dram_report``
 sets that beside ttnn's own allocator figures.
 """
@@ -24,85 +13,31 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import ttnn
 
-from ttdist.mesh.ttnn import configs as cfg
-from ttdist.mesh.accounting import CclLedger, CclRecord, DramLedger, all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes, tile_padded_bytes
-from ttdist.mesh import sampling
+from ttdist.mesh.accounting import CclLedger, DramLedger
 from ttdist.mesh.backend import MeshError, TransferLedger
-from ttdist.mesh.placement import (Partial, Placements, Replicate, Shard, embedding_placement, matmul_placement, multiply_placement, normalize, normalize_dim,
-                                   require_reduced, with_axis)
+from ttdist.mesh.placement import (Placements, Replicate, Shard, embedding_placement, matmul_placement, multiply_placement, normalize,
+                                   normalize_dim, plan_cut, require_reduced)
 from ttdist.mesh.precision import DType
-from ttdist.mesh.spec import MeshSpec, Topology
-from ttdist.mesh.ttnn.attention import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, STATS, TABLE, VECTOR, AttentionOps
-from ttdist.mesh.ttnn.host import assemble, host_shards
-from ttdist.mesh.ttnn.device import DecodeTrace, MeshHandle, TtnnOptions, open_mesh
+from ttdist.mesh.spec import MeshSpec
+from ttdist.mesh.ttnn import configs as cfg
+from ttdist.mesh.ttnn.attention import AttentionOps
+from ttdist.mesh.ttnn.collectives import CollectiveOps
+from ttdist.mesh.ttnn.device import DecodeTrace, DramReport, MeshHandle, TtnnOptions, dram_report, open_mesh
+from ttdist.mesh.ttnn.host import assemble, first_device, host_shards
+from ttdist.mesh.ttnn.sampling import SamplingOps
+from ttdist.mesh.ttnn.tensor import CACHE, INPUT, ROWS, STATS, TABLE, VECTOR, Pending, PendingPieces, TtnnTensor
 
-INPUT = "input"
-
-@dataclass
-class _Pending:
-    """A host array waiting for its first consumer: 4D global data and the mesh dim per axis."""
-
-    array: np.ndarray
-    mesh_dims: tuple[int | None, int | None]
-
-    def reshaped(self, shape4) -> "_Pending":
-        return _Pending(self.array.reshape(shape4), self.mesh_dims)
-
-    def tile_rows(self) -> "_Pending":
-        """``[.., 1, W] -> [.., W/32, 32]``; a mesh dim on the width moves to the rows."""
-        return _Pending(self.array.reshape(*self.array.shape[:-2], -1, cfg.TILE), tuple(2 if d == 3 else d for d in self.mesh_dims))
+__all__ = ["TtnnBackend", "TtnnTensor"]
 
 
-@dataclass
-class _PendingPieces:
-    """Per-device host data waiting for its first consumer: ``[R', C', *piece4]``, chip (r, c)'s
-    own 4D piece at ``[r % R', c % C']`` (an axis of one entry is shared by all its chips);
-    uploaded one host buffer per chip, never merged into a whole-tensor array."""
-
-    pieces: np.ndarray
-
-    def reshaped(self, shape4) -> "_PendingPieces":
-        return _PendingPieces(self.pieces.reshape(self.pieces.shape[:2] + tuple(shape4)))
-
-    def tile_rows(self) -> "_PendingPieces":
-        """Each piece ``[.., 1, W] -> [.., W/32, 32]``."""
-        return _PendingPieces(self.pieces.reshape(*self.pieces.shape[:-2], -1, cfg.TILE))
-
-
-class TtnnTensor:
-    __slots__ = ("value", "pending", "shape", "placements", "dtype", "name", "kind", "heads", "_free", "__weakref__")
-
-    def __init__(self, backend: "TtnnBackend", value, shape, placements: Placements, dtype: DType, name: str,
-                 kind: str = ROWS, heads: int = 0, pending: _Pending | _PendingPieces | None = None):
-        self.value = value
-        self.pending = pending
-        self.shape = tuple(int(s) for s in shape)
-        self.placements = placements
-        self.dtype = dtype
-        self.name = name
-        self.kind = kind
-        self.heads = heads
-        nbytes = tile_padded_bytes(self.shape, dtype)
-        backend.dram.allocate(name, nbytes)
-        backend._live.add(self)
-        self._free = weakref.finalize(self, backend.dram.free, name, nbytes)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __repr__(self) -> str:
-        return f"TtnnTensor({self.name!r}, local={self.shape}, {self.placements}, {self.dtype.value}, {self.kind})"
-
-
-class TtnnBackend(AttentionOps):
-    """The ``Backend`` protocol on a ttnn mesh device (or submesh); attention ops come from ``AttentionOps``."""
+class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps):
+    """The ``Backend`` protocol on a ttnn mesh device (or submesh); attention, collectives and
+    sampling are mixed in from their own modules."""
 
     name = "ttnn"
 
@@ -156,21 +91,10 @@ class TtnnBackend(AttentionOps):
         """How an input lies: its host format, the global array as uploaded, the mesh dim per axis, the local shape."""
         np_dtype, dtype, layout = self._input_format(array)
         pad = 4 - array.ndim if layout == ttnn.TILE_LAYOUT else 0
-        placements = normalize(placements, array.ndim)
-        local, dims = list(array.shape), []
-        for axis, p in enumerate(placements):
-            n = self.spec.shape[axis]
-            if isinstance(p, Partial):
-                raise MeshError(f"input {name!r}: a step input cannot be Partial")
-            if isinstance(p, Shard) and n > 1:
-                if local[p.dim] % n:
-                    raise MeshError(f"input {name!r}: dim {p.dim} of size {local[p.dim]} does not split over {n} devices on axis {axis}")
-                local[p.dim] //= n
-                dims.append(p.dim + pad)
-            else:
-                dims.append(None)
+        plan = plan_cut(array.shape, placements, self.spec.shape, name)
+        dims = tuple(None if d is None else d + pad for d in plan.shard_dims)
         data = np.ascontiguousarray(array.astype(np_dtype).reshape((1,) * pad + array.shape))
-        return data, dtype, layout, (dims[0], dims[1]), tuple(local), placements
+        return data, dtype, layout, dims, plan.local_shape, plan.placements
 
     def input_tensor(self, array, placements: Placements = (Replicate(), Replicate()), *, name: str = "input") -> TtnnTensor:
         """Ints row-major (what embedding, cache and SDPA ops read), floats tiled ``[1, 1, B, W]``;
@@ -193,13 +117,9 @@ class TtnnBackend(AttentionOps):
 
     def read_ids(self, t: TtnnTensor) -> np.ndarray:
         """The sampled ids: one [B] read from the first chip (every chip holds the same)."""
-        ids = _first_device(t.value).reshape(-1)[: t.shape[0]]
+        ids = first_device(t.value).reshape(-1)[: t.shape[0]]
         self.transfers.readback(t.shape[0] * 4)
         return np.rint(ids).astype(np.int64)
-
-    def _index(self, x, dtype=ttnn.int32) -> ttnn.Tensor:
-        """An index argument's device tensor: an input as it is, a host array uploaded once."""
-        return x.value if isinstance(x, TtnnTensor) else self._ints(x, dtype)
 
     # ------------------------------------------------------------------ decode traces
     def capture(self, step):
@@ -218,25 +138,13 @@ class TtnnBackend(AttentionOps):
         array = np.asarray(array)
         if array.ndim > 4 or array.ndim == 0:
             raise MeshError(f"tensor {name!r}: ttnn tensors have 1 to 4 dims, got {array.ndim}")
-        placements = normalize(placements, array.ndim)
-        local = list(array.shape)
-        dims: list[int | None] = []
-        for axis, p in enumerate(placements):
-            n = self.spec.shape[axis]
-            if isinstance(p, Partial):
-                raise MeshError(f"tensor {name!r}: a host array cannot be placed as Partial")
-            if isinstance(p, Shard) and n > 1:
-                if local[p.dim] % n:
-                    raise MeshError(f"tensor {name!r}: dim {p.dim} of size {local[p.dim]} does not split evenly over {n} devices on axis {axis}")
-                local[p.dim] //= n
-                dims.append(p.dim + 4 - array.ndim)
-            else:
-                dims.append(None)
+        plan = plan_cut(array.shape, placements, self.spec.shape, name)
+        dims = tuple(None if d is None else d + 4 - array.ndim for d in plan.shard_dims)
         if array.dtype.kind == "f":
             array = array.astype(np.float32, copy=False)
-        pending = _Pending(array.reshape((1,) * (4 - array.ndim) + array.shape), (dims[0], dims[1]))
+        pending = Pending(array.reshape((1,) * (4 - array.ndim) + array.shape), dims)
         kind = VECTOR if array.ndim == 1 else ROWS
-        return TtnnTensor(self, None, local, placements, dtype, name, kind, pending=pending)
+        return TtnnTensor(self, None, plan.local_shape, plan.placements, dtype, name, kind, pending=pending)
 
     def from_host_per_device(self, array, placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
         """``array[r, c]`` (``[R', C', *local]``, an axis of one entry shared by its chips, e.g. a
@@ -256,7 +164,7 @@ class TtnnBackend(AttentionOps):
                 array = first  # equal pieces: every chip on the axis shares one
         local = array.shape[2:]
         placements = normalize(placements, len(local))
-        pending = _PendingPieces(array.reshape(array.shape[:2] + (1,) * (4 - len(local)) + tuple(local)))
+        pending = PendingPieces(array.reshape(array.shape[:2] + (1,) * (4 - len(local)) + tuple(local)))
         kind = VECTOR if len(local) == 1 else ROWS
         return TtnnTensor(self, None, local, placements, dtype, name, kind, pending=pending)
 
@@ -266,21 +174,15 @@ class TtnnBackend(AttentionOps):
         return self.zeros((num_pages, n_kv, page_size, head_dim), placements, dtype=dtype, name=name)
 
     def zeros(self, shape: Sequence[int], placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
-        placements = normalize(placements, len(shape))
-        local = list(shape)
-        for axis, p in enumerate(placements):
-            n = self.spec.shape[axis]
-            if isinstance(p, Shard) and n > 1:
-                if local[p.dim] % n:
-                    raise MeshError(f"tensor {name!r}: dim {p.dim} of size {local[p.dim]} does not split evenly over {n} devices")
-                local[p.dim] //= n
+        plan = plan_cut(shape, placements, self.spec.shape, name, allow_partial=True)
+        local = plan.local_shape
         if len(local) > 4:
             raise MeshError(f"tensor {name!r}: ttnn tensors have at most 4 dims")
         shape4 = (1,) * (4 - len(local)) + tuple(local)
         kind = CACHE if len(local) == 4 else ROWS
         value = ttnn.zeros(shape4, dtype=cfg.ttnn_dtype(dtype), layout=ttnn.TILE_LAYOUT, device=self.device,
                            memory_config=ttnn.DRAM_MEMORY_CONFIG)
-        return TtnnTensor(self, value, local, placements, dtype, name, kind)
+        return TtnnTensor(self, value, local, plan.placements, dtype, name, kind)
 
     def to_host(self, t: TtnnTensor) -> np.ndarray:
         value = self._materialize_default(t)
@@ -288,17 +190,8 @@ class TtnnBackend(AttentionOps):
             value = ttnn.typecast(value, ttnn.float32)
         pieces = [np.asarray(p.cpu().to_numpy()) for p in ttnn.get_device_tensors(value)]
         self.transfers.readback(sum(p.nbytes for p in pieces))
-        local = [self._local_view(t, p) for p in pieces]
+        local = [t.local_view(p) for p in pieces]
         return assemble(local, self.spec.shape, t.placements)
-
-    def _local_view(self, t: TtnnTensor, piece: np.ndarray) -> np.ndarray:
-        if t.kind == HEADS_PREFILL:
-            return piece[0, : t.heads].transpose(1, 0, 2)[: t.shape[0]]
-        if t.kind == HEADS_DECODE:
-            return piece[0, : t.shape[0], : t.heads]
-        if t.kind == STATS:
-            return piece[0, 0, : t.shape[0], :: cfg.TILE][:, : t.shape[1]]
-        return piece.reshape(-1)[: math.prod(t.shape)].reshape(t.shape) if t.kind in (VECTOR, TABLE) else piece.reshape(t.shape)
 
     def deallocate(self, t: TtnnTensor) -> None:
         t._free()
@@ -312,7 +205,7 @@ class TtnnBackend(AttentionOps):
             if t.pending is None:
                 raise MeshError(f"tensor {t.name!r} was deallocated")
             pending = t.pending if shape4 is None else t.pending.reshaped(shape4)
-            if isinstance(pending, _PendingPieces):
+            if isinstance(pending, PendingPieces):
                 t.value = self._upload_pieces(pending.pieces, dtype, layout, memory)
             else:
                 t.value = self._upload(pending.array, pending.mesh_dims, dtype, layout, memory)
@@ -322,7 +215,7 @@ class TtnnBackend(AttentionOps):
     def _materialize_default(self, t: TtnnTensor) -> ttnn.Tensor:
         if t.kind == VECTOR:
             return self._vector(t)
-        return self._materialize(t, t.dtype, ttnn.TILE_LAYOUT, cfg.activation_memory(_rows(t), t.shape[-1]))
+        return self._materialize(t, t.dtype, ttnn.TILE_LAYOUT, cfg.activation_memory(t.rows, t.shape[-1]))
 
     def _rows_value(self, t: TtnnTensor) -> ttnn.Tensor:
         """A token-major activation ``[1, 1, T, W]``."""
@@ -370,9 +263,6 @@ class TtnnBackend(AttentionOps):
             raise AssertionError(f"ttnn backend: device tensor {tuple(value.shape)} does not hold rows {tuple(shape)}")
         return TtnnTensor(self, value, shape, placements, dtype or self.activation_dtype, name, kind, heads)
 
-    # ------------------------------------------------------------------ checks
-
-
     # ------------------------------------------------------------------ compute
     def linear(self, x: TtnnTensor, w: TtnnTensor, *, out_dtype: DType | None = None) -> TtnnTensor:
         if x.ndim != 2 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
@@ -405,13 +295,13 @@ class TtnnBackend(AttentionOps):
             raise MeshError(f"add: {a.name!r} is {a.placements} but {b.name!r} is {b.placements}")
         if a.shape != b.shape:
             raise MeshError(f"add: {a.name!r} local {a.shape} does not match {b.name!r} local {b.shape}")
-        out = ttnn.add(self._rows_value(a), self._rows_value(b), memory_config=cfg.activation_memory(_rows(a), a.shape[-1]))
+        out = ttnn.add(self._rows_value(a), self._rows_value(b), memory_config=cfg.activation_memory(a.rows, a.shape[-1]))
         return self._wrap(out, a.shape, a.placements)
 
     def multiply(self, x: TtnnTensor, factor: TtnnTensor) -> TtnnTensor:
         placements = multiply_placement(x, factor)
         f = self._materialize(factor, DType.bfloat16, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
-        out = ttnn.multiply(self._rows_value(x), f, memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+        out = ttnn.multiply(self._rows_value(x), f, memory_config=cfg.activation_memory(x.rows, x.shape[-1]))
         return self._wrap(out, x.shape, placements, x.dtype)
 
     def silu_mul(self, gate: TtnnTensor, up: TtnnTensor) -> TtnnTensor:
@@ -419,7 +309,7 @@ class TtnnBackend(AttentionOps):
         if gate.placements != up.placements or gate.shape != up.shape:
             raise MeshError(f"silu_mul: {gate.name!r} {gate.shape} {gate.placements} vs {up.name!r} {up.shape} {up.placements}")
         out = ttnn.mul(self._rows_value(gate), self._rows_value(up), input_tensor_a_activations=[ttnn.UnaryOpType.SILU],
-                       memory_config=cfg.activation_memory(_rows(gate), gate.shape[-1]))
+                       memory_config=cfg.activation_memory(gate.rows, gate.shape[-1]))
         return self._wrap(out, gate.shape, gate.placements)
 
     def embedding(self, ids, table: TtnnTensor) -> TtnnTensor:
@@ -457,7 +347,7 @@ class TtnnBackend(AttentionOps):
         self._check_width("rms_norm", x)
         local = x.shape[-1]
         out = ttnn.rms_norm(self._rows_value(x), epsilon=eps * width / local, weight=self._vector(weight),
-                            compute_kernel_config=cfg.precise_compute(), memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+                            compute_kernel_config=cfg.precise_compute(), memory_config=cfg.activation_memory(x.rows, x.shape[-1]))
         if width != local:  # ttnn divides by the padded width: rescale to the true mean
             out = ttnn.multiply(out, math.sqrt(width / local))
         return self._wrap(out, x.shape, x.placements)
@@ -465,7 +355,7 @@ class TtnnBackend(AttentionOps):
     def rms_norm_pre_all_gather(self, x: TtnnTensor) -> TtnnTensor:
         require_reduced("rms_norm_pre_all_gather", x)
         stats = ttnn.rms_norm_pre_all_gather(self._rows_value(x), compute_kernel_config=cfg.precise_compute(),
-                                             dtype=ttnn.bfloat16, memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+                                             dtype=ttnn.bfloat16, memory_config=cfg.activation_memory(x.rows, x.shape[-1]))
         return self._wrap(stats, (x.shape[0], 1), x.placements, DType.bfloat16, "norm_stats", STATS)
 
     def rms_norm_post_all_gather(self, x: TtnnTensor, stats: TtnnTensor, weight: TtnnTensor, *, eps: float, width: int) -> TtnnTensor:
@@ -478,7 +368,7 @@ class TtnnBackend(AttentionOps):
             sv = ttnn.multiply(sv, covered / width)
         out = ttnn.rms_norm_post_all_gather(self._rows_value(x), sv, epsilon=eps, weight=self._vector(weight),
                                             compute_kernel_config=cfg.precise_compute(),
-                                            memory_config=cfg.activation_memory(_rows(x), x.shape[-1]))
+                                            memory_config=cfg.activation_memory(x.rows, x.shape[-1]))
         return self._wrap(out, x.shape, x.placements)
 
     def slice_rows(self, x: TtnnTensor, start: int, end: int) -> TtnnTensor:
@@ -501,139 +391,9 @@ class TtnnBackend(AttentionOps):
         shape = list(first.shape)
         shape[dim] = sum(p.shape[dim] for p in parts)
         out = ttnn.concat([self._rows_value(p) for p in parts], dim + 4 - first.ndim,
-                          memory_config=cfg.activation_memory(_rows(first), shape[-1]))
+                          memory_config=cfg.activation_memory(first.rows, shape[-1]))
         return self._wrap(out, shape, first.placements, first.dtype)
 
-    # ------------------------------------------------------------------ collectives
-    def _ccl_args(self, axis: int, topology: Topology | None, num_links: int | None) -> dict:
-        topo = topology or self.spec.topology[axis]
-        return dict(cluster_axis=axis, topology=ttnn.Topology.Ring if topo is Topology.RING else ttnn.Topology.Linear,
-                    num_links=num_links or self.spec.links[axis])
-
-    def _record(self, op: str, axis: int, topology: Topology | None, full_elems: int, dtype: DType, cost) -> None:
-        topo = topology or self.spec.topology[axis]
-        n = self.spec.shape[axis]
-        full = full_elems * dtype.bytes_per_element
-        self.ccl.record(CclRecord(op, axis, n, topo, full, cost(full, n, topo)))
-
-    def all_gather(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
-        axis = self.spec.resolve_axis("all_gather", cluster_axis)
-        dim = normalize_dim(dim, x.ndim, "all_gather")
-        require_reduced("all_gather", x)
-        n = self.spec.shape[axis]
-        self._record("all_gather", axis, topology, math.prod(x.shape) * n, x.dtype, all_gather_bytes)
-        placements = with_axis(x.placements, axis, Replicate())
-        shape = list(x.shape)
-        shape[dim] *= n
-        if n == 1:
-            return self._wrap(self._rows_value(x), x.shape, placements, x.dtype, x.name, x.kind)
-        out = ttnn.all_gather(self._rows_value(x), dim + 4 - x.ndim, memory_config=cfg.activation_memory(_rows(x), shape[-1]),
-                              **self._ccl_args(axis, topology, num_links))
-        return self._wrap(out, shape, placements, x.dtype, kind=x.kind)
-
-    def reduce_scatter(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
-        axis = self.spec.resolve_axis("reduce_scatter", cluster_axis)
-        dim = normalize_dim(dim, x.ndim, "reduce_scatter")
-        n = self.spec.shape[axis]
-        if x.shape[dim] % n:
-            raise MeshError(f"reduce_scatter: dim {dim} of {x.name!r} has size {x.shape[dim]}, not divisible by the {n} devices on axis {axis}")
-        self._record("reduce_scatter", axis, topology, math.prod(x.shape), x.dtype, reduce_scatter_bytes)
-        placements = with_axis(x.placements, axis, Shard(dim))
-        shape = list(x.shape)
-        shape[dim] //= n
-        if n == 1:
-            return self._wrap(self._rows_value(x), shape, placements, x.dtype)
-        if isinstance(x.placements[axis], Shard):
-            raise MeshError(f"reduce_scatter: {x.name!r} is already sharded on axis {axis}")
-        out = ttnn.reduce_scatter(self._rows_value(x), dim + 4 - x.ndim, memory_config=cfg.activation_memory(_rows(x), x.shape[-1]),
-                                  **self._ccl_args(axis, topology, num_links))
-        return self._wrap(out, shape, placements, x.dtype)
-
-    def all_reduce(self, x: TtnnTensor, cluster_axis: int | None = None, *, topology=None, num_links=None) -> TtnnTensor:
-        axis = self.spec.resolve_axis("all_reduce", cluster_axis)
-        n = self.spec.shape[axis]
-        self._record("all_reduce", axis, topology, math.prod(x.shape), x.dtype, all_reduce_bytes)
-        placements = with_axis(x.placements, axis, Replicate())
-        if n == 1:
-            return self._wrap(self._rows_value(x), x.shape, placements, x.dtype)
-        if isinstance(x.placements[axis], Shard):
-            raise MeshError(f"all_reduce: {x.name!r} is sharded on axis {axis}; all_gather it instead")
-        out = ttnn.all_reduce(self._rows_value(x), memory_config=cfg.activation_memory(_rows(x), x.shape[-1]),
-                              **self._ccl_args(axis, topology, num_links))
-        return self._wrap(out, x.shape, placements, x.dtype)
-
-    # ------------------------------------------------------------------ sampling
-    def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int) -> TtnnTensor:
-        """``ttdist.mesh.sampling``'s algorithm in ttnn ops: local ``topk``, ``all_gather`` of the
-        candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device."""
-        require_reduced("sample", logits)
-        axis = self.spec.resolve_axis("sample", cluster_axis)
-        batch, width = logits.shape
-        n = self.spec.shape[axis] if isinstance(logits.placements[axis], Shard) else 1
-        k = sampling.local_k(width, width * n, vocab_size)
-        values, index = ttnn.topk(self._rows_value(logits), k, dim=-1, largest=True, sorted=True)
-        offset = self._const(("vocab_offset", axis, width, k), lambda: self._vocab_offsets(logits, axis, width, k))
-        ids = ttnn.add(ttnn.typecast(index, ttnn.float32), offset)
-        values = ttnn.typecast(values, ttnn.float32)
-        if vocab_size < width * n:  # padded ids: their zero logits are never drawn
-            values = ttnn.add(values, ttnn.multiply(ttnn.ge(ids, float(vocab_size), dtype=ttnn.float32), sampling.MASK))
-        cand = [self._wrap(v, (batch, k), logits.placements, DType.float32, "candidates") for v in (values, ids)]
-        gathered = [self.all_gather(c, dim=-1, cluster_axis=axis) for c in cand]
-        token = self._draw(gathered[0].value, gathered[1].value, params.value, batch, gathered[0].shape[-1])
-        return self._wrap(token, (batch,), gathered[0].placements, DType.float32, "token_ids", INPUT)
-
-    def _vocab_offsets(self, logits: TtnnTensor, axis: int, width: int, k: int) -> ttnn.Tensor:
-        """Each chip's first global vocab id, ``[1, 1, 1, k]`` per chip (added to its local topk ids)."""
-        sharded = isinstance(logits.placements[axis], Shard) and self.spec.shape[axis] > 1
-        coords = np.indices(self.spec.shape)[axis] if sharded else np.zeros(self.spec.shape, np.int64)
-        full = np.ascontiguousarray(np.broadcast_to((coords * width).astype(np.float32)[:, :, None, None], (*self.spec.shape, 1, k)))
-        t = self.from_host_per_device(full, logits.placements, dtype=DType.float32, name="vocab_offset")
-        return self._materialize(t, DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
-
-    def _ones_upper(self, n: int) -> ttnn.Tensor:
-        """``[n, n]`` with ones where row <= column: ``x @ it`` is the running sum of ``x``'s rows."""
-        return self._const(("triu", n), lambda: self._upload(np.triu(np.ones((1, 1, n, n), np.float32)), (None, None),
-                                                             DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG))
-
-    def _draw(self, v, ids, params, batch: int, m: int) -> ttnn.Tensor:
-        """``sampling.draw`` over gathered candidates ``[1, 1, B, M]`` (float32)."""
-        top = min(sampling.K, m)
-        mem = ttnn.DRAM_MEMORY_CONFIG
-        col = [ttnn.slice(params, [0, 0, 0, i], [1, 1, batch, i + 1]) for i in range(sampling.PARAMS)]
-        t_inv, k, p, u = ttnn.reciprocal(col[0]), col[1], col[2], col[3]
-        s, _ = ttnn.topk(ttnn.typecast(v, ttnn.bfloat16), top, dim=-1, largest=True, sorted=True)
-        s = ttnn.typecast(s, ttnn.float32)
-        rank = self._const(("rank", batch, top), lambda: self._upload(
-            np.broadcast_to(np.arange(top, dtype=np.float32), (1, 1, batch, top)).copy(), (None, None),
-            DType.float32, ttnn.TILE_LAYOUT, mem))
-        in_k = ttnn.lt(rank, k, dtype=ttnn.float32)
-        z0 = ttnn.multiply(ttnn.slice(s, [0, 0, 0, 0], [1, 1, batch, 1]), t_inv)
-        e = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(s, t_inv), z0)), in_k)
-        prob = ttnn.multiply(e, ttnn.reciprocal(ttnn.sum(e, dim=-1, keepdim=True)))
-        cum = ttnn.matmul(prob, self._ones_upper(top), memory_config=mem, compute_kernel_config=cfg.precise_compute())
-        kept = ttnn.multiply(in_k, ttnn.lt(ttnn.subtract(cum, prob), p, dtype=ttnn.float32))
-        last = ttnn.subtract(ttnn.sum(kept, dim=-1, keepdim=True), 1.0)
-        threshold = ttnn.sum(ttnn.multiply(s, ttnn.eq(rank, last, dtype=ttnn.float32)), dim=-1, keepdim=True)
-        weight = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(v, t_inv), z0)), ttnn.ge(v, threshold, dtype=ttnn.float32))
-        cdf = ttnn.matmul(weight, self._ones_upper(m), memory_config=mem, compute_kernel_config=cfg.precise_compute())
-        total = ttnn.slice(cdf, [0, 0, 0, m - 1], [1, 1, batch, m])
-        hit = ttnn.gt(cdf, ttnn.multiply(u, total), dtype=ttnn.float32)
-        hits = ttnn.matmul(hit, self._ones_upper(m), memory_config=mem, compute_kernel_config=cfg.precise_compute())
-        first = ttnn.multiply(hit, ttnn.eq(hits, 1.0, dtype=ttnn.float32))
-        return ttnn.sum(ttnn.multiply(first, ids), dim=-1, keepdim=True)
-
     # ------------------------------------------------------------------ memory report
-    def dram_report(self):
-        from ttdist.mesh.ttnn.device import dram_report
-
+    def dram_report(self) -> DramReport:
         return dram_report(self)
-
-
-def _first_device(t: ttnn.Tensor) -> np.ndarray:
-    if t.dtype == ttnn.bfloat16:
-        t = ttnn.typecast(t, ttnn.float32)
-    return np.asarray(ttnn.get_device_tensors(t)[0].cpu().to_numpy())
-
-
-def _rows(t: TtnnTensor) -> int:
-    return t.shape[0] if t.ndim >= 2 else 1

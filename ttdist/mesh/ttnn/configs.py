@@ -101,12 +101,6 @@ def dram_sharded_weight_memory(k: int, n: int) -> ttnn.MemoryConfig:
     return ttnn.MemoryConfig(ttnn.TensorMemoryLayout.WIDTH_SHARDED, ttnn.BufferType.DRAM, spec)
 
 
-def dram_sharded_weight_bytes(k: int, n: int, dtype: DType) -> int:
-    """What the allocator reserves per chip for ``dram_sharded_weight_memory(k, n)``."""
-    padded = -(-n // (TILE * DRAM_BANKS)) * TILE * DRAM_BANKS
-    return int(round(tiles(k) * (padded // TILE) * tile_bytes(dtype)))
-
-
 def decode_cores(k: int, grid: Grid) -> int:
     """Cores the activation is width-sharded over: the most that split ``k`` into whole tiles."""
     return largest_divisor(tiles(k), min(grid.cores, MAX_DECODE_CORES))
@@ -208,11 +202,6 @@ def heads_decode_memory(batch: int, heads: int, head_dim: int, grid: Grid) -> tt
 
 
 # ---------------------------------------------------------------------- storage
-def tile_bytes(dtype: DType) -> float:
-    """Bytes of one 32x32 tile (block floats carry one exponent byte per 16 values)."""
-    return TILE * TILE * dtype.bytes_per_element
-
-
 def activation_memory(m: int, width: int = 0) -> ttnn.MemoryConfig:
     """Decode-sized activations live in L1, prefill and wide ones in DRAM.
 

@@ -1,5 +1,6 @@
 """Host-side helpers of the ttnn backend: the per-chip host buffers a per-device upload is made
-of (``host_shards``) and assembling per-device pieces into the global tensor (``to_host``).
+of (``host_shards``), assembling per-device pieces into the global tensor (``to_host``) and
+reading the first chip's copy of a replicated tensor (``first_device``).
 Sampling runs on the chips (``ttdist.mesh.sampling``); only the sampled ids are read back.
 """
 
@@ -58,3 +59,10 @@ def _combine(parts: list[np.ndarray], placement) -> np.ndarray:
     if isinstance(placement, Partial):
         return np.sum(parts, axis=0)
     return parts[0]
+
+
+def first_device(t: ttnn.Tensor) -> np.ndarray:
+    """The first chip's piece of ``t`` as numpy (bf16 widened to float32 on device first)."""
+    if t.dtype == ttnn.bfloat16:
+        t = ttnn.typecast(t, ttnn.float32)
+    return np.asarray(ttnn.get_device_tensors(t)[0].cpu().to_numpy())

@@ -1,0 +1,76 @@
+"""Sampling on the simulator: ``ttdist.mesh.sampling``'s algorithm in torch (local top-k per
+chip, all-gather of the candidates, the draw)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ttdist.mesh import sampling
+from ttdist.mesh.errors import MeshError
+from ttdist.mesh.placement import Placements, Shard, require_reduced
+from ttdist.mesh.precision import DType
+from ttdist.mesh.sim.tensor import SimTensor
+from ttdist.mesh.spec import MeshSpec
+
+
+@runtime_checkable
+class SamplingHost(Protocol):
+    """What ``SamplingOps`` uses of the backend it is mixed into (``SimBackend``)."""
+
+    spec: MeshSpec
+    device: torch.device
+
+    def _wrap(self, data: torch.Tensor, placements: Placements, dtype: DType | None = None,
+              name: str = "activations") -> SimTensor: ...
+
+    def all_gather(self, x: SimTensor, dim: int, cluster_axis: int | None = None, *, topology=None,
+                   num_links=None) -> SimTensor: ...
+
+
+class SamplingOps:
+    """``sample`` of ``SimBackend`` (see ``SamplingHost``)."""
+
+    def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int) -> SimTensor:
+        """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw."""
+        require_reduced("sample", logits)
+        axis = self.spec.resolve_axis("sample", cluster_axis)
+        for other, p in enumerate(logits.placements):
+            if other != axis and isinstance(p, Shard) and self.spec.shape[other] > 1:
+                raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {other}, not only the vocab axis {axis}")
+        width = logits.shape[-1]
+        sharded = isinstance(logits.placements[axis], Shard) and self.spec.shape[axis] > 1
+        values, index = logits.data.topk(sampling.local_k(width, width * (self.spec.shape[axis] if sharded else 1), vocab_size), dim=-1)
+        offset = torch.zeros(1, device=self.device)
+        if sharded:
+            shape = [1, 1, 1, 1]
+            shape[axis] = self.spec.shape[axis]
+            offset = (torch.arange(self.spec.shape[axis], device=self.device) * width).float().reshape(shape)
+        ids = index.float() + offset
+        values = torch.where(ids >= vocab_size, torch.full_like(values, sampling.MASK), values.float())
+        gathered = [self.all_gather(self._wrap(t, logits.placements, DType.float32, "candidates"), dim=-1, cluster_axis=axis)
+                    for t in (values, ids)]
+        ids = draw(gathered[0].data, gathered[1].data, params.data)
+        return self._wrap(ids.round().to(torch.int32), gathered[0].placements, DType.int32, "token_ids")
+
+
+def draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """``sampling.draw`` in torch over ``[R', C', B, M]`` candidates; ``params`` is ``[1, 1, B, 4]``."""
+    t, k, p, u = (params[..., i : i + 1].float() for i in range(sampling.PARAMS))
+    top = min(sampling.K, v.shape[-1])
+    s = v.topk(top, dim=-1).values
+    rank = torch.arange(top, device=v.device, dtype=torch.float32)
+    in_k = rank < k
+    z0 = s[..., :1] / t
+    e = torch.exp(s / t - z0) * in_k
+    prob = e / e.sum(-1, keepdim=True)
+    cum = prob.cumsum(-1)
+    kept = in_k & ((cum - prob) < p)
+    last = kept.sum(-1, keepdim=True) - 1
+    threshold = (s * (rank == last)).sum(-1, keepdim=True)
+    weight = torch.exp(v / t - z0) * (v >= threshold)
+    cdf = weight.cumsum(-1)
+    hit = (cdf > u * cdf[..., -1:]).float()
+    first = hit * (hit.cumsum(-1) == 1)
+    return (first * ids).sum(-1)

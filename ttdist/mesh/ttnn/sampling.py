@@ -1,0 +1,104 @@
+"""Sampling on the ttnn backend: ``ttdist.mesh.sampling``'s algorithm in ttnn ops (local ``topk``,
+``all_gather`` of the candidates, the draw with cumulative sums as matmuls with triangular ones);
+the ids stay on device."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+import ttnn
+
+from ttdist.mesh import sampling
+from ttdist.mesh.placement import Placements, Shard, require_reduced
+from ttdist.mesh.precision import DType
+from ttdist.mesh.spec import MeshSpec
+from ttdist.mesh.ttnn import configs as cfg
+from ttdist.mesh.ttnn.tensor import INPUT, ROWS, TtnnTensor
+
+
+@runtime_checkable
+class SamplingHost(Protocol):
+    """What ``SamplingOps`` uses of the backend it is mixed into (``TtnnBackend``)."""
+
+    spec: MeshSpec
+
+    def _wrap(self, value: ttnn.Tensor, shape, placements: Placements, dtype: DType | None = None,
+              name: str = "activations", kind: str = ROWS, heads: int = 0) -> TtnnTensor: ...
+
+    def _rows_value(self, t: TtnnTensor) -> ttnn.Tensor: ...
+
+    def _const(self, key: tuple, make: Callable[[], ttnn.Tensor]) -> ttnn.Tensor: ...
+
+    def _upload(self, array: np.ndarray, mesh_dims, dtype: DType, layout, memory) -> ttnn.Tensor: ...
+
+    def _materialize(self, t: TtnnTensor, dtype: DType, layout, memory, shape4=None) -> ttnn.Tensor: ...
+
+    def from_host_per_device(self, array, placements: Placements, *, dtype: DType = DType.bfloat16,
+                             name: str = "tensor") -> TtnnTensor: ...
+
+    def all_gather(self, x: TtnnTensor, dim: int, cluster_axis: int | None = None, *, topology=None,
+                   num_links=None) -> TtnnTensor: ...
+
+
+class SamplingOps:
+    """``sample`` of ``TtnnBackend`` (see ``SamplingHost``)."""
+
+    def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int) -> TtnnTensor:
+        """``ttdist.mesh.sampling``'s algorithm in ttnn ops: local ``topk``, ``all_gather`` of the
+        candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device."""
+        require_reduced("sample", logits)
+        axis = self.spec.resolve_axis("sample", cluster_axis)
+        batch, width = logits.shape
+        n = self.spec.shape[axis] if isinstance(logits.placements[axis], Shard) else 1
+        k = sampling.local_k(width, width * n, vocab_size)
+        values, index = ttnn.topk(self._rows_value(logits), k, dim=-1, largest=True, sorted=True)
+        offset = self._const(("vocab_offset", axis, width, k), lambda: self._vocab_offsets(logits, axis, width, k))
+        ids = ttnn.add(ttnn.typecast(index, ttnn.float32), offset)
+        values = ttnn.typecast(values, ttnn.float32)
+        if vocab_size < width * n:  # padded ids: their zero logits are never drawn
+            values = ttnn.add(values, ttnn.multiply(ttnn.ge(ids, float(vocab_size), dtype=ttnn.float32), sampling.MASK))
+        cand = [self._wrap(v, (batch, k), logits.placements, DType.float32, "candidates") for v in (values, ids)]
+        gathered = [self.all_gather(c, dim=-1, cluster_axis=axis) for c in cand]
+        token = self._draw(gathered[0].value, gathered[1].value, params.value, batch, gathered[0].shape[-1])
+        return self._wrap(token, (batch,), gathered[0].placements, DType.float32, "token_ids", INPUT)
+
+    def _vocab_offsets(self, logits: TtnnTensor, axis: int, width: int, k: int) -> ttnn.Tensor:
+        """Each chip's first global vocab id, ``[1, 1, 1, k]`` per chip (added to its local topk ids)."""
+        sharded = isinstance(logits.placements[axis], Shard) and self.spec.shape[axis] > 1
+        coords = np.indices(self.spec.shape)[axis] if sharded else np.zeros(self.spec.shape, np.int64)
+        full = np.ascontiguousarray(np.broadcast_to((coords * width).astype(np.float32)[:, :, None, None], (*self.spec.shape, 1, k)))
+        t = self.from_host_per_device(full, logits.placements, dtype=DType.float32, name="vocab_offset")
+        return self._materialize(t, DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+
+    def _ones_upper(self, n: int) -> ttnn.Tensor:
+        """``[n, n]`` with ones where row <= column: ``x @ it`` is the running sum of ``x``'s rows."""
+        return self._const(("triu", n), lambda: self._upload(np.triu(np.ones((1, 1, n, n), np.float32)), (None, None),
+                                                             DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG))
+
+    def _draw(self, v, ids, params, batch: int, m: int) -> ttnn.Tensor:
+        """``sampling.draw`` over gathered candidates ``[1, 1, B, M]`` (float32)."""
+        top = min(sampling.K, m)
+        mem = ttnn.DRAM_MEMORY_CONFIG
+        col = [ttnn.slice(params, [0, 0, 0, i], [1, 1, batch, i + 1]) for i in range(sampling.PARAMS)]
+        t_inv, k, p, u = ttnn.reciprocal(col[0]), col[1], col[2], col[3]
+        s, _ = ttnn.topk(ttnn.typecast(v, ttnn.bfloat16), top, dim=-1, largest=True, sorted=True)
+        s = ttnn.typecast(s, ttnn.float32)
+        rank = self._const(("rank", batch, top), lambda: self._upload(
+            np.broadcast_to(np.arange(top, dtype=np.float32), (1, 1, batch, top)).copy(), (None, None),
+            DType.float32, ttnn.TILE_LAYOUT, mem))
+        in_k = ttnn.lt(rank, k, dtype=ttnn.float32)
+        z0 = ttnn.multiply(ttnn.slice(s, [0, 0, 0, 0], [1, 1, batch, 1]), t_inv)
+        e = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(s, t_inv), z0)), in_k)
+        prob = ttnn.multiply(e, ttnn.reciprocal(ttnn.sum(e, dim=-1, keepdim=True)))
+        cum = ttnn.matmul(prob, self._ones_upper(top), memory_config=mem, compute_kernel_config=cfg.precise_compute())
+        kept = ttnn.multiply(in_k, ttnn.lt(ttnn.subtract(cum, prob), p, dtype=ttnn.float32))
+        last = ttnn.subtract(ttnn.sum(kept, dim=-1, keepdim=True), 1.0)
+        threshold = ttnn.sum(ttnn.multiply(s, ttnn.eq(rank, last, dtype=ttnn.float32)), dim=-1, keepdim=True)
+        weight = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(v, t_inv), z0)), ttnn.ge(v, threshold, dtype=ttnn.float32))
+        cdf = ttnn.matmul(weight, self._ones_upper(m), memory_config=mem, compute_kernel_config=cfg.precise_compute())
+        total = ttnn.slice(cdf, [0, 0, 0, m - 1], [1, 1, batch, m])
+        hit = ttnn.gt(cdf, ttnn.multiply(u, total), dtype=ttnn.float32)
+        hits = ttnn.matmul(hit, self._ones_upper(m), memory_config=mem, compute_kernel_config=cfg.precise_compute())
+        first = ttnn.multiply(hit, ttnn.eq(hits, 1.0, dtype=ttnn.float32))
+        return ttnn.sum(ttnn.multiply(first, ids), dim=-1, keepdim=True)
