@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ttdist.model.weight_cache import BF16, ShardFileWriter  # noqa: E402
+from ttdist.model.weights.safetensors_file import BF16, ShardFileWriter  # noqa: E402
 
 LLAMA_70B = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 8192,

@@ -12,12 +12,18 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from ttdist.mesh.spec import parse_mesh
-from ttdist.model import weight_cache
 from ttdist.model.config import CheckpointError, LlamaConfig
 from ttdist.model.runner import kv_budget
-from ttdist.model.weights import convert_checkpoint, load_converted, prepare, read_checkpoint
+from ttdist.model.weights import convert as streaming_convert
+from ttdist.model.weights import convert_checkpoint, expected_shapes, load_converted, open_checkpoint, prepare
 
 BF16 = ml_dtypes.bfloat16
+
+
+def read_checkpoint(path):
+    """Config and every HF-named tensor as float32, every tensor checked (what conversion reads)."""
+    ckpt = open_checkpoint(path)
+    return ckpt.config, {name: ckpt.read(name, dtype=np.float32) for name in expected_shapes(ckpt.config)}
 
 
 def convert(path, cache, mesh="1x8", dtype="bfloat16", **kw):
@@ -76,7 +82,7 @@ def test_conversion_shows_progress(tiny_ckpt, tmp_path, capsys):
 def test_streamed_entry_equals_in_memory_pieces(tiny_ckpt, tmp_path, mesh, monkeypatch):
     """Embedding and LM head are written in many small row slabs; every piece equals the
     in-memory conversion of the same checkpoint."""
-    monkeypatch.setattr(weight_cache, "SLAB_BYTES", 4096)
+    monkeypatch.setattr(streaming_convert, "SLAB_BYTES", 4096)
     config, hf = read_checkpoint(tiny_ckpt)
     loaded = all_arrays(load_converted(convert(tiny_ckpt, tmp_path, mesh=mesh, dtype="float32")))
     want = all_arrays(prepare(config, hf, parse_mesh(mesh), "float32"))

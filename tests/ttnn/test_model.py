@@ -24,7 +24,8 @@ from ttdist.model.config import LlamaConfig  # noqa: E402
 from ttdist.model.layout import Layout  # noqa: E402
 from ttdist.model.llama import CacheConfig, Decoder, KVCache, LlamaModel  # noqa: E402
 from ttdist.model.rope import RopeTable  # noqa: E402
-from ttdist.model.weights import expected_shapes, prepare, prepare_layer  # noqa: E402
+from ttdist.model.weights import expected_shapes, prepare  # noqa: E402
+from ttdist.model.weights.layout_arrays import layer_tensors  # noqa: E402
 
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32)
@@ -104,7 +105,7 @@ def test_dram_allocator_matches_weight_layouts(backend):
 def test_one_decoder_layer(backend, spec, dims):
     config = LlamaConfig(**dims)
     layout = Layout(config, spec)
-    arrays = prepare_layer(layout, _hf(config, np.random.default_rng(1), layers_only=True), 0)
+    arrays = dict(layer_tensors(layout, _hf(config, np.random.default_rng(1), layers_only=True), 0))
     plans = {p.name: p for p in layout.plans()}
     placed = {kind: backend.from_host(a, plans[kind].placements, dtype=DType.bfloat4_b if kind in ("w1", "w3") else
                                       (DType.bfloat8_b if a.ndim == 2 else DType.bfloat16), name=f"weights.{kind}")

@@ -20,7 +20,7 @@ import ttnn  # noqa: E402
 
 from ttdist.mesh import MeshError, Replicate, Shard  # noqa: E402
 from ttdist.mesh.precision import DType  # noqa: E402
-from ttdist.model.weight_cache import to_devices  # noqa: E402
+from ttdist.model.weights.layout_arrays import to_devices  # noqa: E402
 
 R = Replicate()
 BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -200,18 +200,13 @@ class Layout:
         """Names this layout in the converted-weight cache."""
         return f"{'1d' if self.one_d else '2d'}-{self.spec.shape_str}-a{self.align}-g{self.group}k{self.n_kv_local}"
 
-    # ------------------------------------------------------------------ sharding host weights
-    def inner_coord(self, r: int, c: int) -> int:
-        return (r, c)[self.inner_axis]
-
-    def hidden_coord(self, r: int, c: int) -> int:
-        return (r, c)[self.hidden_axis]
-
+    # ------------------------------------------------------------------ host weights
     def pad_hidden(self, array: np.ndarray, axis: int) -> np.ndarray:
-        return _pad_axis(array, axis, self.hidden)
+        """``array`` zero-padded along ``axis`` to the padded hidden size."""
+        return pad_axis(array, axis, self.hidden)
 
 
-def _pad_axis(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+def pad_axis(array: np.ndarray, axis: int, size: int) -> np.ndarray:
     extra = size - array.shape[axis]
     if extra == 0:
         return array

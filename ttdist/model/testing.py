@@ -65,7 +65,7 @@ def numpy_llama_checkpoint(dirpath: str | Path, *, seed: int = 0, **overrides) -
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from ttdist.model.config import LlamaConfig
-    from ttdist.model.weights import expected_shapes
+    from ttdist.model.weights.hf_checkpoint import expected_shapes
 
     raw = {**TINY, "vocab_size": 512, "bos_token_id": 256, "eos_token_id": 257, **overrides,
            "model_type": "llama", "architectures": ["LlamaForCausalLM"]}

@@ -182,13 +182,13 @@ class Coordinator:
     async def _weights_for(self, mesh: str, node_id: str):
         if self.config.engine == "scripted":
             return None
-        from ttdist.model.weights import WeightSource
+        from ttdist.runtime.remote_shards import WeightSource
 
         precision = self.config.dtype  # one bf16 entry serves every precision: say which to upload
         if node_id == self._node_id:
             return WeightSource(entry=self._weights_path[mesh], precision=precision), "cache"
         if mesh not in self._weights_ref:  # the entry's files in bounded chunks, fetched one at a time
-            from ttdist.model.weight_cache import RemoteShards
+            from ttdist.runtime.remote_shards import RemoteShards
 
             remote = await asyncio.to_thread(RemoteShards.put, self._weights_path[mesh])
             self._weights_ref[mesh] = WeightSource(remote=remote, precision=precision)

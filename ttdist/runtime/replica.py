@@ -98,7 +98,7 @@ def build_core(setup: ReplicaSetup, weights):
     from ttdist.engine.config import EngineConfig
     from ttdist.engine.tokenizer import Tokenizer
     from ttdist.model.runner import MeshModelRunner
-    from ttdist.model.weights import open_weights
+    from ttdist.runtime.remote_shards import open_weights
 
     s = setup
     options = None
@@ -146,7 +146,7 @@ EngineFactory = Callable[[ReplicaSetup, Any], ServingEngine]   # (setup, weights
 def _node_local(weights):
     """Weights the engine process can open by itself: shards fetched through Ray land in this
     node's cache first (the child is no Ray worker)."""
-    from ttdist.model.weights import WeightSource
+    from ttdist.runtime.remote_shards import WeightSource
 
     if isinstance(weights, WeightSource) and weights.remote is not None:
         return WeightSource(entry=str(weights.remote.fetch()), precision=weights.precision)

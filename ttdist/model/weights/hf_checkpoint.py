@@ -1,4 +1,4 @@
-"""Hugging Face safetensors checkpoints, read lazily: one tensor (or a range of its rows) at a time.
+"""Hugging Face Llama checkpoints, read lazily: one tensor (or a range of its rows) at a time.
 
 ``Checkpoint`` opens a checkpoint directory: ``config.json`` (plain JSON), then the shard
 list from ``model.safetensors.index.json`` when there is one (else every ``*.safetensors``),
@@ -6,10 +6,10 @@ then each file's header only. Tensor data is read on demand with ``readinto`` at
 header's offsets, so nothing is mapped or held beyond the array asked for and peak memory
 follows the largest tensor, not the model. bf16 stays bf16 (``ml_dtypes.bfloat16``).
 
-The header is parsed here rather than through ``safetensors.safe_open`` because streaming
-needs each tensor's byte offsets, which the library does not expose; the format is one
-little-endian u64 length and a JSON table, and every field is checked. Every problem is a
-``CheckpointError`` naming the file and tensor.
+Headers are parsed by ``safetensors_file.read_header`` (streaming needs each tensor's byte
+offsets, which the ``safetensors`` library does not expose) and every field is checked. Every
+problem is a ``CheckpointError`` naming the file and tensor. ``expected_shapes`` is the HF
+tensor names and shapes a ``config.json`` implies; ``open_checkpoint`` checks them all.
 
 ``identity`` is the cheap checkpoint key (config, index, and each file's name, size, mtime
 and header bytes: no data read); ``content_hash`` reads every byte, only on request.
@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from ttdist.model.config import CheckpointError, LlamaConfig
+from ttdist.model.weights.safetensors_file import NUMPY_DTYPES, read_header
 
 INDEX = "model.safetensors.index.json"
-MAX_HEADER = 100 << 20
-NUMPY_DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32)}
 # bits of the exponent field: a value is inf or NaN when all of them are set
 _EXPONENT = {"BF16": (np.uint16, 0x7F80), "F16": (np.uint16, 0x7C00), "F32": (np.uint32, 0x7F800000)}
 _CHECK_ELEMS = 1 << 24
@@ -50,30 +47,6 @@ class TensorInfo:
     @property
     def row_bytes(self) -> int:
         return self.nbytes // self.shape[0] if self.shape and self.shape[0] else self.nbytes
-
-
-def read_header(file: Path) -> tuple[int, dict]:
-    """``(data start, header table)`` of one safetensors file, every field checked."""
-    try:
-        with open(file, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{file}: truncated (no header)")
-            (length,) = struct.unpack("<Q", head)
-            if length > MAX_HEADER:
-                raise CheckpointError(f"{file}: corrupt safetensors header (length {length})")
-            raw = fh.read(length)
-    except OSError as err:
-        raise CheckpointError(f"{file}: cannot read ({err.strerror})") from None
-    if len(raw) < length:
-        raise CheckpointError(f"{file}: truncated (header cut short)")
-    try:
-        table = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{file}: corrupt safetensors header") from None
-    if not isinstance(table, dict):
-        raise CheckpointError(f"{file}: corrupt safetensors header")
-    return 8 + length, table
 
 
 def tensor_infos(file: Path) -> dict[str, TensorInfo]:
@@ -204,3 +177,32 @@ def _check_finite(array: np.ndarray, info: TensorInfo) -> None:
         chunk = bits[i : i + _CHECK_ELEMS]
         if ((chunk & mask) == mask).any():
             raise CheckpointError(f"{info.file}: tensor {info.name!r} contains NaN or inf")
+
+
+def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name of a Llama checkpoint with ``config`` ``c``, and its shape."""
+    hd, h = c.head_dim, c.hidden_size
+    out = {"model.embed_tokens.weight": (c.vocab_size, h), "model.norm.weight": (h,)}
+    if not c.tie_word_embeddings:
+        out["lm_head.weight"] = (c.vocab_size, h)
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        out.update({
+            p + "self_attn.q_proj.weight": (c.num_attention_heads * hd, h),
+            p + "self_attn.k_proj.weight": (c.num_key_value_heads * hd, h),
+            p + "self_attn.v_proj.weight": (c.num_key_value_heads * hd, h),
+            p + "self_attn.o_proj.weight": (h, c.num_attention_heads * hd),
+            p + "mlp.gate_proj.weight": (c.intermediate_size, h),
+            p + "mlp.up_proj.weight": (c.intermediate_size, h),
+            p + "mlp.down_proj.weight": (h, c.intermediate_size),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        })
+    return out
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint whose every expected tensor is present with its config.json shape."""
+    ckpt = Checkpoint(path)
+    ckpt.check(expected_shapes(ckpt.config))
+    return ckpt
