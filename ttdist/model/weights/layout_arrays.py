@@ -13,7 +13,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from ttdist.mesh.placement import Placements, Shard, normalize
+from ttdist.mesh.errors import MeshError
+from ttdist.mesh.placement import Placements, Shard, cut, normalize
 from ttdist.model.config import CheckpointError
 from ttdist.model.layout import Layout, pad_axis
 
@@ -67,16 +68,8 @@ def stored_shape(local: tuple[int, ...], placements: Placements, mesh_shape: tup
 
 def to_devices(array: np.ndarray, placements: Placements, mesh_shape: tuple[int, int]) -> np.ndarray:
     """``[R', C', *local]``: the pieces each chip holds, cut exactly as a backend's ``from_host``
-    cuts a global array (axis 0 first, then axis 1; replicated axes kept once)."""
-    placements = normalize(placements, array.ndim)
-    out = array[None, None]
-    for axis in (0, 1):
-        p, n = placements[axis], mesh_shape[axis]
-        if not isinstance(p, Shard) or n == 1:
-            continue
-        dim, size = 2 + p.dim, out.shape[2 + p.dim]
-        if size % n:
-            raise CheckpointError(f"dim {p.dim} of size {size} does not split evenly over {n} devices on axis {axis}")
-        split = out.reshape(out.shape[:dim] + (n, size // n) + out.shape[dim + 1 :])
-        out = np.moveaxis(split, dim, axis).squeeze(axis + 1)
-    return np.ascontiguousarray(out)
+    cuts a global array (``mesh.placement.cut``: axis 0 first, then axis 1; replicated axes kept once)."""
+    try:
+        return np.ascontiguousarray(cut(array, placements, mesh_shape))
+    except MeshError as err:
+        raise CheckpointError(str(err)) from None
