@@ -14,7 +14,7 @@
   The count comes from a short child process (``ttnn.get_num_devices()``), so this process
   never binds the chips the replicas are about to open.
 
-The replica repeats the chip check when it opens its mesh (``ttnn_mesh.check_chips``), which
+The replica repeats the chip check when it opens its mesh (``ttdist.mesh.ttnn.device.check_chips``), which
 covers multi-host clusters, where only the node itself can count its chips.
 """
 
