@@ -37,7 +37,8 @@ from ttdist.runtime.config import ClusterConfig
 TILE = 32                  # ttnn tiles are 32x32
 MAX_DECODE_HEADS = 32      # query heads per chip in one decode step: one tile of rows
 PROBE_TIMEOUT_S = 60.0
-INSTALL_HINT = "run `make install-ttnn` and start .venv-ttnn/bin/ttdist (see docs/hardware.md)"
+INSTALL_HINT = ("run `make install-ttnn` and start .venv-ttnn/bin/ttdist (see docs/hardware.md), or add --emulate "
+                "to run on emulated chips")
 
 
 class PreflightError(ValueError):
