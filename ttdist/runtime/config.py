@@ -165,7 +165,8 @@ class ClusterConfig:
         try:
             Precision.parse(self.precision_of("sim"))   # auto, a dtype for every matmul, or a preset
         except ValueError as err:
-            raise ClusterConfigError(f"dtype: {err} (or auto: {DEFAULT_PRECISION})") from None
+            auto = ", ".join(f"{p} on {b}" for b, p in DEFAULT_PRECISION.items())
+            raise ClusterConfigError(f"dtype: {err}, or auto ({auto})") from None
         if not 1 <= self.routers <= 64:
             raise ClusterConfigError(f"routers must be in 1..64, got {self.routers}")
         if not 1 <= self.stream_interval <= 4096:
