@@ -2,6 +2,9 @@
 a chunk at a later position, decode, sampling): op name and, per output, logical shape, padded
 shape, dtype, layout, memory layout and buffer type.
 
+The calls are every ``ttnn.<op>(...)`` the backend's source (ttdist/mesh/ttnn) makes, each
+wrapped in the ttnn module (the outermost call only: ttnn's own Python may call ops inside);
+one the module lacks (an op the emulator does not model) stops the recording, naming it.
 Run it once on the real ttnn (mocked chips, .venv-ttnn) and once on the emulator, and compare:
 
     TT_METAL_MOCK_CLUSTER_DESC_PATH=../shared/ttnn-mock/cluster/wormhole_N300.yaml \\
@@ -9,14 +12,17 @@ Run it once on the real ttnn (mocked chips, .venv-ttnn) and once on the emulator
     .venv/bin/python scripts/ttnn_op_shapes.py record emu n300 emu.json
     .venv/bin/python scripts/ttnn_op_shapes.py compare real.json emu.json
 
+The ttnn lane does exactly this on each system it mocks (tests/ttnn/test_emulator_shapes.py).
 ``tests/mesh/data/ttnn_op_shapes_<system>.json`` are such records from ttnn 0.81.1 on mock
-chips (N300 on wormhole_N300.yaml, Galaxy on 6u_cluster_desc.yaml); the emulator is held to them.
+chips (N300 on wormhole_N300.yaml, T3000 on t3k_cluster_desc.yaml, Galaxy on
+6u_cluster_desc.yaml); the main lane holds the emulator to them.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,11 +30,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-NAMES = ["matmul", "linear", "add", "multiply", "mul", "subtract", "reciprocal", "exp", "lt", "gt", "ge", "eq", "sum", "typecast",
-         "topk", "embedding", "rms_norm", "rms_norm_pre_all_gather", "rms_norm_post_all_gather", "reshape", "permute", "slice",
-         "concat", "to_memory_config", "sharded_to_interleaved", "all_gather", "reduce_scatter", "all_reduce", "zeros"]
-EXPERIMENTAL = ["rotary_embedding_hf", "nlp_create_qkv_heads", "nlp_create_qkv_heads_decode", "nlp_concat_heads", "nlp_concat_heads_decode"]
-TRANSFORMER = ["scaled_dot_product_attention", "chunked_scaled_dot_product_attention", "paged_scaled_dot_product_attention_decode"]
+BACKEND = Path(__file__).resolve().parents[1] / "ttdist" / "mesh" / "ttnn"
+NAMESPACES = ("experimental", "transformer")
+
+
+def called_names() -> list[str]:
+    """Every ``ttnn.<op>(...)`` the ttnn backend's source calls (``experimental.`` / ``transformer.`` kept)."""
+    found = set()
+    for source in BACKEND.glob("*.py"):
+        found |= set(re.findall(r"\bttnn\.((?:experimental\.|transformer\.)?[a-z][a-z_0-9]*)\(", source.read_text()))
+    return sorted(found)
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
             head_dim=32)
 
@@ -38,17 +49,42 @@ def _meta(t) -> list:
     return [list(t.shape), list(t.padded_shape), str(t.dtype), str(t.layout), str(mc.memory_layout), str(mc.buffer_type)]
 
 
-def _wrap(log: list, ns, name: str, label: str) -> None:
+def _wrap(log: list, ns, name: str, label: str, depth: list) -> None:
+    """Record each outermost call of ``ns.name`` (ttnn's own Python may call other wrapped ops inside)."""
     f = getattr(ns, name)
 
     @functools.wraps(f)
     def recorded(*args, **kwargs):
-        out = f(*args, **kwargs)
-        outs = out if isinstance(out, (tuple, list)) else [out]
-        log.append([label, [_meta(o) for o in outs if hasattr(o, "memory_config")]])
+        depth[0] += 1
+        try:
+            out = f(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+        if depth[0] == 0:
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            log.append([label, [_meta(o) for o in outs if hasattr(o, "memory_config")]])
         return out
 
     setattr(ns, name, recorded)
+
+
+def wrap_calls(ttnn, log: list) -> None:
+    """Wrap every call the backend makes; one the module lacks is an error naming it (on the
+    emulator: an op it does not model)."""
+    depth = [0]
+    missing = []
+    for label in called_names():
+        prefix, _, name = label.rpartition(".")
+        ns = getattr(ttnn, prefix) if prefix else ttnn
+        try:
+            getattr(ns, name)
+        except AttributeError:
+            missing.append(f"ttnn.{label}")
+            continue
+        _wrap(log, ns, name, label, depth)
+    if missing:
+        which = "the ttnn emulator (ttdist/mesh/ttnn_emu)" if getattr(ttnn, "EMULATED", False) else "this ttnn"
+        raise SystemExit(f"{which} has no {', '.join(missing)}, which the ttnn backend (ttdist/mesh/ttnn) calls")
 
 
 def record(mode: str, system: str, path: str) -> None:
@@ -67,10 +103,7 @@ def record(mode: str, system: str, path: str) -> None:
     from ttdist.model.weights import expected_shapes, prepare
 
     log: list = []
-    for ns, names, prefix in ((ttnn, NAMES, ""), (ttnn.experimental, EXPERIMENTAL, "experimental."),
-                              (ttnn.transformer, TRANSFORMER, "transformer.")):
-        for name in names:
-            _wrap(log, ns, name, prefix + name)
+    wrap_calls(ttnn, log)
     spec = parse_mesh(system)
     backend = make_backend(spec, "ttnn", device=open_device(spec))
     config = LlamaConfig(**TINY)

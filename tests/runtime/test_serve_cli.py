@@ -3,64 +3,23 @@ checkpoint without a tokenizer serves token ids and refuses text, naming the tok
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.support.generation import greedy, run, stub_for
+from tests.support.serving import serve_addresses, serve_cli
 from tests.support.waiting import wait_for
 from ttdist.v1 import generation_pb2 as pb
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _reported(proc: subprocess.Popen, pattern: str) -> str | None:
-    """The group of ``pattern`` in the next line ``proc`` prints, if it is there."""
-    line = proc.stdout.readline()
-    if not line and proc.poll() is not None:
-        raise AssertionError(f"serve exited with {proc.returncode}")
-    match = re.search(pattern, line)
-    return match.group(1) if match else None
-
-
-@contextlib.contextmanager
-def _serve(checkpoint, tmp_path, *flags) -> Iterator[subprocess.Popen]:
-    """``ttdist serve`` on ``checkpoint`` in a subprocess, killed on the way out if still running."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TTDIST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-c", "import sys; from ttdist.cli import main; sys.exit(main())",
-           "serve", "--model", str(checkpoint), "--port", "0", "--dashboard-port", "0", "--http-port", "0", *flags]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _addresses(proc: subprocess.Popen) -> tuple[str, str]:
-    """The gRPC address and OpenAI base URL ``serve`` prints once it serves."""
-    started_at = time.monotonic()
-    address = wait_for(lambda: _reported(proc, r"serving .* on (\S+:\d+)"), 240, "serve to report its address", every=0)
-    http = wait_for(lambda: _reported(proc, r"OpenAI API at (\S+)"), 240 - (time.monotonic() - started_at),
-                    "serve to report its OpenAI API", every=0)
-    assert http.startswith("http://127.0.0.1:"), "serve did not report its OpenAI API"
-    return address, http
 
 
 def test_serve_then_sigterm_leaves_no_process(tiny_checkpoint, tmp_path):
-    with _serve(tiny_checkpoint, tmp_path, "--replicas", "2", "--max-kv-pages", "32", "--policy", "least_load") as proc:
-        address, http = _addresses(proc)
+    with serve_cli(tiny_checkpoint, tmp_path, "--replicas", "2", "--max-kv-pages", "32", "--policy", "least_load") as proc:
+        address, http = serve_addresses(proc)
         import openai
 
         done = openai.OpenAI(base_url=http, api_key="none", max_retries=0).completions.create(
@@ -92,8 +51,8 @@ def test_checkpoint_without_tokenizer_serves_token_ids_and_refuses_text(tmp_path
 
     checkpoint = tiny_llama_checkpoint(tmp_path / "no-tokenizer", seed=3, with_tokenizer=False)
     assert not (checkpoint / "tokenizer.json").exists()
-    with _serve(checkpoint, tmp_path, "--mesh", "1x2", "--max-kv-pages", "32") as proc:
-        address, http = _addresses(proc)
+    with serve_cli(checkpoint, tmp_path, "--mesh", "1x2", "--max-kv-pages", "32") as proc:
+        address, http = serve_addresses(proc)
         with Client(address) as client:
             done = client.generate([1, 2, 3], max_tokens=4, temperature=0, ignore_eos=True)
             assert len(done.token_ids) == 4 and done.text == ""

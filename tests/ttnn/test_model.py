@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scripts/test-ttnn)")
 
 from ttdist.mesh import REPLICATED, Replicate, SamplingBatch  # noqa: E402
-from ttdist.mesh.precision import DType  # noqa: E402
+from ttdist.mesh.precision import DType, Precision  # noqa: E402
 from ttdist.mesh.sampling import device_params  # noqa: E402
 from ttdist.mesh.accounting import tile_padded_bytes  # noqa: E402
 from ttdist.model.config import LlamaConfig  # noqa: E402
@@ -82,6 +82,17 @@ def test_model_prefill_and_decode(backend, spec, dims):
     model = LlamaModel(backend, weights, CacheConfig(num_pages=8, page_size=32, dtype=DType.bfloat8_b))
     _steps(model, config.vocab_size)
     _check_dram(backend)
+
+
+@pytest.mark.parametrize("precision", ["float32", "accuracy"])
+def test_float32_and_the_default_precision_run_on_ttnn(backend, spec, precision):
+    """``--dtype float32`` (float32 wherever ttnn takes it; the KV cache in bf16, which SDPA reads)
+    and ttnn's default ``accuracy``: every op accepted, decode included."""
+    config = LlamaConfig(**TINY)
+    chosen = Precision.parse(precision)
+    weights = prepare(config, _hf(config, np.random.default_rng(2)), spec, DType.float32, precision=chosen)
+    model = LlamaModel(backend, weights, CacheConfig(num_pages=8, page_size=32, dtype=chosen.kv_cache))
+    _steps(model, config.vocab_size)
 
 
 def test_dram_allocator_matches_weight_layouts(backend):

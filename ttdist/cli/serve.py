@@ -28,6 +28,7 @@ EPILOG = """examples:
   ttdist serve
   ttdist serve --replicas 4 --mesh n300 --policy least_load
   ttdist serve --model ./my-llama --mesh 2x4 --port 50052 --dashboard-port 0
+  ttdist serve --backend ttnn --emulate --mesh t3k --model ./my-llama   # the ttnn backend on emulated chips
 """
 
 
@@ -43,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--mesh", default="n300", help="n150, n300, t3k, tg or RxC (default %(default)s)")
     p.add_argument("--replicas", type=int, default=1, help="number of replicas (default %(default)s)")
     p.add_argument("--backend", default="sim", choices=("sim", "ttnn"), help="mesh backend (default %(default)s)")
+    p.add_argument("--emulate", action="store_true",
+                   help="with --backend ttnn: run on emulated chips of --mesh (no ttnn package or chips needed)")
     p.add_argument("--dispatch-core", default="auto", choices=DISPATCH_CORES,
                    help="ttnn: cores that dispatch programs (default %(default)s: what the platform recommends)")
     p.add_argument("--policy", default="round_robin",
@@ -52,7 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--dashboard-port", type=int, default=8480,
                    help="dashboard HTTP port (default %(default)s; 0 = any free; -1 = no dashboard)")
     p.add_argument("--address", default=None, help="join the Ray cluster at this address instead of starting one")
-    p.add_argument("--dtype", default="float32", help="weight dtype on the mesh (default %(default)s)")
+    p.add_argument("--dtype", default="auto",
+                   help="precision: a preset (accuracy, performance), a dtype for every matmul (float32, bfloat16, "
+                        "bfloat8_b, bfloat4_b), or auto (default): float32 on sim, accuracy on ttnn")
     p.add_argument("--max-kv-pages", type=int, default=512, help="cap on KV pages per replica (default %(default)s)")
     p.add_argument("--restart-delay", type=float, default=2.0, metavar="SECONDS",
                    help="how long a failed replica shows as failed before it is restarted (default %(default)s)")
@@ -77,7 +82,7 @@ def config_from_args(args: argparse.Namespace):
     try:
         config = ClusterConfig(
             model=args.model, groups=(ReplicaGroup(count=args.replicas, mesh=args.mesh, backend=args.backend,
-                                              dispatch_core=args.dispatch_core),),
+                                              dispatch_core=args.dispatch_core, emulate=args.emulate),),
             policy=args.policy, host=args.host, port=args.port,
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
@@ -93,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 _FLAGS = {   # the config field an error names -> the flag that set it
-    "replicas[0].count": "--replicas", "replicas[0].mesh": "--mesh", "dtype": "--dtype", "model": "--model",
+    "replicas[0].count": "--replicas", "replicas[0].mesh": "--mesh", "replicas[0].emulate": "--emulate", "dtype": "--dtype", "model": "--model",
     "port": "--port", "dashboard_port": "--dashboard-port", "max_kv_pages": "--max-kv-pages",
     "health.restart_delay_s": "--restart-delay", "ready_wait_s": "--ready-wait", "stream_interval_ms": "--stream-interval-ms",
     "stream_interval": "--stream-interval",

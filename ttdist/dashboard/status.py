@@ -106,7 +106,7 @@ class ReplicaSnapshot:
     pid: int
     node_id: str
     mesh: str                       # "8x4"
-    backend: str                    # sim | ttnn
+    backend: str                    # sim | ttnn | ttnn (emulated)
     address: str                    # internal gRPC address
     kv_pages_total: int
     kv_pages_free: int

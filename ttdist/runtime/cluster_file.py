@@ -3,7 +3,7 @@
 Top-level keys are ``ClusterConfig`` fields (``model``, ``policy``, ``port``, ...), plus
 ``address`` (the Ray cluster to join) and ``replicas``: a list of groups with ``count``,
 ``mesh``, ``backend``, ``resources`` and optional ``devices`` (one device-id list per
-replica). An unknown key is an error that names it.
+replica) and ``emulate`` (``backend: ttnn`` on emulated chips). An unknown key is an error that names it.
 """
 
 from __future__ import annotations

@@ -22,9 +22,18 @@ from ttdist.runtime.api_config import ApiConfig, ApiConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
 BACKENDS = ("sim", "ttnn")
+AUTO_DTYPE = "auto"
+# What ``dtype: auto`` (the default) means on each backend: float32 on the simulator (the reference
+# math), tt_transformers' ``accuracy`` preset on ttnn (bf16 attention and KV, bfp8 MLP and LM head)
+DEFAULT_PRECISION = {"sim": "float32", "ttnn": "accuracy"}
 DISPATCH_CORES = ("auto", "worker_row", "worker_col", "eth_row", "eth_col")   # ttnn: see mesh/ttnn/device.py
 NICENESS_ENV = "RAY_worker_niceness"   # read by Ray when it starts a worker with this env
 ENGINES = ("model", "scripted")
+
+
+def backend_label(backend: str, emulate: bool) -> str:
+    """How status, events and the dashboard name a replica's backend."""
+    return f"{backend} (emulated)" if emulate else backend
 
 
 class ClusterConfigError(ValueError):
@@ -39,6 +48,12 @@ class ReplicaGroup:
     resources: dict[str, float] = field(default_factory=dict)
     devices: tuple[tuple[int, ...], ...] = ()   # one device-id list per replica, or empty
     dispatch_core: str = "auto"                 # ttnn: cores that dispatch; auto = what the platform recommends
+    emulate: bool = False                       # ttnn on emulated chips of ``mesh`` (ttdist.mesh.ttnn_emu), no ttnn needed
+
+    @property
+    def label(self) -> str:
+        """The backend as status shows it: ``sim``, ``ttnn`` or ``ttnn (emulated)``."""
+        return backend_label(self.backend, self.emulate)
 
     def check(self, where: str) -> None:
         if self.count < 1:
@@ -49,6 +64,11 @@ class ReplicaGroup:
             raise ClusterConfigError(f"{where}.mesh: {err}") from None
         if self.backend not in BACKENDS:
             raise ClusterConfigError(f"{where}.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.emulate is not True and self.emulate is not False:
+            raise ClusterConfigError(f"{where}.emulate must be true or false, got {self.emulate!r}")
+        if self.emulate and self.backend != "ttnn":
+            raise ClusterConfigError(f"{where}.emulate runs the ttnn backend on emulated chips: it needs backend ttnn, "
+                                     f"not {self.backend!r} (the simulator needs no chips)")
         if self.dispatch_core not in DISPATCH_CORES:
             raise ClusterConfigError(f"{where}.dispatch_core must be one of {', '.join(DISPATCH_CORES)}, got {self.dispatch_core!r}")
         if self.devices and len(self.devices) != self.count:
@@ -100,7 +120,7 @@ class ClusterConfig:
     replica_host: str = "127.0.0.1"              # where replicas listen; "" = their node's IP (multi-host)
     port: int = 50051
     dashboard_port: int | None = 8480           # None = no dashboard
-    dtype: str = "float32"
+    dtype: str = AUTO_DTYPE                      # a preset or dtype for every group; auto: DEFAULT_PRECISION[backend]
     page_size: int = 32
     max_batch: int = 32
     max_kv_pages: int = 512                      # pool cap per replica (simulated caches live in host RAM)
@@ -143,9 +163,10 @@ class ClusterConfig:
         if self.max_context is not None and self.max_context < 2:
             raise ClusterConfigError(f"max_context must be >= 2 tokens or null (the model's), got {self.max_context}")
         try:
-            Precision.parse(self.dtype)   # a dtype for every matmul, or a preset (accuracy, performance)
+            Precision.parse(self.precision_of("sim"))   # auto, a dtype for every matmul, or a preset
         except ValueError as err:
-            raise ClusterConfigError(f"dtype: {err}") from None
+            auto = ", ".join(f"{p} on {b}" for b, p in DEFAULT_PRECISION.items())
+            raise ClusterConfigError(f"dtype: {err}, or auto ({auto})") from None
         if not 1 <= self.routers <= 64:
             raise ClusterConfigError(f"routers must be in 1..64, got {self.routers}")
         if not 1 <= self.stream_interval <= 4096:
@@ -166,6 +187,16 @@ class ClusterConfig:
                                      f"and *.safetensors, or 'smollm2')")
         if not (path / "config.json").is_file():
             raise ClusterConfigError(f"model: {path} has no config.json: not a Hugging Face checkpoint folder")
+
+    def precision_of(self, backend: str) -> str:
+        """The precision a replica on ``backend`` runs at: ``dtype``, or that backend's default for ``auto``."""
+        return DEFAULT_PRECISION[backend] if self.dtype == AUTO_DTYPE else self.dtype
+
+    def convert_precision(self, mesh: str) -> str:
+        """The precision to convert ``mesh``'s weights at: one entry serves every group on it, so the
+        float32 one where a group needs float32 storage."""
+        wanted = [self.precision_of(g.backend) for g in self.groups if g.mesh == mesh] or [self.precision_of("sim")]
+        return next((p for p in wanted if Precision.parse(p).needs_float32_storage), wanted[0])
 
     @property
     def num_replicas(self) -> int:

@@ -61,7 +61,7 @@ class Coordinator:
         self._actors: dict[str, ray.actor.ActorHandle] = {}
         self._setups: dict[str, ReplicaSetup] = {}
         self._weights_path: dict[str, str] = {}
-        self._weights_ref: dict[str, ray.ObjectRef] = {}
+        self._weights_ref: dict[str, object] = {}   # mesh -> its entry put in the object store (RemoteShards)
         self._report = RouterReport(policy=config.policy)   # every router's reports added up
         self._reports: dict[str, RouterReport] = {}          # the last one of each router
         self._monitor: asyncio.Task | None = None
@@ -120,7 +120,7 @@ class Coordinator:
                 rid = f"replica-{n}"
                 n += 1
                 devices = group.devices[k] if group.devices else ()
-                record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.backend, tuple(devices))
+                record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, tuple(devices))
                 record.kv_pages_budget = self._pages_budget(group.mesh)
                 record.recovering = recovering
                 self.registry.add(record, time.monotonic())
@@ -150,9 +150,10 @@ class Coordinator:
 
         cfg = self.config
         t0 = time.perf_counter()
-        self.registry.event(EventKind.WEIGHTS_CONVERTING, "", f"{self.card.model_id} for mesh {mesh} ({cfg.dtype})")
+        dtype = cfg.convert_precision(mesh)
+        self.registry.event(EventKind.WEIGHTS_CONVERTING, "", f"{self.card.model_id} for mesh {mesh} ({dtype})")
         path = await asyncio.to_thread(
-            convert_checkpoint, self.model_dir, mesh=mesh, dtype=cfg.dtype, cache_dir=cfg.weights_cache, progress=True
+            convert_checkpoint, self.model_dir, mesh=mesh, dtype=dtype, cache_dir=cfg.weights_cache, progress=True
         )
         self._weights_path[mesh] = str(path)
         self.registry.event(
@@ -168,31 +169,31 @@ class Coordinator:
         return 0
 
     def _setup(self, record: ReplicaRecord, mesh: str) -> ReplicaSetup:
-        cfg = self.config
+        cfg, group = self.config, self.config.groups[record.group]
+        in_host_ram = group.backend == "sim" or group.emulate   # a simulated or emulated cache lives in host RAM
         return ReplicaSetup(
-            replica_id=record.replica_id, mesh=mesh, backend=record.backend, card=self.card,
+            replica_id=record.replica_id, mesh=mesh, backend=group.backend, emulate=group.emulate, card=self.card,
             model_dir=self.model_dir, devices=record.devices, engine=cfg.engine, scripted=cfg.scripted,
             num_pages=min(record.kv_pages_budget, cfg.max_kv_pages) if cfg.engine == "scripted" else 0,
-            max_pages=cfg.max_kv_pages if record.backend == "sim" else None, max_batch=cfg.max_batch,
+            max_pages=cfg.max_kv_pages if in_host_ram else None, max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
-            host=cfg.replica_host, dispatch_core=cfg.groups[record.group].dispatch_core,
+            host=cfg.replica_host, dispatch_core=group.dispatch_core,
             cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s,
         )
 
-    async def _weights_for(self, mesh: str, node_id: str):
+    async def _weights_for(self, setup: ReplicaSetup, node_id: str):
         if self.config.engine == "scripted":
             return None
         from ttdist.runtime.remote_shards import WeightSource
 
-        precision = self.config.dtype  # one bf16 entry serves every precision: say which to upload
+        mesh, precision = setup.mesh, self.config.precision_of(setup.backend)  # one entry serves every precision
         if node_id == self._node_id:
             return WeightSource(entry=self._weights_path[mesh], precision=precision), "cache"
         if mesh not in self._weights_ref:  # the entry's files in bounded chunks, fetched one at a time
             from ttdist.runtime.remote_shards import RemoteShards
 
-            remote = await asyncio.to_thread(RemoteShards.put, self._weights_path[mesh])
-            self._weights_ref[mesh] = WeightSource(remote=remote, precision=precision)
-        return self._weights_ref[mesh], "object_store"
+            self._weights_ref[mesh] = await asyncio.to_thread(RemoteShards.put, self._weights_path[mesh])
+        return WeightSource(remote=self._weights_ref[mesh], precision=precision), "object_store"
 
     async def _launch(self, rid: str) -> None:
         setup = self._setups[rid]
@@ -206,7 +207,7 @@ class Coordinator:
             actor = await self._create_replica_actor(rid, group, env)
             self._actors[rid] = actor
             node_id = await asyncio.wait_for(actor.node_id.remote(), self.config.health.start_timeout_s)
-            weights = await self._weights_for(setup.mesh, node_id)
+            weights = await self._weights_for(setup, node_id)
             arg, via = weights if weights else (None, "")
             self.registry.replicas[rid].weights_via = via
             started = await asyncio.wait_for(actor.start.remote(arg), self.config.health.start_timeout_s)

@@ -4,7 +4,10 @@
 
 * ``backend: ttnn`` where the ``ttnn`` package cannot be imported: ttnn 0.81.1 has wheels for
   Python 3.10 and 3.12 only, so a Python 3.11 ``.venv`` never has it (``make install-ttnn``
-  builds ``.venv-ttnn``);
+  builds ``.venv-ttnn``); an ``emulate`` group runs on emulated chips (``ttdist.mesh.ttnn_emu``)
+  and needs neither the package nor chips;
+* a precision the ttnn backend cannot run (``check_ttnn_precision``): each tensor group in a
+  format its ttnn ops accept (a float32 KV cache is held in bf16, the nearest format SDPA reads);
 * ``--model smollm2`` not yet materialized where transformers is missing (the ttnn environment);
 * a checkpoint whose heads the ttnn backend cannot lay out: ``head_dim`` not a multiple of a
   tile (32), more query heads per chip than one decode tile holds (32), a page size that is
@@ -27,13 +30,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ttdist.mesh.precision import GROUPS, DType, Precision
 from ttdist.mesh.spec import parse_mesh, too_few_chips
 from ttdist.runtime.config import ClusterConfig
 
 TILE = 32                  # ttnn tiles are 32x32
 MAX_DECODE_HEADS = 32      # query heads per chip in one decode step: one tile of rows
 PROBE_TIMEOUT_S = 60.0
-INSTALL_HINT = "run `make install-ttnn` and start .venv-ttnn/bin/ttdist (see docs/hardware.md)"
+INSTALL_HINT = ("run `make install-ttnn` and start .venv-ttnn/bin/ttdist (see docs/hardware.md), or add --emulate "
+                "to run on emulated chips")
 
 
 class PreflightError(ValueError):
@@ -44,15 +49,35 @@ def preflight(config: ClusterConfig, *, local: bool) -> None:
     groups = [g for g in config.groups if g.backend == "ttnn"]
     if not groups or config.engine != "model":
         return
-    check_ttnn_installed()
+    if any(not g.emulate for g in groups):
+        check_ttnn_installed()
+    check_ttnn_precision(Precision.parse(config.precision_of("ttnn")))
     model_config = _model_config(config.model)
     for group in groups:
         if model_config is not None:
             check_ttnn_layout(model_config, group.mesh, config.page_size, config.model)
     if local:
-        for group in groups:
+        for group in (g for g in groups if not g.emulate):
             for devices in group.devices or ((),):
                 check_local_chips(group.mesh, devices)
+
+
+_FLOATS = (DType.float32, DType.bfloat16, DType.bfloat8_b, DType.bfloat4_b)
+# The formats each tensor group may take on the ttnn backend (what its ttnn ops accept): the
+# embedding table and the norm weights are read by ops that take bf16 or float32 only
+# (``ttnn.embedding``, ``rms_norm``); a float32 KV cache is allocated in bf16 (SDPA reads K and V
+# in bf16 or block floats only), every matmul weight in any float format.
+TTNN_FORMATS = {"embedding": (DType.float32, DType.bfloat16), "norms": (DType.float32, DType.bfloat16)}
+
+
+def check_ttnn_precision(precision: Precision) -> None:
+    """Every tensor group of ``precision`` in a format the ttnn backend's ops accept."""
+    for group in GROUPS:
+        dtype, allowed = getattr(precision, group), TTNN_FORMATS.get(group, _FLOATS)
+        if dtype not in allowed:
+            raise PreflightError(
+                f"precision {precision.name}: ttnn cannot run the {group} group in {dtype.value} (it takes "
+                f"{', '.join(d.value for d in allowed)}): choose another --dtype (accuracy, performance, bfloat16)")
 
 
 def ttnn_installed() -> bool:

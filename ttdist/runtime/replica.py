@@ -30,6 +30,7 @@ from ttdist.engine.process import EngineProcess
 from ttdist.engine.serving import ServingEngine
 from ttdist.engine.stats import EngineStats
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
+from ttdist.runtime.config import backend_label
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat
@@ -63,6 +64,7 @@ class ReplicaSetup:
     mesh: str
     backend: str
     card: ModelCard
+    emulate: bool = False         # ttnn backend on emulated chips (ttdist.mesh.ttnn_emu installed in the engine's process)
     model_dir: str = ""
     devices: tuple[int, ...] = ()
     engine: str = "model"
@@ -107,6 +109,10 @@ def build_core(setup: ReplicaSetup, weights):
 
         torch.set_num_threads(s.cpu_threads)
     else:
+        if s.emulate:   # before the ttnn backend is imported: ``import ttnn`` is the emulator from here on
+            from ttdist.mesh import ttnn_emu
+
+            ttnn_emu.install()
         options = {"dispatch_core": s.dispatch_core}
     sharded = open_weights(weights)
     runner = MeshModelRunner.from_sharded(
@@ -208,7 +214,8 @@ class ReplicaActor:
         else:
             state = ReplicaState.READY
         return ReplicaEntry(
-            self.setup.replica_id, "", state, os.getpid(), self.node_id(), self.setup.mesh, self.setup.backend,
+            self.setup.replica_id, "", state, os.getpid(), self.node_id(), self.setup.mesh,
+            backend_label(self.setup.backend, self.setup.emulate),
             stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,
             kv_user_groups=stats.user_groups, kv_pages_free_per_group=tuple(stats.free_pages_per_group),
         )

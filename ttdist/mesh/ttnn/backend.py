@@ -171,7 +171,7 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps):
     def paged_cache(self, num_pages: int, n_kv: int, page_size: int, head_dim: int, placements: Placements,
                     *, dtype: DType = DType.bfloat16, name: str = "kv_cache") -> TtnnTensor:
         """ttnn's paged cache layout: ``[pages, kv_heads, page_size, head_dim]``."""
-        return self.zeros((num_pages, n_kv, page_size, head_dim), placements, dtype=dtype, name=name)
+        return self.zeros((num_pages, n_kv, page_size, head_dim), placements, dtype=cfg.cache_dtype(dtype), name=name)
 
     def zeros(self, shape: Sequence[int], placements: Placements, *, dtype: DType = DType.bfloat16, name: str = "tensor") -> TtnnTensor:
         plan = plan_cut(shape, placements, self.spec.shape, name, allow_partial=True)

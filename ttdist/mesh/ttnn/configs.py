@@ -66,6 +66,20 @@ def ttnn_dtype(dtype: DType) -> ttnn.DataType:
     return getattr(ttnn, _TTNN_DTYPES[dtype])
 
 
+# SDPA (prefill, chunked, paged decode) reads K and V only in these formats (TT_FATAL otherwise)
+CACHE_DTYPES = (DType.bfloat16, DType.bfloat8_b, DType.bfloat4_b)
+
+
+def cache_dtype(dtype: DType) -> DType:
+    """The KV cache format ttnn can attend over for a requested ``dtype``: float32 is held in bf16
+    (the nearest format SDPA accepts); the block floats and bf16 as asked."""
+    if dtype in CACHE_DTYPES:
+        return dtype
+    if dtype is DType.float32:
+        return DType.bfloat16
+    raise ValueError(f"a ttnn KV cache holds {', '.join(d.value for d in CACHE_DTYPES)}, not {dtype.value}")
+
+
 # ---------------------------------------------------------------------- math fidelity
 def matmul_compute(weight_dtype: DType) -> ttnn.WormholeComputeKernelConfig:
     """Fidelity matched to the weight format; fp32 accumulation only for full-precision weights."""

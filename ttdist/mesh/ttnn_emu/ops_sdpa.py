@@ -85,6 +85,7 @@ def paged_update_cache(cache, x, *, update_idxs=None, update_idxs_tensor=None, p
         data[rr, cc, page, :, pos[valid] % page_size, :] = storage.round_to(np.broadcast_to(rows, lead + rows.shape[2:])[rr, cc, bb], cache.dtype)
 
     device.launch(op, [cache, x, update_idxs_tensor, page_table], [], run, (batch_offset,))
+    return cache   # in place; ttnn returns the cache it wrote
 
 
 def _writable(cache, lead: tuple) -> np.ndarray:
@@ -130,6 +131,7 @@ def paged_fill_cache(cache, x, page_table, *, batch_idx: int = 0, batch_idx_tens
                     data[r, c, page, :, : chunk.shape[1]] = chunk
 
     device.launch(op, [cache, x, page_table], [], run, (batch_idx,))
+    return cache   # in place; ttnn returns the cache it wrote
 
 
 def _attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""Precision as ttnn runs it: ``float32`` on the ttnn backend is float32 wherever ttnn takes it and
+bf16 where it must (the KV cache: SDPA reads K and V in bf16 or block floats only), so prefill and
+decode run on emulated chips and match the float32 simulator; a precision ttnn cannot run at all
+is a preflight error naming the tensor group, never a crash in a replica."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ttdist.mesh import ttnn_emu
+from ttdist.mesh.precision import PRESETS, DType, Precision
+from ttdist.runtime.preflight import PreflightError, check_ttnn_precision
+
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+
+
+def _weights(spec):
+    from ttdist.model.config import LlamaConfig
+    from ttdist.model.weights import expected_shapes, prepare
+
+    config = LlamaConfig(**TINY)
+    rng = np.random.default_rng(1)
+    hf = {k: ((1 + 0.1 * rng.standard_normal(s)) if "norm" in k else rng.standard_normal(s) * 0.05).astype(np.float32)
+          for k, s in expected_shapes(config).items()}
+    return prepare(config, hf, spec, DType.float32)
+
+
+def _generate(runner) -> tuple[list[np.ndarray], list[list[int]]]:
+    """Prefill logits of three users (one over a page), then four greedy decode steps."""
+    from ttdist.engine.runner import DecodeInput, SamplingSpec
+
+    tables = [[0, 1], [2, 3], [4, 5]]
+    prompts = [list(range(1, 41)), [7, 8, 9], list(range(50, 70))]
+    logits = [np.asarray(runner.prefill_logits(p, 0, t)) for p, t in zip(prompts, tables)]
+    positions, last, ids = [len(p) for p in prompts], [int(np.argmax(x)) for x in logits], []
+    for _ in range(4):
+        last = list(runner.decode(DecodeInput(last, positions, tables, [SamplingSpec()] * 3, seq_ids=["a", "b", "c"])))
+        ids.append(last)
+        positions = [p + 1 for p in positions]
+    return logits, ids
+
+
+@pytest.mark.parametrize("mesh", ["n300", "tg"])
+def test_float32_on_ttnn_runs_and_matches_the_float32_simulator(mesh):
+    pytest.importorskip("torch", reason="the simulator it is compared with runs on torch")
+    from ttdist.mesh import parse_mesh
+    from ttdist.model.runner import MeshModelRunner
+
+    spec = parse_mesh(mesh)
+    weights = _weights(spec)
+    assert weights.precision.kv_cache is DType.float32
+    options = dict(page_size=32, num_pages=8, max_batch=4)
+    sim_logits, sim_ids = _generate(MeshModelRunner(weights, backend="sim", **options))
+    with ttnn_emu.installed():
+        runner = MeshModelRunner(weights, backend="ttnn", trace_decode=False, **options)
+        emu_logits, emu_ids = _generate(runner)
+        assert {layer.attention.cache.k.dtype for layer in runner.model.layers} == {DType.bfloat16}   # held in bf16
+        runner.close()
+    for sim, emu in zip(sim_logits, emu_logits):
+        assert np.corrcoef(sim.ravel(), emu.ravel())[0, 1] > 0.9999
+    assert emu_ids == sim_ids
+
+
+@pytest.mark.parametrize("precision", [*PRESETS, "float32", "bfloat16", "bfloat8_b", "bfloat4_b"])
+def test_every_precision_the_cli_takes_runs_on_ttnn(precision):
+    check_ttnn_precision(Precision.parse(precision))
+
+
+@pytest.mark.parametrize("group, dtype", [("embedding", DType.bfloat8_b), ("norms", DType.bfloat4_b)])
+def test_a_precision_ttnn_cannot_run_is_named_before_start(group, dtype):
+    bad = Precision(**{group: dtype}, name="odd")
+    with pytest.raises(PreflightError, match=f"precision odd: ttnn cannot run the {group} group in {dtype.value}"):
+        check_ttnn_precision(bad)
