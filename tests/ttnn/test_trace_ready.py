@@ -50,11 +50,10 @@ def _serve(runner, count: int, seed: int) -> int:
                                   top_k=rng.choice([0, 5]), seed=rng.choice([None, 7]))
         core.add_request(GenerationRequest(f"r{seed}-{i}", prompt_token_ids=prompt, sampling=sampling))
     finished = 0
-    per_group = SLOTS // runner.info.user_groups
     while core.has_work():
         finished += sum(out.finished for out in core.step())
         if runner.inputs is not None:  # the user groups the decode steps have run so far
-            GROUPS_SEEN.update(int(s) // per_group for s in np.nonzero(runner.inputs.host["positions"] >= 0)[0])
+            GROUPS_SEEN.update(runner.model.groups.group_of_slot(int(s)) for s in np.nonzero(runner.inputs.host["positions"] >= 0)[0])
     return finished
 
 
