@@ -5,8 +5,8 @@ Both run the same random Llama (the layout the checkpoint's mesh gives it) throu
 eagerly and traced (one compile step, one captured, then replays). Prints the median step
 time of each and the ratio to the simulator (the target: at most 3x at batch 32).
 
-    python bench/bench_ttnn_emu.py                      # tiny Llama on n300
-    python bench/bench_ttnn_emu.py --mesh tg --shape smollm2 --steps 10
+    python bench/bench_emulator.py                      # tiny Llama on n300
+    python bench/bench_emulator.py --mesh tg --shape smollm2 --steps 10
 
 On a shared host pin both sides to one thread (``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1``):
 with more BLAS threads than free cores, numpy's small matmuls wait on each other (27x slower
