@@ -84,9 +84,9 @@ def _accuracy(mesh: str, positions: int = 512) -> None:
     for dtype in ("float32", "accuracy", "performance"):
         row = []
         for backend in ("sim", "ttnn"):
-            runner = MeshModelRunner.from_checkpoint(path, mesh=mesh, backend=backend, dtype=dtype, kv_dtype="bfloat16" if dtype == "float32" else None,
-                                                     page_size=32, num_pages=(pages + 1) * groups, max_batch=groups,
-                                                     max_context=positions + 32)
+            kv = "bfloat16" if dtype == "float32" else None  # paged SDPA decode takes no float32 cache
+            runner = MeshModelRunner.from_checkpoint(path, mesh=mesh, backend=backend, dtype=dtype, kv_dtype=kv, page_size=32,
+                                                     num_pages=(pages + 1) * groups, max_batch=groups, max_context=positions + 32)
             logits = runner.model.prefill_all_logits(ids[:-1], list(range(pages)))
             top5 = np.argpartition(-logits, 5, axis=-1)[:, :5]
             row.append(f"{backend} top-1 {(logits.argmax(-1) == want).mean():.1%} top-5 {(top5 == want[:, None]).any(-1).mean():.1%}")

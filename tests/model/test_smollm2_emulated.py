@@ -82,7 +82,8 @@ def assert_greedy_matches(got: list[int], want: list[int], gaps: list[float], la
     assert len(got) == len(want), label
     first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
     if first is not None:
-        assert min(gaps[: first + 1]) < NEAR_TIE, f"{label}: token {first} differs ({got[first]} != {want[first]}) with no near-tie before it"
+        assert min(gaps[: first + 1]) < NEAR_TIE, \
+            f"{label}: token {first} differs ({got[first]} != {want[first]}) with no near-tie before it"
 
 
 def run_engine(runner, prompts: list[list[int]], n: int) -> tuple[dict, object]:
@@ -102,8 +103,9 @@ def run_engine(runner, prompts: list[list[int]], n: int) -> tuple[dict, object]:
 @pytest.mark.parametrize("mesh,trace", [("1x2", True), ("1x8", False)])
 def test_smollm2_through_the_engine_on_n300_and_t3000(emulated, smollm2, smollm2_hf, prompts, weight_cache, mesh, trace):
     n = 24
-    runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, backend="ttnn", dtype="float32", kv_dtype="bfloat16", page_size=PAGE, num_pages=5,
-                                             max_batch=8, max_context=256, cache_dir=weight_cache, trace_decode=trace)
+    runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, backend="ttnn", dtype="float32", kv_dtype="bfloat16",
+                                             page_size=PAGE, num_pages=5, max_batch=8, max_context=256, cache_dir=weight_cache,
+                                             trace_decode=trace)
     out, stats = run_engine(runner, prompts, n)
     runner.close()
     assert stats.preemptions_total > 0 and stats.cached_tokens_total > 0

@@ -7,8 +7,8 @@ Activations are token-major ``[T, width]``; the residual is width-fractured on t
 layout's hidden axis. Host data is numpy; only token ids (or, for tests, logits) leave.
 
 Trace-ready shapes: a decode step always runs ``StepInputs``' fixed slot batch (idle slots at
-position -1, decoding at position 0 of the scratch page on the device) with a fixed-width page table; prefill chunks are padded to a few lengths
-(``prefill_bucket``). Page-table entries past a user's pages name the scratch page (the one
+position -1, decoding at position 0 of the scratch page on the device) with a fixed-width page
+table; prefill chunks are padded to a few lengths (``prefill_bucket``). Page-table entries past a user's pages name the scratch page (the one
 past ``num_pages``), which absorbs the padded tokens' K/V. RoPE cos/sin rows are looked up on
 the device in resident tables by position.
 
