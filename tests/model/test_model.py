@@ -93,7 +93,8 @@ def test_decode_step_bytes_on_1x8_match_hand_computation(tiny_ckpt, weight_cache
 
 def test_decode_step_bytes_on_8x4_match_hand_computation(tiny_ckpt, weight_cache):
     runner = mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=4)
-    lay, b, line = runner.model.layout, 4, Topology.LINE
+    lay, b, line = runner.model.layout, 32, Topology.LINE  # with user groups the decode batch is a whole tile of rows
+    assert runner.model.groups.rows == b
     bf16, f32 = 2, 4
     rows, cols = 8, 4
     norm = all_gather_bytes(b * cols * f32, cols, line)  # stats over the hidden axis (1)
@@ -104,7 +105,7 @@ def test_decode_step_bytes_on_8x4_match_hand_computation(tiny_ckpt, weight_cache
     axis0 = 2 * all_reduce_bytes(b * lay.hidden_local * bf16, rows, line)  # WO and FF2 partials
     head1 = norm + all_reduce_bytes(b * lay.vocab_local * bf16, cols, line)
     head0 = 2 * all_gather_bytes(b * K * rows * f32, rows, line)  # sampling candidates over the vocab axis
-    ledger = decode_step_ccl(runner, b)
+    ledger = decode_step_ccl(runner, 4)
     assert ledger.count("all_reduce") == 2 * 5 + 1 and ledger.count("reduce_scatter") == 0
     assert ledger.count("all_gather") == 2 * (2 + 1) + 1 + 2  # norm stats, attention rows; head norm, candidates
     assert ledger.bytes_per_axis() == {0: pytest.approx(2 * axis0 + head0), 1: pytest.approx(2 * axis1 + head1)}

@@ -48,11 +48,13 @@ def test_users_in_several_groups_decode_greedy_exact(tiny_ckpt, weight_cache, hf
         toks = runner.decode(DecodeInput([out[k][-1] for k in keys], positions, tables, [SamplingSpec()] * 4, seq_ids=keys))
         for k, t in zip(keys, toks):
             out[k].append(t)
-    # each user in its group's slots (2 per group), kept for the whole decode
-    assert runner.slots.assign(keys, 4, [0, 1, 1, 3]) == [0, 2, 3, 6]
-    assert runner.inputs.host["positions"].tolist() == [14 + 4, -1, 40 + 4, 35 + 4, -1, -1, 77 + 4, -1]
+    # each user in its group's slots (2 per group: the first rows of its 8 in a 32-row tile), kept for the whole decode
+    assert runner.slots.assign(keys, 4, [0, 1, 1, 3]) == [0, 8, 9, 24]
+    expect = np.full(32, -1)
+    expect[[0, 8, 9, 24]] = [14 + 4, 40 + 4, 35 + 4, 77 + 4]
+    assert runner.inputs.host["positions"].tolist() == expect.tolist()
     # page tables hold each group's local ids, the scratch page (P) after a user's pages
-    assert runner.inputs.host["page_table"][[0, 2, 3, 6], :3].tolist() == [[0, 1, P], [1, 0, P], [1, 4, P], [6, 7, 5]]
+    assert runner.inputs.host["page_table"][[0, 8, 9, 24], :3].tolist() == [[0, 1, P], [1, 0, P], [1, 4, P], [6, 7, 5]]
     for key, (prompt, _, _) in users.items():
         assert out[key] == hf_greedy(hf_tiny, prompt, steps), key
 
@@ -84,12 +86,13 @@ def test_one_dimensional_meshes_keep_one_group(mesh, tiny_ckpt, weight_cache):
 def test_slots_are_assigned_inside_each_group(tiny_ckpt, weight_cache):
     runner = mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=8)
     slots = runner.slots
-    assert slots.assign(["a", "b", "c"], 3, [3, 0, 3]) == [6, 0, 7]
-    assert slots.assign(["b", "d", "c"], 3, [0, 0, 3]) == [0, 1, 7]  # a left: its slot frees, the rest stay
-    assert slots.assign(["e", "c"], 2, [3, 3]) == [6, 7]
+    # 8 slots in a 32-row decode tile: group g's two slots are the first of its rows [8g, 8g + 8)
+    assert slots.assign(["a", "b", "c"], 3, [3, 0, 3]) == [24, 0, 25]
+    assert slots.assign(["b", "d", "c"], 3, [0, 0, 3]) == [0, 1, 25]  # a left: its slot frees, the rest stay
+    assert slots.assign(["e", "c"], 2, [3, 3]) == [24, 25]
     with pytest.raises(UserGroupError, match="user group 0 has 2 slots, all taken"):
         slots.assign(["b", "d", "f"], 3, [0, 0, 0])
-    assert slots.assign([], 3, [2, 1, 2]) == [4, 2, 5]  # callers without ids fill each group's first slots
+    assert slots.assign([], 3, [2, 1, 2]) == [16, 8, 17]  # callers without ids fill each group's first slots
 
 
 def test_group_errors_are_typed_and_clear(tiny_ckpt, weight_cache):
@@ -101,7 +104,7 @@ def test_group_errors_are_typed_and_clear(tiny_ckpt, weight_cache):
         runner.decode(DecodeInput([1], [40], [[15, 16]], spec[:1], seq_ids=["x"]))
     with pytest.raises(UserGroupError, match="user group 2 has 1 slots, all taken"):
         runner.decode(DecodeInput([1, 2], [3, 4], [[16], [17]], spec, seq_ids=["x", "y"]))
-    with pytest.raises(UserGroupError, match="a decode batch of 3 rows does not split over 4 user groups"):
+    with pytest.raises(UserGroupError, match="a decode batch of 3 rows is not whole tiles split over 4 user groups"):
         runner.model.host_inputs([1], [3], [[0]], np.zeros((0, 4), np.float32), 3)
     with pytest.raises(UserGroupError, match="max_batch 6 must be a multiple of the 4 user groups"):
         mesh_runner(tiny_ckpt, weight_cache, "8x4", max_batch=6)

@@ -24,6 +24,7 @@ from ttdist.model.config import LlamaConfig  # noqa: E402
 from ttdist.model.layout import Layout  # noqa: E402
 from ttdist.model.llama import CacheConfig, Decoder, KVCache, LlamaModel  # noqa: E402
 from ttdist.model.rope import RopeTable  # noqa: E402
+from ttdist.model.user_groups import decode_rows  # noqa: E402
 from ttdist.model.weights import expected_shapes, prepare  # noqa: E402
 from ttdist.model.weights.layout_arrays import layer_tensors  # noqa: E402
 
@@ -131,9 +132,10 @@ def test_one_decoder_layer(backend, spec, dims):
         cos, sin = (backend.from_host(a, REPLICATED, dtype=DType.float32) for a in rope.cos_sin(np.arange(start, start + rows)))
         out = layer.forward_prefill(x, cos, sin, np.array([0, 1, 2, 3]), start)
         assert out.shape == x.shape and out.placements == x.placements
-    positions = np.arange(8) * 20
-    tables = np.arange(8 * 3).reshape(8, 3) % 8  # ids of each slot's group's pool (Galaxy: 2 slots per column)
-    x = backend.from_host(np.zeros((8, layout.hidden), np.float32), layout.residual, name="x")
+    batch = decode_rows(8, layout.user_groups)  # 8 slots; on a Galaxy a whole tile of rows, 8 per column
+    positions = np.arange(batch) * 20 % 180
+    tables = np.arange(batch * 3).reshape(batch, 3) % 8  # ids of each slot's group's pool
+    x = backend.from_host(np.zeros((batch, layout.hidden), np.float32), layout.residual, name="x")
     rows = layout.per_group_rows(0)
     # each column's rotary rows as the model makes them: looked up in resident tables by its own slots' positions
     index = backend.input_tensor(positions.astype(np.uint32).reshape(1, -1), layout.per_group_rows(1), name="rope_index")

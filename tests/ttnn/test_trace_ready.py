@@ -50,11 +50,10 @@ def _serve(runner, count: int, seed: int) -> int:
                                   top_k=rng.choice([0, 5]), seed=rng.choice([None, 7]))
         core.add_request(GenerationRequest(f"r{seed}-{i}", prompt_token_ids=prompt, sampling=sampling))
     finished = 0
-    per_group = SLOTS // runner.info.user_groups
     while core.has_work():
         finished += sum(out.finished for out in core.step())
         if runner.inputs is not None:  # the user groups the decode steps have run so far
-            GROUPS_SEEN.update(int(s) // per_group for s in np.nonzero(runner.inputs.host["positions"] >= 0)[0])
+            GROUPS_SEEN.update(runner.model.groups.group_of_slot(int(s)) for s in np.nonzero(runner.inputs.host["positions"] >= 0)[0])
     return finished
 
 
@@ -80,8 +79,9 @@ def test_decode_step_uploads_only_the_deltas_and_reads_back_only_ids(runner):
     ids = runner.decode(DecodeInput([8, 9, 10], [41, 4, 34], tables, spec, seq_ids=["a", "b", "c"]))
     assert len(ids) == 3
     # token ids, positions and rope indices changed; page table and sampling parameters did not
-    assert (be.transfers.uploads, be.transfers.upload_bytes) == (3, 3 * SLOTS * 4)
-    assert (be.transfers.readbacks, be.transfers.readback_bytes) == (1, SLOTS * 4)
+    rows = runner.model.groups.rows  # the slots; on a Galaxy a whole tile of rows (user_groups.decode_rows)
+    assert (be.transfers.uploads, be.transfers.upload_bytes) == (3, 3 * rows * 4)
+    assert (be.transfers.readbacks, be.transfers.readback_bytes) == (1, rows * 4)
     be.transfers.clear()
     runner.decode(DecodeInput([1, 2], [42, 5], [[0, 1, 5], [12]], spec[:2], seq_ids=["a", "b"]))  # c left, a got a page
     assert be.transfers.uploads == 4  # ... and the page table, once

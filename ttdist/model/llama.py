@@ -7,8 +7,8 @@ Activations are token-major ``[T, width]``; the residual is width-fractured on t
 layout's hidden axis. Host data is numpy; only token ids (or, for tests, logits) leave.
 
 Trace-ready shapes: a decode step always runs ``StepInputs``' fixed slot batch (idle slots at
-position -1) with a fixed-width page table; prefill chunks are padded to a few lengths
-(``prefill_bucket``). Page-table entries past a user's pages name the scratch page (the one
+position -1, decoding at position 0 of the scratch page on the device) with a fixed-width page
+table; prefill chunks are padded to a few lengths (``prefill_bucket``). Page-table entries past a user's pages name the scratch page (the one
 past ``num_pages``), which absorbs the padded tokens' K/V. RoPE cos/sin rows are looked up on
 the device in resident tables by position.
 
@@ -33,7 +33,7 @@ from ttdist.model import ccl
 from ttdist.model.kv_budget import fit_kv_cache
 from ttdist.model.layout import TILE, Layout
 from ttdist.model.rope import RopeTable
-from ttdist.model.user_groups import GroupOps, GroupTable, SlotMap, UserGroupError, UserGroups
+from ttdist.model.user_groups import GroupOps, GroupTable, SlotMap, UserGroupError, UserGroups, decode_rows
 from ttdist.model.weights import ShardedWeights
 
 
@@ -176,7 +176,9 @@ def prefill_bucket(tokens: int) -> int:
 class StepInputs:
     """The device tensors one step reads; a decode step's are persistent and rewritten in place.
 
-    ``tokens`` and ``rope_index`` ``[B]`` (uint32), ``positions`` ``[B]`` (int32, -1 = idle slot),
+    ``tokens`` and ``rope_index`` ``[B]`` (uint32), ``positions`` ``[B]`` (int32, -1 = idle slot;
+    the device holds 0 there: an idle slot decodes at position 0 of its scratch page, so paged SDPA
+    writes its attention rows and no unwritten row reaches the user groups' selection),
     ``page_table`` ``[B, W]`` (int32, ids of each slot's group's pool), ``sampling`` ``[B, 4]``
     (float32, ``sampling.device_params``). With user groups, ``rope_index``, ``positions`` and
     ``page_table`` are split over the columns (each its group's B/G slots); the rest is replicated.
@@ -195,7 +197,8 @@ class StepInputs:
 class ModelOptions:
     """``max_positions``: rows of the resident RoPE tables (and the longest sequence);
     ``lm_head_chunk``: LM-head columns per device per matmul; ``logits_dtype``: the LM head's output format;
-    ``max_batch``: the decode slot batch (a multiple of the layout's user groups)."""
+    ``max_batch``: the decode slots (a multiple of the layout's user groups; with several groups the
+    decode batch is ``decode_rows(max_batch, groups)`` rows, whole tiles)."""
 
     max_positions: int | None = None
     lm_head_chunk: int = 16384
@@ -219,7 +222,7 @@ class LlamaModel:
         self.rope_cos = be.from_host(cos, REPLICATED, dtype=DType.float32, name="rope_table")
         self.rope_sin = be.from_host(sin, REPLICATED, dtype=DType.float32, name="rope_table")
         self.group_ops = GroupOps(be, self.layout)
-        self.group_ops.prepare(options.max_batch)
+        self.group_ops.prepare(decode_rows(options.max_batch, self.layout.user_groups))
         self.kv_fit = None
         if cache.num_pages <= 0:  # as many pages as the backend's DRAM ledger has room for after the weights
             self.kv_fit = fit_kv_cache(be, lambda n: KVCache(be, self.layout, replace(cache, num_pages=n), 0),
@@ -284,8 +287,8 @@ class LlamaModel:
         ids = np.zeros((1, rows), dtype=np.uint32)
         ids[0, slots] = tokens
         table = np.full((rows, self.table_width), self.scratch_page, dtype=np.int32)
-        if rows % self.groups.count:
-            raise UserGroupError(f"a decode batch of {rows} rows does not split over {self.groups.count} user groups")
+        if rows != decode_rows(rows, self.groups.count):
+            raise UserGroupError(f"a decode batch of {rows} rows is not whole tiles split over {self.groups.count} user groups")
         if len(tables):
             per_group = rows // self.groups.count
             table[slots] = self.table_rows(tables, groups=[int(s) // per_group for s in slots])
@@ -312,7 +315,7 @@ class LlamaModel:
         what attention reads split over the user groups' columns, the rest replicated."""
         lay = self.layout
         placements = {"rope_index": lay.per_group_rows(1), "positions": lay.per_group_rows(0), "page_table": lay.per_group_rows(0)}
-        placed = {name: self.be.input_tensor(array, placements.get(name, REPLICATED), name=f"input.{name}")
+        placed = {name: self.be.input_tensor(_on_device(name, array), placements.get(name, REPLICATED), name=f"input.{name}")
                   for name, array in host.items()}
         return StepInputs(**placed, host={k: v.copy() for k, v in host.items()})
 
@@ -321,7 +324,7 @@ class LlamaModel:
         changed = 0
         for name, array in host.items():
             if not np.array_equal(inputs.host[name], array):
-                self.be.write_input(getattr(inputs, name), array)
+                self.be.write_input(getattr(inputs, name), _on_device(name, array))
                 inputs.host[name] = array.copy()
                 changed += 1
         return changed
@@ -333,6 +336,21 @@ class LlamaModel:
     def prefill_forward(self, token_ids, start_pos: int, page_table):
         """Vocab-sharded logits of the chunk's last token; fills the cache. The chunk is padded
         to ``prefill_bucket`` tokens (after the real ones, so causal attention ignores them)."""
+        x, n, padded = self._prefill_rows(token_ids, start_pos, page_table)
+        # the last real token's row, picked by a one-hot matmul: the same program for every length in a bucket
+        pick = np.zeros((1, padded), dtype=np.float32)
+        pick[0, n - 1] = 1.0
+        last = self.be.linear(self.be.from_host(pick, REPLICATED, dtype=DType.bfloat16, name="input.last_token"), x)
+        return self.lm_head.forward(last)
+
+    def prefill_all_logits(self, token_ids, page_table) -> np.ndarray:
+        """Host logits ``[T, vocab]`` of every token of a prefill at position 0: each row predicts the
+        next token from the true text before it (teacher forcing, as accuracy is measured)."""
+        x, n, _ = self._prefill_rows(token_ids, 0, page_table)
+        return self.logits_to_host(self.lm_head.forward(x))[:n]
+
+    def _prefill_rows(self, token_ids, start_pos: int, page_table):
+        """The final hidden rows ``[padded, W]`` of a prefill chunk, its real length and padded length."""
         n = len(token_ids)
         if n == 0:
             raise MeshError("prefill: the chunk has no tokens")
@@ -352,11 +370,7 @@ class LlamaModel:
         x = self.be.embedding(ids, self.embedding)
         for layer in self.layers:
             x = layer.forward_prefill(x, cos, sin, table, start_pos)
-        # the last real token's row, picked by a one-hot matmul: the same program for every length in a bucket
-        pick = np.zeros((1, padded), dtype=np.float32)
-        pick[0, n - 1] = 1.0
-        last = self.be.linear(self.be.from_host(pick, REPLICATED, dtype=DType.bfloat16, name="input.last_token"), x)
-        return self.lm_head.forward(last)
+        return x, n, padded
 
     def decode_step(self, inputs: StepInputs):
         """Vocab-sharded logits ``[B, V/n]`` for one token per slot; reads only device tensors."""
@@ -371,9 +385,9 @@ class LlamaModel:
         With user groups each user takes a slot of its group (as many per group as the busiest needs)."""
         groups = [self.groups.group_of(_strip_padding(list(t))) for t in page_tables]
         per_group = max([groups.count(g) for g in set(groups)] + [1])
-        slots = SlotMap(per_group * self.groups.count, UserGroups(self.groups.count, self.groups.pages,
-                                                                  per_group * self.groups.count)).assign([], len(groups), groups)
-        rows = per_group * self.groups.count
+        split = UserGroups(self.groups.count, self.groups.pages, per_group * self.groups.count)
+        slots = SlotMap(split.slots, split).assign([], len(groups), groups)
+        rows = split.rows
         host = self.host_inputs(token_ids, positions, page_tables, np.zeros((0, sampling.PARAMS), np.float32), rows, slots)
         logits = self.decode_step(self.place_inputs(host))
         if slots == list(range(rows)):
@@ -388,6 +402,11 @@ class LlamaModel:
 
     def logits_to_host(self, logits) -> np.ndarray:
         return self.be.to_host(logits)[:, : self.config.vocab_size]
+
+
+def _on_device(name: str, array: np.ndarray) -> np.ndarray:
+    """A step input as the device holds it: idle slots (position -1) at position 0 of their scratch page."""
+    return np.maximum(array, 0) if name == "positions" else array
 
 
 def _strip_padding(table: list[int]) -> list[int]:

@@ -104,7 +104,7 @@ class MeshModelRunner:
     """Runs prefill chunks and decode batches of a Llama on one mesh.
 
     Decode is trace-ready: every step runs the full ``max_batch`` slot batch on persistent
-    input tensors (idle slots at position -1), rewriting only the inputs that changed, and reads
+    input tensors (idle slots at position -1; with user groups, ``decode_rows`` rows), rewriting only the inputs that changed, and reads
     back only the B sampled ids. With ``trace_decode`` (default: on where the backend can trace,
     i.e. real chips) the first decode step runs eagerly (compiling every program), the second
     is captured, and every later step replays the capture. All persistent device memory (weights,
@@ -192,7 +192,7 @@ class MeshModelRunner:
             raise ValueError(f"decode: {n} users exceed the runner's {self.info.max_batch} slots")
         groups = [self.model.groups.group_of([p for p in t if p >= 0]) for t in inp.page_tables]
         slots = self.slots.assign(list(inp.seq_ids), n, groups)
-        rows = self.info.max_batch
+        rows = self.model.groups.rows
         idle = [None] * rows
         tokens, positions, tables = list(idle), list(idle), list(idle)
         for i, s in enumerate(slots):

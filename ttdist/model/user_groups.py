@@ -6,12 +6,18 @@ tt_transformers' ``batch_size_per_device_group``) group g's chips hold only grou
 
 * pages: the engine's ``G * P`` page ids, group g owning ``[g * P, (g + 1) * P)``; the chips of
   column g hold that pool as local ids ``0..P-1`` plus their own scratch page ``P``;
-* decode slots: ``B`` slots, group g owning ``[g * B/G, (g + 1) * B/G)``; a user keeps its slot
-  (``SlotMap``) inside its group's range, told by its first page id;
-* decode: the QKV output is replicated over the columns; each column picks its group's B/G rows
+* decode slots: ``B`` slots, ``B/G`` per group, in a decode batch of ``R`` rows (``decode_rows``:
+  ``B`` rounded up to whole tiles), group g's slots the first ``B/G`` of its rows
+  ``[g * R/G, (g + 1) * R/G)``; a user keeps its slot (``SlotMap``) inside its group's range, told
+  by its first page id;
+* decode: the QKV output is replicated over the columns; each column picks its group's R/G rows
   with a one-hot selection matmul (tt_transformers' ``slice_mat``), attends over its own pool
   with per-column positions and page tables, and the attention rows are all-gathered over the
-  columns back to ``[B, ...]`` before WO (``GroupOps.select`` / ``GroupOps.gather``);
+  columns back to ``[R, ...]`` before WO (``GroupOps.select`` / ``GroupOps.gather``). The selection
+  sums over every row of the batch, so every row must hold written values: garbage times a zero
+  is NaN where the garbage is NaN. Hence the batch is whole tiles (no padding rows under the
+  sum) and an idle slot decodes at position 0 of its scratch page (``LlamaModel.place_inputs``)
+  so paged SDPA writes its attention rows too (at position -1 it leaves them unwritten);
 * prefill of one user of group g: column g reads and writes through the user's (local) table,
   the other columns through their scratch page (``GroupTable``); a chunk that reads cached
   positions (``start_pos > 0``) is right only on column g, so its attention output is masked to
@@ -29,17 +35,28 @@ import numpy as np
 from ttdist.mesh.backend import MeshError, PerDevice
 from ttdist.mesh.placement import Partial, Replicate
 from ttdist.mesh.precision import DType
-from ttdist.model.layout import Layout
+from ttdist.model.layout import TILE, Layout
 
 
 class UserGroupError(MeshError):
     """A user's pages or slot break the column-group split (pages spanning groups, a full group)."""
 
 
+def decode_rows(slots: int, count: int) -> int:
+    """Rows of a decode batch of ``slots`` slots over ``count`` groups: the slots themselves with one
+    group (rows are independent), else whole tiles split evenly over the groups (the selection
+    matmul sums over every row, so none may be a tile's unwritten padding)."""
+    if count == 1:
+        return slots
+    unit = TILE * count // np.gcd(TILE, count)
+    return -(-slots // unit) * unit
+
+
 @dataclass(frozen=True)
 class UserGroups:
     """The host-side split: ``count`` groups of ``pages`` page ids (one chip's pool, without its
-    scratch page) and ``slots // count`` decode slots each."""
+    scratch page) and ``slots // count`` decode slots each, group g's the first of its
+    ``rows // count`` rows of the decode batch (``decode_rows``)."""
 
     count: int
     pages: int
@@ -57,6 +74,19 @@ class UserGroups:
     @property
     def slots_per_group(self) -> int:
         return self.slots // self.count
+
+    @property
+    def rows(self) -> int:
+        return decode_rows(self.slots, self.count)
+
+    @property
+    def rows_per_group(self) -> int:
+        return self.rows // self.count
+
+    def group_slots(self, group: int) -> range:
+        """Group ``group``'s slots: rows of the decode batch."""
+        first = group * self.rows_per_group
+        return range(first, first + self.slots_per_group)
 
     def group_of(self, table) -> int:
         """The group whose pool holds every page of ``table`` (global ids, padding stripped)."""
@@ -76,7 +106,7 @@ class UserGroups:
         return [int(p) - group * self.pages for p in table]
 
     def group_of_slot(self, slot: int) -> int:
-        return slot // self.slots_per_group
+        return slot // self.rows_per_group
 
     def prefill_table(self, row: np.ndarray, group: int):
         """One user's prefill table: the ``[W]`` row itself with one group, else a ``GroupTable``
@@ -121,8 +151,7 @@ class SlotMap:
             if key in self._of:
                 continue
             group = live[key]
-            span = range(group * g.slots_per_group, (group + 1) * g.slots_per_group)
-            free = [s for s in span if s not in taken]
+            free = [s for s in g.group_slots(group) if s not in taken]
             if not free:
                 raise UserGroupError(f"decode: user group {group} has {g.slots_per_group} slots, all taken; "
                                      f"at most {g.slots_per_group} of its users decode at once")
@@ -142,7 +171,7 @@ class GroupOps:
         self._owner: dict[int, object] = {}
 
     def prepare(self, batch: int) -> None:
-        """Place the constants a decode batch of ``batch`` slots and a prefill need (before any
+        """Place the constants a decode batch of ``batch`` rows and a prefill need (before any
         capture: a trace must find every persistent tensor already there)."""
         if self.count > 1:
             self._selection(batch)
@@ -150,8 +179,8 @@ class GroupOps:
                 self._owner_mask(g)
 
     def _selection(self, batch: int):
-        if batch % self.count:
-            raise UserGroupError(f"a decode batch of {batch} rows does not split over {self.count} user groups")
+        if batch != decode_rows(batch, self.count):
+            raise UserGroupError(f"a decode batch of {batch} rows is not whole tiles split over {self.count} user groups")
         if batch not in self._select:  # [B, B] identity, rows split over the columns: column g picks its B/G users
             self._select[batch] = self.be.from_host(np.eye(batch, dtype=np.float32), self.layout.per_group_rows(0),
                                                     dtype=DType.bfloat16, name="user_groups.select")
@@ -168,13 +197,13 @@ class GroupOps:
         return self._owner[group]
 
     def select(self, x):
-        """Decode rows ``[B, W]`` (replicated over the columns) -> each column's ``[B/G, W]``."""
+        """Decode rows ``[R, W]`` (replicated over the columns) -> each column's ``[R/G, W]``."""
         if self.count == 1:
             return x
         return self.be.linear(self._selection(x.shape[0]), x)
 
     def gather(self, x):
-        """Each column's ``[B/G, W]`` rows -> ``[B, W]`` on every column, in slot order."""
+        """Each column's ``[R/G, W]`` rows -> ``[R, W]`` on every column, in slot order."""
         if self.count == 1:
             return x
         return self.be.all_gather(x, dim=0, cluster_axis=self.layout.group_axis)

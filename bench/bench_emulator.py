@@ -5,8 +5,15 @@ Both run the same random Llama (the layout the checkpoint's mesh gives it) throu
 eagerly and traced (one compile step, one captured, then replays). Prints the median step
 time of each and the ratio to the simulator (the target: at most 3x at batch 32).
 
-    python bench/bench_ttnn_emu.py                      # tiny Llama on n300
-    python bench/bench_ttnn_emu.py --mesh tg --shape smollm2 --steps 10
+    python bench/bench_emulator.py                      # tiny Llama on n300
+    python bench/bench_emulator.py --mesh tg --shape smollm2 --steps 10
+    python bench/bench_emulator.py --accuracy --mesh n300   # SmolLM2 teacher-forced accuracy
+
+``--accuracy``: SmolLM2-135M, teacher forced over 512 positions of ``tests/model/data/lighthouse.txt``
+(one prefill; every position predicts the next token from the true text before it), top-1 / top-5
+agreement with transformers' float32 top-1 token, as tt_transformers measures accuracy; at the
+``accuracy`` and ``performance`` presets and float32 weights (KV cache bf16), simulator beside
+emulator.
 
 On a shared host pin both sides to one thread (``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1``):
 with more BLAS threads than free cores, numpy's small matmuls wait on each other (27x slower
@@ -58,6 +65,34 @@ def _time_decode(runner, batch: int, steps: int) -> float:
     return float(np.median(times[2:]))  # past the compile and capture steps
 
 
+def _accuracy(mesh: str, positions: int = 512) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from ttdist.model.runner import MeshModelRunner
+    from ttdist.model.smollm2 import materialize
+
+    path = materialize()
+    text = Path(__file__).resolve().parents[1] / "tests" / "model" / "data" / "lighthouse.txt"
+    ids = AutoTokenizer.from_pretrained(path)(text.read_text()).input_ids[: positions + 1]
+    with torch.no_grad():
+        want = LlamaForCausalLM.from_pretrained(path).float().eval()(torch.tensor([ids])).logits[0, :-1].argmax(-1).numpy()
+    from ttdist.mesh import parse_mesh
+
+    groups = 4 if parse_mesh(mesh).rows > 1 else 1
+    pages = -(-positions // 32)
+    for dtype in ("float32", "accuracy", "performance"):
+        row = []
+        for backend in ("sim", "ttnn"):
+            kv = "bfloat16" if dtype == "float32" else None  # paged SDPA decode takes no float32 cache
+            runner = MeshModelRunner.from_checkpoint(path, mesh=mesh, backend=backend, dtype=dtype, kv_dtype=kv, page_size=32,
+                                                     num_pages=(pages + 1) * groups, max_batch=groups, max_context=positions + 32)
+            logits = runner.model.prefill_all_logits(ids[:-1], list(range(pages)))
+            top5 = np.argpartition(-logits, 5, axis=-1)[:, :5]
+            row.append(f"{backend} top-1 {(logits.argmax(-1) == want).mean():.1%} top-5 {(top5 == want[:, None]).any(-1).mean():.1%}")
+        print(f"smollm2 on {mesh}, {dtype}, {len(want)} positions: " + ", ".join(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mesh", default="n300")
@@ -65,8 +100,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--dtype", default="bfloat8_b")
+    parser.add_argument("--accuracy", action="store_true", help="SmolLM2 teacher-forced top-1 / top-5 instead of step time")
     args = parser.parse_args()
     ttnn_emu.install()
+    if args.accuracy:
+        return _accuracy(args.mesh)
     from ttdist.mesh import parse_mesh
     from ttdist.mesh.precision import DType
     from ttdist.model.config import LlamaConfig
