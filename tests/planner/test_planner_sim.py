@@ -19,6 +19,7 @@ from ttdist.mesh.sim.backend import SimBackend
 from ttdist.mesh.sim.tensor import SimTensor
 from ttdist.model.layout import Layout
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions
+from ttdist.model.user_groups import decode_rows
 from ttdist.model.weights import load_weights
 from ttdist.planner.capacity import activation_bytes_per_chip, page_bytes_per_chip, weight_bytes_per_chip
 from ttdist.planner.catalog import resolve_precision
@@ -108,8 +109,10 @@ def test_decode_step_ops_are_the_models_own(mesh, tiny, cache):
     groups, per = model.groups.count, model.groups.pages
     if groups == 1:
         tables, rows, slots = [[0, 1], [2], [3, 4]], 3, None
-    else:  # 2D: users in groups 0, 1 and 3, one slot per group
-        tables, rows, slots = [[0, 1], [per], [3 * per, 3 * per + 1]], 4, [0, 1, 3]
+    else:  # 2D: users in groups 0, 1 and 3, one slot each; the decode batch is whole tiles split over the groups
+        rows = decode_rows(3, groups)
+        slots = [g * rows // groups for g in (0, 1, 3)]
+        tables = [[0, 1], [per], [3 * per, 3 * per + 1]]
     host = model.host_inputs([5, 6, 7], [33, 2, 40], tables, np.zeros((0, sampling.PARAMS), np.float32), rows, slots)
     inputs = model.place_inputs(host)
     start = len(rec.backend.ccl.records)
