@@ -1,5 +1,5 @@
 """Starting a local Ray: a raylet that misses Ray's fixed 30 s registration window (a loaded host)
-gets the start tried once more, with the stalled attempt's processes killed by PID."""
+gets the start tried again, with the stalled attempt's processes killed by PID."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -126,14 +127,15 @@ class Deployment:
             ray.shutdown()
 
 
-LOCAL_RAY_TRIES = 2   # Ray gives a local raylet a fixed 30 s to register; a loaded host can miss it once
+LOCAL_RAY_TRIES = 3   # Ray gives a local raylet a fixed 30 s to register; a loaded 2-core host can miss it twice
 
 
 def connect(address: str | None) -> bool:
     """Join Ray at ``address`` or start a local one; True if this call started it.
 
-    A local start whose raylet misses Ray's registration window is tried once more, after the
-    processes that attempt started (children of this process, found by PID) are killed."""
+    A local start whose raylet misses Ray's registration window is tried again (up to
+    ``LOCAL_RAY_TRIES`` starts), after the processes that attempt started (children of this
+    process, found by PID) are killed."""
     if ray.is_initialized():
         return False
     local = address in (None, "local")
@@ -148,6 +150,8 @@ def connect(address: str | None) -> bool:
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for a slow raylet
             if not local or attempt == LOCAL_RAY_TRIES or "timed out during startup" not in str(exc):
                 raise
+            print(f"ttdist: the local Ray's raylet missed its registration (start {attempt} of "
+                  f"{LOCAL_RAY_TRIES}); starting it again", file=sys.stderr)
             ray.shutdown()
             _kill_children_since(before)
     raise AssertionError("unreachable")
