@@ -125,3 +125,48 @@ def test_emulated_topk_returns_the_callers_labels_and_checks_them_as_ttnn_does()
         ttnn.topk(upload(ttnn, device, x), 2, stable=True, indices_tensor=upload(ttnn, device, labels, dtype=ttnn.uint32))
     logged = per_chip(ttnn, ttnn.log(upload(ttnn, device, np.array([[[[1.0, np.e]]]], np.float32))))
     np.testing.assert_allclose(logged[0, 0].ravel(), [0.0, 1.0], atol=1e-6)
+
+
+def test_runner_on_emulated_ttnn_traces_the_logprobs_step_apart_and_equals_the_simulator():
+    """A traced runner keeps the default decode step's trace and captures the logprobs one apart;
+    prompt and decode logprobs equal the simulator's (bf16 weights on an emulated N300)."""
+    from ttdist.engine.runner import DecodeInput, PrefillInput, SamplingSpec
+    from ttdist.model.config import LlamaConfig
+    from ttdist.model.weights import expected_shapes, prepare
+
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+    rng = np.random.default_rng(0)
+    hf = {k: ((1 + 0.1 * rng.standard_normal(s)) if "norm" in k else rng.standard_normal(s) * 0.05).astype(np.float32)
+          for k, s in expected_shapes(config).items()}
+    spec = parse_mesh("n300")
+    weights = prepare(config, hf, spec, DType.bfloat16)
+    got = {}
+    with ttnn_emu.installed():
+        from ttdist.model.runner import MeshModelRunner
+
+        for kind, trace in (("sim", False), ("ttnn", True)):
+            runner = MeshModelRunner(weights, backend=kind, page_size=32, num_pages=16, max_batch=8, trace_decode=trace)
+            prompt = list(range(3, 40))
+            first = runner.prefill_logprobs(PrefillInput(prompt, 0, [0, 1], True, SamplingSpec(logprobs=3),
+                                                         prompt_targets=tuple(prompt[1:]), prompt_logprobs=2))
+            steps, token = [], first.token
+            for step in range(4):
+                spec_lp = SamplingSpec(logprobs=2 if step % 2 else None)
+                inp = DecodeInput([token, 9], [37 + step, 20 + step], [[0, 1], [2, 3]], [spec_lp, SamplingSpec()],
+                                  seq_ids=["a", "b"])
+                out = runner.decode_logprobs(inp) if spec_lp.logprobs is not None else runner.decode(inp)
+                steps.append(out)
+                token = out.tokens[0] if spec_lp.logprobs is not None else out[0]
+            if trace:
+                assert set(runner._traces) == {False, True}   # both steps captured, each on its own
+            got[kind] = (first, steps)
+            runner.close()
+    sim, emu = got["sim"], got["ttnn"]
+    assert sim[0].token == emu[0].token
+    pairs = [(a, b) for a, b in zip(sim[0].prompt + [sim[0].sampled], emu[0].prompt + [emu[0].sampled])]
+    pairs += [(a.logprobs[0], b.logprobs[0]) for a, b in zip(sim[1][1::2], emu[1][1::2])]
+    for a, b in pairs:
+        assert a.token_id == b.token_id and abs(a.logprob - b.logprob) < 2e-2
+        assert [v for _, v in a.top] == pytest.approx([v for _, v in b.top], abs=2e-2)
+    assert [s.tokens if hasattr(s, "tokens") else s for s in sim[1]] == [s.tokens if hasattr(s, "tokens") else s for s in emu[1]]
