@@ -195,3 +195,70 @@ async def test_tokenizer_endpoints_answer_as_vllm(stack):
     assert info["eos_token"] == "<|im_end|>" and "{%" in info["chat_template"]
     assert tokens["tokens"] == tokenizer.encode(PROMPT, add_special_tokens=False) and tokens["count"] == len(tokens["tokens"])
     assert text["prompt"] == PROMPT and bad == (400, "tokens")
+
+
+DOCS = [
+    {"question": "What is the capital of France?", "choices": ["Paris", "London", "Rome"], "answer": 0},
+    {"question": "How many legs does a spider have?", "choices": ["six", "eight", "ten", "four"], "answer": 1},
+    {"question": "What color is the sky on a clear day?", "choices": ["green", "red", "blue"], "answer": 2},
+    {"question": "Which animal says moo?", "choices": ["a cow", "a cat", "a dog"], "answer": 0},
+]
+TASK = """task: ttdist_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+
+
+async def _lm_eval(tmp_path, name: str, model: str, model_args: str) -> list[dict]:
+    """lm-eval's own CLI (unmodified) on the task; its per-sample records."""
+    import asyncio
+    import json
+    import os
+    import sys
+
+    out = tmp_path / name
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lm_eval", "run", "--model", model, "--model_args", model_args, "--tasks", "ttdist_mc",
+        "--include_path", str(tmp_path), "--log_samples", "--output_path", str(out), "--batch_size", "1",
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    log, _ = await proc.communicate()
+    assert proc.returncode == 0, log.decode()[-3000:]
+    [samples] = list(out.rglob("samples_ttdist_mc_*.jsonl"))
+    return sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
+
+
+async def test_lm_eval_local_completions_loglikelihoods_equal_its_hf_backend(stack, smollm2, tmp_path):
+    import json
+
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is a test dependency (lm-eval[api])")
+    pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra")
+    stack, _ = stack
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (tmp_path / "ttdist_mc.yaml").write_text(TASK.format(docs=docs))
+    base = f"http://127.0.0.1:{stack.server.http_port}/v1/completions"
+    served = await _lm_eval(tmp_path, "served", "local-completions", f"model=smollm2,base_url={base},num_concurrent=1")
+    hf = await _lm_eval(tmp_path, "hf", "hf", f"pretrained={smollm2},dtype=float32")
+    assert len(served) == len(hf) == len(DOCS)
+    for a, b in zip(served, hf):
+        assert len(a["resps"]) == len(DOCS[a["doc_id"]]["choices"])
+        for (ll_a, greedy_a), (ll_b, greedy_b) in zip([_pair(r) for r in a["resps"]], [_pair(r) for r in b["resps"]]):
+            assert float(ll_a) == pytest.approx(float(ll_b), abs=1e-4)
+            assert str(greedy_a) == str(greedy_b)
+        assert a["acc"] == b["acc"]
+
+
+def _pair(resp):
+    """One choice's (loglikelihood, is_greedy) from a sample's ``resps`` entry."""
+    first = resp[0] if isinstance(resp, list) and resp and isinstance(resp[0], (list, tuple)) else resp
+    return first[0], first[1]
