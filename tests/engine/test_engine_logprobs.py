@@ -159,3 +159,24 @@ def test_smollm2_bfloat16_logprobs_within_2e_2_of_transformers():
         assert [t for t, _ in lp.top] == row.topk(5).indices.tolist()
     errors = [abs(lp.logprob - ref[i, lp.token_id].item()) for i, lp in enumerate(got["prompt"][1:])]
     assert max(errors) < 2e-2
+
+
+def test_processed_mode_gives_the_distribution_after_temperature(tiny_checkpoint):
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    prompt = [17, 4000, 93, 12000, 5]
+    got = {}
+    for mode in ("raw", "processed"):
+        core = EngineCore(_runner(tiny_checkpoint, logprobs_mode=mode), None, EngineConfig(prefill_chunk=PAGE))
+        sampling = SamplingParams(max_tokens=4, temperature=0.7, seed=11, logprobs=3, ignore_eos=True)
+        got[mode] = _run(core, [GenerationRequest("t", prompt_token_ids=prompt, sampling=sampling)])["t"]
+    assert got["raw"]["ids"] == got["processed"]["ids"]   # the same seeded draws; only the reported distribution differs
+    ids = prompt + got["raw"]["ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    for scale, mode in ((1.0, "raw"), (1 / 0.7, "processed")):
+        ref = torch.log_softmax(logits * scale, -1)
+        _check(ref, prompt, got[mode], 3, 1e-4)
+    with pytest.raises(ValueError, match="logprobs_mode"):
+        _runner(tiny_checkpoint, logprobs_mode="logits")

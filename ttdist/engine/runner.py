@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ttdist.engine.logprobs import DecodeLogprobs, PrefillLogprobs, TokenLogprob
+from ttdist.engine.logprobs import LOGPROBS_MODES, DecodeLogprobs, PrefillLogprobs, TokenLogprob
 
-__all__ = ["DecodeInput", "DecodeLogprobs", "ModelRunner", "PrefillInput", "PrefillLogprobs", "RunnerInfo", "SamplingSpec",
-           "TokenLogprob"]
+__all__ = ["DecodeInput", "DecodeLogprobs", "LOGPROBS_MODES", "ModelRunner", "PrefillInput", "PrefillLogprobs", "RunnerInfo",
+           "SamplingSpec", "TokenLogprob"]
 
 
 @dataclass(frozen=True)

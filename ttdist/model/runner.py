@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ttdist.engine.runner import DecodeInput, DecodeLogprobs, PrefillInput, PrefillLogprobs, RunnerInfo, SamplingSpec
+from ttdist.engine.runner import (LOGPROBS_MODES, DecodeInput, DecodeLogprobs, PrefillInput, PrefillLogprobs, RunnerInfo,
+                                  SamplingSpec)
 from ttdist.mesh import make_backend
 from ttdist.mesh.backend import MeshError, SamplingBatch
 from ttdist.mesh.placement import REPLICATED
@@ -123,7 +124,7 @@ class MeshModelRunner:
                  trace_decode: bool | None = None, logits_dtype: str | DType | None = None, lm_head_chunk: int = 16384,
                  backend_options: dict | None = None, logprobs_mode: str = "raw"):
         config = weights.config
-        if logprobs_mode not in ("raw", "processed"):
+        if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be 'raw' or 'processed', got {logprobs_mode!r}")
         self.processed_logprobs = logprobs_mode == "processed"
         kv = DType.parse(kv_dtype) if kv_dtype else weights.precision.kv_cache
