@@ -27,13 +27,22 @@ class LogprobOps:
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
         token = self._draw(values.value, ids.value, params.value, batch, values.shape[-1])
         scale = ttnn.reciprocal(ttnn.slice(params.value, [0, 0, 0, 0], [1, 1, batch, 1])) if processed else None
-        rows = self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, token, scale)
+        # the drawn token is one of the candidates: its logit is picked from them
+        target = ttnn.sum(ttnn.multiply(values.value, ttnn.eq(ids.value, token, dtype=ttnn.float32)), dim=-1, keepdim=True)
+        rows = self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, target, scale)
         return self._wrap(token, (batch,), values.placements, DType.float32, "token_ids", INPUT), rows
 
     def prompt_logprobs(self, logits: TtnnTensor, vocab_size: int, targets: TtnnTensor, cluster_axis: int) -> TtnnTensor:
-        """Logprob rows ``[T, 1 + 2k]`` of raw logits ``[T, V/n]`` for the target ids ``[T, 1]``."""
+        """Logprob rows ``[T, 1 + 2k]`` of raw logits ``[T, V/n]`` for the target ids ``[T, 1]``: each
+        chip picks a target's logit from its slice (one-hot), the picks are added over the vocab axis."""
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
-        return self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, self._rows_value(targets), None)
+        axis = self.spec.resolve_axis("logprobs", cluster_axis)
+        width = logits.shape[1]
+        local_ids = self._const(("vocab_ids", axis, width), lambda: self._vocab_ids(logits, axis, width))
+        x = ttnn.typecast(self._rows_value(logits), ttnn.float32)
+        picked = ttnn.multiply(x, ttnn.eq(local_ids, self._rows_value(targets), dtype=ttnn.float32))
+        target = self._vocab_sum(ttnn.sum(picked, dim=-1, keepdim=True), logits.shape[0], logits, axis)
+        return self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, target, None)
 
     def read_rows(self, t: TtnnTensor) -> np.ndarray:
         """A replicated ``[B, W]`` float32 tensor (logprob rows), read once from the first chip."""
@@ -43,26 +52,26 @@ class LogprobOps:
 
     def _logprob_rows(self, logits: TtnnTensor, vocab_size: int, cluster_axis: int, values: TtnnTensor, ids: TtnnTensor,
                       target, scale) -> TtnnTensor:
+        """Rows for ``target``, the ``[B, 1]`` logit of each row's target token (replicated)."""
         axis = self.spec.resolve_axis("logprobs", cluster_axis)
         batch, width = logits.shape
         k = logprobs.top_width(values.shape[-1])
         labels = ttnn.typecast(ids.value, ttnn.uint32)
         top_v, top_id = ttnn.topk(values.value, k, dim=-1, largest=True, sorted=True, indices_tensor=labels)
         g = ttnn.slice(top_v, [0, 0, 0, 0], [1, 1, batch, 1])
-        x = ttnn.typecast(self._rows_value(logits), ttnn.float32)
-        z = ttnn.subtract(x, g)
+        z = ttnn.subtract(ttnn.typecast(self._rows_value(logits), ttnn.float32), g)
         e = ttnn.exp(z if scale is None else ttnn.multiply(z, scale))
-        local_ids = self._const(("vocab_ids", axis, width), lambda: self._vocab_ids(logits, axis, width))
         n = self.spec.shape[axis] if isinstance(logits.placements[axis], Shard) else 1
         if vocab_size < width * n:  # padded ids hold no probability
+            local_ids = self._const(("vocab_ids", axis, width), lambda: self._vocab_ids(logits, axis, width))
             e = ttnn.multiply(e, ttnn.lt(local_ids, float(vocab_size), dtype=ttnn.float32))
-        picked = ttnn.multiply(x, ttnn.eq(local_ids, target, dtype=ttnn.float32))
-        total, t = (self._vocab_sum(ttnn.sum(part, dim=-1, keepdim=True), batch, logits, axis) for part in (e, picked))
-        log_s = ttnn.log(total)
-        parts = [ttnn.subtract(ttnn.subtract(t, g) if scale is None else ttnn.multiply(ttnn.subtract(t, g), scale), log_s),
-                 ttnn.subtract(ttnn.subtract(top_v, g) if scale is None else ttnn.multiply(ttnn.subtract(top_v, g), scale), log_s),
-                 ttnn.typecast(top_id, ttnn.float32)]
-        row = ttnn.concat(parts, dim=-1)
+        log_s = ttnn.log(self._vocab_sum(ttnn.sum(e, dim=-1, keepdim=True), batch, logits, axis))
+
+        def logprob(v):
+            shifted = ttnn.subtract(v, g)
+            return ttnn.subtract(shifted if scale is None else ttnn.multiply(shifted, scale), log_s)
+
+        row = ttnn.concat([logprob(target), logprob(top_v), ttnn.typecast(top_id, ttnn.float32)], dim=-1)
         return self._wrap(row, (batch, 1 + 2 * k), values.placements, DType.float32, "logprobs")
 
     def _vocab_sum(self, local, batch: int, logits: TtnnTensor, axis: int):
