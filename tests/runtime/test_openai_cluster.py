@@ -174,7 +174,7 @@ def test_bad_requests_get_openai_statuses(served):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="logprobs"):
-        client.chat.completions.create(model="smollm2", messages=CHATS[0], logprobs=True)
+        client.chat.completions.create(model="smollm2", messages=CHATS[0], logprobs=True, top_logprobs=21)
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="smollm2", messages=[{"role": "wizard", "content": "x"}])
     with pytest.raises(openai.BadRequestError, match="context window"):

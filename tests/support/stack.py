@@ -90,9 +90,11 @@ async def make_stack(
     router_config: RouterConfig = RouterConfig(refresh_s=0.05), tokenizer=None,
     status: Callable[[object, str], Status] = ready_status, states: list[str] | None = None,
     track_latency: bool = False, with_pids: bool = False, replica_token: str = "", public_api: ApiConfig | None = None,
+    model_dir: str = "",
 ) -> Stack:
     """``n`` replicas ``replica-<i>`` (``states[i]`` in the router's table, else "ready"; pid
-    ``i + 1`` there ``with_pids``) behind one router on 127.0.0.1."""
+    ``i + 1`` there ``with_pids``) behind one router on 127.0.0.1; ``model_dir``: the checkpoint whose
+    chat template the public listeners render chats with."""
     engines, servers, entries, latencies = [], [], [], []
     for i in range(n):
         engine = engine_factory(i)
@@ -109,7 +111,7 @@ async def make_stack(
     source = StaticSource(RoutingTable(card, tuple(entries)))
     router = Router(router_config, source, tokenizer)
     if public_api is not None:
-        server = await serve_public(router, "127.0.0.1", 0, public_api)
+        server = await serve_public(router, "127.0.0.1", 0, public_api, model_dir)
         return Stack(engines, servers, latencies, source, router, server, None, None)
     server = await start_router_server(router, "127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")

@@ -158,6 +158,29 @@ def test_sampling_on_the_mesh_reads_back_only_the_ids(backend, spec):
     assert (backend.transfers.readbacks, backend.transfers.readback_bytes) == (1, batch * 4)
 
 
+@pytest.mark.parametrize("processed", [False, True])
+def test_logprobs_on_the_mesh_are_accepted_and_read_back_only_their_rows(backend, spec, processed):
+    """The logprob path (labelled topk, log, the vocab-axis sums): accepted by real ttnn, and only
+    B ids and B rows of 1 + 2k numbers leave; prompt rows likewise."""
+    from ttdist.mesh.logprobs import TOP
+    from ttdist.mesh.sampling import device_params
+
+    batch, axis = 5, _axis(spec)
+    n = spec.shape[axis]
+    vocab_sharded = (R, Shard(1)) if axis == 1 else (Shard(1), R)
+    logits = backend.from_host(np.zeros((batch, 512 * n), np.float32), vocab_sharded, name="logits")
+    params = SamplingBatch(np.array([0.0, 0.7, 0.7, 1.0, 0.0]), np.array([0, 5, 32, 0, 0]), np.array([0, 0.9, 0, 0, 0]),
+                           np.array([-1, 7, 7, 3, -1]), np.arange(batch))
+    inputs = backend.input_tensor(device_params(params), (R, R), name="sampling")
+    targets = backend.from_host(np.arange(batch, dtype=np.float32).reshape(-1, 1), (R, R), dtype=DType.float32)
+    backend.transfers.clear()
+    ids_t, rows_t = backend.sample_logprobs(logits, 512 * n - 24, inputs, axis, processed=processed)
+    ids, rows = backend.read_ids(ids_t), backend.read_rows(rows_t)
+    prompt = backend.read_rows(backend.prompt_logprobs(logits, 512 * n - 24, targets, axis))
+    assert ids.shape == (batch,) and rows.shape == prompt.shape == (batch, 1 + 2 * TOP)
+    assert backend.transfers.readback_bytes == batch * 4 + 2 * batch * (1 + 2 * TOP) * 4
+
+
 def test_collective_needs_axis_on_2d(backend, spec):
     x = backend.from_host(np.zeros((32, 64), np.float32), (R, R))
     if spec.rows > 1 and spec.cols > 1:

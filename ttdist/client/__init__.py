@@ -31,6 +31,7 @@ from ttdist.client.types import (
     ReplicaStatus,
     SamplingParams,
     Timings,
+    TokenLogprob,
     Usage,
 )
 
@@ -38,5 +39,5 @@ __all__ = [
     "AsyncClient", "AsyncGenerationStream", "Cancelled", "Chunk", "Client", "ClusterStatus", "Completion",
     "DEFAULT_TARGET", "DeadlineExceeded", "GenerateOptions", "GenerationStream", "InvalidRequest", "ModelInfo",
     "NotFound", "Overloaded", "ReplicaStatus", "RetryPolicy", "SamplingParams", "ServerError", "TLSConfig",
-    "Timings", "TtdistError", "Unauthenticated", "Unavailable", "Usage",
+    "Timings", "TokenLogprob", "TtdistError", "Unauthenticated", "Unavailable", "Usage",
 ]

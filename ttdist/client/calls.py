@@ -19,7 +19,8 @@ from ttdist.client.options import ClientConfig, RetryPolicy, TLSConfig, check_ti
 from ttdist.client.types import Chunk, Completion, SamplingParams, build_chat, build_request
 from ttdist.v1 import generation_pb2 as pb
 
-_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos")
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos",
+                    "logprobs", "prompt_logprobs")
 
 
 USE_CLIENT_TIMEOUT = object()  # the default of every ``timeout=`` keyword: the client's own timeout
@@ -37,6 +38,8 @@ class GenerateOptions(TypedDict, total=False):
     temperature: 0 = greedy. top_k: 0 = off. top_p: 1 = off. seed: for reproducible sampling.
     stop: strings that end the generation. stop_token_ids: token ids that end it.
     ignore_eos: keep generating past the end-of-sequence token.
+    logprobs: per generated token its logprob and the top N (0..20); prompt_logprobs: the same per
+    prompt token (``Completion.logprobs`` / ``prompt_logprobs``, and on each ``Chunk``).
     model: the model id (None = the served model). request_id: your own id (default: a uuid).
     timeout: deadline for the whole call in seconds (default: the client's; None = none).
     """
@@ -50,6 +53,8 @@ class GenerateOptions(TypedDict, total=False):
     stop: Sequence[str] | str
     stop_token_ids: Sequence[int]
     ignore_eos: bool
+    logprobs: int | None
+    prompt_logprobs: int | None
     model: str | None
     request_id: str | None
     timeout: float | None
@@ -179,7 +184,7 @@ class StreamState:
             self.request_id = resp.request_id
         kind = resp.WhichOneof("kind")
         if kind == "chunk":
-            return Chunk(request_id=self.request_id, token_ids=tuple(resp.chunk.token_ids), text=resp.chunk.text)
+            return Chunk.from_proto(self.request_id, resp.chunk)
         if kind == "complete":
             self.completion = Completion.from_proto(self.request_id, resp.complete)
             return None

@@ -15,6 +15,7 @@ from ttdist.client.errors import InvalidRequest
 from ttdist.v1 import generation_pb2 as pb
 
 _INT32_MAX = 2**31 - 1
+MAX_LOGPROBS = 20
 _UINT64_MAX = 2**64 - 1
 
 FINISH_REASONS = {
@@ -60,6 +61,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None            # per generated token: its logprob and the top N (0..20)
+    prompt_logprobs: int | None = None     # per prompt token after the first: the same (0..20)
 
     def __post_init__(self):
         if self.max_tokens is not None:
@@ -76,6 +79,9 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", _check_token_ids("stop_token_ids", self.stop_token_ids))
         if not isinstance(self.ignore_eos, bool):
             raise InvalidRequest(f"ignore_eos must be true or false, got {self.ignore_eos!r}", field="ignore_eos")
+        for name in ("logprobs", "prompt_logprobs"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0, MAX_LOGPROBS)
 
     def to_proto(self) -> pb.SamplingParams:
         msg = pb.SamplingParams(
@@ -85,6 +91,10 @@ class SamplingParams:
         )
         if self.seed is not None:
             msg.seed = self.seed
+        if self.logprobs is not None:
+            msg.logprobs = self.logprobs
+        if self.prompt_logprobs is not None:
+            msg.prompt_logprobs = self.prompt_logprobs
         return msg
 
 
@@ -125,12 +135,37 @@ def build_chat(messages, add_generation_prompt: bool = True) -> pb.Chat:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's natural-log probability and the most likely tokens of its position, best first,
+    as (token id, logprob) pairs."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+    @classmethod
+    def from_proto(cls, msg: pb.TokenLogprob) -> TokenLogprob:
+        return cls(msg.token_id, msg.logprob, tuple((t.token_id, t.logprob) for t in msg.top))
+
+
+def _logprobs(messages) -> tuple[TokenLogprob, ...]:
+    return tuple(TokenLogprob.from_proto(m) for m in messages)
+
+
+@dataclass(frozen=True)
 class Chunk:
-    """Tokens that arrived together while streaming, and their text."""
+    """Tokens that arrived together while streaming, and their text (and logprobs when asked:
+    one per token; the prompt's on the first chunk)."""
 
     request_id: str
     token_ids: tuple[int, ...]
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+
+    @classmethod
+    def from_proto(cls, request_id: str, msg: pb.Chunk) -> Chunk:
+        return cls(request_id, tuple(msg.token_ids), msg.text, _logprobs(msg.logprobs), _logprobs(msg.prompt_logprobs))
 
 
 @dataclass(frozen=True)
@@ -161,6 +196,8 @@ class Completion:
     usage: Usage
     replica_id: str
     timings: Timings
+    logprobs: tuple[TokenLogprob, ...] = ()          # one per token id, when asked
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()   # prompt tokens 2.. (the first has none), when asked
 
     @classmethod
     def from_proto(cls, request_id: str, msg: pb.Complete) -> Completion:
@@ -171,6 +208,7 @@ class Completion:
             usage=Usage(msg.usage.prompt_tokens, msg.usage.completion_tokens, msg.usage.cached_tokens),
             replica_id=msg.replica_id,
             timings=Timings(t.queue_seconds, t.ttft_seconds, t.mean_inter_token_seconds, t.total_seconds),
+            logprobs=_logprobs(msg.logprobs), prompt_logprobs=_logprobs(msg.prompt_logprobs),
         )
 
     def to_json(self) -> dict:

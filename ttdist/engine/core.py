@@ -18,6 +18,7 @@ from typing import Callable
 
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.errors import InvalidRequestError
+from ttdist.engine.logprobs import DecodeLogprobs, PrefillLogprobs, TokenLogprob
 from ttdist.engine.output import OutputProcessor
 from ttdist.engine.page_groups import GroupedPagePool
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput
@@ -60,6 +61,7 @@ class EngineCore:
             vocab_size=info.vocab_size,
             context_window=min(info.max_context, self.pool.pages_per_group * info.page_size),
             default_max_tokens=config.default_max_tokens,
+            logprobs=info.logprobs,
         )
         eos = tuple(info.eos_token_ids) + (tokenizer.eos_token_ids if tokenizer else ())
         self.outputs = OutputProcessor(tuple(dict.fromkeys(eos)))
@@ -144,14 +146,21 @@ class EngineCore:
         if stall_s:
             time.sleep(stall_s)
         if isinstance(work, PrefillStep):
-            token = self.runner.prefill(inputs)
+            if inputs.prompt_targets or (inputs.sample and inputs.sampling.logprobs is not None):
+                result = self.runner.prefill_logprobs(inputs)
+            else:
+                result = PrefillLogprobs(self.runner.prefill(inputs))
             with self._lock:
-                return failed + self._after_prefill(work, token)
-        tokens = self.runner.decode(inputs)
-        if len(tokens) != len(work.seqs):
-            raise RuntimeError(f"runner returned {len(tokens)} tokens for a batch of {len(work.seqs)}")
+                return failed + self._after_prefill(work, result)
+        if any(spec.logprobs is not None for spec in inputs.sampling):
+            result = self.runner.decode_logprobs(inputs)
+        else:
+            tokens = self.runner.decode(inputs)
+            result = DecodeLogprobs(tokens, [None] * len(tokens))
+        if len(result.tokens) != len(work.seqs):
+            raise RuntimeError(f"runner returned {len(result.tokens)} tokens for a batch of {len(work.seqs)}")
         with self._lock:
-            return failed + self._after_decode(work, tokens)
+            return failed + self._after_decode(work, result)
 
     def _prefill_input(self, work: PrefillStep) -> PrefillInput:
         seq = work.seq
@@ -161,6 +170,9 @@ class EngineCore:
             page_table=list(seq.page_table),
             sample=work.sample,
             sampling=_spec(seq),
+            prompt_targets=tuple(seq.token_ids[work.start + 1:min(work.end + 1, seq.num_prompt_tokens)])
+            if seq.recomputes_prefix else (),
+            prompt_logprobs=seq.sampling.prompt_logprobs or 0,
         )
 
     def _decode_input(self, work: DecodeStep, specs: list[SamplingSpec]) -> DecodeInput:
@@ -172,27 +184,29 @@ class EngineCore:
             seq_ids=[seq.request_id for seq in work.seqs],
         )
 
-    def _after_prefill(self, work: PrefillStep, token: int | None) -> list[RequestOutput]:
+    def _after_prefill(self, work: PrefillStep, result: PrefillLogprobs) -> list[RequestOutput]:
         seq = work.seq
         self.metrics.on_step(prefill=True, new_tokens=int(work.sample and not seq.is_finished), now=self.clock())
         if seq.is_finished:
             return []
         seq.num_computed = work.end
+        if result.prompt:
+            seq.prompt_logprobs[work.start:] = result.prompt
         self.pool.cache_full_pages(seq)
         if not work.sample:
             return []
-        if token is None:
+        if result.token is None:
             raise RuntimeError("runner returned no token for a prefill with sample=True")
-        return [self._emit(seq, token)]
+        return [self._emit(seq, result.token, result.sampled)]
 
-    def _after_decode(self, work: DecodeStep, tokens: list[int]) -> list[RequestOutput]:
-        live = [(seq, token) for seq, token in zip(work.seqs, tokens) if not seq.is_finished]
+    def _after_decode(self, work: DecodeStep, result: DecodeLogprobs) -> list[RequestOutput]:
+        live = [(seq, token, lp) for seq, token, lp in zip(work.seqs, result.tokens, result.logprobs) if not seq.is_finished]
         self.metrics.on_step(prefill=False, new_tokens=len(live), now=self.clock())
         outputs = []
-        for seq, token in live:
+        for seq, token, logprob in live:
             seq.num_computed += 1
             self.pool.cache_full_pages(seq)
-            outputs.append(self._emit(seq, token))
+            outputs.append(self._emit(seq, token, logprob))
         return outputs
 
     def _isolated(self, seq: Sequence, failed: list[RequestOutput], build, *args):
@@ -209,7 +223,7 @@ class EngineCore:
         self._retire(seq, out)
         return out
 
-    def _emit(self, seq: Sequence, token: int) -> RequestOutput:
+    def _emit(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> RequestOutput:
         now = self.clock()
         first = seq.first_token_s is None
         gap = None if first else now - seq.last_token_s
@@ -218,6 +232,10 @@ class EngineCore:
             out = self.outputs.append_token(seq, token, now)
         except Exception as exc:  # noqa: BLE001 - detokenizing or stop checks failed for this request only
             return self._fail_request(seq, exc)
+        if seq.sampling.logprobs is not None:
+            out.logprobs = [logprob or TokenLogprob(token, float("nan"))]
+        if first and seq.sampling.prompt_logprobs is not None:
+            out.prompt_logprobs = [None, *seq.prompt_logprobs[:seq.num_prompt_tokens - 1]]
         self.metrics.on_token(gap, (now - seq.arrival_s) if first else None)
         if out.finished:
             self._retire(seq, out)
@@ -275,5 +293,6 @@ def _spec(seq: Sequence) -> SamplingSpec:
     s = seq.sampling
     seed = None if s.seed is None else s.seed % SEED_MODULUS
     return SamplingSpec(
-        temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=seed, step=seq.num_generated
+        temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=seed, step=seq.num_generated,
+        logprobs=s.logprobs,
     )

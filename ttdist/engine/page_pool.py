@@ -175,7 +175,7 @@ class PagePool:
 
     # -- internals --------------------------------------------------------------------------
     def _match(self, seq: Sequence) -> tuple[list[int], list[int]]:
-        if not self.prefix_caching:
+        if not self.prefix_caching or seq.recomputes_prefix:
             return [], []
         size = self.page_size
         usable = (len(seq) - 1) // size * size

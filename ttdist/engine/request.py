@@ -29,6 +29,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int | None = None          # per generated token: its logprob and the top N (``engine.logprobs``)
+    prompt_logprobs: int | None = None   # per prompt token (after the first): its logprob and the top N
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class RequestOutput:
     output_text: str = ""      # the whole text, on the finished output only
     error: str | None = None   # set when the engine itself failed (the request ends with ABORT)
     request_error: str | None = None   # set when this request alone failed in the engine (ABORT; others go on)
+    logprobs: list | None = None          # one ``TokenLogprob`` per id in ``token_ids`` (when asked)
+    prompt_logprobs: list | None = None   # on the first output: None, then one ``TokenLogprob`` per prompt token
 
     @staticmethod
     def merge(outputs: "list[RequestOutput]") -> "RequestOutput":
@@ -101,8 +105,10 @@ class RequestOutput:
         if len(outputs) == 1:
             return outputs[0]
         last = outputs[-1]
+        logprobs = [lp for o in outputs for lp in o.logprobs] if any(o.logprobs for o in outputs) else None
         return RequestOutput(
             last.request_id, [t for o in outputs for t in o.token_ids], "".join(o.text for o in outputs),
             last.finished, last.finish_reason, last.usage, last.timings, last.output_ids, last.output_text,
-            last.error, last.request_error,
+            last.error, last.request_error, logprobs,
+            next((o.prompt_logprobs for o in outputs if o.prompt_logprobs is not None), None),
         )

@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ttdist.engine.logprobs import LOGPROBS_MODES, DecodeLogprobs, PrefillLogprobs, TokenLogprob
+
+__all__ = ["DecodeInput", "DecodeLogprobs", "LOGPROBS_MODES", "ModelRunner", "PrefillInput", "PrefillLogprobs", "RunnerInfo",
+           "SamplingSpec", "TokenLogprob"]
+
 
 @dataclass(frozen=True)
 class SamplingSpec:
@@ -19,6 +24,7 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int | None = None
     step: int = 0  # index of the token being drawn, mixed into the seed
+    logprobs: int | None = None  # the drawn token's logprob and the top N come back too (None: not asked)
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class PrefillInput:
     page_table: list[int]
     sample: bool
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    # prompt logprobs: the next token of positions start_pos, start_pos + 1, ... (``prefill_logprobs``)
+    prompt_targets: tuple[int, ...] = ()
+    prompt_logprobs: int = 0   # top N per prompt position
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class RunnerInfo:
     max_batch: int
     eos_token_ids: tuple[int, ...] = ()
     user_groups: int = 1
+    logprobs: bool = False   # the runner implements prefill_logprobs and decode_logprobs
 
 
 class ModelRunner(Protocol):
@@ -80,3 +90,10 @@ class ModelRunner(Protocol):
 
     def decode(self, inp: DecodeInput) -> list[int]:
         """Advance every user one token; the sampled next token per user."""
+
+    def prefill_logprobs(self, inp: PrefillInput) -> PrefillLogprobs:
+        """``prefill`` that also returns the sampled token's logprob (``inp.sampling.logprobs``) and
+        the prompt targets' (only runners whose ``info.logprobs`` is set; the engine asks no other)."""
+
+    def decode_logprobs(self, inp: DecodeInput) -> DecodeLogprobs:
+        """``decode`` that also returns the logprobs of the users whose ``sampling.logprobs`` is set."""

@@ -45,6 +45,12 @@ class Sequence:
     first_scheduled_s: float | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
+    prompt_logprobs: list = field(default_factory=list)   # TokenLogprob of prompt positions 1.. computed so far
+
+    @property
+    def recomputes_prefix(self) -> bool:
+        """Its prompt logprobs are asked and not all computed: cached prefix pages cannot give them."""
+        return self.sampling.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from ttdist.engine.errors import InvalidRequestError
+from ttdist.engine.logprobs import check_count
 from ttdist.engine.request import GenerationRequest, Resume, SamplingParams
 from ttdist.engine.tokenizer import Tokenizer
 
@@ -21,6 +22,7 @@ class Limits:
     vocab_size: int
     context_window: int
     default_max_tokens: int
+    logprobs: bool = False   # the runner computes logprobs
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,10 @@ def _check_sampling(sampling: SamplingParams, limits: Limits, tokenizer: Tokeniz
     _check_ids("sampling.stop_token_ids", sampling.stop_token_ids, limits.vocab_size)
     if not isinstance(sampling.ignore_eos, bool):
         raise InvalidRequestError("sampling.ignore_eos", f"must be a bool, got {sampling.ignore_eos!r}")
+    check_count("sampling.logprobs", sampling.logprobs)
+    check_count("sampling.prompt_logprobs", sampling.prompt_logprobs)
+    if (sampling.logprobs is not None or sampling.prompt_logprobs is not None) and not limits.logprobs:
+        raise InvalidRequestError("sampling.logprobs", "this engine's model runner does not compute logprobs")
 
 
 def _is_int(value: object) -> bool:

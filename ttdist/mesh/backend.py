@@ -211,3 +211,16 @@ class Backend(Protocol):
         logits ``[B, V/n]`` (sharded on ``cluster_axis``), by ``ttdist.mesh.sampling``'s algorithm:
         ids from ``vocab_size`` on are padding, never drawn; ``params`` is the ``[B, 4]`` input
         tensor of ``sampling.device_params``. Logits never leave the mesh."""
+
+    # log-probabilities (``ttdist.mesh.logprobs``): a separate path, run only when a row asks
+    def sample_logprobs(self, logits: Any, vocab_size: int, params: Any, cluster_axis: int, *,
+                        processed: bool = False) -> tuple[Any, Any]:
+        """``sample``'s ids and, per user, a ``[B, 1 + 2k]`` row of ``logprobs.rows``: the drawn token's
+        logprob, the top k logprobs and their ids (raw logits, or divided by the temperature when
+        ``processed``)."""
+
+    def prompt_logprobs(self, logits: Any, vocab_size: int, targets: Any, cluster_axis: int) -> Any:
+        """Rows ``[T, 1 + 2k]`` for raw logits ``[T, V/n]`` scoring ``targets`` (a ``[T, 1]`` float32 tensor of ids)."""
+
+    def read_rows(self, t: Any) -> np.ndarray:
+        """A small replicated float32 tensor ``[B, W]`` (logprob rows) read once."""

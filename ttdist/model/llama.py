@@ -336,7 +336,7 @@ class LlamaModel:
     def prefill_forward(self, token_ids, start_pos: int, page_table):
         """Vocab-sharded logits of the chunk's last token; fills the cache. The chunk is padded
         to ``prefill_bucket`` tokens (after the real ones, so causal attention ignores them)."""
-        x, n, padded = self._prefill_rows(token_ids, start_pos, page_table)
+        x, n, padded = self.prefill_rows(token_ids, start_pos, page_table)
         # the last real token's row, picked by a one-hot matmul: the same program for every length in a bucket
         pick = np.zeros((1, padded), dtype=np.float32)
         pick[0, n - 1] = 1.0
@@ -346,10 +346,10 @@ class LlamaModel:
     def prefill_all_logits(self, token_ids, page_table) -> np.ndarray:
         """Host logits ``[T, vocab]`` of every token of a prefill at position 0: each row predicts the
         next token from the true text before it (teacher forcing, as accuracy is measured)."""
-        x, n, _ = self._prefill_rows(token_ids, 0, page_table)
+        x, n, _ = self.prefill_rows(token_ids, 0, page_table)
         return self.logits_to_host(self.lm_head.forward(x))[:n]
 
-    def _prefill_rows(self, token_ids, start_pos: int, page_table):
+    def prefill_rows(self, token_ids, start_pos: int, page_table):
         """The final hidden rows ``[padded, W]`` of a prefill chunk, its real length and padded length."""
         n = len(token_ids)
         if n == 0:

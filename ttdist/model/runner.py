@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ttdist.engine.runner import DecodeInput, PrefillInput, RunnerInfo, SamplingSpec
+from ttdist.engine.runner import (LOGPROBS_MODES, DecodeInput, DecodeLogprobs, PrefillInput, PrefillLogprobs, RunnerInfo,
+                                  SamplingSpec)
 from ttdist.mesh import make_backend
 from ttdist.mesh.backend import MeshError, SamplingBatch
 from ttdist.mesh.placement import REPLICATED
@@ -22,6 +23,7 @@ from ttdist.model.config import LlamaConfig
 from ttdist.model.layout import Layout
 from ttdist.mesh.sampling import device_params
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions, StepInputs
+from ttdist.model.logprob_steps import prefill_prompt_logprobs, rows_to_logprobs, sample_with_logprobs
 from ttdist.model.user_groups import SlotMap, UserGroupError
 from ttdist.model.weights import ShardedWeights, load_weights
 
@@ -120,8 +122,11 @@ class MeshModelRunner:
                  max_pages: int | None = None,
                  max_batch: int = 32, max_context: int | None = None, kv_dtype: str | DType | None = None,
                  trace_decode: bool | None = None, logits_dtype: str | DType | None = None, lm_head_chunk: int = 16384,
-                 backend_options: dict | None = None):
+                 backend_options: dict | None = None, logprobs_mode: str = "raw"):
         config = weights.config
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be 'raw' or 'processed', got {logprobs_mode!r}")
+        self.processed_logprobs = logprobs_mode == "processed"
         kv = DType.parse(kv_dtype) if kv_dtype else weights.precision.kv_cache
         # no num_pages: the model sizes its cache from the backend's DRAM ledger once the weights are placed;
         # a simulated cache lives in host RAM, so it is capped at max_pages (DEFAULT_MAX_PAGES)
@@ -148,8 +153,8 @@ class MeshModelRunner:
             raise MeshError(f"trace_decode: the {self.backend.name} backend cannot capture traces here (real chips only)")
         self.slots = SlotMap(max_batch, self.model.groups)
         self.inputs: StepInputs | None = None
-        self._warm = False
-        self._trace = None
+        self._warm: set[bool] = set()     # decode graphs compiled (keyed by: with logprobs)
+        self._traces: dict[bool, object] = {}
         self._rng = np.random.default_rng()
         self.info = RunnerInfo(
             vocab_size=config.vocab_size,
@@ -159,6 +164,7 @@ class MeshModelRunner:
             max_batch=max_batch,
             eos_token_ids=tuple(config.eos_token_ids),
             user_groups=groups,
+            logprobs=True,
         )
 
     @classmethod
@@ -212,25 +218,57 @@ class MeshModelRunner:
     def _decode_graph(self):
         return self.model.sample(self.model.decode_step(self.inputs), self.inputs.sampling)
 
-    def _run_decode(self):
+    def _decode_logprobs_graph(self):
+        return sample_with_logprobs(self.model, self.model.decode_step(self.inputs), self.inputs.sampling,
+                                    processed=self.processed_logprobs)
+
+    def _run_decode(self, logprobs: bool = False):
+        """The default decode graph, or the one that also computes logprobs; each compiled, then
+        captured and replayed on its own when tracing."""
+        graph = self._decode_logprobs_graph if logprobs else self._decode_graph
         if not self.trace_decode:
-            return self._decode_graph()
-        if not self._warm:  # the compile pass: every program is built before the capture
-            self._warm = True
-            return self._decode_graph()
-        if self._trace is None:
-            self._trace = self.backend.capture(self._decode_graph)
-        return self.backend.replay(self._trace)
+            return graph()
+        if logprobs not in self._warm:  # the compile pass: every program is built before the capture
+            self._warm.add(logprobs)
+            return graph()
+        if logprobs not in self._traces:
+            self._traces[logprobs] = self.backend.capture(graph)
+        return self.backend.replay(self._traces[logprobs])
 
     def decode(self, inp: DecodeInput) -> list[int]:
         slots = self._write_decode(inp)
         ids = self.backend.read_ids(self._run_decode())
         return [int(ids[s]) for s in slots]
 
+    def decode_logprobs(self, inp: DecodeInput) -> DecodeLogprobs:
+        slots = self._write_decode(inp)
+        ids_t, rows_t = self._run_decode(logprobs=True)
+        ids = self.backend.read_ids(ids_t)
+        rows = self.backend.read_rows(rows_t)
+        tokens = [int(ids[s]) for s in slots]
+        return DecodeLogprobs(tokens, rows_to_logprobs(rows[slots], tokens, [s.logprobs for s in inp.sampling]))
+
+    def prefill_logprobs(self, inp: PrefillInput) -> PrefillLogprobs:
+        prompt = []
+        if inp.prompt_targets:
+            logits, rows = prefill_prompt_logprobs(self.model, inp.token_ids, inp.start_pos, inp.page_table, inp.prompt_targets)
+            prompt = rows_to_logprobs(rows, inp.prompt_targets, [inp.prompt_logprobs] * len(rows))
+        else:
+            logits = self.model.prefill_forward(inp.token_ids, inp.start_pos, inp.page_table)
+        if not inp.sample:
+            return PrefillLogprobs(None, None, prompt)
+        params = self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
+        if inp.sampling.logprobs is None:
+            return PrefillLogprobs(int(self.backend.read_ids(self.model.sample(logits, params))[0]), None, prompt)
+        ids_t, rows_t = sample_with_logprobs(self.model, logits, params, processed=self.processed_logprobs)
+        token = int(self.backend.read_ids(ids_t)[0])
+        sampled = rows_to_logprobs(self.backend.read_rows(rows_t), [token], [inp.sampling.logprobs])[0]
+        return PrefillLogprobs(token, sampled, prompt)
+
     def close(self) -> None:
-        if self._trace is not None:
-            self.backend.release(self._trace)
-            self._trace = None
+        for trace in self._traces.values():
+            self.backend.release(trace)
+        self._traces.clear()
 
     # for tests and benchmarks: the logits themselves (never traced)
     def prefill_logits(self, token_ids, start_pos: int, page_table) -> np.ndarray:

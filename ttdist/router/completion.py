@@ -23,6 +23,8 @@ class Produced(Protocol):
     first_at: float
     last_at: float
     last_replica: str
+    logprobs: list          # pb.TokenLogprob per generated id (empty when not asked)
+    prompt_logprobs: list
 
 
 def assemble_complete(reason: int, produced: Produced, prompt: list[int] | None,
@@ -43,4 +45,5 @@ def assemble_complete(reason: int, produced: Produced, prompt: list[int] | None,
             ttft_seconds=(produced.first_at or now) - produced.started,
             mean_inter_token_seconds=itl, total_seconds=now - produced.started,
         ),
+        logprobs=produced.logprobs, prompt_logprobs=produced.prompt_logprobs,
     )

@@ -48,6 +48,8 @@ class Progress:
     last_at: float = 0.0
     migrations: int = 0
     last_replica: str = ""
+    logprobs: list = field(default_factory=list)          # pb.TokenLogprob per id, when asked
+    prompt_logprobs: list = field(default_factory=list)   # from the first segment's first chunk
 
     @property
     def text(self) -> str:
@@ -69,6 +71,9 @@ class Progress:
         self.last_at = now
         self.ids.extend(chunk.token_ids)
         self.pieces.append(chunk.text)   # not text += ...: that copies the whole output per token
+        self.logprobs.extend(chunk.logprobs)
+        if chunk.prompt_logprobs and not self.prompt_logprobs:
+            self.prompt_logprobs.extend(chunk.prompt_logprobs)
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ def sub_request(req: pb.GenerateRequest, request_id: str, prompt: list[int] | No
     so that replica rebuilds the text already sent (held-back bytes, a stop string's start)."""
     sub = pb.GenerateRequest(request_id=request_id, stream=True)
     sub.sampling.CopyFrom(req.sampling)
+    if progress.ids:   # the client has the prompt's logprobs; the next replica's prompt holds generated ids too
+        sub.sampling.ClearField("prompt_logprobs")
     if progress.migrations:
         sub.request_id = f"{request_id}#{progress.migrations}"
     if prompt is None:
@@ -183,16 +190,19 @@ class Segment:
         # a resumed replica's Complete holds every generated id and the whole text, a fresh one's
         # what came after the ids and text already here
         kept = (0, 0) if self.sub.HasField("resume") else (len(self.progress.ids), len(self.progress.text))
+        kept_logprobs = len(self.progress.logprobs)   # a replica's Complete holds only the logprobs it computed
         try:
             async for entry in call:
                 if entry.WhichOneof("kind") != "chunk":
-                    yield pb.GenerateResponse(request_id=rid, complete=self._complete(entry.complete, kept))
+                    yield pb.GenerateResponse(request_id=rid, complete=self._complete(entry.complete, kept, kept_logprobs))
                     end = SegmentEnd(finished=True)
                     break
                 chunk = entry.chunk
                 if more := call.take_ready_chunks():   # behind: everything waiting goes out as one message
                     chunk = pb.Chunk(token_ids=[t for c in (chunk, *more) for t in c.token_ids],
-                                     text="".join(c.text for c in (chunk, *more)))
+                                     text="".join(c.text for c in (chunk, *more)),
+                                     logprobs=[lp for c in (chunk, *more) for lp in c.logprobs],
+                                     prompt_logprobs=[lp for c in (chunk, *more) for lp in c.prompt_logprobs])
                 if first:
                     first = False
                     load.started(pending)
@@ -214,12 +224,16 @@ class Segment:
                 call.cancel()
         yield end
 
-    def _complete(self, last: pb.Complete, kept: tuple[int, int]) -> pb.Complete:
-        """The request's ``Complete`` from the replica's, after the first ``kept`` (ids, chars)."""
+    def _complete(self, last: pb.Complete, kept: tuple[int, int], kept_logprobs: int) -> pb.Complete:
+        """The request's ``Complete`` from the replica's, after the first ``kept`` (ids, chars) and
+        ``kept_logprobs`` logprobs."""
         progress = self.progress
         seg_ids, seg_text = kept
         progress.ids[seg_ids:] = list(last.output_ids)
         progress.text = progress.text[:seg_text] + last.text
+        progress.logprobs[kept_logprobs:] = list(last.logprobs)
+        if not progress.prompt_logprobs:
+            progress.prompt_logprobs.extend(last.prompt_logprobs)
         return assemble_complete(last.finish_reason, progress, self.prompt, last)
 
 

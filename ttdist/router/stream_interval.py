@@ -57,11 +57,15 @@ class ChunkMerger:
         self.clock = clock
         self._ids: list[int] = []
         self._text: list[str] = []
+        self._logprobs: list[pb.TokenLogprob] = []
+        self._prompt_logprobs: list[pb.TokenLogprob] = []
         self._last_sent: float | None = None
 
     def add(self, chunk: pb.Chunk) -> pb.Chunk | None:
         self._ids.extend(chunk.token_ids)
         self._text.append(chunk.text)
+        self._logprobs.extend(chunk.logprobs)
+        self._prompt_logprobs.extend(chunk.prompt_logprobs)
         now = self.clock()
         if self._last_sent is None or len(self._ids) >= self.tokens or now - self._last_sent >= self.seconds:
             self._last_sent = now
@@ -72,8 +76,9 @@ class ChunkMerger:
         """Everything held, as one chunk (None when nothing is)."""
         if not self._ids and not any(self._text):
             return None
-        chunk = pb.Chunk(token_ids=self._ids, text="".join(self._text))
-        self._ids, self._text = [], []
+        chunk = pb.Chunk(token_ids=self._ids, text="".join(self._text), logprobs=self._logprobs,
+                         prompt_logprobs=self._prompt_logprobs)
+        self._ids, self._text, self._logprobs, self._prompt_logprobs = [], [], [], []
         return chunk
 
 

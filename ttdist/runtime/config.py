@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ttdist.engine.logprobs import LOGPROBS_MODES
 from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError
@@ -138,6 +139,7 @@ class ClusterConfig:
     niceness: int | None = 0                     # replica and router nice levels below Ray (None: Ray's 15)
     api: ApiConfig = field(default_factory=ApiConfig)   # HTTP port, API keys, TLS, chat template
     cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
+    logprobs_mode: str = "raw"                   # logprobs of generated tokens: raw, or processed (after temperature)
 
     def check(self) -> None:
         if not self.groups:
@@ -173,6 +175,8 @@ class ClusterConfig:
             raise ClusterConfigError(f"stream_interval must be in 1..4096 tokens, got {self.stream_interval}")
         if not 0 <= self.stream_interval_ms <= 60000:
             raise ClusterConfigError(f"stream_interval_ms must be in 0..60000, got {self.stream_interval_ms}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ClusterConfigError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
         if not self.ready_wait_s >= 0:
             raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
 

@@ -178,7 +178,7 @@ class Coordinator:
             max_pages=cfg.max_kv_pages if in_host_ram else None, max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
             host=cfg.replica_host, dispatch_core=group.dispatch_core,
-            cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s,
+            cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s, logprobs_mode=cfg.logprobs_mode,
         )
 
     async def _weights_for(self, setup: ReplicaSetup, node_id: str):

@@ -81,6 +81,7 @@ class ReplicaSetup:
     stall_after_s: float = 5.0    # the engine has work but made no step for this long: health NOT_SERVING
     engine_process: bool = True   # model engine: its step loop in a process of its own (EngineProcess)
     faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
+    logprobs_mode: str = "raw"    # logprobs of generated tokens: raw, or processed (after temperature)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def build_core(setup: ReplicaSetup, weights):
     sharded = open_weights(weights)
     runner = MeshModelRunner.from_sharded(
         sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages or None, max_pages=s.max_pages,
-        max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options,
+        max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options, logprobs_mode=s.logprobs_mode,
     )
     tokenizer = Tokenizer.from_dir_if_present(s.model_dir) if s.model_dir else None
     config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens, faults=s.faults)

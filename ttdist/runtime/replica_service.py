@@ -29,6 +29,7 @@ from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput
 from ttdist.engine.serving import ServingEngine
 from ttdist.runtime.auth import cluster_interceptors
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
+from ttdist.runtime.logprob_proto import engine_counts, to_proto
 from ttdist.runtime.request_checks import ModelCard, RequestError, abort_with, check_abort, check_request, invalid
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.routing_table import ReplicaEntry
@@ -63,6 +64,7 @@ def to_engine_request(req: pb.GenerateRequest) -> GenerationRequest:
         stop=list(s.stop),
         stop_token_ids=list(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
+        **engine_counts(s),
     )
     request_id = req.request_id or uuid.uuid4().hex
     if req.WhichOneof("input") == "text":
@@ -202,6 +204,8 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         """The request's ``Chunk``s (when streaming), then its ``Complete``; raises ``RequestError``."""
         rid = engine_request.request_id
         clock = self.latency.request()
+        logprobs: list = []            # every output's, for the Complete
+        prompt_logprobs: list = []
         try:
             self._on_change()
             engine_request = await self._tokenized(engine_request)
@@ -212,10 +216,17 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
                                        f"this request: {out.request_error}")
                 if out.error:
                     raise RequestError(grpc.StatusCode.INTERNAL, "", f"replica {self.replica_id}: {out.error}")
+                chunk_logprobs, chunk_prompt = to_proto(out.logprobs), to_proto(out.prompt_logprobs)
+                logprobs.extend(chunk_logprobs)
+                prompt_logprobs.extend(chunk_prompt)
                 if stream and (out.token_ids or out.text):
-                    yield pb.Chunk(token_ids=out.token_ids, text=out.text)
+                    yield pb.Chunk(token_ids=out.token_ids, text=out.text, logprobs=chunk_logprobs,
+                                   prompt_logprobs=chunk_prompt)
                 if out.finished:
-                    yield complete_proto(out, self.replica_id)
+                    complete = complete_proto(out, self.replica_id)
+                    complete.logprobs.extend(logprobs)
+                    complete.prompt_logprobs.extend(prompt_logprobs)
+                    yield complete
                     return
         except InvalidRequestError as err:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "", str(err)) from None

@@ -14,6 +14,8 @@ import grpc
 
 from ttdist.v1 import generation_pb2 as pb
 
+MAX_LOGPROBS = 20   # top logprobs per token (ttdist.engine.logprobs.MAX_LOGPROBS)
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -108,6 +110,13 @@ def _check_sampling(s: pb.SamplingParams, card: ModelCard) -> None:
     bad = next((t for t in s.stop_token_ids if t < 0 or t >= card.vocab_size), None)
     if bad is not None:
         raise invalid("sampling.stop_token_ids", f"token id {bad} is outside the vocabulary [0, {card.vocab_size})")
+    _check_logprobs(s)
+
+
+def _check_logprobs(s: pb.SamplingParams) -> None:
+    for name in ("logprobs", "prompt_logprobs"):
+        if s.HasField(name) and not 0 <= getattr(s, name) <= MAX_LOGPROBS:
+            raise invalid(f"sampling.{name}", f"must be in [0, {MAX_LOGPROBS}] (unset = none), got {getattr(s, name)}")
 
 
 def _check_resume(req: pb.GenerateRequest) -> None:

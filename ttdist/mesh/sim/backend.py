@@ -6,7 +6,7 @@ one broadcasting torch op over the mesh dims and replicated work is not repeated
 ``device_data()`` expands to the full ``[R, C, *local]`` view of what each chip holds.
 
 This module holds placement and the dense ops; attention (``attention``), collectives
-(``collectives``) and sampling (``sampling``) are mixed in from their own modules.
+(``collectives``), sampling (``sampling``) and log-probabilities (``logprobs``) are mixed in from their own modules.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ttdist.mesh.placement import (Partial, Placements, Replicate, Shard, cut, e
 from ttdist.mesh.precision import DType, quantize
 from ttdist.mesh.sim.attention import AttentionOps
 from ttdist.mesh.sim.collectives import CollectiveOps
+from ttdist.mesh.sim.logprobs import LogprobOps
 from ttdist.mesh.sim.sampling import SamplingOps
 from ttdist.mesh.sim.tensor import SimTensor, per_row
 from ttdist.mesh.spec import MeshSpec
@@ -30,7 +31,7 @@ from ttdist.mesh.spec import MeshSpec
 __all__ = ["SimBackend", "SimTensor"]
 
 
-class SimBackend(AttentionOps, CollectiveOps, SamplingOps):
+class SimBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps):
     """The ``Backend`` protocol on torch; CPU by default, CUDA when asked and present."""
 
     name = "sim"

@@ -34,26 +34,35 @@ class SamplingOps:
 
     def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int) -> SimTensor:
         """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw."""
+        values, ids = self._candidates(logits, vocab_size, cluster_axis)
+        token = draw(values.data, ids.data, params.data)
+        return self._wrap(token.round().to(torch.int32), values.placements, DType.int32, "token_ids")
+
+    def _candidates(self, logits: SimTensor, vocab_size: int, cluster_axis: int) -> tuple[SimTensor, SimTensor]:
+        """Step 1: each chip's top ``local_k`` (padded ids masked), all-gathered: values and ids ``[B, M]``."""
         require_reduced("sample", logits)
         axis = self.spec.resolve_axis("sample", cluster_axis)
         for other, p in enumerate(logits.placements):
             if other != axis and isinstance(p, Shard) and self.spec.shape[other] > 1:
                 raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {other}, not only the vocab axis {axis}")
         width = logits.shape[-1]
-        sharded = isinstance(logits.placements[axis], Shard) and self.spec.shape[axis] > 1
-        values, index = logits.data.topk(sampling.local_k(width, width * (self.spec.shape[axis] if sharded else 1), vocab_size), dim=-1)
-        offset = torch.zeros(1, device=self.device)
-        if sharded:
-            shape = [1, 1, 1, 1]
-            shape[axis] = self.spec.shape[axis]
-            offset = (torch.arange(self.spec.shape[axis], device=self.device) * width).float().reshape(shape)
-        ids = index.float() + offset
+        values, index = logits.data.topk(sampling.local_k(width, width * self._vocab_shards(logits, axis), vocab_size), dim=-1)
+        ids = index.float() + self._vocab_offsets(logits, axis)
         values = torch.where(ids >= vocab_size, torch.full_like(values, sampling.MASK), values.float())
         gathered = [self.all_gather(self._wrap(t, logits.placements, DType.float32, "candidates"), dim=-1, cluster_axis=axis)
                     for t in (values, ids)]
-        ids = draw(gathered[0].data, gathered[1].data, params.data)
-        return self._wrap(ids.round().to(torch.int32), gathered[0].placements, DType.int32, "token_ids")
+        return gathered[0], gathered[1]
 
+    def _vocab_shards(self, logits: SimTensor, axis: int) -> int:
+        return self.spec.shape[axis] if isinstance(logits.placements[axis], Shard) else 1
+
+    def _vocab_offsets(self, logits: SimTensor, axis: int) -> torch.Tensor:
+        """Each chip's first global vocab id, broadcast over ``[R', C', 1, 1]``."""
+        if self._vocab_shards(logits, axis) == 1:
+            return torch.zeros(1, device=self.device)
+        shape = [1, 1, 1, 1]
+        shape[axis] = self.spec.shape[axis]
+        return (torch.arange(self.spec.shape[axis], device=self.device) * logits.shape[-1]).float().reshape(shape)
 
 def draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """``sampling.draw`` in torch over ``[R', C', B, M]`` candidates; ``params`` is ``[1, 1, B, 4]``."""

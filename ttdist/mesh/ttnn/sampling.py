@@ -47,6 +47,12 @@ class SamplingOps:
     def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int) -> TtnnTensor:
         """``ttdist.mesh.sampling``'s algorithm in ttnn ops: local ``topk``, ``all_gather`` of the
         candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device."""
+        values, ids = self._candidates(logits, vocab_size, cluster_axis)
+        token = self._draw(values.value, ids.value, params.value, logits.shape[0], values.shape[-1])
+        return self._wrap(token, (logits.shape[0],), values.placements, DType.float32, "token_ids", INPUT)
+
+    def _candidates(self, logits: TtnnTensor, vocab_size: int, cluster_axis: int) -> tuple[TtnnTensor, TtnnTensor]:
+        """Step 1: each chip's top ``local_k`` (padded ids masked), all-gathered: values and ids ``[B, M]``."""
         require_reduced("sample", logits)
         axis = self.spec.resolve_axis("sample", cluster_axis)
         batch, width = logits.shape
@@ -60,8 +66,7 @@ class SamplingOps:
             values = ttnn.add(values, ttnn.multiply(ttnn.ge(ids, float(vocab_size), dtype=ttnn.float32), sampling.MASK))
         cand = [self._wrap(v, (batch, k), logits.placements, DType.float32, "candidates") for v in (values, ids)]
         gathered = [self.all_gather(c, dim=-1, cluster_axis=axis) for c in cand]
-        token = self._draw(gathered[0].value, gathered[1].value, params.value, batch, gathered[0].shape[-1])
-        return self._wrap(token, (batch,), gathered[0].placements, DType.float32, "token_ids", INPUT)
+        return gathered[0], gathered[1]
 
     def _vocab_offsets(self, logits: TtnnTensor, axis: int, width: int, k: int) -> ttnn.Tensor:
         """Each chip's first global vocab id, ``[1, 1, 1, k]`` per chip (added to its local topk ids)."""

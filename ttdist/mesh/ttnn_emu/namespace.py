@@ -71,7 +71,7 @@ _FUNCTIONS = {
     # math
     "add": ops_eltwise.add, "subtract": ops_eltwise.subtract, "multiply": ops_eltwise.multiply, "mul": ops_eltwise.mul,
     "lt": ops_eltwise.lt, "gt": ops_eltwise.gt, "ge": ops_eltwise.ge, "le": ops_eltwise.le, "eq": ops_eltwise.eq,
-    "ne": ops_eltwise.ne, "exp": ops_eltwise.exp, "reciprocal": ops_eltwise.reciprocal, "neg": ops_eltwise.neg,
+    "ne": ops_eltwise.ne, "exp": ops_eltwise.exp, "log": ops_eltwise.log, "reciprocal": ops_eltwise.reciprocal, "neg": ops_eltwise.neg,
     "silu": ops_eltwise.silu, "sum": ops_eltwise.sum, "typecast": ops_eltwise.typecast, "topk": ops_eltwise.topk,
     "matmul": ops_matmul.matmul, "linear": ops_matmul.linear, "rms_norm": ops_norm.rms_norm,
     "rms_norm_pre_all_gather": ops_norm.rms_norm_pre_all_gather, "rms_norm_post_all_gather": ops_norm.rms_norm_post_all_gather,

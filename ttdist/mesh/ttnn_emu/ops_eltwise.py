@@ -1,6 +1,7 @@
 """Elementwise, reduction, typecast and top-k ops (``ttnn/operations/binary.py``, ``unary.py``,
 ``reduction.py``, ``core.py``: their golden functions are torch's ``add``/``mul``/``lt``/...,
-``exp``, ``reciprocal``, ``sum`` and ``topk``).
+``exp``, ``log``, ``reciprocal``, ``sum`` and ``topk``, whose ``indices_tensor`` labels are gathered at the
+selected positions).
 
 Binary ops broadcast their operands' logical shapes (dims of one expand), take a number for
 either operand, and compute in float32 then round to the output dtype (``dtype=`` for the
@@ -154,6 +155,10 @@ def exp(x, **kw):
     return _unary("exp", np.exp, x, {DataType.BFLOAT16, DataType.BFLOAT8_B, DataType.FLOAT32}, **kw)
 
 
+def log(x, **kw):
+    return _unary("log", np.log, x, {DataType.BFLOAT16, DataType.BFLOAT8_B, DataType.FLOAT32}, **kw)
+
+
 def reciprocal(x, **kw):
     return _unary("reciprocal", np.reciprocal, x, {DataType.BFLOAT16, DataType.BFLOAT8_B, DataType.FLOAT32}, **kw)
 
@@ -205,7 +210,7 @@ def typecast(x, dtype: DataType, *, memory_config=None, output_tensor=None, sub_
 def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *, memory_config=None,  # noqa: A002
          output_tensor=None, sub_core_grids=None, indices_tensor=None, stable=None, **extra):
     op = "topk"
-    kn.no_extra(op, dict(extra, output_tensor=output_tensor, sub_core_grids=sub_core_grids, indices_tensor=indices_tensor))
+    kn.no_extra(op, dict(extra, output_tensor=output_tensor, sub_core_grids=sub_core_grids))
     device = kn.device_of(op, x)
     kn.require_dtype(op, x, {DataType.BFLOAT8_B, DataType.BFLOAT16, DataType.FLOAT32})
     kn.require_layout(op, x, Layout.TILE)
@@ -217,6 +222,8 @@ def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *,
     shape = list(x.shape)
     shape[d] = k
     wide = x.dtype is DataType.FLOAT32 or x.padded_shape[d] > 65536
+    if indices_tensor is not None:
+        wide = _check_labels(op, x, indices_tensor, wide, stable)
     mem = memory_config or x.memory_config()
     values = kn.output(device, shape, x.dtype, Layout.TILE, mem)
     index = kn.output(device, shape, DataType.UINT32 if wide else DataType.UINT16, Layout.TILE, mem)
@@ -230,7 +237,26 @@ def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *,
         else:
             order = np.argsort(keys, axis=-1, kind="stable")
         kn.write(values, np.moveaxis(np.take_along_axis(v, order, axis=-1), -1, 2 + d))
+        if indices_tensor is not None:  # the caller's label at each selected position (the golden's torch.gather)
+            order = np.take_along_axis(np.moveaxis(kn.read(indices_tensor), 2 + d, -1), order, axis=-1)
         kn.write(index, np.moveaxis(order, -1, 2 + d))
 
-    device.launch(op, [x], [values, index], run, (k, d, largest, sorted))
+    inputs = [x] if indices_tensor is None else [x, indices_tensor]
+    device.launch(op, inputs, [values, index], run, (k, d, largest, sorted, indices_tensor is not None))
     return values, index
+
+
+def _check_labels(op: str, x, labels, wide: bool, stable) -> bool:
+    """ttnn's rules for ``indices_tensor``: x's logical shape, TILE, UINT16/UINT32/INT32, not with
+    ``stable``; a UINT16 label tensor where 32-bit indices are needed is refused, 32-bit labels widen
+    the output indices. Whether the output indices are 32-bit."""
+    kn.device_of(op, x, labels)
+    if tuple(labels.shape) != tuple(x.shape):
+        raise kn.fatal(op, f"indices_tensor has shape {list(labels.shape)}, the input {list(x.shape)}")
+    kn.require_layout(op, labels, Layout.TILE)
+    kn.require_dtype(op, labels, {DataType.UINT16, DataType.UINT32, DataType.INT32})
+    if stable:
+        raise kn.fatal(op, "indices_tensor cannot be combined with stable=True")
+    if labels.dtype is DataType.UINT16 and wide:
+        raise kn.fatal(op, "a UINT16 indices_tensor where 32-bit indices are needed (float32 input or a dim over 65536)")
+    return wide or labels.dtype is not DataType.UINT16

@@ -3,16 +3,17 @@
 ``parse_completion`` and ``parse_chat`` turn a JSON body into a ``ParsedRequest`` (or raise
 ``ApiError`` naming the bad field); the ``*_object`` / ``*_chunk`` functions build the JSON
 the OpenAI API returns. Fields the replicas cannot honour are refused with a 400 that says
-so (``logprobs``: replicas sample on the mesh and return only token ids; penalties, logit
-bias, ``echo``, ``suffix``, tools). vLLM's extensions ``top_k``, ``ignore_eos`` and
-``stop_token_ids`` are accepted, so benchmark clients that send them work.
+so (penalties, logit bias, ``suffix``, tools). Logprobs (``logprobs`` / ``top_logprobs``, ``echo``
+and vLLM's ``prompt_logprobs``) are computed on the mesh (``ttdist.router.openai.logprobs`` shapes
+them). vLLM's extensions ``top_k``, ``ignore_eos`` and ``stop_token_ids`` are accepted, so
+benchmark clients that send them work.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ttdist.router.openai.errors import bad_param, unsupported
 from ttdist.v1 import generation_pb2 as pb
@@ -21,7 +22,7 @@ MAX_N = 64
 MAX_SEED = 2**63
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16      # OpenAI's default for /v1/completions
 FINISH = {pb.STOP: "stop", pb.EOS: "stop", pb.LENGTH: "length", pb.ABORT: "abort"}
-NO_LOGPROBS = "replicas sample on the mesh and return only token ids, never logits"
+MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Sampling:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None          # top N per generated token (None: no logprobs)
+    prompt_logprobs: int | None = None   # top N per prompt token (echo with logprobs, or vLLM's field)
 
     def to_proto(self, choice: int) -> pb.SamplingParams:
         """Choice ``i`` of ``n`` draws from seed + i, so seeded choices differ and repeat."""
@@ -43,6 +46,10 @@ class Sampling:
         )
         if self.seed is not None:
             s.seed = (self.seed + choice) % MAX_SEED
+        if self.logprobs is not None:
+            s.logprobs = self.logprobs
+        if self.prompt_logprobs is not None:
+            s.prompt_logprobs = self.prompt_logprobs
         return s
 
 
@@ -57,6 +64,7 @@ class ParsedRequest:
     stream: bool = False
     include_usage: bool = False
     add_generation_prompt: bool = True
+    echo: bool = False                          # completions: the prompt's text (and logprobs) first
 
 
 def _get(body: dict, name: str, kinds, default=None):
@@ -139,15 +147,34 @@ def parse_completion(body: dict) -> ParsedRequest:
     token ids or an array of token-id arrays (one choice set per prompt)."""
     if "prompt" not in body or body["prompt"] is None:
         raise bad_param("prompt", "is required", "missing_required_parameter")
-    if _get(body, "logprobs", int) is not None:
-        raise unsupported("logprobs", NO_LOGPROBS)
-    if _get(body, "echo", bool, False):
-        raise unsupported("echo", "completions return only the generated text")
+    logprobs = _logprob_count(body, "logprobs")
+    echo = _get(body, "echo", bool, False)
     if _get(body, "suffix", str):
         raise unsupported("suffix", "the served models have no fill-in-the-middle mode")
     common = _common(body)
-    sampling = _sampling(body, "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
-    return ParsedRequest(kind="completion", prompts=_prompts(body["prompt"]), sampling=sampling, **common)
+    prompt_logprobs = _logprob_count(body, "prompt_logprobs")
+    if echo and logprobs is not None:
+        prompt_logprobs = max(logprobs, prompt_logprobs or 0)
+    sampling = replace(_sampling(body, "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS), logprobs=logprobs,
+                       prompt_logprobs=prompt_logprobs)
+    return ParsedRequest(kind="completion", prompts=_prompts(body["prompt"]), sampling=sampling, echo=echo, **common)
+
+
+def _logprob_count(body: dict, name: str) -> int | None:
+    value = _get(body, name, int)
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise bad_param(name, f"must be between 0 and {MAX_LOGPROBS}, got {value}")
+    return value
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    """Chat's ``logprobs: true`` with ``top_logprobs: N`` (0 when left out): N; None without logprobs."""
+    top = _logprob_count(body, "top_logprobs")
+    if not _get(body, "logprobs", bool, False):
+        if top is not None:
+            raise bad_param("top_logprobs", "is only allowed with logprobs: true")
+        return None
+    return top or 0
 
 
 def _prompts(prompt) -> tuple:
@@ -170,8 +197,7 @@ def _is_ids(x) -> bool:
 
 def parse_chat(body: dict) -> ParsedRequest:
     """A ``/v1/chat/completions`` body. Message content is a string or an array of text parts."""
-    if _get(body, "logprobs", bool, False) or _get(body, "top_logprobs", int) is not None:
-        raise unsupported("logprobs", NO_LOGPROBS)
+    logprobs = _chat_logprobs(body)
     if _get(body, "tools", list):
         raise unsupported("tools", "tool calls are not parsed from the output")
     response_format = _get(body, "response_format", dict, {})
@@ -183,6 +209,7 @@ def parse_chat(body: dict) -> ParsedRequest:
         sampling = _sampling(body, None, 0)
     else:
         sampling = _sampling(body, field_name, 0)
+    sampling = replace(sampling, logprobs=logprobs, prompt_logprobs=_logprob_count(body, "prompt_logprobs"))
     messages = _get(body, "messages", list)
     if not messages:
         raise bad_param("messages", "is required: a non-empty array of {role, content}", "missing_required_parameter")

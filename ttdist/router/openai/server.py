@@ -26,6 +26,8 @@ from aiohttp import web
 from ttdist.router.chat import ChatPrompter
 from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, from_request_error
+from ttdist.router.openai.logprobs import ChoiceLogprobs
+from ttdist.router.openai.tokenize import TokenizeRoutes
 from ttdist.runtime.auth import ApiKeys
 from ttdist.runtime.request_checks import RequestError
 from ttdist.dashboard.replica_state import ReplicaState
@@ -60,6 +62,7 @@ class OpenAIServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_get("/health", self.health)
+        TokenizeRoutes(self.router, self.chat_prompter).add_to(app)
         return app
 
     # ------------------------------------------------------------ middleware
@@ -141,10 +144,15 @@ class OpenAIServer:
         rid = prefix + uuid.uuid4().hex
         created = p.now()
         calls = self._requests(req, rid)
+        extras = ChoiceLogprobs(req, req.prompts, self.router.tokenizer)
         if req.stream:
-            return await self._stream(request, req, rid, created, calls)
+            return await self._stream(request, req, rid, created, calls, extras)
         completes = await self._all(calls)
-        return web.json_response(p.final_object(req, rid, created, completes, _usage(req, completes)))
+        answer = p.final_object(req, rid, created, completes, _usage(req, completes))
+        if extras.active:
+            for choice, complete in zip(answer["choices"], completes):
+                extras.final(choice, choice["index"], complete)
+        return web.json_response(answer)
 
     async def _all(self, calls: list[pb.GenerateRequest]) -> list[pb.Complete]:
         tasks = [asyncio.ensure_future(self._one(c)) for c in calls]
@@ -163,7 +171,8 @@ class OpenAIServer:
                 return resp.complete
         raise ApiError(500, f"{call.request_id} ended without a result")
 
-    async def _stream(self, request, req: p.ParsedRequest, rid: str, created: int, calls) -> web.StreamResponse:
+    async def _stream(self, request, req: p.ParsedRequest, rid: str, created: int, calls,
+                      extras: ChoiceLogprobs) -> web.StreamResponse:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int, call: pb.GenerateRequest) -> None:
@@ -188,7 +197,7 @@ class OpenAIServer:
                 if isinstance(resp, Exception):
                     await _event(response, _api_error(resp).body())
                     break
-                for event in _events(req, rid, created, index, resp, started):
+                for event in _events(req, rid, created, index, resp, started, extras):
                     await _event(response, event)
                 if resp.WhichOneof("kind") == "complete":
                     completes[index] = resp.complete
@@ -205,15 +214,19 @@ class OpenAIServer:
             await _cancel(tasks)
 
 
-def _events(req: p.ParsedRequest, rid: str, created: int, index: int, resp: pb.GenerateResponse, started: set):
+def _events(req: p.ParsedRequest, rid: str, created: int, index: int, resp: pb.GenerateResponse, started: set,
+            extras: ChoiceLogprobs):
     out = []
     first = index not in started
     started.add(index)
     if first and req.kind == "chat":
         out.append(p.delta_chunk(req, rid, created, index, "", first=True))
     if resp.WhichOneof("kind") == "chunk":
-        if resp.chunk.text:
-            out.append(p.delta_chunk(req, rid, created, index, resp.chunk.text))
+        if resp.chunk.text or (extras.active and (resp.chunk.logprobs or first)):
+            event = p.delta_chunk(req, rid, created, index, resp.chunk.text)
+            if extras.active:
+                extras.chunk(event["choices"][0], index, resp.chunk, first)
+            out.append(event)
     else:
         out.append(p.delta_chunk(req, rid, created, index, None, finish_reason=resp.complete.finish_reason))
     return out
