@@ -11,9 +11,10 @@ time of each and the ratio to the simulator (the target: at most 3x at batch 32)
 
 ``--accuracy``: SmolLM2-135M, teacher forced over 512 positions of ``tests/model/data/lighthouse.txt``
 (one prefill; every position predicts the next token from the true text before it), top-1 / top-5
-agreement with transformers' float32 top-1 token, as tt_transformers measures accuracy; at the
-``accuracy`` and ``performance`` presets and float32 weights (KV cache bf16), simulator beside
-emulator.
+agreement of the greedy token with transformers' float32 top-5, counted as tt_transformers counts
+it (``ttdist.model.token_accuracy``); at the ``accuracy`` and ``performance`` presets and float32
+weights (KV cache bf16), simulator beside emulator. ``bench/bench_accuracy.py`` adds the ceilings,
+the attribution to tensor groups and tt_transformers' decode schedule.
 
 On a shared host pin both sides to one thread (``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1``):
 with more BLAS threads than free cores, numpy's small matmuls wait on each other (27x slower
@@ -71,12 +72,13 @@ def _accuracy(mesh: str, positions: int = 512) -> None:
 
     from ttdist.model.runner import MeshModelRunner
     from ttdist.model.smollm2 import materialize
+    from ttdist.model.token_accuracy import reference_top5, token_accuracy
 
     path = materialize()
     text = Path(__file__).resolve().parents[1] / "tests" / "model" / "data" / "lighthouse.txt"
-    ids = AutoTokenizer.from_pretrained(path)(text.read_text()).input_ids[: positions + 1]
+    ids = AutoTokenizer.from_pretrained(path)(text.read_text()).input_ids[:positions]
     with torch.no_grad():
-        want = LlamaForCausalLM.from_pretrained(path).float().eval()(torch.tensor([ids])).logits[0, :-1].argmax(-1).numpy()
+        want = reference_top5(LlamaForCausalLM.from_pretrained(path).float().eval()(torch.tensor([ids])).logits[0].numpy())
     from ttdist.mesh import parse_mesh
 
     groups = 4 if parse_mesh(mesh).rows > 1 else 1
@@ -87,9 +89,8 @@ def _accuracy(mesh: str, positions: int = 512) -> None:
             kv = "bfloat16" if dtype == "float32" else None  # paged SDPA decode takes no float32 cache
             runner = MeshModelRunner.from_checkpoint(path, mesh=mesh, backend=backend, dtype=dtype, kv_dtype=kv, page_size=32,
                                                      num_pages=(pages + 1) * groups, max_batch=groups, max_context=positions + 32)
-            logits = runner.model.prefill_all_logits(ids[:-1], list(range(pages)))
-            top5 = np.argpartition(-logits, 5, axis=-1)[:, :5]
-            row.append(f"{backend} top-1 {(logits.argmax(-1) == want).mean():.1%} top-5 {(top5 == want[:, None]).any(-1).mean():.1%}")
+            got = token_accuracy(runner.model.prefill_all_logits(ids, list(range(pages))).argmax(-1), want)
+            row.append(f"{backend} top-1 {got.top1:.1%} top-5 {got.top5:.1%}")
         print(f"smollm2 on {mesh}, {dtype}, {len(want)} positions: " + ", ".join(row), flush=True)
 
 

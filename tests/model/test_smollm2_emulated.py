@@ -6,14 +6,13 @@ float32`` as such stops at paged SDPA decode, which takes no float32 cache; the 
 activations in bfloat16). Tokens equal the reference's up to its first near-tie (top-2 gap <
 ``NEAR_TIE``);
 traced and eager decode give the same tokens. Teacher-forced accuracy at the hardware presets
-over 512 positions of ``data/lighthouse.txt`` (top-1 / top-5 agreement, as tt_transformers
-measures it)."""
+over 512 positions of ``data/lighthouse.txt`` (top-1 / top-5 agreement with transformers, counted as
+tt_transformers counts it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,6 +22,7 @@ from ttdist.engine.request import GenerationRequest, SamplingParams
 from ttdist.engine.runner import DecodeInput, PrefillInput, SamplingSpec
 from ttdist.mesh import ttnn_emu
 from ttdist.model.runner import MeshModelRunner
+from ttdist.model.token_accuracy import reference_top5, token_accuracy
 
 # a near-tie of the reference: top-2 logit gap below this. 0.05 holds with float32 activations (the
 # simulator); the backend's bfloat16 activations move SmolLM2's logits by up to ~0.15 after 30 layers
@@ -154,39 +154,39 @@ def test_smollm2_on_galaxy_user_groups(emulated, smollm2, smollm2_hf, prompts, w
 
 TEXT = Path(__file__).parent / "data" / "lighthouse.txt"
 POSITIONS = 512
-# top-1 / top-5 agreement floors: tt_transformers' targets for its accuracy and performance modes are
-# 97 / 99 and 90 / 98; SmolLM2-135M reaches top-5 but not top-1 there (on the simulator as well:
-# accuracy 94.9 % top-1; the emulator's own error is the gap between the two, see bench_emulator.py)
-FLOORS = {"accuracy": (0.93, 0.99), "performance": (0.80, 0.98)}
+# top-1 / top-5 floors (tt_transformers' counting, ttdist.model.token_accuracy). Its targets, 97 / 99
+# (accuracy) and 90 / 98 (performance), are its 8B-class figures; its smallest model, Llama-3.2-1B,
+# reaches 87 / 98 and 79 / 97 on N300 at these presets (PERF.md). SmolLM2-135M measures 93.8 / 100
+# and 81.4 / 97.9 here (emulated N300), with a bf16 ceiling: transformers itself in bfloat16 agrees
+# 97.3 % top-1 with its float32 run on this text, float32 weights with the backend's bf16 activations
+# 97.9 % (docs/hardware.md, bench/bench_accuracy.py). The floors leave ~2 points for the mesh.
+FLOORS = {"accuracy": (0.92, 0.99), "performance": (0.78, 0.96)}
 
 
 @pytest.fixture(scope="module")
 def text_ids(smollm2, smollm2_hf):
-    """512 positions of public-domain-style English text and the reference's top-1 token at each."""
+    """512 positions of English prose and transformers' (float32) top-5 tokens at each."""
     from transformers import AutoTokenizer
 
-    ids = AutoTokenizer.from_pretrained(smollm2)(TEXT.read_text()).input_ids[: POSITIONS + 1]
-    assert len(ids) == POSITIONS + 1
+    ids = AutoTokenizer.from_pretrained(smollm2)(TEXT.read_text()).input_ids[:POSITIONS]
+    assert len(ids) == POSITIONS
     with torch.no_grad():
-        want = smollm2_hf(torch.tensor([ids])).logits[0, :-1].argmax(-1).numpy()
-    return ids[:-1], want
+        logits = smollm2_hf(torch.tensor([ids])).logits[0].numpy()
+    return ids, reference_top5(logits)
 
 
-def agreement(logits: np.ndarray, want: np.ndarray) -> tuple[float, float]:
-    """Top-1 and top-5 agreement with the reference's top-1 tokens (tt_transformers' accuracy test)."""
-    top5 = np.argpartition(-logits, 5, axis=-1)[:, :5]
-    return float((logits.argmax(-1) == want).mean()), float((top5 == want[:, None]).any(-1).mean())
-
-
+@pytest.mark.slow  # four 512-token prefills of the real model on emulated chips: ~2.5 CPU-minutes
 @pytest.mark.parametrize("mesh", ["1x2", "8x4"])
 @pytest.mark.parametrize("preset", ["accuracy", "performance"])
 def test_teacher_forced_accuracy_at_the_hardware_presets(emulated, smollm2, text_ids, weight_cache, mesh, preset):
+    """Every position of one prefill predicts the next token from the true text before it; the
+    greedy token scores top-1 if it is transformers' top-1 and top-5 if it is among its top-5."""
     ids, want = text_ids
     groups = 4 if mesh == "8x4" else 1
     pages = POSITIONS // PAGE
     runner = MeshModelRunner.from_checkpoint(smollm2, mesh=mesh, backend="ttnn", dtype=preset, page_size=PAGE,
                                              num_pages=(pages + 1) * groups, max_batch=groups, max_context=POSITIONS + PAGE,
                                              cache_dir=weight_cache)
-    top1, top5 = agreement(runner.model.prefill_all_logits(ids, list(range(pages))), want)
-    print(f"{preset} on {mesh}: top-1 {top1:.1%}, top-5 {top5:.1%} over {len(want)} positions")
-    assert top1 >= FLOORS[preset][0] and top5 >= FLOORS[preset][1], (top1, top5)
+    got = token_accuracy(runner.model.prefill_all_logits(ids, list(range(pages))).argmax(-1), want)
+    print(f"{preset} on {mesh}: {got}")
+    assert got.top1 >= FLOORS[preset][0] and got.top5 >= FLOORS[preset][1], got
