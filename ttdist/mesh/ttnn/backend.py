@@ -29,13 +29,14 @@ from ttdist.mesh.ttnn.attention import AttentionOps
 from ttdist.mesh.ttnn.collectives import CollectiveOps
 from ttdist.mesh.ttnn.device import DecodeTrace, DramReport, MeshHandle, TtnnOptions, dram_report, open_mesh
 from ttdist.mesh.ttnn.host import assemble, first_device, host_shards
+from ttdist.mesh.ttnn.penalties import PenaltyOps
 from ttdist.mesh.ttnn.sampling import SamplingOps
 from ttdist.mesh.ttnn.tensor import CACHE, INPUT, ROWS, STATS, TABLE, VECTOR, Pending, PendingPieces, TtnnTensor
 
 __all__ = ["TtnnBackend", "TtnnTensor"]
 
 
-class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps):
+class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, PenaltyOps):
     """The ``Backend`` protocol on a ttnn mesh device (or submesh); attention, collectives and
     sampling are mixed in from their own modules."""
 

@@ -10,6 +10,7 @@ import numpy as np
 import ttnn
 
 from ttdist.mesh import sampling
+from ttdist.mesh.penalties import MIN_P
 from ttdist.mesh.placement import Placements, Shard, require_reduced
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec
@@ -44,7 +45,8 @@ class SamplingHost(Protocol):
 class SamplingOps:
     """``sample`` of ``TtnnBackend`` (see ``SamplingHost``)."""
 
-    def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int) -> TtnnTensor:
+    def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int,
+               penalty_params: TtnnTensor | None = None) -> TtnnTensor:
         """``ttdist.mesh.sampling``'s algorithm in ttnn ops: local ``topk``, ``all_gather`` of the
         candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device."""
         require_reduced("sample", logits)
@@ -60,7 +62,10 @@ class SamplingOps:
             values = ttnn.add(values, ttnn.multiply(ttnn.ge(ids, float(vocab_size), dtype=ttnn.float32), sampling.MASK))
         cand = [self._wrap(v, (batch, k), logits.placements, DType.float32, "candidates") for v in (values, ids)]
         gathered = [self.all_gather(c, dim=-1, cluster_axis=axis) for c in cand]
-        token = self._draw(gathered[0].value, gathered[1].value, params.value, batch, gathered[0].shape[-1])
+        min_p = None
+        if penalty_params is not None:
+            min_p = ttnn.slice(penalty_params.value, [0, 0, 0, MIN_P], [1, 1, batch, MIN_P + 1])
+        token = self._draw(gathered[0].value, gathered[1].value, params.value, batch, gathered[0].shape[-1], min_p)
         return self._wrap(token, (batch,), gathered[0].placements, DType.float32, "token_ids", INPUT)
 
     def _vocab_offsets(self, logits: TtnnTensor, axis: int, width: int, k: int) -> ttnn.Tensor:
@@ -76,8 +81,8 @@ class SamplingOps:
         return self._const(("triu", n), lambda: self._upload(np.triu(np.ones((1, 1, n, n), np.float32)), (None, None),
                                                              DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG))
 
-    def _draw(self, v, ids, params, batch: int, m: int) -> ttnn.Tensor:
-        """``sampling.draw`` over gathered candidates ``[1, 1, B, M]`` (float32)."""
+    def _draw(self, v, ids, params, batch: int, m: int, min_p=None) -> ttnn.Tensor:
+        """``sampling.draw`` over gathered candidates ``[1, 1, B, M]`` (float32); ``min_p`` ``[1, 1, B, 1]``."""
         top = min(sampling.K, m)
         mem = ttnn.DRAM_MEMORY_CONFIG
         col = [ttnn.slice(params, [0, 0, 0, i], [1, 1, batch, i + 1]) for i in range(sampling.PARAMS)]
@@ -89,7 +94,10 @@ class SamplingOps:
             DType.float32, ttnn.TILE_LAYOUT, mem))
         in_k = ttnn.lt(rank, k, dtype=ttnn.float32)
         z0 = ttnn.multiply(ttnn.slice(s, [0, 0, 0, 0], [1, 1, batch, 1]), t_inv)
-        e = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(s, t_inv), z0)), in_k)
+        scaled = ttnn.exp(ttnn.subtract(ttnn.multiply(s, t_inv), z0))
+        if min_p is not None:
+            in_k = ttnn.multiply(in_k, ttnn.ge(scaled, min_p, dtype=ttnn.float32))
+        e = ttnn.multiply(scaled, in_k)
         prob = ttnn.multiply(e, ttnn.reciprocal(ttnn.sum(e, dim=-1, keepdim=True)))
         cum = ttnn.matmul(prob, self._ones_upper(top), memory_config=mem, compute_kernel_config=cfg.precise_compute())
         kept = ttnn.multiply(in_k, ttnn.lt(ttnn.subtract(cum, prob), p, dtype=ttnn.float32))
