@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ttdist.engine.request import FinishReason, SamplingParams
+from ttdist.engine.runner import PenaltySpec
 from ttdist.engine.tokenizer import IncrementalDetokenizer
 
 
@@ -45,6 +46,7 @@ class Sequence:
     first_scheduled_s: float | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
+    penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

@@ -22,6 +22,7 @@ from ttdist.model.config import LlamaConfig
 from ttdist.model.layout import Layout
 from ttdist.mesh.sampling import device_params
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions, StepInputs
+from ttdist.model.penalty_rows import PenaltyRows, penalty_arrays, place_state
 from ttdist.model.user_groups import SlotMap, UserGroupError
 from ttdist.model.weights import ShardedWeights, load_weights
 
@@ -146,10 +147,13 @@ class MeshModelRunner:
         self.trace_decode = self.backend.can_trace if trace_decode is None else bool(trace_decode)
         if self.trace_decode and not self.backend.can_trace:
             raise MeshError(f"trace_decode: the {self.backend.name} backend cannot capture traces here (real chips only)")
+        self.config_vocab = config.vocab_size
         self.slots = SlotMap(max_batch, self.model.groups)
         self.inputs: StepInputs | None = None
-        self._warm = False
-        self._trace = None
+        self._warm: set[bool] = set()
+        self._traces: dict[bool, object] = {}   # decode traces: the plain step and the penalized one
+        self.penalties = PenaltyRows(self.backend, self.model.groups.rows, self.model.layout.vocab, self.model.vocab_axis)
+        self._penalized = False
         self._rng = np.random.default_rng()
         self.info = RunnerInfo(
             vocab_size=config.vocab_size,
@@ -182,7 +186,10 @@ class MeshModelRunner:
         if not inp.sample:
             return None
         params = self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
-        return int(self.backend.read_ids(self.model.sample(logits, params))[0])
+        if inp.sampling.penalties is None:
+            return int(self.backend.read_ids(self.model.sample(logits, params))[0])
+        state = place_state(self.backend, penalty_arrays(inp.sampling, self.model.layout.vocab), self.model.vocab_axis, "input.penalties")
+        return int(self.backend.read_ids(self._penalized_sample(logits, params, state, count=False))[0])
 
     # ------------------------------------------------------------------ decode
     def _write_decode(self, inp: DecodeInput) -> list[int]:
@@ -207,30 +214,52 @@ class MeshModelRunner:
             self.inputs = self.model.place_inputs(host)
         else:
             self.model.write_inputs(self.inputs, host)
+        self._penalized = PenaltyRows.wanted(inp.sampling)
+        if self._penalized:  # only a batch with a penalized user runs (and uploads for) the penalized step
+            self.penalties.prepare(slots, list(inp.sampling), list(inp.seq_ids) or [f"#{i}" for i in range(n)])
         return slots
 
-    def _decode_graph(self):
-        return self.model.sample(self.model.decode_step(self.inputs), self.inputs.sampling)
+    def _penalized_sample(self, logits, params, state, count: bool = True):
+        """Penalize each chip's vocab slice, draw (with min_p), count the drawn ids on the device."""
+        be, axis = self.backend, self.model.vocab_axis
+        ids = be.sample(be.penalize(logits, state), self.config_vocab, params, axis, state.params)
+        if count:
+            be.count_tokens(state, ids, axis)
+        return ids
+
+    def _decode_graph(self, penalized: bool = False):
+        logits = self.model.decode_step(self.inputs)
+        if penalized:
+            return self._penalized_sample(logits, self.inputs.sampling, self.penalties.state)
+        return self.model.sample(logits, self.inputs.sampling)
 
     def _run_decode(self):
+        mode = self._penalized
         if not self.trace_decode:
-            return self._decode_graph()
-        if not self._warm:  # the compile pass: every program is built before the capture
-            self._warm = True
-            return self._decode_graph()
-        if self._trace is None:
-            self._trace = self.backend.capture(self._decode_graph)
-        return self.backend.replay(self._trace)
+            return self._decode_graph(mode)
+        if mode not in self._warm:  # the compile pass: every program is built before the capture
+            self._warm.add(mode)
+            return self._decode_graph(mode)
+        if mode not in self._traces:
+            self._traces[mode] = self.backend.capture(lambda: self._decode_graph(mode))
+        return self.backend.replay(self._traces[mode])
+
+    @property
+    def _trace(self):
+        """The plain decode step's captured trace (None before its capture)."""
+        return self._traces.get(False)
 
     def decode(self, inp: DecodeInput) -> list[int]:
         slots = self._write_decode(inp)
         ids = self.backend.read_ids(self._run_decode())
+        if self._penalized:
+            self.penalties.observe(ids)
         return [int(ids[s]) for s in slots]
 
     def close(self) -> None:
-        if self._trace is not None:
-            self.backend.release(self._trace)
-            self._trace = None
+        for trace in self._traces.values():
+            self.backend.release(trace)
+        self._traces.clear()
 
     # for tests and benchmarks: the logits themselves (never traced)
     def prefill_logits(self, token_ids, start_pos: int, page_table) -> np.ndarray:

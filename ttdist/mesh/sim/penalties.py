@@ -8,7 +8,7 @@ import torch
 from ttdist.mesh import penalties as pen
 from ttdist.mesh.errors import MeshError
 from ttdist.mesh.placement import Shard, require_reduced
-from ttdist.mesh.precision import DType, quantize
+from ttdist.mesh.precision import DType
 from ttdist.mesh.sim.tensor import SimTensor
 
 
@@ -16,8 +16,7 @@ class PenaltyOps:
     """``penalize`` and ``count_tokens`` of ``SimBackend`` (uses its ``spec``, ``device`` and ``_wrap``)."""
 
     def penalize(self, logits: SimTensor, state: pen.PenaltyState) -> SimTensor:
-        """Penalized logits ``[B, V/n]`` (``penalties.penalize`` on every chip's slice in float32), in
-        the logits' own format."""
+        """Penalized float32 logits ``[B, V/n]`` (``penalties.penalize`` on every chip's slice)."""
         require_reduced("penalize", logits)
         for name in pen.STATE:
             t = getattr(state, name)
@@ -32,9 +31,7 @@ class PenaltyOps:
         x = x * (used <= 0).float() + (x * factor) * (used > 0).float()
         x = x - counts * col[pen.FREQUENCY]
         x = x - (counts > 0).float() * col[pen.PRESENCE]
-        if logits.dtype is not DType.float32:  # as ttnn: back to the logits' format
-            x = quantize(x, logits.dtype)
-        return self._wrap(x, logits.placements, logits.dtype, "penalized_logits")
+        return self._wrap(x, logits.placements, DType.float32, "penalized_logits")
 
     def count_tokens(self, state: pen.PenaltyState, token_ids: SimTensor, cluster_axis: int) -> None:
         """``counts`` += a one-hot of each row's sampled id against the chip's vocab ids, in place."""

@@ -37,8 +37,8 @@ class PenaltyOps:
     """``penalize`` and ``count_tokens`` of ``TtnnBackend`` (see ``PenaltyHost``)."""
 
     def penalize(self, logits: TtnnTensor, state: pen.PenaltyState) -> TtnnTensor:
-        """Penalized logits ``[B, V/n]``: ``penalties.penalize`` on every chip's slice in float32, the
-        result in the logits' own format."""
+        """Penalized float32 logits ``[B, V/n]``: ``penalties.penalize`` on every chip's slice (the
+        draw then sorts them in float32, see ``SamplingOps.sample``)."""
         require_reduced("penalize", logits)
         for name in pen.STATE:
             t = getattr(state, name)
@@ -59,9 +59,7 @@ class PenaltyOps:
                      ttnn.multiply(ttnn.multiply(x, factor), ttnn.gt(used, 0.0, dtype=ttnn.float32)))
         x = ttnn.subtract(x, ttnn.multiply(counts, col[pen.FREQUENCY]))
         x = ttnn.subtract(x, ttnn.multiply(ttnn.gt(counts, 0.0, dtype=ttnn.float32), col[pen.PRESENCE]))
-        if raw.dtype != ttnn.float32:  # back to the logits' format: the draw's thresholds compare in it
-            x = ttnn.typecast(x, raw.dtype)
-        return self._wrap(x, logits.shape, logits.placements, logits.dtype, "penalized_logits")
+        return self._wrap(x, logits.shape, logits.placements, DType.float32, "penalized_logits")
 
     def count_tokens(self, state: pen.PenaltyState, token_ids: TtnnTensor, cluster_axis: int) -> None:
         """``counts`` += (the chip's vocab ids == each row's sampled id), written into ``counts`` itself."""
