@@ -70,6 +70,9 @@ def register(subparsers) -> None:
                    help="send clients at most one chunk per K tokens (default %(default)s: every token)")
     p.add_argument("--stream-interval-ms", type=int, default=0, metavar="T",
                    help="...or per T milliseconds, whichever comes first (default %(default)s: no time bound)")
+    p.add_argument("--generation-config", default="auto", choices=("auto", "vllm"),
+                   help="auto (default): a request that leaves temperature, top_k, top_p or repetition_penalty out "
+                        "gets the checkpoint's generation_config.json value; vllm: ignore the file")
     add_api_args(p)
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
@@ -87,7 +90,7 @@ def config_from_args(args: argparse.Namespace):
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
             stream_interval=args.stream_interval, stream_interval_ms=args.stream_interval_ms, routers=args.routers,
-            ready_wait_s=args.ready_wait,
+            ready_wait_s=args.ready_wait, generation_config=args.generation_config,
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
         )
         config.check()

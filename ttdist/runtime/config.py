@@ -138,6 +138,7 @@ class ClusterConfig:
     niceness: int | None = 0                     # replica and router nice levels below Ray (None: Ray's 15)
     api: ApiConfig = field(default_factory=ApiConfig)   # HTTP port, API keys, TLS, chat template
     cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
+    generation_config: str = "auto"              # auto: sampling defaults from the checkpoint's generation_config.json; vllm: none
 
     def check(self) -> None:
         if not self.groups:
@@ -173,6 +174,8 @@ class ClusterConfig:
             raise ClusterConfigError(f"stream_interval must be in 1..4096 tokens, got {self.stream_interval}")
         if not 0 <= self.stream_interval_ms <= 60000:
             raise ClusterConfigError(f"stream_interval_ms must be in 0..60000, got {self.stream_interval_ms}")
+        if self.generation_config not in ("auto", "vllm"):
+            raise ClusterConfigError(f"generation_config must be auto or vllm, got {self.generation_config!r}")
         if not self.ready_wait_s >= 0:
             raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
 
