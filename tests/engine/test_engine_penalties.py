@@ -168,3 +168,19 @@ def test_bad_settings_are_refused_by_name_and_disturb_nothing(tiny_checkpoint, f
         core.add_request(GenerationRequest("bad", prompt_token_ids=PROMPTS[0], sampling=SamplingParams(max_tokens=8, **{field: value})))
     assert err.value.field == f"sampling.{field}"
     assert len(drain(core)["good"]) == 4
+
+
+def test_penalized_outputs_are_the_same_on_every_mesh_shape(tiny_checkpoint):
+    """Each chip penalizes its own vocab slice (1x8: eight slices; 8x4: user groups on columns); greedy,
+    since a seeded draw walks the candidates in chip order, which the mesh shape sets."""
+    from ttdist.model.runner import MeshModelRunner
+
+    requests = {f"r{i}": (PROMPTS[i], SamplingParams(max_tokens=8, ignore_eos=True, repetition_penalty=r, frequency_penalty=f,
+                                                     logit_bias={7: 0.05, 49151: -1.0}, temperature=t, seed=5))
+                for i, (r, f, t) in enumerate([(1.5, 0.0, 0.0), (2.0, 0.5, 0.0), (1.0, 1.0, 0.0)])}
+    outputs = []
+    for mesh in ("1x1", "1x8", "8x4"):
+        runner = MeshModelRunner.from_checkpoint(tiny_checkpoint, mesh=mesh, backend="sim", dtype="float32", page_size=PAGE,
+                                                 num_pages=32, max_batch=8)
+        outputs.append(run(EngineCore(runner, None, EngineConfig(max_batch=8, prefill_chunk=4 * PAGE)), requests))
+    assert outputs[1] == outputs[0] and outputs[2] == outputs[0]

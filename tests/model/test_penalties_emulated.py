@@ -9,23 +9,11 @@ import pytest
 
 from ttdist.engine.runner import DecodeInput, PenaltySpec, SamplingSpec
 from ttdist.mesh import DType, parse_mesh, ttnn_emu
+from tests.support.model_checks import tiny_random_weights
 
 pytest.importorskip("torch", reason="the simulator it is compared with runs on torch")
 
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
 PROMPTS = [list(range(1 + u, 30 + u)) for u in range(3)]
-
-
-def _weights(spec):
-    from ttdist.model.config import LlamaConfig
-    from ttdist.model.weights import expected_shapes, prepare
-
-    config = LlamaConfig(**TINY)
-    rng = np.random.default_rng(0)
-    hf = {k: ((1 + 0.1 * rng.standard_normal(s)) if "norm" in k else rng.standard_normal(s) * 0.05).astype(np.float32)
-          for k, s in expected_shapes(config).items()}
-    return prepare(config, hf, spec, DType.bfloat16)
 
 
 def _decode(runner, steps: int, penalized: bool) -> list[list[int]]:
@@ -53,7 +41,7 @@ def test_penalized_decode_on_emulated_ttnn_equals_the_simulator():
     from ttdist.model.runner import MeshModelRunner
 
     spec = parse_mesh("n300")
-    weights = _weights(spec)
+    weights = tiny_random_weights(spec, DType.bfloat16)
     sim = MeshModelRunner(weights, backend="sim", page_size=32, num_pages=16, max_batch=8)
     want = _decode(sim, 6, penalized=True)
     plain = _decode(MeshModelRunner(weights, backend="sim", page_size=32, num_pages=16, max_batch=8), 6, penalized=False)
