@@ -66,3 +66,32 @@ def test_the_card_and_the_status_table_show_them():
     assert status.generation_defaults == {"temperature": pytest.approx(0.6), "repetition_penalty": pytest.approx(1.1)}
     assert format_table(status).splitlines()[1] == "generation defaults: temperature=0.6 repetition_penalty=1.1"
     assert "generation defaults" not in format_table(ClusterStatus(model="m", policy="round_robin"))
+
+
+@pytest.mark.slow
+def test_serve_applies_the_checkpoints_defaults(tiny_checkpoint, tmp_path):
+    import shutil
+    import signal
+
+    import openai
+
+    from tests.support.generation import run, stub_for
+    from tests.support.serving import serve_addresses, serve_cli
+    from ttdist.client import Client
+
+    checkpoint = tmp_path / "tiny-llama"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    _write(checkpoint, {"bos_token_id": 1, "do_sample": False, "repetition_penalty": 1.8})
+    with serve_cli(checkpoint, tmp_path, "--mesh", "1x2", "--max-kv-pages", "32") as proc:
+        address, http = serve_addresses(proc)
+        model = openai.OpenAI(base_url=http, api_key="none", max_retries=0).models.retrieve(checkpoint.name)
+        assert model.model_extra["generation_defaults"] == {"temperature": 0.0, "repetition_penalty": pytest.approx(1.8)}
+        with Client(address) as client:
+            assert client.cluster_status().generation_defaults == pytest.approx(model.model_extra["generation_defaults"])
+            left_out = client.generate([5, 17, 17, 300, 5], max_tokens=8, ignore_eos=True).token_ids
+            explicit = client.generate([5, 17, 17, 300, 5], max_tokens=8, ignore_eos=True, temperature=0,
+                                       repetition_penalty=1.8).token_ids
+            plain = client.generate([5, 17, 17, 300, 5], max_tokens=8, ignore_eos=True, repetition_penalty=1.0).token_ids
+        assert left_out == explicit != plain
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
