@@ -20,8 +20,8 @@ Per row, in float32 and in this order (vLLM's: biases and min-tokens first, then
 repetition penalty, then frequency, then presence)::
 
     x = logits + bias + ban * ban_scale               # ban_scale: MASK until min_tokens, else 0
-    f = r where x < 0 else 1 / r                      # Hugging Face's repetition penalty
-    x = x * (seen <= 0) + (x * f) * (seen > 0)        # seen = prompt + counts
+    f = r + (x >= 0) * (1 / r - r)                    # Hugging Face's repetition penalty: r below 0, 1/r above
+    x = x * (f * (seen > 0) + (seen <= 0))            # seen = prompt + counts
     x = x - counts * frequency
     x = x - (counts > 0) * presence                   # OpenAI's penalties, over generated tokens
 
@@ -40,7 +40,7 @@ import numpy as np
 from ttdist.mesh.sampling import MASK
 
 PENALTY_PARAMS = 8
-REPETITION, REPETITION_INV, PRESENCE, FREQUENCY, BAN_SCALE, MIN_P = range(6)
+REPETITION, REPETITION_STEP, PRESENCE, FREQUENCY, BAN_SCALE, MIN_P = range(6)
 STATE = ("counts", "prompt", "bias", "ban")
 
 
@@ -57,12 +57,12 @@ class PenaltyState:
 
 
 def penalty_params(repetition, presence, frequency, banned, min_p) -> np.ndarray:
-    """``[B, 8]`` float32 rows: r, 1/r, presence, frequency, the ban's scale (MASK while the row's
+    """``[B, 8]`` float32 rows: r, 1/r - r, presence, frequency, the ban's scale (MASK while the row's
     ``min_tokens`` are not reached), min_p; the last two columns are spare."""
     repetition = np.asarray(repetition, dtype=np.float32)
     out = np.zeros((len(repetition), PENALTY_PARAMS), dtype=np.float32)
     out[:, REPETITION] = repetition
-    out[:, REPETITION_INV] = np.float32(1.0) / repetition
+    out[:, REPETITION_STEP] = np.float32(1.0) / repetition - repetition
     out[:, PRESENCE] = presence
     out[:, FREQUENCY] = frequency
     out[:, BAN_SCALE] = np.where(np.asarray(banned, dtype=bool), np.float32(MASK), np.float32(0.0))
@@ -82,8 +82,8 @@ def penalize(logits: np.ndarray, counts: np.ndarray, prompt: np.ndarray, bias: n
     x = logits.astype(np.float32) + bias.astype(np.float32)
     x = x + ban.astype(np.float32) * col[BAN_SCALE]
     used = prompt.astype(np.float32) + counts.astype(np.float32)
-    factor = (x < 0).astype(np.float32) * col[REPETITION] + (x >= 0).astype(np.float32) * col[REPETITION_INV]
-    x = x * (used <= 0).astype(np.float32) + (x * factor) * (used > 0).astype(np.float32)
+    factor = (x >= 0).astype(np.float32) * col[REPETITION_STEP] + col[REPETITION]
+    x = x * (factor * (used > 0).astype(np.float32) + (used <= 0).astype(np.float32))
     x = x - counts.astype(np.float32) * col[FREQUENCY]
     return x - (counts > 0).astype(np.float32) * col[PRESENCE]
 

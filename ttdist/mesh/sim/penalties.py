@@ -27,8 +27,8 @@ class PenaltyOps:
         x = logits.data.float() + state.bias.data
         x = x + state.ban.data * col[pen.BAN_SCALE]
         used = state.prompt.data + counts
-        factor = (x < 0).float() * col[pen.REPETITION] + (x >= 0).float() * col[pen.REPETITION_INV]
-        x = x * (used <= 0).float() + (x * factor) * (used > 0).float()
+        factor = (x >= 0).float() * col[pen.REPETITION_STEP] + col[pen.REPETITION]
+        x = x * (factor * (used > 0).float() + (used <= 0).float())
         x = x - counts * col[pen.FREQUENCY]
         x = x - (counts > 0).float() * col[pen.PRESENCE]
         return self._wrap(x, logits.placements, DType.float32, "penalized_logits")

@@ -53,10 +53,9 @@ class PenaltyOps:
         x = ttnn.add(x, state.bias.value)
         x = ttnn.add(x, ttnn.multiply(state.ban.value, col[pen.BAN_SCALE]))
         used = ttnn.add(state.prompt.value, counts)
-        factor = ttnn.add(ttnn.multiply(ttnn.lt(x, 0.0, dtype=ttnn.float32), col[pen.REPETITION]),
-                          ttnn.multiply(ttnn.ge(x, 0.0, dtype=ttnn.float32), col[pen.REPETITION_INV]))
-        x = ttnn.add(ttnn.multiply(x, ttnn.le(used, 0.0, dtype=ttnn.float32)),
-                     ttnn.multiply(ttnn.multiply(x, factor), ttnn.gt(used, 0.0, dtype=ttnn.float32)))
+        factor = ttnn.add(ttnn.multiply(ttnn.ge(x, 0.0, dtype=ttnn.float32), col[pen.REPETITION_STEP]), col[pen.REPETITION])
+        x = ttnn.multiply(x, ttnn.add(ttnn.multiply(factor, ttnn.gt(used, 0.0, dtype=ttnn.float32)),
+                                      ttnn.le(used, 0.0, dtype=ttnn.float32)))
         x = ttnn.subtract(x, ttnn.multiply(counts, col[pen.FREQUENCY]))
         x = ttnn.subtract(x, ttnn.multiply(ttnn.gt(counts, 0.0, dtype=ttnn.float32), col[pen.PRESENCE]))
         return self._wrap(x, logits.shape, logits.placements, DType.float32, "penalized_logits")
