@@ -42,6 +42,21 @@ def test_generate_json_prints_the_completion(scripted):
     assert (req.stream, req.sampling.seed, list(req.sampling.stop)) == (False, 4, ["x", "y"])
 
 
+def test_generate_sends_penalties_and_leaves_model_defaults_to_the_server(scripted):
+    server = scripted()
+    proc = ttdist("generate", "abc", "-n", "3", "--repetition-penalty", "1.3", "--presence-penalty", "0.5",
+                  "--frequency-penalty", "-0.25", "--logit-bias", "5=2.5", "--logit-bias", "9=-100", "--min-p", "0.1",
+                  "--min-tokens", "2", "--target", server.address)
+    assert proc.returncode == 0, proc.stderr
+    s = server.seen.requests[0].sampling
+    assert (s.repetition_penalty, s.presence_penalty, s.frequency_penalty, s.min_p, s.min_tokens) == \
+        pytest.approx((1.3, 0.5, -0.25, 0.1, 2))
+    assert dict(s.logit_bias) == {5: 2.5, 9: -100.0}
+    assert not any(s.HasField(f) for f in ("temperature", "top_k", "top_p"))   # the model's defaults apply
+    bad = ttdist("generate", "abc", "--logit-bias", "5:2", "--target", server.address)
+    assert bad.returncode == 2 and "--logit-bias takes ID=BIAS" in bad.stderr
+
+
 def test_generate_reads_stdin_and_token_ids_and_sends_the_token(scripted):
     server = scripted(required_token="tok")
     env = {"TTDIST_TOKEN": "tok", "TTDIST_TARGET": server.address}

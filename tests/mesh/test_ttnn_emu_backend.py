@@ -82,7 +82,7 @@ def test_runner_traced_decode_replays_what_eager_decode_computes(emulated):
         for i, runner in enumerate(runners):
             ids[i].append(runner.decode(inp))
         positions = [p + 1 for p in positions]
-    assert runners[1]._traces[False] is not None  # step 1 compiled, step 2 captured, steps 3-4 replayed
+    assert runners[1]._traces[(False, False)] is not None  # step 1 compiled, step 2 captured, steps 3-4 replayed
     assert ids[0] == ids[1]
     for runner in runners:
         runner.close()

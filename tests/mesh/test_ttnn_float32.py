@@ -12,19 +12,11 @@ from ttdist.mesh import ttnn_emu
 from ttdist.mesh.precision import PRESETS, DType, Precision
 from ttdist.runtime.preflight import PreflightError, check_ttnn_precision
 
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+from tests.support.model_checks import tiny_random_weights
 
 
 def _weights(spec):
-    from ttdist.model.config import LlamaConfig
-    from ttdist.model.weights import expected_shapes, prepare
-
-    config = LlamaConfig(**TINY)
-    rng = np.random.default_rng(1)
-    hf = {k: ((1 + 0.1 * rng.standard_normal(s)) if "norm" in k else rng.standard_normal(s) * 0.05).astype(np.float32)
-          for k, s in expected_shapes(config).items()}
-    return prepare(config, hf, spec, DType.float32)
+    return tiny_random_weights(spec, DType.float32, seed=1)
 
 
 def _generate(runner) -> tuple[list[np.ndarray], list[list[int]]]:

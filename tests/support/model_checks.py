@@ -28,3 +28,20 @@ def mesh_runner(ckpt, cache, mesh, **kw):
 
     kw.setdefault("max_batch", 4)  # the fixed slot batch; small keeps the simulator's steps cheap
     return MeshModelRunner.from_checkpoint(ckpt, mesh=mesh, dtype="float32", num_pages=32, page_size=32, cache_dir=cache, **kw)
+
+
+TINY_LAYOUT = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+
+
+def tiny_random_weights(spec, dtype, seed: int = 0, scale: float = 0.05):
+    """A small random Llama (``TINY_LAYOUT``) prepared for ``spec`` in ``dtype``: norms near 1, the
+    other weights normal times ``scale``."""
+    from ttdist.model.config import LlamaConfig
+    from ttdist.model.weights import expected_shapes, prepare
+
+    config = LlamaConfig(**TINY_LAYOUT)
+    rng = np.random.default_rng(seed)
+    hf = {k: ((1 + 0.1 * rng.standard_normal(s)) if "norm" in k else rng.standard_normal(s) * scale).astype(np.float32)
+          for k, s in expected_shapes(config).items()}
+    return prepare(config, hf, spec, dtype)

@@ -31,9 +31,17 @@ def register(subparsers) -> None:
                    help="send the prompt as a user message: the server renders it with the model's chat template")
     p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the prompt")
     p.add_argument("-n", "--max-tokens", type=int, metavar="N", help="most tokens to generate (default: server's)")
-    p.add_argument("-t", "--temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off")
+    p.add_argument("-t", "--temperature", type=float, help="0 = greedy (default: the model's, else 0)")
+    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens; 0 = off (default: the model's, else 0)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass; 1 = off (default: the model's, else 1)")
+    p.add_argument("--repetition-penalty", type=float, metavar="R",
+                   help="Hugging Face's, over prompt and output tokens; > 0, 1 = off (default: the model's, else 1)")
+    p.add_argument("--presence-penalty", type=float, metavar="P", help="OpenAI's, over output tokens, in [-2, 2]")
+    p.add_argument("--frequency-penalty", type=float, metavar="F", help="OpenAI's, over output tokens, in [-2, 2]")
+    p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+                   help="add BIAS (in [-100, 100]) to token ID's logit (repeatable)")
+    p.add_argument("--min-p", type=float, help="drop tokens below MIN_P times the top probability, in [0, 1]")
+    p.add_argument("--min-tokens", type=int, help="EOS and stop ids cannot end the output before this many tokens")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID",
@@ -70,8 +78,22 @@ def _options(args: argparse.Namespace) -> dict:
         "max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
         "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "stop_token_ids": args.stop_token_id,
         "ignore_eos": args.ignore_eos, "model": args.model, "request_id": args.request_id,
+        "repetition_penalty": args.repetition_penalty, "presence_penalty": args.presence_penalty,
+        "frequency_penalty": args.frequency_penalty, "min_p": args.min_p, "min_tokens": args.min_tokens,
+        "logit_bias": _logit_bias(args.logit_bias) or None,
     }
     return {k: v for k, v in options.items() if v is not None}
+
+
+def _logit_bias(pairs: list[str]) -> dict[int, float]:
+    out = {}
+    for pair in pairs:
+        token, _, bias = pair.partition("=")
+        try:
+            out[int(token)] = float(bias)
+        except ValueError:
+            raise CommandError(f"--logit-bias takes ID=BIAS (e.g. 50256=-100), got {pair!r}", EXIT_USAGE) from None
+    return out
 
 
 def _summary(done) -> str:

@@ -73,6 +73,9 @@ def register(subparsers) -> None:
     p.add_argument("--logprobs-mode", default="raw", choices=("raw", "processed"),
                    help="logprobs of generated tokens: the model's raw distribution (default) or the processed one "
                         "(after temperature)")
+    p.add_argument("--generation-config", default="auto", choices=("auto", "vllm"),
+                   help="auto (default): a request that leaves temperature, top_k, top_p or repetition_penalty out "
+                        "gets the checkpoint's generation_config.json value; vllm: ignore the file")
     add_api_args(p)
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
@@ -91,6 +94,7 @@ def config_from_args(args: argparse.Namespace):
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
             stream_interval=args.stream_interval, stream_interval_ms=args.stream_interval_ms, routers=args.routers,
             ready_wait_s=args.ready_wait, logprobs_mode=args.logprobs_mode,
+            generation_config=args.generation_config,
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
         )
         config.check()

@@ -66,6 +66,8 @@ def format_table(status) -> str:
     ready = sum(r.state == ReplicaState.READY for r in status.replicas)
     lines = [f"model: {status.model or '-'}   policy: {status.policy or '-'}   "
              f"replicas: {len(status.replicas)} ({ready} ready)"]
+    if status.generation_defaults:   # what a request that leaves these fields out gets
+        lines.append("generation defaults: " + " ".join(f"{k}={v:g}" for k, v in status.generation_defaults.items()))
     if not status.replicas:
         return "\n".join(lines + ["no replicas registered yet"])
     rows = [_row(r) for r in status.replicas]

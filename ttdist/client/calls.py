@@ -20,7 +20,8 @@ from ttdist.client.types import Chunk, Completion, SamplingParams, build_chat, b
 from ttdist.v1 import generation_pb2 as pb
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos",
-                    "logprobs", "prompt_logprobs")
+                    "logprobs", "prompt_logprobs",
+                    "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "min_p", "min_tokens")
 
 
 USE_CLIENT_TIMEOUT = object()  # the default of every ``timeout=`` keyword: the client's own timeout
@@ -35,7 +36,11 @@ class GenerateOptions(TypedDict, total=False):
 
     token_ids: the prompt as token ids (instead of text).
     max_tokens: most tokens to generate (None = the server's default).
-    temperature: 0 = greedy. top_k: 0 = off. top_p: 1 = off. seed: for reproducible sampling.
+    temperature: 0 = greedy. top_k: 0 = off. top_p: 1 = off. seed: for reproducible sampling. Left
+    out, temperature, top_k, top_p and repetition_penalty take the model's generation_config.json
+    defaults (else greedy / off).
+    repetition_penalty (> 0, 1 = off), presence_penalty and frequency_penalty ([-2, 2]), logit_bias
+    ({token id: bias in [-100, 100]}), min_p ([0, 1]), min_tokens (EOS and stop ids wait for them).
     stop: strings that end the generation. stop_token_ids: token ids that end it.
     ignore_eos: keep generating past the end-of-sequence token.
     logprobs: per generated token its logprob and the top N (0..20); prompt_logprobs: the same per
@@ -55,6 +60,12 @@ class GenerateOptions(TypedDict, total=False):
     ignore_eos: bool
     logprobs: int | None
     prompt_logprobs: int | None
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: dict[int, float]
+    min_p: float
+    min_tokens: int
     model: str | None
     request_id: str | None
     timeout: float | None

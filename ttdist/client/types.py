@@ -51,25 +51,37 @@ def _check_token_ids(name: str, ids) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample; the defaults are greedy decoding up to the server's default length."""
+    """How to sample. Left as None, temperature, top_k, top_p and repetition_penalty take the served
+    model's generation_config.json defaults, else greedy decoding with every filter off; the
+    penalties and biases default to off (``ttdist.mesh.penalties`` says how they apply)."""
 
     max_tokens: int | None = None          # None = the server's default
-    temperature: float = 0.0               # 0 = greedy
-    top_k: int = 0                         # 0 = off
-    top_p: float = 1.0                     # 1 = off
+    temperature: float | None = None       # 0 = greedy
+    top_k: int | None = None               # 0 = off
+    top_p: float | None = None             # 1 = off
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None            # per generated token: its logprob and the top N (0..20)
     prompt_logprobs: int | None = None     # per prompt token after the first: the same (0..20)
+    repetition_penalty: float | None = None   # > 0, 1 = off (Hugging Face's: prompt + output tokens)
+    presence_penalty: float = 0.0             # [-2, 2] (OpenAI's: output tokens)
+    frequency_penalty: float = 0.0            # [-2, 2]
+    logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> bias in [-100, 100]
+    min_p: float = 0.0                        # [0, 1]
+    min_tokens: int = 0                       # EOS and stop token ids cannot end the output before this many
 
     def __post_init__(self):
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, 0, _INT32_MAX)
-        _check_float("temperature", self.temperature, 0.0, math.inf)
-        _check_int("top_k", self.top_k, 0, _INT32_MAX)
-        _check_float("top_p", self.top_p, 0.0, 1.0)
+        if self.temperature is not None:
+            _check_float("temperature", self.temperature, 0.0, math.inf)
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, 0, _INT32_MAX)
+        if self.top_p is not None:
+            _check_float("top_p", self.top_p, 0.0, 1.0)
+        self._check_penalties()
         if self.seed is not None:
             _check_int("seed", self.seed, 0, _UINT64_MAX)
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
@@ -83,18 +95,31 @@ class SamplingParams:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, MAX_LOGPROBS)
 
+    def _check_penalties(self) -> None:
+        if self.repetition_penalty is not None:
+            _check_float("repetition_penalty", self.repetition_penalty, 0.0, math.inf)
+            if not 0 < self.repetition_penalty < math.inf:
+                raise InvalidRequest(f"repetition_penalty must be > 0, got {self.repetition_penalty}", field="repetition_penalty")
+        _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_float("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_float("min_p", self.min_p, 0.0, 1.0)
+        _check_int("min_tokens", self.min_tokens, 0, _INT32_MAX)
+        if not isinstance(self.logit_bias, dict):
+            raise InvalidRequest(f"logit_bias must map token ids to biases, got {self.logit_bias!r}", field="logit_bias")
+        for token, bias in self.logit_bias.items():
+            _check_int("logit_bias", token, 0, _INT32_MAX)
+            _check_float("logit_bias", bias, -100.0, 100.0)
+
     def to_proto(self) -> pb.SamplingParams:
         msg = pb.SamplingParams(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
             max_tokens=self.max_tokens or 0, stop=list(self.stop),
             stop_token_ids=list(self.stop_token_ids), ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            logit_bias=self.logit_bias, min_p=self.min_p, min_tokens=self.min_tokens,
         )
-        if self.seed is not None:
-            msg.seed = self.seed
-        if self.logprobs is not None:
-            msg.logprobs = self.logprobs
-        if self.prompt_logprobs is not None:
-            msg.prompt_logprobs = self.prompt_logprobs
+        for name in ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "logprobs", "prompt_logprobs"):
+            if (value := getattr(self, name)) is not None:
+                setattr(msg, name, value)
         return msg
 
 
@@ -217,15 +242,22 @@ class Completion:
         return out
 
 
+def generation_defaults(msg: pb.GenerationDefaults) -> dict:
+    """The sampling defaults the server's model gives (only the fields it sets)."""
+    return {name: getattr(msg, name) for name in ("temperature", "top_k", "top_p", "repetition_penalty") if msg.HasField(name)}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     id: str
     max_context: int
     vocab_size: int
+    generation_defaults: dict = field(default_factory=dict)   # what a request leaving those fields out gets
 
     @classmethod
     def from_proto(cls, msg: pb.ModelInfo) -> ModelInfo:
-        return cls(id=msg.id, max_context=msg.max_context, vocab_size=msg.vocab_size)
+        return cls(id=msg.id, max_context=msg.max_context, vocab_size=msg.vocab_size,
+                   generation_defaults=generation_defaults(msg.generation_defaults))
 
 
 @dataclass(frozen=True)
@@ -264,11 +296,13 @@ class ClusterStatus:
     model: str
     policy: str
     replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
+    generation_defaults: dict = field(default_factory=dict)   # the model's sampling defaults
 
     @classmethod
     def from_proto(cls, msg: pb.ClusterStatus) -> ClusterStatus:
         return cls(model=msg.model, policy=msg.policy,
-                   replicas=tuple(ReplicaStatus.from_proto(r) for r in msg.replicas))
+                   replicas=tuple(ReplicaStatus.from_proto(r) for r in msg.replicas),
+                   generation_defaults=generation_defaults(msg.generation_defaults))
 
     def to_json(self) -> dict:
         return asdict(self)

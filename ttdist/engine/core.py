@@ -21,6 +21,7 @@ from ttdist.engine.errors import InvalidRequestError
 from ttdist.engine.logprobs import DecodeLogprobs, PrefillLogprobs, TokenLogprob
 from ttdist.engine.output import OutputProcessor
 from ttdist.engine.page_groups import GroupedPagePool
+from ttdist.engine.penalties import penalty_spec
 from ttdist.engine.request import FinishReason, GenerationRequest, RequestOutput
 from ttdist.engine.runner import DecodeInput, ModelRunner, PrefillInput, SamplingSpec
 from ttdist.engine.scheduler import DecodeStep, PrefillStep, Scheduler, SchedulerConfig
@@ -64,7 +65,8 @@ class EngineCore:
             logprobs=info.logprobs,
         )
         eos = tuple(info.eos_token_ids) + (tokenizer.eos_token_ids if tokenizer else ())
-        self.outputs = OutputProcessor(tuple(dict.fromkeys(eos)))
+        self.eos_token_ids = tuple(dict.fromkeys(eos))
+        self.outputs = OutputProcessor(self.eos_token_ids)
         self.metrics = EngineMetrics(config.stats_window_s, config.latency_samples)
         self.faults = config.faults
         self._active: dict[str, Sequence] = {}
@@ -89,6 +91,7 @@ class EngineCore:
                 max_tokens=checked.max_tokens,
                 arrival_s=self.clock() if arrival_s is None else arrival_s,
                 detokenizer=self.tokenizer.detokenizer(checked.prompt_ids) if self.tokenizer else None,
+                penalties=penalty_spec(request.sampling, self.eos_token_ids),
             )
             if checked.resumed_ids:
                 self.outputs.resume(seq, checked.resumed_ids, request.resume.text_emitted)
@@ -292,7 +295,9 @@ class EngineCore:
 def _spec(seq: Sequence) -> SamplingSpec:
     s = seq.sampling
     seed = None if s.seed is None else s.seed % SEED_MODULUS
+    penalized = {} if seq.penalties is None else {
+        "penalties": seq.penalties, "history": seq.token_ids, "num_prompt_tokens": seq.num_prompt_tokens}
     return SamplingSpec(
         temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=seed, step=seq.num_generated,
-        logprobs=s.logprobs,
+        logprobs=s.logprobs, **penalized,
     )

@@ -31,6 +31,13 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None          # per generated token: its logprob and the top N (``engine.logprobs``)
     prompt_logprobs: int | None = None   # per prompt token (after the first): its logprob and the top N
+    # penalties and biases (``ttdist.engine.penalties``): neutral by default
+    repetition_penalty: float = 1.0     # Hugging Face: over prompt + output tokens; > 0, 1 = off
+    presence_penalty: float = 0.0       # OpenAI: over output tokens, in [-2, 2]
+    frequency_penalty: float = 0.0      # OpenAI: over output tokens, in [-2, 2]
+    logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> bias in [-100, 100]
+    min_p: float = 0.0                  # in [0, 1]; 0 = off
+    min_tokens: int = 0                 # EOS and stop token ids cannot end the output before this many
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,40 @@ Everything here is plain Python so the engine never imports torch or ttnn.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from ttdist.engine.logprobs import LOGPROBS_MODES, DecodeLogprobs, PrefillLogprobs, TokenLogprob
 
-__all__ = ["DecodeInput", "DecodeLogprobs", "LOGPROBS_MODES", "ModelRunner", "PrefillInput", "PrefillLogprobs", "RunnerInfo",
+__all__ = ["DecodeInput", "DecodeLogprobs", "LOGPROBS_MODES", "ModelRunner", "PrefillInput", "PenaltySpec", "PrefillLogprobs", "RunnerInfo",
            "SamplingSpec", "TokenLogprob"]
 
 
 @dataclass(frozen=True)
+class PenaltySpec:
+    """One request's penalties and biases (``ttdist.mesh.penalties``), fixed for its life.
+
+    ``repetition_penalty`` (Hugging Face: over prompt and output tokens, 1 = off),
+    ``presence_penalty`` / ``frequency_penalty`` (OpenAI: over output tokens, 0 = off),
+    ``logit_bias`` (token id, bias) pairs, ``min_p`` (0 = off); ``banned_ids`` (EOS and stop ids)
+    cannot be drawn while fewer than ``min_tokens`` tokens are generated.
+    """
+
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_p: float = 0.0
+    min_tokens: int = 0
+    banned_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class SamplingSpec:
-    """How to pick one user's next token. temperature 0 = greedy; top_k 0 / top_p 0 or 1 = off."""
+    """How to pick one user's next token. temperature 0 = greedy; top_k 0 / top_p 0 or 1 = off.
+
+    With ``penalties``, ``history`` is the user's prompt followed by every token generated so far
+    (a view of the engine's list, read when the runner seeds its token counts) and
+    ``num_prompt_tokens`` says where the prompt ends in it."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -25,6 +48,9 @@ class SamplingSpec:
     seed: int | None = None
     step: int = 0  # index of the token being drawn, mixed into the seed
     logprobs: int | None = None  # the drawn token's logprob and the top N come back too (None: not asked)
+    penalties: PenaltySpec | None = None
+    history: Sequence[int] = ()
+    num_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ttdist.engine.request import FinishReason, SamplingParams
+from ttdist.engine.runner import PenaltySpec
 from ttdist.engine.tokenizer import IncrementalDetokenizer
 
 
@@ -51,6 +52,7 @@ class Sequence:
     def recomputes_prefix(self) -> bool:
         """Its prompt logprobs are asked and not all computed: cached prefix pages cannot give them."""
         return self.sampling.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
+    penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

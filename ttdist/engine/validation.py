@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ttdist.engine.errors import InvalidRequestError
 from ttdist.engine.logprobs import check_count
+from ttdist.engine.penalties import check_penalties
 from ttdist.engine.request import GenerationRequest, Resume, SamplingParams
 from ttdist.engine.tokenizer import Tokenizer
 
@@ -59,6 +60,7 @@ def validate_request(request: GenerationRequest, limits: Limits, tokenizer: Toke
             "sampling.max_tokens", f"{max_tokens} exceeds the context left: {len(prompt_ids)} prompt tokens "
             f"in a window of {window} leave {left}"
         )
+    check_penalties(sampling, limits.vocab_size, max_tokens)
     resumed = _resumed_ids(request.resume, max_tokens, limits)
     return ValidatedRequest(prompt_ids, max_tokens, resumed)
 

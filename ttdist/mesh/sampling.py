@@ -72,8 +72,10 @@ def candidates(logits: np.ndarray, vocab: int, shards: int) -> tuple[np.ndarray,
     return np.concatenate(values, axis=-1), np.concatenate(ids, axis=-1).astype(np.float32)
 
 
-def draw(values: np.ndarray, ids: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """Reference of step 2 over gathered candidates ``[B, M]``: token ids ``[B]``."""
+def draw(values: np.ndarray, ids: np.ndarray, params: np.ndarray, min_p: np.ndarray | None = None) -> np.ndarray:
+    """Reference of step 2 over gathered candidates ``[B, M]``: token ids ``[B]``. ``min_p`` ``[B]``
+    (``ttdist.mesh.penalties``): sorted ranks whose ``exp(v / T - s_0 / T)`` is below it leave the
+    top-k set first."""
     v = values.astype(np.float32)
     t, k, p, u = (params[:, i : i + 1].astype(np.float32) for i in range(PARAMS))
     top = min(K, v.shape[-1])
@@ -81,7 +83,10 @@ def draw(values: np.ndarray, ids: np.ndarray, params: np.ndarray) -> np.ndarray:
     rank = np.arange(top, dtype=np.float32)[None, :]
     in_k = rank < k
     z0 = s[:, :1] / t
-    e = np.exp(s / t - z0) * in_k
+    scaled = np.exp(s / t - z0)
+    if min_p is not None:
+        in_k = in_k & (scaled >= np.asarray(min_p, dtype=np.float32).reshape(-1, 1))
+    e = scaled * in_k
     prob = e / e.sum(-1, keepdims=True)
     cum = np.cumsum(prob, axis=-1)
     kept = in_k & ((cum - prob) < p)

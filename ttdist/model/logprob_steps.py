@@ -17,9 +17,11 @@ from ttdist.mesh.precision import DType
 from ttdist.model.llama import LlamaModel
 
 
-def sample_with_logprobs(model: LlamaModel, logits, params, *, processed: bool = False):
-    """Token ids and logprob rows ``[B, 1 + 2k]`` (device tensors) drawn from ``logits``."""
-    return model.be.sample_logprobs(logits, model.config.vocab_size, params, model.vocab_axis, processed=processed)
+def sample_with_logprobs(model: LlamaModel, logits, params, penalty_params=None, *, processed: bool = False):
+    """Token ids and logprob rows ``[B, 1 + 2k]`` (device tensors) drawn from ``logits`` (with
+    the penalties' min_p column when ``penalty_params`` is given)."""
+    return model.be.sample_logprobs(logits, model.config.vocab_size, params, model.vocab_axis, penalty_params,
+                                    processed=processed)
 
 
 def prefill_prompt_logprobs(model: LlamaModel, token_ids, start_pos: int, page_table, targets) -> tuple[object, np.ndarray]:

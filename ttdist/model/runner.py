@@ -24,6 +24,7 @@ from ttdist.model.layout import Layout
 from ttdist.mesh.sampling import device_params
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions, StepInputs
 from ttdist.model.logprob_steps import prefill_prompt_logprobs, rows_to_logprobs, sample_with_logprobs
+from ttdist.model.penalty_rows import PenaltyRows, penalty_arrays, place_state
 from ttdist.model.user_groups import SlotMap, UserGroupError
 from ttdist.model.weights import ShardedWeights, load_weights
 
@@ -151,10 +152,14 @@ class MeshModelRunner:
         self.trace_decode = self.backend.can_trace if trace_decode is None else bool(trace_decode)
         if self.trace_decode and not self.backend.can_trace:
             raise MeshError(f"trace_decode: the {self.backend.name} backend cannot capture traces here (real chips only)")
+        self.config_vocab = config.vocab_size
         self.slots = SlotMap(max_batch, self.model.groups)
         self.inputs: StepInputs | None = None
-        self._warm: set[bool] = set()     # decode graphs compiled (keyed by: with logprobs)
-        self._traces: dict[bool, object] = {}
+        # decode graphs compiled / captured, keyed by (with logprobs, penalized): the plain step is (False, False)
+        self._warm: set[tuple[bool, bool]] = set()
+        self._traces: dict[tuple[bool, bool], object] = {}
+        self.penalties = PenaltyRows(self.backend, self.model.groups.rows, self.model.layout.vocab, self.model.vocab_axis)
+        self._penalized = False
         self._rng = np.random.default_rng()
         self.info = RunnerInfo(
             vocab_size=config.vocab_size,
@@ -187,8 +192,17 @@ class MeshModelRunner:
         logits = self.model.prefill_forward(inp.token_ids, inp.start_pos, inp.page_table)
         if not inp.sample:
             return None
-        params = self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
-        return int(self.backend.read_ids(self.model.sample(logits, params))[0])
+        ids = self._draw(logits, self._prefill_params(inp), self._prefill_state(inp), logprobs=False, count=False)
+        return int(self.backend.read_ids(ids)[0])
+
+    def _prefill_params(self, inp: PrefillInput):
+        return self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
+
+    def _prefill_state(self, inp: PrefillInput):
+        """The prefilling user's penalty state, placed for this one draw (None: not penalized)."""
+        if inp.sampling.penalties is None:
+            return None
+        return place_state(self.backend, penalty_arrays(inp.sampling, self.model.layout.vocab), self.model.vocab_axis, "input.penalties")
 
     # ------------------------------------------------------------------ decode
     def _write_decode(self, inp: DecodeInput) -> list[int]:
@@ -213,31 +227,58 @@ class MeshModelRunner:
             self.inputs = self.model.place_inputs(host)
         else:
             self.model.write_inputs(self.inputs, host)
+        self._penalized = PenaltyRows.wanted(inp.sampling)
+        if self._penalized:  # only a batch with a penalized user runs (and uploads for) the penalized step
+            self.penalties.prepare(slots, list(inp.sampling), list(inp.seq_ids) or [f"#{i}" for i in range(n)])
         return slots
 
-    def _decode_graph(self):
-        return self.model.sample(self.model.decode_step(self.inputs), self.inputs.sampling)
+    def _draw(self, logits, params, state, logprobs: bool, count: bool = True):
+        """Token ids, or (ids, logprob rows) with ``logprobs``. With penalty ``state`` each chip's
+        vocab slice is penalized first, the draw applies min_p, and the drawn ids are counted on the
+        device (logprobs are then of the penalized logits)."""
+        be, axis = self.backend, self.model.vocab_axis
+        if state is None and not logprobs:
+            return self.model.sample(logits, params)
+        penalty_params = None
+        if state is not None:
+            logits, penalty_params = be.penalize(logits, state), state.params
+        if logprobs:
+            out = sample_with_logprobs(self.model, logits, params, penalty_params, processed=self.processed_logprobs)
+            ids = out[0]
+        else:
+            out = ids = be.sample(logits, self.config_vocab, params, axis, penalty_params)
+        if state is not None and count:
+            be.count_tokens(state, ids, axis)
+        return out
 
-    def _decode_logprobs_graph(self):
-        return sample_with_logprobs(self.model, self.model.decode_step(self.inputs), self.inputs.sampling,
-                                    processed=self.processed_logprobs)
+    def _decode_graph(self, mode: tuple[bool, bool]):
+        logprobs, penalized = mode
+        state = self.penalties.state if penalized else None
+        return self._draw(self.model.decode_step(self.inputs), self.inputs.sampling, state, logprobs)
 
     def _run_decode(self, logprobs: bool = False):
-        """The default decode graph, or the one that also computes logprobs; each compiled, then
-        captured and replayed on its own when tracing."""
-        graph = self._decode_logprobs_graph if logprobs else self._decode_graph
+        """The decode graph for this batch (plain, with logprobs, penalized, or both); each compiled,
+        then captured and replayed on its own when tracing."""
+        mode = (logprobs, self._penalized)
         if not self.trace_decode:
-            return graph()
-        if logprobs not in self._warm:  # the compile pass: every program is built before the capture
-            self._warm.add(logprobs)
-            return graph()
-        if logprobs not in self._traces:
-            self._traces[logprobs] = self.backend.capture(graph)
-        return self.backend.replay(self._traces[logprobs])
+            return self._decode_graph(mode)
+        if mode not in self._warm:  # the compile pass: every program is built before the capture
+            self._warm.add(mode)
+            return self._decode_graph(mode)
+        if mode not in self._traces:
+            self._traces[mode] = self.backend.capture(lambda: self._decode_graph(mode))
+        return self.backend.replay(self._traces[mode])
+
+    @property
+    def _trace(self):
+        """The plain decode step's captured trace (None before its capture)."""
+        return self._traces.get((False, False))
 
     def decode(self, inp: DecodeInput) -> list[int]:
         slots = self._write_decode(inp)
         ids = self.backend.read_ids(self._run_decode())
+        if self._penalized:
+            self.penalties.observe(ids)
         return [int(ids[s]) for s in slots]
 
     def decode_logprobs(self, inp: DecodeInput) -> DecodeLogprobs:
@@ -257,10 +298,11 @@ class MeshModelRunner:
             logits = self.model.prefill_forward(inp.token_ids, inp.start_pos, inp.page_table)
         if not inp.sample:
             return PrefillLogprobs(None, None, prompt)
-        params = self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
+        params, state = self._prefill_params(inp), self._prefill_state(inp)
         if inp.sampling.logprobs is None:
-            return PrefillLogprobs(int(self.backend.read_ids(self.model.sample(logits, params))[0]), None, prompt)
-        ids_t, rows_t = sample_with_logprobs(self.model, logits, params, processed=self.processed_logprobs)
+            ids = self._draw(logits, params, state, logprobs=False, count=False)
+            return PrefillLogprobs(int(self.backend.read_ids(ids)[0]), None, prompt)
+        ids_t, rows_t = self._draw(logits, params, state, logprobs=True, count=False)
         token = int(self.backend.read_ids(ids_t)[0])
         sampled = rows_to_logprobs(self.backend.read_rows(rows_t), [token], [inp.sampling.logprobs])[0]
         return PrefillLogprobs(token, sampled, prompt)

@@ -43,6 +43,7 @@ from ttdist.router.migration import (
 from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
 from ttdist.router.replica_set import ReplicaSet
 from ttdist.router.stream_interval import ChunkMerger, StreamInterval, interval_for, merged
+from ttdist.runtime.generation_defaults import apply_generation_defaults
 from ttdist.runtime.request_checks import RequestError, check_prompt_length, check_request, invalid
 from ttdist.dashboard.events import EventKind
 from ttdist.dashboard.replica_state import ReplicaState
@@ -196,6 +197,7 @@ class Router:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "", "the router is draining: it takes no new requests")
         card = self.table.card
         check_request(req, card)
+        apply_generation_defaults(req.sampling, card.generation_defaults)
         rid = req.request_id or uuid.uuid4().hex
         prompt, hashes = await self._prompt_ids(req)
         if prompt is not None:

@@ -44,7 +44,8 @@ class RouterService(pb_grpc.GenerationServicer):
         except Exception as err:  # noqa: BLE001 - no table to answer from
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the coordinator did not answer: {err!r}")
         return pb.ClusterStatus(
-            replicas=[e.to_proto() for e in table.replicas], model=table.card.model_id, policy=self.router.policy.name
+            replicas=[e.to_proto() for e in table.replicas], model=table.card.model_id, policy=self.router.policy.name,
+            generation_defaults=table.card.generation_defaults.to_proto(),
         )
 
 

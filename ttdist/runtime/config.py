@@ -140,6 +140,7 @@ class ClusterConfig:
     api: ApiConfig = field(default_factory=ApiConfig)   # HTTP port, API keys, TLS, chat template
     cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
     logprobs_mode: str = "raw"                   # logprobs of generated tokens: raw, or processed (after temperature)
+    generation_config: str = "auto"              # auto: sampling defaults from the checkpoint's generation_config.json; vllm: none
 
     def check(self) -> None:
         if not self.groups:
@@ -177,6 +178,8 @@ class ClusterConfig:
             raise ClusterConfigError(f"stream_interval_ms must be in 0..60000, got {self.stream_interval_ms}")
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ClusterConfigError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
+        if self.generation_config not in ("auto", "vllm"):
+            raise ClusterConfigError(f"generation_config must be auto or vllm, got {self.generation_config!r}")
         if not self.ready_wait_s >= 0:
             raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
 

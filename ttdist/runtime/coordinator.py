@@ -41,6 +41,7 @@ from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.dashboard.status import CHIP_OK, ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
 from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
+from ttdist.runtime.generation_defaults import read_generation_defaults
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
@@ -143,7 +144,8 @@ class Coordinator:
         self.model_dir = str(path)
         lc = LlamaConfig.from_dir(path)
         max_context = min(cfg.max_context or lc.max_position_embeddings, lc.max_position_embeddings)
-        return ModelCard(model_id, lc.vocab_size, max_context, cfg.page_size)
+        defaults = read_generation_defaults(path, cfg.generation_config)
+        return ModelCard(model_id, lc.vocab_size, max_context, cfg.page_size, generation_defaults=defaults)
 
     async def _convert(self, mesh: str) -> None:
         from ttdist.model.weights import convert_checkpoint

@@ -65,6 +65,12 @@ def to_engine_request(req: pb.GenerateRequest) -> GenerationRequest:
         stop_token_ids=list(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
         **engine_counts(s),
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        logit_bias=dict(s.logit_bias),
+        min_p=s.min_p,
+        min_tokens=s.min_tokens,
     )
     request_id = req.request_id or uuid.uuid4().hex
     if req.WhichOneof("input") == "text":

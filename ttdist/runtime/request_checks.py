@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ttdist.runtime.generation_defaults import GenerationDefaults
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_LOGPROBS = 20   # top logprobs per token (ttdist.engine.logprobs.MAX_LOGPROBS)
@@ -30,9 +31,12 @@ class ModelCard:
     max_text_chars: int = 1 << 20
     max_request_id_chars: int = 256
     max_stop_token_ids: int = 256
+    generation_defaults: GenerationDefaults = GenerationDefaults()   # from the checkpoint's generation_config.json
+    max_logit_bias: int = 1024
 
     def to_proto(self) -> pb.ModelInfo:
-        return pb.ModelInfo(id=self.model_id, max_context=self.max_context, vocab_size=self.vocab_size)
+        return pb.ModelInfo(id=self.model_id, max_context=self.max_context, vocab_size=self.vocab_size,
+                            generation_defaults=self.generation_defaults.to_proto())
 
 
 class RequestError(Exception):
@@ -111,12 +115,34 @@ def _check_sampling(s: pb.SamplingParams, card: ModelCard) -> None:
     if bad is not None:
         raise invalid("sampling.stop_token_ids", f"token id {bad} is outside the vocabulary [0, {card.vocab_size})")
     _check_logprobs(s)
+    _check_penalties(s, card)
 
 
 def _check_logprobs(s: pb.SamplingParams) -> None:
     for name in ("logprobs", "prompt_logprobs"):
         if s.HasField(name) and not 0 <= getattr(s, name) <= MAX_LOGPROBS:
             raise invalid(f"sampling.{name}", f"must be in [0, {MAX_LOGPROBS}] (unset = none), got {getattr(s, name)}")
+
+
+def _check_penalties(s: pb.SamplingParams, card: ModelCard) -> None:
+    """OpenAI's ranges for its penalties and biases; repetition_penalty > 0 (1 = off)."""
+    if s.HasField("repetition_penalty") and not (math.isfinite(s.repetition_penalty) and s.repetition_penalty > 0):
+        raise invalid("sampling.repetition_penalty", f"must be a finite number > 0 (1 = off), got {s.repetition_penalty}")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(s, name)
+        if not (math.isfinite(value) and -2 <= value <= 2):
+            raise invalid(f"sampling.{name}", f"must be in [-2, 2] (0 = off), got {value}")
+    if not (math.isfinite(s.min_p) and 0 <= s.min_p <= 1):
+        raise invalid("sampling.min_p", f"must be in [0, 1] (0 = off), got {s.min_p}")
+    if s.min_tokens < 0 or (s.max_tokens and s.min_tokens > s.max_tokens):
+        raise invalid("sampling.min_tokens", f"must be in [0, max_tokens], got {s.min_tokens}")
+    if len(s.logit_bias) > card.max_logit_bias:
+        raise invalid("sampling.logit_bias", f"at most {card.max_logit_bias} entries, got {len(s.logit_bias)}")
+    for token, bias in s.logit_bias.items():
+        if not 0 <= token < card.vocab_size:
+            raise invalid("sampling.logit_bias", f"token id {token} is outside the vocabulary [0, {card.vocab_size})")
+        if not (math.isfinite(bias) and -100 <= bias <= 100):
+            raise invalid("sampling.logit_bias", f"the bias of token {token} must be in [-100, 100], got {bias}")
 
 
 def _check_resume(req: pb.GenerateRequest) -> None:

@@ -24,6 +24,7 @@ from ttdist.mesh.precision import DType, quantize
 from ttdist.mesh.sim.attention import AttentionOps
 from ttdist.mesh.sim.collectives import CollectiveOps
 from ttdist.mesh.sim.logprobs import LogprobOps
+from ttdist.mesh.sim.penalties import PenaltyOps
 from ttdist.mesh.sim.sampling import SamplingOps
 from ttdist.mesh.sim.tensor import SimTensor, per_row
 from ttdist.mesh.spec import MeshSpec
@@ -31,7 +32,7 @@ from ttdist.mesh.spec import MeshSpec
 __all__ = ["SimBackend", "SimTensor"]
 
 
-class SimBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps):
+class SimBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyOps):
     """The ``Backend`` protocol on torch; CPU by default, CUDA when asked and present."""
 
     name = "sim"
@@ -120,7 +121,9 @@ class SimBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps):
     def input_tensor(self, array, placements: Placements = (Replicate(), Replicate()), *, name: str = "input") -> SimTensor:
         array = np.asarray(array)
         dtype = DType.int32 if array.dtype.kind in "iub" else DType.float32
-        return self.from_host(array, placements, dtype=dtype, name=name)
+        t = self.from_host(array, placements, dtype=dtype, name=name)
+        t.data = t.data.clone()  # the device's own copy: an op that updates an input in place leaves the host array alone
+        return t
 
     def write_input(self, t: SimTensor, array) -> None:
         data, _ = self._placed(self._host(np.asarray(array)), t.placements, t.dtype, t.name)

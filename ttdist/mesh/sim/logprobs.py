@@ -8,6 +8,7 @@ import torch
 
 from ttdist.mesh import logprobs
 from ttdist.mesh.precision import DType
+from ttdist.mesh.penalties import MIN_P
 from ttdist.mesh.sim.sampling import draw
 from ttdist.mesh.sim.tensor import SimTensor
 
@@ -16,12 +17,14 @@ class LogprobOps:
     """``sample_logprobs`` and ``prompt_logprobs`` of ``SimBackend`` (with ``SamplingOps``)."""
 
     def sample_logprobs(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int,
-                        *, processed: bool = False) -> tuple[SimTensor, SimTensor]:
+                        penalty_params: SimTensor | None = None, *,
+                        processed: bool = False) -> tuple[SimTensor, SimTensor]:
         """``sample``'s token ids and each user's logprob row for the token drawn (``logprobs.rows``);
         ``processed``: of the distribution after temperature (``params``' first column). The drawn
         token is one of the candidates, so its logit is picked from them."""
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
-        token = draw(values.data, ids.data, params.data).round()
+        min_p = None if penalty_params is None else penalty_params.data[..., MIN_P : MIN_P + 1]
+        token = draw(values.data, ids.data, params.data, min_p).round()
         scale = 1.0 / params.data[..., :1].float() if processed else None
         target = (values.data * (ids.data == token.unsqueeze(-1))).sum(-1, keepdim=True)
         rows = self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, target, scale)

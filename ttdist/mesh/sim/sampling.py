@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ttdist.mesh import sampling
+from ttdist.mesh.penalties import MIN_P
 from ttdist.mesh.errors import MeshError
 from ttdist.mesh.placement import Placements, Shard, require_reduced
 from ttdist.mesh.precision import DType
@@ -32,10 +33,12 @@ class SamplingHost(Protocol):
 class SamplingOps:
     """``sample`` of ``SimBackend`` (see ``SamplingHost``)."""
 
-    def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int) -> SimTensor:
+    def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int,
+               penalty_params: SimTensor | None = None) -> SimTensor:
         """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw."""
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
-        token = draw(values.data, ids.data, params.data)
+        min_p = None if penalty_params is None else penalty_params.data[..., MIN_P : MIN_P + 1]
+        token = draw(values.data, ids.data, params.data, min_p)
         return self._wrap(token.round().to(torch.int32), values.placements, DType.int32, "token_ids")
 
     def _candidates(self, logits: SimTensor, vocab_size: int, cluster_axis: int) -> tuple[SimTensor, SimTensor]:
@@ -64,15 +67,19 @@ class SamplingOps:
         shape[axis] = self.spec.shape[axis]
         return (torch.arange(self.spec.shape[axis], device=self.device) * logits.shape[-1]).float().reshape(shape)
 
-def draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """``sampling.draw`` in torch over ``[R', C', B, M]`` candidates; ``params`` is ``[1, 1, B, 4]``."""
+def draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor, min_p: torch.Tensor | None = None) -> torch.Tensor:
+    """``sampling.draw`` in torch over ``[R', C', B, M]`` candidates; ``params`` is ``[1, 1, B, 4]``,
+    ``min_p`` ``[1, 1, B, 1]``."""
     t, k, p, u = (params[..., i : i + 1].float() for i in range(sampling.PARAMS))
     top = min(sampling.K, v.shape[-1])
     s = v.topk(top, dim=-1).values
     rank = torch.arange(top, device=v.device, dtype=torch.float32)
     in_k = rank < k
     z0 = s[..., :1] / t
-    e = torch.exp(s / t - z0) * in_k
+    scaled = torch.exp(s / t - z0)
+    if min_p is not None:
+        in_k = in_k & (scaled >= min_p.float())
+    e = scaled * in_k
     prob = e / e.sum(-1, keepdim=True)
     cum = prob.cumsum(-1)
     kept = in_k & ((cum - prob) < p)

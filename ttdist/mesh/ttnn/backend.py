@@ -30,13 +30,14 @@ from ttdist.mesh.ttnn.collectives import CollectiveOps
 from ttdist.mesh.ttnn.device import DecodeTrace, DramReport, MeshHandle, TtnnOptions, dram_report, open_mesh
 from ttdist.mesh.ttnn.host import assemble, first_device, host_shards
 from ttdist.mesh.ttnn.logprobs import LogprobOps
+from ttdist.mesh.ttnn.penalties import PenaltyOps
 from ttdist.mesh.ttnn.sampling import SamplingOps
 from ttdist.mesh.ttnn.tensor import CACHE, INPUT, ROWS, STATS, TABLE, VECTOR, Pending, PendingPieces, TtnnTensor
 
 __all__ = ["TtnnBackend", "TtnnTensor"]
 
 
-class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps):
+class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyOps):
     """The ``Backend`` protocol on a ttnn mesh device (or submesh); attention, collectives and
     sampling are mixed in from their own modules."""
 

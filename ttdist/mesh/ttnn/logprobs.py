@@ -20,12 +20,14 @@ class LogprobOps:
     ``SamplingHost`` surface it uses too)."""
 
     def sample_logprobs(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int,
-                        *, processed: bool = False) -> tuple[TtnnTensor, TtnnTensor]:
+                        penalty_params: TtnnTensor | None = None, *,
+                        processed: bool = False) -> tuple[TtnnTensor, TtnnTensor]:
         """``sample``'s token ids and each user's logprob row for the token drawn; ``processed``: of
         the distribution after temperature (``params``' first column)."""
         batch = logits.shape[0]
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
-        token = self._draw(values.value, ids.value, params.value, batch, values.shape[-1])
+        token = self._draw(values.value, ids.value, params.value, batch, values.shape[-1],
+                           self._min_p(penalty_params, batch))
         scale = ttnn.reciprocal(ttnn.slice(params.value, [0, 0, 0, 0], [1, 1, batch, 1])) if processed else None
         # the drawn token is one of the candidates: its logit is picked from them
         target = ttnn.sum(ttnn.multiply(values.value, ttnn.eq(ids.value, token, dtype=ttnn.float32)), dim=-1, keepdim=True)

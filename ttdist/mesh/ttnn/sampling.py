@@ -10,6 +10,7 @@ import numpy as np
 import ttnn
 
 from ttdist.mesh import sampling
+from ttdist.mesh.penalties import MIN_P
 from ttdist.mesh.placement import Placements, Shard, require_reduced
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec
@@ -44,12 +45,22 @@ class SamplingHost(Protocol):
 class SamplingOps:
     """``sample`` of ``TtnnBackend`` (see ``SamplingHost``)."""
 
-    def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int) -> TtnnTensor:
+    def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int,
+               penalty_params: TtnnTensor | None = None) -> TtnnTensor:
         """``ttdist.mesh.sampling``'s algorithm in ttnn ops: local ``topk``, ``all_gather`` of the
         candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device."""
+        batch = logits.shape[0]
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
-        token = self._draw(values.value, ids.value, params.value, logits.shape[0], values.shape[-1])
-        return self._wrap(token, (logits.shape[0],), values.placements, DType.float32, "token_ids", INPUT)
+        token = self._draw(values.value, ids.value, params.value, batch, values.shape[-1],
+                           self._min_p(penalty_params, batch))
+        return self._wrap(token, (batch,), values.placements, DType.float32, "token_ids", INPUT)
+
+    @staticmethod
+    def _min_p(penalty_params: TtnnTensor | None, batch: int):
+        """The ``min_p`` column ``[1, 1, B, 1]`` of the penalties' parameter rows (None: no penalties)."""
+        if penalty_params is None:
+            return None
+        return ttnn.slice(penalty_params.value, [0, 0, 0, MIN_P], [1, 1, batch, MIN_P + 1])
 
     def _candidates(self, logits: TtnnTensor, vocab_size: int, cluster_axis: int) -> tuple[TtnnTensor, TtnnTensor]:
         """Step 1: each chip's top ``local_k`` (padded ids masked), all-gathered: values and ids ``[B, M]``."""
@@ -81,20 +92,26 @@ class SamplingOps:
         return self._const(("triu", n), lambda: self._upload(np.triu(np.ones((1, 1, n, n), np.float32)), (None, None),
                                                              DType.float32, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG))
 
-    def _draw(self, v, ids, params, batch: int, m: int) -> ttnn.Tensor:
-        """``sampling.draw`` over gathered candidates ``[1, 1, B, M]`` (float32)."""
+    def _draw(self, v, ids, params, batch: int, m: int, min_p=None) -> ttnn.Tensor:
+        """``sampling.draw`` over gathered candidates ``[1, 1, B, M]`` (float32); ``min_p`` ``[1, 1, B, 1]``."""
         top = min(sampling.K, m)
         mem = ttnn.DRAM_MEMORY_CONFIG
         col = [ttnn.slice(params, [0, 0, 0, i], [1, 1, batch, i + 1]) for i in range(sampling.PARAMS)]
         t_inv, k, p, u = ttnn.reciprocal(col[0]), col[1], col[2], col[3]
-        s, _ = ttnn.topk(ttnn.typecast(v, ttnn.bfloat16), top, dim=-1, largest=True, sorted=True)
-        s = ttnn.typecast(s, ttnn.float32)
+        if min_p is None:  # candidates of bfloat16 logits: sorting them in bfloat16 is exact
+            s, _ = ttnn.topk(ttnn.typecast(v, ttnn.bfloat16), top, dim=-1, largest=True, sorted=True)
+            s = ttnn.typecast(s, ttnn.float32)
+        else:  # penalized float32 logits: rounding them would put the threshold above the largest
+            s, _ = ttnn.topk(v, top, dim=-1, largest=True, sorted=True)
         rank = self._const(("rank", batch, top), lambda: self._upload(
             np.broadcast_to(np.arange(top, dtype=np.float32), (1, 1, batch, top)).copy(), (None, None),
             DType.float32, ttnn.TILE_LAYOUT, mem))
         in_k = ttnn.lt(rank, k, dtype=ttnn.float32)
         z0 = ttnn.multiply(ttnn.slice(s, [0, 0, 0, 0], [1, 1, batch, 1]), t_inv)
-        e = ttnn.multiply(ttnn.exp(ttnn.subtract(ttnn.multiply(s, t_inv), z0)), in_k)
+        scaled = ttnn.exp(ttnn.subtract(ttnn.multiply(s, t_inv), z0))
+        if min_p is not None:
+            in_k = ttnn.multiply(in_k, ttnn.ge(scaled, min_p, dtype=ttnn.float32))
+        e = ttnn.multiply(scaled, in_k)
         prob = ttnn.multiply(e, ttnn.reciprocal(ttnn.sum(e, dim=-1, keepdim=True)))
         cum = ttnn.matmul(prob, self._ones_upper(top), memory_config=mem, compute_kernel_config=cfg.precise_compute())
         kept = ttnn.multiply(in_k, ttnn.lt(ttnn.subtract(cum, prob), p, dtype=ttnn.float32))

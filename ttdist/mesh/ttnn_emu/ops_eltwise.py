@@ -8,7 +8,8 @@ either operand, and compute in float32 then round to the output dtype (``dtype=`
 comparisons, else the tensor operand's). Comparisons give 1.0 / 0.0. The output keeps the
 first tensor operand's layout and, without ``memory_config``, its memory config.
 ``input_tensor_a_activations=[UnaryOpType.SILU]`` (a fused SiLU on A) is the one activation
-modeled. ``topk`` returns values in the input's dtype and UINT16 indices (UINT32 for a
+modeled. ``output_tensor=`` writes the result into a given tensor of the result's shape and
+dtype (an operand too: the in-place form). ``topk`` returns values in the input's dtype and UINT16 indices (UINT32 for a
 float32 input or a reduced dim over 65536, as ttnn's doc says), TILE layout; padding never
 wins (ttnn fills it with -inf).
 """
@@ -58,7 +59,7 @@ def _activate(op: str, acts, x: np.ndarray) -> np.ndarray:
 def _binary(op: str, fn, a, b, *, memory_config=None, dtype=None, output_tensor=None, activations=None,
             input_tensor_a_activations=None, input_tensor_b_activations=None, fast_and_approximate_mode=None,
             comparison: bool = False, **extra):
-    kn.no_extra(op, dict(extra, output_tensor=output_tensor, activations=activations))
+    kn.no_extra(op, dict(extra, activations=activations))
     a, b = _operand(op, a), _operand(op, b)
     tensors = [t for t in (a, b) if isinstance(t, Tensor)]
     if not tensors:
@@ -71,7 +72,10 @@ def _binary(op: str, fn, a, b, *, memory_config=None, dtype=None, output_tensor=
         raise kn.fatal(op, f"operand dtypes {a.dtype.name} and {b.dtype.name} must match unless both are floats")
     shape = _broadcast(op, a.shape, b.shape) if len(tensors) == 2 else tuple(first.shape)
     out_dtype = dtype or first.dtype
-    out = kn.output(device, shape, out_dtype, first.layout, memory_config or first.memory_config())
+    if output_tensor is None:
+        out = kn.output(device, shape, out_dtype, first.layout, memory_config or first.memory_config())
+    else:
+        out = _given_output(op, device, output_tensor, shape, out_dtype)
     a_acts, b_acts = input_tensor_a_activations, input_tensor_b_activations
 
     def run():
@@ -84,6 +88,16 @@ def _binary(op: str, fn, a, b, *, memory_config=None, dtype=None, output_tensor=
 
     device.launch(op, tensors, [out], run, (str(a_acts), str(b_acts), out_dtype, None if isinstance(a, Tensor) else a,
                                            None if isinstance(b, Tensor) else b))
+    return out
+
+
+def _given_output(op: str, device, out, shape, dtype: DataType) -> Tensor:
+    """``output_tensor=``: the result is written into this existing tensor (it may be an operand:
+    ttnn's in-place form), which must have the result's shape and dtype."""
+    if kn.device_of(op, out) is not device:
+        raise kn.fatal(op, "output_tensor must be on the operands' device")
+    if tuple(out.shape) != tuple(shape) or out.dtype is not dtype:
+        raise kn.fatal(op, f"output_tensor is {list(out.shape)} {out.dtype.name}; the result is {list(shape)} {dtype.name}")
     return out
 
 

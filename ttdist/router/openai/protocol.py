@@ -3,10 +3,13 @@
 ``parse_completion`` and ``parse_chat`` turn a JSON body into a ``ParsedRequest`` (or raise
 ``ApiError`` naming the bad field); the ``*_object`` / ``*_chunk`` functions build the JSON
 the OpenAI API returns. Fields the replicas cannot honour are refused with a 400 that says
-so (penalties, logit bias, ``suffix``, tools). Logprobs (``logprobs`` / ``top_logprobs``, ``echo``
-and vLLM's ``prompt_logprobs``) are computed on the mesh (``ttdist.router.openai.logprobs`` shapes
-them). vLLM's extensions ``top_k``, ``ignore_eos`` and ``stop_token_ids`` are accepted, so
-benchmark clients that send them work.
+so (``suffix``, tools). Logprobs (``logprobs`` / ``top_logprobs``, ``echo`` and vLLM's
+``prompt_logprobs``) are computed on the mesh (``ttdist.router.openai.logprobs`` shapes them).
+``presence_penalty``, ``frequency_penalty`` and ``logit_bias`` are applied on the mesh, and vLLM's
+extensions ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos`` and
+``stop_token_ids`` are accepted. ``temperature``, ``top_p``, ``top_k`` and ``repetition_penalty``
+left out take the model's generation_config.json defaults (the router fills them in), else
+OpenAI's (temperature 1).
 """
 
 from __future__ import annotations
@@ -23,27 +26,41 @@ MAX_SEED = 2**63
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16      # OpenAI's default for /v1/completions
 FINISH = {pb.STOP: "stop", pb.EOS: "stop", pb.LENGTH: "length", pb.ABORT: "abort"}
 MAX_LOGPROBS = 20
+DEFAULT_TEMPERATURE = 1.0                # OpenAI's, for a request and a model that give none
 
 
 @dataclass(frozen=True)
 class Sampling:
     max_tokens: int = 0                  # 0 = the server's default
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None     # None (left out): the model's default, else 1.0
+    top_p: float | None = None           # None: the model's default, else off
+    top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None          # top N per generated token (None: no logprobs)
     prompt_logprobs: int | None = None   # top N per prompt token (echo with logprobs, or vLLM's field)
+    repetition_penalty: float | None = None   # None: the model's default, else off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_p: float = 0.0
+    min_tokens: int = 0
 
-    def to_proto(self, choice: int) -> pb.SamplingParams:
-        """Choice ``i`` of ``n`` draws from seed + i, so seeded choices differ and repeat."""
+    def to_proto(self, choice: int, default_temperature: float = DEFAULT_TEMPERATURE) -> pb.SamplingParams:
+        """Choice ``i`` of ``n`` draws from seed + i, so seeded choices differ and repeat. Fields left
+        out stay unset for the router to fill from the model's defaults; a temperature nobody gives
+        is ``default_temperature``."""
         s = pb.SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens,
-            stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+            temperature=default_temperature if self.temperature is None else self.temperature,
+            max_tokens=self.max_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            logit_bias=dict(self.logit_bias), min_p=self.min_p, min_tokens=self.min_tokens,
         )
+        for name in ("top_p", "top_k", "repetition_penalty"):
+            if (value := getattr(self, name)) is not None:
+                setattr(s, name, value)
         if self.seed is not None:
             s.seed = (self.seed + choice) % MAX_SEED
         if self.logprobs is not None:
@@ -86,9 +103,39 @@ def _kind_names(kinds) -> str:
 
 def _number(body, name, lo, hi, default):
     value = _get(body, name, (int, float), default)
+    if value is None:
+        return None
     if not math.isfinite(value) or not lo <= value <= hi:
         raise bad_param(name, f"must be between {lo} and {hi}, got {value}")
     return float(value)
+
+
+def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias``: token ids (JSON keys, so strings of digits) to biases in [-100, 100]."""
+    raw = _get(body, "logit_bias", dict, {})
+    out = []
+    for key, bias in raw.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise bad_param("logit_bias", f"keys must be token ids, got {key!r}") from None
+        if token < 0:
+            raise bad_param("logit_bias", f"token id {token} is negative")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) or not -100 <= bias <= 100:
+            raise bad_param("logit_bias", f"the bias of token {token} must be between -100 and 100, got {bias!r}")
+        out.append((token, float(bias)))
+    return tuple(out)
+
+
+def _penalties(body: dict) -> dict:
+    repetition = _get(body, "repetition_penalty", (int, float))
+    if repetition is not None and not (math.isfinite(repetition) and repetition > 0):
+        raise bad_param("repetition_penalty", f"must be a number > 0 (1 = off), got {repetition}")
+    return {"repetition_penalty": None if repetition is None else float(repetition),
+            "presence_penalty": _number(body, "presence_penalty", -2, 2, 0.0),
+            "frequency_penalty": _number(body, "frequency_penalty", -2, 2, 0.0),
+            "logit_bias": _logit_bias(body), "min_p": _number(body, "min_p", 0, 1, 0.0),
+            "min_tokens": _count(body, "min_tokens", 0, 2**31 - 1, 0)}
 
 
 def _count(body, name, lo, hi, default):
@@ -113,20 +160,18 @@ def _sampling(body: dict, max_tokens_field: str | None, default_max_tokens: int)
     seed = _get(body, "seed", int)
     if seed is not None and not 0 <= seed < MAX_SEED:
         raise bad_param("seed", f"must be in [0, 2**63), got {seed}")
+    top_k = _get(body, "top_k", int)
+    if top_k is not None and not -1 <= top_k <= 2**31 - 1:
+        raise bad_param("top_k", f"must be between -1 and {2**31 - 1}, got {top_k}")
     return Sampling(
-        max_tokens=max_tokens, temperature=_number(body, "temperature", 0, 2, 1.0),
-        top_p=_number(body, "top_p", 0, 1, 1.0), top_k=max(0, _count(body, "top_k", -1, 2**31 - 1, 0)),
+        max_tokens=max_tokens, temperature=_number(body, "temperature", 0, 2, None),
+        top_p=_number(body, "top_p", 0, 1, None), top_k=None if top_k is None else max(0, top_k),
         seed=seed, stop=tuple(stop), stop_token_ids=tuple(stop_ids),
-        ignore_eos=_get(body, "ignore_eos", bool, False),
+        ignore_eos=_get(body, "ignore_eos", bool, False), **_penalties(body),
     )
 
 
 def _common(body: dict) -> dict:
-    for name in ("presence_penalty", "frequency_penalty"):
-        if _get(body, name, (int, float), 0) != 0:
-            raise unsupported(name, "the engine samples without penalties")
-    if _get(body, "logit_bias", dict, {}):
-        raise unsupported("logit_bias", "the engine samples without logit biases")
     _get(body, "user", str)
     n = _count(body, "n", 1, MAX_N, 1)
     best_of = _get(body, "best_of", int)
@@ -288,12 +333,14 @@ def usage_chunk(req: ParsedRequest, rid: str, created: int, usage: dict) -> dict
     return {**_envelope(req.kind, rid, req.model, created, [], True), "usage": usage}
 
 
-def models_object(model_id: str, max_context: int, created: int) -> dict:
-    return {"object": "list", "data": [model_object(model_id, max_context, created)]}
+def models_object(model_id: str, max_context: int, created: int, generation_defaults: dict | None = None) -> dict:
+    return {"object": "list", "data": [model_object(model_id, max_context, created, generation_defaults)]}
 
 
-def model_object(model_id: str, max_context: int, created: int) -> dict:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "ttdist", "max_model_len": max_context}
+def model_object(model_id: str, max_context: int, created: int, generation_defaults: dict | None = None) -> dict:
+    """The model; ``generation_defaults``: the sampling values a request that leaves them out gets."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "ttdist", "max_model_len": max_context,
+            "generation_defaults": dict(generation_defaults or {})}
 
 
 def now() -> int:

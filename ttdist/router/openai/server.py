@@ -98,14 +98,16 @@ class OpenAIServer:
 
     async def models(self, request: web.Request) -> web.Response:
         card = self.router.table.card
-        return web.json_response(p.models_object(card.model_id, card.max_context, self.created))
+        return web.json_response(p.models_object(card.model_id, card.max_context, self.created,
+                                                 card.generation_defaults.as_dict()))
 
     async def model(self, request: web.Request) -> web.Response:
         card = self.router.table.card
         if request.match_info["model"] != card.model_id:
             raise ApiError(404, f"the model {request.match_info['model']!r} does not exist; this server serves "
                                 f"{card.model_id!r}", "model", "model_not_found")
-        return web.json_response(p.model_object(card.model_id, card.max_context, self.created))
+        return web.json_response(p.model_object(card.model_id, card.max_context, self.created,
+                                                card.generation_defaults.as_dict()))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, p.parse_completion(await _body(request)), "cmpl-")
@@ -116,11 +118,13 @@ class OpenAIServer:
     # ------------------------------------------------------------ serving
     def _requests(self, req: p.ParsedRequest, rid: str) -> list[pb.GenerateRequest]:
         prompts = req.prompts if req.kind == "completion" else (self._chat_prompt(req),)
+        model_temperature = self.router.table.card.generation_defaults.temperature
+        temperature = p.DEFAULT_TEMPERATURE if model_temperature is None else model_temperature
         out = []
         for k, prompt in enumerate(prompts):
             for i in range(req.n):
                 index = k * req.n + i
-                g = pb.GenerateRequest(request_id=f"{rid}-{index}", sampling=req.sampling.to_proto(i),
+                g = pb.GenerateRequest(request_id=f"{rid}-{index}", sampling=req.sampling.to_proto(i, temperature),
                                        stream=req.stream)
                 if isinstance(prompt, str):
                     g.text = prompt
