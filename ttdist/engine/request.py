@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ttdist.engine.grammar.spec import StructuredOutput
+
 
 @dataclass
 class SamplingParams:
@@ -29,6 +31,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    structured_output: StructuredOutput | None = None   # the grammar the output follows (None: free text)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Everything here is plain Python so the engine never imports torch or ttnn.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,9 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int | None = None
     step: int = 0  # index of the token being drawn, mixed into the seed
+    # the tokens the user's grammar allows next: ceil(vocab / 32) int32 words, bit t % 32 of word
+    # t // 32 set when token t may follow (numpy); None = every token
+    allowed: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ttdist.engine.grammar.compiler import GrammarState
 from ttdist.engine.request import FinishReason, SamplingParams
 from ttdist.engine.tokenizer import IncrementalDetokenizer
 
@@ -45,6 +46,7 @@ class Sequence:
     first_scheduled_s: float | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
+    grammar: GrammarState | None = None     # where the output stands in its structured-output grammar
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ttdist.engine.runner import DecodeInput, PrefillInput, RunnerInfo, SamplingSpec
-from ttdist.mesh import make_backend
+from ttdist.mesh import make_backend, token_mask
 from ttdist.mesh.backend import MeshError, SamplingBatch
-from ttdist.mesh.placement import REPLICATED
+from ttdist.mesh.placement import REPLICATED, Shard, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, parse_mesh
 from ttdist.model.config import LlamaConfig
@@ -148,8 +148,11 @@ class MeshModelRunner:
             raise MeshError(f"trace_decode: the {self.backend.name} backend cannot capture traces here (real chips only)")
         self.slots = SlotMap(max_batch, self.model.groups)
         self.inputs: StepInputs | None = None
-        self._warm = False
-        self._trace = None
+        self._warm: set[bool] = set()         # decode graphs run once (masked or not), so the next is captured
+        self._traces: dict[bool, object] = {}  # a captured decode step per graph: with a grammar mask or without
+        self._allowed = None                   # the persistent grammar-mask input (see _write_decode)
+        self._allowed_host: np.ndarray | None = None
+        self._masked = False
         self._rng = np.random.default_rng()
         self.info = RunnerInfo(
             vocab_size=config.vocab_size,
@@ -182,7 +185,33 @@ class MeshModelRunner:
         if not inp.sample:
             return None
         params = self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
-        return int(self.backend.read_ids(self.model.sample(logits, params))[0])
+        words = self._mask_words([inp.sampling], 1, [0])
+        allowed = None if words is None else self.backend.input_tensor(words, self._mask_placement(), name="input.allowed")
+        return int(self.backend.read_ids(self.model.sample(logits, params, allowed))[0])
+
+    # ------------------------------------------------------------------ grammar masks
+    def _mask_placement(self):
+        return with_axis(REPLICATED, self.model.vocab_axis, Shard(1))
+
+    def _mask_words(self, specs: list[SamplingSpec], rows: int, slots: list[int]) -> np.ndarray | None:
+        """The chips' grammar-mask words ``[rows, V/32]`` (``token_mask.pack``), every token allowed in
+        rows without a grammar; None when no user has one (the step then runs without a mask)."""
+        users = [i for i, s in enumerate(specs) if s.allowed is not None]
+        if not users:
+            return None
+        lay = self.model.layout
+        words = token_mask.all_allowed(rows, lay.vocab_local, lay.n_inner)
+        rows_in = np.stack([np.asarray(specs[i].allowed, dtype=np.int32) for i in users])
+        words[[slots[i] for i in users]] = token_mask.pack(rows_in, lay.vocab_local, lay.n_inner)
+        return words
+
+    def _write_allowed(self, words: np.ndarray) -> None:
+        if self._allowed is None:
+            self._allowed = self.backend.input_tensor(words, self._mask_placement(), name="input.allowed")
+            self._allowed_host = words.copy()
+        elif not np.array_equal(self._allowed_host, words):
+            self.backend.write_input(self._allowed, words)
+            self._allowed_host = words.copy()
 
     # ------------------------------------------------------------------ decode
     def _write_decode(self, inp: DecodeInput) -> list[int]:
@@ -201,36 +230,46 @@ class MeshModelRunner:
         params = np.tile(device_params(SamplingBatch.greedy(1)), (rows, 1))
         if inp.sampling:
             params[slots] = device_params(_sampling_batch(list(inp.sampling)), self._rng)
+        words = self._mask_words(list(inp.sampling), rows, slots) if inp.sampling else None
+        self._masked = words is not None
+        if words is not None:
+            self._write_allowed(words)
         host = self.model.host_inputs([tokens[s] for s in busy], [positions[s] for s in busy],
                                       [tables[s] for s in busy], params[busy], rows, slots=busy)
         if self.inputs is None:
             self.inputs = self.model.place_inputs(host)
+            if self.trace_decode and words is None:  # persistent memory exists before any capture
+                lay = self.model.layout
+                self._write_allowed(token_mask.all_allowed(rows, lay.vocab_local, lay.n_inner))
         else:
             self.model.write_inputs(self.inputs, host)
         return slots
 
-    def _decode_graph(self):
-        return self.model.sample(self.model.decode_step(self.inputs), self.inputs.sampling)
+    def _decode_graph(self, masked: bool = False):
+        """One decode step; ``masked``: each chip applies the users' grammar masks before sampling
+        (a separate graph, so a batch without grammars runs exactly the ops it always did)."""
+        allowed = self._allowed if masked else None
+        return self.model.sample(self.model.decode_step(self.inputs), self.inputs.sampling, allowed)
 
-    def _run_decode(self):
+    def _run_decode(self, masked: bool = False):
         if not self.trace_decode:
-            return self._decode_graph()
-        if not self._warm:  # the compile pass: every program is built before the capture
-            self._warm = True
-            return self._decode_graph()
-        if self._trace is None:
-            self._trace = self.backend.capture(self._decode_graph)
-        return self.backend.replay(self._trace)
+            return self._decode_graph(masked)
+        if masked not in self._warm:  # the compile pass: every program is built before the capture
+            self._warm.add(masked)
+            return self._decode_graph(masked)
+        if masked not in self._traces:
+            self._traces[masked] = self.backend.capture(lambda: self._decode_graph(masked))
+        return self.backend.replay(self._traces[masked])
 
     def decode(self, inp: DecodeInput) -> list[int]:
         slots = self._write_decode(inp)
-        ids = self.backend.read_ids(self._run_decode())
+        ids = self.backend.read_ids(self._run_decode(self._masked))
         return [int(ids[s]) for s in slots]
 
     def close(self) -> None:
-        if self._trace is not None:
-            self.backend.release(self._trace)
-            self._trace = None
+        for trace in self._traces.values():
+            self.backend.release(trace)
+        self._traces.clear()
 
     # for tests and benchmarks: the logits themselves (never traced)
     def prefill_logits(self, token_ids, start_pos: int, page_table) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ttdist.mesh import sampling
+from ttdist.mesh import sampling, token_mask
 from ttdist.mesh.errors import MeshError
 from ttdist.mesh.placement import Placements, Shard, require_reduced
 from ttdist.mesh.precision import DType
@@ -32,8 +32,10 @@ class SamplingHost(Protocol):
 class SamplingOps:
     """``sample`` of ``SimBackend`` (see ``SamplingHost``)."""
 
-    def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int) -> SimTensor:
-        """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw."""
+    def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int,
+               allowed: SimTensor | None = None) -> SimTensor:
+        """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw; with
+        ``allowed`` (grammar words, ``ttdist.mesh.token_mask``) each chip masks its slice first."""
         require_reduced("sample", logits)
         axis = self.spec.resolve_axis("sample", cluster_axis)
         for other, p in enumerate(logits.placements):
@@ -41,7 +43,8 @@ class SamplingOps:
                 raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {other}, not only the vocab axis {axis}")
         width = logits.shape[-1]
         sharded = isinstance(logits.placements[axis], Shard) and self.spec.shape[axis] > 1
-        values, index = logits.data.topk(sampling.local_k(width, width * (self.spec.shape[axis] if sharded else 1), vocab_size), dim=-1)
+        data = logits.data if allowed is None else masked(logits.data, allowed.data)
+        values, index = data.topk(sampling.local_k(width, width * (self.spec.shape[axis] if sharded else 1), vocab_size), dim=-1)
         offset = torch.zeros(1, device=self.device)
         if sharded:
             shape = [1, 1, 1, 1]
@@ -74,3 +77,10 @@ def draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor) -> torch.Tens
     hit = (cdf > u * cdf[..., -1:]).float()
     first = hit * (hit.cumsum(-1) == 1)
     return (first * ids).sum(-1)
+
+
+def masked(logits: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """``token_mask``'s unpacking and masking of each chip's slice: ``[..., B, W]`` words, 32 planes."""
+    planes = [(words >> j) & 1 for j in range(token_mask.PLANES)]
+    allowed = torch.cat(planes, dim=-1).float()
+    return logits.float() + (allowed - 1.0) * token_mask.OFF
