@@ -19,7 +19,8 @@ from ttdist.client.options import ClientConfig, RetryPolicy, TLSConfig, check_ti
 from ttdist.client.types import Chunk, Completion, SamplingParams, build_chat, build_request
 from ttdist.v1 import generation_pb2 as pb
 
-_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos")
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos",
+                    "json_schema", "json_object", "regex", "choice", "grammar")
 
 
 USE_CLIENT_TIMEOUT = object()  # the default of every ``timeout=`` keyword: the client's own timeout
@@ -37,6 +38,8 @@ class GenerateOptions(TypedDict, total=False):
     temperature: 0 = greedy. top_k: 0 = off. top_p: 1 = off. seed: for reproducible sampling.
     stop: strings that end the generation. stop_token_ids: token ids that end it.
     ignore_eos: keep generating past the end-of-sequence token.
+    json_schema / json_object / regex / choice / grammar: the output follows a JSON schema (dict or
+    JSON text), is a JSON object, matches a regex, is one of the choices, or follows a Lark grammar.
     model: the model id (None = the served model). request_id: your own id (default: a uuid).
     timeout: deadline for the whole call in seconds (default: the client's; None = none).
     """
@@ -50,6 +53,11 @@ class GenerateOptions(TypedDict, total=False):
     stop: Sequence[str] | str
     stop_token_ids: Sequence[int]
     ignore_eos: bool
+    json_schema: dict | str | None
+    json_object: bool
+    regex: str | None
+    choice: Sequence[str]
+    grammar: str | None
     model: str | None
     request_id: str | None
     timeout: float | None

@@ -7,6 +7,7 @@ validates user input once (a typed ``InvalidRequest`` naming the field) and buil
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -60,6 +61,13 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # structured output (at most one): the text follows a JSON schema (a dict or its JSON text), is any
+    # JSON object, matches a regex, is one of the choices, or follows a Lark grammar
+    json_schema: dict | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] = ()
+    grammar: str | None = None
 
     def __post_init__(self):
         if self.max_tokens is not None:
@@ -76,6 +84,27 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", _check_token_ids("stop_token_ids", self.stop_token_ids))
         if not isinstance(self.ignore_eos, bool):
             raise InvalidRequest(f"ignore_eos must be true or false, got {self.ignore_eos!r}", field="ignore_eos")
+        object.__setattr__(self, "choice", tuple(self.choice))
+        set_ = [name for name in ("json_schema", "json_object", "regex", "choice", "grammar") if getattr(self, name)]
+        if len(set_) > 1:
+            raise InvalidRequest(f"give one output constraint, not {' and '.join(set_)}", field=set_[1])
+        if self.choice and not all(isinstance(c, str) and c for c in self.choice):
+            raise InvalidRequest(f"choice must be non-empty strings, got {self.choice!r}", field="choice")
+        if isinstance(self.json_schema, dict):
+            object.__setattr__(self, "json_schema", json.dumps(self.json_schema))
+
+    def structured_output(self) -> pb.StructuredOutput | None:
+        if self.json_schema:
+            return pb.StructuredOutput(json_schema=self.json_schema)
+        if self.json_object:
+            return pb.StructuredOutput(json_object=True)
+        if self.regex:
+            return pb.StructuredOutput(regex=self.regex)
+        if self.choice:
+            return pb.StructuredOutput(choice=pb.Choices(options=list(self.choice)))
+        if self.grammar:
+            return pb.StructuredOutput(grammar=self.grammar)
+        return None
 
     def to_proto(self) -> pb.SamplingParams:
         msg = pb.SamplingParams(
@@ -85,6 +114,9 @@ class SamplingParams:
         )
         if self.seed is not None:
             msg.seed = self.seed
+        constraint = self.structured_output()
+        if constraint is not None:
+            msg.structured_output.CopyFrom(constraint)
         return msg
 
 

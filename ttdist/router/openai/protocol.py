@@ -4,17 +4,21 @@
 ``ApiError`` naming the bad field); the ``*_object`` / ``*_chunk`` functions build the JSON
 the OpenAI API returns. Fields the replicas cannot honour are refused with a 400 that says
 so (``logprobs``: replicas sample on the mesh and return only token ids; penalties, logit
-bias, ``echo``, ``suffix``, tools). vLLM's extensions ``top_k``, ``ignore_eos`` and
+bias, ``echo``, ``suffix``). Structured outputs (``ttdist.router.openai.structured``) and tool
+calls (``ttdist.router.openai.tools``) are parsed in their own modules. vLLM's extensions ``top_k``, ``ignore_eos`` and
 ``stop_token_ids`` are accepted, so benchmark clients that send them work.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ttdist.router.openai.errors import bad_param, unsupported
+from ttdist.router.openai.structured import parse_structured_output
+from ttdist.router.openai.tools import ToolUse, parse_calls, parse_tool_use, template_message
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_N = 64
@@ -34,6 +38,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    structured_output: pb.StructuredOutput | None = None   # the output's grammar (None: free text)
 
     def to_proto(self, choice: int) -> pb.SamplingParams:
         """Choice ``i`` of ``n`` draws from seed + i, so seeded choices differ and repeat."""
@@ -43,6 +48,8 @@ class Sampling:
         )
         if self.seed is not None:
             s.seed = (self.seed + choice) % MAX_SEED
+        if self.structured_output is not None:
+            s.structured_output.CopyFrom(self.structured_output)
         return s
 
 
@@ -57,6 +64,7 @@ class ParsedRequest:
     stream: bool = False
     include_usage: bool = False
     add_generation_prompt: bool = True
+    tool_use: ToolUse = field(default_factory=ToolUse)
 
 
 def _get(body: dict, name: str, kinds, default=None):
@@ -109,7 +117,7 @@ def _sampling(body: dict, max_tokens_field: str | None, default_max_tokens: int)
         max_tokens=max_tokens, temperature=_number(body, "temperature", 0, 2, 1.0),
         top_p=_number(body, "top_p", 0, 1, 1.0), top_k=max(0, _count(body, "top_k", -1, 2**31 - 1, 0)),
         seed=seed, stop=tuple(stop), stop_token_ids=tuple(stop_ids),
-        ignore_eos=_get(body, "ignore_eos", bool, False),
+        ignore_eos=_get(body, "ignore_eos", bool, False), structured_output=parse_structured_output(body),
     )
 
 
@@ -172,11 +180,7 @@ def parse_chat(body: dict) -> ParsedRequest:
     """A ``/v1/chat/completions`` body. Message content is a string or an array of text parts."""
     if _get(body, "logprobs", bool, False) or _get(body, "top_logprobs", int) is not None:
         raise unsupported("logprobs", NO_LOGPROBS)
-    if _get(body, "tools", list):
-        raise unsupported("tools", "tool calls are not parsed from the output")
-    response_format = _get(body, "response_format", dict, {})
-    if response_format.get("type", "text") != "text":
-        raise unsupported("response_format", "only {\"type\": \"text\"} (no constrained decoding)")
+    tool_use = parse_tool_use(body)
     common = _common(body)
     field_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     if body.get(field_name) is None:
@@ -186,9 +190,14 @@ def parse_chat(body: dict) -> ParsedRequest:
     messages = _get(body, "messages", list)
     if not messages:
         raise bad_param("messages", "is required: a non-empty array of {role, content}", "missing_required_parameter")
+    schema = tool_use.call_schema()
+    if schema is not None:
+        if sampling.structured_output is not None:
+            raise bad_param("tool_choice", "a required or named tool call cannot be combined with an output constraint")
+        sampling = replace(sampling, structured_output=pb.StructuredOutput(json_schema=json.dumps(schema)))
     return ParsedRequest(
         kind="chat", messages=tuple(_message(m, i) for i, m in enumerate(messages)), sampling=sampling,
-        add_generation_prompt=_get(body, "add_generation_prompt", bool, True), **common,
+        add_generation_prompt=_get(body, "add_generation_prompt", bool, True), tool_use=tool_use, **common,
     )
 
 
@@ -204,8 +213,13 @@ def _message(m, i: int) -> dict:
             parts.append(part["text"])
         content = "\n".join(parts)
     out = {"role": m.get("role"), "content": content}
-    if isinstance(m.get("name"), str):
-        out["name"] = m["name"]
+    for key in ("name", "tool_call_id"):
+        if isinstance(m.get(key), str):
+            out[key] = m[key]
+    if out["role"] == "assistant" and m.get("tool_calls"):
+        if not isinstance(m["tool_calls"], list) or not all(isinstance(c, dict) for c in m["tool_calls"]):
+            raise bad_param(f"messages[{i}].tool_calls", "must be an array of tool calls")
+        out = template_message({**out, "tool_calls": m["tool_calls"]})
     return out
 
 
@@ -231,8 +245,12 @@ def final_object(req: ParsedRequest, rid: str, created: int, completes: list[pb.
     choices = []
     for i, c in enumerate(completes):
         if req.kind == "chat":
-            choices.append({"index": i, "message": {"role": "assistant", "content": c.text},
-                            "logprobs": None, "finish_reason": FINISH[c.finish_reason]})
+            calls = parse_calls(c.text) if req.tool_use.parses_calls else None
+            message = {"role": "assistant", "content": None if calls else c.text}
+            if calls:
+                message["tool_calls"] = calls
+            choices.append({"index": i, "message": message, "logprobs": None,
+                            "finish_reason": "tool_calls" if calls else FINISH[c.finish_reason]})
         else:
             choices.append({"index": i, "text": c.text, "logprobs": None, "finish_reason": FINISH[c.finish_reason]})
     return {**_envelope(req.kind, rid, req.model, created, choices, False), "usage": usage}
@@ -254,6 +272,22 @@ def delta_chunk(req: ParsedRequest, rid: str, created: int, index: int, text: st
     out = _envelope(req.kind, rid, req.model, created, [choice], True)
     if req.include_usage:
         out["usage"] = None
+    return out
+
+
+def tool_call_chunks(req: ParsedRequest, rid: str, created: int, index: int, calls: list[dict]) -> list[dict]:
+    """A choice's tool calls streamed as OpenAI does: each call's id, type and name, then its arguments,
+    then the end with ``finish_reason: tool_calls``."""
+    out = []
+    for k, call in enumerate(calls):
+        head = {"index": k, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+        for part in (head, {"index": k, "function": {"arguments": call["function"]["arguments"]}}):
+            chunk = _envelope(req.kind, rid, req.model, created,
+                              [{"index": index, "delta": {"tool_calls": [part]}, "logprobs": None, "finish_reason": None}], True)
+            out.append({**chunk, "usage": None} if req.include_usage else chunk)
+    end = _envelope(req.kind, rid, req.model, created, [{"index": index, "delta": {}, "logprobs": None,
+                                                         "finish_reason": "tool_calls"}], True)
+    out.append({**end, "usage": None} if req.include_usage else end)
     return out
 
 

@@ -26,6 +26,7 @@ from aiohttp import web
 from ttdist.router.chat import ChatPrompter
 from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, from_request_error
+from ttdist.router.openai.tools import might_be_call, parse_calls
 from ttdist.runtime.auth import ApiKeys
 from ttdist.runtime.request_checks import RequestError
 from ttdist.dashboard.replica_state import ReplicaState
@@ -128,7 +129,8 @@ class OpenAIServer:
 
     def _chat_prompt(self, req: p.ParsedRequest) -> tuple[int, ...]:
         try:
-            return tuple(self.chat_prompter.ids(list(req.messages), req.add_generation_prompt))
+            return tuple(self.chat_prompter.ids(list(req.messages), req.add_generation_prompt,
+                                                req.tool_use.template_tools()))
         except RequestError as err:
             raise from_request_error(err) from None
 
@@ -182,13 +184,14 @@ class OpenAIServer:
             await response.prepare(request)
             completes: dict[int, pb.Complete] = {}
             started: set[int] = set()
+            held: dict[int, str] = {}   # text that may still be a tool call, per choice
             item = first
             while True:
                 index, resp = item
                 if isinstance(resp, Exception):
                     await _event(response, _api_error(resp).body())
                     break
-                for event in _events(req, rid, created, index, resp, started):
+                for event in _events(req, rid, created, index, resp, started, held):
                     await _event(response, event)
                 if resp.WhichOneof("kind") == "complete":
                     completes[index] = resp.complete
@@ -205,17 +208,32 @@ class OpenAIServer:
             await _cancel(tasks)
 
 
-def _events(req: p.ParsedRequest, rid: str, created: int, index: int, resp: pb.GenerateResponse, started: set):
+def _events(req: p.ParsedRequest, rid: str, created: int, index: int, resp: pb.GenerateResponse, started: set,
+            held: dict[int, str]):
+    """A response's SSE events. With tools, text that may be a tool call is held until it is known:
+    then it goes out as ``delta.tool_calls`` (or as content, once it cannot be a call)."""
     out = []
     first = index not in started
     started.add(index)
     if first and req.kind == "chat":
         out.append(p.delta_chunk(req, rid, created, index, "", first=True))
+        if req.tool_use.parses_calls:
+            held[index] = ""
     if resp.WhichOneof("kind") == "chunk":
-        if resp.chunk.text:
-            out.append(p.delta_chunk(req, rid, created, index, resp.chunk.text))
-    else:
-        out.append(p.delta_chunk(req, rid, created, index, None, finish_reason=resp.complete.finish_reason))
+        text = resp.chunk.text
+        if index in held:
+            held[index] += text
+            text = "" if might_be_call(held[index]) else held.pop(index)
+        if text:
+            out.append(p.delta_chunk(req, rid, created, index, text))
+        return out
+    buffered = held.pop(index, "")
+    calls = parse_calls(buffered) if buffered else None
+    if calls:
+        return out + p.tool_call_chunks(req, rid, created, index, calls)
+    if buffered:
+        out.append(p.delta_chunk(req, rid, created, index, buffered))
+    out.append(p.delta_chunk(req, rid, created, index, None, finish_reason=resp.complete.finish_reason))
     return out
 
 
