@@ -18,6 +18,7 @@ import numpy as np
 
 PLANES = 32
 OFF = 1e9
+INPUT_NAME = "input.allowed"   # the step input holding the words (a backend may lay it out for the unpacking ops)
 
 
 def words_per_chip(width: int) -> int:

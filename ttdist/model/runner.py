@@ -186,7 +186,7 @@ class MeshModelRunner:
             return None
         params = self.backend.input_tensor(device_params(_sampling_batch([inp.sampling]), self._rng), REPLICATED, name="input.sampling")
         words = self._mask_words([inp.sampling], 1, [0])
-        allowed = None if words is None else self.backend.input_tensor(words, self._mask_placement(), name="input.allowed")
+        allowed = None if words is None else self.backend.input_tensor(words, self._mask_placement(), name=token_mask.INPUT_NAME)
         return int(self.backend.read_ids(self.model.sample(logits, params, allowed))[0])
 
     # ------------------------------------------------------------------ grammar masks
@@ -207,7 +207,7 @@ class MeshModelRunner:
 
     def _write_allowed(self, words: np.ndarray) -> None:
         if self._allowed is None:
-            self._allowed = self.backend.input_tensor(words, self._mask_placement(), name="input.allowed")
+            self._allowed = self.backend.input_tensor(words, self._mask_placement(), name=token_mask.INPUT_NAME)
             self._allowed_host = words.copy()
         elif not np.array_equal(self._allowed_host, words):
             self.backend.write_input(self._allowed, words)
