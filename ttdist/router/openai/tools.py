@@ -6,7 +6,8 @@ passes them. The model answers a call in Llama 3.x's JSON tool-call format: an o
 calls separated by ``;``. ``tool_choice``: ``none`` (no tools rendered, nothing parsed), ``auto``
 (the default with tools: an answer in that format becomes ``tool_calls``, anything else stays
 content), ``required`` or a named function: the output is held to the call format by a JSON
-schema (one call of any tool, or of the named one) and is always a tool call.
+schema (one call of any tool, or of the named one) and is always a tool call; a function's
+parameters take no properties beyond those declared unless its schema says otherwise.
 
 Assistant messages with ``tool_calls`` render with their calls' arguments as objects (what
 Llama 3.x templates read) and, when they have no content, the calls in the format above as
@@ -52,7 +53,8 @@ class ToolUse:
 
 
 def _call_schema(function: dict) -> dict:
-    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    parameters = dict(function.get("parameters") or {"type": "object", "properties": {}})
+    parameters.setdefault("additionalProperties", False)   # the declared parameters only, as OpenAI's strict mode
     return {"type": "object", "properties": {"name": {"const": function["name"]}, "parameters": parameters},
             "required": ["name", "parameters"], "additionalProperties": False}
 
