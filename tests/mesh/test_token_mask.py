@@ -36,7 +36,7 @@ def _case(rng, n: int, vocab: int):
 
 def test_pack_gives_each_chip_its_slice_in_bit_planes():
     rng = np.random.default_rng(0)
-    for n, vocab in ((1, 100), (2, 500), (8, 1000)):
+    for n, vocab in ((1, 100), (2, 500), (8, 1000), (2, 49152), (8, 65536 - 7)):   # the last two: the bit-transpose path
         _, allowed, width = _case(rng, n, vocab)
         words = token_mask.pack(_bitmask(allowed), width, n)
         assert words.shape == (BATCH, width * n // 32) and words.dtype == np.int32

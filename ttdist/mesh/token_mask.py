@@ -29,15 +29,40 @@ def words_per_chip(width: int) -> int:
 
 def pack(rows: np.ndarray, width: int, shards: int) -> np.ndarray:
     """llguidance bitmask rows ``[B, ceil(V/32)]`` -> the chips' words ``[B, shards * width/32]``
-    (chip c's words at ``[c*W, (c+1)*W)``); tokens past the rows' vocabulary are not allowed."""
+    (chip c's words at ``[c*W, (c+1)*W)``); tokens past the rows' vocabulary are not allowed.
+    When ``W`` is a multiple of 32 (a chip's slice a multiple of 1024) the repacking is a 32 x 32 bit
+    transpose of each block of words, a few vectorized shifts (~0.1 ms for 32 users of a 49k vocab)."""
     rows = np.ascontiguousarray(rows, dtype=np.int32)
     batch = rows.shape[0]
     words = words_per_chip(width)
+    if words % PLANES == 0:
+        padded = np.zeros((batch, shards * words), dtype=np.uint32)
+        n = min(rows.shape[-1], padded.shape[-1])
+        padded[:, :n] = rows[:, :n].view(np.uint32)
+        # plane j of chip c is its original words [j * W/32, (j+1) * W/32); word k of every plane forms a
+        # 32 x 32 bit block (row j, bit b: local token j*W + 32k + b), whose transpose is device words 32k + b
+        blocks = padded.reshape(batch, shards, PLANES, words // PLANES).transpose(0, 1, 3, 2)
+        return _transpose32(np.ascontiguousarray(blocks)).reshape(batch, shards * words).view(np.int32).copy()
     bits = np.unpackbits(rows.view(np.uint8), axis=-1, bitorder="little")[:, : width * shards]
     bits = np.pad(bits, ((0, 0), (0, width * shards - bits.shape[-1])))
     planes = bits.reshape(batch, shards, PLANES, words).transpose(0, 1, 3, 2)    # [B, n, W, 32]
     packed = np.packbits(np.ascontiguousarray(planes), axis=-1, bitorder="little")   # [B, n, W, 4]
     return packed.reshape(batch, shards * words * 4).view(np.int32).copy()
+
+
+_MASKS = {16: 0x0000FFFF, 8: 0x00FF00FF, 4: 0x0F0F0F0F, 2: 0x33333333, 1: 0x55555555}
+
+
+def _transpose32(a: np.ndarray) -> np.ndarray:
+    """Bit transpose of ``[..., 32]`` uint32 blocks: bit c of word r -> bit r of word c."""
+    for j, mask in _MASKS.items():
+        pairs = a.reshape(*a.shape[:-1], PLANES // (2 * j), 2, j)
+        low, high = pairs[..., 0, :], pairs[..., 1, :]
+        t = ((low >> np.uint32(j)) ^ high) & np.uint32(mask)
+        high ^= t
+        low ^= t << np.uint32(j)
+        a = pairs.reshape(a.shape)
+    return a
 
 
 def unpack(words: np.ndarray, shards: int) -> np.ndarray:
