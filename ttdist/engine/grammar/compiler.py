@@ -47,7 +47,10 @@ class GrammarState:
             row[vocab_size // 32] &= np.int32((1 << (vocab_size % 32)) - 1)
 
     def advance(self, token: int) -> None:
-        """Consume a sampled token; ``ValueError`` when the grammar does not allow it."""
+        """Consume a sampled token; ``ValueError`` when the grammar does not allow it. Once the grammar
+        is complete there is nothing left to consume (an ``ignore_eos`` request draws EOS until its end)."""
+        if self._matcher.is_stopped():
+            return
         if not self._matcher.consume_token(int(token)):
             raise ValueError(f"token {token} does not follow the request's grammar: {self._matcher.get_error()}")
 
