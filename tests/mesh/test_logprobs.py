@@ -159,7 +159,7 @@ def test_runner_on_emulated_ttnn_traces_the_logprobs_step_apart_and_equals_the_s
                 steps.append(out)
                 token = out.tokens[0] if spec_lp.logprobs is not None else out[0]
             if trace:
-                assert set(runner._traces) == {(False, False), (True, False)}   # both steps captured, each on its own
+                assert set(runner._traces) == {(False, False, False), (True, False, False)}   # both steps captured, each on its own
             got[kind] = (first, steps)
             runner.close()
     sim, emu = got["sim"], got["ttnn"]

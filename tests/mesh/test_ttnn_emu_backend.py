@@ -82,7 +82,20 @@ def test_runner_traced_decode_replays_what_eager_decode_computes(emulated):
         for i, runner in enumerate(runners):
             ids[i].append(runner.decode(inp))
         positions = [p + 1 for p in positions]
-    assert runners[1]._traces[(False, False)] is not None  # step 1 compiled, step 2 captured, steps 3-4 replayed
+    assert runners[1]._traces[(False, False, False)] is not None  # step 1 compiled, step 2 captured, steps 3-4 replayed
     assert ids[0] == ids[1]
+    # grammar masks: a second captured graph replays the masks each step writes in place
+    rng = np.random.default_rng(4)
+    masked = [[], []]
+    for step in range(4):
+        allowed = rng.random((3, TINY["vocab_size"])) < 0.05
+        words = np.packbits(allowed, axis=-1, bitorder="little").view(np.int32)
+        specs = [SamplingSpec(allowed=words[u]) for u in range(3)]
+        inp = DecodeInput([5 + step, 6, 7 + step], positions, tables, specs, seq_ids=["a", "b", "c"])
+        for i, runner in enumerate(runners):
+            masked[i].append(runner.decode(inp))
+        assert all(allowed[u, t] for u, t in enumerate(masked[0][-1]))
+        positions = [p + 1 for p in positions]
+    assert runners[1]._traces.get((False, False, True)) is not None and masked[0] == masked[1]
     for runner in runners:
         runner.close()

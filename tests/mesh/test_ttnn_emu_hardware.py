@@ -100,8 +100,10 @@ def test_unmodeled_names_and_arguments_are_errors_naming_them(ttnn):
     assert not hasattr(ttnn.transformer, "flash_mla_prefill")
     dev = open_mesh(ttnn, 1, 1)
     t = upload(ttnn, dev, np.ones((1, 1, 32, 32), np.float32))
-    with pytest.raises(NotImplementedError, match="output_tensor"):
-        ttnn.add(t, t, output_tensor=t)
+    with pytest.raises(NotImplementedError, match="activations"):
+        ttnn.add(t, t, activations=[ttnn.UnaryOpType.SILU])
+    with pytest.raises(NotImplementedError, match="queue_id"):
+        ttnn.add(t, t, queue_id=1)
     with pytest.raises(NotImplementedError, match="UnaryOpType.GELU"):
         ttnn.mul(t, t, input_tensor_a_activations=[ttnn.UnaryOpType.GELU])
 

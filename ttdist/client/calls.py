@@ -21,7 +21,8 @@ from ttdist.v1 import generation_pb2 as pb
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos",
                     "logprobs", "prompt_logprobs",
-                    "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "min_p", "min_tokens")
+                    "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "min_p", "min_tokens",
+                    "json_schema", "json_object", "regex", "choice", "grammar")
 
 
 USE_CLIENT_TIMEOUT = object()  # the default of every ``timeout=`` keyword: the client's own timeout
@@ -45,6 +46,8 @@ class GenerateOptions(TypedDict, total=False):
     ignore_eos: keep generating past the end-of-sequence token.
     logprobs: per generated token its logprob and the top N (0..20); prompt_logprobs: the same per
     prompt token (``Completion.logprobs`` / ``prompt_logprobs``, and on each ``Chunk``).
+    json_schema / json_object / regex / choice / grammar: the output follows a JSON schema (dict or
+    JSON text), is a JSON object, matches a regex, is one of the choices, or follows a Lark grammar.
     model: the model id (None = the served model). request_id: your own id (default: a uuid).
     timeout: deadline for the whole call in seconds (default: the client's; None = none).
     """
@@ -66,6 +69,11 @@ class GenerateOptions(TypedDict, total=False):
     logit_bias: dict[int, float]
     min_p: float
     min_tokens: int
+    json_schema: dict | str | None
+    json_object: bool
+    regex: str | None
+    choice: Sequence[str]
+    grammar: str | None
     model: str | None
     request_id: str | None
     timeout: float | None

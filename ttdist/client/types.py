@@ -7,6 +7,7 @@ validates user input once (a typed ``InvalidRequest`` naming the field) and buil
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -71,6 +72,13 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> bias in [-100, 100]
     min_p: float = 0.0                        # [0, 1]
     min_tokens: int = 0                       # EOS and stop token ids cannot end the output before this many
+    # structured output (at most one): the text follows a JSON schema (a dict or its JSON text), is any
+    # JSON object, matches a regex, is one of the choices, or follows a Lark grammar
+    json_schema: dict | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] = ()
+    grammar: str | None = None
 
     def __post_init__(self):
         if self.max_tokens is not None:
@@ -94,6 +102,14 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, MAX_LOGPROBS)
+        object.__setattr__(self, "choice", tuple(self.choice))
+        set_ = [name for name in ("json_schema", "json_object", "regex", "choice", "grammar") if getattr(self, name)]
+        if len(set_) > 1:
+            raise InvalidRequest(f"give one output constraint, not {' and '.join(set_)}", field=set_[1])
+        if self.choice and not all(isinstance(c, str) and c for c in self.choice):
+            raise InvalidRequest(f"choice must be non-empty strings, got {self.choice!r}", field="choice")
+        if isinstance(self.json_schema, dict):
+            object.__setattr__(self, "json_schema", json.dumps(self.json_schema))
 
     def _check_penalties(self) -> None:
         if self.repetition_penalty is not None:
@@ -110,6 +126,19 @@ class SamplingParams:
             _check_int("logit_bias", token, 0, _INT32_MAX)
             _check_float("logit_bias", bias, -100.0, 100.0)
 
+    def structured_output(self) -> pb.StructuredOutput | None:
+        if self.json_schema:
+            return pb.StructuredOutput(json_schema=self.json_schema)
+        if self.json_object:
+            return pb.StructuredOutput(json_object=True)
+        if self.regex:
+            return pb.StructuredOutput(regex=self.regex)
+        if self.choice:
+            return pb.StructuredOutput(choice=pb.Choices(options=list(self.choice)))
+        if self.grammar:
+            return pb.StructuredOutput(grammar=self.grammar)
+        return None
+
     def to_proto(self) -> pb.SamplingParams:
         msg = pb.SamplingParams(
             max_tokens=self.max_tokens or 0, stop=list(self.stop),
@@ -120,6 +149,9 @@ class SamplingParams:
         for name in ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "logprobs", "prompt_logprobs"):
             if (value := getattr(self, name)) is not None:
                 setattr(msg, name, value)
+        constraint = self.structured_output()
+        if constraint is not None:
+            msg.structured_output.CopyFrom(constraint)
         return msg
 
 

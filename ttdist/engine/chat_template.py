@@ -92,14 +92,16 @@ class ChatTemplate:
             raise ChatTemplateError(f"{self.origin or 'chat template'}: not a valid jinja template: {err}") from None
         return self
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, **variables) -> str:
-        """The prompt text for ``messages`` (dicts with ``role`` and ``content``)."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None,
+               **variables) -> str:
+        """The prompt text for ``messages`` (dicts with ``role`` and ``content``); ``tools``: the
+        OpenAI tool list the template may show the model (None: no tools)."""
         check_messages(messages)
         context = {**dict(self.special_tokens), **variables}
         plain = [{k: v for k, v in m.items() if v is not None} for m in messages]
         try:
             return _compile(self.source).render(
-                messages=plain, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **context)
+                messages=plain, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **context)
         except jinja2.TemplateError as err:
             raise ChatTemplateError(f"the chat template refused the conversation: {err}") from None
 

@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
+
+import numpy as np
 
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.errors import InvalidRequestError
 from ttdist.engine.logprobs import DecodeLogprobs, PrefillLogprobs, TokenLogprob
+from ttdist.engine.grammar import GrammarState, StructuredOutput, grammar_compiler
+from ttdist.engine.grammar.compiler import FIELD as GRAMMAR_FIELD
 from ttdist.engine.output import OutputProcessor
 from ttdist.engine.page_groups import GroupedPagePool
 from ttdist.engine.penalties import penalty_spec
@@ -79,7 +84,9 @@ class EngineCore:
 
         ``arrival_s`` (on ``clock``): when the request reached the engine, if that was before this
         call (an engine process takes a request sent during a step once the step ends); its
-        queue time and TTFT count from there."""
+        queue time and TTFT count from there. A structured output's grammar is compiled before the
+        engine lock is taken (a cache hit when the caller checked it off its event loop first)."""
+        grammar = self._start_grammar(request)
         with self._lock:
             if isinstance(getattr(request, "request_id", None), str) and request.request_id in self._active:
                 raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
@@ -92,14 +99,26 @@ class EngineCore:
                 arrival_s=self.clock() if arrival_s is None else arrival_s,
                 detokenizer=self.tokenizer.detokenizer(checked.prompt_ids) if self.tokenizer else None,
                 penalties=penalty_spec(request.sampling, self.eos_token_ids),
+                grammar=grammar,
             )
             if checked.resumed_ids:
                 self.outputs.resume(seq, checked.resumed_ids, request.resume.text_emitted)
+                _replay_grammar(grammar, checked.resumed_ids)
             self.scheduler.add(seq)
             self._active[seq.request_id] = seq
             if sink is not None:
                 self._sinks[id(seq)] = sink
             return seq
+
+    def _start_grammar(self, request: GenerationRequest) -> GrammarState | None:
+        spec = getattr(getattr(request, "sampling", None), "structured_output", None)
+        if spec is None:
+            return None
+        if not isinstance(spec, StructuredOutput):
+            raise InvalidRequestError(GRAMMAR_FIELD, f"expected a StructuredOutput, got {type(spec).__name__}")
+        if self.tokenizer is None:
+            raise InvalidRequestError(GRAMMAR_FIELD, "structured outputs need a tokenizer, and this engine has none")
+        return grammar_compiler(self.tokenizer).start(spec)
 
     def abort(self, request_id: str) -> bool:
         """End a queued or running request now (pages freed); False if it is not in flight."""
@@ -140,7 +159,7 @@ class EngineCore:
             if isinstance(work, PrefillStep):
                 inputs = self._isolated(work.seq, failed, self._prefill_input, work)
             else:
-                specs = {id(seq): spec for seq in work.seqs if (spec := self._isolated(seq, failed, _spec, seq))}
+                specs = {id(seq): spec for seq in work.seqs if (spec := self._isolated(seq, failed, self._sampling, seq))}
                 work = DecodeStep([seq for seq in work.seqs if id(seq) in specs])
                 inputs = self._decode_input(work, [specs[id(seq)] for seq in work.seqs]) if work.seqs else None
             if inputs is None:
@@ -172,11 +191,21 @@ class EngineCore:
             start_pos=work.start,
             page_table=list(seq.page_table),
             sample=work.sample,
-            sampling=_spec(seq),
+            sampling=self._sampling(seq) if work.sample else _spec(seq),
             prompt_targets=tuple(seq.token_ids[work.start + 1:min(work.end + 1, seq.num_prompt_tokens)])
             if seq.recomputes_prefix else (),
             prompt_logprobs=seq.sampling.prompt_logprobs or 0,
         )
+
+    def _sampling(self, seq: Sequence) -> SamplingSpec:
+        """How to draw ``seq``'s next token: its grammar's bitmask of allowed tokens with it, if it has one."""
+        spec = _spec(seq)
+        if seq.grammar is None:
+            return spec
+        vocab = self.runner.info.vocab_size
+        allowed = np.empty(-(-vocab // 32), dtype=np.int32)
+        seq.grammar.mask_into(allowed, vocab)
+        return replace(spec, allowed=allowed)
 
     def _decode_input(self, work: DecodeStep, specs: list[SamplingSpec]) -> DecodeInput:
         return DecodeInput(
@@ -232,6 +261,8 @@ class EngineCore:
         gap = None if first else now - seq.last_token_s
         try:
             self.faults.check_request(seq.request_id)
+            if seq.grammar is not None:
+                seq.grammar.advance(token)
             out = self.outputs.append_token(seq, token, now)
         except Exception as exc:  # noqa: BLE001 - detokenizing or stop checks failed for this request only
             return self._fail_request(seq, exc)
@@ -301,3 +332,14 @@ def _spec(seq: Sequence) -> SamplingSpec:
         temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=seed, step=seq.num_generated,
         logprobs=s.logprobs, **penalized,
     )
+
+
+def _replay_grammar(grammar: GrammarState | None, resumed_ids: list[int]) -> None:
+    """Bring a moved request's grammar to where its generated ids left it."""
+    if grammar is None:
+        return
+    for token in resumed_ids:
+        try:
+            grammar.advance(token)
+        except ValueError as err:
+            raise InvalidRequestError("resume.output_ids", str(err)) from None

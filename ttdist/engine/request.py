@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ttdist.engine.grammar.spec import StructuredOutput
+
 
 @dataclass
 class SamplingParams:
@@ -38,6 +40,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> bias in [-100, 100]
     min_p: float = 0.0                  # in [0, 1]; 0 = off
     min_tokens: int = 0                 # EOS and stop token ids cannot end the output before this many
+    structured_output: StructuredOutput | None = None   # the grammar the output follows (None: free text)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Everything here is plain Python so the engine never imports torch or ttnn.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from ttdist.engine.logprobs import LOGPROBS_MODES, DecodeLogprobs, PrefillLogprobs, TokenLogprob
 
@@ -51,6 +51,9 @@ class SamplingSpec:
     penalties: PenaltySpec | None = None
     history: Sequence[int] = ()
     num_prompt_tokens: int = 0
+    # the tokens the user's grammar allows next: ceil(vocab / 32) int32 words, bit t % 32 of word
+    # t // 32 set when token t may follow (numpy); None = every token
+    allowed: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

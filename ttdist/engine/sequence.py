@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ttdist.engine.grammar.compiler import GrammarState
 from ttdist.engine.request import FinishReason, SamplingParams
 from ttdist.engine.runner import PenaltySpec
 from ttdist.engine.tokenizer import IncrementalDetokenizer
@@ -47,12 +48,13 @@ class Sequence:
     first_token_s: float | None = None
     last_token_s: float | None = None
     prompt_logprobs: list = field(default_factory=list)   # TokenLogprob of prompt positions 1.. computed so far
+    penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
+    grammar: GrammarState | None = None     # where the output stands in its structured-output grammar
 
     @property
     def recomputes_prefix(self) -> bool:
         """Its prompt logprobs are asked and not all computed: cached prefix pages cannot give them."""
         return self.sampling.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
-    penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = len(self.token_ids)

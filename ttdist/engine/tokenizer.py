@@ -62,6 +62,10 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tk.token_to_id(token)
 
+    def to_json(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text (for libraries that take it, e.g. llguidance)."""
+        return self._tk.to_str()
+
     def detokenizer(self, prompt_ids: list[int]) -> "IncrementalDetokenizer":
         return IncrementalDetokenizer(self, prompt_ids)
 

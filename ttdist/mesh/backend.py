@@ -206,11 +206,13 @@ class Backend(Protocol):
     def release(self, captured: Any) -> None: ...
 
     # sampling
-    def sample(self, logits: Any, vocab_size: int, params: Any, cluster_axis: int) -> Any:
+    def sample(self, logits: Any, vocab_size: int, params: Any, cluster_axis: int, allowed: Any = None) -> Any:
         """Token ids ``[B]`` (a replicated device tensor) drawn on the mesh from vocab-sharded
         logits ``[B, V/n]`` (sharded on ``cluster_axis``), by ``ttdist.mesh.sampling``'s algorithm:
         ids from ``vocab_size`` on are padding, never drawn; ``params`` is the ``[B, 4]`` input
-        tensor of ``sampling.device_params``. Logits never leave the mesh."""
+        tensor of ``sampling.device_params``. Logits never leave the mesh. ``allowed`` (optional): the
+        users' grammar masks, an int32 input tensor ``[B, V/32]`` of ``token_mask.pack`` words sharded
+        like the logits; each chip masks its slice before its top-K (left out: no extra op)."""
 
     # log-probabilities (``ttdist.mesh.logprobs``): a separate path, run only when a row asks
     def sample_logprobs(self, logits: Any, vocab_size: int, params: Any, cluster_axis: int, *,

@@ -396,9 +396,12 @@ class LlamaModel:
         pick[np.arange(len(slots)), slots] = 1.0  # the users' rows, by a one-hot matmul (exact)
         return self.be.linear(self.be.from_host(pick, REPLICATED, dtype=DType.float32, name="input.users"), logits)
 
-    def sample(self, logits, params):
-        """Token ids drawn on the mesh (a device tensor): ``params`` is an input tensor of device_params rows."""
-        return self.be.sample(logits, self.config.vocab_size, params, self.vocab_axis)
+    def sample(self, logits, params, allowed=None):
+        """Token ids drawn on the mesh (a device tensor): ``params`` is an input tensor of device_params rows;
+        ``allowed`` an input tensor of grammar mask words (``token_mask.pack``), or None for no mask."""
+        if allowed is None:
+            return self.be.sample(logits, self.config.vocab_size, params, self.vocab_axis)
+        return self.be.sample(logits, self.config.vocab_size, params, self.vocab_axis, allowed=allowed)
 
     def logits_to_host(self, logits) -> np.ndarray:
         return self.be.to_host(logits)[:, : self.config.vocab_size]

@@ -17,10 +17,12 @@ from ttdist.mesh.precision import DType
 from ttdist.model.llama import LlamaModel
 
 
-def sample_with_logprobs(model: LlamaModel, logits, params, penalty_params=None, *, processed: bool = False):
+def sample_with_logprobs(model: LlamaModel, logits, params, penalty_params=None, allowed=None, *,
+                         processed: bool = False):
     """Token ids and logprob rows ``[B, 1 + 2k]`` (device tensors) drawn from ``logits`` (with
-    the penalties' min_p column when ``penalty_params`` is given)."""
-    return model.be.sample_logprobs(logits, model.config.vocab_size, params, model.vocab_axis, penalty_params,
+    the penalties' min_p column when ``penalty_params`` is given, each chip's slice masked by the
+    grammar words ``allowed`` when given)."""
+    return model.be.sample_logprobs(logits, model.config.vocab_size, params, model.vocab_axis, penalty_params, allowed,
                                     processed=processed)
 
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from ttdist.engine.runner import (LOGPROBS_MODES, DecodeInput, DecodeLogprobs, PrefillInput, PrefillLogprobs, RunnerInfo,
                                   SamplingSpec)
-from ttdist.mesh import make_backend
+from ttdist.mesh import make_backend, token_mask
 from ttdist.mesh.backend import MeshError, SamplingBatch
-from ttdist.mesh.placement import REPLICATED
+from ttdist.mesh.placement import REPLICATED, Shard, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, parse_mesh
 from ttdist.model.config import LlamaConfig
@@ -155,11 +155,15 @@ class MeshModelRunner:
         self.config_vocab = config.vocab_size
         self.slots = SlotMap(max_batch, self.model.groups)
         self.inputs: StepInputs | None = None
-        # decode graphs compiled / captured, keyed by (with logprobs, penalized): the plain step is (False, False)
-        self._warm: set[tuple[bool, bool]] = set()
-        self._traces: dict[tuple[bool, bool], object] = {}
+        # decode graphs compiled / captured, keyed by (with logprobs, penalized, grammar-masked): the
+        # plain step is (False, False, False), so a batch without these features runs the ops it always did
+        self._warm: set[tuple[bool, bool, bool]] = set()
+        self._traces: dict[tuple[bool, bool, bool], object] = {}
         self.penalties = PenaltyRows(self.backend, self.model.groups.rows, self.model.layout.vocab, self.model.vocab_axis)
         self._penalized = False
+        self._allowed = None                   # the persistent grammar-mask input (see _write_decode)
+        self._allowed_host: np.ndarray | None = None
+        self._masked = False
         self._rng = np.random.default_rng()
         self.info = RunnerInfo(
             vocab_size=config.vocab_size,
@@ -192,7 +196,8 @@ class MeshModelRunner:
         logits = self.model.prefill_forward(inp.token_ids, inp.start_pos, inp.page_table)
         if not inp.sample:
             return None
-        ids = self._draw(logits, self._prefill_params(inp), self._prefill_state(inp), logprobs=False, count=False)
+        ids = self._draw(logits, self._prefill_params(inp), self._prefill_state(inp), logprobs=False,
+                         allowed=self._prefill_allowed(inp), count=False)
         return int(self.backend.read_ids(ids)[0])
 
     def _prefill_params(self, inp: PrefillInput):
@@ -203,6 +208,34 @@ class MeshModelRunner:
         if inp.sampling.penalties is None:
             return None
         return place_state(self.backend, penalty_arrays(inp.sampling, self.model.layout.vocab), self.model.vocab_axis, "input.penalties")
+
+    def _prefill_allowed(self, inp: PrefillInput):
+        """The prefilling user's grammar mask, placed for this one draw (None: no grammar)."""
+        words = self._mask_words([inp.sampling], 1, [0])
+        return None if words is None else self.backend.input_tensor(words, self._mask_placement(), name=token_mask.INPUT_NAME)
+    # ------------------------------------------------------------------ grammar masks
+    def _mask_placement(self):
+        return with_axis(REPLICATED, self.model.vocab_axis, Shard(1))
+
+    def _mask_words(self, specs: list[SamplingSpec], rows: int, slots: list[int]) -> np.ndarray | None:
+        """The chips' grammar-mask words ``[rows, V/32]`` (``token_mask.pack``), every token allowed in
+        rows without a grammar; None when no user has one (the step then runs without a mask)."""
+        users = [i for i, s in enumerate(specs) if s.allowed is not None]
+        if not users:
+            return None
+        lay = self.model.layout
+        words = token_mask.all_allowed(rows, lay.vocab_local, lay.n_inner)
+        rows_in = np.stack([np.asarray(specs[i].allowed, dtype=np.int32) for i in users])
+        words[[slots[i] for i in users]] = token_mask.pack(rows_in, lay.vocab_local, lay.n_inner)
+        return words
+
+    def _write_allowed(self, words: np.ndarray) -> None:
+        if self._allowed is None:
+            self._allowed = self.backend.input_tensor(words, self._mask_placement(), name=token_mask.INPUT_NAME)
+            self._allowed_host = words.copy()
+        elif not np.array_equal(self._allowed_host, words):
+            self.backend.write_input(self._allowed, words)
+            self._allowed_host = words.copy()
 
     # ------------------------------------------------------------------ decode
     def _write_decode(self, inp: DecodeInput) -> list[int]:
@@ -221,10 +254,17 @@ class MeshModelRunner:
         params = np.tile(device_params(SamplingBatch.greedy(1)), (rows, 1))
         if inp.sampling:
             params[slots] = device_params(_sampling_batch(list(inp.sampling)), self._rng)
+        words = self._mask_words(list(inp.sampling), rows, slots) if inp.sampling else None
+        self._masked = words is not None
+        if words is not None:
+            self._write_allowed(words)
         host = self.model.host_inputs([tokens[s] for s in busy], [positions[s] for s in busy],
                                       [tables[s] for s in busy], params[busy], rows, slots=busy)
         if self.inputs is None:
             self.inputs = self.model.place_inputs(host)
+            if self.trace_decode and words is None:  # persistent memory exists before any capture
+                lay = self.model.layout
+                self._write_allowed(token_mask.all_allowed(rows, lay.vocab_local, lay.n_inner))
         else:
             self.model.write_inputs(self.inputs, host)
         self._penalized = PenaltyRows.wanted(inp.sampling)
@@ -232,34 +272,36 @@ class MeshModelRunner:
             self.penalties.prepare(slots, list(inp.sampling), list(inp.seq_ids) or [f"#{i}" for i in range(n)])
         return slots
 
-    def _draw(self, logits, params, state, logprobs: bool, count: bool = True):
+    def _draw(self, logits, params, state, logprobs: bool, allowed=None, count: bool = True):
         """Token ids, or (ids, logprob rows) with ``logprobs``. With penalty ``state`` each chip's
         vocab slice is penalized first, the draw applies min_p, and the drawn ids are counted on the
-        device (logprobs are then of the penalized logits)."""
+        device (logprobs are then of the penalized logits); with ``allowed`` (grammar-mask words) each
+        chip masks its slice before its top-K."""
         be, axis = self.backend, self.model.vocab_axis
         if state is None and not logprobs:
-            return self.model.sample(logits, params)
+            return self.model.sample(logits, params, allowed)
         penalty_params = None
         if state is not None:
             logits, penalty_params = be.penalize(logits, state), state.params
         if logprobs:
-            out = sample_with_logprobs(self.model, logits, params, penalty_params, processed=self.processed_logprobs)
+            out = sample_with_logprobs(self.model, logits, params, penalty_params, allowed, processed=self.processed_logprobs)
             ids = out[0]
         else:
-            out = ids = be.sample(logits, self.config_vocab, params, axis, penalty_params)
+            out = ids = be.sample(logits, self.config_vocab, params, axis, penalty_params, allowed=allowed)
         if state is not None and count:
             be.count_tokens(state, ids, axis)
         return out
 
-    def _decode_graph(self, mode: tuple[bool, bool]):
-        logprobs, penalized = mode
+    def _decode_graph(self, mode: tuple[bool, bool, bool]):
+        logprobs, penalized, masked = mode
         state = self.penalties.state if penalized else None
-        return self._draw(self.model.decode_step(self.inputs), self.inputs.sampling, state, logprobs)
+        return self._draw(self.model.decode_step(self.inputs), self.inputs.sampling, state, logprobs,
+                          allowed=self._allowed if masked else None)
 
     def _run_decode(self, logprobs: bool = False):
-        """The decode graph for this batch (plain, with logprobs, penalized, or both); each compiled,
-        then captured and replayed on its own when tracing."""
-        mode = (logprobs, self._penalized)
+        """The decode graph for this batch (plain, or with logprobs, penalties, grammar masks in any
+        combination); each compiled, then captured and replayed on its own when tracing."""
+        mode = (logprobs, self._penalized, self._masked)
         if not self.trace_decode:
             return self._decode_graph(mode)
         if mode not in self._warm:  # the compile pass: every program is built before the capture
@@ -272,7 +314,7 @@ class MeshModelRunner:
     @property
     def _trace(self):
         """The plain decode step's captured trace (None before its capture)."""
-        return self._traces.get((False, False))
+        return self._traces.get((False, False, False))
 
     def decode(self, inp: DecodeInput) -> list[int]:
         slots = self._write_decode(inp)
@@ -300,9 +342,9 @@ class MeshModelRunner:
             return PrefillLogprobs(None, None, prompt)
         params, state = self._prefill_params(inp), self._prefill_state(inp)
         if inp.sampling.logprobs is None:
-            ids = self._draw(logits, params, state, logprobs=False, count=False)
+            ids = self._draw(logits, params, state, logprobs=False, allowed=self._prefill_allowed(inp), count=False)
             return PrefillLogprobs(int(self.backend.read_ids(ids)[0]), None, prompt)
-        ids_t, rows_t = self._draw(logits, params, state, logprobs=True, count=False)
+        ids_t, rows_t = self._draw(logits, params, state, logprobs=True, allowed=self._prefill_allowed(inp), count=False)
         token = int(self.backend.read_ids(ids_t)[0])
         sampled = rows_to_logprobs(self.backend.read_rows(rows_t), [token], [inp.sampling.logprobs])[0]
         return PrefillLogprobs(token, sampled, prompt)

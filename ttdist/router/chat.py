@@ -37,12 +37,13 @@ class ChatPrompter:
                 raise
             return cls(None, tokenizer, str(err))
 
-    def ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """The prompt ids of a conversation; ``RequestError`` (field ``messages``) when it cannot be rendered."""
+    def ids(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None) -> list[int]:
+        """The prompt ids of a conversation (``tools`` shown to the template); ``RequestError`` (field
+        ``messages``) when it cannot be rendered."""
         if self.template is None:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "messages", self.missing)
         try:
-            text = self.template.render(messages, add_generation_prompt=add_generation_prompt)
+            text = self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         except ChatTemplateError as err:
             raise invalid("messages", str(err)) from None
         ids = self.tokenizer.encode(text, add_special_tokens=False)

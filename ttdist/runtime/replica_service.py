@@ -33,6 +33,7 @@ from ttdist.runtime.logprob_proto import engine_counts, to_proto
 from ttdist.runtime.request_checks import ModelCard, RequestError, abort_with, check_abort, check_request, invalid
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.routing_table import ReplicaEntry
+from ttdist.runtime import structured_output
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 from ttdist.v1 import replica_pb2 as rpb
@@ -71,6 +72,7 @@ def to_engine_request(req: pb.GenerateRequest) -> GenerationRequest:
         logit_bias=dict(s.logit_bias),
         min_p=s.min_p,
         min_tokens=s.min_tokens,
+        structured_output=structured_output.to_engine(s),
     )
     request_id = req.request_id or uuid.uuid4().hex
     if req.WhichOneof("input") == "text":
@@ -215,6 +217,7 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         try:
             self._on_change()
             engine_request = await self._tokenized(engine_request)
+            await structured_output.compile_off_loop(engine_request.sampling.structured_output, self.engine.tokenizer)
             async for out in self.engine.generate(engine_request):
                 clock.tokens(len(out.token_ids))
                 if out.request_error:
@@ -235,7 +238,7 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
                     yield complete
                     return
         except InvalidRequestError as err:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "", str(err)) from None
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, err.field, err.reason) from None
         except OverloadedError as err:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", f"replica {self.replica_id} is overloaded: {err}") from None
         except EngineStoppedError as err:

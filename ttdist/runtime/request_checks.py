@@ -7,6 +7,7 @@ carries the gRPC status code, the offending field and a message naming both.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ class ModelCard:
     def to_proto(self) -> pb.ModelInfo:
         return pb.ModelInfo(id=self.model_id, max_context=self.max_context, vocab_size=self.vocab_size,
                             generation_defaults=self.generation_defaults.to_proto())
+
+
+GRAMMAR_FIELD = "sampling.structured_output"
+MAX_GRAMMAR_CHARS = 1 << 20
 
 
 class RequestError(Exception):
@@ -116,6 +121,7 @@ def _check_sampling(s: pb.SamplingParams, card: ModelCard) -> None:
         raise invalid("sampling.stop_token_ids", f"token id {bad} is outside the vocabulary [0, {card.vocab_size})")
     _check_logprobs(s)
     _check_penalties(s, card)
+    _check_structured_output(s)
 
 
 def _check_logprobs(s: pb.SamplingParams) -> None:
@@ -143,6 +149,35 @@ def _check_penalties(s: pb.SamplingParams, card: ModelCard) -> None:
             raise invalid("sampling.logit_bias", f"token id {token} is outside the vocabulary [0, {card.vocab_size})")
         if not (math.isfinite(bias) and -100 <= bias <= 100):
             raise invalid("sampling.logit_bias", f"the bias of token {token} must be in [-100, 100], got {bias}")
+
+
+def _check_structured_output(s: pb.SamplingParams) -> None:
+    if not s.HasField("structured_output"):
+        return
+    spec = s.structured_output
+    kind = spec.WhichOneof("kind")
+    if kind is None:
+        raise invalid(GRAMMAR_FIELD, "set one of json_schema, json_object, regex, choice or grammar")
+    if kind == "json_object":
+        if not spec.json_object:
+            raise invalid(f"{GRAMMAR_FIELD}.json_object", "must be true when set")
+        return
+    if kind == "choice":
+        options = list(spec.choice.options)
+        if not options or not all(options):
+            raise invalid(f"{GRAMMAR_FIELD}.choice", "give at least one option, none of them empty")
+        text = "".join(options)
+    else:
+        text = getattr(spec, kind)
+        if not text:
+            raise invalid(f"{GRAMMAR_FIELD}.{kind}", "is empty")
+    if len(text) > MAX_GRAMMAR_CHARS:
+        raise invalid(f"{GRAMMAR_FIELD}.{kind}", f"longer than {MAX_GRAMMAR_CHARS} characters")
+    if kind == "json_schema":
+        try:
+            json.loads(spec.json_schema)
+        except ValueError as err:
+            raise invalid(f"{GRAMMAR_FIELD}.json_schema", f"not JSON: {err}") from None
 
 
 def _check_resume(req: pb.GenerateRequest) -> None:

@@ -17,12 +17,12 @@ class LogprobOps:
     """``sample_logprobs`` and ``prompt_logprobs`` of ``SimBackend`` (with ``SamplingOps``)."""
 
     def sample_logprobs(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int,
-                        penalty_params: SimTensor | None = None, *,
+                        penalty_params: SimTensor | None = None, allowed: SimTensor | None = None, *,
                         processed: bool = False) -> tuple[SimTensor, SimTensor]:
         """``sample``'s token ids and each user's logprob row for the token drawn (``logprobs.rows``);
         ``processed``: of the distribution after temperature (``params``' first column). The drawn
         token is one of the candidates, so its logit is picked from them."""
-        values, ids = self._candidates(logits, vocab_size, cluster_axis)
+        values, ids = self._candidates(logits, vocab_size, cluster_axis, allowed)
         min_p = None if penalty_params is None else penalty_params.data[..., MIN_P : MIN_P + 1]
         token = draw(values.data, ids.data, params.data, min_p).round()
         scale = 1.0 / params.data[..., :1].float() if processed else None

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ttdist.mesh import sampling
+from ttdist.mesh import sampling, token_mask
 from ttdist.mesh.penalties import MIN_P
 from ttdist.mesh.errors import MeshError
 from ttdist.mesh.placement import Placements, Shard, require_reduced
@@ -34,14 +34,17 @@ class SamplingOps:
     """``sample`` of ``SimBackend`` (see ``SamplingHost``)."""
 
     def sample(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int,
-               penalty_params: SimTensor | None = None) -> SimTensor:
-        """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw."""
-        values, ids = self._candidates(logits, vocab_size, cluster_axis)
+               penalty_params: SimTensor | None = None, allowed: SimTensor | None = None) -> SimTensor:
+        """``ttdist.mesh.sampling``'s algorithm: local top-k per chip, all-gather, the draw (with the
+        penalties' min_p column when given); with ``allowed`` (grammar words, ``ttdist.mesh.token_mask``)
+        each chip masks its slice first."""
+        values, ids = self._candidates(logits, vocab_size, cluster_axis, allowed)
         min_p = None if penalty_params is None else penalty_params.data[..., MIN_P : MIN_P + 1]
         token = draw(values.data, ids.data, params.data, min_p)
         return self._wrap(token.round().to(torch.int32), values.placements, DType.int32, "token_ids")
 
-    def _candidates(self, logits: SimTensor, vocab_size: int, cluster_axis: int) -> tuple[SimTensor, SimTensor]:
+    def _candidates(self, logits: SimTensor, vocab_size: int, cluster_axis: int,
+                    allowed: SimTensor | None = None) -> tuple[SimTensor, SimTensor]:
         """Step 1: each chip's top ``local_k`` (padded ids masked), all-gathered: values and ids ``[B, M]``."""
         require_reduced("sample", logits)
         axis = self.spec.resolve_axis("sample", cluster_axis)
@@ -49,7 +52,8 @@ class SamplingOps:
             if other != axis and isinstance(p, Shard) and self.spec.shape[other] > 1:
                 raise MeshError(f"sample: logits {logits.name!r} are sharded on axis {other}, not only the vocab axis {axis}")
         width = logits.shape[-1]
-        values, index = logits.data.topk(sampling.local_k(width, width * self._vocab_shards(logits, axis), vocab_size), dim=-1)
+        data = logits.data if allowed is None else masked(logits.data, allowed.data)
+        values, index = data.topk(sampling.local_k(width, width * self._vocab_shards(logits, axis), vocab_size), dim=-1)
         ids = index.float() + self._vocab_offsets(logits, axis)
         values = torch.where(ids >= vocab_size, torch.full_like(values, sampling.MASK), values.float())
         gathered = [self.all_gather(self._wrap(t, logits.placements, DType.float32, "candidates"), dim=-1, cluster_axis=axis)
@@ -66,6 +70,7 @@ class SamplingOps:
         shape = [1, 1, 1, 1]
         shape[axis] = self.spec.shape[axis]
         return (torch.arange(self.spec.shape[axis], device=self.device) * logits.shape[-1]).float().reshape(shape)
+
 
 def draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor, min_p: torch.Tensor | None = None) -> torch.Tensor:
     """``sampling.draw`` in torch over ``[R', C', B, M]`` candidates; ``params`` is ``[1, 1, B, 4]``,
@@ -90,3 +95,10 @@ def draw(v: torch.Tensor, ids: torch.Tensor, params: torch.Tensor, min_p: torch.
     hit = (cdf > u * cdf[..., -1:]).float()
     first = hit * (hit.cumsum(-1) == 1)
     return (first * ids).sum(-1)
+
+
+def masked(logits: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """``token_mask``'s unpacking and masking of each chip's slice: ``[..., B, W]`` words, 32 planes."""
+    planes = [(words >> j) & 1 for j in range(token_mask.PLANES)]
+    allowed = torch.cat(planes, dim=-1).float()
+    return logits.float() + (allowed - 1.0) * token_mask.OFF

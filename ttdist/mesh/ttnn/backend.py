@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import ttnn
 
+from ttdist.mesh import token_mask
 from ttdist.mesh.accounting import CclLedger, DramLedger
 from ttdist.mesh.backend import MeshError, TransferLedger
 from ttdist.mesh.placement import (Placements, Replicate, Shard, embedding_placement, matmul_placement, multiply_placement, normalize,
@@ -82,16 +83,18 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
 
     # ------------------------------------------------------------------ persistent step inputs
     @staticmethod
-    def _input_format(array: np.ndarray):
+    def _input_format(array: np.ndarray, name: str = ""):
         if array.dtype.kind == "f":
             return np.float32, DType.float32, ttnn.TILE_LAYOUT
         if array.dtype == np.uint32:
             return np.uint32, DType.uint32, ttnn.ROW_MAJOR_LAYOUT
+        if name == token_mask.INPUT_NAME:   # grammar-mask words: the shifts that unpack them read tiles
+            return np.int32, DType.int32, ttnn.TILE_LAYOUT
         return np.int32, DType.int32, ttnn.ROW_MAJOR_LAYOUT
 
     def _input_plan(self, array: np.ndarray, placements: Placements, name: str):
         """How an input lies: its host format, the global array as uploaded, the mesh dim per axis, the local shape."""
-        np_dtype, dtype, layout = self._input_format(array)
+        np_dtype, dtype, layout = self._input_format(array, name)
         pad = 4 - array.ndim if layout == ttnn.TILE_LAYOUT else 0
         plan = plan_cut(array.shape, placements, self.spec.shape, name)
         dims = tuple(None if d is None else d + pad for d in plan.shard_dims)

@@ -20,12 +20,12 @@ class LogprobOps:
     ``SamplingHost`` surface it uses too)."""
 
     def sample_logprobs(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int,
-                        penalty_params: TtnnTensor | None = None, *,
+                        penalty_params: TtnnTensor | None = None, allowed: TtnnTensor | None = None, *,
                         processed: bool = False) -> tuple[TtnnTensor, TtnnTensor]:
         """``sample``'s token ids and each user's logprob row for the token drawn; ``processed``: of
         the distribution after temperature (``params``' first column)."""
         batch = logits.shape[0]
-        values, ids = self._candidates(logits, vocab_size, cluster_axis)
+        values, ids = self._candidates(logits, vocab_size, cluster_axis, allowed)
         token = self._draw(values.value, ids.value, params.value, batch, values.shape[-1],
                            self._min_p(penalty_params, batch))
         scale = ttnn.reciprocal(ttnn.slice(params.value, [0, 0, 0, 0], [1, 1, batch, 1])) if processed else None

@@ -9,7 +9,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 import ttnn
 
-from ttdist.mesh import sampling
+from ttdist.mesh import sampling, token_mask
 from ttdist.mesh.penalties import MIN_P
 from ttdist.mesh.placement import Placements, Shard, require_reduced
 from ttdist.mesh.precision import DType
@@ -46,11 +46,12 @@ class SamplingOps:
     """``sample`` of ``TtnnBackend`` (see ``SamplingHost``)."""
 
     def sample(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int,
-               penalty_params: TtnnTensor | None = None) -> TtnnTensor:
+               penalty_params: TtnnTensor | None = None, allowed: TtnnTensor | None = None) -> TtnnTensor:
         """``ttdist.mesh.sampling``'s algorithm in ttnn ops: local ``topk``, ``all_gather`` of the
-        candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device."""
+        candidates, the draw (cumulative sums as matmuls with triangular ones); ids stay on device.
+        ``allowed``: grammar-mask words each chip unpacks and applies to its slice first."""
         batch = logits.shape[0]
-        values, ids = self._candidates(logits, vocab_size, cluster_axis)
+        values, ids = self._candidates(logits, vocab_size, cluster_axis, allowed)
         token = self._draw(values.value, ids.value, params.value, batch, values.shape[-1],
                            self._min_p(penalty_params, batch))
         return self._wrap(token, (batch,), values.placements, DType.float32, "token_ids", INPUT)
@@ -62,14 +63,18 @@ class SamplingOps:
             return None
         return ttnn.slice(penalty_params.value, [0, 0, 0, MIN_P], [1, 1, batch, MIN_P + 1])
 
-    def _candidates(self, logits: TtnnTensor, vocab_size: int, cluster_axis: int) -> tuple[TtnnTensor, TtnnTensor]:
+    def _candidates(self, logits: TtnnTensor, vocab_size: int, cluster_axis: int,
+                    allowed: TtnnTensor | None = None) -> tuple[TtnnTensor, TtnnTensor]:
         """Step 1: each chip's top ``local_k`` (padded ids masked), all-gathered: values and ids ``[B, M]``."""
         require_reduced("sample", logits)
         axis = self.spec.resolve_axis("sample", cluster_axis)
         batch, width = logits.shape
         n = self.spec.shape[axis] if isinstance(logits.placements[axis], Shard) else 1
         k = sampling.local_k(width, width * n, vocab_size)
-        values, index = ttnn.topk(self._rows_value(logits), k, dim=-1, largest=True, sorted=True)
+        rows = self._rows_value(logits)
+        if allowed is not None:
+            rows = self._masked(rows, allowed.value)
+        values, index = ttnn.topk(rows, k, dim=-1, largest=True, sorted=True)
         offset = self._const(("vocab_offset", axis, width, k), lambda: self._vocab_offsets(logits, axis, width, k))
         ids = ttnn.add(ttnn.typecast(index, ttnn.float32), offset)
         values = ttnn.typecast(values, ttnn.float32)
@@ -78,6 +83,15 @@ class SamplingOps:
         cand = [self._wrap(v, (batch, k), logits.placements, DType.float32, "candidates") for v in (values, ids)]
         gathered = [self.all_gather(c, dim=-1, cluster_axis=axis) for c in cand]
         return gathered[0], gathered[1]
+
+    @staticmethod
+    def _masked(rows, words) -> ttnn.Tensor:
+        """``token_mask``'s unpacking on each chip: 32 bit planes of its ``[1, 1, B, W]`` words, concatenated
+        into ``[1, 1, B, width]`` 0/1, then ``logits + (allowed - 1) * OFF`` in float32."""
+        planes = [ttnn.bitwise_and(words if j == 0 else ttnn.bitwise_right_shift(words, j), 1) for j in range(token_mask.PLANES)]
+        keep = ttnn.typecast(ttnn.concat(planes, dim=-1), ttnn.float32)
+        off = ttnn.multiply(ttnn.subtract(keep, 1.0), token_mask.OFF)
+        return ttnn.add(ttnn.typecast(rows, ttnn.float32), off)
 
     def _vocab_offsets(self, logits: TtnnTensor, axis: int, width: int, k: int) -> ttnn.Tensor:
         """Each chip's first global vocab id, ``[1, 1, 1, k]`` per chip (added to its local topk ids)."""

@@ -1,7 +1,8 @@
 """Elementwise, reduction, typecast and top-k ops (``ttnn/operations/binary.py``, ``unary.py``,
 ``reduction.py``, ``core.py``: their golden functions are torch's ``add``/``mul``/``lt``/...,
 ``exp``, ``log``, ``reciprocal``, ``sum`` and ``topk``, whose ``indices_tensor`` labels are gathered at the
-selected positions).
+selected positions; ``bitwise_and`` / ``bitwise_right_shift`` of an INT32 tensor and an int are torch's
+``bitwise_and`` / ``bitwise_right_shift``).
 
 Binary ops broadcast their operands' logical shapes (dims of one expand), take a number for
 either operand, and compute in float32 then round to the output dtype (``dtype=`` for the
@@ -163,6 +164,33 @@ def _unary(op: str, fn, x, allowed, *, memory_config=None, output_tensor=None, f
 
     device.launch(op, [x], [out], run)
     return out
+
+
+def _bitwise(op: str, fn, x, value, *, memory_config=None, output_tensor=None, sub_core_grids=None, **extra):
+    """An integer op of a tensor and a Python int (ttnn's unary ``bitwise_*``; golden: torch's ``bitwise_*``
+    on int32, an arithmetic right shift)."""
+    kn.no_extra(op, dict(extra, output_tensor=output_tensor, sub_core_grids=sub_core_grids))
+    device = kn.device_of(op, x)
+    kn.require_dtype(op, x, {DataType.INT32})
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{op}: the second operand is an int, got {type(value).__name__}")
+    out = kn.output(device, x.shape, x.dtype, x.layout, memory_config or x.memory_config())
+
+    def run():
+        kn.write(out, fn(kn.read(x).astype(np.int32, copy=False), np.int32(value)))
+
+    device.launch(op, [x], [out], run, (int(value),))
+    return out
+
+
+def bitwise_and(x, value, **kw):
+    return _bitwise("bitwise_and", np.bitwise_and, x, value, **kw)
+
+
+def bitwise_right_shift(x, value, **kw):
+    if not 0 <= int(value) < 32:
+        raise kn.fatal("bitwise_right_shift", f"shift amount {value} must lie in [0, 32)")
+    return _bitwise("bitwise_right_shift", np.right_shift, x, value, **kw)
 
 
 def exp(x, **kw):

@@ -3,22 +3,27 @@
 ``parse_completion`` and ``parse_chat`` turn a JSON body into a ``ParsedRequest`` (or raise
 ``ApiError`` naming the bad field); the ``*_object`` / ``*_chunk`` functions build the JSON
 the OpenAI API returns. Fields the replicas cannot honour are refused with a 400 that says
-so (``suffix``, tools). Logprobs (``logprobs`` / ``top_logprobs``, ``echo`` and vLLM's
+so (``suffix``). Logprobs (``logprobs`` / ``top_logprobs``, ``echo`` and vLLM's
 ``prompt_logprobs``) are computed on the mesh (``ttdist.router.openai.logprobs`` shapes them).
 ``presence_penalty``, ``frequency_penalty`` and ``logit_bias`` are applied on the mesh, and vLLM's
 extensions ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos`` and
 ``stop_token_ids`` are accepted. ``temperature``, ``top_p``, ``top_k`` and ``repetition_penalty``
 left out take the model's generation_config.json defaults (the router fills them in), else
 OpenAI's (temperature 1).
+Structured outputs (``ttdist.router.openai.structured``) and tool calls
+(``ttdist.router.openai.tools``) are parsed in their own modules.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
 
 from ttdist.router.openai.errors import bad_param, unsupported
+from ttdist.router.openai.structured import parse_structured_output
+from ttdist.router.openai.tools import ToolUse, parse_calls, parse_tool_use, template_message
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_N = 64
@@ -47,6 +52,7 @@ class Sampling:
     logit_bias: tuple[tuple[int, float], ...] = ()
     min_p: float = 0.0
     min_tokens: int = 0
+    structured_output: pb.StructuredOutput | None = None   # the output's grammar (None: free text)
 
     def to_proto(self, choice: int, default_temperature: float = DEFAULT_TEMPERATURE) -> pb.SamplingParams:
         """Choice ``i`` of ``n`` draws from seed + i, so seeded choices differ and repeat. Fields left
@@ -67,6 +73,8 @@ class Sampling:
             s.logprobs = self.logprobs
         if self.prompt_logprobs is not None:
             s.prompt_logprobs = self.prompt_logprobs
+        if self.structured_output is not None:
+            s.structured_output.CopyFrom(self.structured_output)
         return s
 
 
@@ -82,6 +90,7 @@ class ParsedRequest:
     include_usage: bool = False
     add_generation_prompt: bool = True
     echo: bool = False                          # completions: the prompt's text (and logprobs) first
+    tool_use: ToolUse = field(default_factory=ToolUse)
 
 
 def _get(body: dict, name: str, kinds, default=None):
@@ -168,6 +177,7 @@ def _sampling(body: dict, max_tokens_field: str | None, default_max_tokens: int)
         top_p=_number(body, "top_p", 0, 1, None), top_k=None if top_k is None else max(0, top_k),
         seed=seed, stop=tuple(stop), stop_token_ids=tuple(stop_ids),
         ignore_eos=_get(body, "ignore_eos", bool, False), **_penalties(body),
+        structured_output=parse_structured_output(body),
     )
 
 
@@ -243,11 +253,7 @@ def _is_ids(x) -> bool:
 def parse_chat(body: dict) -> ParsedRequest:
     """A ``/v1/chat/completions`` body. Message content is a string or an array of text parts."""
     logprobs = _chat_logprobs(body)
-    if _get(body, "tools", list):
-        raise unsupported("tools", "tool calls are not parsed from the output")
-    response_format = _get(body, "response_format", dict, {})
-    if response_format.get("type", "text") != "text":
-        raise unsupported("response_format", "only {\"type\": \"text\"} (no constrained decoding)")
+    tool_use = parse_tool_use(body)
     common = _common(body)
     field_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     if body.get(field_name) is None:
@@ -258,9 +264,14 @@ def parse_chat(body: dict) -> ParsedRequest:
     messages = _get(body, "messages", list)
     if not messages:
         raise bad_param("messages", "is required: a non-empty array of {role, content}", "missing_required_parameter")
+    schema = tool_use.call_schema()
+    if schema is not None:
+        if sampling.structured_output is not None:
+            raise bad_param("tool_choice", "a required or named tool call cannot be combined with an output constraint")
+        sampling = replace(sampling, structured_output=pb.StructuredOutput(json_schema=json.dumps(schema)))
     return ParsedRequest(
         kind="chat", messages=tuple(_message(m, i) for i, m in enumerate(messages)), sampling=sampling,
-        add_generation_prompt=_get(body, "add_generation_prompt", bool, True), **common,
+        add_generation_prompt=_get(body, "add_generation_prompt", bool, True), tool_use=tool_use, **common,
     )
 
 
@@ -276,8 +287,13 @@ def _message(m, i: int) -> dict:
             parts.append(part["text"])
         content = "\n".join(parts)
     out = {"role": m.get("role"), "content": content}
-    if isinstance(m.get("name"), str):
-        out["name"] = m["name"]
+    for key in ("name", "tool_call_id"):
+        if isinstance(m.get(key), str):
+            out[key] = m[key]
+    if out["role"] == "assistant" and m.get("tool_calls"):
+        if not isinstance(m["tool_calls"], list) or not all(isinstance(c, dict) for c in m["tool_calls"]):
+            raise bad_param(f"messages[{i}].tool_calls", "must be an array of tool calls")
+        out = template_message({**out, "tool_calls": m["tool_calls"]})
     return out
 
 
@@ -303,8 +319,12 @@ def final_object(req: ParsedRequest, rid: str, created: int, completes: list[pb.
     choices = []
     for i, c in enumerate(completes):
         if req.kind == "chat":
-            choices.append({"index": i, "message": {"role": "assistant", "content": c.text},
-                            "logprobs": None, "finish_reason": FINISH[c.finish_reason]})
+            calls = parse_calls(c.text) if req.tool_use.parses_calls else None
+            message = {"role": "assistant", "content": None if calls else c.text}
+            if calls:
+                message["tool_calls"] = calls
+            choices.append({"index": i, "message": message, "logprobs": None,
+                            "finish_reason": "tool_calls" if calls else FINISH[c.finish_reason]})
         else:
             choices.append({"index": i, "text": c.text, "logprobs": None, "finish_reason": FINISH[c.finish_reason]})
     return {**_envelope(req.kind, rid, req.model, created, choices, False), "usage": usage}
@@ -326,6 +346,22 @@ def delta_chunk(req: ParsedRequest, rid: str, created: int, index: int, text: st
     out = _envelope(req.kind, rid, req.model, created, [choice], True)
     if req.include_usage:
         out["usage"] = None
+    return out
+
+
+def tool_call_chunks(req: ParsedRequest, rid: str, created: int, index: int, calls: list[dict]) -> list[dict]:
+    """A choice's tool calls streamed as OpenAI does: each call's id, type and name, then its arguments,
+    then the end with ``finish_reason: tool_calls``."""
+    out = []
+    for k, call in enumerate(calls):
+        head = {"index": k, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+        for part in (head, {"index": k, "function": {"arguments": call["function"]["arguments"]}}):
+            chunk = _envelope(req.kind, rid, req.model, created,
+                              [{"index": index, "delta": {"tool_calls": [part]}, "logprobs": None, "finish_reason": None}], True)
+            out.append({**chunk, "usage": None} if req.include_usage else chunk)
+    end = _envelope(req.kind, rid, req.model, created, [{"index": index, "delta": {}, "logprobs": None,
+                                                         "finish_reason": "tool_calls"}], True)
+    out.append({**end, "usage": None} if req.include_usage else end)
     return out
 
 

@@ -28,6 +28,7 @@ from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, from_request_error
 from ttdist.router.openai.logprobs import ChoiceLogprobs
 from ttdist.router.openai.tokenize import TokenizeRoutes
+from ttdist.router.openai.tools import might_be_call, parse_calls
 from ttdist.runtime.auth import ApiKeys
 from ttdist.runtime.request_checks import RequestError
 from ttdist.dashboard.replica_state import ReplicaState
@@ -135,7 +136,8 @@ class OpenAIServer:
 
     def _chat_prompt(self, req: p.ParsedRequest) -> tuple[int, ...]:
         try:
-            return tuple(self.chat_prompter.ids(list(req.messages), req.add_generation_prompt))
+            return tuple(self.chat_prompter.ids(list(req.messages), req.add_generation_prompt,
+                                                req.tool_use.template_tools()))
         except RequestError as err:
             raise from_request_error(err) from None
 
@@ -195,13 +197,14 @@ class OpenAIServer:
             await response.prepare(request)
             completes: dict[int, pb.Complete] = {}
             started: set[int] = set()
+            held: dict[int, str] = {}   # text that may still be a tool call, per choice
             item = first
             while True:
                 index, resp = item
                 if isinstance(resp, Exception):
                     await _event(response, _api_error(resp).body())
                     break
-                for event in _events(req, rid, created, index, resp, started, extras):
+                for event in _events(req, rid, created, index, resp, started, extras, held):
                     await _event(response, event)
                 if resp.WhichOneof("kind") == "complete":
                     completes[index] = resp.complete
@@ -219,20 +222,34 @@ class OpenAIServer:
 
 
 def _events(req: p.ParsedRequest, rid: str, created: int, index: int, resp: pb.GenerateResponse, started: set,
-            extras: ChoiceLogprobs):
+            extras: ChoiceLogprobs, held: dict[int, str]):
+    """A response's SSE events. With tools, text that may be a tool call is held until it is known:
+    then it goes out as ``delta.tool_calls`` (or as content, once it cannot be a call)."""
     out = []
     first = index not in started
     started.add(index)
     if first and req.kind == "chat":
         out.append(p.delta_chunk(req, rid, created, index, "", first=True))
+        if req.tool_use.parses_calls:
+            held[index] = ""
     if resp.WhichOneof("kind") == "chunk":
-        if resp.chunk.text or (extras.active and (resp.chunk.logprobs or first)):
-            event = p.delta_chunk(req, rid, created, index, resp.chunk.text)
+        text = resp.chunk.text
+        if index in held:
+            held[index] += text
+            text = "" if might_be_call(held[index]) else held.pop(index)
+        if text or (extras.active and (resp.chunk.logprobs or first)):
+            event = p.delta_chunk(req, rid, created, index, text)
             if extras.active:
                 extras.chunk(event["choices"][0], index, resp.chunk, first)
             out.append(event)
-    else:
-        out.append(p.delta_chunk(req, rid, created, index, None, finish_reason=resp.complete.finish_reason))
+        return out
+    buffered = held.pop(index, "")
+    calls = parse_calls(buffered) if buffered else None
+    if calls:
+        return out + p.tool_call_chunks(req, rid, created, index, calls)
+    if buffered:
+        out.append(p.delta_chunk(req, rid, created, index, buffered))
+    out.append(p.delta_chunk(req, rid, created, index, None, finish_reason=resp.complete.finish_reason))
     return out
 
 
