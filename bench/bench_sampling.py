@@ -8,6 +8,7 @@ only: no timing is asserted anywhere.
 
     .venv/bin/python bench/bench_sampling.py                     # tiny random Llama on 1x2 (seconds)
     .venv/bin/python bench/bench_sampling.py --model smollm2 --tokens 16 --repeats 2   # SmolLM2-135M
+    .venv/bin/python bench/bench_sampling.py --model smollm2 --runner --repeats 5   # the runner's steps alone
     .venv/bin/python bench/bench_sampling.py --emulate --mesh n300
 
 Variants: ``off`` (greedy, nothing asked), ``logprobs5`` (top-5 logprobs on every request).
@@ -62,6 +63,25 @@ def decode_rate(core: EngineCore, vocab: int, sampling: dict, seed: int, tokens:
     return tokens / seconds
 
 
+def step_rates(runner, steps: int) -> dict[str, float]:
+    """``--runner``: decode steps of the runner alone, 32 users at fixed positions (no engine, no
+    prefill: the quickest measurement of what logprobs add to a step), default and logprobs steps in turn."""
+    from ttdist.engine.runner import DecodeInput, SamplingSpec
+
+    pages = [[i] for i in range(BATCH)]
+    inputs = {name: DecodeInput([5 + i for i in range(BATCH)], [PROMPT] * BATCH, pages,
+                                [SamplingSpec(logprobs=sampling.get("logprobs"))] * BATCH, seq_ids=[str(i) for i in range(BATCH)])
+              for name, sampling in VARIANTS.items()}
+    seconds = {name: [] for name in VARIANTS}
+    for step in range(steps + 1):
+        for name, inp in inputs.items():
+            start = time.perf_counter()
+            runner.decode_logprobs(inp) if name != "off" else runner.decode(inp)
+            if step:   # the first round builds every program
+                seconds[name].append(time.perf_counter() - start)
+    return {name: BATCH / statistics.median(values) for name, values in seconds.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", choices=("tiny", "smollm2"))
@@ -69,6 +89,7 @@ def main() -> None:
     ap.add_argument("--emulate", action="store_true", help="the ttnn backend on emulated chips instead of the simulator")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per user (default %(default)s)")
+    ap.add_argument("--runner", action="store_true", help="time the runner's decode steps alone (no engine, no prefill)")
     args = ap.parse_args()
 
     if args.emulate:
@@ -82,6 +103,13 @@ def main() -> None:
     runner = MeshModelRunner.from_checkpoint(path, mesh=args.mesh, backend="ttnn" if args.emulate else "sim",
                                              dtype="bfloat16" if args.emulate else "float32", page_size=PAGE,
                                              num_pages=pages, max_batch=BATCH, max_context=PROMPT + args.tokens + PAGE)
+    backend = f"ttnn (emulated) {args.mesh}" if args.emulate else f"sim {args.mesh}"
+    if args.runner:
+        rates = step_rates(runner, args.repeats)
+        print(f"model {args.model}, {backend}, batch {BATCH}, runner decode steps alone, median of {args.repeats}")
+        for name, rate in rates.items():
+            print(f"{name:>10}: {rate:9.1f} decode tokens/s  ({rate / rates['off']:.3f}x off)")
+        return
     core = EngineCore(runner, None, EngineConfig(max_batch=BATCH, prefill_chunk=PAGE, prefix_caching=False))
     vocab = runner.info.vocab_size
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -91,7 +119,6 @@ def main() -> None:
         for name, sampling in VARIANTS.items():
             rates[name].append(decode_rate(core, vocab, sampling, seed=repeat, tokens=args.tokens))
     base = statistics.median(rates["off"])
-    backend = f"ttnn (emulated) {args.mesh}" if args.emulate else f"sim {args.mesh}"
     print(f"model {args.model}, {backend}, batch {BATCH}, {args.tokens} tokens per user, median of {args.repeats}")
     for name, values in rates.items():
         rate = statistics.median(values)
