@@ -101,8 +101,8 @@ async def test_chat_logprobs_stream_with_their_tokens_and_equal_transformers(sta
     stack, tokenizer = stack
     messages = [{"role": "user", "content": "Name a color."}]
     async with _openai(stack) as client:
-        whole = await client.chat.completions.create(model="smollm2", messages=messages, max_tokens=6, logprobs=True, temperature=0,
-                                                     top_logprobs=3)
+        whole = await client.chat.completions.create(model="smollm2", messages=messages, max_tokens=6, logprobs=True,
+                                                     top_logprobs=3, temperature=0)
         streamed = []
         async for event in await client.chat.completions.create(model="smollm2", messages=messages, max_tokens=6,
                                                                 logprobs=True, top_logprobs=3, stream=True, temperature=0):

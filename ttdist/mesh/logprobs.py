@@ -9,9 +9,7 @@ token (the sampled one, or the next prompt token):
    ``G`` = their maximum, the global maximum logit; the top ``TOP`` candidates and their ids
    (ttnn: ``topk`` labelled with the candidates' ids);
 2. each chip sums ``exp(scale * (x - G))`` over its own real vocab ids (padding excluded); the
-   ``[B, 1]`` sums are all-gathered over the vocab axis and added: ``S`` (the simulator gathers
-   each chip's log-sum-exp instead, its own maximum and sum in one torch op, and adds them in
-   log space: the same ``log S``);
+   ``[B, 1]`` sums are all-gathered over the vocab axis and added: ``S``;
 3. the target's logit ``t``: a drawn token is one of the candidates, so decode picks it from them;
    a prompt target may not be, so each chip picks it from its slice with a one-hot (zero where
    another chip holds it), gathered and added;

@@ -53,15 +53,13 @@ class LogprobOps:
         top_v, order = (t[..., :k] for t in values.data.sort(dim=-1, descending=True, stable=True))  # ties: chip order
         top_id = ids.data.gather(-1, order)
         g = top_v[..., :1]
-        x = logits.data.float()
+        e = logits.data.float() - g
         if scale is not None:
-            x = x * scale
+            e.mul_(scale)
+        e.exp_()
         if vocab_size < logits.shape[-1] * self._vocab_shards(logits, axis):   # padded ids hold no probability
-            x = x.masked_fill(self._local_ids(logits, axis) >= vocab_size, float("-inf"))
-        # each chip's log-sum-exp, combined over the vocab axis: log S = lse - scale * G
-        local = torch.logsumexp(x, -1, keepdim=True)
-        gathered = self.all_gather(self._wrap(local, logits.placements, DType.float32, "logprob_sums"), dim=-1, cluster_axis=axis)
-        log_s = torch.logsumexp(gathered.data, -1, keepdim=True) - (g if scale is None else g * scale)
+            e.mul_(self._local_ids(logits, axis) < vocab_size)
+        log_s = torch.log(self._vocab_sum(e.sum(-1, keepdim=True), logits, axis))
         s = 1.0 if scale is None else scale
         row = torch.cat([(target - g) * s - log_s, (top_v - g) * s - log_s, top_id], dim=-1)
         return self._wrap(row, values.placements, DType.float32, "logprobs")
