@@ -1,6 +1,7 @@
 """Record what every ttnn call of the ttnn backend returns while it runs a tiny Llama (prefill,
-a chunk at a later position, decode, sampling): op name and, per output, logical shape, padded
-shape, dtype, layout, memory layout and buffer type.
+a chunk at a later position, decode, sampling; once in the hardware formats, once with
+``--dtype float32``): op name and, per output, logical shape, padded shape, dtype, layout,
+memory layout and buffer type.
 
 The calls are every ``ttnn.<op>(...)`` the backend's source (ttdist/mesh/ttnn) makes, each
 wrapped in the ttnn module (the outermost call only: ttnn's own Python may call ops inside);
@@ -105,15 +106,20 @@ def record(mode: str, system: str, path: str) -> None:
     log: list = []
     wrap_calls(ttnn, log)
     spec = parse_mesh(system)
-    backend = make_backend(spec, "ttnn", device=open_device(spec))
+    device = open_device(spec)
     config = LlamaConfig(**TINY)
     rng = np.random.default_rng(0)
     hf = {k: (rng.standard_normal(s) * 0.02).astype(np.float32) for k, s in expected_shapes(config).items()}
-    model = LlamaModel(backend, prepare(config, hf, spec, DType.bfloat8_b), CacheConfig(num_pages=8, page_size=32, dtype=DType.bfloat8_b))
-    model.prefill_forward(list(range(1, 41)), 0, [3, 1])
-    model.prefill_forward(list(range(5)), 64, [3, 1, 0])
-    logits = model.decode_forward([7, 8, 9], [69, 12, 40], np.array([[3, 1, 0], [2, -1, -1], [4, 5, -1]]))
-    backend.read_ids(model.sample(logits, backend.input_tensor(device_params(SamplingBatch.greedy(3)), REPLICATED, name="sampling")))
+    # the hardware formats (bf16 activations, block-float weights and cache), then --dtype float32
+    # (float32 activations, bf16 only where ttnn requires it: SDPA inputs, the cache, the embedding table)
+    for dtype in (DType.bfloat8_b, DType.float32):
+        weights = prepare(config, hf, spec, dtype)
+        backend = make_backend(spec, "ttnn", device=device, activation_dtype=weights.precision.activations)
+        model = LlamaModel(backend, weights, CacheConfig(num_pages=8, page_size=32, dtype=dtype))
+        model.prefill_forward(list(range(1, 41)), 0, [3, 1])
+        model.prefill_forward(list(range(5)), 64, [3, 1, 0])
+        logits = model.decode_forward([7, 8, 9], [69, 12, 40], np.array([[3, 1, 0], [2, -1, -1], [4, 5, -1]]))
+        backend.read_ids(model.sample(logits, backend.input_tensor(device_params(SamplingBatch.greedy(3)), REPLICATED, name="sampling")))
     Path(path).write_text(json.dumps({"system": system, "ttnn": mode, "calls": log}, separators=(",", ":")))
     print(f"{len(log)} calls recorded in {path}")
 

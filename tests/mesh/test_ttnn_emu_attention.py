@@ -107,6 +107,28 @@ def test_paged_sdpa_decode_refuses_float32_inputs(ttnn, rng):
         ttnn.transformer.paged_scaled_dot_product_attention_decode(q, kcache, kcache, cur_pos_tensor=idx, page_table_tensor=table)
 
 
+@pytest.mark.parametrize("which", ["Q", "K", "V"])
+def test_causal_and_chunked_sdpa_refuse_float32_inputs(ttnn, rng, which):
+    """As ttnn 0.81.1 on mocked chips does (``sdpa_device_operation.cpp``): float32 activations go
+    into attention as bf16."""
+    dev = open_mesh(ttnn, 1, 1)
+    data = {n: rng.standard_normal((1, NQ if n == "Q" else NKV, 64, HD)).astype(np.float32) for n in "QKV"}
+    made = {n: upload(ttnn, dev, a, dtype=ttnn.float32 if n == which else ttnn.bfloat16) for n, a in data.items()}
+    with pytest.raises(RuntimeError, match=f"TT_FATAL scaled_dot_product_attention: {which} dtype .*FLOAT32"):
+        ttnn.transformer.scaled_dot_product_attention(made["Q"], made["K"], made["V"], is_causal=True)
+    _, kcache = _cache(ttnn, dev, rng, ttnn.bfloat16)
+    table = upload(ttnn, dev, np.array([[0, 1]], np.int32), dtype=ttnn.int32, layout=ttnn.ROW_MAJOR_LAYOUT)
+    if which == "Q":
+        with pytest.raises(RuntimeError, match="TT_FATAL chunked_scaled_dot_product_attention: Q dtype .*FLOAT32"):
+            ttnn.transformer.chunked_scaled_dot_product_attention(made["Q"], kcache, kcache, table, 32)
+    else:
+        _, f32cache = _cache(ttnn, dev, rng, ttnn.float32)
+        caches = (f32cache, kcache) if which == "K" else (kcache, f32cache)
+        q = upload(ttnn, dev, data["Q"], dtype=ttnn.bfloat16)
+        with pytest.raises(RuntimeError, match=f"TT_FATAL chunked_scaled_dot_product_attention: {which} dtype .*FLOAT32"):
+            ttnn.transformer.chunked_scaled_dot_product_attention(q, *caches, table, 32)
+
+
 def test_fill_then_causal_and_chunked_sdpa_match_golden(ttnn, rng):
     dev = open_mesh(ttnn, 1, 2)
     kdata, kcache = _cache(ttnn, dev, rng, ttnn.bfloat16)

@@ -1,7 +1,7 @@
-"""What the emulated chips prove beyond op acceptance: seeded sampling draws equal to the
-simulator's, and bugs the mocked chips cannot see (they return zeros) change the values or fail:
-an input made anew instead of rewritten before a replay, tile padding summed as data, an idle
-slot's unwritten rows summed, an all-gather along the wrong dim."""
+"""What the emulated chips prove beyond op acceptance: bugs the mocked chips cannot see (they
+return zeros) change the values or fail: an input made anew instead of rewritten before a replay,
+tile padding summed as data, an idle slot's unwritten rows summed, an all-gather along the wrong
+dim. (Seeded sampling draw for draw against the simulator: test_ttnn_emu_sampling.py.)"""
 
 from __future__ import annotations
 
@@ -60,60 +60,6 @@ def _decode(runner, steps: int) -> list[list[int]]:
         out.append(last)
     runner.close()
     return out
-
-
-def _draws(mesh: str, bf16_logits: bool) -> dict:
-    """Seeded draws (temperature, top-k, top-p; flat to peaky logits) of the host reference
-    (``sampling.candidates`` + ``sampling.draw``), the simulator and the emulated backend, on the
-    same vocab-sharded logits, six steps of eight users."""
-    from ttdist.mesh import REPLICATED, SamplingBatch
-    from ttdist.mesh import sampling as host_sampling
-    from ttdist.mesh.placement import Replicate, Shard
-
-    weights = _weights(mesh)
-    runners = {b: _runner(weights, b) for b in ("sim", "ttnn")}
-    model = runners["sim"].model
-    vocab, batch = TINY["vocab_size"], 8
-    placements = [Replicate(), Replicate()]
-    placements[model.vocab_axis] = Shard(1)
-    rng = np.random.default_rng(5)
-    scale = np.array([0.5, 1, 2, 4, 8, 1, 2, 4], np.float32)[:, None]  # flat to peaky
-    grid = np.arange(-vocab // 2, vocab // 2, dtype=np.float32) / 64  # 512 distinct bf16-exact values
-    draws: dict = {"host": [], "sim": [], "ttnn": []}
-    for step in range(6):
-        logits = np.zeros((batch, model.layout.vocab), np.float32)
-        if bf16_logits:  # a permutation of the grid per user: no ties, whose order no top-k promises
-            logits[:, :vocab] = np.stack([rng.permutation(grid) for _ in range(batch)]) * scale
-        else:
-            logits[:, :vocab] = rng.standard_normal((batch, vocab)).astype(np.float32) * scale
-        params = host_sampling.device_params(SamplingBatch(
-            temperature=[0.6, 1.0, 1.3, 0.8] * 2, top_k=[0, 5, 20, 32] * 2, top_p=[0.9, 1.0, 0.8, 0.5] * 2,
-            seed=[11 + u for u in range(batch)], step=[step] * batch))
-        values, ids = host_sampling.candidates(logits, vocab, parse_mesh(mesh).shape[model.vocab_axis])
-        draws["host"].append(host_sampling.draw(values, ids, params).tolist())
-        for name, runner in runners.items():
-            be = runner.backend
-            t = be.from_host(logits, tuple(placements), dtype=DType.float32, name="logits")
-            draws[name].append(be.read_ids(runner.model.sample(t, be.input_tensor(params, REPLICATED, name="sampling"))).tolist())
-    return draws
-
-
-@pytest.mark.parametrize("mesh", ["n300", "tg"])
-def test_seeded_sampling_draws_equal_the_simulators(emulated, mesh):
-    """On distinct bf16-exact logits (what the LM head writes with bf16 activations) every draw is the
-    simulator's. End to end the two differ by bf16 activations (~0.5 % of a logit), so a draw whose
-    uniform lies that close to a boundary of the cumulative distribution could differ."""
-    draws = _draws(mesh, bf16_logits=True)
-    assert draws["ttnn"] == draws["sim"] == draws["host"]
-    assert len({tuple(d) for d in draws["host"]}) == 6  # the seeded draws change with the step
-
-
-@pytest.mark.xfail(strict=True, reason="ttnn backend _draw: top-p keeps candidates with float32 logits >= a threshold "
-                   "taken from bf16-rounded top-k values; where the last kept logit rounds up it is dropped "
-                   "(with one kept, every weight is 0 and the token is id 0)")
-def test_seeded_sampling_on_float32_logits_keeps_the_top_p_set(emulated):
-    draws = _draws("n300", bf16_logits=False)
-    assert draws["ttnn"] == draws["host"]
 
 
 def test_an_input_made_anew_before_a_replay_is_stale(emulated, monkeypatch):

@@ -198,6 +198,19 @@ def test_embedding_looks_up_rows(ttnn, rng):
         np.testing.assert_array_equal(got[0, c, 0], bf16(np.split(table, 2, axis=3)[c][0, 0, ids[0]]))
 
 
+def test_embedding_reads_bf16_tables_only(ttnn, rng):
+    """ttnn 0.81.1 on mocked chips: TT_FATAL "Weights tensor must have BFLOAT16 dtype"; the output may be float32."""
+    dev = open_mesh(ttnn, 1, 1)
+    table = rng.standard_normal((1, 1, 100, 64)).astype(np.float32)
+    t_ids = upload(ttnn, dev, np.array([[3, 99]], np.uint32), dtype=ttnn.uint32, layout=ttnn.ROW_MAJOR_LAYOUT)
+    with pytest.raises(RuntimeError, match="TT_FATAL embedding: the weight dtype .*FLOAT32"):
+        ttnn.embedding(t_ids, upload(ttnn, dev, table, dtype=ttnn.float32, layout=ttnn.ROW_MAJOR_LAYOUT), layout=ttnn.TILE_LAYOUT)
+    out = ttnn.embedding(t_ids, upload(ttnn, dev, table, dtype=ttnn.bfloat16, layout=ttnn.ROW_MAJOR_LAYOUT), layout=ttnn.TILE_LAYOUT,
+                         dtype=ttnn.float32)
+    assert out.dtype == ttnn.float32
+    np.testing.assert_array_equal(per_chip(ttnn, out)[0, 0, 0], bf16(table[0, 0, [3, 99]]))
+
+
 # ---------------------------------------------------------------------- data movement
 def test_data_movement_matches_numpy(ttnn, rng):
     dev = open_mesh(ttnn, 1, 2)

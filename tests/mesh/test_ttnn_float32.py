@@ -47,12 +47,21 @@ def test_float32_on_ttnn_runs_and_matches_the_float32_simulator(mesh):
     sim_logits, sim_ids = _generate(MeshModelRunner(weights, backend="sim", **options))
     with ttnn_emu.installed():
         runner = MeshModelRunner(weights, backend="ttnn", trace_decode=False, **options)
+        assert runner.backend.activation_dtype is DType.float32
         emu_logits, emu_ids = _generate(runner)
         assert {layer.attention.cache.k.dtype for layer in runner.model.layers} == {DType.bfloat16}   # held in bf16
         runner.close()
     for sim, emu in zip(sim_logits, emu_logits):
         assert np.corrcoef(sim.ravel(), emu.ravel())[0, 1] > 0.9999
     assert emu_ids == sim_ids
+
+
+@pytest.mark.parametrize("precision, activations", [("accuracy", DType.bfloat16), ("performance", DType.bfloat16),
+                                                    ("bfloat16", DType.bfloat16), ("bfloat8_b", DType.bfloat16),
+                                                    ("float32", DType.float32)])
+def test_activations_are_float32_only_for_float32_weights(precision, activations):
+    assert Precision.parse(precision).activations is activations
+    assert Precision(wqkv=DType.float32, wo=DType.float32, ff1_ff3=DType.float32, ff2=DType.float32).activations is DType.bfloat16
 
 
 @pytest.mark.parametrize("precision", [*PRESETS, "float32", "bfloat16", "bfloat8_b", "bfloat4_b"])

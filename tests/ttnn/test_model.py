@@ -16,7 +16,7 @@ import pytest
 # ``ttnn._ttnn``, not ``ttnn``: without the wheel, tests/ttnn itself imports as a namespace package.
 pytest.importorskip("ttnn._ttnn", reason="the ttnn lane runs in .venv-ttnn (scripts/test-ttnn)")
 
-from ttdist.mesh import REPLICATED, Replicate, SamplingBatch  # noqa: E402
+from ttdist.mesh import REPLICATED, Replicate, SamplingBatch, make_backend  # noqa: E402
 from ttdist.mesh.precision import DType, Precision  # noqa: E402
 from ttdist.mesh.sampling import device_params  # noqa: E402
 from ttdist.mesh.accounting import tile_padded_bytes  # noqa: E402
@@ -86,14 +86,16 @@ def test_model_prefill_and_decode(backend, spec, dims):
 
 
 @pytest.mark.parametrize("precision", ["float32", "accuracy"])
-def test_float32_and_the_default_precision_run_on_ttnn(backend, spec, precision):
-    """``--dtype float32`` (float32 wherever ttnn takes it; the KV cache in bf16, which SDPA reads)
-    and ttnn's default ``accuracy``: every op accepted, decode included."""
+def test_float32_and_the_default_precision_run_on_ttnn(mesh_device, spec, precision):
+    """``--dtype float32`` (float32 activations wherever ttnn takes them; bf16 for the KV cache and
+    SDPA's inputs) and ttnn's default ``accuracy`` (bf16 activations): every op accepted, decode included."""
     config = LlamaConfig(**TINY)
     chosen = Precision.parse(precision)
+    backend = make_backend(spec, "ttnn", device=mesh_device, activation_dtype=chosen.activations)
     weights = prepare(config, _hf(config, np.random.default_rng(2)), spec, DType.float32, precision=chosen)
     model = LlamaModel(backend, weights, CacheConfig(num_pages=8, page_size=32, dtype=chosen.kv_cache))
     _steps(model, config.vocab_size)
+    backend.close()
 
 
 def test_dram_allocator_matches_weight_layouts(backend):

@@ -140,6 +140,13 @@ class Precision:
             raise ValueError(f"no precision group for weight {kind!r}") from None
 
     @property
+    def activations(self) -> DType:
+        """The activation format a backend that stores activations (ttnn) keeps: float32 when every
+        matmul weight is float32 (``--dtype float32``), else bf16 (the hardware presets)."""
+        weights = (self.wqkv, self.wo, self.ff1_ff3, self.ff2, self.lm_head)
+        return DType.float32 if all(d is DType.float32 for d in weights) else DType.bfloat16
+
+    @property
     def needs_float32_storage(self) -> bool:
         return any(getattr(self, g) is DType.float32 for g in GROUPS if g != "kv_cache")
 

@@ -20,6 +20,12 @@ step``, so a seeded request draws the same tokens whatever batch or slot it runs
 fused ``ttnn.sampling`` takes one seed per batch, which cannot give that). top-k is capped at
 ``K`` candidates (0 = off means the top ``K``), as serving stacks on Tenstorrent chips do.
 Ties at the threshold keep every tied candidate.
+
+Every step compares the candidates' own float32 values: the sort of step 2 and the threshold
+test ``v >= s[last]`` see the same numbers, so the last kept candidate is always kept (greedy:
+the maximum). All three implementations sort float32 (numpy, torch, and on ttnn ``ttnn.topk``,
+which takes float32 and returns 32-bit indices); a sort of bf16-rounded copies would give a
+threshold above any candidate whose value rounds up, keeping nothing there.
 """
 
 from __future__ import annotations

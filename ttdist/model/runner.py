@@ -141,7 +141,10 @@ class MeshModelRunner:
         if num_pages and num_pages % groups:
             raise UserGroupError(f"num_pages {num_pages} must be a multiple of the {groups} user groups of a "
                                  f"{weights.mesh.shape_str} mesh (each group holds num_pages // {groups})")
-        self.backend = make_backend(weights.mesh, backend, **(backend_options or {}))
+        made = dict(backend_options or {})
+        if backend == "ttnn":  # ttnn stores activations in a format of their own; the simulator computes in float32
+            made.setdefault("activation_dtype", weights.precision.activations)
+        self.backend = make_backend(weights.mesh, backend, **made)
         context = min(max_context or config.max_position_embeddings, config.max_position_embeddings)
         options = ModelOptions(max_positions=context, lm_head_chunk=lm_head_chunk,
                                logits_dtype=DType.parse(logits_dtype) if logits_dtype else None, max_batch=max_batch)

@@ -38,6 +38,7 @@ class AttentionHost(Protocol):
     """What ``AttentionOps`` uses of the backend it is mixed into (``TtnnBackend``)."""
 
     grid: cfg.Grid
+    activation_dtype: DType
 
     def _wrap(self, value: ttnn.Tensor, shape, placements: Placements, dtype: DType | None = None,
               name: str = "activations", kind: str = ROWS, heads: int = 0) -> TtnnTensor:
@@ -119,7 +120,7 @@ class AttentionOps:
                 raise MeshError(f"rotary: {table.name!r} is a sharded host array; look sharded rows up in a resident "
                                 f"table with embedding (as the model does)")
             table.kind = HEADS_DECODE if decode else ROWS
-            return self._materialize(table, DType.bfloat16, ttnn.TILE_LAYOUT, memory, shape4)
+            return self._materialize(table, cfg.side_dtype(table.dtype, self.activation_dtype), ttnn.TILE_LAYOUT, memory, shape4)
         value = table.value
         if tuple(value.shape) != shape4:
             value = ttnn.reshape(ttnn.to_memory_config(value, ttnn.DRAM_MEMORY_CONFIG), shape4)
@@ -160,6 +161,11 @@ class AttentionOps:
         rows = np.stack([np.stack([self._page_rows(cache, pieces[r, c], positions)[:, first:last] for c in range(pieces.shape[1])])
                          for r in range(pieces.shape[0])])
         return self._upload_pieces(rows, DType.int32, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+
+    @staticmethod
+    def _sdpa_input(value: ttnn.Tensor) -> ttnn.Tensor:
+        """SDPA reads Q, K and V in bf16 or block floats only: float32 activations go in as bf16."""
+        return ttnn.typecast(value, ttnn.bfloat16) if value.dtype == ttnn.float32 else value
 
     def _as_cache_dtype(self, value: ttnn.Tensor, cache) -> ttnn.Tensor:
         want = cfg.ttnn_dtype(cache.dtype)
@@ -207,11 +213,11 @@ class AttentionOps:
     def sdpa_prefill(self, q, k, v, k_cache, v_cache, page_table, start_pos: int, scale: float):
         require_reduced("sdpa_prefill", q, k, v)
         t, n, hd = q.shape
-        qv = self._prefill_heads(q)
+        qv = self._sdpa_input(self._prefill_heads(q))
         compute = cfg.precise_compute()
         if start_pos == 0:
             out = ttnn.transformer.scaled_dot_product_attention(
-                qv, self._prefill_heads(k), self._prefill_heads(v), is_causal=True, scale=scale,
+                qv, self._sdpa_input(self._prefill_heads(k)), self._sdpa_input(self._prefill_heads(v)), is_causal=True, scale=scale,
                 program_config=cfg.sdpa_prefill_program(t, self.grid), compute_kernel_config=compute)
         else:
             page_size = k_cache.shape[2]
@@ -229,7 +235,7 @@ class AttentionOps:
             raise MeshError(f"sdpa_decode: {q.name!r} has {q.shape[0]} users; a decode batch holds at most {cfg.TILE}")
         pos, table = self._decode_indices(k_cache, positions, page_table)
         out = ttnn.transformer.paged_scaled_dot_product_attention_decode(
-            q.value, k_cache.value, v_cache.value, cur_pos_tensor=pos, page_table_tensor=table, scale=scale,
+            self._sdpa_input(q.value), k_cache.value, v_cache.value, cur_pos_tensor=pos, page_table_tensor=table, scale=scale,
             program_config=cfg.sdpa_decode_program(k_cache.shape[2], self.grid),
             compute_kernel_config=cfg.precise_compute(), memory_config=ttnn.DRAM_MEMORY_CONFIG)
         return self._wrap(out, q.shape, q.placements, kind=HEADS_DECODE, heads=q.heads)

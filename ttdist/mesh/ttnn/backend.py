@@ -235,7 +235,7 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
             raise MeshError(f"tensor {t.name!r}: norm weights need a width that is a multiple of {cfg.TILE}, got {width}")
         if t.pending is not None:
             t.pending = t.pending.tile_rows()
-        return self._materialize(t, DType.bfloat16, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+        return self._materialize(t, cfg.side_dtype(t.dtype, self.activation_dtype), ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
 
     def _weight(self, w: TtnnTensor) -> tuple[ttnn.Tensor, bool]:
         """A matmul weight ``[K, N]``: DRAM-sharded when the decode path is on and the shape allows."""
@@ -266,7 +266,8 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
     def _wrap(self, value, shape, placements, dtype: DType | None = None, name: str = "activations", kind: str = ROWS, heads: int = 0):
         if kind == ROWS and tuple(value.shape) != (1,) * (4 - len(shape)) + tuple(shape):
             raise AssertionError(f"ttnn backend: device tensor {tuple(value.shape)} does not hold rows {tuple(shape)}")
-        return TtnnTensor(self, value, shape, placements, dtype or self.activation_dtype, name, kind, heads)
+        dtype = dtype or cfg.dtype_of(value.dtype) or self.activation_dtype  # as held: SDPA outputs bf16 under float32
+        return TtnnTensor(self, value, shape, placements, dtype, name, kind, heads)
 
     # ------------------------------------------------------------------ compute
     def linear(self, x: TtnnTensor, w: TtnnTensor, *, out_dtype: DType | None = None) -> TtnnTensor:
@@ -334,7 +335,7 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
             count, index = host.size, self._ints(host.reshape(1, -1), ttnn.uint32)
         if table.value is None:
             table.kind = TABLE
-            self._materialize(table, DType.bfloat16, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)  # ttnn.embedding reads bf16 tables
+            self._materialize(table, DType.bfloat16, ttnn.ROW_MAJOR_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)  # ttnn.embedding reads bf16 tables only
         elif table.kind != TABLE:
             raise MeshError(f"embedding: {table.name!r} is already placed as a {table.kind} tensor")
         out = ttnn.embedding(index, table.value, layout=ttnn.TILE_LAYOUT,
@@ -359,9 +360,10 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
 
     def rms_norm_pre_all_gather(self, x: TtnnTensor) -> TtnnTensor:
         require_reduced("rms_norm_pre_all_gather", x)
+        held = cfg.side_dtype(x.dtype, self.activation_dtype)
         stats = ttnn.rms_norm_pre_all_gather(self._rows_value(x), compute_kernel_config=cfg.precise_compute(),
-                                             dtype=ttnn.bfloat16, memory_config=cfg.activation_memory(x.rows, x.shape[-1]))
-        return self._wrap(stats, (x.shape[0], 1), x.placements, DType.bfloat16, "norm_stats", STATS)
+                                             dtype=cfg.ttnn_dtype(held), memory_config=cfg.activation_memory(x.rows, x.shape[-1]))
+        return self._wrap(stats, (x.shape[0], 1), x.placements, held, "norm_stats", STATS)
 
     def rms_norm_post_all_gather(self, x: TtnnTensor, stats: TtnnTensor, weight: TtnnTensor, *, eps: float, width: int) -> TtnnTensor:
         require_reduced("rms_norm_post_all_gather", x, stats)

@@ -66,7 +66,18 @@ def ttnn_dtype(dtype: DType) -> ttnn.DataType:
     return getattr(ttnn, _TTNN_DTYPES[dtype])
 
 
-# SDPA (prefill, chunked, paged decode) reads K and V only in these formats (TT_FATAL otherwise)
+def dtype_of(value_dtype) -> DType | None:
+    """The ``DType`` a device tensor holds (None for a format the backend does not name, e.g. uint16)."""
+    return next((d for d, name in _TTNN_DTYPES.items() if value_dtype == getattr(ttnn, name)), None)
+
+
+def side_dtype(dtype: DType, activations: DType) -> DType:
+    """The format of a tensor an op reads beside float32 or bf16 activations (norm weights, RoPE
+    tables, norm statistics): float32 where it and the activations are float32, else bf16."""
+    return DType.float32 if dtype is DType.float32 and activations is DType.float32 else DType.bfloat16
+
+
+# SDPA (prefill, chunked, paged decode) reads Q, K and V only in these formats (TT_FATAL otherwise)
 CACHE_DTYPES = (DType.bfloat16, DType.bfloat8_b, DType.bfloat4_b)
 
 

@@ -1,6 +1,10 @@
 """Sampling on the ttnn backend: ``ttdist.mesh.sampling``'s algorithm in ttnn ops (local ``topk``,
 ``all_gather`` of the candidates, the draw with cumulative sums as matmuls with triangular ones);
-the ids stay on device."""
+the ids stay on device.
+
+The candidates are float32 and the draw's sort is ``ttnn.topk`` on those float32 values (ttnn
+0.81.1 takes FLOAT32 there): the top-p threshold is then the float32 value of the last kept
+candidate, as in the numpy reference and the simulator, and every draw is theirs."""
 
 from __future__ import annotations
 
@@ -112,11 +116,7 @@ class SamplingOps:
         mem = ttnn.DRAM_MEMORY_CONFIG
         col = [ttnn.slice(params, [0, 0, 0, i], [1, 1, batch, i + 1]) for i in range(sampling.PARAMS)]
         t_inv, k, p, u = ttnn.reciprocal(col[0]), col[1], col[2], col[3]
-        if min_p is None:  # candidates of bfloat16 logits: sorting them in bfloat16 is exact
-            s, _ = ttnn.topk(ttnn.typecast(v, ttnn.bfloat16), top, dim=-1, largest=True, sorted=True)
-            s = ttnn.typecast(s, ttnn.float32)
-        else:  # penalized float32 logits: rounding them would put the threshold above the largest
-            s, _ = ttnn.topk(v, top, dim=-1, largest=True, sorted=True)
+        s, _ = ttnn.topk(v, top, dim=-1, largest=True, sorted=True)
         rank = self._const(("rank", batch, top), lambda: self._upload(
             np.broadcast_to(np.arange(top, dtype=np.float32), (1, 1, batch, top)).copy(), (None, None),
             DType.float32, ttnn.TILE_LAYOUT, mem))

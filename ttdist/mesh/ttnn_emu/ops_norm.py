@@ -10,7 +10,8 @@
   ``n = stats.shape[-1] / 32`` devices, column 0 of each tile-wide block summed, divided by
   ``W * n``; ``x * rsqrt(that + eps) * weight``.
 * ``embedding`` (golden: ``torch.nn.functional.embedding``): ids ``[B, T]`` (uint32 or int32,
-  row-major) index rows of a row-major table ``[.., V, H]``; the output ``[B, 1, T, H]`` in
+  row-major) index rows of a row-major BFLOAT16 table ``[.., V, H]`` (the only table dtype ttnn
+  0.81.1 takes: ``embedding_device_operation.cpp``, checked on mocked chips); the output ``[B, 1, T, H]`` in
   ``layout`` (default ROW_MAJOR) and ``dtype`` (default the table's). An id outside the
   table reads memory past it: poison.
 """
@@ -127,7 +128,7 @@ def embedding(input_tensor, weight, *, memory_config=None, output_tensor=None, p
     kn.require_dtype(op, input_tensor, kn.INDEX_TYPES, "the index tensor")
     kn.require_layout(op, input_tensor, Layout.ROW_MAJOR, "the index tensor")
     kn.require_layout(op, weight, Layout.ROW_MAJOR, "the weight")
-    kn.require_dtype(op, weight, {DataType.BFLOAT16, DataType.FLOAT32}, "the weight")
+    kn.require_dtype(op, weight, {DataType.BFLOAT16}, "the weight")  # ttnn 0.81.1: TT_FATAL for a FLOAT32 table
     if len(input_tensor.shape) != 2:
         raise kn.fatal(op, f"the index tensor must be [batch, tokens], got {list(input_tensor.shape)}")
     batch, tokens = input_tensor.shape

@@ -14,8 +14,12 @@
 * ``transformer.paged_scaled_dot_product_attention_decode``
   (``paged_scaled_dot_product_attention_decode_golden``): Q ``[1, B, nh, d]``, user ``b`` attends
   positions ``0..cur_pos[b]`` of its pages; the output is ``[1, B, nh, d]`` like Q (ttnn 0.81.1 on
-  mock chips reports Q's logical shape, padded to a tile of heads). Q, K and V must be BFLOAT16 / BFLOAT8_B / BFLOAT4_B (TT_FATAL otherwise). A user at
+  mock chips reports Q's logical shape, padded to a tile of heads). A user at
   position -1 is skipped (its doc): its output rows are not written (poison; the golden writes zeros).
+
+Every SDPA reads Q, K and V (or the caches) in BFLOAT16 / BFLOAT8_B / BFLOAT4_B only: ttnn 0.81.1
+raises TT_FATAL for a FLOAT32 Q, K or V (``sdpa_device_operation.cpp``, ``sdpa_decode_device_operation.cpp``;
+checked on mocked chips), so float32 activations are cast to bf16 before attention.
 
 Softmax and products run in float32; outputs are rounded to Q's dtype.
 """
@@ -163,6 +167,7 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, is_causal: bool = T
     kn.no_extra(op, dict(extra, attn_mask=attn_mask, sliding_window_size=sliding_window_size, attention_sink=attention_sink))
     device = kn.device_of(op, q, k, v)
     for t, name in ((q, "Q"), (k, "K"), (v, "V")):
+        kn.require_dtype(op, t, _SDPA_TYPES, name)
         kn.require_layout(op, t, Layout.TILE, name)
         kn.require_rank(op, t, 4, name)
     _check_heads(op, q, k.shape[1])
@@ -193,10 +198,12 @@ def chunked_scaled_dot_product_attention(q, k_cache, v_cache, page_table, chunk_
     kn.no_extra(op, dict(extra, chunk_start_idx_tensor=chunk_start_idx_tensor, paged_cache_geometry=paged_cache_geometry,
                          sliding_window_size=sliding_window_size, attention_sink=attention_sink))
     device = kn.device_of(op, q, k_cache, v_cache, page_table)
+    kn.require_dtype(op, q, _SDPA_TYPES, "Q")
     kn.require_layout(op, q, Layout.TILE, "Q")
     kn.require_rank(op, q, 4, "Q")
-    for cache in (k_cache, v_cache):
+    for cache, name in ((k_cache, "K"), (v_cache, "V")):
         _check_cache(op, cache)
+        kn.require_dtype(op, cache, _SDPA_TYPES, name)
     _check_index(op, page_table, "page_table")
     _check_heads(op, q, k_cache.shape[1])
     start = int(chunk_start_idx or 0)
