@@ -26,6 +26,8 @@ class ScriptedCall:
     """A replica's answer to one request: ``entries`` in order, then ``error`` raised (or the
     end of the stream); ``ready`` chunks wait behind the first entry read."""
 
+    died_with = 0
+
     def __init__(self, entries=(), error: BaseException | None = None, ready=()) -> None:
         self.entries = list(entries)
         self.error = error

@@ -2,12 +2,25 @@
 
 A request that fails on a replica avoids that replica's *incarnation* (address + pid) for the
 rest of its life, not its id: a replica restarted under the same id is a new process and is
-eligible again. Engine errors (INTERNAL or UNKNOWN from a replica: its engine failed on this
-request, or failed while running it) are counted per request: one that met an engine error on
-``max_engine_errors`` replicas ends with INTERNAL naming them, so no single request walks
-through the fleet. Other failures (connection lost, replica stopped) move the request, up to
-``max_migrations`` times. A replica that answers RESOURCE_EXHAUSTED before any token is
-skipped for this request; when every ready replica did, the request gets RESOURCE_EXHAUSTED.
+eligible again. A replica that answers RESOURCE_EXHAUSTED before any token is skipped for this
+request; when every ready replica did, the request gets RESOURCE_EXHAUSTED.
+
+Only failures that implicate the request count against it (``Failure.implicates``):
+
+- its own error: the engine failed on this request (INTERNAL or UNKNOWN from the replica for
+  this request alone), or the replica ended it in another way of its own; one that met an
+  engine error on ``max_engine_errors`` replicas ends with INTERNAL naming them, so no single
+  request walks through the fleet;
+- being the ONE stream a replica died with (its stream to the router broke, or its engine
+  failed as a whole, with no other stream there): a request that was alone on
+  ``max_lone_deaths`` replicas that died ends with INTERNAL and is not sent to a third (the
+  poison rule: a request that kills replicas stops after two).
+
+A replica death that takes several streams at once (a lost host, a SIGKILL, a restart, an
+engine that failed under a full batch) implicates none of them, and a replica that could not be
+reached (UNAVAILABLE before its stream was up) neither: the request moves, waiting for a ready
+replica within its deadline, however often that happens; ``max_moves`` only bounds a request
+without a deadline. More than ``max_migrations`` implicating failures end it with UNAVAILABLE.
 
 ``wait_for_replica`` is what the router does when no replica can take a request: it waits
 (the routing table refreshes meanwhile) until one can or the wait's end passes.
@@ -34,17 +47,46 @@ def incarnation(entry: ReplicaEntry) -> Incarnation:
     return entry.address, entry.pid
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One failure of a request on a replica: the replica's status code (None: the stream
+    ended without one), its words, and how many streams it took at once (0: this request's own)."""
+
+    code: grpc.StatusCode | None
+    message: str
+    died_with: int = 0
+
+    @property
+    def own_engine_error(self) -> bool:
+        return self.died_with == 0 and self.code in ENGINE_ERROR_CODES
+
+    @property
+    def lone_death(self) -> bool:
+        return self.died_with == 1
+
+    @property
+    def implicates(self) -> bool:
+        """The failure counts against the request: its own, or a replica that died with it alone."""
+        if self.died_with == 0:
+            return self.code != grpc.StatusCode.UNAVAILABLE   # unreachable / stopped replica: not its fault
+        return self.lone_death
+
+
 @dataclass
 class Attempts:
     """One request's history across replicas."""
 
     max_migrations: int
     max_engine_errors: int = 2
+    max_lone_deaths: int = 2
+    max_moves: int = 32
     failed_on: set[Incarnation] = field(default_factory=set)
     overloaded_on: set[Incarnation] = field(default_factory=set)
     tried: list[str] = field(default_factory=list)        # replica ids, in the order the request went there
     engine_errors: list[str] = field(default_factory=list)
-    failures: int = 0
+    lone_deaths: list[str] = field(default_factory=list)
+    failures: int = 0          # the ones that implicate this request
+    moves: int = 0             # every failure, implicating or not
 
     def avoid(self, table: RoutingTable) -> frozenset[str]:
         """Ids of the replicas whose current incarnation this request must not go to."""
@@ -59,20 +101,36 @@ class Attempts:
     def overloaded(self, entry: ReplicaEntry) -> None:
         self.overloaded_on.add(incarnation(entry))
 
-    def failed(self, entry: ReplicaEntry, code: grpc.StatusCode | None, message: str) -> RequestError | None:
-        """Record a failure on ``entry``: the error to end the request with, or None to move it."""
+    def failed(self, entry: ReplicaEntry, failure: Failure, deadline: float | None = None) -> RequestError | None:
+        """Record ``failure`` on ``entry``: the error to end the request with, or None to move it.
+        ``deadline`` (monotonic, None: none) lifts the ``max_moves`` bound: the deadline bounds it."""
         self.failed_on.add(incarnation(entry))
-        self.failures += 1
-        if code in ENGINE_ERROR_CODES:
-            self.engine_errors.append(f"{entry.replica_id}: {message}")
+        self.moves += 1
+        where = f"{entry.replica_id}: {failure.message}"
+        if failure.own_engine_error:
+            self.engine_errors.append(where)
             if len(self.engine_errors) >= self.max_engine_errors:
                 return RequestError(
                     grpc.StatusCode.INTERNAL, "",
                     f"the engine failed on this request on {len(self.engine_errors)} replicas; not retried "
                     f"further ({' | '.join(self.engine_errors)})",
                 )
-        if self.failures > self.max_migrations:
-            return RequestError(grpc.StatusCode.UNAVAILABLE, "", f"gave up after {self.failures} replica failures")
+        if failure.lone_death:
+            self.lone_deaths.append(where)
+            if len(self.lone_deaths) >= self.max_lone_deaths:
+                return RequestError(
+                    grpc.StatusCode.INTERNAL, "",
+                    f"this request was the only stream on {len(self.lone_deaths)} replicas that failed; not sent "
+                    f"to another ({' | '.join(self.lone_deaths)})",
+                )
+        if failure.implicates:
+            self.failures += 1
+            if self.failures > self.max_migrations:
+                return RequestError(grpc.StatusCode.UNAVAILABLE, "",
+                                    f"gave up after {self.failures} replica failures that implicate this request")
+        if deadline is None and self.moves > self.max_moves:
+            return RequestError(grpc.StatusCode.UNAVAILABLE, "",
+                                f"gave up after {self.moves} replica failures (the request has no deadline)")
         return None
 
 

@@ -11,7 +11,8 @@ included).
 A ``Segment`` relays one replica's stream to the client and then yields its ``SegmentEnd``, as
 its last item, once its stream is closed and its load counted off: finished, refused for load
 before any token (``overloaded``), or failed in a way the request survives by moving
-(``failure``, the replica's ``code``). A failure no move can help raises ``RequestError``.
+(``failure``, the replica's ``code``, and ``died_with``: how many streams the failure took at
+once, 0 when it was this request's own). A failure no move can help raises ``RequestError``.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class InFlight:
     sub_id: str = ""               # its request id on that replica
     call: ReplicaCall | None = None
     evacuate: bool = False
+    evacuated_with: int = 0        # the streams moved off that replica at once with this one
     aborted: bool = False
 
     def moved_to(self, replica_id: str, sub_id: str, call: ReplicaCall) -> None:
@@ -104,6 +106,8 @@ class ReplicaCall(Protocol):
     """One request's stream of entries from a replica (``replica_link.SubStream``)."""
 
     def __aiter__(self) -> AsyncIterator[rpb.StreamEntry]: ...
+
+    died_with: int   # streams the failure that ended it took at once (0: its own)
 
     def take_ready_chunks(self) -> list[pb.Chunk]: ...
 
@@ -164,6 +168,7 @@ class SegmentEnd:
     failure: str = ""                     # why the request must move ("" when finished)
     code: grpc.StatusCode | None = None   # the replica's status code when it failed the call
     message: str = ""                     # the replica's own words, for an overload no other replica can take
+    died_with: int = 0                    # streams the failure took at once (0: this request's own failure)
 
 
 @dataclass
@@ -212,12 +217,12 @@ class Segment:
             else:
                 end = SegmentEnd(failure="the stream ended without a result")
         except grpc.aio.AioRpcError as err:
-            end = _call_failed(err, before_first_token=first)
+            end = _call_failed(err, before_first_token=first, died_with=call.died_with)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not (self.flight.evacuate or self.flight.aborted) or (task is not None and task.cancelling()):
                 raise
-            end = SegmentEnd(failure=EVACUATED)
+            end = SegmentEnd(failure=EVACUATED, died_with=self.flight.evacuated_with)
         finally:
             load.ended(pending, started=not first)
             if not call.done():
@@ -237,11 +242,11 @@ class Segment:
         return assemble_complete(last.finish_reason, progress, self.prompt, last)
 
 
-def _call_failed(err: grpc.aio.AioRpcError, before_first_token: bool) -> SegmentEnd:
+def _call_failed(err: grpc.aio.AioRpcError, before_first_token: bool, died_with: int) -> SegmentEnd:
     code = err.code()
     message = err.details() or code.name
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and before_first_token:
         return SegmentEnd(overloaded=True, failure=f"{code.name}: {err.details()}", code=code, message=message)
     if code not in MIGRATE_CODES:
         raise RequestError(code, "", message) from None
-    return SegmentEnd(failure=f"{code.name}: {err.details()}", code=code)
+    return SegmentEnd(failure=f"{code.name}: {err.details()}", code=code, died_with=died_with)

@@ -11,7 +11,10 @@ step of 32 users costs the router one message read instead of 32.
 ``"chunk"`` or ``"complete"``); a failure raises the ``grpc.aio.AioRpcError`` the call would
 have raised (the replica's own status code for a refused or failed request, UNAVAILABLE or
 the transport's code for every request on a link that breaks, DEADLINE_EXCEEDED when its
-timeout passes); ``cancel()`` makes iteration raise ``asyncio.CancelledError`` and tells the
+timeout passes), and ``died_with`` says how many streams the failure took at once: the
+requests open on a link that broke after it was up (a replica that died), the
+``streams_failed`` the replica gave when its engine failed as a whole, 0 for an error of this
+request alone or a replica that could not be reached; ``cancel()`` makes iteration raise ``asyncio.CancelledError`` and tells the
 replica to drop the request (its pages are freed), as cancelling a call does. A broken link is
 never reused: the next request opens a new one on the same channel.
 """
@@ -45,6 +48,7 @@ class SubStream:
         self._waiter: asyncio.Future | None = None
         self._error: grpc.aio.AioRpcError | None = None
         self._ended = self._cancelled = False
+        self.died_with = 0     # streams the failure that ended this one took at once (0: its own)
         loop = asyncio.get_running_loop()
         self._timer = None if timeout is None else loop.call_later(timeout, self._expire)
 
@@ -92,7 +96,8 @@ class SubStream:
     def push(self, entry: rpb.StreamEntry) -> None:
         kind = entry.WhichOneof("kind")
         if kind == "error":
-            self.fail(rpc_error(_CODES.get(entry.error.code, grpc.StatusCode.UNKNOWN), entry.error.message))
+            self.fail(rpc_error(_CODES.get(entry.error.code, grpc.StatusCode.UNKNOWN), entry.error.message),
+                      died_with=entry.error.streams_failed)
             return
         self._items.append(entry)
         if kind == "complete":
@@ -100,10 +105,11 @@ class SubStream:
             self._close()
         self._wake()
 
-    def fail(self, error: grpc.aio.AioRpcError) -> None:
+    def fail(self, error: grpc.aio.AioRpcError, died_with: int = 0) -> None:
         if self.done():
             return
         self._error = error
+        self.died_with = died_with
         self._close()
         self._wake()
 
@@ -132,6 +138,7 @@ class ReplicaLink:
         self._subs: dict[int, SubStream] = {}
         self._keys = itertools.count(1)
         self.broken = False
+        self.up = False        # the replica answered: a break now is the replica going away
         self.batches_received = self.entries_received = 0
         self._call = rpb_grpc.ReplicaStub(channel).ReplicaStream(self._requests())
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -166,6 +173,8 @@ class ReplicaLink:
 
     async def _read(self) -> None:
         try:
+            await self._call.initial_metadata()
+            self.up = True
             async for batch in self._call:
                 self.batches_received += 1
                 self.entries_received += len(batch.entries)
@@ -187,4 +196,4 @@ class ReplicaLink:
         self._outgoing.put_nowait(None)
         subs, self._subs = list(self._subs.values()), {}
         for sub in subs:
-            sub.fail(error)
+            sub.fail(error, died_with=len(subs) if self.up else 0)

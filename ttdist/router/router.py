@@ -13,8 +13,10 @@ for the load-based policies). Per request it:
 4. on a replica failure mid-stream (connection lost, UNAVAILABLE, INTERNAL, or the coordinator
    marking it failed) resubmits prompt + ids already sent, as a ``resume``, to another ready
    replica (``migration``). Greedy and seeded decoding continue exactly. Which replicas a
-   request avoids and when it gives up (engine errors on two replicas: INTERNAL) is
-   ``attempts.Attempts``.
+   request avoids and when it gives up is ``attempts.Attempts``: only failures that implicate
+   the request count (its own engine error, being the one stream a replica died with); a
+   replica death that takes several streams moves them all, each waiting for a ready replica
+   within its deadline.
 
 ``cluster_status`` (GetClusterStatus) answers with the registry's states and each live
 replica's load read from the replica itself (``status_timeout_s``), so a request that has
@@ -34,7 +36,7 @@ import grpc
 
 from ttdist.dashboard.events import Event
 from ttdist.engine.page_pool import block_hashes
-from ttdist.router.attempts import ENGINE_ERROR_CODES, Attempts, wait_for_replica
+from ttdist.router.attempts import Attempts, Failure, wait_for_replica
 from ttdist.router.completion import assemble_complete
 from ttdist.router.latency import LatencyWindow
 from ttdist.router.migration import (
@@ -63,7 +65,8 @@ class RouterConfig:
     router_id: str = "router-0"        # its name in reports to the coordinator (one per router)
     routers: int = 1                   # routers serving one port (> 1: SO_REUSEPORT; Abort of a request not here goes to the replicas)
     max_inflight: int = 4096
-    max_migrations: int = 3
+    max_migrations: int = 3            # failures that implicate a request (attempts.py) it survives
+    max_moves: int = 32                # moves of a request without a deadline, implicating or not
     refresh_s: float = 0.25
     suspect_s: float = 10.0
     latency_window: int = 4096
@@ -140,10 +143,12 @@ class Router:
     def _apply(self, table: RoutingTable) -> None:
         """Take ``table``; a stream on a replica that left it or failed moves elsewhere."""
         self.replicas.apply(table)
-        for flight in self._streams.values():
-            if flight.replica_id and flight.call is not None and not flight.evacuate and self.replicas.gone(flight.replica_id):
-                flight.evacuate = True
-                flight.call.cancel()
+        leaving = [f for f in self._streams.values()
+                   if f.replica_id and f.call is not None and not f.evacuate and self.replicas.gone(f.replica_id)]
+        for flight in leaving:
+            flight.evacuate = True
+            flight.evacuated_with = sum(f.replica_id == flight.replica_id for f in leaving)
+            flight.call.cancel()
 
     async def cluster_status(self) -> RoutingTable:
         """The registry as of now, with each live replica's load as the replica reports it now."""
@@ -180,7 +185,7 @@ class Router:
         return True
 
     async def _abort_on_replicas(self, request_id: str) -> bool:
-        ids = [request_id] + [f"{request_id}#{k}" for k in range(1, self.config.max_migrations + 1)]
+        ids = [request_id] + [f"{request_id}#{k}" for k in range(1, self.config.max_moves + 1)]
         live = [e for e in self.table.replicas if e.state in (ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.DRAINING) and e.address]
         return any(await asyncio.gather(*(self.replicas.abort(e.address, sub_id) for e in live for sub_id in ids)))
 
@@ -244,7 +249,7 @@ class Router:
         """The request's segments, one replica each, until one finishes or the request must end."""
         max_tokens = token_budget(req, prompt, self.config.default_max_tokens, self.table.card.max_context)
         progress = Progress(time.perf_counter(), [])
-        attempts = Attempts(self.config.max_migrations, self.config.max_engine_errors)
+        attempts = Attempts(self.config.max_migrations, self.config.max_engine_errors, max_moves=self.config.max_moves)
         eos = getattr(self.tokenizer, "eos_token_ids", ())
         while True:
             done = already_done(req, progress, max_tokens, eos)
@@ -271,7 +276,7 @@ class Router:
             if flight.aborted:
                 yield pb.GenerateResponse(request_id=flight.request_id, complete=assemble_complete(pb.ABORT, progress, prompt))
                 return
-            error = attempts.failed(entry, end.code, end.failure)
+            error = attempts.failed(entry, Failure(end.code, end.failure, end.died_with), deadline)
             if prompt is None:
                 raise RequestError(end.code if error else grpc.StatusCode.UNAVAILABLE, "",
                                    f"replica {replica.replica_id} failed: {end.failure}")
@@ -307,7 +312,7 @@ class Router:
     def _moved(self, entry: ReplicaEntry, end: SegmentEnd, request_id: str) -> None:
         """A request moves away from ``entry``; the replica is suspect (skipped for a while) unless
         the failure was the engine failing on that request alone."""
-        if end.code not in ENGINE_ERROR_CODES:
+        if not Failure(end.code, end.failure, end.died_with).own_engine_error:
             self.replicas.suspect(entry)
         self._migrations_total += 1
         self._event(EventKind.REQUEST_MIGRATED, entry.replica_id, f"{request_id}: {end.failure}")

@@ -105,6 +105,14 @@ def complete_proto(out: RequestOutput, replica_id: str) -> pb.Complete:
     )
 
 
+class EngineFailure(RequestError):
+    """The engine failed as a whole (not on this request alone) and ended ``streams`` streams."""
+
+    def __init__(self, message: str, streams: int) -> None:
+        super().__init__(grpc.StatusCode.INTERNAL, "", message)
+        self.streams = streams
+
+
 class _Outbox:
     """The entries of one router stream since its last message: all go out together."""
 
@@ -118,7 +126,8 @@ class _Outbox:
         self._ready.set()
 
     def error(self, key: int, err: RequestError) -> None:
-        self.add(key, error=rpb.StreamError(code=err.code.value[0], message=str(err)))
+        streams = err.streams if isinstance(err, EngineFailure) else 0
+        self.add(key, error=rpb.StreamError(code=err.code.value[0], message=str(err), streams_failed=streams))
 
     def close(self) -> None:
         self.closed = True
@@ -149,6 +158,8 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         self.latency = latency if latency is not None else ReplicaLatency()
         self._status = status
         self._on_change = on_change or (lambda: None)
+        self._active = 0                                  # requests in _results now
+        self._engine_failure: tuple[str, int] | None = None   # the engine's last failure and the streams it ended
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
@@ -167,6 +178,7 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         """One router's requests multiplexed on one stream; one message per engine step (see
         ``ttdist.router.replica_link``). The router closing its side or going away ends the
         stream and aborts every request it still had open here (their pages are freed)."""
+        await context.send_initial_metadata(())   # the router knows the stream is up (see replica_link)
         outbox = _Outbox()
         tasks: dict[int, asyncio.Task] = {}
 
@@ -214,6 +226,7 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         clock = self.latency.request()
         logprobs: list = []            # every output's, for the Complete
         prompt_logprobs: list = []
+        self._active += 1
         try:
             self._on_change()
             engine_request = await self._tokenized(engine_request)
@@ -224,7 +237,7 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
                     raise RequestError(grpc.StatusCode.INTERNAL, "", f"replica {self.replica_id}: the engine failed on "
                                        f"this request: {out.request_error}")
                 if out.error:
-                    raise RequestError(grpc.StatusCode.INTERNAL, "", f"replica {self.replica_id}: {out.error}")
+                    raise EngineFailure(f"replica {self.replica_id}: {out.error}", self._streams_ended(out.error))
                 chunk_logprobs, chunk_prompt = to_proto(out.logprobs), to_proto(out.prompt_logprobs)
                 logprobs.extend(chunk_logprobs)
                 prompt_logprobs.extend(chunk_prompt)
@@ -249,8 +262,17 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
             raise RequestError(grpc.StatusCode.INTERNAL, "", f"replica {self.replica_id}: the engine failed on this "
                                f"request: {type(err).__name__}: {err}") from None
         finally:
+            self._active -= 1
             self._on_change()
         raise RequestError(grpc.StatusCode.UNAVAILABLE, "", f"replica {self.replica_id} ended {rid} without a result")
+
+    def _streams_ended(self, error: str) -> int:
+        """How many streams the engine's failure ``error`` ended: the requests here when its first
+        one saw it (the engine ends them all with the same error in one go; each one that has
+        seen it is no longer counted in ``_active``)."""
+        if self._engine_failure is None or self._engine_failure[0] != error:
+            self._engine_failure = (error, self._active)
+        return self._engine_failure[1]
 
     async def _tokenized(self, request: GenerationRequest) -> GenerationRequest:
         """A long text prompt tokenized in a worker thread (the engine would do it on the event

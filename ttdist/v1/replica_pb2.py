@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ttdist.v1 import generation_pb2 as ttdist_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ttdist/v1/replica.proto\x12\tttdist.v1\x1a\x1attdist/v1/generation.proto\"G\n\x0bOpenRequest\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x1a.ttdist.v1.GenerateRequest\"X\n\x14ReplicaStreamRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.ttdist.v1.OpenRequestH\x00\x12\x10\n\x06\x63\x61ncel\x18\x02 \x01(\x04H\x00\x42\x06\n\x04kind\",\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x01\n\x0bStreamEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.ttdist.v1.StreamErrorH\x00\x42\x06\n\x04kind\"=\n\x12ReplicaStreamBatch\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.ttdist.v1.StreamEntry2^\n\x07Replica\x12S\n\rReplicaStream\x12\x1f.ttdist.v1.ReplicaStreamRequest\x1a\x1d.ttdist.v1.ReplicaStreamBatch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ttdist/v1/replica.proto\x12\tttdist.v1\x1a\x1attdist/v1/generation.proto\"G\n\x0bOpenRequest\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x1a.ttdist.v1.GenerateRequest\"X\n\x14ReplicaStreamRequest\x12&\n\x04open\x18\x01 \x01(\x0b\x32\x16.ttdist.v1.OpenRequestH\x00\x12\x10\n\x06\x63\x61ncel\x18\x02 \x01(\x04H\x00\x42\x06\n\x04kind\"D\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0estreams_failed\x18x \x01(\r\"\x97\x01\n\x0bStreamEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.ttdist.v1.StreamErrorH\x00\x42\x06\n\x04kind\"=\n\x12ReplicaStreamBatch\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.ttdist.v1.StreamEntry2^\n\x07Replica\x12S\n\rReplicaStream\x12\x1f.ttdist.v1.ReplicaStreamRequest\x1a\x1d.ttdist.v1.ReplicaStreamBatch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,11 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICASTREAMREQUEST']._serialized_start=139
   _globals['_REPLICASTREAMREQUEST']._serialized_end=227
   _globals['_STREAMERROR']._serialized_start=229
-  _globals['_STREAMERROR']._serialized_end=273
-  _globals['_STREAMENTRY']._serialized_start=276
-  _globals['_STREAMENTRY']._serialized_end=427
-  _globals['_REPLICASTREAMBATCH']._serialized_start=429
-  _globals['_REPLICASTREAMBATCH']._serialized_end=490
-  _globals['_REPLICA']._serialized_start=492
-  _globals['_REPLICA']._serialized_end=586
+  _globals['_STREAMERROR']._serialized_end=297
+  _globals['_STREAMENTRY']._serialized_start=300
+  _globals['_STREAMENTRY']._serialized_end=451
+  _globals['_REPLICASTREAMBATCH']._serialized_start=453
+  _globals['_REPLICASTREAMBATCH']._serialized_end=514
+  _globals['_REPLICA']._serialized_start=516
+  _globals['_REPLICA']._serialized_end=610
 # @@protoc_insertion_point(module_scope)

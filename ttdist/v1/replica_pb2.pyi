@@ -24,12 +24,14 @@ class ReplicaStreamRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenRequest, _Mapping]] = ..., cancel: _Optional[int] = ...) -> None: ...
 
 class StreamError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "streams_failed")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FAILED_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    streams_failed: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., streams_failed: _Optional[int] = ...) -> None: ...
 
 class StreamEntry(_message.Message):
     __slots__ = ("key", "chunk", "complete", "error")
