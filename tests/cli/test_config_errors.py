@@ -50,6 +50,11 @@ SPEC_ERRORS = [
     ("health: {bogus: 1}", "unknown health setting 'bogus'"),
     ("health: 5", "health must be a mapping"),
     ("address: 12", "address must be a string"),
+    ("tracing: {sample_ratio: 1.5}", "tracing.sample_ratio must be in [0, 1], got 1.5"),
+    ("tracing: {sample_ratio: often}", "tracing.sample_ratio must be a number, got 'often'"),
+    ("tracing: {otlp_traces_endpoint: 'ftp://x:4317'}", "tracing.otlp_traces_endpoint: not host:port or a URL"),
+    ("tracing: {export_interval_s: 0}", "tracing.export_interval_s must be > 0"),
+    ("tracing: {endpoint: x}", "unknown tracing setting 'endpoint'"),
     ("- just\n- a list", "the spec must be a mapping of settings"),
     ("replicas: [", "not valid YAML at line 2, column 1: expected the node content"),
 ]
@@ -79,6 +84,8 @@ FLAG_ERRORS = [
     (["--restart-delay", "-1"], "--restart-delay: health.restart_delay_s must be >= 0"),
     (["--ready-wait", "-5"], "--ready-wait: ready_wait_s must be >= 0"),
     (["--max-kv-pages", "0"], "--max-kv-pages: max_kv_pages must be >= 1"),
+    (["--otlp-traces-sample-ratio", "2"], "--otlp-traces-sample-ratio: tracing.sample_ratio must be in [0, 1]"),
+    (["--otlp-traces-endpoint", "ftp://collector"], "--otlp-traces-endpoint: tracing.otlp_traces_endpoint: not host"),
 ]
 
 

@@ -34,10 +34,10 @@ def run(stub, req, timeout=120):
     return ids, complete
 
 
-async def collect(stub, req, timeout=None):
-    """Send ``req`` on an asyncio stub: (the streamed token ids, the Complete)."""
+async def collect(stub, req, timeout=None, metadata=None):
+    """Send ``req`` on an asyncio stub (with ``metadata``): (the streamed token ids, the Complete)."""
     ids, complete = [], None
-    async for resp in stub.Generate(req, timeout=timeout):
+    async for resp in stub.Generate(req, timeout=timeout, metadata=metadata):
         if resp.WhichOneof("kind") == "chunk":
             ids.extend(resp.chunk.token_ids)
         else:

@@ -90,7 +90,7 @@ async def make_stack(
     router_config: RouterConfig = RouterConfig(refresh_s=0.05), tokenizer=None,
     status: Callable[[object, str], Status] = ready_status, states: list[str] | None = None,
     track_latency: bool = False, with_pids: bool = False, replica_token: str = "", public_api: ApiConfig | None = None,
-    model_dir: str = "",
+    model_dir: str = "", replica_tracing=None,
 ) -> Stack:
     """``n`` replicas ``replica-<i>`` (``states[i]`` in the router's table, else "ready"; pid
     ``i + 1`` there ``with_pids``) behind one router on 127.0.0.1; ``model_dir``: the checkpoint whose
@@ -101,7 +101,8 @@ async def make_stack(
         engine.start()
         rid = f"replica-{i}"
         latency = ReplicaLatency() if track_latency else None
-        srv = await start_replica_server(engine, card, rid, status(engine, rid), latency=latency, token=replica_token)
+        srv = await start_replica_server(engine, card, rid, status(engine, rid), latency=latency, token=replica_token,
+                                         tracing=replica_tracing)
         engines.append(engine)
         servers.append(srv)
         latencies.append(latency)

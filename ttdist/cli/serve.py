@@ -77,6 +77,12 @@ def register(subparsers) -> None:
                    help="auto (default): a request that leaves temperature, top_k, top_p or repetition_penalty out "
                         "gets the checkpoint's generation_config.json value; vllm: ignore the file")
     add_api_args(p)
+    p.add_argument("--otlp-traces-endpoint", default="", metavar="URL",
+                   help="send OpenTelemetry traces of requests over OTLP/gRPC to this collector, e.g. "
+                        "http://localhost:4317 (default: no tracing)")
+    p.add_argument("--otlp-traces-sample-ratio", type=float, default=1.0, metavar="R",
+                   help="share of new traces sampled, 0..1 (default %(default)s; a request with a traceparent "
+                        "follows its sampled flag)")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGINT/SIGTERM, how long streams in flight may take to finish (default %(default)s)")
     p.set_defaults(func=run)
@@ -84,6 +90,7 @@ def register(subparsers) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ReplicaGroup
+    from ttdist.tracing import TracingConfig
 
     try:
         config = ClusterConfig(
@@ -96,6 +103,8 @@ def config_from_args(args: argparse.Namespace):
             ready_wait_s=args.ready_wait, logprobs_mode=args.logprobs_mode,
             generation_config=args.generation_config,
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
+            tracing=TracingConfig(otlp_traces_endpoint=args.otlp_traces_endpoint,
+                                  sample_ratio=args.otlp_traces_sample_ratio),
         )
         config.check()
     except ClusterConfigError as err:
@@ -108,7 +117,8 @@ _FLAGS = {   # the config field an error names -> the flag that set it
     "replicas[0].count": "--replicas", "replicas[0].mesh": "--mesh", "replicas[0].emulate": "--emulate", "dtype": "--dtype", "model": "--model",
     "port": "--port", "dashboard_port": "--dashboard-port", "max_kv_pages": "--max-kv-pages",
     "health.restart_delay_s": "--restart-delay", "ready_wait_s": "--ready-wait", "stream_interval_ms": "--stream-interval-ms",
-    "stream_interval": "--stream-interval",
+    "stream_interval": "--stream-interval", "tracing.otlp_traces_endpoint": "--otlp-traces-endpoint",
+    "tracing.sample_ratio": "--otlp-traces-sample-ratio",
 }
 
 

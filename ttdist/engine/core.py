@@ -100,6 +100,7 @@ class EngineCore:
                 detokenizer=self.tokenizer.detokenizer(checked.prompt_ids) if self.tokenizer else None,
                 penalties=penalty_spec(request.sampling, self.eos_token_ids),
                 grammar=grammar,
+                prefill_chunks=[] if request.traced else None,
             )
             if checked.resumed_ids:
                 self.outputs.resume(seq, checked.resumed_ids, request.resume.text_emitted)
@@ -168,11 +169,14 @@ class EngineCore:
         if stall_s:
             time.sleep(stall_s)
         if isinstance(work, PrefillStep):
+            started = self.clock()
             if inputs.prompt_targets or (inputs.sample and inputs.sampling.logprobs is not None):
                 result = self.runner.prefill_logprobs(inputs)
             else:
                 result = PrefillLogprobs(self.runner.prefill(inputs))
             with self._lock:
+                if work.seq.prefill_chunks is not None:
+                    work.seq.prefill_chunks.append((started, self.clock(), work.end - work.start))
                 return failed + self._after_prefill(work, result)
         if any(spec.logprobs is not None for spec in inputs.sampling):
             result = self.runner.decode_logprobs(inputs)

@@ -63,6 +63,7 @@ class GenerationRequest:
     prompt_token_ids: list[int] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     resume: Resume | None = None
+    traced: bool = False        # record its prefill chunks for its trace (``Timings.prefill_chunks``)
 
 
 class FinishReason(enum.Enum):
@@ -81,12 +82,15 @@ class Usage:
 
 @dataclass(frozen=True)
 class Timings:
-    """Seconds: queue (arrival to first scheduled), TTFT (arrival to first token), total."""
+    """Seconds: queue (arrival to first scheduled), TTFT (arrival to first token), total; and,
+    for a traced request, each prefill chunk as (start, end, tokens), seconds from arrival."""
 
     queue_s: float
     ttft_s: float
     mean_inter_token_s: float
     total_s: float
+    prefill_chunks: tuple[tuple[float, float, int], ...] = ()
+    last_token_s: float = 0.0     # arrival to the last token (0: none)
 
 
 @dataclass

@@ -47,6 +47,7 @@ class Sequence:
     first_scheduled_s: float | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
+    prefill_chunks: list[tuple[float, float, int]] | None = None   # (start, end, tokens) on the clock, when traced
     prompt_logprobs: list = field(default_factory=list)   # TokenLogprob of prompt positions 1.. computed so far
     penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
     grammar: GrammarState | None = None     # where the output stands in its structured-output grammar

@@ -198,7 +198,7 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
         router_config = RouterConfig(policy=config.policy, default_max_tokens=config.default_max_tokens,
                                      cluster_token=config.cluster_token, ready_wait_s=config.ready_wait_s,
                                      stream_interval=StreamInterval(config.stream_interval, config.stream_interval_ms),
-                                     routers=config.routers)
+                                     routers=config.routers, tracing=config.tracing)
         tokenizer_dir = get_within(coordinator.model_dir_path.remote(), CALL_TIMEOUT_S,
                                    "the coordinator's model_dir_path()")
         env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}

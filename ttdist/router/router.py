@@ -44,12 +44,14 @@ from ttdist.router.migration import (
 )
 from ttdist.router.policies import NoReplicaError, ReplicaView, RequestInfo, make_policy, route
 from ttdist.router.replica_set import ReplicaSet
+from ttdist.router.trace import RequestTrace
 from ttdist.router.stream_interval import ChunkMerger, StreamInterval, interval_for, merged
 from ttdist.runtime.generation_defaults import apply_generation_defaults
 from ttdist.runtime.request_checks import RequestError, check_prompt_length, check_request, invalid
 from ttdist.dashboard.events import EventKind
 from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.runtime.routing_table import ReplicaEntry, RouterReport, RoutingTable
+from ttdist.tracing import TracingConfig, make_tracing
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_PENDING_EVENTS = 1000   # events kept for the coordinator while it does not answer (the oldest go)
@@ -73,6 +75,7 @@ class RouterConfig:
     status_timeout_s: float = 1.0      # GetClusterStatus: how long to wait for each replica's own figures
     ready_wait_s: float = 30.0         # no replica can take a request: wait this long for one (or to its deadline)
     max_engine_errors: int = 2         # engine errors (INTERNAL) on this many replicas end a request with INTERNAL
+    tracing: TracingConfig = TracingConfig()   # OTLP spans of each sampled request (off by default)
 
 
 class ReplicaSource(Protocol):
@@ -88,6 +91,7 @@ class Router:
         self.tokenizer = tokenizer
         self.on_serving: Callable[[bool], Awaitable[None]] | None = None
         self.replicas = ReplicaSet(config.cluster_token, config.suspect_s)
+        self.tracing = make_tracing(config.tracing, "ttdist-router")
         self._serving: bool | None = None
         self._streams: dict[str, InFlight] = {}
         self._times = TokenTimes(LatencyWindow(config.latency_window), LatencyWindow(config.latency_window))
@@ -104,6 +108,8 @@ class Router:
         if self._task is not None:
             self._task.cancel()
         await self.replicas.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     @property
     def serving(self) -> bool:
@@ -191,6 +197,9 @@ class Router:
 
     async def drain(self) -> None:
         """Stop taking requests (health NOT_SERVING, new ones UNAVAILABLE); those in flight go on."""
+        if self.tracing is not None and (span := self.tracing.start("router.drain", attributes={
+                "ttdist.router_id": self.config.router_id, "ttdist.inflight": len(self._streams)})) is not None:
+            span.end()
         self._draining = True
         self._serving = False
         if self.on_serving is not None:
@@ -217,14 +226,23 @@ class Router:
         flight = InFlight(rid)
         self._streams[rid] = flight
         self._requests_total += 1
+        trace = RequestTrace.start(self.tracing, req, rid, info.prompt_tokens, self.policy.name)
+        error: BaseException | None = None
         try:
-            responses = self._run(req, flight, prompt, info, deadline)
+            responses = self._run(req, flight, prompt, info, deadline, trace)
             if req.stream and not interval.every_token:
                 responses = merged(responses, ChunkMerger(interval), rid)
             async for resp in responses:
+                if trace is not None and resp.HasField("complete"):
+                    trace.finished(resp.complete)
                 yield resp
+        except BaseException as err:
+            error = err
+            raise
         finally:
             self._streams.pop(rid, None)
+            if trace is not None:
+                trace.close(error)
 
     async def _prompt_ids(self, req: pb.GenerateRequest) -> tuple[list[int] | None, tuple[int, ...]]:
         """The prompt's ids (None: text and no tokenizer here) and its page hashes. A long prompt
@@ -245,7 +263,7 @@ class Router:
             return ids, tuple(await asyncio.get_running_loop().run_in_executor(None, block_hashes, ids, page_size))
         return ids, tuple(block_hashes(ids, page_size))
 
-    async def _run(self, req, flight: InFlight, prompt, info: RequestInfo, deadline):
+    async def _run(self, req, flight: InFlight, prompt, info: RequestInfo, deadline, trace: RequestTrace | None):
         """The request's segments, one replica each, until one finishes or the request must end."""
         max_tokens = token_budget(req, prompt, self.config.default_max_tokens, self.table.card.max_context)
         progress = Progress(time.perf_counter(), [])
@@ -256,15 +274,20 @@ class Router:
             if done is not None:
                 yield pb.GenerateResponse(request_id=flight.request_id, complete=assemble_complete(done, progress, prompt))
                 return
+            routing = trace.routing() if trace is not None else 0.0
             replica = await self._pick(info, attempts, deadline)
+            if trace is not None:
+                trace.routed(routing, replica, info)
             attempts.tried.append(replica.replica_id)
             entry = self.table.entry(replica.replica_id)
             end = SegmentEnd()
-            async for item in self._segment(req, flight, entry, prompt, info, progress, deadline).run():
+            async for item in self._segment(req, flight, entry, prompt, info, progress, deadline, trace).run():
                 if isinstance(item, SegmentEnd):
                     end = item
                 else:
                     yield item
+            if trace is not None:
+                trace.segment_ended(end, len(progress.ids))
             if end.finished:
                 self.policy.on_complete(replica.replica_id, info)
                 return
@@ -276,7 +299,10 @@ class Router:
             if flight.aborted:
                 yield pb.GenerateResponse(request_id=flight.request_id, complete=assemble_complete(pb.ABORT, progress, prompt))
                 return
-            error = attempts.failed(entry, Failure(end.code, end.failure, end.died_with), deadline)
+            failure = Failure(end.code, end.failure, end.died_with)
+            error = attempts.failed(entry, failure, deadline)
+            if trace is not None and error is None:
+                trace.migrating(entry.replica_id, failure)
             if prompt is None:
                 raise RequestError(end.code if error else grpc.StatusCode.UNAVAILABLE, "",
                                    f"replica {replica.replica_id} failed: {end.failure}")
@@ -286,9 +312,11 @@ class Router:
                 raise error
 
     def _segment(self, req, flight: InFlight, entry: ReplicaEntry, prompt, info: RequestInfo,
-                 progress: Progress, deadline: float | None) -> Segment:
+                 progress: Progress, deadline: float | None, trace: RequestTrace | None) -> Segment:
         """Open the request's next stretch on ``entry``'s replica."""
         sub = sub_request(req, flight.request_id, prompt, progress)
+        if trace is not None:
+            trace.segment(sub, entry.replica_id)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         call = self.replicas.link(entry.address).generate(sub, timeout)
         flight.moved_to(entry.replica_id, sub.request_id, call)

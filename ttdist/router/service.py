@@ -12,6 +12,7 @@ from ttdist.router.chat import ChatPrompter
 from ttdist.router.router import Router
 from ttdist.runtime.grpc_server import RunningServer, start_generation_server
 from ttdist.runtime.request_checks import RequestError, abort_with, check_abort
+from ttdist.tracing.tracer import take_context
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -22,6 +23,8 @@ class RouterService(pb_grpc.GenerationServicer):
         self.chat = chat or ChatPrompter(None, None)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        if self.router.tracing is not None:
+            take_context(request, context.invocation_metadata())
         try:
             async for resp in self.router.generate(self.chat.resolve(request), context.time_remaining()):
                 yield resp

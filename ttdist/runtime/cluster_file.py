@@ -16,12 +16,14 @@ import yaml
 
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError, read_key_file
 from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ReplicaGroup
+from ttdist.tracing.config import TracingConfig
 
 _SCALARS = {
     f.name for f in fields(ClusterConfig)
-} - {"groups", "scripted", "health", "api", "cluster_token"}
+} - {"groups", "scripted", "health", "api", "cluster_token", "tracing"}
 _GROUP_KEYS = {f.name for f in fields(ReplicaGroup)}
 _HEALTH_KEYS = {f.name for f in fields(HealthConfig)}
+_TRACING_KEYS = {f.name for f in fields(TracingConfig)}
 _API_KEYS = {f.name for f in fields(ApiConfig)} | {"api_key_file"}
 DEFAULT_HTTP_PORT = 8000     # as ``ttdist serve``
 
@@ -54,9 +56,10 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     groups_raw = raw.pop("replicas", [{}])
     health_raw = raw.pop("health", {}) or {}
     api = _api(raw.pop("api", {}) or {}, where)
+    tracing_raw = _settings(raw.pop("tracing", {}) or {}, _TRACING_KEYS, where, "tracing", "tracing ")
     unknown = sorted(set(raw) - _SCALARS)
     if unknown:
-        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api'}))}")
+        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api', 'tracing'}))}")
     if not isinstance(groups_raw, list) or not groups_raw:
         raise ClusterConfigError(f"{where}: replicas must be a non-empty list of groups")
     groups = tuple(_group(g, f"{where}: replicas[{i}]") for i, g in enumerate(groups_raw))
@@ -65,7 +68,9 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
         raise ClusterConfigError(f"{where}: address must be a string (host:port or auto), got {address!r}")
     check_types(ClusterConfig, raw, where)
     check_types(HealthConfig, health_raw, where, "health.")
-    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, **raw)
+    check_types(TracingConfig, tracing_raw, where, "tracing.")
+    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, tracing=TracingConfig(**tracing_raw),
+                           **raw)
     try:
         config.check()
     except ClusterConfigError as err:

@@ -21,6 +21,7 @@ from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
+from ttdist.tracing.config import TracingConfig, TracingConfigError
 
 BACKENDS = ("sim", "ttnn")
 AUTO_DTYPE = "auto"
@@ -141,6 +142,7 @@ class ClusterConfig:
     cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
     logprobs_mode: str = "raw"                   # logprobs of generated tokens: raw, or processed (after temperature)
     generation_config: str = "auto"              # auto: sampling defaults from the checkpoint's generation_config.json; vllm: none
+    tracing: TracingConfig = field(default_factory=TracingConfig)   # OTLP traces (off by default)
 
     def check(self) -> None:
         if not self.groups:
@@ -182,6 +184,10 @@ class ClusterConfig:
             raise ClusterConfigError(f"generation_config must be auto or vllm, got {self.generation_config!r}")
         if not self.ready_wait_s >= 0:
             raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
+        try:
+            self.tracing.check()
+        except TracingConfigError as err:
+            raise ClusterConfigError(str(err)) from None
 
     def check_model(self) -> None:
         """The checkpoint folder exists here (where the coordinator runs); checked at launch, not

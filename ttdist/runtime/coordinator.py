@@ -181,6 +181,7 @@ class Coordinator:
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
             host=cfg.replica_host, dispatch_core=group.dispatch_core,
             cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s, logprobs_mode=cfg.logprobs_mode,
+            tracing=cfg.tracing,
         )
 
     async def _weights_for(self, setup: ReplicaSetup, node_id: str):

@@ -39,6 +39,7 @@ from ttdist.runtime.replica_service import start_replica_server
 from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
 from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.runtime.routing_table import ReplicaEntry
+from ttdist.tracing import TracingConfig, make_tracing
 
 COORDINATOR_NAME = "ttdist-coordinator"
 NAMESPACE = "ttdist"
@@ -82,6 +83,7 @@ class ReplicaSetup:
     engine_process: bool = True   # model engine: its step loop in a process of its own (EngineProcess)
     faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
     logprobs_mode: str = "raw"    # logprobs of generated tokens: raw, or processed (after temperature)
+    tracing: TracingConfig = TracingConfig()   # OTLP spans of sampled requests (off by default)
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class ReplicaActor:
         self.engine: ServingEngine | None = None
         self.memory = None
         self.server = None
+        self.tracing = None
         self._beats: asyncio.Task | None = None
         self.latency = ReplicaLatency()
         self._prefix = PrefixSender()   # heartbeats carry what changed in the cached page hashes
@@ -194,9 +197,10 @@ class ReplicaActor:
         await self.engine.launch()
         host = self.setup.host or ray.util.get_node_ip_address()
         self._changed = asyncio.Event()
+        self.tracing = make_tracing(self.setup.tracing, "ttdist-replica")
         self.server = await start_replica_server(
             self.engine, self.setup.card, self.setup.replica_id, self._entry, host,
-            latency=self.latency, on_change=self._changed.set, token=self.setup.cluster_token,
+            latency=self.latency, on_change=self._changed.set, token=self.setup.cluster_token, tracing=self.tracing,
         )
         self.address = f"{host}:{self.server.port}"
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -279,12 +283,17 @@ class ReplicaActor:
         returns how many still do (``stop`` cuts them, and the router moves them elsewhere)."""
         if self.server is None:
             return 0
+        span = None if self.tracing is None else self.tracing.start("replica.drain", attributes={
+            "ttdist.replica_id": self.setup.replica_id, "ttdist.drain_timeout_s": timeout_s})
         await self.server.set_serving(False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
             st = await self.engine.read_stats()
             if st.running + st.waiting == 0 or loop.time() >= deadline:
+                if span is not None:
+                    span.set_attribute("ttdist.streams_left", st.running + st.waiting)
+                    span.end()
                 return st.running + st.waiting
             await asyncio.sleep(0.05)
 
@@ -295,3 +304,5 @@ class ReplicaActor:
             await self.server.stop(0.5)
         if self.engine is not None:
             await self.engine.stop()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)

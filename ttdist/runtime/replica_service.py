@@ -32,6 +32,9 @@ from ttdist.runtime.grpc_server import RunningServer, start_generation_server
 from ttdist.runtime.logprob_proto import engine_counts, to_proto
 from ttdist.runtime.request_checks import ModelCard, RequestError, abort_with, check_abort, check_request, invalid
 from ttdist.runtime.replica_latency import ReplicaLatency
+from ttdist.runtime.replica_trace import ReplicaTrace
+from ttdist.tracing import Tracing
+from ttdist.tracing.tracer import take_context
 from ttdist.runtime.routing_table import ReplicaEntry
 from ttdist.runtime import structured_output
 from ttdist.v1 import generation_pb2 as pb
@@ -151,8 +154,10 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
     def __init__(
         self, engine: ServingEngine, card: ModelCard, replica_id: str, status: StatusSource,
         latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
+        self.tracing = tracing
         self.card = card
         self.replica_id = replica_id
         self.latency = latency if latency is not None else ReplicaLatency()
@@ -162,17 +167,23 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
         self._engine_failure: tuple[str, int] | None = None   # the engine's last failure and the streams it ended
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        trace = self._trace(request, context.invocation_metadata())
+        error: BaseException | None = None
         try:
             check_request(request, self.card)
             engine_request = to_engine_request(request)
             rid = engine_request.request_id
-            async for item in self._results(engine_request, request.stream):
+            async for item in self._results(engine_request, request.stream, trace):
                 if isinstance(item, pb.Chunk):
                     yield pb.GenerateResponse(request_id=rid, chunk=item)
                 else:
                     yield pb.GenerateResponse(request_id=rid, complete=item)
         except RequestError as err:
+            error = err
             await abort_with(context, err)
+        finally:
+            if trace is not None:
+                trace.close(error)
 
     async def ReplicaStream(self, request_iterator, context: grpc.aio.ServicerContext):
         """One router's requests multiplexed on one stream; one message per engine step (see
@@ -208,19 +219,35 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
                 task.cancel()
 
     async def _serve_entry(self, key: int, request: pb.GenerateRequest, outbox: "_Outbox") -> None:
+        trace = self._trace(request)
+        error: BaseException | None = None
         try:
             check_request(request, self.card)
-            async for item in self._results(to_engine_request(request), request.stream):
+            async for item in self._results(to_engine_request(request), request.stream, trace):
                 if isinstance(item, pb.Chunk):
                     outbox.add(key, chunk=item)
                 else:
                     outbox.add(key, complete=item)
         except RequestError as err:
+            error = err
             outbox.error(key, err)
         except Exception as err:  # noqa: BLE001 - as Generate would end: UNKNOWN with the error text
+            error = err
             outbox.error(key, RequestError(grpc.StatusCode.UNKNOWN, "", f"{type(err).__name__}: {err}"))
+        finally:
+            if trace is not None:
+                trace.close(error)
 
-    async def _results(self, engine_request: GenerationRequest, stream: bool):
+    def _trace(self, request: pb.GenerateRequest, metadata=None) -> ReplicaTrace | None:
+        """The request's spans here, when tracing is on and the request carries a sampled trace
+        context (in the message, or a direct caller's ``traceparent`` metadata)."""
+        if self.tracing is None:
+            return None
+        take_context(request, metadata)
+        return ReplicaTrace.start(self.tracing, request.traceparent, request.tracestate, self.replica_id,
+                                  request.request_id)
+
+    async def _results(self, engine_request: GenerationRequest, stream: bool, trace: ReplicaTrace | None):
         """The request's ``Chunk``s (when streaming), then its ``Complete``; raises ``RequestError``."""
         rid = engine_request.request_id
         clock = self.latency.request()
@@ -231,6 +258,9 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
             self._on_change()
             engine_request = await self._tokenized(engine_request)
             await structured_output.compile_off_loop(engine_request.sampling.structured_output, self.engine.tokenizer)
+            if trace is not None:
+                engine_request = replace(engine_request, traced=True)
+                trace.submitted()
             async for out in self.engine.generate(engine_request):
                 clock.tokens(len(out.token_ids))
                 if out.request_error:
@@ -245,6 +275,8 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
                     yield pb.Chunk(token_ids=out.token_ids, text=out.text, logprobs=chunk_logprobs,
                                    prompt_logprobs=chunk_prompt)
                 if out.finished:
+                    if trace is not None:
+                        trace.finished(out)
                     complete = complete_proto(out, self.replica_id)
                     complete.logprobs.extend(logprobs)
                     complete.prompt_logprobs.extend(prompt_logprobs)
@@ -303,10 +335,11 @@ class ReplicaService(pb_grpc.GenerationServicer, rpb_grpc.ReplicaServicer):
 async def start_replica_server(
     engine: ServingEngine, card: ModelCard, replica_id: str, status: StatusSource, host: str = "127.0.0.1", port: int = 0,
     *, latency: ReplicaLatency | None = None, on_change: Callable[[], None] | None = None, token: str = "",
+    tracing: Tracing | None = None,
 ) -> RunningServer:
     """Serve ``engine`` on host:port (0 = any free port), SERVING at once; with ``token`` every call
     must present it (``authorization: Bearer <token>``): only the cluster may use the port."""
-    service = ReplicaService(engine, card, replica_id, status, latency, on_change)
+    service = ReplicaService(engine, card, replica_id, status, latency, on_change, tracing)
     running = await start_generation_server(
         service, host, port, also=lambda server: rpb_grpc.add_ReplicaServicer_to_server(service, server),
         interceptors=cluster_interceptors(token))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from ttdist.runtime.generation_defaults import GenerationDefaults
+from ttdist.tracing.tracer import MAX_TRACEPARENT_CHARS, MAX_TRACESTATE_CHARS
 from ttdist.v1 import generation_pb2 as pb
 
 MAX_LOGPROBS = 20   # top logprobs per token (ttdist.engine.logprobs.MAX_LOGPROBS)
@@ -65,6 +66,10 @@ def check_request(req: pb.GenerateRequest, card: ModelCard) -> None:
         raise RequestError(
             grpc.StatusCode.NOT_FOUND, "model", f"unknown model {req.model!r}; this server serves {card.model_id!r}"
         )
+    if len(req.traceparent) > MAX_TRACEPARENT_CHARS:
+        raise invalid("traceparent", f"longer than {MAX_TRACEPARENT_CHARS} characters")
+    if len(req.tracestate) > MAX_TRACESTATE_CHARS:
+        raise invalid("tracestate", f"longer than {MAX_TRACESTATE_CHARS} characters")
     _check_input(req, card)
     _check_sampling(req.sampling, card)
     _check_resume(req)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1attdist/v1/generation.proto\x12\tttdist.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xee\x04\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18( \x01(\x05H\x04\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18) \x01(\x05H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18< \x01(\x02H\x06\x88\x01\x01\x12\x18\n\x10presence_penalty\x18= \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18> \x01(\x02\x12<\n\nlogit_bias\x18? \x03(\x0b\x32(.ttdist.v1.SamplingParams.LogitBiasEntry\x12\r\n\x05min_p\x18@ \x01(\x02\x12\x12\n\nmin_tokens\x18\x41 \x01(\x05\x12\x36\n\x11structured_output\x18P \x01(\x0b\x32\x1b.ttdist.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\x15\n\x13_repetition_penalty\"\xb2\x01\n\x12GenerationDefaults\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penalty\"\x92\x01\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12$\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x12.ttdist.v1.ChoicesH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\x1a\n\x07\x43hoices\x12\x0f\n\x07options\x18\x01 \x03(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"n\n\x04\x43hat\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.ttdist.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\xac\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.ttdist.v1.TokenIdsH\x00\x12\x1f\n\x04\x63hat\x18\x08 \x01(\x0b\x32\x0f.ttdist.v1.ChatH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ttdist.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12!\n\x06resume\x18\x07 \x01(\x0b\x32\x11.ttdist.v1.Resume\x12\x32\n\x0fstream_interval\x18\t \x01(\x0b\x32\x19.ttdist.v1.StreamIntervalB\x07\n\x05input\",\n\x0eStreamInterval\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\n\n\x02ms\x18\x02 \x01(\r\"9\n\x06Resume\x12\x18\n\x10generated_tokens\x18\x01 \x01(\x05\x12\x15\n\remitted_chars\x18\x02 \x01(\x05\"\x85\x01\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08logprobs\x18( \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18) \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"U\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\"\n\x03top\x18\x03 \x03(\x0b\x32\x15.ttdist.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12 \n\x18mean_inter_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\x93\x02\n\x08\x43omplete\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ttdist.v1.FinishReason\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.Usage\x12\x12\n\noutput_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nreplica_id\x18\x05 \x01(\t\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.ttdist.v1.Timings\x12)\n\x08logprobs\x18( \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18) \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\"z\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"|\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12:\n\x13generation_defaults\x18< \x01(\x0b\x32\x1d.ttdist.v1.GenerationDefaults\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.ttdist.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\xc6\x03\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04mesh\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\x05\x12\x15\n\rkv_pages_free\x18\x08 \x01(\x05\x12\x0f\n\x07running\x18\t \x01(\x05\x12\x0f\n\x07waiting\x18\n \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x17\n\x0fkv_pages_budget\x18\r \x01(\x05\x12\x1f\n\x17kv_pages_capped_by_host\x18\x0e \x01(\x08\x12\x18\n\x10\x64ram_total_bytes\x18\x0f \x01(\x03\x12\x1a\n\x12\x64ram_weights_bytes\x18\x10 \x01(\x03\x12\x15\n\rdram_kv_bytes\x18\x11 \x01(\x03\x12\x18\n\x10\x64ram_other_bytes\x18\x12 \x01(\x03\x12\x16\n\x0ekv_user_groups\x18\x13 \x01(\x05\x12\x1f\n\x17kv_pages_free_per_group\x18\x14 \x03(\x05\"\x96\x01\n\rClusterStatus\x12*\n\x08replicas\x18\x01 \x03(\x0b\x32\x18.ttdist.v1.ReplicaStatus\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12:\n\x13generation_defaults\x18< \x01(\x0b\x32\x1d.ttdist.v1.GenerationDefaults*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\xa9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1a.ttdist.v1.GenerateRequest\x1a\x1b.ttdist.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.ttdist.v1.AbortRequest\x1a\x18.ttdist.v1.AbortResponse\x12I\n\nListModels\x12\x1c.ttdist.v1.ListModelsRequest\x1a\x1d.ttdist.v1.ListModelsResponse\x12M\n\x10GetClusterStatus\x12\x1f.ttdist.v1.ClusterStatusRequest\x1a\x18.ttdist.v1.ClusterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1attdist/v1/generation.proto\x12\tttdist.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xee\x04\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18( \x01(\x05H\x04\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18) \x01(\x05H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18< \x01(\x02H\x06\x88\x01\x01\x12\x18\n\x10presence_penalty\x18= \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18> \x01(\x02\x12<\n\nlogit_bias\x18? \x03(\x0b\x32(.ttdist.v1.SamplingParams.LogitBiasEntry\x12\r\n\x05min_p\x18@ \x01(\x02\x12\x12\n\nmin_tokens\x18\x41 \x01(\x05\x12\x36\n\x11structured_output\x18P \x01(\x0b\x32\x1b.ttdist.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobsB\x15\n\x13_repetition_penalty\"\xb2\x01\n\x12GenerationDefaults\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penalty\"\x92\x01\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12$\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x12.ttdist.v1.ChoicesH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\x1a\n\x07\x43hoices\x12\x0f\n\x07options\x18\x01 \x03(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"n\n\x04\x43hat\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.ttdist.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\xd5\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.ttdist.v1.TokenIdsH\x00\x12\x1f\n\x04\x63hat\x18\x08 \x01(\x0b\x32\x0f.ttdist.v1.ChatH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ttdist.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12!\n\x06resume\x18\x07 \x01(\x0b\x32\x11.ttdist.v1.Resume\x12\x32\n\x0fstream_interval\x18\t \x01(\x0b\x32\x19.ttdist.v1.StreamInterval\x12\x13\n\x0btraceparent\x18x \x01(\t\x12\x12\n\ntracestate\x18y \x01(\tB\x07\n\x05input\",\n\x0eStreamInterval\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\n\n\x02ms\x18\x02 \x01(\r\"9\n\x06Resume\x12\x18\n\x10generated_tokens\x18\x01 \x01(\x05\x12\x15\n\remitted_chars\x18\x02 \x01(\x05\"\x85\x01\n\x05\x43hunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08logprobs\x18( \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18) \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"U\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\"\n\x03top\x18\x03 \x03(\x0b\x32\x15.ttdist.v1.TopLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12 \n\x18mean_inter_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\x93\x02\n\x08\x43omplete\x12.\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ttdist.v1.FinishReason\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.Usage\x12\x12\n\noutput_ids\x18\x03 \x03(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nreplica_id\x18\x05 \x01(\t\x12#\n\x07timings\x18\x06 \x01(\x0b\x32\x12.ttdist.v1.Timings\x12)\n\x08logprobs\x18( \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\x12\x30\n\x0fprompt_logprobs\x18) \x03(\x0b\x32\x17.ttdist.v1.TokenLogprob\"z\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.ttdist.v1.ChunkH\x00\x12\'\n\x08\x63omplete\x18\x03 \x01(\x0b\x32\x13.ttdist.v1.CompleteH\x00\x42\x06\n\x04kind\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x13\n\x11ListModelsRequest\"|\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12:\n\x13generation_defaults\x18< \x01(\x0b\x32\x1d.ttdist.v1.GenerationDefaults\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.ttdist.v1.ModelInfo\"\x16\n\x14\x43lusterStatusRequest\"\xc6\x03\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0c\n\x04mesh\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\x05\x12\x15\n\rkv_pages_free\x18\x08 \x01(\x05\x12\x0f\n\x07running\x18\t \x01(\x05\x12\x0f\n\x07waiting\x18\n \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x01\x12\x17\n\x0fkv_pages_budget\x18\r \x01(\x05\x12\x1f\n\x17kv_pages_capped_by_host\x18\x0e \x01(\x08\x12\x18\n\x10\x64ram_total_bytes\x18\x0f \x01(\x03\x12\x1a\n\x12\x64ram_weights_bytes\x18\x10 \x01(\x03\x12\x15\n\rdram_kv_bytes\x18\x11 \x01(\x03\x12\x18\n\x10\x64ram_other_bytes\x18\x12 \x01(\x03\x12\x16\n\x0ekv_user_groups\x18\x13 \x01(\x05\x12\x1f\n\x17kv_pages_free_per_group\x18\x14 \x03(\x05\"\x96\x01\n\rClusterStatus\x12*\n\x08replicas\x18\x01 \x03(\x0b\x32\x18.ttdist.v1.ReplicaStatus\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12:\n\x13generation_defaults\x18< \x01(\x0b\x32\x1d.ttdist.v1.GenerationDefaults*W\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\t\n\x05\x41\x42ORT\x10\x04\x32\xa9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1a.ttdist.v1.GenerateRequest\x1a\x1b.ttdist.v1.GenerateResponse0\x01\x12:\n\x05\x41\x62ort\x12\x17.ttdist.v1.AbortRequest\x1a\x18.ttdist.v1.AbortResponse\x12I\n\nListModels\x12\x1c.ttdist.v1.ListModelsRequest\x1a\x1d.ttdist.v1.ListModelsResponse\x12M\n\x10GetClusterStatus\x12\x1f.ttdist.v1.ClusterStatusRequest\x1a\x18.ttdist.v1.ClusterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=3393
-  _globals['_FINISHREASON']._serialized_end=3480
+  _globals['_FINISHREASON']._serialized_start=3434
+  _globals['_FINISHREASON']._serialized_end=3521
   _globals['_TOKENIDS']._serialized_start=41
   _globals['_TOKENIDS']._serialized_end=64
   _globals['_SAMPLINGPARAMS']._serialized_start=67
@@ -52,41 +52,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHAT']._serialized_start=1095
   _globals['_CHAT']._serialized_end=1205
   _globals['_GENERATEREQUEST']._serialized_start=1208
-  _globals['_GENERATEREQUEST']._serialized_end=1508
-  _globals['_STREAMINTERVAL']._serialized_start=1510
-  _globals['_STREAMINTERVAL']._serialized_end=1554
-  _globals['_RESUME']._serialized_start=1556
-  _globals['_RESUME']._serialized_end=1613
-  _globals['_CHUNK']._serialized_start=1616
-  _globals['_CHUNK']._serialized_end=1749
-  _globals['_TOPLOGPROB']._serialized_start=1751
-  _globals['_TOPLOGPROB']._serialized_end=1798
-  _globals['_TOKENLOGPROB']._serialized_start=1800
-  _globals['_TOKENLOGPROB']._serialized_end=1885
-  _globals['_USAGE']._serialized_start=1887
-  _globals['_USAGE']._serialized_end=1967
-  _globals['_TIMINGS']._serialized_start=1969
-  _globals['_TIMINGS']._serialized_end=2080
-  _globals['_COMPLETE']._serialized_start=2083
-  _globals['_COMPLETE']._serialized_end=2358
-  _globals['_GENERATERESPONSE']._serialized_start=2360
-  _globals['_GENERATERESPONSE']._serialized_end=2482
-  _globals['_ABORTREQUEST']._serialized_start=2484
-  _globals['_ABORTREQUEST']._serialized_end=2518
-  _globals['_ABORTRESPONSE']._serialized_start=2520
-  _globals['_ABORTRESPONSE']._serialized_end=2550
-  _globals['_LISTMODELSREQUEST']._serialized_start=2552
-  _globals['_LISTMODELSREQUEST']._serialized_end=2571
-  _globals['_MODELINFO']._serialized_start=2573
-  _globals['_MODELINFO']._serialized_end=2697
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2699
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2757
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=2759
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=2781
-  _globals['_REPLICASTATUS']._serialized_start=2784
-  _globals['_REPLICASTATUS']._serialized_end=3238
-  _globals['_CLUSTERSTATUS']._serialized_start=3241
-  _globals['_CLUSTERSTATUS']._serialized_end=3391
-  _globals['_GENERATION']._serialized_start=3483
-  _globals['_GENERATION']._serialized_end=3780
+  _globals['_GENERATEREQUEST']._serialized_end=1549
+  _globals['_STREAMINTERVAL']._serialized_start=1551
+  _globals['_STREAMINTERVAL']._serialized_end=1595
+  _globals['_RESUME']._serialized_start=1597
+  _globals['_RESUME']._serialized_end=1654
+  _globals['_CHUNK']._serialized_start=1657
+  _globals['_CHUNK']._serialized_end=1790
+  _globals['_TOPLOGPROB']._serialized_start=1792
+  _globals['_TOPLOGPROB']._serialized_end=1839
+  _globals['_TOKENLOGPROB']._serialized_start=1841
+  _globals['_TOKENLOGPROB']._serialized_end=1926
+  _globals['_USAGE']._serialized_start=1928
+  _globals['_USAGE']._serialized_end=2008
+  _globals['_TIMINGS']._serialized_start=2010
+  _globals['_TIMINGS']._serialized_end=2121
+  _globals['_COMPLETE']._serialized_start=2124
+  _globals['_COMPLETE']._serialized_end=2399
+  _globals['_GENERATERESPONSE']._serialized_start=2401
+  _globals['_GENERATERESPONSE']._serialized_end=2523
+  _globals['_ABORTREQUEST']._serialized_start=2525
+  _globals['_ABORTREQUEST']._serialized_end=2559
+  _globals['_ABORTRESPONSE']._serialized_start=2561
+  _globals['_ABORTRESPONSE']._serialized_end=2591
+  _globals['_LISTMODELSREQUEST']._serialized_start=2593
+  _globals['_LISTMODELSREQUEST']._serialized_end=2612
+  _globals['_MODELINFO']._serialized_start=2614
+  _globals['_MODELINFO']._serialized_end=2738
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2740
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2798
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=2800
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=2822
+  _globals['_REPLICASTATUS']._serialized_start=2825
+  _globals['_REPLICASTATUS']._serialized_end=3279
+  _globals['_CLUSTERSTATUS']._serialized_start=3282
+  _globals['_CLUSTERSTATUS']._serialized_end=3432
+  _globals['_GENERATION']._serialized_start=3524
+  _globals['_GENERATION']._serialized_end=3821
 # @@protoc_insertion_point(module_scope)

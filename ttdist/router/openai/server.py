@@ -31,6 +31,7 @@ from ttdist.router.openai.tokenize import TokenizeRoutes
 from ttdist.router.openai.tools import might_be_call, parse_calls
 from ttdist.runtime.auth import ApiKeys
 from ttdist.runtime.request_checks import RequestError
+from ttdist.tracing.tracer import take_context
 from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.v1 import generation_pb2 as pb
 
@@ -150,6 +151,9 @@ class OpenAIServer:
         rid = prefix + uuid.uuid4().hex
         created = p.now()
         calls = self._requests(req, rid)
+        if self.router.tracing is not None:   # W3C trace context from the HTTP headers
+            for call in calls:
+                take_context(call, request.headers)
         extras = ChoiceLogprobs(req, req.prompts, self.router.tokenizer)
         if req.stream:
             return await self._stream(request, req, rid, created, calls, extras)
