@@ -50,12 +50,14 @@ class Traffic:
 async def busiest(stub) -> tuple[pb.ReplicaStatus, int]:
     """A ready replica running at least ``BUSY`` streams (the busiest), once there is one; and how
     many replicas are not ready then."""
-    while True:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
         st = await stub.GetClusterStatus(pb.ClusterStatusRequest(), timeout=10)
         ready = sorted((r for r in st.replicas if r.state == "ready"), key=lambda r: r.running)
         if ready and ready[-1].running >= BUSY:
             return ready[-1], len(st.replicas) - len(ready)
         await asyncio.sleep(0.05)
+    raise AssertionError(f"no ready replica ran {BUSY} streams for 300 s: {st}")
 
 
 async def churn(address: str) -> tuple[list[list[int]], Traffic, list[Kill], float]:

@@ -161,3 +161,15 @@ async def test_tracing_off_makes_no_tracer_and_no_spans(receiver):
     finally:
         await stack.close()
     assert len(receiver.spans()) == before
+
+
+async def test_a_drain_is_a_span(receiver):
+    stack, replica_tracing = await traced_stack(receiver)
+    try:
+        await stack.router.drain()
+        await flushed(stack, replica_tracing)
+        spans = receiver.wait_for(lambda s: any(x.name == "router.drain" for x in s))
+    finally:
+        await stack.close()
+    (drain,) = [s for s in spans if s.name == "router.drain"]
+    assert drain.service == "ttdist-router" and drain.attributes == {"ttdist.router_id": "router-0", "ttdist.inflight": 0}
