@@ -5,7 +5,9 @@ token depends only on the sequence, so every stream has one exact expected outpu
 random Llama replicas (``--model tiny``: the expected output is that prompt's undisturbed
 greedy run through the same cluster) behind the router. ``--concurrency`` clients keep greedy
 streams going; every ``--kill-every`` seconds, once every replica is ready, the busiest one is
-SIGKILLed, ``--kills`` times. Prints, like Dynamo's fault-tolerance summary: kills, streams
+SIGKILLed, ``--kills`` times (``--overlap``: every ``--kill-every`` seconds the busiest ready
+replica running at least two streams, without waiting for the others to come back, so kills
+land while replicas restart; no restart times then). Prints, like Dynamo's fault-tolerance summary: kills, streams
 started, finished exact, lost (ended in an error), wrong (a different output), duplicated
 tokens, and per kill the recovery time (until every stream in flight at the kill has a new
 token) and the replica's restart time (kill to ready again), p50 and max. Then, traffic still
@@ -19,6 +21,7 @@ scripted replicas, no kills; prints errors and the router's and replicas' RSS in
 and last third of the run (mean of samples) and the growth between them.
 
     .venv/bin/python bench/bench_chaos.py --kills 20
+    .venv/bin/python bench/bench_chaos.py --model tiny --kills 10 --overlap --kill-every 4 --concurrency 18
     .venv/bin/python bench/bench_chaos.py --soak 600 --concurrency 1000
 """
 
@@ -153,12 +156,18 @@ async def kill_mode(args, deployment) -> None:
     recoveries, restarts = [], []
     try:
         for k in range(args.kills):
-            await wait_all_ready(deployment, args.replicas)
+            if not args.overlap:
+                await wait_all_ready(deployment, args.replicas)
             await asyncio.sleep(args.kill_every)
             loads = await status_loads(stub)
-            busy = sorted((v[1], rid) for rid, v in loads.items() if v[0] == "ready" and v[1] > 0)
+            busy = sorted((v[1], rid) for rid, v in loads.items() if v[0] == "ready" and v[1] > int(args.overlap))
+            while args.overlap and not busy:   # a kill lands only where it takes several streams
+                await asyncio.sleep(0.05)
+                loads = await status_loads(stub)
+                busy = sorted((v[1], rid) for rid, v in loads.items() if v[0] == "ready" and v[1] > 1)
             if not busy:
                 continue
+            down = sum(v[0] != "ready" for v in loads.values())
             victim = busy[-1][1]
             os.kill(loads[victim][2], signal.SIGKILL)
             t_kill = time.monotonic()
@@ -170,6 +179,10 @@ async def kill_mode(args, deployment) -> None:
                     break
                 await asyncio.sleep(0.01)
             recoveries.append(time.monotonic() - t_kill)
+            if args.overlap:
+                print(f"kill {k + 1}: {victim} (running {busy[-1][0]}, {down} other replicas down), streams moving "
+                      f"again after {recoveries[-1]:.2f} s", flush=True)
+                continue
             await wait_all_ready(deployment, args.replicas, gone_pid=loads[victim][2])
             restarts.append(time.monotonic() - t_kill)
             print(f"kill {k + 1}: {victim} (running {busy[-1][0]}), streams moving again after "
@@ -318,6 +331,8 @@ def main() -> None:
     ap.add_argument("--coordinator-kills", type=int, default=3)
     ap.add_argument("--router-kills", type=int, default=3)
     ap.add_argument("--kill-every", type=float, default=1.5, help="seconds of steady traffic before each kill")
+    ap.add_argument("--overlap", action="store_true",
+                    help="kill without waiting for killed replicas to be ready again (kills land during restarts)")
     ap.add_argument("--concurrency", type=int, default=None, help="concurrent streams (kill: 24, soak: 1000)")
     ap.add_argument("--min-tokens", type=int, default=40)
     ap.add_argument("--max-tokens", type=int, default=160)

@@ -107,22 +107,17 @@ class Attempts:
         self.failed_on.add(incarnation(entry))
         self.moves += 1
         where = f"{entry.replica_id}: {failure.message}"
-        if failure.own_engine_error:
-            self.engine_errors.append(where)
-            if len(self.engine_errors) >= self.max_engine_errors:
-                return RequestError(
-                    grpc.StatusCode.INTERNAL, "",
-                    f"the engine failed on this request on {len(self.engine_errors)} replicas; not retried "
-                    f"further ({' | '.join(self.engine_errors)})",
-                )
-        if failure.lone_death:
-            self.lone_deaths.append(where)
-            if len(self.lone_deaths) >= self.max_lone_deaths:
-                return RequestError(
-                    grpc.StatusCode.INTERNAL, "",
-                    f"this request was the only stream on {len(self.lone_deaths)} replicas that failed; not sent "
-                    f"to another ({' | '.join(self.lone_deaths)})",
-                )
+        for counts, found, limit, what in (
+            (failure.own_engine_error, self.engine_errors, self.max_engine_errors,
+             "the engine failed on this request on {n} replicas; not retried further"),
+            (failure.lone_death, self.lone_deaths, self.max_lone_deaths,
+             "this request was the only stream on {n} replicas that failed; not sent to another"),
+        ):
+            if counts:
+                found.append(where)
+                if len(found) >= limit:
+                    return RequestError(grpc.StatusCode.INTERNAL, "",
+                                        f"{what.format(n=len(found))} ({' | '.join(found)})")
         if failure.implicates:
             self.failures += 1
             if self.failures > self.max_migrations:

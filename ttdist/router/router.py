@@ -299,7 +299,7 @@ class Router:
             if flight.aborted:
                 yield pb.GenerateResponse(request_id=flight.request_id, complete=assemble_complete(pb.ABORT, progress, prompt))
                 return
-            failure = Failure(end.code, end.failure, end.died_with)
+            failure = Failure(end.code, end.failure, self._died_with(entry, end))
             error = attempts.failed(entry, failure, deadline)
             if trace is not None and error is None:
                 trace.migrating(entry.replica_id, failure)
@@ -336,6 +336,13 @@ class Router:
             return await wait_for_replica(pick, until, self.config.refresh_s)
         except NoReplicaError as err:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "", str(err)) from None
+
+    def _died_with(self, entry: ReplicaEntry, end: SegmentEnd) -> int:
+        """How many streams ``end``'s failure took at once. This router sees only its own streams on
+        a broken link: with several routers, the replica's last heartbeat counts the others' too."""
+        if end.died_with == 1 and self.config.routers > 1:
+            return max(1, entry.running + entry.waiting)
+        return end.died_with
 
     def _moved(self, entry: ReplicaEntry, end: SegmentEnd, request_id: str) -> None:
         """A request moves away from ``entry``; the replica is suspect (skipped for a while) unless
