@@ -44,8 +44,9 @@ async def cluster(tokenizer):
         return AsyncEngine(runner, tokenizer, EngineConfig(max_batch=4, prefill_chunk=8, default_max_tokens=200))
 
     card = ModelCard("scripted-text", tokenizer.vocab_size, CONTEXT, 4)
-    stack = await make_stack(engine, 3, card=card, router_config=RouterConfig(refresh_s=0.05, default_max_tokens=200),
-                             tokenizer=tokenizer, with_pids=True)
+    # the test stops the replica under its one stream twice: more lone deaths than the poison rule's two
+    config = RouterConfig(refresh_s=0.05, default_max_tokens=200, max_lone_deaths=3)
+    stack = await make_stack(engine, 3, card=card, router_config=config, tokenizer=tokenizer, with_pids=True)
     stack.script = script
     yield stack
     await stack.close()

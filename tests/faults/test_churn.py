@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 REPLICAS = 3
 KILLS = 10
 CLIENTS = 18
-KILL_GAP_S = 4.0          # steady traffic between kills: 10 kills take about a minute with the waits
+KILL_GAP_S = 3.0          # steady traffic between kills: 10 kills take under a minute with the waits
 BUSY = 3                  # a victim runs at least this many streams (a death shared by several)
 DEADLINE_S = 600.0
 

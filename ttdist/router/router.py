@@ -75,6 +75,7 @@ class RouterConfig:
     status_timeout_s: float = 1.0      # GetClusterStatus: how long to wait for each replica's own figures
     ready_wait_s: float = 30.0         # no replica can take a request: wait this long for one (or to its deadline)
     max_engine_errors: int = 2         # engine errors (INTERNAL) on this many replicas end a request with INTERNAL
+    max_lone_deaths: int = 2           # the one stream on this many replicas that died: INTERNAL (the poison rule)
     tracing: TracingConfig = TracingConfig()   # OTLP spans of each sampled request (off by default)
 
 
@@ -267,7 +268,8 @@ class Router:
         """The request's segments, one replica each, until one finishes or the request must end."""
         max_tokens = token_budget(req, prompt, self.config.default_max_tokens, self.table.card.max_context)
         progress = Progress(time.perf_counter(), [])
-        attempts = Attempts(self.config.max_migrations, self.config.max_engine_errors, max_moves=self.config.max_moves)
+        attempts = Attempts(self.config.max_migrations, self.config.max_engine_errors, self.config.max_lone_deaths,
+                            self.config.max_moves)
         eos = getattr(self.tokenizer, "eos_token_ids", ())
         while True:
             done = already_done(req, progress, max_tokens, eos)
