@@ -169,7 +169,7 @@ class EngineCore:
         if stall_s:
             time.sleep(stall_s)
         if isinstance(work, PrefillStep):
-            started = self.clock()
+            started = self.clock() if work.seq.prefill_chunks is not None else 0.0   # traced requests only
             if inputs.prompt_targets or (inputs.sample and inputs.sampling.logprobs is not None):
                 result = self.runner.prefill_logprobs(inputs)
             else:
