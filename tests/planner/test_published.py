@@ -16,6 +16,7 @@ import pytest
 from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import parse_mesh
 from ttdist.planner import PlanError, kv_plan, plan, resolve_model
+from ttdist.planner.plan import row_options
 
 PUBLISHED = json.loads((Path(__file__).parent / "published.json").read_text())
 TSU_TOLERANCE, TTFT_TOLERANCE = 0.25, 0.35
@@ -23,7 +24,7 @@ TSU_TOLERANCE, TTFT_TOLERANCE = 0.25, 0.35
 
 def predict(row: dict):
     return plan(row["model"], row["system"], precision="performance", batch=row["batch"], context=row["input"],
-                input_len=row["input"])
+                input_len=row["input"], **row_options(row))
 
 
 def test_every_published_row_within_tolerance():
