@@ -140,16 +140,28 @@ def meets(latency: Latency, ttft_s: float | None, tpot_s: float | None) -> bool:
 
 
 def saturation_rate(service: Service, load: Load, ttft_s: float | None, tpot_s: float | None, *,
-                    requests: int = 1000, seed: int = 0, tolerance: float = 0.02, floor: float = 0.0) -> float:
+                    requests: int = 1000, seed: int = 0, tolerance: float = 0.02, floor: float = 0.0,
+                    arrivals: list[float] | None = None) -> float:
     """The highest arrival rate at which p90 TTFT and p90 TPOT still meet the SLO (0 if none does);
-    ``floor``: a rate already known to meet it."""
+    ``floor``: a rate already known to meet it. Every rate tried sees the same arrival sequence
+    scaled to it (a Poisson sequence at rate r is one at rate 1 with its times divided by r):
+    ``arrivals``, the times of one such sequence at 1 request/s, or ``seed``'s."""
+    if arrivals is None:
+        rng = random.Random(seed)
+        t, arrivals = 0.0, []
+        for _ in range(requests):
+            t += rng.expovariate(1.0)
+            arrivals.append(t)
+
+    def ok(rate: float, first: int | None = None) -> bool:
+        times = [a / rate for a in arrivals[:first]]
+        return meets(simulate(service, Load(rate, load.input, load.output), arrivals=times), ttft_s, tpot_s)
+
     hi = capacity(service, load)
     lo = floor
-    if not floor and not meets(simulate(service, Load(hi * 1e-3, load.input, load.output), requests=50, seed=seed),
-                               ttft_s, tpot_s):
+    if not floor and not ok(hi * 1e-3, 50):
         return 0.0
     while hi - lo > tolerance * hi:
         mid = (lo + hi) / 2
-        ok = meets(simulate(service, Load(mid, load.input, load.output), requests=requests, seed=seed), ttft_s, tpot_s)
-        lo, hi = (mid, hi) if ok else (lo, mid)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo
