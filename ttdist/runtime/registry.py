@@ -106,6 +106,7 @@ class ReplicaRecord:
     cannot_start: bool = False   # its start failed for good (a PermanentError): left failed, not restarted
     prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
     prefix_seq: int = FULL                        # the number of that set (FULL: none held)
+    model: str = ""                               # the served model's name (its pool; ``group`` indexes its groups)
 
     @property
     def state_label(self) -> str:
@@ -116,7 +117,7 @@ class ReplicaRecord:
     def entry(self) -> ReplicaEntry:
         s = self.stats
         return ReplicaEntry(
-            replica_id=self.replica_id, address=self.address, state=self.state, pid=self.pid,
+            replica_id=self.replica_id, address=self.address, state=self.state, pid=self.pid, model=self.model,
             node_id=self.node_id, mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=s.free_pages if s else self.kv_pages_total, running=s.running if s else 0,
             waiting=s.waiting if s else 0, tokens_per_second=s.tokens_per_second if s else 0.0,
@@ -316,5 +317,7 @@ class Registry:
         self._move(r, ReplicaState.STARTING, now, EventKind.REPLICA_RESTARTING,
                    f"restart {r.restarts} after {now - r.since:.1f} s failed")
 
-    def entries(self) -> tuple[ReplicaEntry, ...]:
-        return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id))
+    def entries(self, model: str | None = None) -> tuple[ReplicaEntry, ...]:
+        """The replicas as the router needs them; only ``model``'s pool when it is given."""
+        return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
+                     if model is None or r.model == model)

@@ -37,7 +37,7 @@ function fmtTime(unix) { return new Date(unix * 1000).toLocaleTimeString("en-GB"
 
 function renderSummary(data) {
   const s = data.summary;
-  setText("model", data.model);
+  setText("model", (data.models || []).length ? data.models.map(m => m.name).join(", ") : data.model);
   setText("policy", data.policy);
   setText("sum-replicas", `${s.replicas_ready} / ${s.replicas_total}`);
   setText("sum-replicas-sub", s.replicas_failed ? `${s.replicas_failed} failed` : "");
@@ -100,7 +100,7 @@ function updateReplicaCard(entry, replica) {
   badge.setAttribute("data-state", replica.state);
   badge.title = replica.state_reason || "";
   card.querySelector(".where").textContent =
-    `${replica.mesh} ${replica.backend} · node ${replica.node_id.slice(0, 12)} · pid ${replica.pid} · ${replica.address}`;
+    `${replica.model ? replica.model + " · " : ""}${replica.mesh} ${replica.backend} · node ${replica.node_id.slice(0, 12)} · pid ${replica.pid} · ${replica.address}`;
   const put = (key, text) => { card.querySelector(`[data-stat="${key}"]`).textContent = text; };
   const used = replica.kv_pages_total - replica.kv_pages_free;
   put("running", fmtInt(replica.running));
