@@ -10,7 +10,7 @@ import time
 from ttdist.cli import EXIT_USAGE, CommandError, add_connection_args, client_from_args
 from ttdist.dashboard.replica_state import ReplicaState
 
-COLUMNS = ("REPLICA", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "KV BUDGET", "DRAM/CHIP W+KV+OTHER",
+COLUMNS = ("REPLICA", "MODEL", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "KV BUDGET", "DRAM/CHIP W+KV+OTHER",
            "RUNNING", "WAITING", "TOK/S")
 
 
@@ -51,7 +51,7 @@ def _user_groups(r) -> str:
 
 def _row(r) -> tuple[str, ...]:
     pct = f" ({100 * r.kv_pages_free / r.kv_pages_total:.0f}%)" if r.kv_pages_total else ""
-    return (r.replica_id, r.state, r.mesh, r.backend, r.node_id[:12], str(r.pid),
+    return (r.replica_id, r.model or "-", r.state, r.mesh, r.backend, r.node_id[:12], str(r.pid),
             f"{r.kv_pages_free}/{r.kv_pages_total}{pct}", _budget(r), _dram(r), str(r.running), str(r.waiting),
             f"{r.tokens_per_second:.1f}")
 
@@ -66,6 +66,11 @@ def format_table(status) -> str:
     ready = sum(r.state == ReplicaState.READY for r in status.replicas)
     lines = [f"model: {status.model or '-'}   policy: {status.policy or '-'}   "
              f"replicas: {len(status.replicas)} ({ready} ready)"]
+    if len(status.models) > 1:   # several models: one line each with its pool
+        for m in status.models:
+            pool = [r for r in status.replicas if r.model == m.id]
+            up = sum(r.state == ReplicaState.READY for r in pool)
+            lines.append(f"  {m.id}: {len(pool)} replica(s) ({up} ready), max context {m.max_context}")
     if status.generation_defaults:   # what a request that leaves these fields out gets
         lines.append("generation defaults: " + " ".join(f"{k}={v:g}" for k, v in status.generation_defaults.items()))
     if not status.replicas:
