@@ -80,6 +80,15 @@ class SnapshotCollector:
         yield from self._replicas(snapshot)
         yield from self._histograms(snapshot)
         yield from self._chips(snapshot)
+        yield self._events(snapshot)
+
+    def _events(self, snapshot: ClusterSnapshot) -> Metric:
+        events = CounterMetricFamily(
+            "ttdist:cluster_events", "Cluster events by kind (replica started, failed, drained, ...; scale "
+            "decisions); model_name is empty for cluster-wide ones.", labels=["model_name", "kind"])
+        for c in snapshot.event_counts:
+            events.add_metric([c.model, c.kind], c.count)
+        return events
 
     def _cluster(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
         summaries = {name: ClusterSummary.of(snapshot.for_model(name)) for name in snapshot.model_names()}

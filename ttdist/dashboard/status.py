@@ -145,6 +145,16 @@ class LatencySummary:
 
 
 @dataclass
+class EventCount:
+    """How many events of ``kind`` the cluster has had for ``model`` ("" for cluster-wide ones such
+    as weight conversion), since the coordinator started."""
+
+    model: str
+    kind: str
+    count: int
+
+
+@dataclass
 class ModelSnapshot:
     """One served model: its name, checkpoint, routing policy and its routers' latency window."""
 
@@ -166,6 +176,7 @@ class ClusterSnapshot:
     ttft_seconds: LatencySummary
     inter_token_seconds: LatencySummary
     models: list[ModelSnapshot] = field(default_factory=list)   # every served model, in spec order
+    event_counts: list[EventCount] = field(default_factory=list)
 
     def model_of(self, replica: ReplicaSnapshot) -> str:
         """The model a replica serves (its own field; the cluster's model for an older snapshot)."""
@@ -205,6 +216,7 @@ class ClusterSnapshot:
             ttft_seconds=LatencySummary(**_known(LatencySummary, data["ttft_seconds"])),
             inter_token_seconds=LatencySummary(**_known(LatencySummary, data["inter_token_seconds"])),
             models=[_model(m) for m in data.get("models", [])],
+            event_counts=[EventCount(**_known(EventCount, c)) for c in data.get("event_counts", [])],
         )
 
 

@@ -40,7 +40,9 @@ import ray
 
 from ttdist.dashboard.events import EventKind
 from ttdist.dashboard.replica_state import ReplicaState
-from ttdist.dashboard.status import CHIP_OK, ChipSnapshot, ClusterSnapshot, ModelSnapshot, ReplicaSnapshot
+from ttdist.dashboard.status import (
+    CHIP_OK, ChipSnapshot, ClusterSnapshot, EventCount, ModelSnapshot, ReplicaSnapshot,
+)
 from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig, ModelConfig
 from ttdist.runtime.generation_defaults import read_generation_defaults
@@ -379,6 +381,7 @@ class Coordinator:
             replicas=replicas, events=list(self.registry.events[-100:]),
             ttft_seconds=self._report.ttft_seconds, inter_token_seconds=self._report.inter_token_seconds,
             models=[self._model_snapshot(name, served) for name, served in self.models.items()],
+            event_counts=[EventCount(model, kind, n) for (model, kind), n in sorted(self.registry.event_counts.items())],
         )
 
     def _model_snapshot(self, name: str, served: ServedModel) -> ModelSnapshot:

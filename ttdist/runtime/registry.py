@@ -153,6 +153,7 @@ class Registry:
     events: list[Event] = field(default_factory=list)
     max_events: int = 500
     logged: int = 0   # events appended so far: the number of the newest
+    event_counts: dict[tuple[str, str], int] = field(default_factory=dict)   # (model, kind) -> events so far
 
     def add(self, record: ReplicaRecord, now: float) -> None:
         record.state, record.since = ReplicaState.STARTING, now
@@ -165,6 +166,10 @@ class Registry:
         """Append ``events`` (this registry's or a router's) to the bounded ring, numbering them."""
         self.events.extend(events)
         self.logged += len(events)
+        for e in events:   # a replica's events count under its model; cluster-wide ones under ""
+            record = self.replicas.get(e.replica_id)
+            key = (record.model if record is not None else "", str(e.kind))
+            self.event_counts[key] = self.event_counts.get(key, 0) + 1
         del self.events[: -self.max_events]
 
     def events_after(self, seen: int) -> EventPage:
