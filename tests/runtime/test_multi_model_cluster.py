@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cluster import running_cluster
 from tests.support.generation import greedy, run, stub_for
+from tests.support.grafana import check_queries, dashboard_queries, exported_labels
 from tests.support.waiting import wait_for
 from ttdist.cli.status import format_table
 from ttdist.client import Client
@@ -190,9 +191,12 @@ def test_every_metric_carries_its_models_name(served):
     for name in ("alpha", "beta"):
         run(stub, greedy(PROMPTS[1], 3, model=name))
 
-    def scrape():
+    def text():
         with urllib.request.urlopen(f"{deployment.dashboard_url}/metrics", timeout=10) as resp:
-            return [s for f in text_string_to_metric_families(resp.read().decode()) for s in f.samples]
+            return resp.read().decode()
+
+    def scrape():
+        return [s for f in text_string_to_metric_families(text()) for s in f.samples]
 
     def both_counted():
         samples = scrape()
@@ -207,3 +211,7 @@ def test_every_metric_carries_its_models_name(served):
             assert s.labels["replica"] in POOLS[s.labels["model_name"]], s
     replicas = {s.labels["model_name"]: s.value for s in samples if s.name == "ttdist:num_replicas"}
     assert replicas == {"alpha": 1, "beta": 2}
+    # the Grafana dashboard reads only what this live cluster exports, labels included
+    check_queries(dashboard_queries(), exported_labels(text()))
+    events = {(s.labels["model_name"], s.labels["kind"]) for s in samples if s.name == "ttdist:cluster_events_total"}
+    assert {("alpha", "replica_started"), ("beta", "replica_started")} <= events

@@ -12,6 +12,7 @@ from ttdist.dashboard.status import (
     TTFT_BUCKETS_SECONDS,
     ChipSnapshot,
     ClusterSnapshot,
+    EventCount,
     HistogramSnapshot,
     LatencySummary,
     ReplicaSnapshot,
@@ -71,6 +72,8 @@ class FakeCluster:
                 time=time.time(), model="tiny-llama", policy="least_load",
                 replicas=[ReplicaSnapshot(**{**r.__dict__, "chips": list(r.chips)}) for r in self.replicas],
                 events=list(self.events),
+                event_counts=[EventCount("tiny-llama", kind, sum(e.kind == kind for e in self.events))
+                              for kind in sorted({e.kind for e in self.events})],
                 ttft_seconds=LatencySummary(0.0, 0.0, 0), inter_token_seconds=LatencySummary(0.0, 0.0, 0),
             )
 
