@@ -153,6 +153,9 @@ def test_models_listed_on_every_surface(served):
     assert {r.model: r.mesh for r in status.replicas} == {"alpha": "1x2", "beta": "1x1"}
     table = format_table(status)
     assert "alpha: 1 replica(s)" in table and "beta: 2 replica(s)" in table
+    header = next(line for line in table.splitlines() if line.startswith("REPLICA"))
+    assert header.split()[:3] == ["REPLICA", "MODEL", "STATE"]
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("replica-")] == ["alpha", "beta", "beta"]
     snapshot = deployment.snapshot()
     assert [(m.name, m.policy) for m in snapshot.models] == [("alpha", "cache_aware"), ("beta", "round_robin")]
     with urllib.request.urlopen(f"{deployment.dashboard_url}/api/status", timeout=10) as resp:

@@ -10,14 +10,15 @@ import time
 from ttdist.cli import EXIT_USAGE, CommandError, add_connection_args, client_from_args
 from ttdist.dashboard.replica_state import ReplicaState
 
-COLUMNS = ("REPLICA", "MODEL", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "KV BUDGET", "DRAM/CHIP W+KV+OTHER",
+COLUMNS = ("REPLICA", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE", "KV BUDGET", "DRAM/CHIP W+KV+OTHER",
            "RUNNING", "WAITING", "TOK/S")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "status", help="show the cluster's replicas, meshes, KV pages and load",
-        description="Show every replica the router knows: state, mesh, backend, node, KV pages free of "
+        description="Show every replica the router knows (and, on a cluster of several models, each model's "
+                    "pool and a MODEL column): state, mesh, backend, node, KV pages free of "
                     "total, running and waiting requests, tokens per second. A replica whose KV pages are "
                     "split into user groups (a Galaxy's column groups) gets a line below its row with "
                     "each group's free pages.",
@@ -51,7 +52,7 @@ def _user_groups(r) -> str:
 
 def _row(r) -> tuple[str, ...]:
     pct = f" ({100 * r.kv_pages_free / r.kv_pages_total:.0f}%)" if r.kv_pages_total else ""
-    return (r.replica_id, r.model or "-", r.state, r.mesh, r.backend, r.node_id[:12], str(r.pid),
+    return (r.replica_id, r.state, r.mesh, r.backend, r.node_id[:12], str(r.pid),
             f"{r.kv_pages_free}/{r.kv_pages_total}{pct}", _budget(r), _dram(r), str(r.running), str(r.waiting),
             f"{r.tokens_per_second:.1f}")
 
@@ -75,10 +76,12 @@ def format_table(status) -> str:
         lines.append("generation defaults: " + " ".join(f"{k}={v:g}" for k, v in status.generation_defaults.items()))
     if not status.replicas:
         return "\n".join(lines + ["no replicas registered yet"])
-    rows = [_row(r) for r in status.replicas]
-    widths = [max(len(row[i]) for row in (COLUMNS, *rows)) for i in range(len(COLUMNS))]
-    pages_at = sum(w + 2 for w in widths[:COLUMNS.index("KV PAGES FREE")])
-    lines += ["", _aligned(COLUMNS, widths)]
+    several = len(status.models) > 1   # a MODEL column after REPLICA
+    columns = (COLUMNS[0], "MODEL", *COLUMNS[1:]) if several else COLUMNS
+    rows = [(_row(r)[0], r.model or "-", *_row(r)[1:]) if several else _row(r) for r in status.replicas]
+    widths = [max(len(row[i]) for row in (columns, *rows)) for i in range(len(columns))]
+    pages_at = sum(w + 2 for w in widths[:columns.index("KV PAGES FREE")])
+    lines += ["", _aligned(columns, widths)]
     for row, r in zip(rows, status.replicas):
         lines.append(_aligned(row, widths))
         if groups := _user_groups(r):

@@ -33,39 +33,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import ray
 
 from ttdist.dashboard.events import EventKind
 from ttdist.dashboard.replica_state import ReplicaState
-from ttdist.dashboard.status import (
-    CHIP_OK, ChipSnapshot, ClusterSnapshot, EventCount, ModelSnapshot, ReplicaSnapshot,
-)
+from ttdist.dashboard.status import ClusterSnapshot, EventCount
 from ttdist.mesh.spec import parse_mesh
-from ttdist.runtime.config import NICENESS_ENV, ClusterConfig, ModelConfig
+from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.generation_defaults import read_generation_defaults
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
 from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
+from ttdist.runtime.served_models import ServedModel, model_snapshot, replica_snapshot
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
 DRAIN_SETTLE_S = 1.0         # after marking a replica draining: time for the routers to see it
-
-
-@dataclass
-class ServedModel:
-    """One model the cluster serves, as the coordinator holds it: its config, its card (None
-    until resolved), its checkpoint folder and its converted weights per mesh."""
-
-    config: ModelConfig
-    card: ModelCard | None = None
-    model_dir: str = ""
-    weights_path: dict[str, str] = field(default_factory=dict)   # mesh -> converted-weight cache entry
-    weights_ref: dict[str, object] = field(default_factory=dict)  # mesh -> its entry in the object store (RemoteShards)
 
 
 class Coordinator:
@@ -374,53 +361,14 @@ class Coordinator:
 
     async def snapshot(self) -> ClusterSnapshot:
         now = time.monotonic()
-        replicas = [self._replica_snapshot(r, now) for r in sorted(self.registry.replicas.values(), key=lambda r: r.replica_id)]
+        replicas = [replica_snapshot(r, now) for r in sorted(self.registry.replicas.values(), key=lambda r: r.replica_id)]
         first = next(iter(self.models), "")
         return ClusterSnapshot(
             time=time.time(), model=first, policy=self._report.policy or self.config.served[0].policy,
             replicas=replicas, events=list(self.registry.events[-100:]),
             ttft_seconds=self._report.ttft_seconds, inter_token_seconds=self._report.inter_token_seconds,
-            models=[self._model_snapshot(name, served) for name, served in self.models.items()],
+            models=[model_snapshot(name, served, self._reports) for name, served in self.models.items()],
             event_counts=[EventCount(model, kind, n) for (model, kind), n in sorted(self.registry.event_counts.items())],
-        )
-
-    def _model_snapshot(self, name: str, served: ServedModel) -> ModelSnapshot:
-        """A model's pool and its routers' latency (every router's reports for it added up)."""
-        reports = [r for (_, model), r in self._reports.items() if model == name]
-        report = combine_reports(reports) if reports else RouterReport()
-        return ModelSnapshot(
-            name=name, model=served.model_dir or served.config.model, policy=report.policy or served.config.policy,
-            max_context=served.card.max_context if served.card else 0,
-            ttft_seconds=report.ttft_seconds, inter_token_seconds=report.inter_token_seconds,
-        )
-
-    def _replica_snapshot(self, r: ReplicaRecord, now: float) -> ReplicaSnapshot:
-        spec = parse_mesh(r.mesh)
-        d = r.memory.dram if r.memory else None  # the replica's own ledger (every chip holds the same bytes)
-        chip_state = ReplicaState.FAILED if r.state == ReplicaState.FAILED else CHIP_OK
-        chips = [ChipSnapshot(row, col, chip_state, d.capacity if d else spec.dram_bytes_per_chip, d.weights if d else 0,
-                              d.kv_cache if d else 0, d.other if d else 0) for row, col in spec.chips()]
-        s = r.stats
-        histograms = {}
-        if s is not None and s.ttft_histogram is not None:
-            histograms["ttft_histogram"] = s.ttft_histogram
-        if s is not None and s.inter_token_histogram is not None:
-            histograms["inter_token_histogram"] = s.inter_token_histogram
-        return ReplicaSnapshot(
-            replica_id=r.replica_id, model=r.model, state=r.state, pid=r.pid, node_id=r.node_id, mesh=r.mesh, backend=r.backend,
-            address=r.address, kv_pages_total=r.kv_pages_total, kv_pages_free=s.free_pages if s else r.kv_pages_total,
-            running=s.running if s else 0, waiting=s.waiting if s else 0,
-            tokens_per_second=s.tokens_per_second if s else 0.0,
-            prompt_tokens_total=s.prompt_tokens_total if s else 0,
-            generation_tokens_total=s.generation_tokens_total if s else 0,
-            prefix_hit_rate=s.prefix_hit_rate if s else 0.0, chips=chips, restarts=r.restarts,
-            kv_pages_budget=r.memory.kv_pages_budget if r.memory else r.kv_pages_budget,
-            kv_pages_capped_by_host=bool(r.memory and r.memory.kv_pages_capped_by_host),
-            state_reason=r.reason, crash_loop=r.crash_loop,
-            last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
-            requests_finished_total=s.requests_finished_total if s else 0,
-            kv_user_groups=s.kv_user_groups if s else 1,
-            kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [], **histograms,
         )
 
     async def _start_dashboard(self) -> None:
