@@ -11,11 +11,13 @@ series show each model.
 from __future__ import annotations
 
 import json
+from importlib import resources
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import jsonschema
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -161,6 +163,9 @@ def test_models_listed_on_every_surface(served):
     with urllib.request.urlopen(f"{deployment.dashboard_url}/api/status", timeout=10) as resp:
         body = json.load(resp)
     assert {m["name"]: m["summary"]["replicas_total"] for m in body["models"]} == {"alpha": 1, "beta": 2}
+    assert [r["model"] for r in body["replicas"]] == ["alpha", "beta", "beta"]
+    schema = json.loads((resources.files("ttdist.dashboard") / "static" / "status.schema.json").read_text())
+    jsonschema.validate(body, schema)
 
 
 def test_each_model_renders_chats_with_its_own_template(served):
