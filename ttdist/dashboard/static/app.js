@@ -57,6 +57,19 @@ function renderSummary(data) {
   setText("sum-prompt", `${fmtInt(s.prompt_tokens_total)} prompt tokens`);
 }
 
+// A cluster of several models: one row per model, its pool added up as the summary is.
+function renderModels(models) {
+  document.getElementById("models-section").hidden = models.length < 2;
+  document.getElementById("models-body").replaceChildren(...models.map(m => el("tr", {"data-model": m.name}, [
+    el("td", {class: "kind", text: m.name}), el("td", {text: m.policy}),
+    el("td", {text: `${m.summary.replicas_ready} / ${m.summary.replicas_total}`}),
+    el("td", {text: fmtInt(m.summary.requests_running)}), el("td", {text: fmtInt(m.summary.requests_waiting)}),
+    el("td", {text: fmtNum(m.summary.tokens_per_second, 1)}),
+    el("td", {text: m.summary.ttft_seconds.count ? fmtSeconds(m.summary.ttft_seconds.p50) : "-"}),
+    el("td", {text: fmtPerc(m.summary.kv_cache_usage_perc)}),
+  ])));
+}
+
 function buildReplicaCard(replica) {
   const rows = Math.max(1, ...replica.chips.map(c => c.row + 1));
   const cols = Math.max(1, ...replica.chips.map(c => c.col + 1));
@@ -201,6 +214,7 @@ function render(data) {
   conn.textContent = data.dashboard.last_error ? `stale: ${data.dashboard.last_error}` : "live";
   setText("updated", `updated ${fmtTime(data.dashboard.sampled_at)}`);
   renderSummary(data);
+  renderModels(data.models || []);
   renderReplicas(data.replicas);
   renderEvents(data.events);
   renderCharts();
