@@ -45,7 +45,7 @@ class ModelRouters:
         if not routes:
             raise ValueError("ModelRouters needs at least one model")
         self.routes = routes
-        self._on_serving: Callable[[bool], Awaitable[None]] | None = None
+        self.on_serving: Callable[[bool], Awaitable[None]] | None = None   # the health check's setter
         self._serving: bool | None = None
 
     @classmethod
@@ -91,19 +91,12 @@ class ModelRouters:
         for route in self.routes.values():
             await route.router.stop()
 
-    @property
-    def on_serving(self) -> Callable[[bool], Awaitable[None]] | None:
-        return self._on_serving
-
-    @on_serving.setter
-    def on_serving(self, callback: Callable[[bool], Awaitable[None]] | None) -> None:
-        self._on_serving = callback
-
     async def _model_serving(self, _: bool) -> None:
+        """A model's router changed: health follows the models taken together."""
         serving = self.serving
-        if serving != self._serving and self._on_serving is not None:
-            await self._on_serving(serving)
-        self._serving = serving
+        changed, self._serving = serving != self._serving, serving
+        if changed and self.on_serving is not None:
+            await self.on_serving(serving)
 
     @property
     def serving(self) -> bool:
