@@ -160,6 +160,9 @@ def test_models_listed_on_every_surface(served):
     assert [line.split()[1] for line in table.splitlines() if line.startswith("replica-")] == ["alpha", "beta", "beta"]
     snapshot = deployment.snapshot()
     assert [(m.name, m.policy) for m in snapshot.models] == [("alpha", "cache_aware"), ("beta", "round_robin")]
+    # weights converted once per (model, mesh): alpha's 1x2 entry, beta's 1x1 one (its two replicas share it)
+    converted = sorted(e.message.split(":")[0] for e in snapshot.events if e.kind == "weights_ready")
+    assert converted == ["alpha on mesh 1x2", "beta on mesh 1x1"]
     with urllib.request.urlopen(f"{deployment.dashboard_url}/api/status", timeout=10) as resp:
         body = json.load(resp)
     assert {m["name"]: m["summary"]["replicas_total"] for m in body["models"]} == {"alpha": 1, "beta": 2}
