@@ -109,6 +109,15 @@ def test_one_model_form_is_one_served_model():
     assert (model.served_name, model.policy, model.num_replicas) == ("smollm2", "least_load", 2)
 
 
+def test_an_unknown_policy_of_a_model_is_named_before_ray_starts():
+    from ttdist.router.deploy import deploy
+    from ttdist.router.policies import UnknownPolicyError
+
+    config = parse_spec({"engine": "scripted", "models": [{"name": "a"}, {"name": "b", "policy": "fastest"}]}).config
+    with pytest.raises(UnknownPolicyError, match=r"models\[1\].policy: unknown policy 'fastest'"):
+        deploy(config)
+
+
 def test_galaxy_partition_spec():
     spec = load_spec(ROOT / "cluster" / "tg-4x2x4.yaml").config
     (group,) = spec.groups

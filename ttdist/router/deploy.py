@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ttdist.dashboard.events import EventKind
 from ttdist.router.actor import RouteSpec, RouterActor
 from ttdist.router.router import RouterConfig
-from ttdist.router.policies import make_policy
+from ttdist.router.policies import UnknownPolicyError, make_policy
 from ttdist.router.stream_interval import StreamInterval
 from ttdist.runtime.auth import new_cluster_token
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
@@ -177,8 +177,12 @@ def fixed_port(host: str, port: int) -> int:
 
 def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s: float = 600.0) -> Deployment:
     config.check()
-    for model in config.served:
-        make_policy(model.policy)
+    for i, model in enumerate(config.models):   # the one-model form's policy is checked below, as it was
+        try:
+            make_policy(model.policy)
+        except UnknownPolicyError as err:
+            raise UnknownPolicyError(f"models[{i}].policy: {err}") from None
+    make_policy(config.served[0].policy)
     if not config.cluster_token:        # replicas accept only callers that present it
         config = replace(config, cluster_token=new_cluster_token())
     started = connect(address)
