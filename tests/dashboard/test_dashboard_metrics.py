@@ -102,3 +102,29 @@ async def test_prometheus_2_accept_header_gets_the_text_format(fake_cluster):
     assert content_type.startswith("text/plain; version=0.0.4")
     assert value(samples, "ttdist:generation_tokens_total", **TG) == 1500
     assert value(samples, "ttdist:time_to_first_token_seconds_count", **TG) == 10
+
+
+async def test_two_models_have_their_own_series():
+    from tests.support.dashboard_snapshots import make_replica
+    from ttdist.dashboard.status import ClusterSnapshot, EventCount, LatencySummary, ModelSnapshot
+
+    def snapshot():
+        none = LatencySummary(0.0, 0.0, 0)
+        return ClusterSnapshot(
+            time=0.0, model="alpha", policy="cache_aware", events=[], ttft_seconds=none, inter_token_seconds=none,
+            replicas=[make_replica("replica-0", 1, 2, model="alpha", running=2),
+                      make_replica("replica-1", 1, 1, model="beta", running=1),
+                      make_replica("replica-2", 1, 1, model="beta", state="failed")],
+            models=[ModelSnapshot("alpha", policy="cache_aware"), ModelSnapshot("beta", policy="round_robin")],
+            event_counts=[EventCount("beta", "replica_failed", 1), EventCount("", "weights_ready", 2)],
+        )
+
+    _, samples = await scrape(snapshot)
+    assert value(samples, "ttdist:num_replicas", model_name="alpha") == 1
+    assert value(samples, "ttdist:num_replicas", model_name="beta") == 2
+    assert value(samples, "ttdist:num_replicas_ready", model_name="beta") == 1
+    assert value(samples, "ttdist:num_requests_running", model_name="alpha", replica="replica-0") == 2
+    assert value(samples, "ttdist:num_requests_running", model_name="beta", replica="replica-1") == 1
+    assert ("ttdist:num_requests_running", (("model_name", "alpha"), ("replica", "replica-1"))) not in samples
+    assert value(samples, "ttdist:cluster_events_total", model_name="beta", kind="replica_failed") == 1
+    assert value(samples, "ttdist:cluster_events_total", model_name="", kind="weights_ready") == 2

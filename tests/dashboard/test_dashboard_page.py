@@ -88,3 +88,37 @@ def test_page_says_when_the_dashboard_is_gone(dashboard, page, page_errors):
     expect(replica_card(page, "tg-0")).to_have_count(1)  # the last picture stays up
     assert all("ERR_CONNECTION_REFUSED" in e for e in page_errors)
     page_errors.clear()
+
+
+def test_several_models_get_a_row_each_and_their_replicas_say_which(browser, page):
+    from tests.support.dashboard_snapshots import FakeCluster, make_replica
+    from ttdist.dashboard.server import DashboardConfig, DashboardServer
+    from ttdist.dashboard.status import ModelSnapshot
+
+    source = FakeCluster(
+        [make_replica("replica-0", 1, 2, model="alpha", running=2, tokens_per_second=40.0),
+         make_replica("replica-1", 1, 1, model="beta", running=1, waiting=3, tokens_per_second=10.0),
+         make_replica("replica-2", 1, 1, model="beta", state="failed", address="127.0.0.1:50102")],
+        models=[ModelSnapshot("alpha", policy="cache_aware"), ModelSnapshot("beta", policy="round_robin")],
+    )
+    server = DashboardServer(DashboardConfig(port=0, sample_interval_s=0.1), source)
+    server.start_in_thread()
+    try:
+        page.goto(server.url)
+        expect(page.locator("#model")).to_have_text("alpha, beta", timeout=WAIT_MS)
+        rows = page.locator("#models-body tr")
+        expect(rows).to_have_count(2)
+        expect(page.locator('#models-body tr[data-model="alpha"] td').nth(2)).to_have_text("1 / 1")
+        expect(page.locator('#models-body tr[data-model="beta"] td').nth(2)).to_have_text("1 / 2")
+        expect(page.locator('#models-body tr[data-model="beta"] td').nth(4)).to_have_text("3")
+        expect(page.locator('#models-body tr[data-model="alpha"] td').nth(5)).to_have_text("40.0")
+        expect(replica_card(page, "replica-1").locator(".where")).to_contain_text("beta · 1x1 sim")
+        expect(page.locator("#models-section")).to_be_visible()
+    finally:
+        server.stop_in_thread()
+
+
+def test_one_model_has_no_models_table(dashboard, page):
+    page.goto(dashboard.url)
+    expect(page.locator("article.replica")).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#models-section")).to_be_hidden()

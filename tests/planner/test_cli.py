@@ -64,6 +64,10 @@ def test_a_load_file(tmp_path):
     (["plan", "llama-3.1-8b", "--load", "rate=2,input=128,output=8", "--slo", "ttft=soon"], "--slo:"),
     (["plan", "llama-3.1-8b", "--load", "rate=2,input=128,output=8"], "--slo:"),
     (["plan", "llama-3.1-8b", "--load-file", "/nonexistent.json", "--slo", "ttft=1s"], "--load-file:"),
+    (["plan", "llama-3.1-8b", "--implementation", "vllm"], "--implementation:"),
+    (["plan", "llama-3.1-8b", "--system", "t3k", "--implementation", "galaxy-demo"], "--implementation:"),
+    (["plan", "llama-3.1-8b", "--sampling", "cpu"], "--sampling:"),
+    (["plan", "llama-3.1-8b", "--precision", "fp3"], "--precision:"),
 ])
 def test_bad_input_is_one_line_naming_the_field_and_exit_2(argv, flag, capsys):
     assert main(argv) == 2
@@ -77,3 +81,18 @@ def test_loads_that_do_not_parse(text):
     with pytest.raises(PlanError) as err:
         parse_load(text)
     assert err.value.field == "load"
+
+
+def test_host_sampling_and_the_generic_galaxy_path_are_in_the_breakdown(capsys):
+    """Logits read back every step cost the host term; tt_transformers on a Galaxy is its own kernels."""
+    base = ["plan", "llama-3.2-1b", "--system", "n150", "--batch", "32", "--json"]
+    assert main(base) == 0
+    device = json.loads(capsys.readouterr().out)
+    assert main([*base, "--sampling", "host"]) == 0
+    host = json.loads(capsys.readouterr().out)
+    assert host["sampling"] == "host" and host["decode"]["host_s"] > device["decode"]["host_s"]
+    assert host["decode"]["total_s"] > device["decode"]["total_s"]
+    assert main(["plan", "llama-3.2-1b", "--system", "tg", "--batch", "1", "--implementation", "tt-transformers",
+                 "--json"]) == 0
+    generic = json.loads(capsys.readouterr().out)
+    assert generic["decode_kernels"] == "tt_transformers_2d" and not generic["decode"]["prefetch"]

@@ -16,6 +16,7 @@ import pytest
 from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import parse_mesh
 from ttdist.planner import PlanError, kv_plan, plan, resolve_model
+from ttdist.planner.plan import row_options
 
 PUBLISHED = json.loads((Path(__file__).parent / "published.json").read_text())
 TSU_TOLERANCE, TTFT_TOLERANCE = 0.25, 0.35
@@ -23,7 +24,7 @@ TSU_TOLERANCE, TTFT_TOLERANCE = 0.25, 0.35
 
 def predict(row: dict):
     return plan(row["model"], row["system"], precision="performance", batch=row["batch"], context=row["input"],
-                input_len=row["input"])
+                input_len=row["input"], **row_options(row))
 
 
 def test_every_published_row_within_tolerance():
@@ -61,6 +62,14 @@ def test_llama_70b_on_a_galaxy_fits_a_128k_context():
     assert p.memory.prefill_chunk < 131072      # prefilled in chunks, so their activations fit
     m = p.memory
     assert m.weights + m.activations + m.reserve + m.kv_per_user <= m.dram_per_chip
+    # from the real layout: 4 column groups each keep their own users' pages, bfp8 KV, a decode
+    # trace region and the collectives' buffers kept aside, a chunk's activations (not 128K's)
+    assert m.user_groups == 4 and m.trace_region > 0 and m.ccl_buffers > 0 and m.reserve >= m.trace_region
+    assert p.precision.kv_cache.name == "bfloat8_b"
+    with pytest.raises(PlanError, match="does not fit"):   # the whole 128K prompt's activations at once
+        plan("llama-3.1-70b", "tg", batch=1, context=131072, input_len=131072, prefill_chunk=131072)
+    # and a 128K context does not fit every one of the Galaxy demo's 32 users
+    assert plan("llama-3.1-70b", "tg", batch=32, context=131072, input_len=128).users < 32
 
 
 def test_the_galaxy_figure_needs_the_prefetcher():

@@ -89,10 +89,33 @@ def test_entries_carry_the_user_groups_to_the_proto():
     assert ReplicaStatus.from_proto(msg).kv_pages_free_per_group == (120, 128, 128, 90)
 
 
-@pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy"])
+@pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy", "multi-model"])
 def test_shipped_specs_load(name):
     spec = load_spec(ROOT / "cluster" / f"{name}.yaml")
     assert spec.config.num_replicas >= 1
+
+
+def test_multi_model_spec():
+    config = load_spec(ROOT / "cluster" / "multi-model.yaml").config
+    assert [(m.served_name, m.policy, m.num_replicas) for m in config.served] == [
+        ("llama-8b", "cache_aware", 2), ("llama-70b", "least_load", 1)]
+    assert config.served[1].groups[0].mesh == "tg" and config.served[1].autoscale["max_replicas"] == 4
+    assert config.num_replicas == 3
+
+
+def test_one_model_form_is_one_served_model():
+    config = parse_spec({"model": "smollm2", "policy": "least_load", "replicas": [{"count": 2}]}).config
+    (model,) = config.served
+    assert (model.served_name, model.policy, model.num_replicas) == ("smollm2", "least_load", 2)
+
+
+def test_an_unknown_policy_of_a_model_is_named_before_ray_starts():
+    from ttdist.router.deploy import deploy
+    from ttdist.router.policies import UnknownPolicyError
+
+    config = parse_spec({"engine": "scripted", "models": [{"name": "a"}, {"name": "b", "policy": "fastest"}]}).config
+    with pytest.raises(UnknownPolicyError, match=r"models\[1\].policy: unknown policy 'fastest'"):
+        deploy(config)
 
 
 def test_galaxy_partition_spec():
@@ -114,6 +137,14 @@ def test_galaxy_partition_spec():
     ({"engine": "magic"}, "engine"),
     ({"health": {"beat": 1}}, "beat"),
     ({"replicas": []}, "replicas"),
+    ({"models": [{"name": "a"}, {"name": "a"}]}, "two models are named 'a'"),
+    ({"models": [{"model": "smollm2"}]}, r"models\[0\].name is required"),
+    ({"models": [{"name": "a", "colour": "red"}]}, "colour"),
+    ({"models": [{"name": "a", "replicas": [{"count": 0}]}]}, r"models\[0\].replicas\[0\].count"),
+    ({"models": [{"name": "a", "dtype": "float7"}]}, r"models\[0\].dtype"),
+    ({"models": [{"name": "a", "autoscale": 3}]}, r"models\[0\].autoscale"),
+    ({"model": "x", "models": [{"name": "a"}]}, "model is set per model"),
+    ({"models": []}, "models must be a non-empty list"),
 ])
 def test_bad_specs_name_the_field(raw, field):
     with pytest.raises(ClusterConfigError, match=field):

@@ -25,7 +25,9 @@ def fresh_stub(address):
 
 
 def requests_served(router) -> int:
-    return ray.get(router.__ray_call__.remote(lambda self: self.router.report_snapshot().requests_total), timeout=30)
+    """Requests the router actor took (its one model's router: the cluster serves one model)."""
+    count = router.__ray_call__.remote(lambda self: self.router.default.router.report_snapshot().requests_total)
+    return ray.get(count, timeout=30)
 
 
 @pytest.fixture(scope="module")

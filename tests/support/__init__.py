@@ -7,6 +7,7 @@
 - ``stack``: a router in front of replicas, all in this process over real gRPC.
 - ``cluster``: a real local Ray cluster through ``deploy()``, and concurrent streams through it.
 - ``serve_process``: a ``ttdist serve`` child process, started and stopped.
+- ``grafana``: the Grafana dashboard's PromQL, parsed and checked against a ``/metrics`` exposition.
 - ``engine_fakes``, ``scripted_generation``, ``dashboard_snapshots``, ``model_checks``,
   ``registry_fixtures``: fakes and reference helpers of one area, shared by its tests.
 

@@ -12,8 +12,10 @@ from ttdist.dashboard.status import (
     TTFT_BUCKETS_SECONDS,
     ChipSnapshot,
     ClusterSnapshot,
+    EventCount,
     HistogramSnapshot,
     LatencySummary,
+    ModelSnapshot,
     ReplicaSnapshot,
 )
 
@@ -52,10 +54,12 @@ def histogram(bounds, values) -> HistogramSnapshot:
 class FakeCluster:
     """A source whose numbers tests change; thread-safe because the dashboard runs in its own thread."""
 
-    def __init__(self, replicas: list[ReplicaSnapshot], events: list[Event] | None = None) -> None:
+    def __init__(self, replicas: list[ReplicaSnapshot], events: list[Event] | None = None,
+                 models: list[ModelSnapshot] | None = None) -> None:
         self._lock = threading.Lock()
         self.replicas = replicas
         self.events = events or []
+        self.models = models or []   # several served models (empty: the one model "tiny-llama")
         self.calls = 0
 
     def update(self, replica_id: str, **changes) -> None:
@@ -68,9 +72,12 @@ class FakeCluster:
         with self._lock:
             self.calls += 1
             return ClusterSnapshot(
-                time=time.time(), model="tiny-llama", policy="least_load",
+                time=time.time(), model=self.models[0].name if self.models else "tiny-llama", policy="least_load",
+                models=list(self.models),
                 replicas=[ReplicaSnapshot(**{**r.__dict__, "chips": list(r.chips)}) for r in self.replicas],
                 events=list(self.events),
+                event_counts=[EventCount("tiny-llama", kind, sum(e.kind == kind for e in self.events))
+                              for kind in sorted({e.kind for e in self.events})],
                 ttft_seconds=LatencySummary(0.0, 0.0, 0), inter_token_seconds=LatencySummary(0.0, 0.0, 0),
             )
 

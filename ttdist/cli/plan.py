@@ -41,6 +41,12 @@ def register(subparsers) -> None:
     p.add_argument("--prefetch", choices=("auto", "on", "off"), default="auto",
                    help="overlap weight streaming with the rest of a decode step (auto: on for 2D meshes, "
                         "as tt-metal's Galaxy demo does)")
+    p.add_argument("--implementation", default="auto",
+                   help="whose implementation to time: auto (the Galaxy demo on 2D meshes, tt_transformers on 1xN), "
+                        "galaxy-demo, or tt-transformers (on a 2D mesh: its generic Galaxy path)")
+    p.add_argument("--sampling", default="device",
+                   help="device (sampled on the mesh, as ttdist does) or host (every user's logits read back each "
+                        "step, as tt_transformers' demo did at batch > 1 before it sampled on the device)")
     p.add_argument("--load", help="size a fleet for this load: rate=REQ_PER_S,input=TOKENS,output=TOKENS "
                                   "(Poisson arrivals)")
     p.add_argument("--load-file", help="the load as a JSON file: {\"rate\": 20, \"input\": 1024, \"output\": 256}")
@@ -81,6 +87,7 @@ def format_plan(p) -> str:
         f"{d.ccl_transfer_s * 1e3:.2f} transfer + {d.ccl_latency_s * 1e3:.2f} hops)",
         f"    other ops       {d.ops_s * 1e3:.2f} ms",
         f"    dispatch        {d.dispatch_s * 1e3:.2f} ms ({d.num_ops} ops)",
+        f"    host reads      {d.host_s * 1e3:.2f} ms (sampling on the {p.sampling})",
         f"  tokens/s/user     {p.tokens_per_s_per_user:.1f}",
         f"  TTFT              {f.total_s * 1e3:.1f} ms (input {p.input_len} in chunks of {m.prefill_chunk})",
         "",
@@ -101,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
             return _fleet(args)
         p = plan(args.model, args.system or "n300", precision=args.precision or "performance", batch=args.batch,
                  context=args.context, input_len=args.input_len, replicas=args.replicas, page_size=args.page_size,
-                 prefill_chunk=args.prefill_chunk, kv_dtype=args.kv_dtype, prefetch=prefetch)
+                 prefill_chunk=args.prefill_chunk, kv_dtype=args.kv_dtype, prefetch=prefetch,
+                 implementation=args.implementation, sampling=args.sampling)
     except PlanError as e:
         raise CommandError(f"--{e.field}: {e.message}" if e.field != "model" else f"model: {e.message}",
                            EXIT_USAGE) from None

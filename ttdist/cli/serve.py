@@ -182,7 +182,12 @@ def _deploy(config, address: str | None):
         if not isinstance(err.cause, PermanentError):
             raise
         why = str(err.cause) if isinstance(err.cause, NoReplicaCanStartError) else one_line(err.cause)
-        raise CommandError(f"cannot serve {config.model}: {why}", EXIT_USAGE) from None
+        raise CommandError(f"cannot serve {_names(config)}: {why}", EXIT_USAGE) from None
+
+
+def _names(config) -> str:
+    """The served models as messages name them: ``smollm2``, or ``a, b`` for several."""
+    return ", ".join(m.served_name for m in config.served)
 
 
 def _serve(config, address: str | None, drain_timeout_s: float, stop: threading.Event, console) -> int:
@@ -199,8 +204,9 @@ def _serve(config, address: str | None, drain_timeout_s: float, stop: threading.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         wait_serving(deployment)
-        print(f"ttdist: serving {config.model} on {deployment.address} "
-              f"({config.num_replicas} replica(s), policy {config.policy})", flush=True)
+        policies = ", ".join(dict.fromkeys(m.policy for m in config.served))
+        print(f"ttdist: serving {_names(config)} on {deployment.address} "
+              f"({config.num_replicas} replica(s), policy {policies})", flush=True)
         if deployment.dashboard_url:
             print(f"ttdist: dashboard at {deployment.dashboard_url}", flush=True)
         if deployment.http_url:
@@ -208,7 +214,7 @@ def _serve(config, address: str | None, drain_timeout_s: float, stop: threading.
         while not stop.wait(0.5):
             pass
         if console.none_can_start:
-            raise CommandError(f"no replica of {config.model} can start any more: {console.none_can_start}", EXIT_USAGE)
+            raise CommandError(f"no replica of {_names(config)} can start any more: {console.none_can_start}", EXIT_USAGE)
         _drain(deployment, drain_timeout_s, signals)
         print("ttdist: shutting down", file=sys.stderr, flush=True)
     finally:

@@ -17,7 +17,8 @@ COLUMNS = ("REPLICA", "STATE", "MESH", "BACKEND", "NODE", "PID", "KV PAGES FREE"
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "status", help="show the cluster's replicas, meshes, KV pages and load",
-        description="Show every replica the router knows: state, mesh, backend, node, KV pages free of "
+        description="Show every replica the router knows (and, on a cluster of several models, each model's "
+                    "pool and a MODEL column): state, mesh, backend, node, KV pages free of "
                     "total, running and waiting requests, tokens per second. A replica whose KV pages are "
                     "split into user groups (a Galaxy's column groups) gets a line below its row with "
                     "each group's free pages.",
@@ -66,14 +67,21 @@ def format_table(status) -> str:
     ready = sum(r.state == ReplicaState.READY for r in status.replicas)
     lines = [f"model: {status.model or '-'}   policy: {status.policy or '-'}   "
              f"replicas: {len(status.replicas)} ({ready} ready)"]
+    if len(status.models) > 1:   # several models: one line each with its pool
+        for m in status.models:
+            pool = [r for r in status.replicas if r.model == m.id]
+            up = sum(r.state == ReplicaState.READY for r in pool)
+            lines.append(f"  {m.id}: {len(pool)} replica(s) ({up} ready), max context {m.max_context}")
     if status.generation_defaults:   # what a request that leaves these fields out gets
         lines.append("generation defaults: " + " ".join(f"{k}={v:g}" for k, v in status.generation_defaults.items()))
     if not status.replicas:
         return "\n".join(lines + ["no replicas registered yet"])
-    rows = [_row(r) for r in status.replicas]
-    widths = [max(len(row[i]) for row in (COLUMNS, *rows)) for i in range(len(COLUMNS))]
-    pages_at = sum(w + 2 for w in widths[:COLUMNS.index("KV PAGES FREE")])
-    lines += ["", _aligned(COLUMNS, widths)]
+    several = len(status.models) > 1   # a MODEL column after REPLICA
+    columns = (COLUMNS[0], "MODEL", *COLUMNS[1:]) if several else COLUMNS
+    rows = [(_row(r)[0], r.model or "-", *_row(r)[1:]) if several else _row(r) for r in status.replicas]
+    widths = [max(len(row[i]) for row in (columns, *rows)) for i in range(len(columns))]
+    pages_at = sum(w + 2 for w in widths[:columns.index("KV PAGES FREE")])
+    lines += ["", _aligned(columns, widths)]
     for row, r in zip(rows, status.replicas):
         lines.append(_aligned(row, widths))
         if groups := _user_groups(r):

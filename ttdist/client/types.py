@@ -314,6 +314,7 @@ class ReplicaStatus:
     dram_other_bytes: int = 0
     kv_user_groups: int = 1                # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() if not reported)
+    model: str = ""                        # the served model whose pool it is in ("" from an older server)
 
     @classmethod
     def from_proto(cls, msg: pb.ReplicaStatus) -> ReplicaStatus:
@@ -329,12 +330,14 @@ class ClusterStatus:
     policy: str
     replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
     generation_defaults: dict = field(default_factory=dict)   # the model's sampling defaults
+    models: tuple[ModelInfo, ...] = field(default_factory=tuple)   # every served model (``model``: the first)
 
     @classmethod
     def from_proto(cls, msg: pb.ClusterStatus) -> ClusterStatus:
         return cls(model=msg.model, policy=msg.policy,
                    replicas=tuple(ReplicaStatus.from_proto(r) for r in msg.replicas),
-                   generation_defaults=generation_defaults(msg.generation_defaults))
+                   generation_defaults=generation_defaults(msg.generation_defaults),
+                   models=tuple(ModelInfo.from_proto(m) for m in msg.models))
 
     def to_json(self) -> dict:
         return asdict(self)

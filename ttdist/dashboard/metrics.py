@@ -2,7 +2,8 @@
 
 A custom collector reads the dashboard's latest snapshot at scrape time and registers in
 a dedicated ``CollectorRegistry``, so nothing leaks into (or from) the process-global
-registry. Every per-replica series carries ``model_name`` and ``replica`` labels.
+registry. Every series carries ``model_name`` (the served model: a cluster of several models has
+series for each) and every per-replica one ``replica`` too.
 """
 
 from __future__ import annotations
@@ -79,15 +80,25 @@ class SnapshotCollector:
         yield from self._replicas(snapshot)
         yield from self._histograms(snapshot)
         yield from self._chips(snapshot)
+        yield self._events(snapshot)
+
+    def _events(self, snapshot: ClusterSnapshot) -> Metric:
+        events = CounterMetricFamily(
+            "ttdist:cluster_events", "Cluster events by kind (replica started, failed, drained, ...; scale "
+            "decisions); model_name is empty for cluster-wide ones.", labels=["model_name", "kind"])
+        for c in snapshot.event_counts:
+            events.add_metric([c.model, c.kind], c.count)
+        return events
 
     def _cluster(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
-        summary = ClusterSummary.of(snapshot)
+        summaries = {name: ClusterSummary.of(snapshot.for_model(name)) for name in snapshot.model_names()}
         for name, doc, value in (
-            ("ttdist:num_replicas", "Replicas known to the coordinator.", summary.replicas_total),
-            ("ttdist:num_replicas_ready", "Replicas ready to serve.", summary.replicas_ready),
+            ("ttdist:num_replicas", "Replicas known to the coordinator.", lambda s: s.replicas_total),
+            ("ttdist:num_replicas_ready", "Replicas ready to serve.", lambda s: s.replicas_ready),
         ):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([snapshot.model], value)
+            for model, summary in summaries.items():
+                family.add_metric([model], value(summary))
             yield family
 
     def _replicas(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
@@ -96,7 +107,7 @@ class SnapshotCollector:
             labels=LABELS + ["state"])
         series = [(family(name, doc, labels=LABELS), value) for family, name, doc, value in REPLICA_SERIES]
         for r in snapshot.replicas:
-            labels = [snapshot.model, r.replica_id]
+            labels = [snapshot.model_of(r), r.replica_id]
             for s in REPLICA_STATES + (() if r.state in REPLICA_STATES else (r.state,)):
                 state.add_metric(labels + [s], 1.0 if r.state == s else 0.0)
             for family, value in series:
@@ -111,7 +122,7 @@ class SnapshotCollector:
         itl = HistogramMetricFamily(
             "ttdist:inter_token_latency_seconds", "Time between consecutive tokens, seconds.", labels=LABELS)
         for r in snapshot.replicas:
-            labels = [snapshot.model, r.replica_id]
+            labels = [snapshot.model_of(r), r.replica_id]
             ttft.add_metric(labels, _prometheus_buckets(r.ttft_histogram), r.ttft_histogram.sum)
             itl.add_metric(labels, _prometheus_buckets(r.inter_token_histogram), r.inter_token_histogram.sum)
         yield ttft
@@ -125,7 +136,7 @@ class SnapshotCollector:
         total = GaugeMetricFamily("ttdist:chip_dram_total_bytes", "DRAM on a chip.", labels=chip_labels)
         for r in snapshot.replicas:
             for chip in r.chips:
-                labels = [snapshot.model, r.replica_id, str(chip.row), str(chip.col)]
+                labels = [snapshot.model_of(r), r.replica_id, str(chip.row), str(chip.col)]
                 used.add_metric(labels + ["weights"], chip.dram_weights_bytes)
                 used.add_metric(labels + ["kv"], chip.dram_kv_bytes)
                 used.add_metric(labels + ["other"], chip.dram_other_bytes)

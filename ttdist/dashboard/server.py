@@ -164,6 +164,8 @@ class DashboardServer:
                 LatencySummary.from_histogram(replica.inter_token_histogram))
         events = sorted(cluster["events"], key=lambda e: e["time"], reverse=True)
         cluster["events"] = events[: self.config.max_events]
+        for model_json in cluster["models"]:   # each model's pool added up as the cluster's is
+            model_json["summary"] = asdict(ClusterSummary.of(snapshot.for_model(model_json["name"])))
         body.update(cluster)
         body["summary"] = asdict(summary)
         return body

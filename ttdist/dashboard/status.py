@@ -7,7 +7,7 @@ heartbeats; everything here is plain data (no Ray, no torch).
 from __future__ import annotations
 
 import bisect
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ttdist.dashboard.events import Event
 from ttdist.dashboard.replica_state import ReplicaState
@@ -130,6 +130,7 @@ class ReplicaSnapshot:
     requests_finished_total: int = 0
     kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: list[int] = field(default_factory=list)   # group g's free pages, by group id
+    model: str = ""                         # the served model whose pool it is in ("": the cluster's one model)
 
 
 @dataclass
@@ -144,14 +145,54 @@ class LatencySummary:
 
 
 @dataclass
+class EventCount:
+    """How many events of ``kind`` the cluster has had for ``model`` ("" for cluster-wide ones such
+    as weight conversion), since the coordinator started."""
+
+    model: str
+    kind: str
+    count: int
+
+
+@dataclass
+class ModelSnapshot:
+    """One served model: its name, checkpoint, routing policy and its routers' latency window."""
+
+    name: str
+    model: str = ""                 # its checkpoint
+    policy: str = ""
+    max_context: int = 0
+    ttft_seconds: LatencySummary = field(default_factory=lambda: LatencySummary(0.0, 0.0, 0))
+    inter_token_seconds: LatencySummary = field(default_factory=lambda: LatencySummary(0.0, 0.0, 0))
+
+
+@dataclass
 class ClusterSnapshot:
     time: float
-    model: str
+    model: str                      # the first (default) model's name
     policy: str
     replicas: list[ReplicaSnapshot]
     events: list[Event]
     ttft_seconds: LatencySummary
     inter_token_seconds: LatencySummary
+    models: list[ModelSnapshot] = field(default_factory=list)   # every served model, in spec order
+    event_counts: list[EventCount] = field(default_factory=list)
+
+    def model_of(self, replica: ReplicaSnapshot) -> str:
+        """The model a replica serves (its own field; the cluster's model for an older snapshot)."""
+        return replica.model or self.model
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models] or [self.model]
+
+    def for_model(self, name: str) -> "ClusterSnapshot":
+        """The snapshot of one model's pool: its replicas, policy and latency window."""
+        info = next((m for m in self.models if m.name == name), None)
+        if info is None:
+            return replace(self, model=name, replicas=[r for r in self.replicas if self.model_of(r) == name])
+        return replace(self, model=name, policy=info.policy, models=[info],
+                       replicas=[r for r in self.replicas if self.model_of(r) == name],
+                       ttft_seconds=info.ttft_seconds, inter_token_seconds=info.inter_token_seconds)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -174,7 +215,17 @@ class ClusterSnapshot:
             events=[Event(**_known(Event, e)) for e in data["events"]],
             ttft_seconds=LatencySummary(**_known(LatencySummary, data["ttft_seconds"])),
             inter_token_seconds=LatencySummary(**_known(LatencySummary, data["inter_token_seconds"])),
+            models=[_model(m) for m in data.get("models", [])],
+            event_counts=[EventCount(**_known(EventCount, c)) for c in data.get("event_counts", [])],
         )
+
+
+def _model(data: dict) -> ModelSnapshot:
+    m = _known(ModelSnapshot, data)
+    for key in ("ttft_seconds", "inter_token_seconds"):
+        if key in m:
+            m[key] = LatencySummary(**_known(LatencySummary, m[key]))
+    return ModelSnapshot(**m)
 
 
 def _known(cls: type, data: dict) -> dict:

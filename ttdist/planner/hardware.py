@@ -8,17 +8,19 @@ its columns). The rest is here, in three groups:
 * published hardware figures (DRAM efficiency, matmul peaks, NOC rate, DRAM-interleaved rate);
 * the Galaxy demo's measured decode kernels (``decode_kernels=GALAXY_DEMO``): a traced, fused
   decode whose per-op kernel and op-to-op gap tt-metal publishes;
-* seven constants FITTED ONCE, together, over every published row that the tests hold
+* nine constants FITTED ONCE, together, over every published row that the tests hold
   (``bench/fit_planner.py`` over ``tests/planner/published.json``): the shortest device time of
   an unfused decode op and of a collective in tt_transformers (which publishes no per-op
   figures), the rate at which paged SDPA decode walks one user's context for one KV head,
-  prefill matmul efficiency, the rate of prefill attention scores, the shortest prefill op and the
-  host's dispatch of an untraced prefill op. No constant is fitted per model or per system.
+  prefill matmul efficiency, the rate of prefill attention scores, the shortest prefill op, the
+  host's dispatch of an untraced prefill op, the time of one read from a chip back to the host
+  and the rate at which the host takes in logits when it samples. No constant is fitted per
+  model or per system.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ttdist.mesh.precision import DType
 
@@ -34,6 +36,13 @@ class DecodeKernels:
     trace_rows: int = 1      # decode slots the traced step always runs (a fixed-shape trace)
     traced_prefill: bool = False   # prefill chunks replayed from captured traces (no host dispatch per op)
     ring_collectives: bool = False  # collectives use both directions of a ring axis
+    # How a 2D mesh's all-reduce runs: as one collective (reduce-scatter + all-gather), or as an
+    # all-gather of every chip's partial then a local sum (``gather_all_reduce``), with
+    # ``all_reduce_ops`` data-movement ops of its own around it (dtype casts, memory moves, the sum).
+    gather_all_reduce: bool = False
+    all_reduce_ops: int = 0
+    interleaved_weights: bool = False   # decode weights DRAM-interleaved (read at ~190 GB/s), not DRAM-sharded
+    reads_every_chip: bool = False      # the host reads each step's tokens back from every chip of the mesh
 
 
 # llama3_70b_galaxy's decoder perf targets (tests/decoder_perf_targets_6u.json): fused rotary
@@ -50,7 +59,15 @@ GALAXY_DEMO = DecodeKernels("llama3_70b_galaxy", op_s=2.2e-6, ccl_s=0.0, gap_s=0
 # shortest op and collective are FITTED (bench/fit_planner.py); the gap is the Galaxy's measured one.
 # Its collectives are timed as lines (one direction per link), even on the T3000's ring axis: its
 # published T3000 long-prompt TTFTs leave no room for a second direction.
-TT_TRANSFORMERS = DecodeKernels("tt_transformers", op_s=23.06e-6, ccl_s=0.0, gap_s=0.7e-6)
+TT_TRANSFORMERS = DecodeKernels("tt_transformers", op_s=23.06e-6, ccl_s=0.0, gap_s=0.7e-6, reads_every_chip=True)
+# tt_transformers' generic path on a Galaxy (PERF.md rows "TG", no TTFT published): the same unfused
+# ops, but its 2D all-reduce (tt/ccl.py ``tt_all_reduce``, branch "TG: all_reduce") casts the partial
+# to the CCL dtype in L1, moves it to DRAM, all-gathers every chip's partial along the axis
+# (all_gather_async, Linear topology) and sums them locally (fast_reduce_nc): three ops beside the
+# gather, and each chip receives D - 1 whole partials instead of 2 (D - 1) / D of one. Its weights
+# on a Galaxy are DRAM-interleaved (tt/mlp.py: ``DRAM_MEMORY_CONFIG if is_galaxy``); no prefetcher.
+TT_TRANSFORMERS_2D = replace(TT_TRANSFORMERS, name="tt_transformers_2d", gather_all_reduce=True, all_reduce_ops=3,
+                             interleaved_weights=True)
 
 
 @dataclass(frozen=True)
@@ -81,18 +98,30 @@ class Hardware:
     sdpa_decode_positions_per_s: float = 1.433e8
     # FITTED: prefill matmuls reach this fraction of the fidelity's peak (2D-interleaved
     # matmuls on a whole prompt; tt_transformers and the Galaxy demo alike).
-    prefill_matmul_efficiency: float = 0.2643
+    prefill_matmul_efficiency: float = 0.2237
     # FITTED: causal prefill attention (flash SDPA) handles this many query-key scores per
     # second per chip (scores = query rows x keys attended x query heads on the chip).
-    sdpa_prefill_scores_per_s: float = 4.924e10
+    sdpa_prefill_scores_per_s: float = 5.205e10
     # FITTED: prefill is not traced in tt_transformers: the host dispatches each op of a chunk.
     prefill_dispatch_s: float = 49.46e-6
     # FITTED: the shortest device time of a prefill op (programs sized for a whole prompt).
     prefill_op_s: float = 28.73e-6
+    # FITTED: sampling on the host (tt_transformers' demo before on-device sampling at batch > 1)
+    # reads every user's logits back over PCIe each decode step, untilizes them and argmaxes them in
+    # torch: this many logit bytes per second, all of it together.
+    host_logits_bytes_per_s: float = 1.455e9
+    # FITTED: one read of a tensor from one chip back to the host (a PCIe round trip, tunnelled over
+    # Ethernet for chips without their own PCIe link). tt_transformers' decode reads its sampled
+    # tokens back from every chip of the mesh each step (tt/model.py ``concat_host_output``:
+    # ``ttnn.to_torch`` of each of ``ttnn.get_device_tensors``), or one chip's logits when it
+    # samples on the host (``process_output_decode``: ``get_device_tensors(tt_out)[0]``).
+    host_read_s: float = 118.1e-6
     # Whose decode op latencies a step is timed with: the Galaxy demo's fused ops on 2D meshes
-    # (with the prefetcher), tt_transformers' unfused ones on 1xN meshes.
+    # (with the prefetcher), tt_transformers' unfused ones on 1xN meshes, and tt_transformers'
+    # generic path where it is asked for on a 2D mesh.
     fused_decode: DecodeKernels = GALAXY_DEMO
     unfused_decode: DecodeKernels = TT_TRANSFORMERS
+    generic_2d_decode: DecodeKernels = TT_TRANSFORMERS_2D
 
     def matmul_flops(self, weight: DType | None) -> float:
         if weight is DType.bfloat4_b:

@@ -38,6 +38,7 @@ class Plan:
     prefill: StepTime
     users: int                  # decode users per replica: the batch, or fewer if KV runs out
     kernels: DecodeKernels = TT_TRANSFORMERS   # whose decode op latencies the step is timed with
+    sampling: str = "device"                   # where decode tokens are sampled: "device" or "host"
 
     @property
     def tokens_per_s_per_user(self) -> float:
@@ -61,7 +62,7 @@ class Plan:
             "system": {"name": self.system.name, "mesh": self.system.mesh.name, "shape": self.system.mesh.shape_str,
                        "chips_per_replica": self.system.mesh.num_chips, "count": self.system.count},
             "precision": {"name": self.precision.name, **{g: getattr(self.precision, g).value for g in GROUPS}},
-            "layout": self.layout, "decode_kernels": self.kernels.name,
+            "layout": self.layout, "decode_kernels": self.kernels.name, "sampling": self.sampling,
             "batch": self.batch, "context": self.context, "input_len": self.input_len,
             "replicas": self.replicas, "users_per_replica": self.users,
             "memory": self.memory.to_json(),
@@ -78,17 +79,28 @@ def _positive(field: str, value, low: int = 1) -> int:
     return value
 
 
+IMPLEMENTATIONS = ("auto", "galaxy-demo", "tt-transformers")
+SAMPLING = ("device", "host")
+
+
 def plan(model: str, system: str, *, precision: str = "performance", batch: int = 32, context: int = 128,
          input_len: int = 128, replicas: int | None = None, page_size: int = 32, prefill_chunk: int | None = None,
          kv_dtype: str | None = None, prefetch: bool | None = None, hardware: Hardware = WORMHOLE,
-         reserve_fraction: float | None = None) -> Plan:
+         reserve_fraction: float | None = None, implementation: str = "auto", sampling: str = "device") -> Plan:
     """Size and time ``model`` on ``system``; raises ``PlanError`` naming the bad input.
 
-    ``prefetch`` None means what tt-metal's own implementation does there: the Galaxy demo's
-    weight prefetch and fused decode ops on 2D meshes, tt_transformers' serial decode on 1xN
-    meshes. ``prefill_chunk`` None: the largest power-of-two chunk (up to the prompt) whose
-    activations fit beside the weights and one user's KV cache.
+    ``implementation`` "auto" times what tt-metal runs fastest there: the Galaxy demo (fused
+    decode ops, weight prefetch) on 2D meshes, tt_transformers on 1xN meshes; "tt-transformers"
+    on a 2D mesh times tt_transformers' generic Galaxy path (all-reduce by gather, interleaved
+    weights, no prefetch). ``sampling`` "host" reads every user's logits back each step, as
+    tt_transformers' demo did at batch > 1 before it sampled on the device. ``prefetch`` None:
+    what the implementation does. ``prefill_chunk`` None: the largest power-of-two chunk (up to
+    the prompt) whose activations fit beside the weights and one user's KV cache.
     """
+    if implementation not in IMPLEMENTATIONS:
+        raise PlanError("implementation", f"{implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    if sampling not in SAMPLING:
+        raise PlanError("sampling", f"{sampling!r} is not one of {', '.join(SAMPLING)}")
     name, config = resolve_model(model)
     sys_ = parse_system(system)
     prec = resolve_precision(precision, kv_dtype)
@@ -114,12 +126,21 @@ def plan(model: str, system: str, *, precision: str = "performance", batch: int 
                                   f"each chip needs {need:.1f} GiB for weights, activations, reserve and one user's KV "
                                   f"at context {context}, and has {mem.dram_per_chip / 2**30:.0f} GiB")
     users = min(batch, mem.max_users)
-    pre = not layout.one_d if prefetch is None else prefetch
-    ops = step_ops(StepBuilder(layout, prec, page_size=page_size), sys_.mesh, users=users, context=context,
-                   input_len=input_len, chunk=chunk, prefetch=pre, hardware=hardware)
+    if implementation == "galaxy-demo" and layout.one_d:
+        raise PlanError("implementation", f"the Galaxy demo runs on 2D meshes; {sys_.mesh.name} is {sys_.mesh.shape_str}")
+    fused = not layout.one_d and implementation != "tt-transformers"
+    pre = fused if prefetch is None else prefetch
+    builder = StepBuilder(layout, prec, page_size=page_size, host_sampling=sampling == "host")
+    ops = step_ops(builder, sys_.mesh, users=users, context=context, input_len=input_len, chunk=chunk,
+                   prefetch=pre, hardware=hardware, fused=fused)
     decode, prefill = ops.time(hardware)
     return Plan(name, sys_, prec, layout.describe(), batch, context, input_len, replicas, mem, decode, prefill, users,
-                ops.kernels(hardware))
+                ops.kernels(hardware), sampling)
+
+
+def row_options(row: dict) -> dict:
+    """``plan()`` keywords for a published measurement's configuration: its ``impl`` and ``sampling``."""
+    return {"implementation": row.get("impl", "auto"), "sampling": row.get("sampling", "device")}
 
 
 @dataclass(frozen=True)
@@ -131,9 +152,12 @@ class StepOps:
     prefill: list             # one op list per chunk
     prefetch: bool
     fused: bool               # the Galaxy demo's fused decode (2D meshes) or tt_transformers' unfused one
+    two_d: bool = False       # a 2D layout (tt_transformers runs its generic Galaxy path there)
 
     def kernels(self, hw: Hardware) -> DecodeKernels:
-        return hw.fused_decode if self.fused else hw.unfused_decode
+        if self.fused:
+            return hw.fused_decode
+        return hw.generic_2d_decode if self.two_d else hw.unfused_decode
 
     def time(self, hw: Hardware) -> tuple[StepTime, StepTime]:
         k = self.kernels(hw)
@@ -143,18 +167,20 @@ class StepOps:
 
 
 def step_ops(builder: StepBuilder, mesh: MeshSpec, *, users: int, context: int, input_len: int, chunk: int,
-             prefetch: bool, hardware: Hardware) -> StepOps:
+             prefetch: bool, hardware: Hardware, fused: bool | None = None) -> StepOps:
     """Decode at ``users`` (a fixed-shape trace runs its full rows) and the prompt's prefill in
-    chunks, each after the ones before it (the host dispatches prefill; no prefetcher overlaps it)."""
-    fused = not builder.lay.one_d
-    kernels = hardware.fused_decode if fused else hardware.unfused_decode
+    chunks, each after the ones before it (the host dispatches prefill; no prefetcher overlaps it).
+    ``fused`` None: the Galaxy demo on 2D meshes."""
+    two_d = not builder.lay.one_d
+    fused = two_d if fused is None else fused
+    kernels = StepOps(mesh, [], [], prefetch, fused, two_d).kernels(hardware)
     decode = builder.decode(max(users, kernels.trace_rows), context, active=users)
     prefill, start = [], 0
     while start < input_len:
         tokens = min(chunk, input_len - start)
         prefill.append(builder.prefill(tokens, start))
         start += tokens
-    return StepOps(mesh, decode, prefill, prefetch, fused)
+    return StepOps(mesh, decode, prefill, prefetch, fused, two_d)
 
 
 def _summed(parts: list[StepTime]) -> StepTime:

@@ -4,8 +4,9 @@ Each replica runs the engine's scheduler as ``ttdist.engine`` (and the scripted 
 a step is either a prefill of ONE waiting request into a free batch slot (it costs that
 prompt's prefill time and yields the request's first token) or, when nothing waits or the batch
 is full, one decode step of every running request (one token each, at the decode step time).
-Requests arrive as a Poisson process of ``rate`` per second and go to the replica holding the
-fewest requests (the router's ``least_load``). From each request's arrival, first token and
+Requests arrive as a Poisson process of ``rate`` per second and go to the replica the router's
+``least_load`` picks: the lowest running + waiting + prompt tokens awaiting their first token /
+512 (``LoadWeights``), ties to the lowest replica. From each request's arrival, first token and
 last token (plus the serving path's fixed ``overhead_s`` on the first) come TTFT and TPOT (``(E2E - TTFT) / (output - 1)``, as ``ttdist bench`` defines
 it), then their percentiles. ``saturation_rate`` bisects for the highest rate whose p90 TTFT
 and TPOT still meet an SLO.
@@ -18,6 +19,8 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass
+
+from ttdist.router.policies.base import LoadWeights
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class _Replica:
-    def __init__(self) -> None:
+    def __init__(self, prompt_weight: float) -> None:
+        self.prompt_weight = prompt_weight      # one awaiting prompt's tokens / prefill_tokens_per_request
+        self.prefilling = 0                     # in its prefill step: no first token yet
         self.waiting: deque[int] = deque()
         self.decodes = 0                       # decode steps run so far
         self.finishing: list[tuple[int, int]] = []   # (decode step that yields its last token, request)
         self.idle = True
 
-    def load(self) -> int:
-        return len(self.waiting) + len(self.finishing)
+    def load(self) -> float:
+        """``least_load``'s figure: running + waiting + pending prefill tokens / 512."""
+        unanswered = len(self.waiting) + self.prefilling
+        return len(self.waiting) + len(self.finishing) + unanswered * self.prompt_weight
 
 
 def simulate(service: Service, load: Load, *, requests: int = 2000, seed: int = 0,
@@ -83,7 +90,7 @@ def simulate(service: Service, load: Load, *, requests: int = 2000, seed: int = 
         for _ in range(requests):
             t += rng.expovariate(load.rate)
             arrivals.append(t)
-    reps = [_Replica() for _ in range(service.replicas)]
+    reps = [_Replica(load.input / LoadWeights().prefill_tokens_per_request) for _ in range(service.replicas)]
     first, last = [0.0] * len(arrivals), [0.0] * len(arrivals)
     events: list[tuple[float, int, int, int]] = []   # (time, order, kind 0=arrival 1=step end, index)
     for i, at in enumerate(arrivals):
@@ -115,8 +122,10 @@ def simulate(service: Service, load: Load, *, requests: int = 2000, seed: int = 
 def _step(rep: _Replica, service: Service, load: Load, now: float, first: list, last: list) -> float | None:
     """Start the replica's next step at ``now``: its duration, or None if there is nothing to do.
     Tokens are stamped at the end of the step that makes them."""
+    rep.prefilling = 0
     if rep.waiting and len(rep.finishing) < service.batch:
         index = rep.waiting.popleft()
+        rep.prefilling = 1
         first[index] = last[index] = now + service.prefill_s
         if load.output > 1:
             heapq.heappush(rep.finishing, (rep.decodes + load.output - 1, index))
@@ -140,16 +149,28 @@ def meets(latency: Latency, ttft_s: float | None, tpot_s: float | None) -> bool:
 
 
 def saturation_rate(service: Service, load: Load, ttft_s: float | None, tpot_s: float | None, *,
-                    requests: int = 1000, seed: int = 0, tolerance: float = 0.02, floor: float = 0.0) -> float:
+                    requests: int = 1000, seed: int = 0, tolerance: float = 0.02, floor: float = 0.0,
+                    arrivals: list[float] | None = None) -> float:
     """The highest arrival rate at which p90 TTFT and p90 TPOT still meet the SLO (0 if none does);
-    ``floor``: a rate already known to meet it."""
+    ``floor``: a rate already known to meet it. Every rate tried sees the same arrival sequence
+    scaled to it (a Poisson sequence at rate r is one at rate 1 with its times divided by r):
+    ``arrivals``, the times of one such sequence at 1 request/s, or ``seed``'s."""
+    if arrivals is None:
+        rng = random.Random(seed)
+        t, arrivals = 0.0, []
+        for _ in range(requests):
+            t += rng.expovariate(1.0)
+            arrivals.append(t)
+
+    def ok(rate: float, first: int | None = None) -> bool:
+        times = [a / rate for a in arrivals[:first]]
+        return meets(simulate(service, Load(rate, load.input, load.output), arrivals=times), ttft_s, tpot_s)
+
     hi = capacity(service, load)
     lo = floor
-    if not floor and not meets(simulate(service, Load(hi * 1e-3, load.input, load.output), requests=50, seed=seed),
-                               ttft_s, tpot_s):
+    if not floor and not ok(hi * 1e-3, 50):
         return 0.0
     while hi - lo > tolerance * hi:
         mid = (lo + hi) / 2
-        ok = meets(simulate(service, Load(mid, load.input, load.output), requests=requests, seed=seed), ttft_s, tpot_s)
-        lo, hi = (mid, hi) if ok else (lo, mid)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo

@@ -15,7 +15,13 @@ Decode (traced; ``kernels`` gives the implementation's shortest op, collective a
   twice that for an all-reduce), plus the implementation's fixed collective latency; free on an
   axis of one chip, as ttnn's are;
 * every other op costs at least the shortest op, or its activation bytes at NOC rate;
-* every op pays the op-to-op gap.
+* every op pays the op-to-op gap;
+* where an implementation all-reduces by gathering (tt_transformers on a 2D mesh), each chip
+  receives ``D - 1`` whole partials over the line and the implementation's own ops around the
+  gather (cast, move to DRAM, local sum) each cost at least the shortest op;
+* sampling on the host (``host`` ops) reads the logits back at ``host_logits_bytes_per_s``;
+* where the implementation reads each step's tokens back from every chip (tt_transformers), the
+  step pays ``host_read_s`` per chip (one read of one chip's logits when it samples on the host).
 
 Prefill (``decode`` False; the host dispatches each op unless the implementation traces prefill): matmuls do their flops at
 ``prefill_matmul_efficiency`` of the fidelity's peak or stream their weights from interleaved
@@ -58,6 +64,7 @@ class StepTime:
     ccl_latency_s: float      # collective hops and fixed collective latency
     ops_s: float              # element-wise and data-movement ops
     dispatch_s: float         # op-to-op gaps (decode) or host dispatch (prefill)
+    host_s: float             # logits read back and sampled on the host (0 when sampling on the mesh)
     total_s: float
     prefetch: bool
     num_ops: int
@@ -79,6 +86,7 @@ class _Sums:
     xfer: float = 0.0
     hops: float = 0.0
     other: float = 0.0
+    host: float = 0.0
     weight_bytes: float = 0.0
     kv_bytes: float = 0.0
     ccl_bytes: float = 0.0
@@ -94,10 +102,24 @@ def _collective(op: Op, spec: MeshSpec, hw: Hardware, k: DecodeKernels, decode: 
     # bandwidth-optimal: each chip receives (D - 1) / D of the tensor per phase (reduce-scatter,
     # all-gather; an all-reduce is both), over its links, in both directions on a ring
     directions = 2 if k.ring_collectives and spec.topology[op.axis] is Topology.RING else 1
-    per_chip = _CCL_STEPS[op.name] * op.full_bytes * (d - 1) / d
+    phases = _CCL_STEPS[op.name]
+    per_chip = phases * op.full_bytes * (d - 1) / d
+    if op.name == "all_reduce" and k.gather_all_reduce:
+        phases, per_chip = 1, op.full_bytes * (d - 1)   # every chip gathers the D - 1 other partials
+        _gather_sum_ops(op.full_bytes, d, hw, k, decode, s)
     s.xfer += per_chip / (directions * spec.links[op.axis] * spec.link_bandwidth_gbps * 1e9)
-    s.hops += _CCL_STEPS[op.name] * (d - 1) * hw.hop_latency_s + (k.ccl_s if decode else 0.0)
+    s.hops += phases * (d - 1) * hw.hop_latency_s + (k.ccl_s if decode else 0.0)
     s.collectives += 1
+
+
+def _gather_sum_ops(full: float, d: int, hw: Hardware, k: DecodeKernels, decode: bool, s: _Sums) -> None:
+    """The ops an all-reduce-by-gather runs beside its gather: cast and move the partial (its bytes
+    each), then sum the ``d`` gathered partials (read from DRAM); each at least the shortest op."""
+    shortest = k.op_s if decode else hw.prefill_op_s
+    moved = [full] * (k.all_reduce_ops - 1) + [d * full] if k.all_reduce_ops else []
+    for nbytes in moved:
+        s.other += max(shortest, nbytes / hw.dram_interleaved_bytes_per_s)
+    s.dispatched += len(moved)
 
 
 def _matmul(op: Op, stream: float, busy: float, s: _Sums) -> None:
@@ -110,6 +132,9 @@ def _matmul(op: Op, stream: float, busy: float, s: _Sums) -> None:
 
 
 def _decode_op(op: Op, dram_bw: float, hw: Hardware, k: DecodeKernels, s: _Sums) -> None:
+    if op.kind == "host":
+        s.host += op.act_bytes / hw.host_logits_bytes_per_s
+        return
     if op.kind == "matmul":
         _matmul(op, op.weight_bytes / dram_bw, max(op.flops / hw.matmul_flops(op.weight_dtype), k.op_s), s)
         return
@@ -125,6 +150,9 @@ def _decode_op(op: Op, dram_bw: float, hw: Hardware, k: DecodeKernels, s: _Sums)
 
 def _prefill_op(op: Op, hw: Hardware, s: _Sums) -> None:
     rate = hw.dram_interleaved_bytes_per_s
+    if op.kind == "host":
+        s.host += op.act_bytes / hw.host_logits_bytes_per_s
+        return
     if op.kind == "matmul":
         busy = max(op.flops / (hw.matmul_flops(op.weight_dtype) * hw.prefill_matmul_efficiency),
                    op.act_bytes / rate, hw.prefill_op_s)
@@ -143,7 +171,8 @@ def step_time(ops: list[Op], spec: MeshSpec, hw: Hardware, *, kernels: DecodeKer
               prefetch: bool = False) -> StepTime:
     """A decode step or a prefill chunk of the implementation ``kernels`` (its op latencies, its
     collectives, whether its prefill is traced)."""
-    dram_bw = spec.dram_bandwidth_gbps * 1e9 * hw.dram_efficiency
+    dram_bw = hw.dram_interleaved_bytes_per_s if kernels.interleaved_weights else \
+        spec.dram_bandwidth_gbps * 1e9 * hw.dram_efficiency
     s = _Sums()
     for op in ops:
         if op.kind == "ccl":
@@ -153,14 +182,17 @@ def step_time(ops: list[Op], spec: MeshSpec, hw: Hardware, *, kernels: DecodeKer
             _decode_op(op, dram_bw, hw, kernels, s)
         else:
             _prefill_op(op, hw, s)
-        s.dispatched += 1
+        if op.kind != "host":
+            s.dispatched += 1
+    if decode and kernels.reads_every_chip:
+        s.host += (1 if s.host else spec.num_chips) * hw.host_read_s
     traced = decode or kernels.traced_prefill
     dispatch = s.dispatched * (kernels.gap_s if traced else hw.prefill_dispatch_s)
     if prefetch:
-        total = max(s.weights, s.compute + s.kv + s.xfer + s.hops + s.other + dispatch)
+        total = max(s.weights, s.compute + s.kv + s.xfer + s.hops + s.other + dispatch) + s.host
         matmul = s.compute
     else:
-        total = s.weights + s.extra + s.kv + s.xfer + s.hops + s.other + dispatch
+        total = s.weights + s.extra + s.kv + s.xfer + s.hops + s.other + dispatch + s.host
         matmul = s.extra
-    return StepTime(s.weights, matmul, s.kv, s.xfer, s.hops, s.other, dispatch, total, prefetch, s.dispatched,
+    return StepTime(s.weights, matmul, s.kv, s.xfer, s.hops, s.other, dispatch, s.host, total, prefetch, s.dispatched,
                     s.collectives, s.weight_bytes, s.kv_bytes, s.ccl_bytes)

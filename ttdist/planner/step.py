@@ -30,7 +30,7 @@ F32 = DType.float32.bytes_per_element
 @dataclass(frozen=True)
 class Op:
     name: str                        # the Backend method the model calls
-    kind: str                        # "matmul", "ccl" or "op"
+    kind: str                        # "matmul", "ccl", "op" or "host" (a read back to the host)
     act_bytes: float = 0.0           # activations read + written on one chip
     weight_bytes: float = 0.0        # weight bytes one chip streams from DRAM (matmul)
     weight_dtype: DType | None = None
@@ -57,8 +57,9 @@ class StepBuilder:
     """Builds the op list for ``tokens`` rows through the model on ``layout``."""
 
     def __init__(self, layout: Layout, precision: Precision, *, page_size: int = 32,
-                 options: ModelOptions | None = None):
+                 options: ModelOptions | None = None, host_sampling: bool = False):
         self.lay = layout
+        self.host_sampling = host_sampling   # logits read back and sampled on the host, not on the mesh
         self.prec = precision
         self.page_size = page_size
         self.options = options or ModelOptions()
@@ -174,8 +175,12 @@ class StepBuilder:
             self._op("concat", 2 * t * self.lay.vocab_local * ACT, (t, self.lay.vocab_local))
 
     def _sample(self, t: int) -> None:
-        """Local top-K of each chip's vocab slice, then the candidates gathered along the vocab axis."""
+        """Local top-K of each chip's vocab slice, then the candidates gathered along the vocab axis;
+        or, sampling on the host, every row's logits (the padded vocab, bfloat16) read back."""
         lay = self.lay
+        if self.host_sampling:
+            self.ops.append(Op("to_host", "host", act_bytes=t * lay.vocab * ACT))
+            return
         k = sampling.local_k(lay.vocab_local, lay.vocab, lay.config.vocab_size)
         self._op("sample", t * lay.vocab_local * ACT + t * DType.int32.bytes_per_element, (t, k, F32), (t, k, F32))
         for _values_then_ids in range(2):

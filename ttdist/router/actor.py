@@ -1,4 +1,4 @@
-"""The router actor: a thin Ray shell serving ``Router`` on the public port.
+"""The router actor: a thin Ray shell serving one ``Router`` per served model on the public port.
 
 It reads the registry from the coordinator (named actor) and reports back latencies and
 migrations in the same call; a call that fails or takes longer than ``TABLE_TIMEOUT_S``
@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass, replace
 
 import ray
 
+from ttdist.router.chat import ChatPrompter
+from ttdist.router.models import ModelRoute, ModelRouters
 from ttdist.router.router import Router, RouterConfig
 from ttdist.router.public import serve_public
 from ttdist.runtime.api_config import ApiConfig
@@ -27,25 +30,48 @@ from ttdist.runtime.routing_table import RouterReport, RoutingTable
 TABLE_TIMEOUT_S = 5.0
 
 
-class CoordinatorSource:
-    """The coordinator as the router's ``ReplicaSource``."""
+@dataclass(frozen=True)
+class RouteSpec:
+    """How the router actor routes one served model: its name, policy, checkpoint folder (for
+    the tokenizer and chat template; "" = none) and chat template override."""
 
-    def __init__(self, handle) -> None:
+    name: str
+    policy: str = "round_robin"
+    tokenizer_dir: str = ""
+    chat_template: str | None = None
+
+
+class CoordinatorSource:
+    """The coordinator as the ``ReplicaSource`` of one model's router."""
+
+    def __init__(self, handle, model: str = "") -> None:
         self.handle = handle
+        self.model = model
 
     async def table(self, report: RouterReport) -> RoutingTable:
-        return await asyncio.wait_for(self.handle.routing_table.remote(report), TABLE_TIMEOUT_S)
+        return await asyncio.wait_for(self.handle.routing_table.remote(report, self.model), TABLE_TIMEOUT_S)
+
+
+def _route(config: RouterConfig, spec: RouteSpec, coordinator) -> ModelRoute:
+    tokenizer = None
+    if spec.tokenizer_dir:
+        from ttdist.engine.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_dir_if_present(spec.tokenizer_dir)
+    router = Router(replace(config, policy=spec.policy, model=spec.name), CoordinatorSource(coordinator, spec.name),
+                    tokenizer)
+    return ModelRoute(router, ChatPrompter.load(spec.tokenizer_dir, tokenizer, spec.chat_template))
 
 
 class RouterActor:
-    def __init__(self, config: RouterConfig, host: str, port: int, tokenizer_dir: str = "",
+    def __init__(self, config: RouterConfig, host: str, port: int, models: tuple[RouteSpec, ...],
                  api: ApiConfig | None = None) -> None:
         self.config = config
         self.host = host
         self.port = port
-        self.tokenizer_dir = tokenizer_dir
-        self.api = api if api is not None else ApiConfig(http_port=None)   # HTTP, API keys, TLS, chat template
-        self.router: Router | None = None
+        self.models = models
+        self.api = api if api is not None else ApiConfig(http_port=None)   # HTTP, API keys, TLS
+        self.router: ModelRouters | None = None
         self.server = None
         self._restart_task: asyncio.Task | None = None
         if restarted_by_ray():
@@ -62,14 +88,10 @@ class RouterActor:
                 await asyncio.sleep(1.0)
 
     async def start(self) -> int:
-        tokenizer = None
-        if self.tokenizer_dir:
-            from ttdist.engine.tokenizer import Tokenizer
-
-            tokenizer = Tokenizer.from_dir_if_present(self.tokenizer_dir)
-        source = CoordinatorSource(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE))
-        self.router = Router(self.config, source, tokenizer)
-        self.server = await serve_public(self.router, self.host, self.port, self.api, self.tokenizer_dir)
+        coordinator = ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+        routes = await asyncio.to_thread(lambda: {s.name: _route(self.config, s, coordinator) for s in self.models})
+        self.router = ModelRouters(routes)
+        self.server = await serve_public(self.router, self.host, self.port, self.api)
         return self.server.port
 
     def pid(self) -> int:

@@ -30,9 +30,9 @@ from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ttdist.dashboard.events import EventKind
-from ttdist.router.actor import RouterActor
+from ttdist.router.actor import RouteSpec, RouterActor
 from ttdist.router.router import RouterConfig
-from ttdist.router.policies import make_policy
+from ttdist.router.policies import UnknownPolicyError, make_policy
 from ttdist.router.stream_interval import StreamInterval
 from ttdist.runtime.auth import new_cluster_token
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
@@ -177,7 +177,12 @@ def fixed_port(host: str, port: int) -> int:
 
 def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s: float = 600.0) -> Deployment:
     config.check()
-    make_policy(config.policy)
+    for i, model in enumerate(config.models):   # the one-model form's policy is checked below, as it was
+        try:
+            make_policy(model.policy)
+        except UnknownPolicyError as err:
+            raise UnknownPolicyError(f"models[{i}].policy: {err}") from None
+    make_policy(config.served[0].policy)
     if not config.cluster_token:        # replicas accept only callers that present it
         config = replace(config, cluster_token=new_cluster_token())
     started = connect(address)
@@ -199,8 +204,11 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
                                      cluster_token=config.cluster_token, ready_wait_s=config.ready_wait_s,
                                      stream_interval=StreamInterval(config.stream_interval, config.stream_interval_ms),
                                      routers=config.routers, tracing=config.tracing)
-        tokenizer_dir = get_within(coordinator.model_dir_path.remote(), CALL_TIMEOUT_S,
-                                   "the coordinator's model_dir_path()")
+        cards = get_within(coordinator.model_cards.remote(), CALL_TIMEOUT_S, "the coordinator's model_cards()")
+        dirs = get_within([coordinator.model_dir_path.remote(c.model_id) for c in cards], CALL_TIMEOUT_S,
+                          "the coordinator's model_dir_path()")
+        specs = tuple(RouteSpec(card.model_id, model.policy, path, model.chat_template)
+                      for card, path, model in zip(cards, dirs, config.served))
         env = {NICENESS_ENV: str(config.niceness)} if config.niceness is not None else {}
         api = config.api if config.api.http_port is None else replace(
             config.api, http_port=fixed_port(config.host, config.api.http_port))
@@ -209,7 +217,7 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
             routers.append(ray.remote(RouterActor).options(
                 num_cpus=0, max_concurrency=1000, scheduling_strategy=here, runtime_env={"env_vars": env},
                 max_restarts=-1,
-            ).remote(replace(router_config, router_id=f"router-{index}"), config.host, public_port, tokenizer_dir, api))
+            ).remote(replace(router_config, router_id=f"router-{index}"), config.host, public_port, specs, api))
         port = get_within([r.start.remote() for r in routers], ROUTER_START_TIMEOUT_S, "the routers' start()")[0]
         http_port = get_within(routers[0].http_port.remote(), CALL_TIMEOUT_S, "the router's http_port()")
         url = get_within(coordinator.dashboard_url.remote(), CALL_TIMEOUT_S, "the coordinator's dashboard_url()")

@@ -77,6 +77,7 @@ class RouterConfig:
     max_engine_errors: int = 2         # engine errors (INTERNAL) on this many replicas end a request with INTERNAL
     max_lone_deaths: int = 2           # the one stream on this many replicas that died: INTERNAL (the poison rule)
     tracing: TracingConfig = TracingConfig()   # OTLP spans of each sampled request (off by default)
+    model: str = ""                    # the served model it routes ("" = the cluster's first); one Router per model
 
 
 class ReplicaSource(Protocol):
@@ -135,9 +136,9 @@ class Router:
         self._events = self._events[len(report.events):]
         self._apply(table)
         serving = not self._draining and any(v.state == ReplicaState.READY for v in self.views())
-        if serving != self._serving and self.on_serving is not None:
+        changed, self._serving = serving != self._serving, serving
+        if changed and self.on_serving is not None:
             await self.on_serving(serving)
-        self._serving = serving
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -174,7 +175,7 @@ class Router:
         return RouterReport(
             policy=self.policy.name, ttft_seconds=self._times.ttft.summary(),
             inter_token_seconds=self._times.itl.summary(), requests_total=self._requests_total,
-            migrations_total=self._migrations_total, router_id=self.config.router_id,
+            migrations_total=self._migrations_total, router_id=self.config.router_id, model=self.config.model,
         )
 
     async def abort(self, request_id: str) -> bool:

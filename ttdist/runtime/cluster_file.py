@@ -4,6 +4,11 @@ Top-level keys are ``ClusterConfig`` fields (``model``, ``policy``, ``port``, ..
 ``address`` (the Ray cluster to join) and ``replicas``: a list of groups with ``count``,
 ``mesh``, ``backend``, ``resources`` and optional ``devices`` (one device-id list per
 replica) and ``emulate`` (``backend: ttnn`` on emulated chips). An unknown key is an error that names it.
+
+Several models: ``models:`` lists them, each with ``name`` (what requests give in ``model``),
+``model`` (its checkpoint), ``dtype``, ``policy``, ``chat_template``, ``autoscale`` and its own
+``replicas`` groups; the top-level ``model``, ``dtype``, ``policy`` and ``replicas`` are then
+not given (the cluster-wide settings such as ports, health and page size stay at the top).
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from pathlib import Path
 import yaml
 
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError, read_key_file
-from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ReplicaGroup
+from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ModelConfig, ReplicaGroup
 from ttdist.tracing.config import TracingConfig
 
 _SCALARS = {
     f.name for f in fields(ClusterConfig)
-} - {"groups", "scripted", "health", "api", "cluster_token", "tracing"}
+} - {"groups", "scripted", "health", "api", "cluster_token", "models", "tracing"}
+_MODEL_KEYS = ({f.name for f in fields(ModelConfig)} - {"groups"}) | {"replicas"}
+_PER_MODEL = ("model", "dtype", "policy", "replicas")   # top-level keys that ``models:`` replaces
 _GROUP_KEYS = {f.name for f in fields(ReplicaGroup)}
 _HEALTH_KEYS = {f.name for f in fields(HealthConfig)}
 _TRACING_KEYS = {f.name for f in fields(TracingConfig)}
@@ -53,24 +60,23 @@ def load_spec(path: str | Path) -> ClusterSpec:
 def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     raw = dict(raw)
     address = raw.pop("address", None)
+    models = _models(raw.pop("models"), where, raw) if "models" in raw else ()
     groups_raw = raw.pop("replicas", [{}])
     health_raw = raw.pop("health", {}) or {}
     api = _api(raw.pop("api", {}) or {}, where)
     tracing_raw = _settings(raw.pop("tracing", {}) or {}, _TRACING_KEYS, where, "tracing", "tracing ")
     unknown = sorted(set(raw) - _SCALARS)
     if unknown:
-        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api', 'tracing'}))}")
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise ClusterConfigError(f"{where}: replicas must be a non-empty list of groups")
-    groups = tuple(_group(g, f"{where}: replicas[{i}]") for i, g in enumerate(groups_raw))
+        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api', 'models', 'tracing'}))}")
+    groups = _groups(groups_raw, f"{where}: replicas")
     health_raw = _settings(health_raw, _HEALTH_KEYS, where, "health", "health ")
     if address is not None and not isinstance(address, str):
         raise ClusterConfigError(f"{where}: address must be a string (host:port or auto), got {address!r}")
     check_types(ClusterConfig, raw, where)
     check_types(HealthConfig, health_raw, where, "health.")
     check_types(TracingConfig, tracing_raw, where, "tracing.")
-    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, tracing=TracingConfig(**tracing_raw),
-                           **raw)
+    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, models=models,
+                           tracing=TracingConfig(**tracing_raw), **raw)
     try:
         config.check()
     except ClusterConfigError as err:
@@ -133,6 +139,32 @@ def _api(raw, where: str) -> ApiConfig:
     if raw["http_port"] == -1:          # as on the command line: -1 = no HTTP
         raw["http_port"] = None
     return ApiConfig(api_keys=tuple(str(k) for k in keys), **raw)
+
+
+def _groups(raw, where: str) -> tuple[ReplicaGroup, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ClusterConfigError(f"{where} must be a non-empty list of groups")
+    return tuple(_group(g, f"{where}[{i}]") for i, g in enumerate(raw))
+
+
+def _models(raw, where: str, top: dict) -> tuple[ModelConfig, ...]:
+    """The ``models:`` list; with it the per-model settings may not also be given at the top."""
+    both = [key for key in _PER_MODEL if key in top]
+    if both:
+        raise ClusterConfigError(f"{where}: {both[0]} is set per model under models:, not at the top level "
+                                 f"(give either models: or the one-model form)")
+    if not isinstance(raw, list) or not raw:
+        raise ClusterConfigError(f"{where}: models must be a non-empty list of models")
+    out = []
+    for i, entry in enumerate(raw):
+        at = f"models[{i}]"
+        entry = _settings(entry, _MODEL_KEYS, where, at, f"{at} ")
+        if not entry.get("name") or not isinstance(entry["name"], str):
+            raise ClusterConfigError(f"{where}: {at}.name is required: the name requests give in their model field")
+        groups = _groups(entry.pop("replicas", [{}]), f"{where}: {at}.replicas")
+        check_types(ModelConfig, entry, where, f"{at}.")
+        out.append(ModelConfig(groups=groups, **entry))
+    return tuple(out)
 
 
 def _group(raw, where: str) -> ReplicaGroup:

@@ -1,6 +1,9 @@
 """The one configuration object of a cluster, checked once where it enters (CLI or spec file).
 
-A cluster serves one model with one or more groups of replicas. Each group says how many
+A cluster serves one or more models (``ModelConfig``: a served name, a checkpoint, a precision,
+a routing policy, a chat template and its own groups of replicas). The one-model form keeps
+those settings at the top level of ``ClusterConfig`` (``models`` empty); ``served`` gives the
+models either way. Each group says how many
 replicas, on which mesh and backend, which Ray resources each one needs (``tt_chips`` and
 a system kind on real hosts) and, where one host's chips are split between replicas, which
 device ids each replica owns (set as ``TT_VISIBLE_DEVICES`` in that replica).
@@ -85,6 +88,77 @@ class ReplicaGroup:
                 raise ClusterConfigError(f"{where}.resources.{name} must be >= 0, got {amount}")
 
 
+def _precision_of(dtype: str, backend: str) -> str:
+    return DEFAULT_PRECISION[backend] if dtype == AUTO_DTYPE else dtype
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model: the name requests give in ``model``, its checkpoint, precision, routing
+    policy, chat template and replica pool. ``autoscale`` is the model's ``autoscale:`` block as
+    the spec gives it (a mapping); the autoscaler reads it."""
+
+    name: str = ""                               # "" = the checkpoint's own name (folder name, or smollm2)
+    model: str = "smollm2"                       # a checkpoint directory or "smollm2"
+    dtype: str = AUTO_DTYPE
+    groups: tuple[ReplicaGroup, ...] = (ReplicaGroup(),)
+    policy: str = "round_robin"
+    chat_template: str | None = None             # a jinja file that replaces the checkpoint's chat template
+    autoscale: dict | None = None
+
+    @property
+    def served_name(self) -> str:
+        """The id clients name it by: ``name``, else the checkpoint folder's name (or smollm2)."""
+        if self.name:
+            return self.name
+        return self.model if self.model == "smollm2" else Path(self.model).expanduser().resolve().name
+
+    @property
+    def num_replicas(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    def check(self, where: str = "") -> None:
+        """``where`` prefixes field names (``models[1].``; empty in the one-model form)."""
+        if not self.groups:
+            raise ClusterConfigError(f"{where}replicas: at least one replica group is needed")
+        for i, group in enumerate(self.groups):
+            group.check(f"{where}replicas[{i}]")
+        if not isinstance(self.name, str) or any(c.isspace() for c in self.name):
+            raise ClusterConfigError(f"{where}name must be a name without spaces, got {self.name!r}")
+        try:
+            Precision.parse(self.precision_of("sim"))   # auto, a dtype for every matmul, or a preset
+        except ValueError as err:
+            auto = ", ".join(f"{p} on {b}" for b, p in DEFAULT_PRECISION.items())
+            raise ClusterConfigError(f"{where}dtype: {err}, or auto ({auto})") from None
+        if self.chat_template is not None and not Path(self.chat_template).is_file():
+            raise ClusterConfigError(f"{where}chat_template: no such file {self.chat_template}")
+        if self.autoscale is not None and not isinstance(self.autoscale, dict):
+            raise ClusterConfigError(f"{where}autoscale must be a mapping of settings, got {self.autoscale!r}")
+
+    def check_model(self, engine: str) -> None:
+        """The checkpoint folder exists here (where the coordinator runs); checked at launch, not
+        when a spec is read, so a spec for other hosts still loads."""
+        if engine != "model" or self.model == "smollm2":
+            return
+        path = Path(self.model).expanduser()
+        field_name = f"model {self.name}" if self.name else "model"
+        if not path.is_dir():
+            raise ClusterConfigError(f"{field_name}: no checkpoint directory at {path} (give a folder with config.json "
+                                     f"and *.safetensors, or 'smollm2')")
+        if not (path / "config.json").is_file():
+            raise ClusterConfigError(f"{field_name}: {path} has no config.json: not a Hugging Face checkpoint folder")
+
+    def precision_of(self, backend: str) -> str:
+        """The precision a replica on ``backend`` runs at: ``dtype``, or that backend's default for ``auto``."""
+        return _precision_of(self.dtype, backend)
+
+    def convert_precision(self, mesh: str) -> str:
+        """The precision to convert ``mesh``'s weights at: one entry serves every group on it, so the
+        float32 one where a group needs float32 storage."""
+        wanted = [self.precision_of(g.backend) for g in self.groups if g.mesh == mesh] or [self.precision_of("sim")]
+        return next((p for p in wanted if Precision.parse(p).needs_float32_storage), wanted[0])
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     heartbeat_s: float = 0.5          # replica -> coordinator stats interval (and probe interval)
@@ -142,13 +216,28 @@ class ClusterConfig:
     cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
     logprobs_mode: str = "raw"                   # logprobs of generated tokens: raw, or processed (after temperature)
     generation_config: str = "auto"              # auto: sampling defaults from the checkpoint's generation_config.json; vllm: none
+    models: tuple[ModelConfig, ...] = ()         # several models; empty: the one model of the fields above
     tracing: TracingConfig = field(default_factory=TracingConfig)   # OTLP traces (off by default)
 
+    @property
+    def served(self) -> tuple[ModelConfig, ...]:
+        """Every model the cluster serves, in spec order (the first is the default of a request
+        that names none); the one-model form as one ``ModelConfig``."""
+        if self.models:
+            return self.models
+        return (ModelConfig(model=self.model, dtype=self.dtype, groups=self.groups, policy=self.policy,
+                            chat_template=self.api.chat_template),)
+
     def check(self) -> None:
-        if not self.groups:
-            raise ClusterConfigError("replicas: at least one replica group is needed")
-        for i, group in enumerate(self.groups):
-            group.check(f"replicas[{i}]")
+        if self.models:
+            for i, m in enumerate(self.models):
+                m.check(f"models[{i}].")
+        else:
+            self.served[0].check()
+        names = [m.served_name for m in self.served]
+        for name in names:
+            if names.count(name) > 1:
+                raise ClusterConfigError(f"models: two models are named {name!r}; give each its own name")
         if not 0 <= self.port <= 65535:
             raise ClusterConfigError(f"port must be in 0..65535, got {self.port}")
         if self.dashboard_port is not None and not 0 <= self.dashboard_port <= 65535:
@@ -167,11 +256,6 @@ class ClusterConfig:
                 raise ClusterConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_context is not None and self.max_context < 2:
             raise ClusterConfigError(f"max_context must be >= 2 tokens or null (the model's), got {self.max_context}")
-        try:
-            Precision.parse(self.precision_of("sim"))   # auto, a dtype for every matmul, or a preset
-        except ValueError as err:
-            auto = ", ".join(f"{p} on {b}" for b, p in DEFAULT_PRECISION.items())
-            raise ClusterConfigError(f"dtype: {err}, or auto ({auto})") from None
         if not 1 <= self.routers <= 64:
             raise ClusterConfigError(f"routers must be in 1..64, got {self.routers}")
         if not 1 <= self.stream_interval <= 4096:
@@ -190,27 +274,18 @@ class ClusterConfig:
             raise ClusterConfigError(str(err)) from None
 
     def check_model(self) -> None:
-        """The checkpoint folder exists here (where the coordinator runs); checked at launch, not
-        when a spec is read, so a spec for other hosts still loads."""
-        if self.engine != "model" or self.model == "smollm2":
-            return
-        path = Path(self.model).expanduser()
-        if not path.is_dir():
-            raise ClusterConfigError(f"model: no checkpoint directory at {path} (give a folder with config.json "
-                                     f"and *.safetensors, or 'smollm2')")
-        if not (path / "config.json").is_file():
-            raise ClusterConfigError(f"model: {path} has no config.json: not a Hugging Face checkpoint folder")
+        """Every served checkpoint folder exists here (where the coordinator runs)."""
+        for m in self.served:
+            m.check_model(self.engine)
 
     def precision_of(self, backend: str) -> str:
-        """The precision a replica on ``backend`` runs at: ``dtype``, or that backend's default for ``auto``."""
-        return DEFAULT_PRECISION[backend] if self.dtype == AUTO_DTYPE else self.dtype
+        """The one-model form's precision on ``backend`` (see ``ModelConfig.precision_of``)."""
+        return _precision_of(self.dtype, backend)
 
     def convert_precision(self, mesh: str) -> str:
-        """The precision to convert ``mesh``'s weights at: one entry serves every group on it, so the
-        float32 one where a group needs float32 storage."""
-        wanted = [self.precision_of(g.backend) for g in self.groups if g.mesh == mesh] or [self.precision_of("sim")]
-        return next((p for p in wanted if Precision.parse(p).needs_float32_storage), wanted[0])
+        """The one-model form's conversion precision for ``mesh`` (see ``ModelConfig.convert_precision``)."""
+        return self.served[0].convert_precision(mesh)
 
     @property
     def num_replicas(self) -> int:
-        return sum(g.count for g in self.groups)
+        return sum(m.num_replicas for m in self.served)

@@ -1,8 +1,10 @@
 """The coordinator actor: weights, KV budgets, the replica registry, health and restarts.
 
-Named ``ttdist-coordinator`` in namespace ``ttdist``. ``start`` resolves the model, converts
-its weights once per mesh layout into the converted-weight cache (progress in its log and an
-event), then starts every replica actor. Each replica sizes its own KV cache from its backend's
+Named ``ttdist-coordinator`` in namespace ``ttdist``. ``start`` resolves every served model
+(``ServedModel``: its card, checkpoint and weights), converts each model's weights once per mesh
+layout into the converted-weight cache (progress in its log and an event), then starts every
+replica actor. Replica ids run over the whole cluster (``replica-0``, ...) in spec order; each
+record names its model, and a router asks for one model's table at a time. Each replica sizes its own KV cache from its backend's
 DRAM ledger once its weights are placed (free DRAM - reserve, at its KV dtype; a simulated
 cache, which lives in host RAM, is capped at ``max_kv_pages`` and says so) and reports the
 budget and its per-chip DRAM (``ReplicaMemory``). Replicas on the coordinator's node
@@ -38,7 +40,7 @@ import ray
 
 from ttdist.dashboard.events import EventKind
 from ttdist.dashboard.replica_state import ReplicaState
-from ttdist.dashboard.status import CHIP_OK, ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
+from ttdist.dashboard.status import ClusterSnapshot, EventCount
 from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.generation_defaults import read_generation_defaults
@@ -46,6 +48,7 @@ from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
 from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
+from ttdist.runtime.served_models import ServedModel, model_snapshot, replica_snapshot
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
@@ -57,14 +60,11 @@ class Coordinator:
         config.check()
         self.config = config
         self.registry = Registry(config.health)
-        self.card: ModelCard | None = None
-        self.model_dir = ""
+        self.models: dict[str, ServedModel] = {}   # by served name (its card's id), in spec order; set by _prepare
         self._actors: dict[str, ray.actor.ActorHandle] = {}
         self._setups: dict[str, ReplicaSetup] = {}
-        self._weights_path: dict[str, str] = {}
-        self._weights_ref: dict[str, object] = {}   # mesh -> its entry put in the object store (RemoteShards)
-        self._report = RouterReport(policy=config.policy)   # every router's reports added up
-        self._reports: dict[str, RouterReport] = {}          # the last one of each router
+        self._report = RouterReport(policy=config.served[0].policy)   # every router's reports added up
+        self._reports: dict[tuple[str, str], RouterReport] = {}      # the last one of each (router, model)
         self._monitor: asyncio.Task | None = None
         self._dashboard = None
         self._node_id = ray.get_runtime_context().get_node_id()
@@ -85,7 +85,7 @@ class Coordinator:
     def _check_some_can_start(self) -> None:
         why = self.registry.none_can_start()
         if why:
-            raise NoReplicaCanStartError(f"no replica of {self.card.model_id} can start: {why}")
+            raise NoReplicaCanStartError(f"no replica of {', '.join(self.models) or 'the model'} can start: {why}")
 
     async def _recover(self) -> None:
         """After Ray restarted this actor: adopt the replicas that outlived the old process."""
@@ -108,59 +108,64 @@ class Coordinator:
             await self._start_dashboard()
 
     async def _prepare(self, recovering: bool = False) -> None:
-        """Model card, weights (converted once; a restart finds them in the cache), one record per replica."""
+        """Model cards, weights (converted once per model and mesh; a restart finds them in the
+        cache), one record per replica."""
         cfg = self.config
-        self.card = await asyncio.to_thread(self._resolve_model)
-        meshes = {g.mesh for g in cfg.groups}
-        if cfg.engine == "model":
-            for mesh in sorted(meshes):
-                await self._convert(mesh)
+        for model in cfg.served:
+            served = ServedModel(model)
+            served.card = await asyncio.to_thread(self._resolve_model, served)
+            self.models[served.card.model_id] = served
+            if cfg.engine == "model":
+                for mesh in sorted({g.mesh for g in served.config.groups}):
+                    await self._convert(served, mesh)
         n = 0
-        for gi, group in enumerate(cfg.groups):
-            for k in range(group.count):
-                rid = f"replica-{n}"
-                n += 1
-                devices = group.devices[k] if group.devices else ()
-                record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, tuple(devices))
-                record.kv_pages_budget = self._pages_budget(group.mesh)
-                record.recovering = recovering
-                self.registry.add(record, time.monotonic())
-                self._setups[rid] = self._setup(record, group.mesh)
+        for name, served in self.models.items():
+            for gi, group in enumerate(served.config.groups):
+                for k in range(group.count):
+                    rid = f"replica-{n}"
+                    n += 1
+                    devices = group.devices[k] if group.devices else ()
+                    record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, tuple(devices),
+                                           model=name)
+                    record.kv_pages_budget = self._pages_budget(group.mesh)
+                    record.recovering = recovering
+                    self.registry.add(record, time.monotonic())
+                    self._setups[rid] = self._setup(record, group.mesh)
 
-    def _resolve_model(self) -> ModelCard:
-        cfg = self.config
+    def _resolve_model(self, served: ServedModel) -> ModelCard:
+        """The model's card under its served name (a scripted engine's is ``scripted`` in the one-model form)."""
+        cfg, m = self.config, served.config
         if cfg.engine == "scripted":
             s = cfg.scripted
-            return ModelCard("scripted", s.vocab_size, s.max_context, s.page_size)
+            return ModelCard(m.name or "scripted", s.vocab_size, s.max_context, s.page_size)
         from ttdist.model.config import LlamaConfig
 
-        if cfg.model == "smollm2":
+        if m.model == "smollm2":
             from ttdist.model.smollm2 import materialize
 
-            path, model_id = materialize(), "smollm2"
+            path = materialize()
         else:
-            path = Path(cfg.model).expanduser().resolve()
-            model_id = path.name
-        self.model_dir = str(path)
+            path = Path(m.model).expanduser().resolve()
+        served.model_dir = str(path)
         lc = LlamaConfig.from_dir(path)
         max_context = min(cfg.max_context or lc.max_position_embeddings, lc.max_position_embeddings)
         defaults = read_generation_defaults(path, cfg.generation_config)
-        return ModelCard(model_id, lc.vocab_size, max_context, cfg.page_size, generation_defaults=defaults)
+        return ModelCard(m.served_name, lc.vocab_size, max_context, cfg.page_size, generation_defaults=defaults)
 
-    async def _convert(self, mesh: str) -> None:
+    async def _convert(self, served: ServedModel, mesh: str) -> None:
         from ttdist.model.weights import convert_checkpoint
 
-        cfg = self.config
         t0 = time.perf_counter()
-        dtype = cfg.convert_precision(mesh)
-        self.registry.event(EventKind.WEIGHTS_CONVERTING, "", f"{self.card.model_id} for mesh {mesh} ({dtype})")
+        dtype = served.config.convert_precision(mesh)
+        self.registry.event(EventKind.WEIGHTS_CONVERTING, "", f"{served.card.model_id} for mesh {mesh} ({dtype})")
         path = await asyncio.to_thread(
-            convert_checkpoint, self.model_dir, mesh=mesh, dtype=dtype, cache_dir=cfg.weights_cache, progress=True
+            convert_checkpoint, served.model_dir, mesh=mesh, dtype=dtype, cache_dir=self.config.weights_cache,
+            progress=True,
         )
-        self._weights_path[mesh] = str(path)
+        served.weights_path[mesh] = str(path)
         self.registry.event(
-            EventKind.WEIGHTS_READY, "", f"mesh {mesh}: {path.name} in {time.perf_counter() - t0:.1f} s "
-            "(each replica sizes its KV cache from its backend's DRAM ledger)"
+            EventKind.WEIGHTS_READY, "", f"{served.card.model_id} on mesh {mesh}: {path.name} in "
+            f"{time.perf_counter() - t0:.1f} s (each replica sizes its KV cache from its backend's DRAM ledger)"
         )
 
     def _pages_budget(self, mesh: str) -> int:
@@ -170,12 +175,15 @@ class Coordinator:
             return self.config.scripted.num_pages
         return 0
 
+    def _group(self, record: ReplicaRecord):
+        return self.models[record.model].config.groups[record.group]
+
     def _setup(self, record: ReplicaRecord, mesh: str) -> ReplicaSetup:
-        cfg, group = self.config, self.config.groups[record.group]
+        cfg, group, served = self.config, self._group(record), self.models[record.model]
         in_host_ram = group.backend == "sim" or group.emulate   # a simulated or emulated cache lives in host RAM
         return ReplicaSetup(
-            replica_id=record.replica_id, mesh=mesh, backend=group.backend, emulate=group.emulate, card=self.card,
-            model_dir=self.model_dir, devices=record.devices, engine=cfg.engine, scripted=cfg.scripted,
+            replica_id=record.replica_id, mesh=mesh, backend=group.backend, emulate=group.emulate, card=served.card,
+            model_dir=served.model_dir, devices=record.devices, engine=cfg.engine, scripted=cfg.scripted,
             num_pages=min(record.kv_pages_budget, cfg.max_kv_pages) if cfg.engine == "scripted" else 0,
             max_pages=cfg.max_kv_pages if in_host_ram else None, max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
@@ -189,18 +197,19 @@ class Coordinator:
             return None
         from ttdist.runtime.remote_shards import WeightSource
 
-        mesh, precision = setup.mesh, self.config.precision_of(setup.backend)  # one entry serves every precision
+        served = self.models[self.registry.replicas[setup.replica_id].model]
+        mesh, precision = setup.mesh, served.config.precision_of(setup.backend)  # one entry serves every precision
         if node_id == self._node_id:
-            return WeightSource(entry=self._weights_path[mesh], precision=precision), "cache"
-        if mesh not in self._weights_ref:  # the entry's files in bounded chunks, fetched one at a time
+            return WeightSource(entry=served.weights_path[mesh], precision=precision), "cache"
+        if mesh not in served.weights_ref:  # the entry's files in bounded chunks, fetched one at a time
             from ttdist.runtime.remote_shards import RemoteShards
 
-            self._weights_ref[mesh] = await asyncio.to_thread(RemoteShards.put, self._weights_path[mesh])
-        return WeightSource(remote=self._weights_ref[mesh], precision=precision), "object_store"
+            served.weights_ref[mesh] = await asyncio.to_thread(RemoteShards.put, served.weights_path[mesh])
+        return WeightSource(remote=served.weights_ref[mesh], precision=precision), "object_store"
 
     async def _launch(self, rid: str) -> None:
         setup = self._setups[rid]
-        group = self.config.groups[self.registry.replicas[rid].group]
+        group = self._group(self.registry.replicas[rid])
         env = {"OMP_NUM_THREADS": str(self.config.cpu_threads)}
         if self.config.niceness is not None:
             env[NICENESS_ENV] = str(self.config.niceness)
@@ -274,13 +283,19 @@ class Coordinator:
             self.registry.replicas[replica_id].memory = beat.memory
         return held
 
-    async def routing_table(self, report: RouterReport | None = None) -> RoutingTable:
+    async def routing_table(self, report: RouterReport | None = None, model: str = "") -> RoutingTable:
+        """``model``'s table (its card and pool; "" = the first model's)."""
         await self._recovered.wait()   # after a restart: not before every replica re-registered or failed
+        first = next(iter(self.models))
         if report is not None:
-            self._reports[report.router_id] = report
+            self._reports[(report.router_id, report.model or first)] = report
             self._report = combine_reports(list(self._reports.values()))
             self.registry.record(report.events)   # a ring: bounded however long it runs
-        return RoutingTable(self.card, self.registry.entries())
+        return RoutingTable(self.models[model or first].card, self.registry.entries(model or first))
+
+    async def model_cards(self) -> list[ModelCard]:
+        """Every served model's card, in spec order."""
+        return [m.card for m in self.models.values()]
 
     async def replicas(self) -> list[ReplicaRecord]:
         return list(self.registry.replicas.values())
@@ -303,13 +318,15 @@ class Coordinator:
         """The cluster's events numbered above ``seen`` (0: all still held), for a console to follow."""
         return self.registry.events_after(seen)
 
-    async def model_dir_path(self) -> str:
-        return self.model_dir
+    async def model_dir_path(self, model: str = "") -> str:
+        """``model``'s checkpoint folder ("" = the first model's)."""
+        return (self.models[model] if model else next(iter(self.models.values()))).model_dir
+
     async def replica_setup(self, replica_id: str) -> tuple[ReplicaSetup, str | None]:
         """How ``replica_id`` builds its engine: its setup and converted-weight cache path
         (None for a scripted engine), e.g. to build the same engine outside the cluster."""
         setup = self._setups[replica_id]
-        return setup, self._weights_path.get(setup.mesh)
+        return setup, self.models[self.registry.replicas[replica_id].model].weights_path.get(setup.mesh)
 
     def actor(self, replica_id: str):
         return self._actors[replica_id]
@@ -345,40 +362,14 @@ class Coordinator:
 
     async def snapshot(self) -> ClusterSnapshot:
         now = time.monotonic()
-        replicas = [self._replica_snapshot(r, now) for r in sorted(self.registry.replicas.values(), key=lambda r: r.replica_id)]
+        replicas = [replica_snapshot(r, now) for r in sorted(self.registry.replicas.values(), key=lambda r: r.replica_id)]
+        first = next(iter(self.models), "")
         return ClusterSnapshot(
-            time=time.time(), model=self.card.model_id if self.card else "", policy=self._report.policy or self.config.policy,
+            time=time.time(), model=first, policy=self._report.policy or self.config.served[0].policy,
             replicas=replicas, events=list(self.registry.events[-100:]),
             ttft_seconds=self._report.ttft_seconds, inter_token_seconds=self._report.inter_token_seconds,
-        )
-
-    def _replica_snapshot(self, r: ReplicaRecord, now: float) -> ReplicaSnapshot:
-        spec = parse_mesh(r.mesh)
-        d = r.memory.dram if r.memory else None  # the replica's own ledger (every chip holds the same bytes)
-        chip_state = ReplicaState.FAILED if r.state == ReplicaState.FAILED else CHIP_OK
-        chips = [ChipSnapshot(row, col, chip_state, d.capacity if d else spec.dram_bytes_per_chip, d.weights if d else 0,
-                              d.kv_cache if d else 0, d.other if d else 0) for row, col in spec.chips()]
-        s = r.stats
-        histograms = {}
-        if s is not None and s.ttft_histogram is not None:
-            histograms["ttft_histogram"] = s.ttft_histogram
-        if s is not None and s.inter_token_histogram is not None:
-            histograms["inter_token_histogram"] = s.inter_token_histogram
-        return ReplicaSnapshot(
-            replica_id=r.replica_id, state=r.state, pid=r.pid, node_id=r.node_id, mesh=r.mesh, backend=r.backend,
-            address=r.address, kv_pages_total=r.kv_pages_total, kv_pages_free=s.free_pages if s else r.kv_pages_total,
-            running=s.running if s else 0, waiting=s.waiting if s else 0,
-            tokens_per_second=s.tokens_per_second if s else 0.0,
-            prompt_tokens_total=s.prompt_tokens_total if s else 0,
-            generation_tokens_total=s.generation_tokens_total if s else 0,
-            prefix_hit_rate=s.prefix_hit_rate if s else 0.0, chips=chips, restarts=r.restarts,
-            kv_pages_budget=r.memory.kv_pages_budget if r.memory else r.kv_pages_budget,
-            kv_pages_capped_by_host=bool(r.memory and r.memory.kv_pages_capped_by_host),
-            state_reason=r.reason, crash_loop=r.crash_loop,
-            last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
-            requests_finished_total=s.requests_finished_total if s else 0,
-            kv_user_groups=s.kv_user_groups if s else 1,
-            kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [], **histograms,
+            models=[model_snapshot(name, served, self._reports) for name, served in self.models.items()],
+            event_counts=[EventCount(model, kind, n) for (model, kind), n in sorted(self.registry.event_counts.items())],
         )
 
     async def _start_dashboard(self) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ttdist.mesh.precision import GROUPS, DType, Precision
 from ttdist.mesh.spec import parse_mesh, too_few_chips
-from ttdist.runtime.config import ClusterConfig
+from ttdist.runtime.config import ClusterConfig, ModelConfig
 
 TILE = 32                  # ttnn tiles are 32x32
 MAX_DECODE_HEADS = 32      # query heads per chip in one decode step: one tile of rows
@@ -46,16 +46,22 @@ class PreflightError(ValueError):
 
 
 def preflight(config: ClusterConfig, *, local: bool) -> None:
-    groups = [g for g in config.groups if g.backend == "ttnn"]
+    """Every served model's ttnn groups (see the module's list)."""
+    for model in config.served:
+        _preflight_model(config, model, local)
+
+
+def _preflight_model(config: ClusterConfig, model: ModelConfig, local: bool) -> None:
+    groups = [g for g in model.groups if g.backend == "ttnn"]
     if not groups or config.engine != "model":
         return
     if any(not g.emulate for g in groups):
         check_ttnn_installed()
-    check_ttnn_precision(Precision.parse(config.precision_of("ttnn")))
-    model_config = _model_config(config.model)
+    check_ttnn_precision(Precision.parse(model.precision_of("ttnn")))
+    model_config = _model_config(model.model)
     for group in groups:
         if model_config is not None:
-            check_ttnn_layout(model_config, group.mesh, config.page_size, config.model)
+            check_ttnn_layout(model_config, group.mesh, config.page_size, model.model)
     if local:
         for group in (g for g in groups if not g.emulate):
             for devices in group.devices or ((),):

@@ -106,6 +106,7 @@ class ReplicaRecord:
     cannot_start: bool = False   # its start failed for good (a PermanentError): left failed, not restarted
     prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
     prefix_seq: int = FULL                        # the number of that set (FULL: none held)
+    model: str = ""                               # the served model's name (its pool; ``group`` indexes its groups)
 
     @property
     def state_label(self) -> str:
@@ -116,7 +117,7 @@ class ReplicaRecord:
     def entry(self) -> ReplicaEntry:
         s = self.stats
         return ReplicaEntry(
-            replica_id=self.replica_id, address=self.address, state=self.state, pid=self.pid,
+            replica_id=self.replica_id, address=self.address, state=self.state, pid=self.pid, model=self.model,
             node_id=self.node_id, mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=s.free_pages if s else self.kv_pages_total, running=s.running if s else 0,
             waiting=s.waiting if s else 0, tokens_per_second=s.tokens_per_second if s else 0.0,
@@ -152,6 +153,7 @@ class Registry:
     events: list[Event] = field(default_factory=list)
     max_events: int = 500
     logged: int = 0   # events appended so far: the number of the newest
+    event_counts: dict[tuple[str, str], int] = field(default_factory=dict)   # (model, kind) -> events so far
 
     def add(self, record: ReplicaRecord, now: float) -> None:
         record.state, record.since = ReplicaState.STARTING, now
@@ -164,6 +166,10 @@ class Registry:
         """Append ``events`` (this registry's or a router's) to the bounded ring, numbering them."""
         self.events.extend(events)
         self.logged += len(events)
+        for e in events:   # a replica's events count under its model; cluster-wide ones under ""
+            record = self.replicas.get(e.replica_id)
+            key = (record.model if record is not None else "", str(e.kind))
+            self.event_counts[key] = self.event_counts.get(key, 0) + 1
         del self.events[: -self.max_events]
 
     def events_after(self, seen: int) -> EventPage:
@@ -316,5 +322,7 @@ class Registry:
         self._move(r, ReplicaState.STARTING, now, EventKind.REPLICA_RESTARTING,
                    f"restart {r.restarts} after {now - r.since:.1f} s failed")
 
-    def entries(self) -> tuple[ReplicaEntry, ...]:
-        return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id))
+    def entries(self, model: str | None = None) -> tuple[ReplicaEntry, ...]:
+        """The replicas as the router needs them; only ``model``'s pool when it is given."""
+        return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
+                     if model is None or r.model == model)

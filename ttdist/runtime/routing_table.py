@@ -47,6 +47,7 @@ class ReplicaEntry:
     dram: ChipDram | None = None            # the fullest chip, from the replica backend's ledger
     kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() if not reported)
+    model: str = ""                         # the served model whose pool it is in
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(
@@ -57,11 +58,14 @@ class ReplicaEntry:
             address=self.address, tokens_per_second=self.tokens_per_second, kv_pages_budget=self.kv_pages_budget,
             kv_pages_capped_by_host=self.kv_pages_capped_by_host, **_dram_fields(self.dram),
             kv_user_groups=self.kv_user_groups, kv_pages_free_per_group=self.kv_pages_free_per_group,
+            model=self.model,
         )
 
 
 @dataclass(frozen=True)
 class RoutingTable:
+    """One served model's table: its card and its pool's replicas."""
+
     card: ModelCard
     replicas: tuple[ReplicaEntry, ...] = ()
 
@@ -84,6 +88,7 @@ class RouterReport:
     requests_total: int = 0
     migrations_total: int = 0
     router_id: str = ""       # which router (several may serve one port); the coordinator keeps one report each
+    model: str = ""           # the served model it routes (a router runs one ``Router`` per model)
 
 def _combined_latency(summaries: list[LatencySummary]) -> LatencySummary:
     """Several routers' windows as one: p50 weighted by count (approximate), the worst p99."""

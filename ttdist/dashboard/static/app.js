@@ -37,7 +37,7 @@ function fmtTime(unix) { return new Date(unix * 1000).toLocaleTimeString("en-GB"
 
 function renderSummary(data) {
   const s = data.summary;
-  setText("model", data.model);
+  setText("model", (data.models || []).length ? data.models.map(m => m.name).join(", ") : data.model);
   setText("policy", data.policy);
   setText("sum-replicas", `${s.replicas_ready} / ${s.replicas_total}`);
   setText("sum-replicas-sub", s.replicas_failed ? `${s.replicas_failed} failed` : "");
@@ -55,6 +55,19 @@ function renderSummary(data) {
   setText("sum-kv-sub", `${fmtInt(s.kv_pages_used)} of ${fmtInt(s.kv_pages_total)} pages`);
   setText("sum-gen", fmtInt(s.generation_tokens_total));
   setText("sum-prompt", `${fmtInt(s.prompt_tokens_total)} prompt tokens`);
+}
+
+// A cluster of several models: one row per model, its pool added up as the summary is.
+function renderModels(models) {
+  document.getElementById("models-section").hidden = models.length < 2;
+  document.getElementById("models-body").replaceChildren(...models.map(m => el("tr", {"data-model": m.name}, [
+    el("td", {class: "kind", text: m.name}), el("td", {text: m.policy}),
+    el("td", {text: `${m.summary.replicas_ready} / ${m.summary.replicas_total}`}),
+    el("td", {text: fmtInt(m.summary.requests_running)}), el("td", {text: fmtInt(m.summary.requests_waiting)}),
+    el("td", {text: fmtNum(m.summary.tokens_per_second, 1)}),
+    el("td", {text: m.summary.ttft_seconds.count ? fmtSeconds(m.summary.ttft_seconds.p50) : "-"}),
+    el("td", {text: fmtPerc(m.summary.kv_cache_usage_perc)}),
+  ])));
 }
 
 function buildReplicaCard(replica) {
@@ -100,7 +113,7 @@ function updateReplicaCard(entry, replica) {
   badge.setAttribute("data-state", replica.state);
   badge.title = replica.state_reason || "";
   card.querySelector(".where").textContent =
-    `${replica.mesh} ${replica.backend} · node ${replica.node_id.slice(0, 12)} · pid ${replica.pid} · ${replica.address}`;
+    `${replica.model ? replica.model + " · " : ""}${replica.mesh} ${replica.backend} · node ${replica.node_id.slice(0, 12)} · pid ${replica.pid} · ${replica.address}`;
   const put = (key, text) => { card.querySelector(`[data-stat="${key}"]`).textContent = text; };
   const used = replica.kv_pages_total - replica.kv_pages_free;
   put("running", fmtInt(replica.running));
@@ -201,6 +214,7 @@ function render(data) {
   conn.textContent = data.dashboard.last_error ? `stale: ${data.dashboard.last_error}` : "live";
   setText("updated", `updated ${fmtTime(data.dashboard.sampled_at)}`);
   renderSummary(data);
+  renderModels(data.models || []);
   renderReplicas(data.replicas);
   renderEvents(data.events);
   renderCharts();

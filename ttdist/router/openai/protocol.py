@@ -369,8 +369,9 @@ def usage_chunk(req: ParsedRequest, rid: str, created: int, usage: dict) -> dict
     return {**_envelope(req.kind, rid, req.model, created, [], True), "usage": usage}
 
 
-def models_object(model_id: str, max_context: int, created: int, generation_defaults: dict | None = None) -> dict:
-    return {"object": "list", "data": [model_object(model_id, max_context, created, generation_defaults)]}
+def models_object(models: list[dict]) -> dict:
+    """``/v1/models``: every served model (``model_object`` each)."""
+    return {"object": "list", "data": list(models)}
 
 
 def model_object(model_id: str, max_context: int, created: int, generation_defaults: dict | None = None) -> dict:

@@ -3,9 +3,10 @@
     POST /v1/completions        POST /v1/chat/completions
     GET  /v1/models             GET  /v1/models/{id}             GET /health
 
-Each choice is one ``Router.generate`` call, so HTTP requests share the gRPC path's routing,
-migration, limits and deadlines. Chat messages are rendered with the model's chat template
-and tokenized here (``ChatPrompter``). Streams are
+Each choice is one ``Router.generate`` call on the router of the model the request names
+(``ModelRouters``; an unknown ``model`` is a 404 naming the served ones, ``/v1/models`` lists
+them all), so HTTP requests share the gRPC path's routing, migration, limits and deadlines.
+Chat messages are rendered with that model's chat template and tokenized here (``ChatPrompter``). Streams are
 server-sent events ending in ``data: [DONE]``; a client that goes away cancels its choices,
 which aborts them on their replicas and frees their pages at once. Errors use OpenAI's JSON
 shape and status codes; an error after the stream has started is sent as a final
@@ -24,6 +25,7 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from ttdist.router.chat import ChatPrompter
+from ttdist.router.models import ModelRoute, as_models
 from ttdist.router.openai import protocol as p
 from ttdist.router.openai.errors import ApiError, from_request_error
 from ttdist.router.openai.logprobs import ChoiceLogprobs
@@ -49,11 +51,11 @@ class RunningHttp:
 
 
 class OpenAIServer:
-    """Handlers over a ``Router``; ``chat`` renders chats (None: chat requests are refused)."""
+    """Handlers over ``ModelRouters`` (or one ``Router`` whose ``chat`` renders chats; None: chat
+    requests are refused)."""
 
     def __init__(self, router, chat: ChatPrompter | None = None, keys: ApiKeys | None = None) -> None:
-        self.router = router
-        self.chat_prompter = chat or ChatPrompter(None, None)
+        self.models = as_models(router, chat)
         self.keys = keys or ApiKeys()
         self.created = p.now()
 
@@ -61,10 +63,10 @@ class OpenAIServer:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_get("/health", self.health)
-        TokenizeRoutes(self.router, self.chat_prompter).add_to(app)
+        TokenizeRoutes(self.models).add_to(app)
         return app
 
     # ------------------------------------------------------------ middleware
@@ -93,23 +95,26 @@ class OpenAIServer:
 
     # ------------------------------------------------------------ handlers
     async def health(self, request: web.Request) -> web.Response:
-        ready = sum(v.state == ReplicaState.READY for v in self.router.views())
-        serving = self.router.serving      # false while draining, as the gRPC health says
+        ready = sum(v.state == ReplicaState.READY for r in self.models.routes.values() for v in r.router.views())
+        serving = self.models.serving      # false while draining, as the gRPC health says
         return web.json_response({"status": "ok" if serving else "unavailable", "ready_replicas": ready},
                                  status=200 if serving else 503)
 
-    async def models(self, request: web.Request) -> web.Response:
-        card = self.router.table.card
-        return web.json_response(p.models_object(card.model_id, card.max_context, self.created,
-                                                 card.generation_defaults.as_dict()))
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.json_response(p.models_object(
+            [p.model_object(c.model_id, c.max_context, self.created, c.generation_defaults.as_dict())
+             for c in self.models.cards()]))
 
     async def model(self, request: web.Request) -> web.Response:
-        card = self.router.table.card
-        if request.match_info["model"] != card.model_id:
-            raise ApiError(404, f"the model {request.match_info['model']!r} does not exist; this server serves "
-                                f"{card.model_id!r}", "model", "model_not_found")
+        card = self._route(request.match_info["model"]).card
         return web.json_response(p.model_object(card.model_id, card.max_context, self.created,
                                                 card.generation_defaults.as_dict()))
+
+    def _route(self, name: str) -> ModelRoute:
+        try:
+            return self.models.route(name)
+        except RequestError as err:
+            raise from_request_error(err) from None
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, p.parse_completion(await _body(request)), "cmpl-")
@@ -118,16 +123,16 @@ class OpenAIServer:
         return await self._serve(request, p.parse_chat(await _body(request)), "chatcmpl-")
 
     # ------------------------------------------------------------ serving
-    def _requests(self, req: p.ParsedRequest, rid: str) -> list[pb.GenerateRequest]:
-        prompts = req.prompts if req.kind == "completion" else (self._chat_prompt(req),)
-        model_temperature = self.router.table.card.generation_defaults.temperature
+    def _requests(self, route: ModelRoute, req: p.ParsedRequest, rid: str) -> list[pb.GenerateRequest]:
+        prompts = req.prompts if req.kind == "completion" else (self._chat_prompt(route, req),)
+        model_temperature = route.card.generation_defaults.temperature
         temperature = p.DEFAULT_TEMPERATURE if model_temperature is None else model_temperature
         out = []
         for k, prompt in enumerate(prompts):
             for i in range(req.n):
                 index = k * req.n + i
                 g = pb.GenerateRequest(request_id=f"{rid}-{index}", sampling=req.sampling.to_proto(i, temperature),
-                                       stream=req.stream)
+                                       stream=req.stream, model=route.card.model_id)
                 if isinstance(prompt, str):
                     g.text = prompt
                 else:
@@ -135,26 +140,23 @@ class OpenAIServer:
                 out.append(g)
         return out
 
-    def _chat_prompt(self, req: p.ParsedRequest) -> tuple[int, ...]:
+    def _chat_prompt(self, route: ModelRoute, req: p.ParsedRequest) -> tuple[int, ...]:
         try:
-            return tuple(self.chat_prompter.ids(list(req.messages), req.add_generation_prompt,
+            return tuple(route.chat.ids(list(req.messages), req.add_generation_prompt,
                                                 req.tool_use.template_tools()))
         except RequestError as err:
             raise from_request_error(err) from None
 
     async def _serve(self, request: web.Request, req: p.ParsedRequest, prefix: str) -> web.StreamResponse:
-        card = self.router.table.card
-        if req.model and req.model != card.model_id:
-            raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {card.model_id!r}",
-                           "model", "model_not_found")
-        req = replace(req, model=card.model_id)
+        route = self._route(req.model)
+        req = replace(req, model=route.card.model_id)
         rid = prefix + uuid.uuid4().hex
         created = p.now()
-        calls = self._requests(req, rid)
-        if self.router.tracing is not None:   # W3C trace context from the HTTP headers
+        calls = self._requests(route, req, rid)
+        if route.router.tracing is not None:   # W3C trace context from the HTTP headers
             for call in calls:
                 take_context(call, request.headers)
-        extras = ChoiceLogprobs(req, req.prompts, self.router.tokenizer)
+        extras = ChoiceLogprobs(req, req.prompts, route.router.tokenizer)
         if req.stream:
             return await self._stream(request, req, rid, created, calls, extras)
         completes = await self._all(calls)
@@ -176,7 +178,7 @@ class OpenAIServer:
             await _cancel(tasks)
 
     async def _one(self, call: pb.GenerateRequest) -> pb.Complete:
-        async for resp in self.router.generate(call, None):
+        async for resp in self.models.generate(call, None):
             if resp.WhichOneof("kind") == "complete":
                 return resp.complete
         raise ApiError(500, f"{call.request_id} ended without a result")
@@ -187,7 +189,7 @@ class OpenAIServer:
 
         async def pump(index: int, call: pb.GenerateRequest) -> None:
             try:
-                async for resp in self.router.generate(call, None):
+                async for resp in self.models.generate(call, None):
                     queue.put_nowait((index, resp))
             except Exception as err:  # noqa: BLE001 - every failure reaches the client as an error event
                 queue.put_nowait((index, err))
