@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
                    help="add BIAS (in [-100, 100]) to token ID's logit (repeatable)")
     p.add_argument("--min-p", type=float, help="drop tokens below MIN_P times the top probability, in [0, 1]")
+    p.add_argument("--bad-word", action="append", default=[], metavar="TEXT",
+                   help="a word the output may not contain (repeatable; vLLM's bad_words)")
     p.add_argument("--min-tokens", type=int, help="EOS and stop ids cannot end the output before this many tokens")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--logprobs", type=int, metavar="N",
@@ -87,7 +89,7 @@ def _options(args: argparse.Namespace) -> dict:
         "repetition_penalty": args.repetition_penalty, "presence_penalty": args.presence_penalty,
         "frequency_penalty": args.frequency_penalty, "min_p": args.min_p, "min_tokens": args.min_tokens,
         "logit_bias": _logit_bias(args.logit_bias) or None, "logprobs": args.logprobs,
-        "prompt_logprobs": args.prompt_logprobs,
+        "prompt_logprobs": args.prompt_logprobs, "bad_words": args.bad_word or None,
     }
     return {k: v for k, v in options.items() if v is not None}
 
