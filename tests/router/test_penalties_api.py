@@ -157,7 +157,9 @@ async def test_the_python_client_sends_penalties(served, tiny_checkpoint):
     ({"presence_penalty": 2.5}, "sampling.presence_penalty"), ({"frequency_penalty": -2.01}, "sampling.frequency_penalty"),
     ({"repetition_penalty": 0.0}, "sampling.repetition_penalty"), ({"min_p": 1.5}, "sampling.min_p"),
     ({"logit_bias": {49152: 1.0}}, "sampling.logit_bias"), ({"logit_bias": {3: -100.5}}, "sampling.logit_bias"),
-    ({"min_tokens": N + 1}, "sampling.min_tokens"),
+    ({"min_tokens": N + 1}, "sampling.min_tokens"), ({"logprobs": 21}, "sampling.logprobs"),
+    ({"structured_output": pb.StructuredOutput(json_schema='{"type": "frob"}')}, "sampling.structured_output"),
+    ({"bad_words": ["ok", " "]}, "sampling.bad_words"),
 ])
 async def test_bad_settings_are_invalid_argument_and_disturb_nothing(served, tiny_checkpoint, sampling, field):
     good = asyncio.ensure_future(collect(served, grpc_request("ok", temperature=0.0, repetition_penalty=1.5)))
