@@ -265,18 +265,25 @@ async def _lm_eval(tmp_path, name: str, model: str, model_args: str, task: str =
     return sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
 
 
-async def test_lm_eval_local_completions_loglikelihoods_equal_its_hf_backend(stack, smollm2, tmp_path):
+async def _served_and_hf(stack, smollm2, tmp_path, task: str, yaml: str, docs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """lm-eval's samples of ``task`` (its YAML over ``docs``) from ``local-completions`` on the
+    served stack, and from its ``hf`` backend on the same checkpoint."""
     import json
 
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is a test dependency (lm-eval[api])")
     pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra")
     stack, _ = stack
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (tmp_path / "ttdist_mc.yaml").write_text(TASK.format(docs=docs))
+    path = tmp_path / f"{task}.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / f"{task}.yaml").write_text(yaml.format(docs=path))
     base = f"http://127.0.0.1:{stack.server.http_port}/v1/completions"
-    served = await _lm_eval(tmp_path, "served", "local-completions", f"model=smollm2,base_url={base},num_concurrent=1")
-    hf = await _lm_eval(tmp_path, "hf", "hf", f"pretrained={smollm2},dtype=float32")
+    served = await _lm_eval(tmp_path, f"served-{task}", "local-completions", f"model=smollm2,base_url={base},num_concurrent=1",
+                            task)
+    return served, await _lm_eval(tmp_path, f"hf-{task}", "hf", f"pretrained={smollm2},dtype=float32", task)
+
+
+async def test_lm_eval_local_completions_loglikelihoods_equal_its_hf_backend(stack, smollm2, tmp_path):
+    served, hf = await _served_and_hf(stack, smollm2, tmp_path, "ttdist_mc", TASK, DOCS)
     assert len(served) == len(hf) == len(DOCS)
     for a, b in zip(served, hf):
         assert len(a["resps"]) == len(DOCS[a["doc_id"]]["choices"])
@@ -295,18 +302,7 @@ def _pair(resp):
 async def test_lm_eval_local_completions_generation_equals_its_hf_backend(stack, smollm2, tmp_path):
     """A small ``generate_until`` task (greedy, stop at a newline or a period): every answer and the
     exact-match score of ``local-completions`` on ttdist equal lm-eval's ``hf`` backend's."""
-    import json
-
-    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is a test dependency (lm-eval[api])")
-    pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra")
-    stack, _ = stack
-    docs = tmp_path / "gen.jsonl"
-    docs.write_text("".join(json.dumps(d) + "\n" for d in GEN_DOCS))
-    (tmp_path / "ttdist_gen.yaml").write_text(GEN_TASK.format(docs=docs))
-    base = f"http://127.0.0.1:{stack.server.http_port}/v1/completions"
-    served = await _lm_eval(tmp_path, "served", "local-completions", f"model=smollm2,base_url={base},num_concurrent=1",
-                            "ttdist_gen")
-    hf = await _lm_eval(tmp_path, "hf", "hf", f"pretrained={smollm2},dtype=float32", "ttdist_gen")
+    served, hf = await _served_and_hf(stack, smollm2, tmp_path, "ttdist_gen", GEN_TASK, GEN_DOCS)
     assert len(served) == len(hf) == len(GEN_DOCS)
     answers = [(a["resps"], b["resps"]) for a, b in zip(served, hf)]
     assert all(a == b for a, b in answers), answers
