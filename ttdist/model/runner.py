@@ -286,8 +286,9 @@ class MeshModelRunner:
         if state is None and not logprobs:
             return self.model.sample(logits, params, allowed)
         raw, penalty_params = logits, None
+        raw_needed = logprobs and not self.processed_logprobs and (state is not None or allowed is not None)
         if state is not None:
-            logits, penalty_params = be.penalize(logits, state), state.params
+            logits, penalty_params = be.penalize(logits, state, in_place=not raw_needed), state.params
         if logprobs and (self.processed_logprobs or (state is None and allowed is None)):
             out = sample_with_logprobs(self.model, logits, params, penalty_params, allowed, processed=self.processed_logprobs)
             ids = out[0]

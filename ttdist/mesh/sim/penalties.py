@@ -6,10 +6,11 @@ is neutral there (no count, not in the prompt, no bias, no ban: ``x + 0 + 0 * s`
 ``x - 0 * f - 0 * p``). So the simulator evaluates it only at the elements where some state is
 non-zero, the state's *support*, and copies the rest: the same float32 operations on the same
 values give the same bits as the dense pass, at a cost of one copy of the logits instead of ~18
-passes over ``B x V/n`` (ttnn runs the dense pass; on chips those ops are DRAM-bound and fused
-away from the host). The support is found once when a state tensor is written from the host
-(a slot is seeded) and grows by the ``B`` ids each ``count_tokens`` adds; ``count_tokens`` adds
-them with an indexed add rather than a one-hot pass over the slice.
+passes over ``B x V/n`` (none when the caller lets it penalize the logits in place; ttnn runs the
+dense pass: on chips those ops are DRAM-bound and stay on the device). The support is found once
+when a state tensor is written from the host (a slot is seeded) and grows by the ``B`` ids each
+``count_tokens`` adds; ``count_tokens`` adds them with an indexed add rather than a one-hot pass
+over the slice.
 """
 
 from __future__ import annotations
@@ -42,14 +43,18 @@ def _versions(state: pen.PenaltyState) -> tuple:
 class PenaltyOps:
     """``penalize`` and ``count_tokens`` of ``SimBackend`` (uses its ``spec``, ``device`` and ``_wrap``)."""
 
-    def penalize(self, logits: SimTensor, state: pen.PenaltyState) -> SimTensor:
-        """Penalized float32 logits ``[B, V/n]`` (``penalties.penalize`` on every chip's slice)."""
+    def penalize(self, logits: SimTensor, state: pen.PenaltyState, *, in_place: bool = False) -> SimTensor:
+        """Penalized float32 logits ``[B, V/n]`` (``penalties.penalize`` on every chip's slice);
+        ``in_place``: float32 logits are penalized where they are and returned (no copy; the caller
+        needs no raw logits after)."""
         require_reduced("penalize", logits)
         for name in pen.STATE:
             t = getattr(state, name)
             if t.placements != logits.placements or t.shape != logits.shape:
                 raise MeshError(f"penalize: {name} {t.name!r} is {t.shape} {t.placements}, the logits {logits.shape} {logits.placements}")
-        x = logits.data.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
+        data = logits.data
+        same = in_place and data.dtype == torch.float32 and data.is_contiguous() and data._base is None   # not a view
+        x = logits.data if same else logits.data.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
         if x.shape != state.counts.data.shape:
             raise MeshError(f"penalize: logits {logits.name!r} are stored as {tuple(x.shape)}, the state as {tuple(state.counts.data.shape)}")
         flat = self._support(state).flat
@@ -65,7 +70,7 @@ class PenaltyOps:
             v = v * (factor * (used > 0).float() + (used <= 0).float())
             v = v - counts * col[pen.FREQUENCY]
             x.view(-1).index_copy_(0, flat, v - (counts > 0).float() * col[pen.PRESENCE])   # a repeated index: the same value
-        return self._wrap(x, logits.placements, DType.float32, "penalized_logits")
+        return logits if same else self._wrap(x, logits.placements, DType.float32, "penalized_logits")
 
     def count_tokens(self, state: pen.PenaltyState, token_ids: SimTensor, cluster_axis: int) -> None:
         """``counts`` += a one-hot of each row's sampled id against the chip's vocab ids, in place
