@@ -1,7 +1,7 @@
 """vLLM's ``bad_words`` on the real model runner (tiny random Llama with SmolLM2's tokenizer,
 float32, two simulated chips): greedy output with bad words equals a transformers greedy loop
 that bans the same ids by vLLM's rule, no banned sequence appears in the output, and bad input
-is refused naming the field."""
+is refused naming the field; a request resumed elsewhere continues the same output."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ttdist.engine.bad_words import bad_word_ids, banned_next
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.core import EngineCore
 from ttdist.engine.errors import InvalidRequestError
-from ttdist.engine.request import GenerationRequest, SamplingParams
+from ttdist.engine.request import GenerationRequest, Resume, SamplingParams
 from ttdist.engine.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
@@ -38,9 +38,9 @@ def tiny(tiny_checkpoints):
     return runner, Tokenizer.from_dir(path), LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def _generate(runner, tokenizer, prompt, **sampling) -> list[int]:
+def _generate(runner, tokenizer, prompt, resume: Resume | None = None, **sampling) -> list[int]:
     core = EngineCore(runner, tokenizer, EngineConfig(prefill_chunk=16))
-    core.add_request(GenerationRequest("r", prompt_token_ids=prompt,
+    core.add_request(GenerationRequest("r", prompt_token_ids=prompt, resume=resume,
                                        sampling=SamplingParams(max_tokens=TOKENS, ignore_eos=True, **sampling)))
     ids = []
     while core.has_work():
@@ -68,6 +68,8 @@ def test_greedy_with_bad_words_equals_transformers_banning_the_same_ids(tiny):
     words = bad_word_ids(bad, tokenizer, runner.info.vocab_size)
     got = _generate(runner, tokenizer, prompt, bad_words=bad)
     assert got != free and got == _reference(model, prompt, words)
+    # moved mid-generation, the request bans by the ids it brings as well as those it makes
+    assert got[:5] + _generate(runner, tokenizer, prompt, Resume(got[:5]), bad_words=bad) == got
     for seq in words:
         n = len(seq)
         assert all(tuple(got[i:i + n]) != seq for i in range(len(got) - n + 1)), seq
