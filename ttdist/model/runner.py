@@ -289,12 +289,12 @@ class MeshModelRunner:
         raw_needed = logprobs and not self.processed_logprobs and (state is not None or allowed is not None)
         if state is not None:
             logits, penalty_params = be.penalize(logits, state, in_place=not raw_needed), state.params
-        if logprobs and (self.processed_logprobs or (state is None and allowed is None)):
-            out = sample_with_logprobs(self.model, logits, params, penalty_params, allowed, processed=self.processed_logprobs)
-            ids = out[0]
-        elif logprobs:   # raw logprobs of a token drawn from processed logits: scored like a prompt token
+        if raw_needed:   # raw logprobs of a token drawn from processed logits: scored like a prompt token
             ids = be.sample(logits, self.config_vocab, params, axis, penalty_params, allowed=allowed)
             out = (ids, be.prompt_logprobs(raw, self.config_vocab, ids, axis))
+        elif logprobs:
+            out = sample_with_logprobs(self.model, logits, params, penalty_params, allowed, processed=self.processed_logprobs)
+            ids = out[0]
         else:
             out = ids = be.sample(logits, self.config_vocab, params, axis, penalty_params, allowed=allowed)
         if state is not None and count:
