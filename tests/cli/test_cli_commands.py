@@ -57,6 +57,24 @@ def test_generate_sends_penalties_and_leaves_model_defaults_to_the_server(script
     assert bad.returncode == 2 and "--logit-bias takes ID=BIAS" in bad.stderr
 
 
+def test_generate_logprobs_prints_each_tokens_logprob_and_top_after_the_text(scripted):
+    server = scripted()
+    proc = ttdist("generate", "hi", "-n", "3", "--logprobs", "2", "--target", server.address)
+    assert proc.returncode == 0, proc.stderr
+    ids = expected_ids(2, 3)
+    text, title, *rows = proc.stdout.splitlines()
+    assert text == expected_text(2, 3)
+    assert title.startswith("logprobs (position, token id, logprob")
+    assert [row.split() for row in rows] == [[str(i), str(t), f"{-t / 1000:.4f}", "top:", str(t), f"{-t / 1000:.4f}",
+                                              str(t + 1), f"{-(t + 1) / 1000:.4f}"] for i, t in enumerate(ids)]
+    assert server.seen.requests[0].sampling.logprobs == 2 and not server.seen.requests[0].sampling.HasField("prompt_logprobs")
+    out = json.loads(ttdist("generate", "hi", "-n", "2", "--logprobs", "1", "--json", "--target", server.address).stdout)
+    assert [(lp["token_id"], lp["top"][0][0]) for lp in out["logprobs"]] == [(t, t) for t in ids[:2]]
+    assert [lp["logprob"] for lp in out["logprobs"]] == pytest.approx([-t / 1000 for t in ids[:2]])
+    bad = ttdist("generate", "hi", "--logprobs", "x", "--target", server.address)
+    assert bad.returncode == 2 and "--logprobs" in bad.stderr
+
+
 def test_generate_reads_stdin_and_token_ids_and_sends_the_token(scripted):
     server = scripted(required_token="tok")
     env = {"TTDIST_TOKEN": "tok", "TTDIST_TARGET": server.address}

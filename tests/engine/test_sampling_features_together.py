@@ -4,8 +4,8 @@ with SmolLM2's tokenizer, fp32, mesh simulator, traced-free).
 Each feature has its own tests; here they meet: a batch mixing a plain request, a penalized one
 with logprobs, and a grammar-constrained one with penalties and logprobs runs the decode graph of
 every combination, and each request's tokens equal those it gets alone (so no feature leaks into
-another user's row). Greedy logprobs are those of the distribution the token was drawn from: the
-drawn token is the top entry.
+another user's row). The runner reports processed logprobs, those of the distribution the token
+was drawn from, so a greedy token is the top entry (raw ones: tests/engine/test_logprobs_modes.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def tiny(tiny_checkpoints):
 
     checkpoint = tiny_checkpoints(seed=3)
     runner = MeshModelRunner.from_checkpoint(checkpoint, mesh="1x2", backend="sim", dtype="float32", page_size=16,
-                                             num_pages=128, max_batch=8)
+                                             num_pages=128, max_batch=8, logprobs_mode="processed")
     return runner, Tokenizer.from_dir(checkpoint)
 
 

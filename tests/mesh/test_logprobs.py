@@ -170,3 +170,47 @@ def test_runner_on_emulated_ttnn_traces_the_logprobs_step_apart_and_equals_the_s
         assert a.token_id == b.token_id and abs(a.logprob - b.logprob) < 2e-2
         assert [v for _, v in a.top] == pytest.approx([v for _, v in b.top], abs=2e-2)
     assert [s.tokens if hasattr(s, "tokens") else s for s in sim[1]] == [s.tokens if hasattr(s, "tokens") else s for s in emu[1]]
+
+
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_emulated_ttnn_logprobs_under_penalties_and_a_grammar_equal_the_simulators(mode):
+    """With penalties and a grammar mask on, raw logprobs are scored on the model's own logits (the
+    drawn token picked from each chip's slice) and processed ones on the masked, penalized logits;
+    the traced ttnn runner on an emulated N300 equals the simulator, and raw != processed."""
+    from ttdist.engine.runner import DecodeInput, PenaltySpec, SamplingSpec
+    from ttdist.model.config import LlamaConfig
+    from ttdist.model.weights import expected_shapes, prepare
+
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+    rng = np.random.default_rng(1)
+    hf = {k: ((1 + 0.1 * rng.standard_normal(s)) if "norm" in k else rng.standard_normal(s) * 0.05).astype(np.float32)
+          for k, s in expected_shapes(config).items()}
+    weights = prepare(config, hf, parse_mesh("n300"), DType.bfloat16)
+    allowed = np.where(rng.random(512) < 0.5, 1, 0).astype(np.uint32)
+    words = (allowed.reshape(16, 32) << np.arange(32, dtype=np.uint32)).sum(-1).astype(np.uint32).view(np.int32)
+    penalties = PenaltySpec(repetition_penalty=1.5, presence_penalty=0.5, frequency_penalty=0.5, logit_bias=((7, 4.0),))
+    got = {}
+    with ttnn_emu.installed():
+        from ttdist.model.runner import MeshModelRunner
+
+        for kind, trace in (("sim", False), ("ttnn", True)):
+            runner = MeshModelRunner(weights, backend=kind, page_size=32, num_pages=16, max_batch=8, trace_decode=trace,
+                                     logprobs_mode=mode)
+            history, steps = list(range(3, 40)), []
+            for step in range(3):
+                spec = SamplingSpec(logprobs=3, penalties=penalties, history=tuple(history), num_prompt_tokens=37, step=step,
+                                    allowed=words)
+                out = runner.decode_logprobs(DecodeInput([history[-1]], [len(history) - 1], [[0, 1]], [spec], seq_ids=["a"]))
+                steps.append(out.logprobs[0])
+                history.append(out.tokens[0])
+            got[kind] = steps
+            runner.close()
+    for a, b in zip(got["sim"], got["ttnn"]):
+        assert a.token_id == b.token_id and allowed[a.token_id]
+        assert abs(a.logprob - b.logprob) < 2e-2
+        assert [v for _, v in a.top] == pytest.approx([v for _, v in b.top], abs=2e-2)
+        if mode == "processed":   # greedy from the processed distribution: its best, and nothing masked in its top
+            assert a.top[0][0] == a.token_id and all(allowed[t] for t, _ in a.top)
+    if mode == "raw":   # the raw top holds tokens the grammar masks
+        assert any(not allowed[t] for lp in got["sim"] for t, _ in lp.top)

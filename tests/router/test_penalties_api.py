@@ -44,9 +44,9 @@ def make_runner(checkpoint, step_s: float = 0.0):
     return runner
 
 
-def engine_output(checkpoint, prompt, **sampling) -> list[int]:
+def engine_output(checkpoint, prompt, tokenizer=None, **sampling) -> list[int]:
     """What the engine itself generates for these settings (no router, no API)."""
-    core = EngineCore(make_runner(checkpoint), None, EngineConfig(max_batch=4, prefill_chunk=4 * PAGE))
+    core = EngineCore(make_runner(checkpoint), tokenizer, EngineConfig(max_batch=4, prefill_chunk=4 * PAGE))
     core.add_request(GenerationRequest("ref", prompt_token_ids=list(prompt), sampling=SamplingParams(**sampling)))
     while core.has_work():
         for out in core.step():
@@ -157,7 +157,9 @@ async def test_the_python_client_sends_penalties(served, tiny_checkpoint):
     ({"presence_penalty": 2.5}, "sampling.presence_penalty"), ({"frequency_penalty": -2.01}, "sampling.frequency_penalty"),
     ({"repetition_penalty": 0.0}, "sampling.repetition_penalty"), ({"min_p": 1.5}, "sampling.min_p"),
     ({"logit_bias": {49152: 1.0}}, "sampling.logit_bias"), ({"logit_bias": {3: -100.5}}, "sampling.logit_bias"),
-    ({"min_tokens": N + 1}, "sampling.min_tokens"),
+    ({"min_tokens": N + 1}, "sampling.min_tokens"), ({"logprobs": 21}, "sampling.logprobs"),
+    ({"structured_output": pb.StructuredOutput(json_schema='{"type": "frob"}')}, "sampling.structured_output"),
+    ({"bad_words": ["ok", " "]}, "sampling.bad_words"),
 ])
 async def test_bad_settings_are_invalid_argument_and_disturb_nothing(served, tiny_checkpoint, sampling, field):
     good = asyncio.ensure_future(collect(served, grpc_request("ok", temperature=0.0, repetition_penalty=1.5)))
@@ -166,3 +168,38 @@ async def test_bad_settings_are_invalid_argument_and_disturb_nothing(served, tin
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
     ids, _, _ = await good
     assert ids == engine_output(tiny_checkpoint, PROMPT, max_tokens=N, ignore_eos=True, repetition_penalty=1.5)
+
+
+async def test_bad_words_reach_the_engine_over_grpc_the_openai_client_and_the_python_client(served, tiny_checkpoint):
+    from ttdist.client import AsyncClient
+
+    plain = dict(max_tokens=N, ignore_eos=True, temperature=0.0, repetition_penalty=1.0)
+    free = engine_output(tiny_checkpoint, PROMPT, **plain)
+    words = [_word_of(served.tokenizer, free)]
+    want = engine_output(tiny_checkpoint, PROMPT, served.tokenizer, bad_words=words, **plain)
+    assert want != free
+    ids, _, _ = await collect(served, grpc_request("b1", temperature=0.0, repetition_penalty=1.0, bad_words=words))
+    assert ids == want
+    client = openai.AsyncOpenAI(base_url=served.url, api_key="unused")
+    done = await client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=N, temperature=0,
+                                           extra_body={"ignore_eos": True, "repetition_penalty": 1.0, "bad_words": words})
+    assert done.choices[0].text == served.tokenizer.decode(want)
+    async with AsyncClient(f"127.0.0.1:{served.server.port}") as python_client:
+        assert list((await python_client.generate(token_ids=PROMPT, bad_words=words, **plain)).token_ids) == want
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(served, grpc_request("b2", bad_words=["  "]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sampling.bad_words" in err.value.details()
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=N, extra_body={"bad_words": "x"})
+    assert bad.value.body["param"] == "bad_words"
+
+
+def _word_of(tokenizer, ids: list[int]) -> str:
+    """A word whose bad-word tokens include one of ``ids`` (so banning it changes the output)."""
+    from ttdist.engine.bad_words import bad_word_ids
+
+    for token in ids:
+        word = tokenizer.decode([token])
+        if word.strip() and (token,) in bad_word_ids([word], tokenizer, tokenizer.vocab_size):
+            return word
+    raise AssertionError(f"no token of {ids} is a word")

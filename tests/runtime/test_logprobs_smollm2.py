@@ -218,7 +218,35 @@ metric_list:
 """
 
 
-async def _lm_eval(tmp_path, name: str, model: str, model_args: str) -> list[dict]:
+GEN_DOCS = [
+    {"question": "What is the capital of France?", "answer": "Paris"},
+    {"question": "What is 2 + 3?", "answer": "5"},
+    {"question": "What color is grass?", "answer": "Green"},
+    {"question": "Who wrote Hamlet?", "answer": "William Shakespeare"},
+    {"question": "What is the largest planet in the solar system?", "answer": "Jupiter"},
+]
+GEN_TASK = """task: ttdist_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: " {{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n", "."]
+  max_gen_toks: 10
+  do_sample: false
+  temperature: 0.0
+metric_list:
+  - metric: exact_match
+    ignore_case: true
+    ignore_punctuation: true
+"""
+
+
+async def _lm_eval(tmp_path, name: str, model: str, model_args: str, task: str = "ttdist_mc") -> list[dict]:
     """lm-eval's own CLI (unmodified) on the task; its per-sample records."""
     import asyncio
     import json
@@ -227,28 +255,35 @@ async def _lm_eval(tmp_path, name: str, model: str, model_args: str) -> list[dic
 
     out = tmp_path / name
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lm_eval", "run", "--model", model, "--model_args", model_args, "--tasks", "ttdist_mc",
+        sys.executable, "-m", "lm_eval", "run", "--model", model, "--model_args", model_args, "--tasks", task,
         "--include_path", str(tmp_path), "--log_samples", "--output_path", str(out), "--batch_size", "1",
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     log, _ = await proc.communicate()
     assert proc.returncode == 0, log.decode()[-3000:]
-    [samples] = list(out.rglob("samples_ttdist_mc_*.jsonl"))
+    [samples] = list(out.rglob(f"samples_{task}_*.jsonl"))
     return sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
 
 
-async def test_lm_eval_local_completions_loglikelihoods_equal_its_hf_backend(stack, smollm2, tmp_path):
+async def _served_and_hf(stack, smollm2, tmp_path, task: str, yaml: str, docs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """lm-eval's samples of ``task`` (its YAML over ``docs``) from ``local-completions`` on the
+    served stack, and from its ``hf`` backend on the same checkpoint."""
     import json
 
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is a test dependency (lm-eval[api])")
     pytest.importorskip("tenacity", reason="lm-eval's API models need its [api] extra")
     stack, _ = stack
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (tmp_path / "ttdist_mc.yaml").write_text(TASK.format(docs=docs))
+    path = tmp_path / f"{task}.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / f"{task}.yaml").write_text(yaml.format(docs=path))
     base = f"http://127.0.0.1:{stack.server.http_port}/v1/completions"
-    served = await _lm_eval(tmp_path, "served", "local-completions", f"model=smollm2,base_url={base},num_concurrent=1")
-    hf = await _lm_eval(tmp_path, "hf", "hf", f"pretrained={smollm2},dtype=float32")
+    served = await _lm_eval(tmp_path, f"served-{task}", "local-completions", f"model=smollm2,base_url={base},num_concurrent=1",
+                            task)
+    return served, await _lm_eval(tmp_path, f"hf-{task}", "hf", f"pretrained={smollm2},dtype=float32", task)
+
+
+async def test_lm_eval_local_completions_loglikelihoods_equal_its_hf_backend(stack, smollm2, tmp_path):
+    served, hf = await _served_and_hf(stack, smollm2, tmp_path, "ttdist_mc", TASK, DOCS)
     assert len(served) == len(hf) == len(DOCS)
     for a, b in zip(served, hf):
         assert len(a["resps"]) == len(DOCS[a["doc_id"]]["choices"])
@@ -262,3 +297,14 @@ def _pair(resp):
     """One choice's (loglikelihood, is_greedy) from a sample's ``resps`` entry."""
     first = resp[0] if isinstance(resp, list) and resp and isinstance(resp[0], (list, tuple)) else resp
     return first[0], first[1]
+
+
+async def test_lm_eval_local_completions_generation_equals_its_hf_backend(stack, smollm2, tmp_path):
+    """A small ``generate_until`` task (greedy, stop at a newline or a period): every answer and the
+    exact-match score of ``local-completions`` on ttdist equal lm-eval's ``hf`` backend's."""
+    served, hf = await _served_and_hf(stack, smollm2, tmp_path, "ttdist_gen", GEN_TASK, GEN_DOCS)
+    assert len(served) == len(hf) == len(GEN_DOCS)
+    answers = [(a["resps"], b["resps"]) for a, b in zip(served, hf)]
+    assert all(a == b for a, b in answers), answers
+    assert [a["exact_match"] for a in served] == [b["exact_match"] for b in hf]
+    assert any(str(a[0]).strip() for a, _ in answers)   # the model answered something, not only stops

@@ -41,6 +41,14 @@ def expected_text(prompt_len: int, n: int) -> str:
     return "".join(token_text(t) for t in expected_ids(prompt_len, n))
 
 
+def scripted_logprobs(sampling: pb.SamplingParams, ids: list[int]) -> list[pb.TokenLogprob]:
+    """When asked: token ``t`` has logprob ``-t / 1000``, its top N are ``t, t + 1, ...`` at ``-(t + j) / 1000``."""
+    if not sampling.HasField("logprobs"):
+        return []
+    return [pb.TokenLogprob(token_id=t, logprob=-t / 1000, top=[pb.TopLogprob(token_id=t + j, logprob=-(t + j) / 1000)
+                                                                for j in range(sampling.logprobs)]) for t in ids]
+
+
 @dataclass
 class Script:
     unavailable_first: int = 0                 # answer UNAVAILABLE to the first N Generate calls
@@ -101,9 +109,11 @@ class ScriptedGeneration(pb_grpc.GenerationServicer):
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "replica lost")
                 ids.append(t)
                 if request.stream:
-                    yield pb.GenerateResponse(request_id=rid, chunk=pb.Chunk(token_ids=[t], text=token_text(t)))
+                    yield pb.GenerateResponse(request_id=rid, chunk=pb.Chunk(
+                        token_ids=[t], text=token_text(t), logprobs=scripted_logprobs(request.sampling, [t])))
             yield pb.GenerateResponse(request_id=rid, complete=pb.Complete(
                 finish_reason=finish, output_ids=ids, text="".join(token_text(t) for t in ids),
+                logprobs=scripted_logprobs(request.sampling, ids),
                 replica_id="r0", usage=pb.Usage(prompt_tokens=prompt_len, completion_tokens=len(ids)),
                 timings=pb.Timings(queue_seconds=0.001, ttft_seconds=0.002, total_seconds=0.003)))
             seen.completed.append(rid)

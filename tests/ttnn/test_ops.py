@@ -197,3 +197,23 @@ def test_the_backend_provides_what_its_op_mixins_use(backend):
 
     for host in (AttentionHost, CollectiveHost, SamplingHost):
         assert isinstance(backend, host), host.__name__
+
+
+def test_raw_logprobs_of_a_masked_draw_and_processed_masked_logprobs_are_accepted(backend, spec):
+    """Under a grammar mask: the drawn ids scored on the raw logits (``prompt_logprobs`` with the
+    ``[B]`` ids ``sample`` returned as targets) and the processed rows over the masked logits."""
+    from ttdist.mesh import token_mask
+    from ttdist.mesh.logprobs import TOP
+    from ttdist.mesh.sampling import device_params
+
+    batch, axis = 5, _axis(spec)
+    n = spec.shape[axis]
+    vocab_sharded = (R, Shard(1)) if axis == 1 else (Shard(1), R)
+    logits = backend.from_host(np.zeros((batch, 512 * n), np.float32), vocab_sharded, name="logits")
+    params = SamplingBatch(np.zeros(batch), np.zeros(batch, np.int64), np.ones(batch), np.full(batch, -1), np.arange(batch))
+    inputs = backend.input_tensor(device_params(params), (R, R), name="sampling")
+    words = backend.input_tensor(token_mask.all_allowed(batch, 512, n), vocab_sharded, name=token_mask.INPUT_NAME)
+    ids_t = backend.sample(logits, 512 * n - 24, inputs, axis, allowed=words)
+    raw = backend.read_rows(backend.prompt_logprobs(logits, 512 * n - 24, ids_t, axis))
+    _, rows_t = backend.sample_logprobs(logits, 512 * n - 24, inputs, axis, allowed=words, processed=True)
+    assert raw.shape == backend.read_rows(rows_t).shape == (batch, 1 + 2 * TOP)

@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   ttdist generate "Tell me a story" -n 200 --temperature 0.8 --seed 1
   echo "Hello" | ttdist generate - --json
   ttdist generate --token-ids 1,2,3 -n 8 --target 10.0.0.5:50051
+  ttdist generate "2 + 2 =" -n 4 --logprobs 3          # each token's logprob and the top 3 after the text
 """
 
 
@@ -41,8 +42,15 @@ def register(subparsers) -> None:
     p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
                    help="add BIAS (in [-100, 100]) to token ID's logit (repeatable)")
     p.add_argument("--min-p", type=float, help="drop tokens below MIN_P times the top probability, in [0, 1]")
+    p.add_argument("--bad-word", action="append", default=[], metavar="TEXT",
+                   help="a word the output may not contain (repeatable; vLLM's bad_words)")
     p.add_argument("--min-tokens", type=int, help="EOS and stop ids cannot end the output before this many tokens")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--logprobs", type=int, metavar="N",
+                   help="per generated token its logprob and the N most likely tokens (0..20), printed after the text "
+                        "(--json: in the object)")
+    p.add_argument("--prompt-logprobs", type=int, metavar="N",
+                   help="the same for every prompt token after the first (0..20)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID",
                    help="stop token id (repeatable)")
@@ -80,7 +88,8 @@ def _options(args: argparse.Namespace) -> dict:
         "ignore_eos": args.ignore_eos, "model": args.model, "request_id": args.request_id,
         "repetition_penalty": args.repetition_penalty, "presence_penalty": args.presence_penalty,
         "frequency_penalty": args.frequency_penalty, "min_p": args.min_p, "min_tokens": args.min_tokens,
-        "logit_bias": _logit_bias(args.logit_bias) or None,
+        "logit_bias": _logit_bias(args.logit_bias) or None, "logprobs": args.logprobs,
+        "prompt_logprobs": args.prompt_logprobs, "bad_words": args.bad_word or None,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -130,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(done.to_json()))
             else:
                 done = _stream(streaming(**_options(args)))
+                _print_logprobs(done)
         except InvalidRequest as e:
             if e.field is None or e.request_id is not None:
                 raise
@@ -139,6 +149,17 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose:
         print(_summary(done), file=sys.stderr)
     return 0
+
+
+def _print_logprobs(done) -> None:
+    """One line per token: where it is, its id and logprob, then the top ids with theirs."""
+    for title, rows, first in (("prompt logprobs", done.prompt_logprobs, 1), ("logprobs", done.logprobs, 0)):
+        if not rows:
+            continue
+        print(f"{title} (position, token id, logprob, top: id logprob ...):")
+        for i, lp in enumerate(rows):
+            top = "  ".join(f"{t} {v:.4f}" for t, v in lp.top)
+            print(f"{i + first:>5} {lp.token_id:>8} {lp.logprob:>10.4f}" + (f"   top: {top}" if top else ""))
 
 
 def _stream(stream):

@@ -22,7 +22,7 @@ from ttdist.v1 import generation_pb2 as pb
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos",
                     "logprobs", "prompt_logprobs",
                     "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "min_p", "min_tokens",
-                    "json_schema", "json_object", "regex", "choice", "grammar")
+                    "bad_words", "json_schema", "json_object", "regex", "choice", "grammar")
 
 
 USE_CLIENT_TIMEOUT = object()  # the default of every ``timeout=`` keyword: the client's own timeout
@@ -41,7 +41,8 @@ class GenerateOptions(TypedDict, total=False):
     out, temperature, top_k, top_p and repetition_penalty take the model's generation_config.json
     defaults (else greedy / off).
     repetition_penalty (> 0, 1 = off), presence_penalty and frequency_penalty ([-2, 2]), logit_bias
-    ({token id: bias in [-100, 100]}), min_p ([0, 1]), min_tokens (EOS and stop ids wait for them).
+    ({token id: bias in [-100, 100]}), min_p ([0, 1]), min_tokens (EOS and stop ids wait for them),
+    bad_words (vLLM's: words the output may not contain).
     stop: strings that end the generation. stop_token_ids: token ids that end it.
     ignore_eos: keep generating past the end-of-sequence token.
     logprobs: per generated token its logprob and the top N (0..20); prompt_logprobs: the same per
@@ -69,6 +70,7 @@ class GenerateOptions(TypedDict, total=False):
     logit_bias: dict[int, float]
     min_p: float
     min_tokens: int
+    bad_words: Sequence[str]
     json_schema: dict | str | None
     json_object: bool
     regex: str | None

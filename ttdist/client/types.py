@@ -72,6 +72,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> bias in [-100, 100]
     min_p: float = 0.0                        # [0, 1]
     min_tokens: int = 0                       # EOS and stop token ids cannot end the output before this many
+    bad_words: tuple[str, ...] = ()           # vLLM's: words the output may not contain
     # structured output (at most one): the text follows a JSON schema (a dict or its JSON text), is any
     # JSON object, matches a regex, is one of the choices, or follows a Lark grammar
     json_schema: dict | str | None = None
@@ -103,6 +104,10 @@ class SamplingParams:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, MAX_LOGPROBS)
         object.__setattr__(self, "choice", tuple(self.choice))
+        words = (self.bad_words,) if isinstance(self.bad_words, str) else tuple(self.bad_words)
+        if not all(isinstance(w, str) and w.strip() for w in words):
+            raise InvalidRequest(f"bad_words must be non-blank strings, got {self.bad_words!r}", field="bad_words")
+        object.__setattr__(self, "bad_words", words)
         set_ = [name for name in ("json_schema", "json_object", "regex", "choice", "grammar") if getattr(self, name)]
         if len(set_) > 1:
             raise InvalidRequest(f"give one output constraint, not {' and '.join(set_)}", field=set_[1])
@@ -144,7 +149,7 @@ class SamplingParams:
             max_tokens=self.max_tokens or 0, stop=list(self.stop),
             stop_token_ids=list(self.stop_token_ids), ignore_eos=self.ignore_eos,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            logit_bias=self.logit_bias, min_p=self.min_p, min_tokens=self.min_tokens,
+            logit_bias=self.logit_bias, min_p=self.min_p, min_tokens=self.min_tokens, bad_words=list(self.bad_words),
         )
         for name in ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "logprobs", "prompt_logprobs"):
             if (value := getattr(self, name)) is not None:

@@ -22,6 +22,7 @@ import numpy as np
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.errors import InvalidRequestError
 from ttdist.engine.logprobs import DecodeLogprobs, PrefillLogprobs, TokenLogprob
+from ttdist.engine.bad_words import all_allowed, ban, bad_word_ids, banned_next
 from ttdist.engine.grammar import GrammarState, StructuredOutput, grammar_compiler
 from ttdist.engine.grammar.compiler import FIELD as GRAMMAR_FIELD
 from ttdist.engine.output import OutputProcessor
@@ -101,6 +102,7 @@ class EngineCore:
                 penalties=penalty_spec(request.sampling, self.eos_token_ids),
                 grammar=grammar,
                 prefill_chunks=[] if request.traced else None,
+                bad_words=bad_word_ids(request.sampling.bad_words, self.tokenizer, self.runner.info.vocab_size),
             )
             if checked.resumed_ids:
                 self.outputs.resume(seq, checked.resumed_ids, request.resume.text_emitted)
@@ -202,13 +204,19 @@ class EngineCore:
         )
 
     def _sampling(self, seq: Sequence) -> SamplingSpec:
-        """How to draw ``seq``'s next token: its grammar's bitmask of allowed tokens with it, if it has one."""
+        """How to draw ``seq``'s next token: with the bitmask of the tokens allowed next when its grammar
+        or its bad words restrict them."""
         spec = _spec(seq)
-        if seq.grammar is None:
+        banned = banned_next(seq.bad_words, seq.output_ids) if seq.bad_words else []
+        if seq.grammar is None and not banned:
             return spec
         vocab = self.runner.info.vocab_size
-        allowed = np.empty(-(-vocab // 32), dtype=np.int32)
-        seq.grammar.mask_into(allowed, vocab)
+        if seq.grammar is None:
+            allowed = all_allowed(vocab)
+        else:
+            allowed = np.empty(-(-vocab // 32), dtype=np.int32)
+            seq.grammar.mask_into(allowed, vocab)
+        ban(allowed, banned)
         return replace(spec, allowed=allowed)
 
     def _decode_input(self, work: DecodeStep, specs: list[SamplingSpec]) -> DecodeInput:

@@ -41,6 +41,7 @@ class SamplingParams:
     min_p: float = 0.0                  # in [0, 1]; 0 = off
     min_tokens: int = 0                 # EOS and stop token ids cannot end the output before this many
     structured_output: StructuredOutput | None = None   # the grammar the output follows (None: free text)
+    bad_words: list[str] = field(default_factory=list)  # vLLM's: words the output may not contain (``engine.bad_words``)
 
 
 @dataclass(frozen=True)

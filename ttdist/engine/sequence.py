@@ -51,6 +51,7 @@ class Sequence:
     prompt_logprobs: list = field(default_factory=list)   # TokenLogprob of prompt positions 1.. computed so far
     penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
     grammar: GrammarState | None = None     # where the output stands in its structured-output grammar
+    bad_words: tuple[tuple[int, ...], ...] = ()   # token sequences the output may not end in (``engine.bad_words``)
 
     @property
     def recomputes_prefix(self) -> bool:

@@ -215,14 +215,16 @@ class Backend(Protocol):
         like the logits; each chip masks its slice before its top-K (left out: no extra op)."""
 
     # log-probabilities (``ttdist.mesh.logprobs``): a separate path, run only when a row asks
-    def sample_logprobs(self, logits: Any, vocab_size: int, params: Any, cluster_axis: int, *,
-                        processed: bool = False) -> tuple[Any, Any]:
+    def sample_logprobs(self, logits: Any, vocab_size: int, params: Any, cluster_axis: int, penalty_params: Any = None,
+                        allowed: Any = None, *, processed: bool = False) -> tuple[Any, Any]:
         """``sample``'s ids and, per user, a ``[B, 1 + 2k]`` row of ``logprobs.rows``: the drawn token's
-        logprob, the top k logprobs and their ids (raw logits, or divided by the temperature when
-        ``processed``)."""
+        logprob, the top k logprobs and their ids, of the ``logits`` given, or, when ``processed``,
+        of those logits over the temperature with the grammar mask ``allowed`` applied."""
 
     def prompt_logprobs(self, logits: Any, vocab_size: int, targets: Any, cluster_axis: int) -> Any:
-        """Rows ``[T, 1 + 2k]`` for raw logits ``[T, V/n]`` scoring ``targets`` (a ``[T, 1]`` float32 tensor of ids)."""
+        """Rows ``[T, 1 + 2k]`` for raw logits ``[T, V/n]`` scoring ``targets`` (a ``[T, 1]`` float32
+        tensor of ids, or the ``[B]`` ids ``sample`` drew: a decode step's raw logprobs when the
+        token was drawn from penalized or masked logits)."""
 
     def read_rows(self, t: Any) -> np.ndarray:
         """A small replicated float32 tensor ``[B, W]`` (logprob rows) read once."""

@@ -278,15 +278,21 @@ class MeshModelRunner:
     def _draw(self, logits, params, state, logprobs: bool, allowed=None, count: bool = True):
         """Token ids, or (ids, logprob rows) with ``logprobs``. With penalty ``state`` each chip's
         vocab slice is penalized first, the draw applies min_p, and the drawn ids are counted on the
-        device (logprobs are then of the penalized logits); with ``allowed`` (grammar-mask words) each
-        chip masks its slice before its top-K."""
+        device; with ``allowed`` (grammar-mask words) each chip masks its slice before its top-K.
+        Logprobs are of the model's raw logits (the default mode: the drawn token scored against
+        them, their own top N, on the mesh), or with ``processed_logprobs`` of the distribution the
+        token was drawn from (penalized, masked, over the temperature)."""
         be, axis = self.backend, self.model.vocab_axis
         if state is None and not logprobs:
             return self.model.sample(logits, params, allowed)
-        penalty_params = None
+        raw, penalty_params = logits, None
+        raw_needed = logprobs and not self.processed_logprobs and (state is not None or allowed is not None)
         if state is not None:
-            logits, penalty_params = be.penalize(logits, state), state.params
-        if logprobs:
+            logits, penalty_params = be.penalize(logits, state, in_place=not raw_needed), state.params
+        if raw_needed:   # raw logprobs of a token drawn from processed logits: scored like a prompt token
+            ids = be.sample(logits, self.config_vocab, params, axis, penalty_params, allowed=allowed)
+            out = (ids, be.prompt_logprobs(raw, self.config_vocab, ids, axis))
+        elif logprobs:
             out = sample_with_logprobs(self.model, logits, params, penalty_params, allowed, processed=self.processed_logprobs)
             ids = out[0]
         else:

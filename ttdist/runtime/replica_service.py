@@ -76,6 +76,7 @@ def to_engine_request(req: pb.GenerateRequest) -> GenerationRequest:
         min_p=s.min_p,
         min_tokens=s.min_tokens,
         structured_output=structured_output.to_engine(s),
+        bad_words=list(s.bad_words),
     )
     request_id = req.request_id or uuid.uuid4().hex
     if req.WhichOneof("input") == "text":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ttdist.engine.bad_words import MAX_BAD_WORDS, MAX_WORD_CHARS
 from ttdist.runtime.generation_defaults import GenerationDefaults
 from ttdist.tracing.tracer import MAX_TRACEPARENT_CHARS, MAX_TRACESTATE_CHARS
 from ttdist.v1 import generation_pb2 as pb
@@ -127,6 +128,7 @@ def _check_sampling(s: pb.SamplingParams, card: ModelCard) -> None:
     _check_logprobs(s)
     _check_penalties(s, card)
     _check_structured_output(s)
+    _check_bad_words(s)
 
 
 def _check_logprobs(s: pb.SamplingParams) -> None:
@@ -154,6 +156,15 @@ def _check_penalties(s: pb.SamplingParams, card: ModelCard) -> None:
             raise invalid("sampling.logit_bias", f"token id {token} is outside the vocabulary [0, {card.vocab_size})")
         if not (math.isfinite(bias) and -100 <= bias <= 100):
             raise invalid("sampling.logit_bias", f"the bias of token {token} must be in [-100, 100], got {bias}")
+
+
+def _check_bad_words(s: pb.SamplingParams) -> None:
+    if len(s.bad_words) > MAX_BAD_WORDS:
+        raise invalid("sampling.bad_words", f"at most {MAX_BAD_WORDS} words, got {len(s.bad_words)}")
+    for word in s.bad_words:
+        if not word.strip() or len(word) > MAX_WORD_CHARS:
+            raise invalid("sampling.bad_words", f"each word must be a non-blank string of at most {MAX_WORD_CHARS} "
+                                                f"characters, got {word[:40]!r}")
 
 
 def _check_structured_output(s: pb.SamplingParams) -> None:

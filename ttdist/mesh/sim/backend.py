@@ -11,6 +11,7 @@ This module holds placement and the dense ops; attention (``attention``), collec
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +46,7 @@ class SimBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyOp
         self.ccl = CclLedger()
         self.dram = DramLedger(spec)
         self.transfers = TransferLedger()
+        self._penalty_support = weakref.WeakKeyDictionary()   # PenaltyOps' support of each decode state
 
     # ------------------------------------------------------------------ host <-> mesh
     def _wrap(self, data: torch.Tensor, placements: Placements, dtype: DType | None = None, name: str = "activations"):

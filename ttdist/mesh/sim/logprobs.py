@@ -9,7 +9,7 @@ import torch
 from ttdist.mesh import logprobs
 from ttdist.mesh.precision import DType
 from ttdist.mesh.penalties import MIN_P
-from ttdist.mesh.sim.sampling import draw
+from ttdist.mesh.sim.sampling import draw, masked
 from ttdist.mesh.sim.tensor import SimTensor
 
 
@@ -19,23 +19,28 @@ class LogprobOps:
     def sample_logprobs(self, logits: SimTensor, vocab_size: int, params: SimTensor, cluster_axis: int,
                         penalty_params: SimTensor | None = None, allowed: SimTensor | None = None, *,
                         processed: bool = False) -> tuple[SimTensor, SimTensor]:
-        """``sample``'s token ids and each user's logprob row for the token drawn (``logprobs.rows``);
-        ``processed``: of the distribution after temperature (``params``' first column). The drawn
+        """``sample``'s token ids and each user's logprob row for the token drawn (``logprobs.rows``)
+        of the ``logits`` given (penalized ones when penalties apply); ``processed``: of the distribution
+        after temperature (``params``' first column) and the grammar mask ``allowed``. The drawn
         token is one of the candidates, so its logit is picked from them."""
         values, ids = self._candidates(logits, vocab_size, cluster_axis, allowed)
         min_p = None if penalty_params is None else penalty_params.data[..., MIN_P : MIN_P + 1]
         token = draw(values.data, ids.data, params.data, min_p).round()
         scale = 1.0 / params.data[..., :1].float() if processed else None
         target = (values.data * (ids.data == token.unsqueeze(-1))).sum(-1, keepdim=True)
+        if processed and allowed is not None:   # the processed distribution excludes what the grammar masks
+            logits = self._wrap(masked(logits.data, allowed.data), logits.placements, DType.float32, "masked_logits")
         rows = self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, target, scale)
         return self._wrap(token.to(torch.int32), values.placements, DType.int32, "token_ids"), rows
 
     def prompt_logprobs(self, logits: SimTensor, vocab_size: int, targets: SimTensor, cluster_axis: int) -> SimTensor:
-        """Logprob rows ``[T, 1 + 2k]`` of raw logits ``[T, V/n]`` for the target ids ``[T, 1]``: each
-        chip picks a target's logit from its slice (one-hot), the picks are added over the vocab axis."""
+        """Logprob rows ``[T, 1 + 2k]`` of raw logits ``[T, V/n]`` for the target ids (``[T, 1]``, or the
+        ``[B]`` ids ``sample`` drew): each chip picks a target's logit from its slice (one-hot), the
+        picks are added over the vocab axis."""
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
         axis = self.spec.resolve_axis("logprobs", cluster_axis)
-        picked = (logits.data.float() * (self._local_ids(logits, axis) == targets.data.float())).sum(-1, keepdim=True)
+        wanted = targets.data.float().reshape(targets.data.shape[0], targets.data.shape[1], -1, 1)
+        picked = (logits.data.float() * (self._local_ids(logits, axis) == wanted)).sum(-1, keepdim=True)
         target = self._vocab_sum(picked, logits, axis)
         return self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, target, None)
 

@@ -22,8 +22,9 @@ class LogprobOps:
     def sample_logprobs(self, logits: TtnnTensor, vocab_size: int, params: TtnnTensor, cluster_axis: int,
                         penalty_params: TtnnTensor | None = None, allowed: TtnnTensor | None = None, *,
                         processed: bool = False) -> tuple[TtnnTensor, TtnnTensor]:
-        """``sample``'s token ids and each user's logprob row for the token drawn; ``processed``: of
-        the distribution after temperature (``params``' first column)."""
+        """``sample``'s token ids and each user's logprob row for the token drawn, of the ``logits``
+        given; ``processed``: of the distribution after temperature (``params``' first column) and
+        the grammar mask ``allowed``."""
         batch = logits.shape[0]
         values, ids = self._candidates(logits, vocab_size, cluster_axis, allowed)
         token = self._draw(values.value, ids.value, params.value, batch, values.shape[-1],
@@ -31,18 +32,23 @@ class LogprobOps:
         scale = ttnn.reciprocal(ttnn.slice(params.value, [0, 0, 0, 0], [1, 1, batch, 1])) if processed else None
         # the drawn token is one of the candidates: its logit is picked from them
         target = ttnn.sum(ttnn.multiply(values.value, ttnn.eq(ids.value, token, dtype=ttnn.float32)), dim=-1, keepdim=True)
+        if processed and allowed is not None:   # the processed distribution excludes what the grammar masks
+            logits = self._wrap(self._masked(self._rows_value(logits), allowed.value), logits.shape, logits.placements,
+                                DType.float32, "masked_logits")
         rows = self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, target, scale)
         return self._wrap(token, (batch,), values.placements, DType.float32, "token_ids", INPUT), rows
 
     def prompt_logprobs(self, logits: TtnnTensor, vocab_size: int, targets: TtnnTensor, cluster_axis: int) -> TtnnTensor:
-        """Logprob rows ``[T, 1 + 2k]`` of raw logits ``[T, V/n]`` for the target ids ``[T, 1]``: each
-        chip picks a target's logit from its slice (one-hot), the picks are added over the vocab axis."""
+        """Logprob rows ``[T, 1 + 2k]`` of raw logits ``[T, V/n]`` for the target ids (``[T, 1]``, or the
+        ``[B]`` ids ``sample`` drew, an input-kind ``[1, 1, B, 1]`` column): each chip picks a
+        target's logit from its slice (one-hot), the picks are added over the vocab axis."""
         values, ids = self._candidates(logits, vocab_size, cluster_axis)
         axis = self.spec.resolve_axis("logprobs", cluster_axis)
         width = logits.shape[1]
         local_ids = self._const(("vocab_ids", axis, width), lambda: self._vocab_ids(logits, axis, width))
         x = ttnn.typecast(self._rows_value(logits), ttnn.float32)
-        picked = ttnn.multiply(x, ttnn.eq(local_ids, self._rows_value(targets), dtype=ttnn.float32))
+        wanted = targets.value if targets.kind == INPUT else self._rows_value(targets)
+        picked = ttnn.multiply(x, ttnn.eq(local_ids, wanted, dtype=ttnn.float32))
         target = self._vocab_sum(ttnn.sum(picked, dim=-1, keepdim=True), logits.shape[0], logits, axis)
         return self._logprob_rows(logits, vocab_size, cluster_axis, values, ids, target, None)
 

@@ -36,9 +36,10 @@ class PenaltyHost(Protocol):
 class PenaltyOps:
     """``penalize`` and ``count_tokens`` of ``TtnnBackend`` (see ``PenaltyHost``)."""
 
-    def penalize(self, logits: TtnnTensor, state: pen.PenaltyState) -> TtnnTensor:
+    def penalize(self, logits: TtnnTensor, state: pen.PenaltyState, *, in_place: bool = False) -> TtnnTensor:
         """Penalized float32 logits ``[B, V/n]``: ``penalties.penalize`` on every chip's slice (the
-        draw then sorts them in float32, see ``SamplingOps.sample``)."""
+        draw then sorts them in float32, see ``SamplingOps.sample``). ``in_place`` is the simulator's
+        saving; here the eltwise ops write new tensors either way (a captured step allocates them once)."""
         require_reduced("penalize", logits)
         for name in pen.STATE:
             t = getattr(state, name)

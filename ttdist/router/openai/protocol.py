@@ -7,7 +7,7 @@ so (``suffix``). Logprobs (``logprobs`` / ``top_logprobs``, ``echo`` and vLLM's
 ``prompt_logprobs``) are computed on the mesh (``ttdist.router.openai.logprobs`` shapes them).
 ``presence_penalty``, ``frequency_penalty`` and ``logit_bias`` are applied on the mesh, and vLLM's
 extensions ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos`` and
-``stop_token_ids`` are accepted. ``temperature``, ``top_p``, ``top_k`` and ``repetition_penalty``
+``stop_token_ids`` are accepted, and ``bad_words`` (``ttdist.engine.bad_words``). ``temperature``, ``top_p``, ``top_k`` and ``repetition_penalty``
 left out take the model's generation_config.json defaults (the router fills them in), else
 OpenAI's (temperature 1).
 Structured outputs (``ttdist.router.openai.structured``) and tool calls
@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
+from ttdist.engine.bad_words import MAX_BAD_WORDS
 from ttdist.router.openai.errors import bad_param, unsupported
 from ttdist.router.openai.structured import parse_structured_output
 from ttdist.router.openai.tools import ToolUse, parse_calls, parse_tool_use, template_message
@@ -53,6 +54,7 @@ class Sampling:
     min_p: float = 0.0
     min_tokens: int = 0
     structured_output: pb.StructuredOutput | None = None   # the output's grammar (None: free text)
+    bad_words: tuple[str, ...] = ()      # vLLM's: words the output may not contain
 
     def to_proto(self, choice: int, default_temperature: float = DEFAULT_TEMPERATURE) -> pb.SamplingParams:
         """Choice ``i`` of ``n`` draws from seed + i, so seeded choices differ and repeat. Fields left
@@ -62,7 +64,7 @@ class Sampling:
             temperature=default_temperature if self.temperature is None else self.temperature,
             max_tokens=self.max_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            logit_bias=dict(self.logit_bias), min_p=self.min_p, min_tokens=self.min_tokens,
+            logit_bias=dict(self.logit_bias), min_p=self.min_p, min_tokens=self.min_tokens, bad_words=self.bad_words,
         )
         for name in ("top_p", "top_k", "repetition_penalty"):
             if (value := getattr(self, name)) is not None:
@@ -177,8 +179,15 @@ def _sampling(body: dict, max_tokens_field: str | None, default_max_tokens: int)
         top_p=_number(body, "top_p", 0, 1, None), top_k=None if top_k is None else max(0, top_k),
         seed=seed, stop=tuple(stop), stop_token_ids=tuple(stop_ids),
         ignore_eos=_get(body, "ignore_eos", bool, False), **_penalties(body),
-        structured_output=parse_structured_output(body),
+        structured_output=parse_structured_output(body), bad_words=_bad_words(body),
     )
+
+
+def _bad_words(body: dict) -> tuple[str, ...]:
+    words = _get(body, "bad_words", list, [])
+    if len(words) > MAX_BAD_WORDS or not all(isinstance(w, str) and w.strip() for w in words):
+        raise bad_param("bad_words", f"must be an array of at most {MAX_BAD_WORDS} non-blank strings")
+    return tuple(words)
 
 
 def _common(body: dict) -> dict:
