@@ -14,7 +14,7 @@ PACKAGE = ROOT / "ttdist"
 GENERATED = {"v1"}  # protoc output
 
 # top to bottom; a module may import its own layer or any layer below it
-LAYERS = ["cli", "loadgen", "client", "planner", "router", "runtime", "dashboard", "engine", "model", "mesh", "v1", "errors"]
+LAYERS = ["cli", "loadgen", "client", "planner", "router", "runtime", "dashboard", "tracing", "engine", "model", "mesh", "v1", "errors"]
 # (errors: the one error base every layer shares, ttdist/errors.py)
 # the engine defines the model-runner boundary (frozen dataclasses + a Protocol) that model/runner.py
 # implements: the one place a lower layer names a higher one, and only that module of it
