@@ -60,6 +60,15 @@ def _aligned(row: tuple[str, ...], widths: list[int]) -> str:
     return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
 
+def _autoscale(a) -> list[str]:
+    """The pool's bounds and signal, then its last scaling decisions with their reasons."""
+    lines = [f"autoscale: {a.replicas} replicas (min {a.min_replicas}, max {a.max_replicas}), target "
+             f"{a.signal} {a.target:g}; {a.scale_ups_total} up, {a.scale_downs_total} down"]
+    for d in a.decisions[-5:]:
+        lines.append(f"  {time.strftime('%H:%M:%S', time.localtime(d.time))} {d.previous} -> {d.replicas}: {d.reason}")
+    return lines
+
+
 def format_table(status) -> str:
     """The status as aligned text: a header line, then one row per replica (and below a replica
     whose KV pages are split into user groups, each group's free pages)."""
@@ -68,6 +77,8 @@ def format_table(status) -> str:
              f"replicas: {len(status.replicas)} ({ready} ready)"]
     if status.generation_defaults:   # what a request that leaves these fields out gets
         lines.append("generation defaults: " + " ".join(f"{k}={v:g}" for k, v in status.generation_defaults.items()))
+    if status.autoscale is not None:
+        lines += _autoscale(status.autoscale)
     if not status.replicas:
         return "\n".join(lines + ["no replicas registered yet"])
     rows = [_row(r) for r in status.replicas]

@@ -324,17 +324,47 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True)
+class ScaleDecision:
+    time: float        # unix seconds
+    previous: int      # replicas before
+    replicas: int      # replicas after
+    reason: str
+
+
+@dataclass(frozen=True)
+class AutoscaleStatus:
+    """An autoscaled replica pool: its bounds and signal, its size now, its last decisions."""
+
+    min_replicas: int
+    max_replicas: int
+    signal: str
+    target: float
+    replicas: int
+    scale_ups_total: int = 0
+    scale_downs_total: int = 0
+    decisions: tuple[ScaleDecision, ...] = ()
+
+    @classmethod
+    def from_proto(cls, msg: pb.AutoscaleStatus) -> AutoscaleStatus:
+        values = {f.name: getattr(msg, f.name) for f in fields(cls)}
+        values["decisions"] = tuple(ScaleDecision(d.time, d.previous, d.replicas, d.reason) for d in msg.decisions)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     model: str
     policy: str
     replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
     generation_defaults: dict = field(default_factory=dict)   # the model's sampling defaults
+    autoscale: AutoscaleStatus | None = None                  # None: a fixed replica count
 
     @classmethod
     def from_proto(cls, msg: pb.ClusterStatus) -> ClusterStatus:
         return cls(model=msg.model, policy=msg.policy,
                    replicas=tuple(ReplicaStatus.from_proto(r) for r in msg.replicas),
-                   generation_defaults=generation_defaults(msg.generation_defaults))
+                   generation_defaults=generation_defaults(msg.generation_defaults),
+                   autoscale=AutoscaleStatus.from_proto(msg.autoscale) if msg.HasField("autoscale") else None)
 
     def to_json(self) -> dict:
         return asdict(self)

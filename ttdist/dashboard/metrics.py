@@ -76,6 +76,7 @@ class SnapshotCollector:
         if snapshot is None:
             return
         yield from self._cluster(snapshot)
+        yield from self._autoscale(snapshot)
         yield from self._replicas(snapshot)
         yield from self._histograms(snapshot)
         yield from self._chips(snapshot)
@@ -89,6 +90,24 @@ class SnapshotCollector:
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([snapshot.model], value)
             yield family
+
+    def _autoscale(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
+        a = snapshot.autoscale
+        if a is None:
+            return
+        for name, doc, value in (
+            ("ttdist:autoscale_replicas", "Replicas in the autoscaled pool (ready, starting or restarting).", a.replicas),
+            ("ttdist:autoscale_min_replicas", "The autoscaled pool's min_replicas.", a.min_replicas),
+            ("ttdist:autoscale_max_replicas", "The autoscaled pool's max_replicas.", a.max_replicas),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([snapshot.model], value)
+            yield family
+        events = CounterMetricFamily("ttdist:scale_events", "Scaling decisions of the autoscaler, by direction.",
+                                     labels=["model_name", "direction"])
+        events.add_metric([snapshot.model, "up"], a.scale_ups_total)
+        events.add_metric([snapshot.model, "down"], a.scale_downs_total)
+        yield events
 
     def _replicas(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
         state = GaugeMetricFamily(

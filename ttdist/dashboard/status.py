@@ -144,6 +144,19 @@ class LatencySummary:
 
 
 @dataclass
+class AutoscaleSnapshot:
+    """An autoscaled replica pool: its bounds, its signal, its size now and its decisions so far."""
+
+    min_replicas: int
+    max_replicas: int
+    signal: str
+    target: float
+    replicas: int
+    scale_ups_total: int = 0
+    scale_downs_total: int = 0
+
+
+@dataclass
 class ClusterSnapshot:
     time: float
     model: str
@@ -152,6 +165,7 @@ class ClusterSnapshot:
     events: list[Event]
     ttft_seconds: LatencySummary
     inter_token_seconds: LatencySummary
+    autoscale: AutoscaleSnapshot | None = None   # None: a fixed replica count
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -174,6 +188,7 @@ class ClusterSnapshot:
             events=[Event(**_known(Event, e)) for e in data["events"]],
             ttft_seconds=LatencySummary(**_known(LatencySummary, data["ttft_seconds"])),
             inter_token_seconds=LatencySummary(**_known(LatencySummary, data["inter_token_seconds"])),
+            autoscale=AutoscaleSnapshot(**_known(AutoscaleSnapshot, data["autoscale"])) if data.get("autoscale") else None,
         )
 
 

@@ -46,6 +46,7 @@ class RouterService(pb_grpc.GenerationServicer):
         return pb.ClusterStatus(
             replicas=[e.to_proto() for e in table.replicas], model=table.card.model_id, policy=self.router.policy.name,
             generation_defaults=table.card.generation_defaults.to_proto(),
+            autoscale=table.autoscale.to_proto() if table.autoscale is not None else None,
         )
 
 

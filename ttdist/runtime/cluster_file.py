@@ -3,7 +3,8 @@
 Top-level keys are ``ClusterConfig`` fields (``model``, ``policy``, ``port``, ...), plus
 ``address`` (the Ray cluster to join) and ``replicas``: a list of groups with ``count``,
 ``mesh``, ``backend``, ``resources`` and optional ``devices`` (one device-id list per
-replica) and ``emulate`` (``backend: ttnn`` on emulated chips). An unknown key is an error that names it.
+replica) and ``emulate`` (``backend: ttnn`` on emulated chips), and ``autoscale`` (one group
+whose count follows the load: ``AutoscaleConfig``). An unknown key is an error that names it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 import yaml
 
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError, read_key_file
+from ttdist.runtime.autoscale.config import AutoscaleConfig, AutoscaleConfigError
 from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ReplicaGroup
 
 _SCALARS = {
     f.name for f in fields(ClusterConfig)
-} - {"groups", "scripted", "health", "api", "cluster_token"}
+} - {"groups", "scripted", "health", "api", "cluster_token", "autoscale"}
 _GROUP_KEYS = {f.name for f in fields(ReplicaGroup)}
 _HEALTH_KEYS = {f.name for f in fields(HealthConfig)}
 _API_KEYS = {f.name for f in fields(ApiConfig)} | {"api_key_file"}
@@ -54,9 +56,10 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     groups_raw = raw.pop("replicas", [{}])
     health_raw = raw.pop("health", {}) or {}
     api = _api(raw.pop("api", {}) or {}, where)
+    autoscale = _autoscale(raw.pop("autoscale", None), where)
     unknown = sorted(set(raw) - _SCALARS)
     if unknown:
-        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api'}))}")
+        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api', 'autoscale'}))}")
     if not isinstance(groups_raw, list) or not groups_raw:
         raise ClusterConfigError(f"{where}: replicas must be a non-empty list of groups")
     groups = tuple(_group(g, f"{where}: replicas[{i}]") for i, g in enumerate(groups_raw))
@@ -65,7 +68,7 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
         raise ClusterConfigError(f"{where}: address must be a string (host:port or auto), got {address!r}")
     check_types(ClusterConfig, raw, where)
     check_types(HealthConfig, health_raw, where, "health.")
-    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, **raw)
+    config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, autoscale=autoscale, **raw)
     try:
         config.check()
     except ClusterConfigError as err:
@@ -128,6 +131,16 @@ def _api(raw, where: str) -> ApiConfig:
     if raw["http_port"] == -1:          # as on the command line: -1 = no HTTP
         raw["http_port"] = None
     return ApiConfig(api_keys=tuple(str(k) for k in keys), **raw)
+
+
+def _autoscale(raw, where: str) -> AutoscaleConfig | None:
+    """The ``autoscale:`` mapping (``target: {<signal>: <value>}``), or None without one."""
+    if raw is None:
+        return None
+    try:
+        return AutoscaleConfig.from_mapping(raw)
+    except AutoscaleConfigError as err:
+        raise ClusterConfigError(f"{where}: {err}") from None
 
 
 def _group(raw, where: str) -> ReplicaGroup:

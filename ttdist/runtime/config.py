@@ -20,6 +20,7 @@ from ttdist.engine.logprobs import LOGPROBS_MODES
 from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError
+from ttdist.runtime.autoscale.config import AutoscaleConfig, AutoscaleConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 
 BACKENDS = ("sim", "ttnn")
@@ -141,6 +142,7 @@ class ClusterConfig:
     cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
     logprobs_mode: str = "raw"                   # logprobs of generated tokens: raw, or processed (after temperature)
     generation_config: str = "auto"              # auto: sampling defaults from the checkpoint's generation_config.json; vllm: none
+    autoscale: AutoscaleConfig | None = None     # the replica pool follows its load (None: a fixed count per group)
 
     def check(self) -> None:
         if not self.groups:
@@ -182,6 +184,16 @@ class ClusterConfig:
             raise ClusterConfigError(f"generation_config must be auto or vllm, got {self.generation_config!r}")
         if not self.ready_wait_s >= 0:
             raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
+        if self.autoscale is not None:
+            if len(self.groups) != 1:
+                raise ClusterConfigError(f"autoscale scales one replica pool: give one replica group, not {len(self.groups)}")
+            if self.groups[0].devices:
+                raise ClusterConfigError("autoscale: replicas[0].devices cannot list device ids for replicas yet to "
+                                         "start; give resources (tt_chips) and let Ray place them")
+            try:
+                self.autoscale.check()
+            except AutoscaleConfigError as err:
+                raise ClusterConfigError(str(err)) from None
 
     def check_model(self) -> None:
         """The checkpoint folder exists here (where the coordinator runs); checked at launch, not
@@ -207,4 +219,7 @@ class ClusterConfig:
 
     @property
     def num_replicas(self) -> int:
+        """The replicas started at launch: every group's count, or the autoscaled pool's initial count."""
+        if self.autoscale is not None:
+            return self.autoscale.start_replicas
         return sum(g.count for g in self.groups)

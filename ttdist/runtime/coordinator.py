@@ -25,6 +25,16 @@ table is handed out again once every replica has re-registered or failed. Meanwh
 routers keep serving from their last table. Restart counts and past events are not kept.
 ``drain_replica`` takes a replica out of routing, lets its streams finish (those still
 running at the timeout move to other replicas) and restarts or removes it.
+
+Autoscaling (``config.autoscale``): the pool starts at its initial count; at each monitor tick
+its ``PoolScaler`` decides from the replicas' heartbeats and the requests the routers hold for
+want of a replica (events ``scaled_up`` / ``scaled_down`` with the reason). A scale-up adds
+replicas (new ids, never reused) started like any other, from the converted-weight cache,
+and records each one's ``ColdStart`` (event ``cold_start``); a scale-down drains the least
+loaded replicas away (``drain_replica`` without restart: no stream is cut). With ``tt_chips``
+in the group's resources it also tells Ray's autoscaler the pool's chips
+(``request_resources``), so Ray adds a node of a type that has them, and lets it go after its
+idle timeout once the pool shrinks. The routing table carries the pool's ``PoolStatus``.
 """
 
 from __future__ import annotations
@@ -38,13 +48,17 @@ import ray
 
 from ttdist.dashboard.events import EventKind
 from ttdist.dashboard.replica_state import ReplicaState
-from ttdist.dashboard.status import CHIP_OK, ChipSnapshot, ClusterSnapshot, ReplicaSnapshot
+from ttdist.dashboard.status import ClusterSnapshot
 from ttdist.mesh.spec import parse_mesh
+from ttdist.runtime.autoscale.cold_start import cold_start
+from ttdist.runtime.autoscale.pool import PoolScaler
+from ttdist.runtime.coordinator_autoscale import AutoscalingMixin
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.generation_defaults import read_generation_defaults
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
+from ttdist.runtime.replica_snapshot import replica_snapshot
 from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
 
 PROBE_TIMEOUT_S = 2.0
@@ -52,7 +66,7 @@ NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray
 DRAIN_SETTLE_S = 1.0         # after marking a replica draining: time for the routers to see it
 
 
-class Coordinator:
+class Coordinator(AutoscalingMixin):
     def __init__(self, config: ClusterConfig) -> None:
         config.check()
         self.config = config
@@ -68,6 +82,9 @@ class Coordinator:
         self._monitor: asyncio.Task | None = None
         self._dashboard = None
         self._node_id = ray.get_runtime_context().get_node_id()
+        self.scaler = PoolScaler(config.autoscale) if config.autoscale is not None else None
+        self._next_replica = 0           # replica ids are never reused: replica-0, replica-1, ...
+        self._draining: set[asyncio.Task] = set()   # scale-down drains in flight
         self._recovered = asyncio.Event()
         self._recovery: asyncio.Task | None = None
         if restarted_by_ray():
@@ -115,17 +132,22 @@ class Coordinator:
         if cfg.engine == "model":
             for mesh in sorted(meshes):
                 await self._convert(mesh)
-        n = 0
         for gi, group in enumerate(cfg.groups):
-            for k in range(group.count):
-                rid = f"replica-{n}"
-                n += 1
-                devices = group.devices[k] if group.devices else ()
-                record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, tuple(devices))
-                record.kv_pages_budget = self._pages_budget(group.mesh)
-                record.recovering = recovering
-                self.registry.add(record, time.monotonic())
-                self._setups[rid] = self._setup(record, group.mesh)
+            count = cfg.autoscale.start_replicas if cfg.autoscale is not None else group.count
+            for k in range(count):
+                self._add_replica(gi, tuple(group.devices[k]) if group.devices else (), recovering)
+
+    def _add_replica(self, gi: int, devices: tuple[int, ...] = (), recovering: bool = False) -> str:
+        """A new record (starting) and setup for a replica of group ``gi``; returns its id."""
+        group = self.config.groups[gi]
+        rid = f"replica-{self._next_replica}"
+        self._next_replica += 1
+        record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, devices)
+        record.kv_pages_budget = self._pages_budget(group.mesh)
+        record.recovering = recovering
+        self.registry.add(record, time.monotonic())
+        self._setups[rid] = self._setup(record, group.mesh)
+        return rid
 
     def _resolve_model(self) -> ModelCard:
         cfg = self.config
@@ -197,7 +219,9 @@ class Coordinator:
             self._weights_ref[mesh] = await asyncio.to_thread(RemoteShards.put, self._weights_path[mesh])
         return WeightSource(remote=self._weights_ref[mesh], precision=precision), "object_store"
 
-    async def _launch(self, rid: str) -> None:
+    async def _launch(self, rid: str, decided: float | None = None) -> None:
+        """Start replica ``rid``'s actor; ``decided`` (unix seconds): when a scale-up asked for it,
+        to record its cold start."""
         setup = self._setups[rid]
         group = self.config.groups[self.registry.replicas[rid].group]
         env = {"OMP_NUM_THREADS": str(self.config.cpu_threads)}
@@ -208,8 +232,8 @@ class Coordinator:
         try:
             actor = await self._create_replica_actor(rid, group, env)
             self._actors[rid] = actor
-            node_id = await asyncio.wait_for(actor.node_id.remote(), self.config.health.start_timeout_s)
-            weights = await self._weights_for(setup, node_id)
+            placed = await asyncio.wait_for(actor.placed.remote(), self.config.health.start_timeout_s)
+            weights = await self._weights_for(setup, placed.node_id)
             arg, via = weights if weights else (None, "")
             self.registry.replicas[rid].weights_via = via
             started = await asyncio.wait_for(actor.start.remote(arg), self.config.health.start_timeout_s)
@@ -222,6 +246,11 @@ class Coordinator:
             kv_pages_total=started.kv_pages_total,
         )
         self.registry.replicas[rid].memory = started.memory
+        if decided is not None and self.scaler is not None:
+            load = started.memory.load if started.memory else None
+            took = cold_start(rid, decided, placed, started.start_s, load, time.time(), via)
+            self.scaler.cold_starts.append(took)
+            self.registry.event(EventKind.COLD_START, rid, took.describe())
 
     async def _create_replica_actor(self, rid: str, group, env: dict):
         """A named, detached replica actor (it outlives this coordinator); waits for a restarted
@@ -249,6 +278,8 @@ class Coordinator:
             self.registry.tick(time.monotonic())
             for rid in self.registry.due_restarts(time.monotonic()):
                 await self._restart(rid)
+            if self.scaler is not None and self._recovered.is_set():
+                await self._autoscale()
 
     async def _probe(self, rid: str) -> None:
         try:
@@ -269,6 +300,8 @@ class Coordinator:
     async def heartbeat(self, replica_id: str, beat: Heartbeat) -> int:
         """Take a replica's heartbeat; returns the number of its prefix-hash set held here."""
         held = self.registry.heartbeat(replica_id, beat, time.monotonic())
+        if self.scaler is not None:
+            self.scaler.observe(replica_id, beat, time.monotonic())
         if beat.memory is not None and replica_id in self.registry.replicas:  # kept across coordinator restarts
             self.registry.replicas[replica_id].memory = beat.memory
         return held
@@ -279,7 +312,7 @@ class Coordinator:
             self._reports[report.router_id] = report
             self._report = combine_reports(list(self._reports.values()))
             self.registry.record(report.events)   # a ring: bounded however long it runs
-        return RoutingTable(self.card, self.registry.entries())
+        return RoutingTable(self.card, self.registry.entries(), self.scaler.status() if self.scaler else None)
 
     async def replicas(self) -> list[ReplicaRecord]:
         return list(self.registry.replicas.values())
@@ -339,45 +372,21 @@ class Coordinator:
             await self._restart(replica_id)
         else:
             ray.kill(self._actors.pop(replica_id), no_restart=True)
-            del self.registry.replicas[replica_id]
+            self._forget(replica_id)
         return moved
+
+    def _forget(self, replica_id: str) -> None:
+        del self.registry.replicas[replica_id]
+        self._setups.pop(replica_id, None)
 
     async def snapshot(self) -> ClusterSnapshot:
         now = time.monotonic()
-        replicas = [self._replica_snapshot(r, now) for r in sorted(self.registry.replicas.values(), key=lambda r: r.replica_id)]
+        replicas = [replica_snapshot(r, now) for r in sorted(self.registry.replicas.values(), key=lambda r: r.replica_id)]
         return ClusterSnapshot(
             time=time.time(), model=self.card.model_id if self.card else "", policy=self._report.policy or self.config.policy,
             replicas=replicas, events=list(self.registry.events[-100:]),
             ttft_seconds=self._report.ttft_seconds, inter_token_seconds=self._report.inter_token_seconds,
-        )
-
-    def _replica_snapshot(self, r: ReplicaRecord, now: float) -> ReplicaSnapshot:
-        spec = parse_mesh(r.mesh)
-        d = r.memory.dram if r.memory else None  # the replica's own ledger (every chip holds the same bytes)
-        chip_state = ReplicaState.FAILED if r.state == ReplicaState.FAILED else CHIP_OK
-        chips = [ChipSnapshot(row, col, chip_state, d.capacity if d else spec.dram_bytes_per_chip, d.weights if d else 0,
-                              d.kv_cache if d else 0, d.other if d else 0) for row, col in spec.chips()]
-        s = r.stats
-        histograms = {}
-        if s is not None and s.ttft_histogram is not None:
-            histograms["ttft_histogram"] = s.ttft_histogram
-        if s is not None and s.inter_token_histogram is not None:
-            histograms["inter_token_histogram"] = s.inter_token_histogram
-        return ReplicaSnapshot(
-            replica_id=r.replica_id, state=r.state, pid=r.pid, node_id=r.node_id, mesh=r.mesh, backend=r.backend,
-            address=r.address, kv_pages_total=r.kv_pages_total, kv_pages_free=s.free_pages if s else r.kv_pages_total,
-            running=s.running if s else 0, waiting=s.waiting if s else 0,
-            tokens_per_second=s.tokens_per_second if s else 0.0,
-            prompt_tokens_total=s.prompt_tokens_total if s else 0,
-            generation_tokens_total=s.generation_tokens_total if s else 0,
-            prefix_hit_rate=s.prefix_hit_rate if s else 0.0, chips=chips, restarts=r.restarts,
-            kv_pages_budget=r.memory.kv_pages_budget if r.memory else r.kv_pages_budget,
-            kv_pages_capped_by_host=bool(r.memory and r.memory.kv_pages_capped_by_host),
-            state_reason=r.reason, crash_loop=r.crash_loop,
-            last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
-            requests_finished_total=s.requests_finished_total if s else 0,
-            kv_user_groups=s.kv_user_groups if s else 1,
-            kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [], **histograms,
+            autoscale=self._autoscale_snapshot(),
         )
 
     async def _start_dashboard(self) -> None:

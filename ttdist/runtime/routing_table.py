@@ -13,6 +13,7 @@ from ttdist.dashboard.events import Event
 from ttdist.dashboard.replica_state import ReplicaState, state_label
 from ttdist.dashboard.status import LatencySummary
 from ttdist.mesh.accounting import ChipDram
+from ttdist.runtime.autoscale.status import PoolStatus
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
@@ -64,6 +65,12 @@ class ReplicaEntry:
 class RoutingTable:
     card: ModelCard
     replicas: tuple[ReplicaEntry, ...] = ()
+    autoscale: PoolStatus | None = None   # the pool follows its load (None: a fixed count)
+
+    @property
+    def starts_on_demand(self) -> bool:
+        """No replica may be ready, yet a request is served: one starts for it (``min_replicas: 0``)."""
+        return self.autoscale is not None and self.autoscale.starts_on_demand
 
     def entry(self, replica_id: str) -> ReplicaEntry | None:
         return next((r for r in self.replicas if r.replica_id == replica_id), None)
@@ -84,6 +91,7 @@ class RouterReport:
     requests_total: int = 0
     migrations_total: int = 0
     router_id: str = ""       # which router (several may serve one port); the coordinator keeps one report each
+    waiting_for_replica: int = 0   # requests held now because no replica could take them (autoscaling reads it)
 
 def _combined_latency(summaries: list[LatencySummary]) -> LatencySummary:
     """Several routers' windows as one: p50 weighted by count (approximate), the worst p99."""
@@ -104,4 +112,5 @@ def combine_reports(reports: list[RouterReport]) -> RouterReport:
         inter_token_seconds=_combined_latency([r.inter_token_seconds for r in reports]),
         requests_total=sum(r.requests_total for r in reports),
         migrations_total=sum(r.migrations_total for r in reports),
+        waiting_for_replica=sum(r.waiting_for_replica for r in reports),
     )
