@@ -69,22 +69,27 @@ def test_load_rises_scales_up_then_falls_and_drains_away_with_no_stream_lost(tin
             ThreadPoolExecutor(8) as pool:
         channel, stub = stub_for(deployment.address)
         assert ready(stub) == ["replica-0"]
-        rising = [[200 + 11 * (i % 2) + j for j in range(6)] for i in range(6)]
-        first = start_streams(pool, stub, rising, 300)     # 6 ongoing on one replica: 3 wanted, max 2
-        wait_for(lambda: len(ready(stub)) == 2, 180, lambda: f"a second replica: {deployment.snapshot().events[-5:]}")
+        rising, first = [], []   # 6 streams in flight until a second replica serves: 3 wanted, max 2
+        deadline = time.monotonic() + 300
+        while len(ready(stub)) < 2:
+            assert time.monotonic() < deadline, f"no second replica: {deployment.snapshot().events[-5:]}"
+            while sum(not f.done() for f in first) < 6:
+                rising.append([200 + 11 * (len(rising) % 2) + j for j in range(6)])
+                first += start_streams(pool, stub, rising[-1:], 200)
+            time.sleep(0.2)
         up = events(deployment, "scaled_up")
         assert len(up) == 1 and up[0].message.startswith("ongoing_requests ") and up[0].message.endswith(": 1 -> 2")
         cold = events(deployment, "cold_start")
         assert [e.replica_id for e in cold] == ["replica-1"] and "weight load (cache)" in cold[0].message
 
         tails = [[900 + j for j in range(5)], [950 + j for j in range(5)]]   # round robin: one on each replica
-        last = start_streams(pool, stub, tails, 600)
-        finished_exactly(first, rising, tiny_checkpoint, 300)   # 2 ongoing now: 1 wanted
+        last = start_streams(pool, stub, tails, 800)
+        finished_exactly(first, rising, tiny_checkpoint, 200)   # 2 ongoing now: 1 wanted
         down = wait_for(lambda: events(deployment, "scaled_down"), 180, "a scale-down")
         assert len(down) == 1 and down[0].message.endswith(": 2 -> 1")
         drained = wait_for(lambda: events(deployment, "replica_drained"), 240, "the drain to end")
         assert drained[0].message == "0 stream(s) moved"          # it finished its streams itself
-        ends = finished_exactly(last, tails, tiny_checkpoint, 600)
+        ends = finished_exactly(last, tails, tiny_checkpoint, 800)
         on_victim = [at for complete, at in ends if complete.replica_id == drained[0].replica_id]
         assert on_victim and on_victim[0] > down[0].time         # it was still streaming when the drain began
         wait_for(lambda: [r.replica_id for r in deployment.snapshot().replicas] == [

@@ -52,6 +52,13 @@ def test_down_goes_to_the_largest_count_wanted_over_the_delay():
     assert run(CFG, [16, 0, 8, 0, 0, 0, 0], n=4) == [(6.0, 4, 2)]
 
 
+def test_no_shrinking_while_a_replica_starts():
+    scaler = Autoscaler(CFG)
+    assert [scaler.step(PoolLoad(replicas=2, ready=1, starting=1), float(t)) for t in range(10)] == [None] * 10
+    decisions = [scaler.step(PoolLoad(replicas=2, ready=2), float(t)) for t in range(10, 16)]
+    assert [(d.previous, d.replicas) for d in decisions if d] == [(2, 1)] and decisions[5] is not None
+
+
 def test_clamped_to_min_and_max():
     assert run(CFG, [100] * 5, n=1) == [(3.0, 1, 4)]
     assert run(CFG, [0] * 7, n=3) == [(5.0, 3, 1)]
@@ -118,7 +125,7 @@ def test_pool_load_counts_ready_replicas_heartbeats_and_not_draining_ones():
         r.stats = replace(BEAT, running=3, waiting=1, free_pages=25, total_pages=100) if state != "starting" else None
         records.append(r)
     load = pool_load(CFG, records, waiting_for_replica=2, latency=None)
-    assert load == PoolLoad(replicas=3, ready=2, ongoing=8, queued=2, kv_used=1.5, waiting_for_replica=2)
+    assert load == PoolLoad(replicas=3, ready=2, starting=1, ongoing=8, queued=2, kv_used=1.5, waiting_for_replica=2)
 
 
 @pytest.mark.parametrize("raw,message", [

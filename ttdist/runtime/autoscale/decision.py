@@ -17,6 +17,9 @@ Algorithm (the pool's ``AutoscaleConfig``):
    starts the stretch again, so a load that wavers around a boundary changes nothing.
 3. An empty pool with a request waiting (or below ``min_replicas``) grows at once: a waiting
    request is not a fluctuation.
+4. No shrinking while a replica of the pool is still starting (the stretch below starts once
+   it serves): draining a serving replica in favour of one not yet serving would leave the
+   load nowhere to go.
 
 Every decision carries its reason in words (the event the coordinator records).
 """
@@ -37,6 +40,7 @@ class PoolLoad:
 
     replicas: int                    # in the pool: ready, starting or restarting (not draining away)
     ready: int = 0                   # of which ready (the load below is theirs)
+    starting: int = 0                # of which starting
     ongoing: int = 0                 # requests running or waiting on the ready replicas
     queued: int = 0                  # of which waiting for a batch slot
     kv_used: float = 0.0             # sum over ready replicas of their KV pages in use (fraction each)
@@ -111,6 +115,8 @@ def decide(config: AutoscaleConfig, load: PoolLoad, state: ScaleState, now: floa
         if now - since >= config.upscale_delay_s:
             return Decision(floor, n, f"{why}: wanted >= {floor} for {now - since:.1f} s: {n} -> {floor}"), ScaleState()
         return None, ScaleState(above_since=since, above_floor=floor)
+    if want < n and load.starting:
+        return None, ScaleState()
     if want < n:
         since = now if state.below_since is None else state.below_since
         ceiling = want if state.below_since is None else max(state.below_ceiling, want)

@@ -61,5 +61,6 @@ def pool_load(config: AutoscaleConfig, records: Iterable[ReplicaRecord], waiting
     kv = sum(1 - r.stats.free_pages / r.stats.total_pages for r in ready if r.stats.total_pages)
     if latency is not None:
         latency.forget({r.replica_id for r in pool})
-    return PoolLoad(replicas=len(pool), ready=len(ready), ongoing=ongoing, queued=queued, kv_used=kv,
+    starting = sum(r.state == ReplicaState.STARTING for r in pool)
+    return PoolLoad(replicas=len(pool), ready=len(ready), starting=starting, ongoing=ongoing, queued=queued, kv_used=kv,
                     waiting_for_replica=waiting_for_replica, latency_p90_ms=latency.p90_ms() if latency else None)
