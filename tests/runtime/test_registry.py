@@ -89,10 +89,40 @@ def test_entries_carry_the_user_groups_to_the_proto():
     assert ReplicaStatus.from_proto(msg).kv_pages_free_per_group == (120, 128, 128, 90)
 
 
-@pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy"])
+@pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy", "tg-autoscale"])
 def test_shipped_specs_load(name):
     spec = load_spec(ROOT / "cluster" / f"{name}.yaml")
     assert spec.config.num_replicas >= 1
+
+
+def test_autoscale_spec():
+    config = load_spec(ROOT / "cluster" / "tg-autoscale.yaml").config
+    a = config.autoscale
+    assert (a.min_replicas, a.max_replicas, a.signal, a.target) == (1, 4, "ongoing_requests", 24)
+    assert (a.upscale_delay_s, a.downscale_delay_s, config.num_replicas) == (10, 60, 1)
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"autoscale": {"min_replicas": 3, "max_replicas": 2}}, "spec: autoscale.min_replicas (3) must be <= max_replicas (2)"),
+    ({"autoscale": {"target": {"tokens": 3}}}, "spec: autoscale.target: unknown signal 'tokens'"),
+    ({"autoscale": {}, "replicas": [{}, {}]}, "spec: autoscale scales one replica pool: give one replica group, not 2"),
+])
+def test_autoscale_spec_errors_name_the_field(raw, message):
+    with pytest.raises(ClusterConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(raw)
+
+
+def test_ray_cluster_file_passes_rays_own_schema_with_a_tt_chips_node_type():
+    import json
+
+    import jsonschema
+    import ray
+    import yaml
+
+    config = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    jsonschema.validate(config, json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text()))
+    worker = config["available_node_types"]["tt_galaxy"]
+    assert worker["resources"]["tt_chips"] == 32 and worker["min_workers"] == 0 and worker["max_workers"] >= 1
 
 
 def test_galaxy_partition_spec():

@@ -26,15 +26,7 @@ routers keep serving from their last table. Restart counts and past events are n
 ``drain_replica`` takes a replica out of routing, lets its streams finish (those still
 running at the timeout move to other replicas) and restarts or removes it.
 
-Autoscaling (``config.autoscale``): the pool starts at its initial count; at each monitor tick
-its ``PoolScaler`` decides from the replicas' heartbeats and the requests the routers hold for
-want of a replica (events ``scaled_up`` / ``scaled_down`` with the reason). A scale-up adds
-replicas (new ids, never reused) started like any other, from the converted-weight cache,
-and records each one's ``ColdStart`` (event ``cold_start``); a scale-down drains the least
-loaded replicas away (``drain_replica`` without restart: no stream is cut). With ``tt_chips``
-in the group's resources it also tells Ray's autoscaler the pool's chips
-(``request_resources``), so Ray adds a node of a type that has them, and lets it go after its
-idle timeout once the pool shrinks. The routing table carries the pool's ``PoolStatus``.
+Autoscaling (``config.autoscale``): the pool follows its load (``coordinator_autoscale.py``).
 """
 
 from __future__ import annotations
@@ -87,6 +79,8 @@ class Coordinator(AutoscalingMixin):
         self._draining: set[asyncio.Task] = set()   # scale-down drains in flight
         self._recovered = asyncio.Event()
         self._recovery: asyncio.Task | None = None
+        # after a restart the pool's replicas re-register from their heartbeats before it decides anything
+        self._autoscale_from = time.monotonic() + config.health.unhealthy_after_s if restarted_by_ray() else 0.0
         if restarted_by_ray():
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
         else:
@@ -134,14 +128,17 @@ class Coordinator(AutoscalingMixin):
                 await self._convert(mesh)
         for gi, group in enumerate(cfg.groups):
             count = cfg.autoscale.start_replicas if cfg.autoscale is not None else group.count
+            if cfg.autoscale is not None and recovering:
+                count = 0   # an autoscaled pool's replicas are adopted from their heartbeats (``heartbeat``)
             for k in range(count):
                 self._add_replica(gi, tuple(group.devices[k]) if group.devices else (), recovering)
 
-    def _add_replica(self, gi: int, devices: tuple[int, ...] = (), recovering: bool = False) -> str:
-        """A new record (starting) and setup for a replica of group ``gi``; returns its id."""
+    def _add_replica(self, gi: int, devices: tuple[int, ...] = (), recovering: bool = False, rid: str = "") -> str:
+        """A new record (starting) and setup for a replica of group ``gi`` (a new id unless ``rid``
+        names one to adopt); returns its id."""
         group = self.config.groups[gi]
-        rid = f"replica-{self._next_replica}"
-        self._next_replica += 1
+        rid = rid or f"replica-{self._next_replica}"
+        self._next_replica = max(self._next_replica, int(rid.rpartition("-")[2]) + 1)
         record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, devices)
         record.kv_pages_budget = self._pages_budget(group.mesh)
         record.recovering = recovering
@@ -278,7 +275,7 @@ class Coordinator(AutoscalingMixin):
             self.registry.tick(time.monotonic())
             for rid in self.registry.due_restarts(time.monotonic()):
                 await self._restart(rid)
-            if self.scaler is not None and self._recovered.is_set():
+            if self.scaler is not None and self._recovered.is_set() and time.monotonic() >= self._autoscale_from:
                 await self._autoscale()
 
     async def _probe(self, rid: str) -> None:
@@ -299,6 +296,8 @@ class Coordinator(AutoscalingMixin):
     # ---------------------------------------------------------------- API
     async def heartbeat(self, replica_id: str, beat: Heartbeat) -> int:
         """Take a replica's heartbeat; returns the number of its prefix-hash set held here."""
+        if replica_id not in self.registry.replicas and self.scaler is not None and beat.address:
+            await self._adopt(replica_id)   # a replica a scale-up added, heard from after a coordinator restart
         held = self.registry.heartbeat(replica_id, beat, time.monotonic())
         if self.scaler is not None:
             self.scaler.observe(replica_id, beat, time.monotonic())

@@ -1,9 +1,16 @@
 """The coordinator's autoscaling: carrying out its replica pool's decisions.
 
-Mixed into ``Coordinator`` (it uses the coordinator's registry, actors and launch): each
-monitor tick ``_autoscale`` asks the pool's ``PoolScaler`` for a decision, records it as an
-event with its reason, tells Ray's autoscaler the chips the pool now needs, then starts new
-replicas or drains the least loaded ones away.
+Mixed into ``Coordinator`` (it uses the coordinator's registry, actors and launch). The pool
+starts at its initial count; at each monitor tick ``_autoscale`` asks its ``PoolScaler`` for a
+decision from the replicas' heartbeats and the requests the routers hold for want of a
+replica, and records it as an event with its reason (``scaled_up`` / ``scaled_down``). A
+scale-up adds replicas (new ids, never reused) started like any other, from the
+converted-weight cache, each one's ``ColdStart`` recorded (event ``cold_start``); a scale-down
+drains the least loaded replicas away (``drain_replica`` without restart: no stream is cut).
+With resources (``tt_chips``) on the group it tells Ray's autoscaler the chips the pool needs
+now (``request_resources``), so Ray adds a node of a type that has them and lets it go after
+its idle timeout once the pool shrinks. After a coordinator restart the pool's replicas are
+adopted from their heartbeats (``_adopt``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,18 @@ class AutoscalingMixin:
             task = loop.create_task(self._scale_away(rid))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
+
+    async def _adopt(self, rid: str) -> None:
+        """After a coordinator restart: take in pool replica ``rid`` (it heartbeats; it is found by name)."""
+        from ttdist.runtime.replica import NAMESPACE, replica_actor_name
+
+        try:
+            actor = await asyncio.to_thread(ray.get_actor, replica_actor_name(rid), namespace=NAMESPACE)
+        except ValueError:
+            return
+        if rid not in self.registry.replicas:
+            self._add_replica(0, recovering=True, rid=rid)
+            self._actors[rid] = actor
 
     async def _scale_away(self, rid: str) -> None:
         """Remove ``rid``: drained (its streams finish) when it serves, at once when it failed."""
