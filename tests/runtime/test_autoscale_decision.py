@@ -148,3 +148,23 @@ def test_config_from_a_spec_mapping():
     cfg = AutoscaleConfig.from_mapping({"min_replicas": 0, "max_replicas": 4, "target": {"ttft_p90_ms": 250},
                                         "upscale_delay_s": 10, "downscale_delay_s": 60})
     assert (cfg.signal, cfg.target, cfg.start_replicas) == ("ttft_p90_ms", 250, 0)
+
+
+def test_pool_scaler_records_decisions_and_drains_failed_then_least_loaded_newest_first():
+    from ttdist.runtime.autoscale.pool import PoolScaler
+
+    records = []
+    for i, (state, running) in enumerate([("ready", 3), ("ready", 0), ("ready", 0), ("failed", 0), ("starting", 0)]):
+        r = ReplicaRecord(f"replica-{i}", 0, "1x1", "sim")
+        r.state, r.stats = state, replace(BEAT, running=running, waiting=0) if state == "ready" else None
+        records.append(r)
+    assert PoolScaler.victims(records, 3) == ["replica-3", "replica-2", "replica-1"]
+    scaler = PoolScaler(replace(CFG, max_replicas=8, downscale_delay_s=0))
+    d = scaler.tick(records, 0, 0.0, 1000.0)
+    assert d is None and scaler.status().replicas == 5   # a starting replica holds the shrink
+    records[4].state = "ready"
+    d = scaler.tick(records, 0, 1.0, 1001.0)
+    status = scaler.status()
+    assert (d.previous, d.replicas) == (5, 1) and (status.scale_ups_total, status.scale_downs_total) == (0, 1)
+    assert [(x.time, x.previous, x.replicas) for x in status.decisions] == [(1001.0, 5, 1)]
+    assert status.to_proto().decisions[0].reason == d.reason

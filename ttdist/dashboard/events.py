@@ -31,6 +31,7 @@ class EventKind(StrEnum):
     SCALED_UP = "scaled_up"                           # the autoscaler added replicas (the message says why)
     SCALED_DOWN = "scaled_down"                       # the autoscaler drains replicas away (the message says why)
     COLD_START = "cold_start"                         # a replica it added serves: where the time went
+    RESOURCE_REQUEST_FAILED = "resource_request_failed"   # Ray's autoscaler could not be asked for chips
 
 
 @dataclass

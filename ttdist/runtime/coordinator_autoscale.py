@@ -31,7 +31,8 @@ class AutoscalingMixin:
     async def _autoscale(self) -> None:
         """Decide from the replicas' heartbeats and the requests waiting for a replica; carry it out."""
         waiting = sum(r.waiting_for_replica for r in self._reports.values())
-        decision = self.scaler.tick(self.registry, waiting, time.monotonic(), time.time())
+        decision = self.scaler.tick(self.registry.replicas.values(), waiting, time.monotonic(), time.time(),
+                                    self.registry.may_serve)
         if decision is None:
             return
         self.registry.event(EventKind.SCALED_UP if decision.up else EventKind.SCALED_DOWN, "", decision.reason)
@@ -41,7 +42,7 @@ class AutoscalingMixin:
             for _ in range(decision.replicas - decision.previous):
                 loop.create_task(self._launch(self._add_replica(0), decided=decided))
             return
-        for rid in self.scaler.victims(self.registry, decision.previous - decision.replicas):
+        for rid in self.scaler.victims(list(self.registry.replicas.values()), decision.previous - decision.replicas):
             task = loop.create_task(self._scale_away(rid))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
@@ -80,7 +81,8 @@ class AutoscalingMixin:
         try:
             await asyncio.to_thread(request_resources, bundles=[resources] * decision.replicas)
         except Exception as err:  # noqa: BLE001 - a hint only: pending replicas still ask by themselves
-            self.registry.event(EventKind.SCALED_UP, "", f"asking Ray for resources failed: {one_line(err)}")
+            self.registry.event(EventKind.RESOURCE_REQUEST_FAILED, "", f"asking Ray for {resources} x "
+                                f"{decision.replicas} failed: {one_line(err)}")
 
     async def autoscale_status(self):
         """The pool's ``PoolStatus`` (its decisions and the cold starts of the replicas it added), or None."""

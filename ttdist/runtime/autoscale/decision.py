@@ -27,7 +27,7 @@ Every decision carries its reason in words (the event the coordinator records).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ttdist.runtime.autoscale.config import SLO_SIGNALS, AutoscaleConfig
 
@@ -138,6 +138,3 @@ class Autoscaler:
     def step(self, load: PoolLoad, now: float) -> Decision | None:
         decision, self.state = decide(self.config, load, self.state, now)
         return decision
-
-    def reset(self) -> None:
-        self.state = replace(self.state, above_since=None, below_since=None)

@@ -1,7 +1,7 @@
 """One replica pool's autoscaling as the coordinator runs it (plain Python, clock passed in).
 
 ``PoolScaler`` takes the pool's heartbeats (``observe``) and, at each monitor tick, the
-registry and the requests the routers hold for want of a replica (``tick``); it returns the
+pool's registry records (one pool per model: its own records only) and the requests the routers hold for want of a replica (``tick``); it returns the
 ``Decision`` to carry out, if any, keeps the last decisions and cold starts, and says which
 replicas to drain on a scale-down (``victims``: the least loaded, the newest first on a tie,
 never one still starting). ``status`` is what the routing table, ``ttdist status`` and the
@@ -11,6 +11,7 @@ dashboard show of the pool.
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable, Iterable
 
 from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.runtime.autoscale.cold_start import ColdStart
@@ -18,7 +19,7 @@ from ttdist.runtime.autoscale.config import SLO_SIGNALS, AutoscaleConfig
 from ttdist.runtime.autoscale.decision import Autoscaler, Decision, PoolLoad
 from ttdist.runtime.autoscale.signals import LatencyWindow, pool_load
 from ttdist.runtime.autoscale.status import PoolStatus, ScaleRecord
-from ttdist.runtime.registry import Heartbeat, Registry
+from ttdist.runtime.registry import Heartbeat, ReplicaRecord
 
 KEPT = 20   # decisions and cold starts kept for status
 
@@ -37,9 +38,10 @@ class PoolScaler:
         if self.latency is not None:
             self.latency.add(replica_id, beat, now)
 
-    def tick(self, registry: Registry, waiting_for_replica: int, now: float, wall: float) -> Decision | None:
-        self.last_load = pool_load(self.config, registry.replicas.values(), waiting_for_replica, self.latency,
-                                   registry.may_serve)
+    def tick(self, records: Iterable[ReplicaRecord], waiting_for_replica: int, now: float, wall: float,
+             may_serve: Callable[[ReplicaRecord], bool] = lambda r: True) -> Decision | None:
+        """The decision at ``now`` (``wall``: unix seconds, for its record) from the pool's ``records``."""
+        self.last_load = pool_load(self.config, records, waiting_for_replica, self.latency, may_serve)
         decision = self.autoscaler.step(self.last_load, now)
         if decision is not None:
             self.decisions.append(ScaleRecord(wall, decision.previous, decision.replicas, decision.reason))
@@ -50,7 +52,7 @@ class PoolScaler:
         return decision
 
     @staticmethod
-    def victims(registry: Registry, count: int) -> list[str]:
+    def victims(records: Iterable[ReplicaRecord], count: int) -> list[str]:
         """The ``count`` replicas to drain away: failed ones first, then the least loaded ready ones
         (the newest first on a tie: the oldest keep their warm prefix caches)."""
         def load(r) -> tuple:
@@ -59,7 +61,7 @@ class PoolScaler:
             s = r.stats
             return (1, (s.running + s.waiting) if s else 0, -_number(r.replica_id))
 
-        candidates = [r for r in registry.replicas.values()
+        candidates = [r for r in records
                       if r.state in (ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.FAILED)]
         return [r.replica_id for r in sorted(candidates, key=load)[:count]]
 
