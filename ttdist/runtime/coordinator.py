@@ -77,6 +77,7 @@ class Coordinator(AutoscalingMixin):
         self.scaler = PoolScaler(config.autoscale) if config.autoscale is not None else None
         self._next_replica = 0           # replica ids are never reused: replica-0, replica-1, ...
         self._draining: set[asyncio.Task] = set()   # scale-down drains in flight
+        self._removed: set[str] = set()             # replicas drained away: never adopted again
         self._recovered = asyncio.Event()
         self._recovery: asyncio.Task | None = None
         # after a restart the pool's replicas re-register from their heartbeats before it decides anything
@@ -296,8 +297,8 @@ class Coordinator(AutoscalingMixin):
     # ---------------------------------------------------------------- API
     async def heartbeat(self, replica_id: str, beat: Heartbeat) -> int:
         """Take a replica's heartbeat; returns the number of its prefix-hash set held here."""
-        if replica_id not in self.registry.replicas and self.scaler is not None and beat.address:
-            await self._adopt(replica_id)   # a replica a scale-up added, heard from after a coordinator restart
+        if replica_id not in self.registry.replicas and self.scaler and self._recovery and replica_id not in self._removed:
+            await self._adopt(replica_id, beat)   # the pool's replica, heard from after a coordinator restart
         held = self.registry.heartbeat(replica_id, beat, time.monotonic())
         if self.scaler is not None:
             self.scaler.observe(replica_id, beat, time.monotonic())
@@ -375,6 +376,7 @@ class Coordinator(AutoscalingMixin):
         return moved
 
     def _forget(self, replica_id: str) -> None:
+        self._removed.add(replica_id)
         del self.registry.replicas[replica_id]
         self._setups.pop(replica_id, None)
 

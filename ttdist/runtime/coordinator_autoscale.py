@@ -47,10 +47,13 @@ class AutoscalingMixin:
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
 
-    async def _adopt(self, rid: str) -> None:
-        """After a coordinator restart: take in pool replica ``rid`` (it heartbeats; it is found by name)."""
+    async def _adopt(self, rid: str, beat) -> None:
+        """After a coordinator restart: take in pool replica ``rid`` (it heartbeats; it is found by name).
+        Never in a coordinator that was not restarted: a replica it drained away may heartbeat once more."""
         from ttdist.runtime.replica import NAMESPACE, replica_actor_name
 
+        if not beat.address:   # not serving yet: it re-registers from a later heartbeat
+            return
         try:
             actor = await asyncio.to_thread(ray.get_actor, replica_actor_name(rid), namespace=NAMESPACE)
         except ValueError:
