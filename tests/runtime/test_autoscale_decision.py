@@ -168,3 +168,27 @@ def test_pool_scaler_records_decisions_and_drains_failed_then_least_loaded_newes
     assert (d.previous, d.replicas) == (5, 1) and (status.scale_ups_total, status.scale_downs_total) == (0, 1)
     assert [(x.time, x.previous, x.replicas) for x in status.decisions] == [(1001.0, 5, 1)]
     assert status.to_proto().decisions[0].reason == d.reason
+
+
+def test_cold_start_phases_add_up_from_the_decision():
+    from ttdist.model.kv_budget import LoadTimes
+    from ttdist.runtime.autoscale.cold_start import Placed, cold_start
+
+    took = cold_start("replica-3", decided=100.0, placed=Placed("n", process_started=101.5, constructed=103.0),
+                      start_s=6.0, load=LoadTimes(weight_load_s=2.0, kv_sizing_s=0.5), serving=110.0,
+                      weights_via="cache")
+    assert (took.placement_s, took.process_start_s, took.weight_load_s, took.kv_sizing_s, took.engine_start_s,
+            took.registration_s) == (1.5, 1.5, 2.0, 0.5, 3.5, 1.0)
+    assert took.total_s == 10.0 and took.describe().startswith("serving 10.00 s after the decision: placement 1.50 s")
+    # a worker process Ray had started before the decision: placed at once, its start counted from the decision
+    early = cold_start("r", 100.0, Placed("n", 90.0, 100.5), 1.0, None, 102.0)
+    assert (early.placement_s, early.process_start_s, early.engine_start_s, early.registration_s) == (0.0, 0.5, 1.0, 0.5)
+
+
+def test_a_process_start_time_is_before_now():
+    import os
+    import time
+
+    from ttdist.runtime.autoscale.cold_start import process_start_time
+
+    assert 0 < process_start_time(os.getpid()) <= time.time()
