@@ -55,6 +55,11 @@ SPEC_ERRORS = [
     ("model: smollm2\nmodels: [{name: a}]", "model is set per model under models:"),
     ("health: 5", "health must be a mapping"),
     ("address: 12", "address must be a string"),
+    ("autoscale: {min_replicas: 3, max_replicas: 2}", "autoscale.min_replicas (3) must be <= max_replicas (2)"),
+    ("autoscale: {target: {gpu_use: 0.5}}", "autoscale.target: unknown signal 'gpu_use'; one of ongoing_requests"),
+    ("autoscale: {max_replica: 2}", "autoscale: unknown setting 'max_replica'"),
+    ("autoscale: 4", "autoscale must be a mapping of settings"),
+    ("autoscale: {}\nreplicas: [{}, {mesh: 1x2}]", "autoscale scales one replica pool: give one replica group, not 2"),
     ("- just\n- a list", "the spec must be a mapping of settings"),
     ("replicas: [", "not valid YAML at line 2, column 1: expected the node content"),
 ]
