@@ -102,12 +102,13 @@ def test_min_replicas_zero_a_request_waits_while_a_replica_starts(tiny_checkpoin
     with running_cluster(config(tiny_checkpoint, tmp_path, scale)) as deployment:
         channel, stub = stub_for(deployment.address)
         status = stub.GetClusterStatus(pb.ClusterStatusRequest())
-        assert list(status.replicas) == [] and status.autoscale.min_replicas == 0
+        assert list(status.replicas) == [] and status.autoscale[0].min_replicas == 0 and status.autoscale[0].model == status.model
         prompt = [31, 41, 59, 26, 53]
         ids, complete = run(stub, greedy(prompt, 16), timeout=300)   # waits (within its deadline) for a replica
         assert ids == reference_greedy(tiny_checkpoint, prompt, 16) and complete.replica_id == "replica-0"
         up = events(deployment, "scaled_up")
         assert len(up) == 1 and "1 request(s) waiting for a replica" in up[0].message and up[0].message.endswith("0 -> 1 now")
+        assert up[0].model == status.model   # a scale event names the model whose pool it is
 
         wait_for(lambda: deployment.snapshot().replicas == [], 120, "the idle pool back to no replica")
         status = ClusterStatus.from_proto(stub.GetClusterStatus(pb.ClusterStatusRequest()))
