@@ -60,6 +60,10 @@ SPEC_ERRORS = [
     ("autoscale: {max_replica: 2}", "autoscale: unknown setting 'max_replica'"),
     ("autoscale: 4", "autoscale must be a mapping of settings"),
     ("autoscale: {}\nreplicas: [{}, {mesh: 1x2}]", "autoscale scales one replica pool: give one replica group, not 2"),
+    ("models: [{name: a}, {name: b, autoscale: {min_replicas: 3, max_replicas: 2}}]",
+     "models[1].autoscale.min_replicas (3) must be <= max_replicas (2)"),
+    ("models: [{name: a, autoscale: {target: {gpu_use: 1}}}]", "models[0].autoscale.target: unknown signal 'gpu_use'"),
+    ("models: [{name: a}]\nautoscale: {}", "autoscale is set per model under models:"),
     ("- just\n- a list", "the spec must be a mapping of settings"),
     ("replicas: [", "not valid YAML at line 2, column 1: expected the node content"),
 ]
