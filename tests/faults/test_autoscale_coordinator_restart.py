@@ -1,5 +1,6 @@
 """A restarted coordinator adopts an autoscaled pool's replicas from their heartbeats: the same
-processes, no scaling decision in between, and new replicas get ids never used before."""
+processes, no scaling decision in between, and new replicas get ids never used before; with two
+models, the autoscaled one's replicas go back to its pool and the fixed one's keep their ids."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests.support.cluster import SCRIPTED, Streams, actor_pid, running_cluster
 from tests.support.generation import stub_for
 from tests.support.waiting import wait_for
 from ttdist.runtime.autoscale.config import AutoscaleConfig
-from ttdist.runtime.config import ClusterConfig, HealthConfig, ReplicaGroup
+from ttdist.runtime.config import ClusterConfig, HealthConfig, ModelConfig, ReplicaGroup
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +56,23 @@ def test_a_restarted_coordinator_adopts_the_pool_and_keeps_scaling():
         wait_for(lambda: "replica-2" in pool(deployment), 60, "a third replica, with a new id")
         streams.assert_exact()
         channel.close()
+
+
+def test_a_restarted_coordinator_gives_each_model_its_own_replicas_back():
+    scale = AutoscaleConfig(min_replicas=1, max_replicas=3, initial_replicas=2, target=50, upscale_delay_s=600,
+                            downscale_delay_s=600)
+    config = ClusterConfig(
+        engine="scripted", scripted=SCRIPTED, port=0, dashboard_port=None,
+        health=HealthConfig(heartbeat_s=0.25, unhealthy_after_s=2.0),
+        models=(ModelConfig(name="auto", autoscale=scale), ModelConfig(name="fixed")),
+    )
+    want = {"replica-0": "auto", "replica-1": "auto", "replica-2": "fixed"}
+    with running_cluster(config) as deployment:
+        before = wait_for(lambda: (p := pool(deployment)) and len(p) == 3 and all(r.state == "ready" for r in p.values())
+                          and p, 120, "the 3 replicas ready")
+        assert {r: v.model for r, v in before.items()} == want
+        old = actor_pid(deployment.coordinator)
+        os.kill(old, signal.SIGKILL)
+        after = wait_for(lambda: (p := pool(deployment)) and len(p) == 3 and all(r.state == "ready" for r in p.values())
+                         and p, 120, "every replica back")
+        assert {r: (v.model, v.pid) for r, v in after.items()} == {r: (want[r], v.pid) for r, v in before.items()}

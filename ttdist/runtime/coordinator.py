@@ -135,8 +135,9 @@ class Coordinator(AutoscalingMixin):
             autoscale = served.config.autoscale
             for gi, group in enumerate(served.config.groups):
                 count = autoscale.start_replicas if autoscale is not None else group.count
-                if autoscale is not None and recovering:
-                    count = 0   # an autoscaled pool's replicas are adopted from their heartbeats (``heartbeat``)
+                if autoscale is not None and recovering:   # adopted from their heartbeats (``heartbeat``);
+                    self._next_replica += count            # the next models' ids stay those they started with
+                    continue
                 for k in range(count):
                     self._add_replica(name, gi, tuple(group.devices[k]) if group.devices else (), recovering)
 
