@@ -128,3 +128,29 @@ async def test_two_models_have_their_own_series():
     assert ("ttdist:num_requests_running", (("model_name", "alpha"), ("replica", "replica-1"))) not in samples
     assert value(samples, "ttdist:cluster_events_total", model_name="beta", kind="replica_failed") == 1
     assert value(samples, "ttdist:cluster_events_total", model_name="", kind="weights_ready") == 2
+
+
+async def test_each_autoscaled_model_has_its_own_autoscale_series():
+    from tests.support.dashboard_snapshots import make_replica
+    from ttdist.dashboard.status import AutoscaleSnapshot, ClusterSnapshot, EventCount, LatencySummary, ModelSnapshot
+
+    def snapshot():
+        none = LatencySummary(0.0, 0.0, 0)
+        return ClusterSnapshot(
+            time=0.0, model="alpha", policy="round_robin", events=[], ttft_seconds=none, inter_token_seconds=none,
+            replicas=[make_replica("replica-0", 1, 1, model="alpha"), make_replica("replica-1", 1, 1, model="beta"),
+                      make_replica("replica-2", 1, 1, model="gamma")],
+            models=[ModelSnapshot("alpha", autoscale=AutoscaleSnapshot(1, 4, "ongoing_requests", 2.0, 3, 2, 1)),
+                    ModelSnapshot("beta", autoscale=AutoscaleSnapshot(0, 2, "queue_depth", 4.0, 1, 1, 0)),
+                    ModelSnapshot("gamma")],
+            event_counts=[EventCount("alpha", "scaled_up", 2), EventCount("beta", "scaled_up", 1)],
+        )
+
+    _, samples = await scrape(snapshot)
+    assert value(samples, "ttdist:autoscale_replicas", model_name="alpha") == 3
+    assert value(samples, "ttdist:autoscale_max_replicas", model_name="beta") == 2
+    assert value(samples, "ttdist:scale_events_total", model_name="alpha", direction="up") == 2
+    assert value(samples, "ttdist:scale_events_total", model_name="alpha", direction="down") == 1
+    assert value(samples, "ttdist:scale_events_total", model_name="beta", direction="up") == 1
+    assert value(samples, "ttdist:cluster_events_total", model_name="beta", kind="scaled_up") == 1
+    assert not any(labels == (("model_name", "gamma"),) for name, labels in samples if "autoscale" in name)

@@ -93,13 +93,15 @@ def test_page_says_when_the_dashboard_is_gone(dashboard, page, page_errors):
 def test_several_models_get_a_row_each_and_their_replicas_say_which(browser, page):
     from tests.support.dashboard_snapshots import FakeCluster, make_replica
     from ttdist.dashboard.server import DashboardConfig, DashboardServer
-    from ttdist.dashboard.status import ModelSnapshot
+    from ttdist.dashboard.status import AutoscaleSnapshot, ModelSnapshot
 
     source = FakeCluster(
         [make_replica("replica-0", 1, 2, model="alpha", running=2, tokens_per_second=40.0),
          make_replica("replica-1", 1, 1, model="beta", running=1, waiting=3, tokens_per_second=10.0),
          make_replica("replica-2", 1, 1, model="beta", state="failed", address="127.0.0.1:50102")],
-        models=[ModelSnapshot("alpha", policy="cache_aware"), ModelSnapshot("beta", policy="round_robin")],
+        models=[ModelSnapshot("alpha", policy="cache_aware",
+                              autoscale=AutoscaleSnapshot(1, 4, "ongoing_requests", 24, 1, 2, 1)),
+                ModelSnapshot("beta", policy="round_robin")],
     )
     server = DashboardServer(DashboardConfig(port=0, sample_interval_s=0.1), source)
     server.start_in_thread()
@@ -112,6 +114,9 @@ def test_several_models_get_a_row_each_and_their_replicas_say_which(browser, pag
         expect(page.locator('#models-body tr[data-model="beta"] td').nth(2)).to_have_text("1 / 2")
         expect(page.locator('#models-body tr[data-model="beta"] td').nth(4)).to_have_text("3")
         expect(page.locator('#models-body tr[data-model="alpha"] td').nth(5)).to_have_text("40.0")
+        expect(page.locator('#models-body tr[data-model="alpha"] td.autoscale')).to_have_text(
+            "1 in 1..4, ongoing_requests 24 · 2 up, 1 down")
+        expect(page.locator('#models-body tr[data-model="beta"] td.autoscale')).to_have_text("fixed")
         expect(replica_card(page, "replica-1").locator(".where")).to_contain_text("beta · 1x1 sim")
         expect(page.locator("#models-section")).to_be_visible()
     finally:

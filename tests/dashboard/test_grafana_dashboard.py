@@ -10,15 +10,27 @@ import aiohttp
 import pytest
 
 from tests.support.grafana import GRAFANA_DASHBOARD, check_queries, dashboard_queries, exported_labels
+from tests.support.dashboard_snapshots import galaxy_and_t3k
 from ttdist.dashboard.server import DashboardConfig, DashboardServer
+from ttdist.dashboard.status import AutoscaleSnapshot, ModelSnapshot
 
 # what the issue asks the dashboard to show, by the metric that shows it
 WANTED = {
     "tokens/s": "ttdist:generation_tokens_total", "TTFT": "ttdist:time_to_first_token_seconds_bucket",
     "ITL": "ttdist:inter_token_latency_seconds_bucket", "queue": "ttdist:num_requests_waiting",
     "KV use": "ttdist:kv_cache_usage_perc", "replicas": "ttdist:num_replicas",
-    "scale events": "ttdist:cluster_events_total",
+    "scale events": "ttdist:cluster_events_total", "scale decisions": "ttdist:scale_events_total",
+    "autoscaled pool": "ttdist:autoscale_replicas",
 }
+
+
+@pytest.fixture
+def fake_cluster():
+    """The galaxy-and-t3k cluster with its one model autoscaled (so the autoscale series exist)."""
+    cluster = galaxy_and_t3k()
+    cluster.models = [ModelSnapshot("tiny-llama", policy="least_load",
+                                    autoscale=AutoscaleSnapshot(1, 4, "ongoing_requests", 24.0, 2, 1, 0))]
+    return cluster
 
 
 async def metrics_text(source) -> str:

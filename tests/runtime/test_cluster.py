@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cluster import running_cluster
 from tests.support.generation import greedy, run, stub_for
+from tests.support.model_checks import reference_greedy
 from tests.support.waiting import wait_for
 
 from ttdist.runtime.auth import cluster_metadata
@@ -54,17 +55,6 @@ def wait_all_ready(stub, n=3, timeout=120):
         st = status(stub)
         return st if sum(r.state == "ready" for r in st.replicas) == n else None
     return wait_for(all_ready, timeout, lambda: f"{n} replicas ready: {status(stub)}", every=0.2)
-
-
-def reference_greedy(checkpoint, prompt, n):
-    import torch
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)
-    return out[0, len(prompt):].tolist()
 
 
 def test_status_shows_replicas_meshes_and_kv_budget(cluster):

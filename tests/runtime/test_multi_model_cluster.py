@@ -29,6 +29,7 @@ from tests.support.waiting import wait_for
 from ttdist.cli.status import format_table
 from ttdist.client import Client
 from ttdist.runtime.api_config import ApiConfig
+from ttdist.runtime.autoscale.config import AutoscaleConfig
 from ttdist.runtime.config import ClusterConfig, ModelConfig, ReplicaGroup
 from ttdist.v1 import generation_pb2 as pb
 
@@ -38,6 +39,8 @@ PROMPTS = [[200 + 11 * i + j for j in range(4 + i)] for i in range(4)]
 MAX_TOKENS = 6
 TEMPLATE = "{% for m in messages %}<<{{ m.role }}>> {{ m.content }}\n{% endfor %}<<assistant>>"
 POOLS = {"alpha": {"replica-0"}, "beta": {"replica-1", "replica-2"}}
+# alpha's pool is autoscaled, beta's a fixed count; a target no test load reaches keeps alpha at one replica
+ALPHA_AUTOSCALE = AutoscaleConfig(min_replicas=1, max_replicas=2, target=1000, upscale_delay_s=600)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def served(checkpoints, tmp_path_factory):
     config = ClusterConfig(
         models=(
             ModelConfig(name="alpha", model=str(checkpoints["alpha"]), groups=(ReplicaGroup(count=1, mesh="1x2"),),
-                        policy="cache_aware"),
+                        policy="cache_aware", autoscale=ALPHA_AUTOSCALE),
             ModelConfig(name="beta", model=str(checkpoints["beta"]), groups=(ReplicaGroup(count=2, mesh="1x1"),),
                         chat_template=str(template)),
         ),
@@ -153,8 +156,11 @@ def test_models_listed_on_every_surface(served):
     assert {r.replica_id: r.model for r in status.replicas} == {"replica-0": "alpha", "replica-1": "beta",
                                                                "replica-2": "beta"}
     assert {r.model: r.mesh for r in status.replicas} == {"alpha": "1x2", "beta": "1x1"}
+    assert [(a.model, a.max_replicas, a.replicas) for a in status.autoscale] == [("alpha", 2, 1)]
+    assert status.autoscale_of("beta") is None
     table = format_table(status)
     assert "alpha: 1 replica(s)" in table and "beta: 2 replica(s)" in table
+    assert "autoscale alpha: 1 replicas (min 1, max 2), target ongoing_requests 1000; 0 up, 0 down" in table
     header = next(line for line in table.splitlines() if line.startswith("REPLICA"))
     assert header.split()[:3] == ["REPLICA", "MODEL", "STATE"]
     assert [line.split()[1] for line in table.splitlines() if line.startswith("replica-")] == ["alpha", "beta", "beta"]
@@ -166,6 +172,7 @@ def test_models_listed_on_every_surface(served):
     with urllib.request.urlopen(f"{deployment.dashboard_url}/api/status", timeout=10) as resp:
         body = json.load(resp)
     assert {m["name"]: m["summary"]["replicas_total"] for m in body["models"]} == {"alpha": 1, "beta": 2}
+    assert [(m["name"], (m["autoscale"] or {}).get("max_replicas")) for m in body["models"]] == [("alpha", 2), ("beta", None)]
     assert [r["model"] for r in body["replicas"]] == ["alpha", "beta", "beta"]
     schema = json.loads((resources.files("ttdist.dashboard") / "static" / "status.schema.json").read_text())
     jsonschema.validate(body, schema)
@@ -222,6 +229,8 @@ def test_every_metric_carries_its_models_name(served):
             assert s.labels["replica"] in POOLS[s.labels["model_name"]], s
     replicas = {s.labels["model_name"]: s.value for s in samples if s.name == "ttdist:num_replicas"}
     assert replicas == {"alpha": 1, "beta": 2}
+    scale = {(s.labels["model_name"], s.labels["direction"]) for s in samples if s.name == "ttdist:scale_events_total"}
+    assert scale == {("alpha", "up"), ("alpha", "down")}   # only the autoscaled model has them
     # the Grafana dashboard reads only what this live cluster exports, labels included
     check_queries(dashboard_queries(), exported_labels(text()))
     events = {(s.labels["model_name"], s.labels["kind"]) for s in samples if s.name == "ttdist:cluster_events_total"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_entries_carry_the_user_groups_to_the_proto():
     assert ReplicaStatus.from_proto(msg).kv_pages_free_per_group == (120, 128, 128, 90)
 
 
-@pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy", "multi-model"])
+@pytest.mark.parametrize("name", ["local", "n300", "t3k", "tg", "tg-4x2x4", "tg-1x8x4", "multi-galaxy", "multi-model",
+                                  "tg-autoscale"])
 def test_shipped_specs_load(name):
     spec = load_spec(ROOT / "cluster" / f"{name}.yaml")
     assert spec.config.num_replicas >= 1
@@ -99,7 +101,7 @@ def test_multi_model_spec():
     config = load_spec(ROOT / "cluster" / "multi-model.yaml").config
     assert [(m.served_name, m.policy, m.num_replicas) for m in config.served] == [
         ("llama-8b", "cache_aware", 2), ("llama-70b", "least_load", 1)]
-    assert config.served[1].groups[0].mesh == "tg" and config.served[1].autoscale["max_replicas"] == 4
+    assert config.served[1].groups[0].mesh == "tg" and config.served[1].autoscale.max_replicas == 4
     assert config.num_replicas == 3
 
 
@@ -116,6 +118,54 @@ def test_an_unknown_policy_of_a_model_is_named_before_ray_starts():
     config = parse_spec({"engine": "scripted", "models": [{"name": "a"}, {"name": "b", "policy": "fastest"}]}).config
     with pytest.raises(UnknownPolicyError, match=r"models\[1\].policy: unknown policy 'fastest'"):
         deploy(config)
+
+
+def test_autoscale_spec():
+    config = load_spec(ROOT / "cluster" / "tg-autoscale.yaml").config
+    a = config.autoscale
+    assert (a.min_replicas, a.max_replicas, a.signal, a.target) == (1, 4, "ongoing_requests", 24)
+    assert (a.upscale_delay_s, a.downscale_delay_s, config.num_replicas) == (10, 60, 1)
+    assert config.served[0].autoscale is a   # the one-model form's pool is its one model's
+
+
+def test_each_model_has_its_own_autoscale_config():
+    config = parse_spec({"engine": "scripted", "models": [
+        {"name": "a", "autoscale": {"min_replicas": 0, "max_replicas": 3, "target": {"queue_depth": 4}}},
+        {"name": "b", "replicas": [{"count": 2}]},
+        {"name": "c", "autoscale": {"max_replicas": 2, "initial_replicas": 2}}]}).config
+    a, b, c = (m.autoscale for m in config.served)
+    assert (a.min_replicas, a.max_replicas, a.signal, a.target) == (0, 3, "queue_depth", 4)
+    assert b is None and (c.signal, c.start_replicas) == ("ongoing_requests", 2)
+    assert config.num_replicas == 0 + 2 + 2
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"autoscale": {"min_replicas": 3, "max_replicas": 2}}, "spec: autoscale.min_replicas (3) must be <= max_replicas (2)"),
+    ({"autoscale": {"target": {"tokens": 3}}}, "spec: autoscale.target: unknown signal 'tokens'"),
+    ({"autoscale": {}, "replicas": [{}, {}]}, "spec: autoscale scales one replica pool: give one replica group, not 2"),
+    ({"models": [{"name": "a"}, {"name": "b", "autoscale": {"max_replicas": 0}}]},
+     "spec: models[1].autoscale.max_replicas must be >= 1, got 0"),
+    ({"models": [{"name": "a", "autoscale": {"target": {"tokens": 3}}}]}, "spec: models[0].autoscale.target: unknown signal"),
+    ({"models": [{"name": "a", "autoscale": {}, "replicas": [{}, {}]}]},
+     "spec: models[0].autoscale scales one replica pool: give one replica group, not 2"),
+    ({"models": [{"name": "a"}], "autoscale": {}}, "spec: autoscale is set per model under models:"),
+])
+def test_autoscale_spec_errors_name_the_field(raw, message):
+    with pytest.raises(ClusterConfigError, match="^" + re.escape(message)):
+        parse_spec(raw)
+
+
+def test_ray_cluster_file_passes_rays_own_schema_with_a_tt_chips_node_type():
+    import json
+
+    import jsonschema
+    import ray
+    import yaml
+
+    config = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    jsonschema.validate(config, json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text()))
+    worker = config["available_node_types"]["tt_galaxy"]
+    assert worker["resources"]["tt_chips"] == 32 and worker["min_workers"] == 0 and worker["max_workers"] >= 1
 
 
 def test_galaxy_partition_spec():

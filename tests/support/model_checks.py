@@ -45,3 +45,15 @@ def tiny_random_weights(spec, dtype, seed: int = 0, scale: float = 0.05):
     hf = {k: ((1 + 0.1 * rng.standard_normal(s)) if "norm" in k else rng.standard_normal(s) * scale).astype(np.float32)
           for k, s in expected_shapes(config).items()}
     return prepare(config, hf, spec, dtype)
+
+
+def reference_greedy(checkpoint, prompt, n):
+    """Greedy ``n`` tokens after ``prompt`` from transformers' own Llama on ``checkpoint`` (EOS ignored)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    return out[0, len(prompt):].tolist()

@@ -23,7 +23,8 @@ POLL_S = 0.5
 CALL_TIMEOUT_S = 10.0
 SHOWN = {   # event kind -> how the console line names it
     "replica_failed": "failed", "replica_cannot_start": "cannot start", "replica_crash_loop": "crash loop",
-    "replica_restarted": "restarted",
+    "replica_restarted": "restarted", "scaled_up": "scaled up", "scaled_down": "scaled down",
+    "cold_start": "cold start",
 }
 
 
@@ -62,4 +63,5 @@ class ClusterConsole:
     def _show(self, events) -> None:
         for event in events:
             if event.kind in SHOWN:
-                print(f"ttdist: {event.replica_id} {SHOWN[event.kind]}: {event.message}", file=self.out, flush=True)
+                who = f"{event.replica_id} " if event.replica_id else ""
+                print(f"ttdist: {who}{SHOWN[event.kind]}: {event.message}", file=self.out, flush=True)

@@ -61,6 +61,17 @@ def _aligned(row: tuple[str, ...], widths: list[int]) -> str:
     return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
 
+def _autoscale(a, several: bool) -> list[str]:
+    """A model's pool: its bounds and signal (``several`` models: named), then its last scaling
+    decisions with their reasons."""
+    label = f"autoscale {a.model}" if several else "autoscale"
+    lines = [f"{label}: {a.replicas} replicas (min {a.min_replicas}, max {a.max_replicas}), target "
+             f"{a.signal} {a.target:g}; {a.scale_ups_total} up, {a.scale_downs_total} down"]
+    for d in a.decisions[-5:]:
+        lines.append(f"  {time.strftime('%H:%M:%S', time.localtime(d.time))} {d.previous} -> {d.replicas}: {d.reason}")
+    return lines
+
+
 def format_table(status) -> str:
     """The status as aligned text: a header line, then one row per replica (and below a replica
     whose KV pages are split into user groups, each group's free pages)."""
@@ -74,6 +85,8 @@ def format_table(status) -> str:
             lines.append(f"  {m.id}: {len(pool)} replica(s) ({up} ready), max context {m.max_context}")
     if status.generation_defaults:   # what a request that leaves these fields out gets
         lines.append("generation defaults: " + " ".join(f"{k}={v:g}" for k, v in status.generation_defaults.items()))
+    for a in status.autoscale:   # one per autoscaled model
+        lines += _autoscale(a, len(status.models) > 1)
     if not status.replicas:
         return "\n".join(lines + ["no replicas registered yet"])
     several = len(status.models) > 1   # a MODEL column after REPLICA

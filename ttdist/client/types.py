@@ -330,19 +330,55 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True)
+class ScaleDecision:
+    time: float        # unix seconds
+    previous: int      # replicas before
+    replicas: int      # replicas after
+    reason: str
+
+
+@dataclass(frozen=True)
+class AutoscaleStatus:
+    """One model's autoscaled replica pool: its bounds and signal, its size now, its last decisions."""
+
+    min_replicas: int
+    max_replicas: int
+    signal: str
+    target: float
+    replicas: int
+    scale_ups_total: int = 0
+    scale_downs_total: int = 0
+    decisions: tuple[ScaleDecision, ...] = ()
+    model: str = ""                    # the served model whose pool it is
+
+    @classmethod
+    def from_proto(cls, msg: pb.AutoscaleStatus) -> AutoscaleStatus:
+        values = {f.name: getattr(msg, f.name) for f in fields(cls)}
+        values["decisions"] = tuple(ScaleDecision(d.time, d.previous, d.replicas, d.reason) for d in msg.decisions)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     model: str
     policy: str
     replicas: tuple[ReplicaStatus, ...] = field(default_factory=tuple)
     generation_defaults: dict = field(default_factory=dict)   # the model's sampling defaults
     models: tuple[ModelInfo, ...] = field(default_factory=tuple)   # every served model (``model``: the first)
+    autoscale: tuple[AutoscaleStatus, ...] = ()               # one per autoscaled model (none: fixed counts)
 
     @classmethod
     def from_proto(cls, msg: pb.ClusterStatus) -> ClusterStatus:
         return cls(model=msg.model, policy=msg.policy,
                    replicas=tuple(ReplicaStatus.from_proto(r) for r in msg.replicas),
                    generation_defaults=generation_defaults(msg.generation_defaults),
-                   models=tuple(ModelInfo.from_proto(m) for m in msg.models))
+                   models=tuple(ModelInfo.from_proto(m) for m in msg.models),
+                   autoscale=tuple(AutoscaleStatus.from_proto(a) for a in msg.autoscale))
+
+    def autoscale_of(self, model: str = "") -> AutoscaleStatus | None:
+        """``model``'s autoscaled pool ("" = the default, first model's); None with a fixed count."""
+        name = model or self.model
+        return next((a for a in self.autoscale if a.model == name), None)
 
     def to_json(self) -> dict:
         return asdict(self)

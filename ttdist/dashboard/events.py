@@ -1,7 +1,7 @@
 """What happened in the cluster, as the coordinator and the routers record it and the page shows it.
 
 The coordinator's registry appends an ``Event`` at every replica state change and for its own
-steps (weights, restarts); each router reports its own (migrations) with its routing-table
+steps (weights, restarts, scaling decisions with their reasons); each router reports its own (migrations) with its routing-table
 requests. The dashboard shows the last ones.
 """
 
@@ -28,6 +28,10 @@ class EventKind(StrEnum):
     COORDINATOR_RESTARTED = "coordinator_restarted"
     REQUEST_MIGRATED = "request_migrated"
     ROUTER_REFRESH_FAILED = "router_refresh_failed"
+    SCALED_UP = "scaled_up"                           # the autoscaler added replicas (the message says why)
+    SCALED_DOWN = "scaled_down"                       # the autoscaler drains replicas away (the message says why)
+    COLD_START = "cold_start"                         # a replica it added serves: where the time went
+    RESOURCE_REQUEST_FAILED = "resource_request_failed"   # Ray's autoscaler could not be asked for chips
 
 
 @dataclass
@@ -36,3 +40,4 @@ class Event:
     kind: str                       # an EventKind (a kind this version does not know stays a plain string)
     replica_id: str
     message: str
+    model: str = ""                 # the served model it is about, where no replica says (scaling decisions)

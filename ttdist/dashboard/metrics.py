@@ -77,6 +77,7 @@ class SnapshotCollector:
         if snapshot is None:
             return
         yield from self._cluster(snapshot)
+        yield from self._autoscale(snapshot)
         yield from self._replicas(snapshot)
         yield from self._histograms(snapshot)
         yield from self._chips(snapshot)
@@ -100,6 +101,28 @@ class SnapshotCollector:
             for model, summary in summaries.items():
                 family.add_metric([model], value(summary))
             yield family
+
+    def _autoscale(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
+        """Each autoscaled model's pool size, bounds and decisions (no series for a fixed count)."""
+        pools = [(m.name, m.autoscale) for m in snapshot.models if m.autoscale is not None]
+        if not pools:
+            return
+        for name, doc, value in (
+            ("ttdist:autoscale_replicas", "Replicas in the model's autoscaled pool (ready, starting or restarting).",
+             lambda a: a.replicas),
+            ("ttdist:autoscale_min_replicas", "The autoscaled pool's min_replicas.", lambda a: a.min_replicas),
+            ("ttdist:autoscale_max_replicas", "The autoscaled pool's max_replicas.", lambda a: a.max_replicas),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            for model, a in pools:
+                family.add_metric([model], value(a))
+            yield family
+        events = CounterMetricFamily("ttdist:scale_events", "Scaling decisions of each model's autoscaler, by direction.",
+                                     labels=["model_name", "direction"])
+        for model, a in pools:
+            events.add_metric([model, "up"], a.scale_ups_total)
+            events.add_metric([model, "down"], a.scale_downs_total)
+        yield events
 
     def _replicas(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
         state = GaugeMetricFamily(

@@ -145,6 +145,19 @@ class LatencySummary:
 
 
 @dataclass
+class AutoscaleSnapshot:
+    """A model's autoscaled replica pool: its bounds, its signal, its size now and its decisions so far."""
+
+    min_replicas: int
+    max_replicas: int
+    signal: str
+    target: float
+    replicas: int
+    scale_ups_total: int = 0
+    scale_downs_total: int = 0
+
+
+@dataclass
 class EventCount:
     """How many events of ``kind`` the cluster has had for ``model`` ("" for cluster-wide ones such
     as weight conversion), since the coordinator started."""
@@ -156,7 +169,8 @@ class EventCount:
 
 @dataclass
 class ModelSnapshot:
-    """One served model: its name, checkpoint, routing policy and its routers' latency window."""
+    """One served model: its name, checkpoint, routing policy, its routers' latency window and its
+    autoscaled pool."""
 
     name: str
     model: str = ""                 # its checkpoint
@@ -164,6 +178,7 @@ class ModelSnapshot:
     max_context: int = 0
     ttft_seconds: LatencySummary = field(default_factory=lambda: LatencySummary(0.0, 0.0, 0))
     inter_token_seconds: LatencySummary = field(default_factory=lambda: LatencySummary(0.0, 0.0, 0))
+    autoscale: AutoscaleSnapshot | None = None   # its pool follows its load (None: a fixed count)
 
 
 @dataclass
@@ -225,6 +240,8 @@ def _model(data: dict) -> ModelSnapshot:
     for key in ("ttft_seconds", "inter_token_seconds"):
         if key in m:
             m[key] = LatencySummary(**_known(LatencySummary, m[key]))
+    if m.get("autoscale"):
+        m["autoscale"] = AutoscaleSnapshot(**_known(AutoscaleSnapshot, m["autoscale"]))
     return ModelSnapshot(**m)
 
 

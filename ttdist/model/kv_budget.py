@@ -18,6 +18,7 @@ chips the budget is allocated as is.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -84,6 +85,25 @@ def fit_kv_cache(be, make_layer_cache: Callable[[int], object], layers: int, *,
     return KvFit(budget, pages, pages < budget, page, reserve, before, user_groups)
 
 
+class Stopwatch:
+    """Seconds since it was made (``elapsed``)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass(frozen=True)
+class LoadTimes:
+    """Where a model's build went, seconds: reading and placing its weights, then sizing and
+    allocating its KV cache (the rest of the build: the rope table, group tables)."""
+
+    weight_load_s: float = 0.0
+    kv_sizing_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class ReplicaMemory:
     """What a replica reports of its KV cache and chip DRAM, from its backend's own ledger once
@@ -93,6 +113,7 @@ class ReplicaMemory:
     kv_pages_capped_by_host: bool
     dram: ChipDram
     kv_user_groups: int = 1  # groups of chips each holding its own users' pages
+    load: LoadTimes | None = None   # how long placing the weights and sizing the cache took
 
 
 def replica_memory(runner) -> ReplicaMemory | None:
@@ -102,4 +123,5 @@ def replica_memory(runner) -> ReplicaMemory | None:
         return None
     pages = runner.info.num_pages
     groups = getattr(runner.info, "user_groups", 1)
-    return ReplicaMemory(fit.total_budget if fit else pages, bool(fit and fit.capped_by_host), dram(), groups)
+    load = getattr(runner, "load_times", None)
+    return ReplicaMemory(fit.total_budget if fit else pages, bool(fit and fit.capped_by_host), dram(), groups, load)

@@ -30,7 +30,7 @@ from ttdist.mesh.backend import MeshError, SamplingBatch
 from ttdist.mesh.placement import REPLICATED
 from ttdist.mesh.precision import DType
 from ttdist.model import ccl
-from ttdist.model.kv_budget import fit_kv_cache
+from ttdist.model.kv_budget import Stopwatch, fit_kv_cache
 from ttdist.model.layout import TILE, Layout
 from ttdist.model.rope import RopeTable
 from ttdist.model.user_groups import GroupOps, GroupTable, SlotMap, UserGroupError, UserGroups, decode_rows
@@ -223,7 +223,7 @@ class LlamaModel:
         self.rope_sin = be.from_host(sin, REPLICATED, dtype=DType.float32, name="rope_table")
         self.group_ops = GroupOps(be, self.layout)
         self.group_ops.prepare(decode_rows(options.max_batch, self.layout.user_groups))
-        self.kv_fit = None
+        self.kv_fit, kv_sizing = None, Stopwatch()
         if cache.num_pages <= 0:  # as many pages as the backend's DRAM ledger has room for after the weights
             self.kv_fit = fit_kv_cache(be, lambda n: KVCache(be, self.layout, replace(cache, num_pages=n), 0),
                                        self.config.num_hidden_layers, reserve_fraction=cache.reserve_fraction,
@@ -236,6 +236,7 @@ class LlamaModel:
         self.table_width = min(-(-(self.max_positions + PREFILL_BUCKETS[-1]) // cache.page_size), cache.num_pages + 1)
         self.embedding = placed["embedding"]
         self.caches = [KVCache(be, self.layout, cache, i) for i in range(self.config.num_hidden_layers)]
+        self.kv_sizing_s = kv_sizing.elapsed()   # the fit and the cache's allocation (cold-start figures)
         self.layers = [
             Decoder(be, self.layout, placed[f"layers.{i}"], self.caches[i], self.group_ops) for i in range(self.config.num_hidden_layers)
         ]

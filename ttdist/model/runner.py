@@ -20,6 +20,7 @@ from ttdist.mesh.placement import REPLICATED, Shard, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, parse_mesh
 from ttdist.model.config import LlamaConfig
+from ttdist.model.kv_budget import LoadTimes, Stopwatch
 from ttdist.model.layout import Layout
 from ttdist.mesh.sampling import device_params
 from ttdist.model.llama import CacheConfig, LlamaModel, ModelOptions, StepInputs
@@ -149,7 +150,10 @@ class MeshModelRunner:
         options = ModelOptions(max_positions=context, lm_head_chunk=lm_head_chunk,
                                logits_dtype=DType.parse(logits_dtype) if logits_dtype else None, max_batch=max_batch)
         cache = CacheConfig((num_pages or 0) // groups, page_size, kv, max_pages=host_cap)
+        building = Stopwatch()
         self.model = LlamaModel(self.backend, weights, cache, options)
+        built = building.elapsed()   # placing the weights (read from the cache as they go), then the KV cache
+        self.load_times = LoadTimes(weight_load_s=built - self.model.kv_sizing_s, kv_sizing_s=self.model.kv_sizing_s)
         num_pages = self.model.groups.total_pages
         self.kv_fit = self.model.kv_fit
         self.trace_decode = self.backend.can_trace if trace_decode is None else bool(trace_decode)

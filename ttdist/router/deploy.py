@@ -111,6 +111,12 @@ class Deployment:
     def shutdown(self, drain_timeout_s: float = 0.0) -> None:
         if drain_timeout_s > 0:
             self.drain(drain_timeout_s)
+        replica_ids = [f"replica-{index}" for index in range(self.config.num_replicas)]
+        try:   # an autoscaled pool's replicas have ids of their own
+            records = ray.get(self.coordinator.replicas.remote(), timeout=STOP_TIMEOUT_S)
+            replica_ids = sorted({*replica_ids, *(r.replica_id for r in records)})
+        except Exception:  # noqa: BLE001 - the coordinator is gone: the launch's ids are all we know
+            pass
         for stopped in (*(r.stop.remote() for r in self.routers), self.coordinator.shutdown.remote()):
             try:
                 ray.get(stopped, timeout=STOP_TIMEOUT_S)
@@ -118,9 +124,9 @@ class Deployment:
                 pass
         for actor in (*self.routers, self.coordinator):
             ray.kill(actor, no_restart=True)
-        for index in range(self.config.num_replicas):   # detached: gone with the coordinator only if it stopped them
+        for replica_id in replica_ids:   # detached: gone with the coordinator only if it stopped them
             try:
-                ray.kill(ray.get_actor(replica_actor_name(f"replica-{index}"), namespace=NAMESPACE), no_restart=True)
+                ray.kill(ray.get_actor(replica_actor_name(replica_id), namespace=NAMESPACE), no_restart=True)
             except ValueError:
                 pass
         if self.started_ray:
@@ -196,7 +202,7 @@ def deploy(config: ClusterConfig, *, address: str | None = None, ready_timeout_s
         get_within(coordinator.start.remote(), ready_timeout_s, "the coordinator's start()")
         ready = get_within(coordinator.wait_ready.remote(config.num_replicas, ready_timeout_s),
                            ready_timeout_s + CALL_TIMEOUT_S, "the coordinator's wait_ready()")
-        if ready == 0:
+        if ready == 0 and config.num_replicas > 0:   # an autoscaled pool may start empty (min_replicas: 0)
             snap = get_within(coordinator.snapshot.remote(), CALL_TIMEOUT_S, "the coordinator's snapshot()")
             why = "; ".join(f"{e.replica_id}: {e.message}" for e in snap.events if e.kind == EventKind.REPLICA_FAILED)
             raise DeployError(f"no replica became ready ({why or 'no reason reported'})")

@@ -136,11 +136,12 @@ def as_models(router: Router | ModelRouters, chat: ChatPrompter | None = None) -
 
 def cluster_status_proto(routes: list[tuple[ModelRoute, RoutingTable]]) -> pb.ClusterStatus:
     """GetClusterStatus: every model's replicas; ``model``, ``policy`` and the generation defaults
-    of the default (first) model, ``models`` listing them all."""
+    of the default (first) model, ``models`` listing them all, ``autoscale`` each autoscaled pool."""
     first, table = routes[0]
     return pb.ClusterStatus(
         replicas=[replace(e, model=e.model or t.card.model_id).to_proto() for _, t in routes for e in t.replicas],
         model=table.card.model_id, policy=first.router.policy.name,
         generation_defaults=table.card.generation_defaults.to_proto(),
         models=[t.card.to_proto() for _, t in routes],
+        autoscale=[t.autoscale.to_proto(t.card.model_id) for _, t in routes if t.autoscale is not None],
     )

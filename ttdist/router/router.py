@@ -7,7 +7,8 @@ for the load-based policies). Per request it:
 
 1. checks the fields (``check_request``), tokenizes text so routing and migration work on ids;
 2. filters ready replicas, lets the policy pick one and opens a stream to it; when none can
-   take it, waits for one (to the request's deadline, else ``ready_wait_s``);
+   take it, waits for one (to the request's deadline, else ``ready_wait_s``), counted in its
+   reports as ``waiting_for_replica`` so an autoscaled pool with no replica starts one;
 3. forwards chunks (streaming) and builds the final ``Complete`` over all segments
    (``completion``);
 4. on a replica failure mid-stream (connection lost, UNAVAILABLE, INTERNAL, or the coordinator
@@ -99,6 +100,7 @@ class Router:
         self._times = TokenTimes(LatencyWindow(config.latency_window), LatencyWindow(config.latency_window))
         self._events: list[Event] = []
         self._requests_total = self._migrations_total = 0
+        self._waiting_for_replica = 0   # requests held now because no replica could take them
         self._task: asyncio.Task | None = None
         self._draining = False
 
@@ -135,7 +137,8 @@ class Router:
         table = await self.source.table(report)
         self._events = self._events[len(report.events):]
         self._apply(table)
-        serving = not self._draining and any(v.state == ReplicaState.READY for v in self.views())
+        ready = any(v.state == ReplicaState.READY for v in self.views())
+        serving = not self._draining and (ready or table.starts_on_demand)
         changed, self._serving = serving != self._serving, serving
         if changed and self.on_serving is not None:
             await self.on_serving(serving)
@@ -176,6 +179,7 @@ class Router:
             policy=self.policy.name, ttft_seconds=self._times.ttft.summary(),
             inter_token_seconds=self._times.itl.summary(), requests_total=self._requests_total,
             migrations_total=self._migrations_total, router_id=self.config.router_id, model=self.config.model,
+            waiting_for_replica=self._waiting_for_replica,
         )
 
     async def abort(self, request_id: str) -> bool:
@@ -336,9 +340,16 @@ class Router:
 
         until = deadline if deadline is not None else time.monotonic() + self.config.ready_wait_s
         try:
+            return pick()
+        except NoReplicaError:
+            pass
+        self._waiting_for_replica += 1   # reported to the coordinator: an autoscaled pool starts a replica for it
+        try:
             return await wait_for_replica(pick, until, self.config.refresh_s)
         except NoReplicaError as err:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "", str(err)) from None
+        finally:
+            self._waiting_for_replica -= 1
 
     def _died_with(self, entry: ReplicaEntry, end: SegmentEnd) -> int:
         """How many streams ``end``'s failure took at once. This router sees only its own streams on

@@ -3,11 +3,13 @@
 Top-level keys are ``ClusterConfig`` fields (``model``, ``policy``, ``port``, ...), plus
 ``address`` (the Ray cluster to join) and ``replicas``: a list of groups with ``count``,
 ``mesh``, ``backend``, ``resources`` and optional ``devices`` (one device-id list per
-replica) and ``emulate`` (``backend: ttnn`` on emulated chips). An unknown key is an error that names it.
+replica) and ``emulate`` (``backend: ttnn`` on emulated chips), and ``autoscale`` (one group
+whose count follows the load: ``AutoscaleConfig``). An unknown key is an error that names it.
 
 Several models: ``models:`` lists them, each with ``name`` (what requests give in ``model``),
-``model`` (its checkpoint), ``dtype``, ``policy``, ``chat_template``, ``autoscale`` and its own
-``replicas`` groups; the top-level ``model``, ``dtype``, ``policy`` and ``replicas`` are then
+``model`` (its checkpoint), ``dtype``, ``policy``, ``chat_template``, ``autoscale`` (its own
+pool follows its load; errors name ``models[i].autoscale.<field>``) and its own ``replicas``
+groups; the top-level ``model``, ``dtype``, ``policy``, ``autoscale`` and ``replicas`` are then
 not given (the cluster-wide settings such as ports, health and page size stay at the top).
 """
 
@@ -20,14 +22,15 @@ from pathlib import Path
 import yaml
 
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError, read_key_file
+from ttdist.runtime.autoscale.config import AutoscaleConfig, AutoscaleConfigError
 from ttdist.runtime.config import ClusterConfig, ClusterConfigError, HealthConfig, ModelConfig, ReplicaGroup
 from ttdist.tracing.config import TracingConfig
 
 _SCALARS = {
     f.name for f in fields(ClusterConfig)
-} - {"groups", "scripted", "health", "api", "cluster_token", "models", "tracing"}
+} - {"groups", "scripted", "health", "api", "cluster_token", "models", "tracing", "autoscale"}
 _MODEL_KEYS = ({f.name for f in fields(ModelConfig)} - {"groups"}) | {"replicas"}
-_PER_MODEL = ("model", "dtype", "policy", "replicas")   # top-level keys that ``models:`` replaces
+_PER_MODEL = ("model", "dtype", "policy", "replicas", "autoscale")   # top-level keys that ``models:`` replaces
 _GROUP_KEYS = {f.name for f in fields(ReplicaGroup)}
 _HEALTH_KEYS = {f.name for f in fields(HealthConfig)}
 _TRACING_KEYS = {f.name for f in fields(TracingConfig)}
@@ -65,9 +68,11 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     health_raw = raw.pop("health", {}) or {}
     api = _api(raw.pop("api", {}) or {}, where)
     tracing_raw = _settings(raw.pop("tracing", {}) or {}, _TRACING_KEYS, where, "tracing", "tracing ")
+    autoscale = _autoscale(raw.pop("autoscale", None), where)
     unknown = sorted(set(raw) - _SCALARS)
     if unknown:
-        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(_SCALARS | {'address', 'replicas', 'health', 'api', 'models', 'tracing'}))}")
+        known = _SCALARS | {'address', 'replicas', 'health', 'api', 'models', 'tracing', 'autoscale'}
+        raise ClusterConfigError(f"{where}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
     groups = _groups(groups_raw, f"{where}: replicas")
     health_raw = _settings(health_raw, _HEALTH_KEYS, where, "health", "health ")
     if address is not None and not isinstance(address, str):
@@ -76,7 +81,7 @@ def parse_spec(raw: dict, where: str = "spec") -> ClusterSpec:
     check_types(HealthConfig, health_raw, where, "health.")
     check_types(TracingConfig, tracing_raw, where, "tracing.")
     config = ClusterConfig(groups=groups, health=HealthConfig(**health_raw), api=api, models=models,
-                           tracing=TracingConfig(**tracing_raw), **raw)
+                           tracing=TracingConfig(**tracing_raw), autoscale=autoscale, **raw)
     try:
         config.check()
     except ClusterConfigError as err:
@@ -162,9 +167,20 @@ def _models(raw, where: str, top: dict) -> tuple[ModelConfig, ...]:
         if not entry.get("name") or not isinstance(entry["name"], str):
             raise ClusterConfigError(f"{where}: {at}.name is required: the name requests give in their model field")
         groups = _groups(entry.pop("replicas", [{}]), f"{where}: {at}.replicas")
+        autoscale = _autoscale(entry.pop("autoscale", None), where, f"{at}.autoscale")
         check_types(ModelConfig, entry, where, f"{at}.")
-        out.append(ModelConfig(groups=groups, **entry))
+        out.append(ModelConfig(groups=groups, autoscale=autoscale, **entry))
     return tuple(out)
+
+
+def _autoscale(raw, where: str, at: str = "autoscale") -> AutoscaleConfig | None:
+    """The ``autoscale:`` mapping (``target: {<signal>: <value>}``) found at ``at``, or None without one."""
+    if raw is None:
+        return None
+    try:
+        return AutoscaleConfig.from_mapping(raw, at)
+    except AutoscaleConfigError as err:
+        raise ClusterConfigError(f"{where}: {err}") from None
 
 
 def _group(raw, where: str) -> ReplicaGroup:

@@ -23,6 +23,7 @@ from ttdist.engine.logprobs import LOGPROBS_MODES
 from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
 from ttdist.runtime.api_config import ApiConfig, ApiConfigError
+from ttdist.runtime.autoscale.config import AutoscaleConfig, AutoscaleConfigError
 from ttdist.runtime.scripted_engine import ScriptedEngineConfig
 from ttdist.tracing.config import TracingConfig, TracingConfigError
 
@@ -95,8 +96,8 @@ def _precision_of(dtype: str, backend: str) -> str:
 @dataclass(frozen=True)
 class ModelConfig:
     """One served model: the name requests give in ``model``, its checkpoint, precision, routing
-    policy, chat template and replica pool. ``autoscale`` is the model's ``autoscale:`` block as
-    the spec gives it (a mapping); the autoscaler reads it."""
+    policy, chat template and replica pool; ``autoscale``: the pool follows its load (one group,
+    its count from ``AutoscaleConfig``; None: each group's fixed count)."""
 
     name: str = ""                               # "" = the checkpoint's own name (folder name, or smollm2)
     model: str = "smollm2"                       # a checkpoint directory or "smollm2"
@@ -104,7 +105,7 @@ class ModelConfig:
     groups: tuple[ReplicaGroup, ...] = (ReplicaGroup(),)
     policy: str = "round_robin"
     chat_template: str | None = None             # a jinja file that replaces the checkpoint's chat template
-    autoscale: dict | None = None
+    autoscale: AutoscaleConfig | None = None
 
     @property
     def served_name(self) -> str:
@@ -115,6 +116,9 @@ class ModelConfig:
 
     @property
     def num_replicas(self) -> int:
+        """The replicas started at launch: every group's count, or the autoscaled pool's initial count."""
+        if self.autoscale is not None:
+            return self.autoscale.start_replicas
         return sum(g.count for g in self.groups)
 
     def check(self, where: str = "") -> None:
@@ -132,8 +136,19 @@ class ModelConfig:
             raise ClusterConfigError(f"{where}dtype: {err}, or auto ({auto})") from None
         if self.chat_template is not None and not Path(self.chat_template).is_file():
             raise ClusterConfigError(f"{where}chat_template: no such file {self.chat_template}")
-        if self.autoscale is not None and not isinstance(self.autoscale, dict):
-            raise ClusterConfigError(f"{where}autoscale must be a mapping of settings, got {self.autoscale!r}")
+        if self.autoscale is not None:
+            self._check_autoscale(where)
+
+    def _check_autoscale(self, where: str) -> None:
+        if len(self.groups) != 1:
+            raise ClusterConfigError(f"{where}autoscale scales one replica pool: give one replica group, not {len(self.groups)}")
+        if self.groups[0].devices:
+            raise ClusterConfigError(f"{where}autoscale: {where}replicas[0].devices cannot list device ids for replicas "
+                                     f"yet to start; give resources (tt_chips) and let Ray place them")
+        try:
+            self.autoscale.check(f"{where}autoscale")
+        except AutoscaleConfigError as err:
+            raise ClusterConfigError(str(err)) from None
 
     def check_model(self, engine: str) -> None:
         """The checkpoint folder exists here (where the coordinator runs); checked at launch, not
@@ -218,6 +233,7 @@ class ClusterConfig:
     generation_config: str = "auto"              # auto: sampling defaults from the checkpoint's generation_config.json; vllm: none
     models: tuple[ModelConfig, ...] = ()         # several models; empty: the one model of the fields above
     tracing: TracingConfig = field(default_factory=TracingConfig)   # OTLP traces (off by default)
+    autoscale: AutoscaleConfig | None = None     # the one-model form's pool follows its load (with models: per model)
 
     @property
     def served(self) -> tuple[ModelConfig, ...]:
@@ -226,7 +242,7 @@ class ClusterConfig:
         if self.models:
             return self.models
         return (ModelConfig(model=self.model, dtype=self.dtype, groups=self.groups, policy=self.policy,
-                            chat_template=self.api.chat_template),)
+                            chat_template=self.api.chat_template, autoscale=self.autoscale),)
 
     def check(self) -> None:
         if self.models:
@@ -272,6 +288,8 @@ class ClusterConfig:
             self.tracing.check()
         except TracingConfigError as err:
             raise ClusterConfigError(str(err)) from None
+        if self.models and self.autoscale is not None:
+            raise ClusterConfigError("autoscale is set per model under models:, not at the top level")
 
     def check_model(self) -> None:
         """Every served checkpoint folder exists here (where the coordinator runs)."""
@@ -288,4 +306,5 @@ class ClusterConfig:
 
     @property
     def num_replicas(self) -> int:
+        """The replicas started at launch, every model's (an autoscaled pool: its initial count)."""
         return sum(m.num_replicas for m in self.served)

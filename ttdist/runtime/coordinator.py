@@ -27,6 +27,9 @@ table is handed out again once every replica has re-registered or failed. Meanwh
 routers keep serving from their last table. Restart counts and past events are not kept.
 ``drain_replica`` takes a replica out of routing, lets its streams finish (those still
 running at the timeout move to other replicas) and restarts or removes it.
+
+Autoscaling (a model's ``autoscale``): that model's pool follows its load, one ``PoolScaler``
+per autoscaled model (``coordinator_autoscale.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import ray
 
@@ -42,20 +44,22 @@ from ttdist.dashboard.events import EventKind
 from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.dashboard.status import ClusterSnapshot, EventCount
 from ttdist.mesh.spec import parse_mesh
+from ttdist.runtime.autoscale.cold_start import cold_start
+from ttdist.runtime.autoscale.pool import PoolScaler
+from ttdist.runtime.coordinator_autoscale import AutoscalingMixin
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
-from ttdist.runtime.generation_defaults import read_generation_defaults
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
 from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
-from ttdist.runtime.served_models import ServedModel, model_snapshot, replica_snapshot
+from ttdist.runtime.served_models import ServedModel, convert_weights, model_snapshot, replica_snapshot, resolve_card
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
 DRAIN_SETTLE_S = 1.0         # after marking a replica draining: time for the routers to see it
 
 
-class Coordinator:
+class Coordinator(AutoscalingMixin):
     def __init__(self, config: ClusterConfig) -> None:
         config.check()
         self.config = config
@@ -68,8 +72,15 @@ class Coordinator:
         self._monitor: asyncio.Task | None = None
         self._dashboard = None
         self._node_id = ray.get_runtime_context().get_node_id()
+        self.scalers: dict[str, PoolScaler] = {}   # per autoscaled model (by served name); set by _prepare
+        self._wanted: dict[str, int] = {}           # each autoscaled pool's size as last decided (Ray's request)
+        self._next_replica = 0           # replica ids are never reused: replica-0, replica-1, ...
+        self._draining: set[asyncio.Task] = set()   # scale-down drains in flight
+        self._removed: set[str] = set()             # replicas drained away: never adopted again
         self._recovered = asyncio.Event()
         self._recovery: asyncio.Task | None = None
+        # after a restart the pool's replicas re-register from their heartbeats before it decides anything
+        self._autoscale_from = time.monotonic() + config.health.unhealthy_after_s if restarted_by_ray() else 0.0
         if restarted_by_ray():
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
         else:
@@ -113,60 +124,36 @@ class Coordinator:
         cfg = self.config
         for model in cfg.served:
             served = ServedModel(model)
-            served.card = await asyncio.to_thread(self._resolve_model, served)
+            served.card = await asyncio.to_thread(resolve_card, served, cfg)
             self.models[served.card.model_id] = served
+            if model.autoscale is not None:
+                self.scalers[served.card.model_id] = PoolScaler(model.autoscale)
             if cfg.engine == "model":
                 for mesh in sorted({g.mesh for g in served.config.groups}):
-                    await self._convert(served, mesh)
-        n = 0
+                    await convert_weights(served, mesh, self.config.weights_cache, self.registry)
         for name, served in self.models.items():
+            autoscale = served.config.autoscale
             for gi, group in enumerate(served.config.groups):
-                for k in range(group.count):
-                    rid = f"replica-{n}"
-                    n += 1
-                    devices = group.devices[k] if group.devices else ()
-                    record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, tuple(devices),
-                                           model=name)
-                    record.kv_pages_budget = self._pages_budget(group.mesh)
-                    record.recovering = recovering
-                    self.registry.add(record, time.monotonic())
-                    self._setups[rid] = self._setup(record, group.mesh)
+                count = autoscale.start_replicas if autoscale is not None else group.count
+                if autoscale is not None and recovering:   # adopted from their heartbeats (``heartbeat``);
+                    self._next_replica += count            # the next models' ids stay those they started with
+                    continue
+                for k in range(count):
+                    self._add_replica(name, gi, tuple(group.devices[k]) if group.devices else (), recovering)
 
-    def _resolve_model(self, served: ServedModel) -> ModelCard:
-        """The model's card under its served name (a scripted engine's is ``scripted`` in the one-model form)."""
-        cfg, m = self.config, served.config
-        if cfg.engine == "scripted":
-            s = cfg.scripted
-            return ModelCard(m.name or "scripted", s.vocab_size, s.max_context, s.page_size)
-        from ttdist.model.config import LlamaConfig
-
-        if m.model == "smollm2":
-            from ttdist.model.smollm2 import materialize
-
-            path = materialize()
-        else:
-            path = Path(m.model).expanduser().resolve()
-        served.model_dir = str(path)
-        lc = LlamaConfig.from_dir(path)
-        max_context = min(cfg.max_context or lc.max_position_embeddings, lc.max_position_embeddings)
-        defaults = read_generation_defaults(path, cfg.generation_config)
-        return ModelCard(m.served_name, lc.vocab_size, max_context, cfg.page_size, generation_defaults=defaults)
-
-    async def _convert(self, served: ServedModel, mesh: str) -> None:
-        from ttdist.model.weights import convert_checkpoint
-
-        t0 = time.perf_counter()
-        dtype = served.config.convert_precision(mesh)
-        self.registry.event(EventKind.WEIGHTS_CONVERTING, "", f"{served.card.model_id} for mesh {mesh} ({dtype})")
-        path = await asyncio.to_thread(
-            convert_checkpoint, served.model_dir, mesh=mesh, dtype=dtype, cache_dir=self.config.weights_cache,
-            progress=True,
-        )
-        served.weights_path[mesh] = str(path)
-        self.registry.event(
-            EventKind.WEIGHTS_READY, "", f"{served.card.model_id} on mesh {mesh}: {path.name} in "
-            f"{time.perf_counter() - t0:.1f} s (each replica sizes its KV cache from its backend's DRAM ledger)"
-        )
+    def _add_replica(self, model: str, gi: int, devices: tuple[int, ...] = (), recovering: bool = False,
+                     rid: str = "") -> str:
+        """A new record (starting) and setup for a replica of ``model``'s group ``gi`` (a new id
+        unless ``rid`` names one to adopt); returns its id."""
+        group = self.models[model].config.groups[gi]
+        rid = rid or f"replica-{self._next_replica}"
+        self._next_replica = max(self._next_replica, int(rid.rpartition("-")[2]) + 1)
+        record = ReplicaRecord(rid, gi, parse_mesh(group.mesh).shape_str, group.label, devices, model=model)
+        record.kv_pages_budget = self._pages_budget(group.mesh)
+        record.recovering = recovering
+        self.registry.add(record, time.monotonic())
+        self._setups[rid] = self._setup(record, group.mesh)
+        return rid
 
     def _pages_budget(self, mesh: str) -> int:
         """Scripted engines: their pool. Model engines: 0 until the replica reports the pages its
@@ -207,7 +194,9 @@ class Coordinator:
             served.weights_ref[mesh] = await asyncio.to_thread(RemoteShards.put, served.weights_path[mesh])
         return WeightSource(remote=served.weights_ref[mesh], precision=precision), "object_store"
 
-    async def _launch(self, rid: str) -> None:
+    async def _launch(self, rid: str, decided: float | None = None) -> None:
+        """Start replica ``rid``'s actor; ``decided`` (unix seconds): when a scale-up asked for it,
+        to record its cold start."""
         setup = self._setups[rid]
         group = self._group(self.registry.replicas[rid])
         env = {"OMP_NUM_THREADS": str(self.config.cpu_threads)}
@@ -218,8 +207,8 @@ class Coordinator:
         try:
             actor = await self._create_replica_actor(rid, group, env)
             self._actors[rid] = actor
-            node_id = await asyncio.wait_for(actor.node_id.remote(), self.config.health.start_timeout_s)
-            weights = await self._weights_for(setup, node_id)
+            placed = await asyncio.wait_for(actor.placed.remote(), self.config.health.start_timeout_s)
+            weights = await self._weights_for(setup, placed.node_id)
             arg, via = weights if weights else (None, "")
             self.registry.replicas[rid].weights_via = via
             started = await asyncio.wait_for(actor.start.remote(arg), self.config.health.start_timeout_s)
@@ -232,6 +221,12 @@ class Coordinator:
             kv_pages_total=started.kv_pages_total,
         )
         self.registry.replicas[rid].memory = started.memory
+        scaler = self.scalers.get(self.registry.replicas[rid].model)
+        if decided is not None and scaler is not None:
+            load = started.memory.load if started.memory else None
+            took = cold_start(rid, decided, placed, started.start_s, load, time.time(), via)
+            scaler.cold_starts.append(took)
+            self.registry.event(EventKind.COLD_START, rid, took.describe())
 
     async def _create_replica_actor(self, rid: str, group, env: dict):
         """A named, detached replica actor (it outlives this coordinator); waits for a restarted
@@ -259,6 +254,9 @@ class Coordinator:
             self.registry.tick(time.monotonic())
             for rid in self.registry.due_restarts(time.monotonic()):
                 await self._restart(rid)
+            if self.scalers and self._recovered.is_set() and time.monotonic() >= self._autoscale_from:
+                for model in self.scalers:
+                    await self._autoscale(model)
 
     async def _probe(self, rid: str) -> None:
         try:
@@ -278,7 +276,12 @@ class Coordinator:
     # ---------------------------------------------------------------- API
     async def heartbeat(self, replica_id: str, beat: Heartbeat) -> int:
         """Take a replica's heartbeat; returns the number of its prefix-hash set held here."""
+        if replica_id not in self.registry.replicas and self.scalers and self._recovery and replica_id not in self._removed:
+            await self._adopt(replica_id, beat)   # the pool's replica, heard from after a coordinator restart
         held = self.registry.heartbeat(replica_id, beat, time.monotonic())
+        record = self.registry.replicas.get(replica_id)
+        if record is not None and record.model in self.scalers:
+            self.scalers[record.model].observe(replica_id, beat, time.monotonic())
         if beat.memory is not None and replica_id in self.registry.replicas:  # kept across coordinator restarts
             self.registry.replicas[replica_id].memory = beat.memory
         return held
@@ -291,7 +294,9 @@ class Coordinator:
             self._reports[(report.router_id, report.model or first)] = report
             self._report = combine_reports(list(self._reports.values()))
             self.registry.record(report.events)   # a ring: bounded however long it runs
-        return RoutingTable(self.models[model or first].card, self.registry.entries(model or first))
+        name = model or first
+        scaler = self.scalers.get(name)
+        return RoutingTable(self.models[name].card, self.registry.entries(name), scaler.status() if scaler else None)
 
     async def model_cards(self) -> list[ModelCard]:
         """Every served model's card, in spec order."""
@@ -357,8 +362,13 @@ class Coordinator:
             await self._restart(replica_id)
         else:
             ray.kill(self._actors.pop(replica_id), no_restart=True)
-            del self.registry.replicas[replica_id]
+            self._forget(replica_id)
         return moved
+
+    def _forget(self, replica_id: str) -> None:
+        self._removed.add(replica_id)
+        del self.registry.replicas[replica_id]
+        self._setups.pop(replica_id, None)
 
     async def snapshot(self) -> ClusterSnapshot:
         now = time.monotonic()
@@ -368,7 +378,8 @@ class Coordinator:
             time=time.time(), model=first, policy=self._report.policy or self.config.served[0].policy,
             replicas=replicas, events=list(self.registry.events[-100:]),
             ttft_seconds=self._report.ttft_seconds, inter_token_seconds=self._report.inter_token_seconds,
-            models=[model_snapshot(name, served, self._reports) for name, served in self.models.items()],
+            models=[model_snapshot(name, served, self._reports, self._autoscale_snapshot(name))
+                    for name, served in self.models.items()],
             event_counts=[EventCount(model, kind, n) for (model, kind), n in sorted(self.registry.event_counts.items())],
         )
 

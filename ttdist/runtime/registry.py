@@ -159,16 +159,17 @@ class Registry:
         record.state, record.since = ReplicaState.STARTING, now
         self.replicas[record.replica_id] = record
 
-    def event(self, kind: EventKind, replica_id: str, message: str) -> None:
-        self.record([Event(time.time(), kind, replica_id, message)])
+    def event(self, kind: EventKind, replica_id: str, message: str, model: str = "") -> None:
+        """Record one event; ``model`` names the served model of one with no replica (a scaling decision)."""
+        self.record([Event(time.time(), kind, replica_id, message, model)])
 
     def record(self, events: list[Event]) -> None:
         """Append ``events`` (this registry's or a router's) to the bounded ring, numbering them."""
         self.events.extend(events)
         self.logged += len(events)
-        for e in events:   # a replica's events count under its model; cluster-wide ones under ""
+        for e in events:   # a replica's events count under its model (or the one named); cluster-wide ones under ""
             record = self.replicas.get(e.replica_id)
-            key = (record.model if record is not None else "", str(e.kind))
+            key = (e.model or (record.model if record is not None else ""), str(e.kind))
             self.event_counts[key] = self.event_counts.get(key, 0) + 1
         del self.events[: -self.max_events]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -30,6 +31,7 @@ from ttdist.engine.process import EngineProcess
 from ttdist.engine.serving import ServingEngine
 from ttdist.engine.stats import EngineStats
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
+from ttdist.runtime.autoscale.cold_start import Placed, process_start_time
 from ttdist.runtime.config import backend_label
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
@@ -93,6 +95,7 @@ class StartedReplica:
     address: str
     kv_pages_total: int
     memory: ReplicaMemory | None = None   # KV budget and chip DRAM from the backend's ledger (model engines)
+    start_s: float = 0.0                  # how long ``start`` took (engine built and launched, server up)
 
 
 def build_core(setup: ReplicaSetup, weights):
@@ -179,12 +182,21 @@ class ReplicaActor:
         self._changed: asyncio.Event | None = None
         self.address = ""
         self._engine_ok = True
+        self._constructed = time.time()
         if setup.devices:
             # before anything can open the chips: this replica sees only its own
             os.environ["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def placed(self) -> Placed:
+        """Its node, and when its worker process started and the actor was constructed (cold-start timing)."""
+        return Placed(self.node_id(), process_start_time(), self._constructed)
+
+    def served_model(self) -> str:
+        """The served model whose pool this replica is in (a restarted coordinator adopts it there)."""
+        return self.setup.card.model_id
 
     def ping(self) -> int:
         return os.getpid()
@@ -193,6 +205,7 @@ class ReplicaActor:
         return os.environ.get(name)
 
     async def start(self, weights) -> StartedReplica:
+        started = time.perf_counter()
         self.engine = await asyncio.to_thread(self.engine_factory, self.setup, weights)
         await self.engine.launch()
         host = self.setup.host or ray.util.get_node_ip_address()
@@ -206,7 +219,8 @@ class ReplicaActor:
         self._beats = asyncio.get_running_loop().create_task(self._heartbeats())
         total = (await self.engine.read_stats()).total_pages
         self.memory = self.engine.memory()
-        return StartedReplica(os.getpid(), self.node_id(), self.address, total, self.memory)
+        return StartedReplica(os.getpid(), self.node_id(), self.address, total, self.memory,
+                              time.perf_counter() - started)
 
     async def _entry(self) -> ReplicaEntry:
         """This replica's registry entry now (its GetClusterStatus answer)."""

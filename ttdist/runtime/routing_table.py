@@ -13,6 +13,7 @@ from ttdist.dashboard.events import Event
 from ttdist.dashboard.replica_state import ReplicaState, state_label
 from ttdist.dashboard.status import LatencySummary
 from ttdist.mesh.accounting import ChipDram
+from ttdist.runtime.autoscale.status import PoolStatus
 from ttdist.runtime.request_checks import ModelCard
 from ttdist.v1 import generation_pb2 as pb
 
@@ -68,6 +69,12 @@ class RoutingTable:
 
     card: ModelCard
     replicas: tuple[ReplicaEntry, ...] = ()
+    autoscale: PoolStatus | None = None   # the model's pool follows its load (None: a fixed count)
+
+    @property
+    def starts_on_demand(self) -> bool:
+        """No replica may be ready, yet a request is served: one starts for it (``min_replicas: 0``)."""
+        return self.autoscale is not None and self.autoscale.starts_on_demand
 
     def entry(self, replica_id: str) -> ReplicaEntry | None:
         return next((r for r in self.replicas if r.replica_id == replica_id), None)
@@ -89,6 +96,7 @@ class RouterReport:
     migrations_total: int = 0
     router_id: str = ""       # which router (several may serve one port); the coordinator keeps one report each
     model: str = ""           # the served model it routes (a router runs one ``Router`` per model)
+    waiting_for_replica: int = 0   # that model's requests held now for want of a replica (its autoscaler reads it)
 
 def _combined_latency(summaries: list[LatencySummary]) -> LatencySummary:
     """Several routers' windows as one: p50 weighted by count (approximate), the worst p99."""
@@ -109,4 +117,5 @@ def combine_reports(reports: list[RouterReport]) -> RouterReport:
         inter_token_seconds=_combined_latency([r.inter_token_seconds for r in reports]),
         requests_total=sum(r.requests_total for r in reports),
         migrations_total=sum(r.migrations_total for r in reports),
+        waiting_for_replica=sum(r.waiting_for_replica for r in reports),
     )

@@ -330,15 +330,51 @@ class ReplicaStatus(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ..., kv_pages_capped_by_host: _Optional[bool] = ..., dram_total_bytes: _Optional[int] = ..., dram_weights_bytes: _Optional[int] = ..., dram_kv_bytes: _Optional[int] = ..., dram_other_bytes: _Optional[int] = ..., kv_user_groups: _Optional[int] = ..., kv_pages_free_per_group: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("replicas", "model", "policy", "generation_defaults", "models")
+    __slots__ = ("replicas", "model", "policy", "generation_defaults", "models", "autoscale")
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     GENERATION_DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_FIELD_NUMBER: _ClassVar[int]
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     model: str
     policy: str
     generation_defaults: GenerationDefaults
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., generation_defaults: _Optional[_Union[GenerationDefaults, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    autoscale: _containers.RepeatedCompositeFieldContainer[AutoscaleStatus]
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., generation_defaults: _Optional[_Union[GenerationDefaults, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., autoscale: _Optional[_Iterable[_Union[AutoscaleStatus, _Mapping]]] = ...) -> None: ...
+
+class ScaleDecision(_message.Message):
+    __slots__ = ("time", "previous", "replicas", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    previous: int
+    replicas: int
+    reason: str
+    def __init__(self, time: _Optional[float] = ..., previous: _Optional[int] = ..., replicas: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AutoscaleStatus(_message.Message):
+    __slots__ = ("min_replicas", "max_replicas", "signal", "target", "replicas", "scale_ups_total", "scale_downs_total", "decisions", "model")
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_UPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWNS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    min_replicas: int
+    max_replicas: int
+    signal: str
+    target: float
+    replicas: int
+    scale_ups_total: int
+    scale_downs_total: int
+    decisions: _containers.RepeatedCompositeFieldContainer[ScaleDecision]
+    model: str
+    def __init__(self, min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., signal: _Optional[str] = ..., target: _Optional[float] = ..., replicas: _Optional[int] = ..., scale_ups_total: _Optional[int] = ..., scale_downs_total: _Optional[int] = ..., decisions: _Optional[_Iterable[_Union[ScaleDecision, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...

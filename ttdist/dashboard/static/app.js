@@ -67,7 +67,14 @@ function renderModels(models) {
     el("td", {text: fmtNum(m.summary.tokens_per_second, 1)}),
     el("td", {text: m.summary.ttft_seconds.count ? fmtSeconds(m.summary.ttft_seconds.p50) : "-"}),
     el("td", {text: fmtPerc(m.summary.kv_cache_usage_perc)}),
+    el("td", {class: "autoscale", text: fmtAutoscale(m.autoscale)}),
   ])));
+}
+
+// A model's autoscaled pool: its size, bounds, signal target and decisions so far ("fixed": no autoscaling).
+function fmtAutoscale(a) {
+  if (!a) return "fixed";
+  return `${a.replicas} in ${a.min_replicas}..${a.max_replicas}, ${a.signal} ${a.target} · ${a.scale_ups_total} up, ${a.scale_downs_total} down`;
 }
 
 function buildReplicaCard(replica) {
@@ -171,7 +178,7 @@ function renderEvents(events) {
   const body = document.getElementById("events-body");
   body.replaceChildren(...events.map(e => el("tr", {"data-kind": e.kind}, [
     el("td", {text: fmtTime(e.time)}), el("td", {class: "kind", text: e.kind}),
-    el("td", {text: e.replica_id}), el("td", {text: e.message}),
+    el("td", {text: e.replica_id || e.model || ""}), el("td", {text: e.message}),
   ])));
   if (!events.length) body.appendChild(el("tr", {}, [el("td", {colspan: 4, class: "meta", text: "no events yet"})]));
 }

@@ -1,0 +1,140 @@
+"""The scaling decision of one replica pool: a plain function of its load and a clock.
+
+Algorithm (the pool's ``AutoscaleConfig``):
+
+1. ``wanted``: the replicas the load asks for. For the load signals (ongoing requests, queue
+   depth, KV-cache use) ``ceil(total / target)``: the pool's total over its ready replicas
+   (plus the requests a router holds because no replica could take them) divided by the
+   value one replica should carry (Ray Serve's and KEDA's rule). For the SLO signals
+   (``ttft_p90_ms``, ``itl_p90_ms``) one step at a time: one more replica while the windowed
+   p90 is above the target, one fewer while it is below ``SLO_DOWN_FRACTION`` of it (latency
+   is not linear in replicas), no change in between or without observations. Clamped to
+   ``[min_replicas, max_replicas]``.
+2. Hysteresis: the pool grows only once ``wanted`` has stayed above the current count for
+   ``upscale_delay_s``, to the smallest count wanted over that stretch; it shrinks only once
+   ``wanted`` has stayed below for ``downscale_delay_s``, to the largest count wanted over
+   that stretch. Any tick where ``wanted`` equals the count (or crosses to the other side)
+   starts the stretch again, so a load that wavers around a boundary changes nothing.
+3. An empty pool with a request waiting (or below ``min_replicas``) grows at once: a waiting
+   request is not a fluctuation.
+4. No shrinking while a replica of the pool is still starting (the stretch below starts once
+   it serves): draining a serving replica in favour of one not yet serving would leave the
+   load nowhere to go.
+
+Every decision carries its reason in words (the event the coordinator records).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ttdist.runtime.autoscale.config import SLO_SIGNALS, AutoscaleConfig
+
+SLO_DOWN_FRACTION = 0.5   # an SLO signal below this fraction of its target: one replica fewer
+
+
+@dataclass(frozen=True)
+class PoolLoad:
+    """A pool's load now, from its replicas' heartbeats and its routers' reports."""
+
+    replicas: int                    # in the pool: ready, starting or restarting (not draining away)
+    ready: int = 0                   # of which ready (the load below is theirs)
+    starting: int = 0                # of which starting
+    ongoing: int = 0                 # requests running or waiting on the ready replicas
+    queued: int = 0                  # of which waiting for a batch slot
+    kv_used: float = 0.0             # sum over ready replicas of their KV pages in use (fraction each)
+    waiting_for_replica: int = 0     # requests a router holds because no replica could take them
+    latency_p90_ms: float | None = None   # the SLO signal's windowed p90 (None: no observation in the window)
+
+    def total(self, signal: str) -> float:
+        if signal == "ongoing_requests":
+            return self.ongoing + self.waiting_for_replica
+        if signal == "queue_depth":
+            return self.queued + self.waiting_for_replica
+        if signal == "kv_cache_use":
+            return self.kv_used
+        raise ValueError(f"{signal} is not a load signal")
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int    # the pool's new count
+    previous: int
+    reason: str
+
+    @property
+    def up(self) -> bool:
+        return self.replicas > self.previous
+
+
+@dataclass(frozen=True)
+class ScaleState:
+    """The stretch ``wanted`` has stayed above (or below) the count: since when, and its bound."""
+
+    above_since: float | None = None
+    above_floor: int = 0          # the smallest count wanted since ``above_since``
+    below_since: float | None = None
+    below_ceiling: int = 0        # the largest count wanted since ``below_since``
+
+
+def wanted(config: AutoscaleConfig, load: PoolLoad) -> tuple[int, str]:
+    """The count the load asks for (clamped), and why in words."""
+    n, signal, target = load.replicas, config.signal, config.target
+    if signal in SLO_SIGNALS:
+        p90 = load.latency_p90_ms
+        if p90 is None:
+            raw, why = (n, "no latency observed") if load.ongoing + load.waiting_for_replica else (0, "idle")
+        elif p90 > target:
+            raw, why = n + 1, f"{signal} {p90:.1f} > target {target:g}"
+        elif p90 < target * SLO_DOWN_FRACTION:
+            raw, why = n - 1, f"{signal} {p90:.1f} < {SLO_DOWN_FRACTION:g} x target {target:g}"
+        else:
+            raw, why = n, f"{signal} {p90:.1f} within target {target:g}"
+        if load.waiting_for_replica and raw < 1:
+            raw, why = 1, f"{load.waiting_for_replica} request(s) waiting for a replica"
+    else:
+        total = load.total(signal)
+        raw = math.ceil(total / target - 1e-9)
+        per = f"{total / load.ready:.2f} per ready replica" if load.ready else "no ready replica"
+        why = f"{signal} {total:g} in all ({per}), target {target:g} per replica"
+        if load.waiting_for_replica:
+            why += f", {load.waiting_for_replica} request(s) waiting for a replica"
+    return max(config.min_replicas, min(config.max_replicas, raw)), why
+
+
+def decide(config: AutoscaleConfig, load: PoolLoad, state: ScaleState, now: float) -> tuple[Decision | None, ScaleState]:
+    """The pool's decision at ``now`` (None: keep the count) and the state for the next call."""
+    want, why = wanted(config, load)
+    n = load.replicas
+    if want > n and (n == 0 or n < config.min_replicas):
+        return Decision(want, n, f"{why}: {n} -> {want} now"), ScaleState()
+    if want > n:
+        since = now if state.above_since is None else state.above_since
+        floor = want if state.above_since is None else min(state.above_floor, want)
+        if now - since >= config.upscale_delay_s:
+            return Decision(floor, n, f"{why}: wanted >= {floor} for {now - since:.1f} s: {n} -> {floor}"), ScaleState()
+        return None, ScaleState(above_since=since, above_floor=floor)
+    if want < n and load.starting:
+        return None, ScaleState()
+    if want < n:
+        since = now if state.below_since is None else state.below_since
+        ceiling = want if state.below_since is None else max(state.below_ceiling, want)
+        if now - since >= config.downscale_delay_s:
+            return (Decision(ceiling, n, f"{why}: wanted <= {ceiling} for {now - since:.1f} s: {n} -> {ceiling}"),
+                    ScaleState())
+        return None, ScaleState(below_since=since, below_ceiling=ceiling)
+    return None, ScaleState()
+
+
+class Autoscaler:
+    """``decide`` with its state kept between calls (one per replica pool)."""
+
+    def __init__(self, config: AutoscaleConfig) -> None:
+        config.check()
+        self.config = config
+        self.state = ScaleState()
+
+    def step(self, load: PoolLoad, now: float) -> Decision | None:
+        decision, self.state = decide(self.config, load, self.state, now)
+        return decision
