@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from ttdist.engine.grammar.compiler import GrammarState
 from ttdist.engine.request import FinishReason, SamplingParams
@@ -50,6 +51,7 @@ class Sequence:
     prompt_logprobs: list = field(default_factory=list)   # TokenLogprob of prompt positions 1.. computed so far
     penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
     grammar: GrammarState | None = None     # where the output stands in its structured-output grammar
+    restore: Any = None                     # kv_tiers.PendingRestore: prefix pages being read back from a KV tier
 
     @property
     def recomputes_prefix(self) -> bool:
