@@ -49,7 +49,7 @@ def test_greedy_serving_with_a_tiny_device_cache_tier_on_equals_off_and_transfor
 
     def serve(tiers: KvTierConfig) -> tuple[dict[str, list[int]], EngineCore]:
         runner = MeshModelRunner.from_checkpoint(tiny_checkpoint, mesh="1x2", backend="sim", dtype="float32", page_size=PAGE,
-                                                 num_pages=6, max_batch=2)
+                                                 num_pages=4, max_batch=2)
         core = EngineCore(runner, None, EngineConfig(max_batch=2, prefill_chunk=PAGE, kv_tiers=tiers))
         outputs: dict[str, list[int]] = {}
         for turn in turns:
@@ -62,10 +62,10 @@ def test_greedy_serving_with_a_tiny_device_cache_tier_on_equals_off_and_transfor
         return outputs, core
 
     rng = random.Random(1)
-    chats = {c: [rng.randrange(3, 49152) for _ in range(PAGE + 7)] for c in "abcd"}
+    chats = {c: [rng.randrange(3, 49152) for _ in range(PAGE + 7)] for c in "abc"}
     turns = []
-    for t in range(3):                     # four conversations, interleaved: each evicts the others' pages
-        for c in "abcd":
+    for t in range(3):                     # three conversations, interleaved: each evicts the others' pages
+        for c in "abc":
             chats[c] = chats[c] + [rng.randrange(3, 49152) for _ in range(20)]
             turns.append((f"{c}{t}", list(chats[c])))
     on, core = serve(KvTierConfig(host_bytes=64 * 2**20, inline=True))
