@@ -130,6 +130,8 @@ class ReplicaSnapshot:
     requests_finished_total: int = 0
     kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: list[int] = field(default_factory=list)   # group g's free pages, by group id
+    # the engine's ``KvTierStats`` as JSON: {"enabled", "host": {...}, "node": {...}, "offloaded_pages", ...}; {}: not reported
+    kv_tiers: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -355,9 +355,8 @@ class EngineCore:
         return self.tiers.host_hashes() if self.tiers is not None else []
 
     def close(self) -> None:
-        """Stop the KV tiers' transfer thread (after its node-tier writes)."""
+        """Stop the KV tiers' transfer thread (after its node-tier writes); calling it again is harmless."""
         if self.tiers is not None:
-            self.tiers.flush()
             self.tiers.close()
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ttdist.engine.kv_tiers.config import KvTierConfig
+from ttdist.engine.kv_tiers.node_tier import DEFAULT_ROOT as DEFAULT_NODE_DIR
 from ttdist.engine.logprobs import LOGPROBS_MODES
 from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
@@ -141,6 +143,9 @@ class ClusterConfig:
     cluster_token: str = field(default="", repr=False)  # replicas accept only callers with it; deploy makes one
     logprobs_mode: str = "raw"                   # logprobs of generated tokens: raw, or processed (after temperature)
     generation_config: str = "auto"              # auto: sampling defaults from the checkpoint's generation_config.json; vllm: none
+    kv_host_bytes: str = "auto"                  # each replica's host-memory KV tier: bytes, 8GiB, 10%, auto (10 % of RAM), 0 = off
+    kv_node_bytes: str = "0"                     # the node KV tier the replicas of a host share (0 = off)
+    kv_node_dir: str = DEFAULT_NODE_DIR          # where the node tier keeps its files (memory: /dev/shm)
 
     def check(self) -> None:
         if not self.groups:
@@ -180,6 +185,11 @@ class ClusterConfig:
             raise ClusterConfigError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
         if self.generation_config not in ("auto", "vllm"):
             raise ClusterConfigError(f"generation_config must be auto or vllm, got {self.generation_config!r}")
+        for name in ("kv_host_bytes", "kv_node_bytes"):
+            try:
+                KvTierConfig.from_sizes(getattr(self, name))
+            except ValueError as err:
+                raise ClusterConfigError(f"{name}: {err}") from None
         if not self.ready_wait_s >= 0:
             raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import ray
@@ -181,6 +181,7 @@ class Coordinator:
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
             host=cfg.replica_host, dispatch_core=group.dispatch_core,
             cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s, logprobs_mode=cfg.logprobs_mode,
+            kv_host_bytes=cfg.kv_host_bytes, kv_node_bytes=cfg.kv_node_bytes, kv_node_dir=cfg.kv_node_dir,
         )
 
     async def _weights_for(self, setup: ReplicaSetup, node_id: str):
@@ -377,7 +378,8 @@ class Coordinator:
             last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
             requests_finished_total=s.requests_finished_total if s else 0,
             kv_user_groups=s.kv_user_groups if s else 1,
-            kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [], **histograms,
+            kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [], kv_tiers=asdict(s.kv_tiers) if s and s.kv_tiers else {},
+            **histograms,
         )
 
     async def _start_dashboard(self) -> None:

@@ -53,6 +53,13 @@ class KvTierConfig:
     restore_wait_s: float = 0.2
     inline: bool = False
 
+    @classmethod
+    def from_sizes(cls, host: str | int, node: str | int = 0, node_dir: str = DEFAULT_ROOT) -> "KvTierConfig":
+        """The tiers from sizes as users type them (``parse_size``), checked against this host's RAM."""
+        config = cls(host_bytes=parse_size(host), node_bytes=parse_size(node), node_dir=node_dir)
+        config.check()
+        return config
+
     @property
     def enabled(self) -> bool:
         return self.host_bytes > 0 or self.node_bytes > 0
@@ -60,10 +67,10 @@ class KvTierConfig:
     def check(self, ram: int | None = None) -> None:
         """Raise ``KvTierSizeError`` (one line) for a size below 0 or above the host's RAM."""
         ram = host_ram_bytes() if ram is None else ram
-        for name, size in (("kv-host-bytes", self.host_bytes), ("kv-node-bytes", self.node_bytes)):
+        for name, size in (("host", self.host_bytes), ("node", self.node_bytes)):
             if size < 0:
-                raise KvTierSizeError(f"--{name} must be >= 0, got {size}")
+                raise KvTierSizeError(f"the {name} KV tier's size must be >= 0 bytes, got {size}")
             if size > ram:
-                raise KvTierSizeError(f"--{name} {size:,} bytes is more than this host's RAM ({ram:,} bytes)")
+                raise KvTierSizeError(f"the {name} KV tier's {size:,} bytes are more than this host's RAM ({ram:,} bytes)")
         if self.restore_wait_s < 0:
             raise ValueError(f"KvTierConfig.restore_wait_s must be >= 0, got {self.restore_wait_s}")

@@ -200,6 +200,7 @@ class KvTiers:
         return self.host.lru_order()
 
     def close(self) -> None:
+        """Let the node-tier writes started finish (each is published whole or not at all), then stop."""
         self.executor.shutdown(wait=True)
 
     def _tokens(self, seq: Sequence, index: int) -> tuple[int, ...]:
