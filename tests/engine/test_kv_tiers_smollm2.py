@@ -15,6 +15,7 @@ PAGE = 32
 USER_TURNS = {
     "trip": ["Plan a short trip to Lisbon for two days.", "What should I eat there?"],
     "code": ["Explain what a hash table is in one paragraph.", "How are collisions handled?"],
+    "cook": ["How do I bake bread at home?", "How long should the dough rise?"],
 }
 NEW = 6
 
@@ -29,15 +30,16 @@ def test_smollm2_multi_turn_greedy_tier_on_equals_off_and_transformers():
 
     path = materialize()
     tokenizer = Tokenizer.from_dir(path)
-    system = tokenizer.encode("You are a helpful assistant who answers briefly and precisely, in plain English. " * 2)
+    def system(name: str) -> list[int]:
+        return tokenizer.encode(f"Chat {name}. You are a helpful assistant who answers briefly and precisely. " * 2)
 
     def serve(tiers: KvTierConfig):
         runner = MeshModelRunner.from_checkpoint(path, mesh="1x1", backend="sim", dtype="float32", page_size=PAGE,
-                                                 num_pages=6, max_batch=2)
+                                                 num_pages=3, max_batch=2)
         core = EngineCore(runner, None, EngineConfig(max_batch=2, prefill_chunk=2 * PAGE, kv_tiers=tiers))
-        history = {name: list(system) for name in USER_TURNS}
+        history = {name: system(name) for name in USER_TURNS}
         turns = []
-        for t in range(2):                       # the chats take turns: each evicts the other's pages
+        for t in range(2):                       # three chats take turns on 3 pages: each evicts the others' pages
             for name, texts in USER_TURNS.items():
                 prompt = history[name] + tokenizer.encode(" User: " + texts[t] + " Assistant:")
                 final = []
