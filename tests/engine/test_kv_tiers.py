@@ -164,6 +164,21 @@ def test_preempted_while_restoring_then_restored_on_readmission():
     assert_pool_empty(core)
 
 
+def test_host_memory_pressure_shrinks_the_tier_and_fails_no_request():
+    fake, core = make()
+    last_usage(core, "a", A)
+    last_usage(core, "b", B)
+    assert core.tiers.host.bytes_held == 3 * BLOCK_BYTES
+
+    def no_memory(page_ids):
+        raise MemoryError
+
+    fake.read_kv_pages = no_memory
+    done = last_usage(core, "c", C, max_tokens=2)        # evicts B's pages: reading them runs out of memory
+    assert done.output_ids == reference_output(fake, C, 2) and done.request_error is None
+    assert core.tiers.host.capacity_bytes == 3 * BLOCK_BYTES // 2 and core.tiers.host.bytes_held == BLOCK_BYTES   # half, the oldest out
+
+
 def test_a_restore_not_ready_in_time_falls_back_to_recompute():
     executor = ManualExecutor()
     fake, core = make(executor=executor, wait_s=0.0)

@@ -90,7 +90,11 @@ class KvTiers:
         if not todo:
             return
         start = time.perf_counter()
-        payloads = read([e.page_id for e in todo])
+        try:
+            payloads = read([e.page_id for e in todo])
+        except MemoryError:   # host memory pressure: the tier gives up half its bytes, no request fails
+            self.host.shrink(self.host.bytes_held // 2)
+            return
         self.totals.offload_s_total += time.perf_counter() - start
         self.totals.offloaded_pages += len(todo)
         blocks = [KvBlock.of(e.block_hash, e.token_ids, p) for e, p in zip(todo, payloads)]
