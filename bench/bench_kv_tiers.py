@@ -69,8 +69,9 @@ def run(path: Path, p: dict, page: int, host_bytes: int, seed: int) -> Result:
     per_chat = -(-final // page) - p["system"] // page
     working_set = p["system"] // page + p["conversations"] * per_chat
     pages = max(working_set // 4, p["batch"] * -(-(final + page) // page))
+    # the context the chats need, no more: decode attends over the page table's whole width
     runner = MeshModelRunner.from_checkpoint(path, mesh="1x1", backend="sim", dtype="float32", page_size=page,
-                                             num_pages=pages, max_batch=p["batch"])
+                                             num_pages=pages, max_batch=p["batch"], max_context=final + page)
     prefilled = [0]
     prefill = runner.prefill
 
@@ -123,10 +124,12 @@ def main() -> None:
     ap.add_argument("--host-bytes", type=int, default=2 * 2**30, help="the host tier's capacity (default 2 GiB)")
     ap.add_argument("--conversations", type=int, help="override the preset's number of chats")
     ap.add_argument("--turns", type=int, help="override the preset's turns per chat")
+    ap.add_argument("--system", type=int, help="override the preset's system prompt length")
+    ap.add_argument("--batch", type=int, help="override the preset's decode batch")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     p = dict(PRESETS[args.model])
-    for key in ("conversations", "turns"):
+    for key in ("conversations", "turns", "system", "batch"):
         if getattr(args, key):
             p[key] = getattr(args, key)
     path = checkpoint(args.model)
@@ -136,6 +139,7 @@ def main() -> None:
     for name, host in (("tier off", 0), ("tier on", args.host_bytes)):
         print(f"{name}:", flush=True)
         results[name] = run(path, p, args.page_size, host, args.seed)
+        print(f"  {results[name].wall_s:.1f} s", flush=True)
     print(f"\n{'':10}{'TTFT p50':>10}{'TTFT p90':>10}{'prefilled':>11}{'cached':>9}{'tok/s':>8}{'host MiB':>10}{'restored':>10}")
     for name, r in results.items():
         print(f"{name:10}{quantile(r.ttft_s, 0.5) * 1e3:>8.0f}ms{quantile(r.ttft_s, 0.9) * 1e3:>8.0f}ms{r.prefilled:>11}"
