@@ -33,8 +33,8 @@ from ttdist.engine.core import EngineCore  # noqa: E402
 from ttdist.engine.kv_tiers import KvTierConfig  # noqa: E402
 
 PRESETS = {   # conversations, turns, system prompt, user message, answer, max batch
-    "tiny": dict(conversations=32, turns=4, system=512, user=64, answer=16, batch=3),
-    "smollm2": dict(conversations=16, turns=3, system=512, user=48, answer=8, batch=2),
+    "tiny": dict(conversations=6, turns=6, system=256, user=64, answer=8, batch=1),
+    "smollm2": dict(conversations=6, turns=4, system=512, user=48, answer=8, batch=1),
 }
 TINY_MODEL = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 
