@@ -78,3 +78,40 @@ def test_greedy_serving_with_a_tiny_device_cache_tier_on_equals_off_and_transfor
         with torch.no_grad():
             ref = hf.generate(torch.tensor([ids]), max_new_tokens=4, min_new_tokens=4, do_sample=False)
         assert on[name] == ref[0, len(ids):].tolist(), name
+
+
+def test_a_turn_on_another_replica_restores_from_the_node_tier_exactly(tiny_checkpoint, tmp_path):
+    from ttdist.model.runner import MeshModelRunner
+
+    def replica(node: bool) -> tuple[MeshModelRunner, EngineCore, list[int]]:
+        runner = MeshModelRunner.from_checkpoint(tiny_checkpoint, mesh="1x2", backend="sim", dtype="float32", page_size=PAGE,
+                                                 num_pages=4, max_batch=2)
+        prefilled: list[int] = []
+        prefill = runner.prefill
+        runner.prefill = lambda inp: (prefilled.append(len(inp.token_ids)), prefill(inp))[1]
+        tiers = KvTierConfig(node_bytes=64 * 2**20, node_dir=str(tmp_path), inline=True) if node else KvTierConfig()
+        return runner, EngineCore(runner, None, EngineConfig(max_batch=2, prefill_chunk=PAGE, kv_tiers=tiers)), prefilled
+
+    def serve(core: EngineCore, name: str, ids: list[int]):
+        final = []
+        core.add_request(GenerationRequest(name, prompt_token_ids=ids, sampling=SamplingParams(max_tokens=3, ignore_eos=True)),
+                         sink=final.append)
+        while core.has_work():
+            core.step()
+        return final[-1]
+
+    rng = random.Random(2)
+    chat = [rng.randrange(3, 49152) for _ in range(3 * PAGE + 5)]
+    runner_a, a, _ = replica(node=True)
+    runner_b, b, prefilled_b = replica(node=True)
+    assert runner_a.info.kv_identity == runner_b.info.kv_identity      # two runners of one checkpoint: one identity
+    first = serve(a, "t1", chat)
+    serve(a, "other", [rng.randrange(3, 49152) for _ in range(3 * PAGE + 5)])   # A evicts the chat: published
+    a.tiers.flush()
+    turn2 = chat + list(first.output_ids) + [rng.randrange(3, 49152) for _ in range(9)]
+    got = serve(b, "t2", turn2)                                          # B never saw the chat
+    _, plain, prefilled_plain = replica(node=False)
+    want = serve(plain, "t2", turn2)
+    assert got.output_ids == want.output_ids
+    assert got.usage.cached_tokens == 3 * PAGE and b.stats().kv_tiers.node.hits == 3
+    assert sum(prefilled_b) == sum(prefilled_plain) - 3 * PAGE
