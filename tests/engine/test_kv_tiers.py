@@ -203,3 +203,16 @@ def test_tiers_stay_off_for_a_runner_that_cannot_read_pages():
     core = EngineCore(FakeRunner(page_size=PAGE, kv_identity=""), None,
                       EngineConfig(prefill_chunk=8, kv_tiers=KvTierConfig(host_bytes=1000, inline=True)))
     assert core.tiers is None and not core.stats().kv_tiers.enabled
+
+
+def test_restores_read_on_the_transfer_thread(tmp_path):
+    fake = FakeRunner(page_size=PAGE, num_pages=4)
+    tiers = KvTierConfig(host_bytes=16 * BLOCK_BYTES, node_bytes=1 << 20, node_dir=str(tmp_path), restore_wait_s=60.0)
+    core = EngineCore(fake, None, EngineConfig(prefill_chunk=8, kv_tiers=tiers))   # a real thread, not inline
+    last_usage(core, "a", A)
+    last_usage(core, "b", B)
+    done = last_usage(core, "a2", A, max_tokens=3)
+    core.close()                                         # waits for the node tier's writes
+    assert done.output_ids == reference_output(fake, A, 3) and done.usage.cached_tokens == 12
+    stats = core.stats().kv_tiers
+    assert (stats.restored_pages, stats.node.pages) == (3, 6)
