@@ -36,7 +36,7 @@ PRESETS = {   # conversations, turns, system prompt, user message, answer, max b
     "tiny": dict(conversations=6, turns=6, system=256, user=64, answer=8, batch=1),
     "smollm2": dict(conversations=6, turns=4, system=512, user=48, answer=8, batch=1),
 }
-TINY_MODEL = dict(vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+TINY_MODEL = dict(vocab_size=1024, max_position_embeddings=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 
 
 @dataclass
