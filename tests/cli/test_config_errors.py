@@ -41,6 +41,7 @@ SPEC_ERRORS = [
     ("niceness: 40", "niceness must be in 0..19"),
     ("ready_wait_s: -1", "ready_wait_s must be >= 0"),
     ("weights_cache: 5", "weights_cache must be a string or null"),
+    ("kv_host_bytes: 100TB", "kv_host_bytes: the host KV tier's 100,000,000,000,000 bytes are more than this host's RAM"),
     ("colour: blue", "unknown setting 'colour'"),
     ("health: {heartbeat_s: soon}", "health.heartbeat_s must be a number, got 'soon'"),
     ("health: {heartbeat_s: 0}", "health.heartbeat_s must be > 0"),
@@ -100,6 +101,9 @@ FLAG_ERRORS = [
     (["--max-kv-pages", "0"], "--max-kv-pages: max_kv_pages must be >= 1"),
     (["--otlp-traces-sample-ratio", "2"], "--otlp-traces-sample-ratio: tracing.sample_ratio must be in [0, 1]"),
     (["--otlp-traces-endpoint", "ftp://collector"], "--otlp-traces-endpoint: tracing.otlp_traces_endpoint: not host"),
+    (["--kv-host-bytes", "100PB"], "--kv-host-bytes: kv_host_bytes: cannot read the size '100PB'"),
+    (["--kv-host-bytes", "100TB"], "--kv-host-bytes: kv_host_bytes: the host KV tier's 100,000,000,000,000 bytes are more than"),
+    (["--kv-node-bytes", "-5"], "--kv-node-bytes: kv_node_bytes: cannot read the size '-5'"),
 ]
 
 

@@ -5,6 +5,9 @@ table; the next token is a function of the context read back through the page ta
 wrong page table, a page shared by mistake or overwritten early changes the output. The same
 function applied to the true context gives the reference a request must produce.
 
+Its KV pages can be read and written as arrays (``read_kv_pages`` / ``write_kv_pages``, for the
+KV tiers): a page restored with the wrong tokens changes the output just the same.
+
 With ``user_groups`` > 1 it checks what a Galaxy runner relies on: every page table lies in one
 group's page range and no group runs more than ``max_batch // user_groups`` users in a decode.
 """
@@ -16,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import xxhash
 
 from ttdist.engine.config import EngineConfig
@@ -46,12 +50,15 @@ class FakeRunner:
     decode_entered: threading.Event = field(default_factory=threading.Event)
     user_groups: int = 1
     decode_s: float = 0.0   # each decode takes at least this long (a model that computes)
+    kv_identity: str = "fake-kv"
+    kv_reads: list[list[int]] = field(default_factory=list)    # page ids of each read_kv_pages call
+    kv_writes: list[list[int]] = field(default_factory=list)   # page ids of each write_kv_pages call
 
     def __post_init__(self) -> None:
         self.info = RunnerInfo(
             vocab_size=self.vocab_size, max_context=self.max_context, page_size=self.page_size,
             num_pages=self.num_pages, max_batch=self.max_batch, eos_token_ids=self.eos_token_ids,
-            user_groups=self.user_groups,
+            user_groups=self.user_groups, kv_identity=self.kv_identity,
         )
         self.kv: list[list[int | None]] = [[None] * self.page_size for _ in range(self.num_pages)]
         self.next_token = self.next_token or hashed_next(self.vocab_size)
@@ -85,6 +92,20 @@ class FakeRunner:
             self._write(table, pos, token)
             out.append(self._sample(self._context(table, pos + 1), spec))
         return out
+
+    def read_kv_pages(self, page_ids: list[int]) -> list[np.ndarray]:
+        self.kv_reads.append(list(page_ids))
+        pages = []
+        for pid in page_ids:
+            if None in self.kv[pid]:
+                raise AssertionError(f"read_kv_pages: page {pid} is not fully written: {self.kv[pid]}")
+            pages.append(np.array(self.kv[pid], dtype=np.int64))
+        return pages
+
+    def write_kv_pages(self, page_ids: list[int], pages: list[np.ndarray]) -> None:
+        self.kv_writes.append(list(page_ids))
+        for pid, page in zip(page_ids, pages):
+            self.kv[pid] = [int(t) for t in page]
 
     def group_of(self, table: list[int]) -> int:
         """The user group a page table lies in (it must lie in exactly one)."""

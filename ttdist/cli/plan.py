@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--load-file", help="the load as a JSON file: {\"rate\": 20, \"input\": 1024, \"output\": 256}")
     p.add_argument("--slo", help="with --load: p90 targets such as ttft=500ms,tpot=50ms (units us, ms, s)")
     p.add_argument("--top", type=int, default=8, help="with --load: configurations to list (default %(default)s)")
+    p.add_argument("--kv-host-bytes", default="64GiB", metavar="SIZE",
+                   help="host memory per replica for its KV tier: the plan says how many more users' KV it holds "
+                        "(default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.set_defaults(func=run)
 
@@ -113,8 +116,30 @@ def run(args: argparse.Namespace) -> int:
     except PlanError as e:
         raise CommandError(f"--{e.field}: {e.message}" if e.field != "model" else f"model: {e.message}",
                            EXIT_USAGE) from None
-    print(json.dumps(p.to_json()) if args.json else format_plan(p))
+    tier = _host_tier(p, args)
+    print(json.dumps({**p.to_json(), "kv_host_tier": tier.to_json()}) if args.json
+          else format_plan(p) + "\n" + _format_host_tier(tier, p.context))
     return 0
+
+
+def _host_tier(p, args: argparse.Namespace):
+    """The replica's host KV tier of ``--kv-host-bytes`` (``ttdist.planner.kv_host``)."""
+    from ttdist.engine.kv_tiers.config import KvTierSizeError, parse_size
+    from ttdist.model.layout import Layout
+    from ttdist.planner.catalog import resolve_model
+    from ttdist.planner.kv_host import host_tier
+
+    try:
+        size = parse_size(args.kv_host_bytes)
+    except KvTierSizeError as err:
+        raise CommandError(f"--kv-host-bytes: {err}", EXIT_USAGE) from None
+    layout = Layout(resolve_model(args.model)[1], p.system.mesh)
+    return host_tier(layout, p.precision.kv_cache, context=p.context, page_size=args.page_size, host_bytes=size)
+
+
+def _format_host_tier(tier, context: int) -> str:
+    return (f"host KV tier        {tier.users:,} more users' KV at context {context} in {tier.host_bytes / 2**30:.0f} GiB "
+            f"of host memory ({tier.page_bytes / 2**20:.2f} MiB per page): restored, not prefilled again")
 
 
 def _fleet(args: argparse.Namespace) -> int:

@@ -76,6 +76,14 @@ def register(subparsers) -> None:
     p.add_argument("--generation-config", default="auto", choices=("auto", "vllm"),
                    help="auto (default): a request that leaves temperature, top_k, top_p or repetition_penalty out "
                         "gets the checkpoint's generation_config.json value; vllm: ignore the file")
+    p.add_argument("--kv-host-bytes", default="auto", metavar="SIZE",
+                   help="each replica's host-memory KV tier: KV pages evicted from the chips are kept there and "
+                        "restored instead of prefilled again; bytes, 512MiB, 8GB, 10%% of RAM, auto (default: 10%%), 0 = off")
+    p.add_argument("--kv-node-bytes", default="0", metavar="SIZE",
+                   help="a node KV tier the replicas of one host share, so one replica restores what another "
+                        "computed (default 0: off)")
+    p.add_argument("--kv-node-dir", default=None, metavar="DIR", help="where the node tier keeps its files "
+                                                                      "(default /dev/shm/ttdist-kv: memory)")
     add_api_args(p)
     p.add_argument("--otlp-traces-endpoint", default="", metavar="URL",
                    help="send OpenTelemetry traces of requests over OTLP/gRPC to this collector, e.g. "
@@ -101,7 +109,8 @@ def config_from_args(args: argparse.Namespace):
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),
             stream_interval=args.stream_interval, stream_interval_ms=args.stream_interval_ms, routers=args.routers,
             ready_wait_s=args.ready_wait, logprobs_mode=args.logprobs_mode,
-            generation_config=args.generation_config,
+            generation_config=args.generation_config, kv_host_bytes=args.kv_host_bytes, kv_node_bytes=args.kv_node_bytes,
+            **({"kv_node_dir": args.kv_node_dir} if args.kv_node_dir else {}),
             health=HealthConfig(restart=not args.no_restart, restart_delay_s=args.restart_delay),
             tracing=TracingConfig(otlp_traces_endpoint=args.otlp_traces_endpoint,
                                   sample_ratio=args.otlp_traces_sample_ratio),
@@ -119,6 +128,7 @@ _FLAGS = {   # the config field an error names -> the flag that set it
     "health.restart_delay_s": "--restart-delay", "ready_wait_s": "--ready-wait", "stream_interval_ms": "--stream-interval-ms",
     "stream_interval": "--stream-interval", "tracing.otlp_traces_endpoint": "--otlp-traces-endpoint",
     "tracing.sample_ratio": "--otlp-traces-sample-ratio",
+    "stream_interval": "--stream-interval", "kv_host_bytes": "--kv-host-bytes", "kv_node_bytes": "--kv-node-bytes",
 }
 
 

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
                     "pool and a MODEL column): state, mesh, backend, node, KV pages free of "
                     "total, running and waiting requests, tokens per second. A replica whose KV pages are "
                     "split into user groups (a Galaxy's column groups) gets a line below its row with "
-                    "each group's free pages.",
+                    "each group's free pages, and a replica with KV tiers a line with what its host and node tiers hold.",
         epilog="examples:\n  ttdist status\n  ttdist status --json\n  ttdist status --watch 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
@@ -48,6 +48,21 @@ def _user_groups(r) -> str:
         return ""
     free = "/".join(str(n) for n in r.kv_pages_free_per_group) or "-"
     return f"{r.kv_user_groups} user groups, free {free}"
+
+
+def _kv_tiers(r) -> str:
+    """A replica with KV tiers: what each holds of its capacity, its hits and what restores saved."""
+    t = r.kv_tiers
+    if not t.enabled:
+        return ""
+    mib = 2**20
+
+    def tier(name, c):
+        return f"{name} {c.pages} pages {c.bytes / mib:.0f}/{c.capacity_bytes / mib:.0f} MiB, {c.hits} hits" if c.capacity_bytes else ""
+
+    parts = [p for p in (tier("host", t.host), tier("node", t.node)) if p]
+    return (f"KV tiers: {'; '.join(parts) or 'none'}; offloaded {t.offloaded_pages}, restored {t.restored_pages} pages "
+            f"({t.restored_tokens} tokens), {t.restore_fallbacks} fallbacks")
 
 
 def _row(r) -> tuple[str, ...]:
@@ -99,6 +114,8 @@ def format_table(status) -> str:
         lines.append(_aligned(row, widths))
         if groups := _user_groups(r):
             lines.append(" " * pages_at + groups)   # under the replica's KV pages
+        if tiers := _kv_tiers(r):
+            lines.append(" " * pages_at + tiers)
     return "\n".join(lines)
 
 

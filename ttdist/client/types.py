@@ -298,6 +298,44 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class KvTier:
+    """One KV tier of a replica (its host memory, or the node store it shares): see ``pb.KvTierCounters``."""
+
+    capacity_bytes: int = 0
+    pages: int = 0
+    bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class KvTiers:
+    """A replica's KV tiers (``pb.KvTierStatus``); ``enabled`` False: the replica keeps no KV off its chips."""
+
+    enabled: bool = False
+    host: KvTier = field(default_factory=KvTier)
+    node: KvTier = field(default_factory=KvTier)
+    offloaded_pages: int = 0
+    restored_pages: int = 0
+    restored_tokens: int = 0
+    restore_fallbacks: int = 0
+    restore_seconds_total: float = 0.0
+    offload_seconds_total: float = 0.0
+
+    @classmethod
+    def from_proto(cls, msg: pb.KvTierStatus) -> KvTiers:
+        def tier(m):
+            return KvTier(**{f.name: getattr(m, f.name) for f in fields(KvTier)})
+        values = {f.name: getattr(msg, f.name) for f in fields(cls)}
+        values["host"], values["node"] = tier(msg.host), tier(msg.node)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ReplicaStatus:
     replica_id: str
     state: str                             # a ReplicaState value, or "failed (crash loop)"
@@ -320,12 +358,14 @@ class ReplicaStatus:
     kv_user_groups: int = 1                # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() if not reported)
     model: str = ""                        # the served model whose pool it is in ("" from an older server)
+    kv_tiers: KvTiers = field(default_factory=KvTiers)   # KV kept off the chips (host, node tiers)
 
     @classmethod
     def from_proto(cls, msg: pb.ReplicaStatus) -> ReplicaStatus:
         values = {f.name: getattr(msg, f.name) for f in fields(cls)}    # every field is the message's own
         values["kv_user_groups"] = msg.kv_user_groups or 1                 # 0: an older server
         values["kv_pages_free_per_group"] = tuple(msg.kv_pages_free_per_group)
+        values["kv_tiers"] = KvTiers.from_proto(msg.kv_tiers)
         return cls(**values)
 
 

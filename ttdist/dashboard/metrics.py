@@ -81,6 +81,7 @@ class SnapshotCollector:
         yield from self._replicas(snapshot)
         yield from self._histograms(snapshot)
         yield from self._chips(snapshot)
+        yield from self._kv_tiers(snapshot)
         yield self._events(snapshot)
 
     def _events(self, snapshot: ClusterSnapshot) -> Metric:
@@ -166,6 +167,45 @@ class SnapshotCollector:
                 total.add_metric(labels, chip.dram_total_bytes)
         yield used
         yield total
+
+
+    def _kv_tiers(self, snapshot: ClusterSnapshot) -> Iterator[Metric]:
+        """``ttdist:kv_offload_*``: each replica's KV tiers, by ``tier`` (host, node); replicas without tiers add none."""
+        tier_labels = LABELS + ["tier"]
+        per_tier = [(family(f"ttdist:kv_offload_{key}", doc, labels=tier_labels), key) for family, key, doc in KV_TIER_SERIES]
+        restored = CounterMetricFamily("ttdist:kv_offload_restored_tokens", "Prompt tokens restored from a KV tier "
+                                       "instead of prefilled.", labels=LABELS)
+        fallbacks = CounterMetricFamily("ttdist:kv_offload_restore_fallbacks", "Restores given up and recomputed.",
+                                        labels=LABELS)
+        seconds = CounterMetricFamily("ttdist:kv_offload_restore_seconds", "Time restores took, seconds.", labels=LABELS)
+        for r in snapshot.replicas:
+            tiers = r.kv_tiers or {}
+            if not tiers.get("enabled"):
+                continue
+            labels = [snapshot.model_of(r), r.replica_id]
+            for tier in ("host", "node"):
+                for family, key in per_tier:
+                    family.add_metric(labels + [tier], tiers[tier][key])
+            restored.add_metric(labels, tiers["restored_tokens"])
+            fallbacks.add_metric(labels, tiers["restore_fallbacks"])
+            seconds.add_metric(labels, tiers["restore_s_total"])
+        for family, _ in per_tier:
+            yield family
+        yield from (restored, fallbacks, seconds)
+
+
+# One series per replica and KV tier: (family, counter key in ``KvTierStats.host`` / ``.node``, help).
+KV_TIER_SERIES: tuple[tuple[type[Metric], str, str], ...] = (
+    (GaugeMetricFamily, "pages", "KV pages held in the tier."),
+    (GaugeMetricFamily, "bytes", "Bytes of KV held in the tier."),
+    (GaugeMetricFamily, "capacity_bytes", "The tier's capacity in bytes."),
+    (CounterMetricFamily, "hits", "Pages found in the tier at admission, past the device cache."),
+    (CounterMetricFamily, "misses", "Lookups in the tier that found nothing."),
+    (CounterMetricFamily, "evictions", "Pages dropped from the tier to make room."),
+    (CounterMetricFamily, "bytes_in", "Bytes written into the tier (offloads)."),
+    (CounterMetricFamily, "bytes_out", "Bytes read from the tier (restores)."),
+    (CounterMetricFamily, "rejected", "Entries not used: a bad checksum, another model or layout."),
+)
 
 
 def metrics_registry(latest: Callable[[], ClusterSnapshot | None]) -> CollectorRegistry:

@@ -131,6 +131,8 @@ class ReplicaSnapshot:
     kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: list[int] = field(default_factory=list)   # group g's free pages, by group id
     model: str = ""                         # the served model whose pool it is in ("": the cluster's one model)
+    # the engine's ``KvTierStats`` as JSON: {"enabled", "host": {...}, "node": {...}, "offloaded_pages", ...}; {}: not reported
+    kv_tiers: dict = field(default_factory=dict)
 
 
 @dataclass

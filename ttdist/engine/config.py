@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ttdist.engine.errors import UserGroupsError
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
+from ttdist.engine.kv_tiers.config import KvTierConfig
 from ttdist.engine.runner import RunnerInfo
 
 
@@ -21,6 +22,7 @@ class EngineConfig:
     stats_window_s: float = 10.0
     latency_samples: int = 1024
     faults: EngineFaults = NO_FAULTS      # faults caused on purpose (tests); none by default
+    kv_tiers: KvTierConfig = KvTierConfig()   # KV pages kept off the chips once evicted; off by default
 
     def check(self, info: RunnerInfo) -> None:
         """Raise ValueError naming the setting that cannot work with this runner (UserGroupsError
@@ -49,5 +51,6 @@ class EngineConfig:
             )
         if self.default_max_tokens < 1:
             raise ValueError(f"EngineConfig.default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        self.kv_tiers.check()
         if self.stats_window_s <= 0 or self.latency_samples < 1:
             raise ValueError("EngineConfig.stats_window_s must be > 0 and latency_samples >= 1")

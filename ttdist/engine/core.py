@@ -25,6 +25,7 @@ from ttdist.engine.logprobs import DecodeLogprobs, PrefillLogprobs, TokenLogprob
 from ttdist.engine.bad_words import all_allowed, ban, bad_word_ids, banned_next
 from ttdist.engine.grammar import GrammarState, StructuredOutput, grammar_compiler
 from ttdist.engine.grammar.compiler import FIELD as GRAMMAR_FIELD
+from ttdist.engine.kv_tiers import KvTiers, KvTierStats
 from ttdist.engine.output import OutputProcessor
 from ttdist.engine.page_groups import GroupedPagePool
 from ttdist.engine.penalties import penalty_spec
@@ -47,6 +48,7 @@ class EngineCore:
         tokenizer: Tokenizer | None,
         config: EngineConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kv_executor=None,
     ) -> None:
         self.config = config = config or EngineConfig()
         info = runner.info
@@ -56,6 +58,11 @@ class EngineCore:
         self.clock = clock
         self.max_batch = min(config.max_batch, info.max_batch)
         self.pool = GroupedPagePool(info.num_pages, info.page_size, info.user_groups, config.prefix_caching)
+        # KV tiers need a runner that reads and writes pages; without one they stay off
+        self.tiers = (KvTiers(config.kv_tiers, info.kv_identity, info.page_size, kv_executor, clock)
+                      if config.kv_tiers.enabled and config.prefix_caching and info.kv_identity else None)
+        if self.tiers is not None:
+            self.pool.record_evictions()
         self.scheduler = Scheduler(
             self.pool,
             SchedulerConfig(
@@ -63,6 +70,7 @@ class EngineCore:
                 slots_per_group=info.max_batch // info.user_groups,
             ),
             clock,
+            self.tiers,
         )
         self.limits = Limits(
             vocab_size=info.vocab_size,
@@ -155,6 +163,8 @@ class EngineCore:
             work = self.scheduler.schedule()
             for seq in self.scheduler.take_admitted():
                 self.metrics.on_admitted(seq.num_prompt_tokens, seq.num_cached_tokens or 0)
+            if self.tiers is not None:
+                work = self._move_kv(work)
             if work is None:
                 return []
             # built under the lock: an abort may free the pages once the model is running
@@ -189,6 +199,23 @@ class EngineCore:
             raise RuntimeError(f"runner returned {len(result.tokens)} tokens for a batch of {len(work.seqs)}")
         with self._lock:
             return failed + self._after_decode(work, result)
+
+    def _move_kv(self, work: PrefillStep | DecodeStep | None) -> PrefillStep | DecodeStep | None:
+        """Keep the pages this step's scheduling evicted, then restore the prefilling user's
+        prefix from the tiers: its chunk then starts after the restored pages (None: it decodes next)."""
+        evicted = self.pool.take_evicted()
+        if evicted:
+            self.tiers.offload(evicted, self.runner.read_kv_pages)
+        if not isinstance(work, PrefillStep) or work.seq.restore is None:
+            return work
+        seq = work.seq
+        restored = self.tiers.finish_restore(seq, self.runner.write_kv_pages)
+        if restored:
+            self.pool.cache_full_pages(seq)
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = (seq.num_cached_tokens or 0) + restored
+                self.metrics.on_admitted(0, restored)
+        return self.scheduler.chunk(seq) if seq.needs_prefill else None
 
     def _prefill_input(self, work: PrefillStep) -> PrefillInput:
         seq = work.seq
@@ -328,11 +355,21 @@ class EngineCore:
                 user_groups=self.pool.num_groups,
                 free_pages_per_group=self.pool.free_per_group(),
                 running_per_group=self.scheduler.running_per_group(),
+                kv_tiers=self.tiers.stats() if self.tiers is not None else KvTierStats(),
             )
 
     def prefix_hashes(self) -> list[int]:
         with self._lock:
             return self.pool.prefix_hashes()
+
+    def host_prefix_hashes(self) -> list[int]:
+        """Block hashes the host tier holds (none without tiers)."""
+        return self.tiers.host_hashes() if self.tiers is not None else []
+
+    def close(self) -> None:
+        """Stop the KV tiers' transfer thread (after its node-tier writes); calling it again is harmless."""
+        if self.tiers is not None:
+            self.tiers.close()
 
 
 def _spec(seq: Sequence) -> SamplingSpec:

@@ -109,6 +109,7 @@ class AsyncEngine(InProcessEngine):
         self.core.abort_all(error=self._stopped_reason)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
+        self.core.close()
 
     def inject(self, faults: EngineFaults) -> None:
         """Cause ``faults`` from now on (tests)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ttdist.engine.page_pool import Page, PagePool
+from ttdist.engine.page_pool import EvictedPage, Page, PagePool
 from ttdist.engine.sequence import Sequence
 
 
@@ -75,6 +75,14 @@ class GroupedPagePool:
     def prefix_hashes(self) -> list[int]:
         """Every block hash cached in any group, each once (a prefix may be cached in several)."""
         return list(dict.fromkeys(h for pool in self.groups for h in pool.prefix_hashes()))
+
+    def record_evictions(self) -> None:
+        """From now on list every cached page reused, for the KV tiers (``take_evicted``)."""
+        for pool in self.groups:
+            pool.record_evictions = True
+
+    def take_evicted(self) -> list[EvictedPage]:
+        return [e for pool in self.groups for e in pool.take_evicted()]
 
     def group_of(self, page_id: int) -> int:
         if not 0 <= page_id < self.num_pages:

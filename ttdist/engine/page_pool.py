@@ -10,6 +10,9 @@ first: pages that hold no cached block go to the front (nothing to lose), cached
 so the oldest and the deepest blocks of a prefix are evicted first and its first pages last. A
 cached page stays findable while free; taking it again removes it from the queue.
 
+With ``record_evictions`` set, every cached page that ``_take_free`` reuses is listed
+(``take_evicted``) so its K/V can be kept in a tier off the chips before anything overwrites it.
+
 A pool may own a slice of a larger page id space (``first_page``): a Galaxy's user groups each
 keep their own pool over their own ids (``page_groups.GroupedPagePool``).
 """
@@ -44,6 +47,15 @@ def _chain(previous: int, ids: list[int]) -> int:
     return xxhash.xxh3_64_intdigest(struct.pack(f"<Q{len(ids)}q", previous, *ids))
 
 
+@dataclass(frozen=True)
+class EvictedPage:
+    """A free page that held cached block ``block_hash`` (of ``token_ids``) was just taken for reuse."""
+
+    page_id: int
+    block_hash: int
+    token_ids: tuple[int, ...]
+
+
 @dataclass
 class Page:
     page_id: int
@@ -67,6 +79,8 @@ class PagePool:
         self._pages = [Page(i) for i in ids]
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(ids)
         self._cached: dict[int, int] = {}   # block hash -> page id
+        self.record_evictions = False
+        self._evicted: list[EvictedPage] = []
 
     @property
     def pages(self) -> list[Page]:
@@ -101,6 +115,11 @@ class PagePool:
 
     def pages_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
+
+    def take_evicted(self) -> list[EvictedPage]:
+        """Cached pages reused since the last call, in the order they were taken."""
+        evicted, self._evicted = self._evicted, []
+        return evicted
 
     # -- admission --------------------------------------------------------------------------
     def can_allocate(self, seq: Sequence) -> bool:
@@ -198,5 +217,7 @@ class PagePool:
         page = self.page(pid)
         if page.block_hash is not None and self._cached.get(page.block_hash) == pid:
             del self._cached[page.block_hash]
+            if self.record_evictions:
+                self._evicted.append(EvictedPage(pid, page.block_hash, page.token_ids))
         page.block_hash, page.token_ids, page.ref_count = None, (), 1
         return pid

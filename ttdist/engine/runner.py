@@ -109,6 +109,9 @@ class RunnerInfo:
     eos_token_ids: tuple[int, ...] = ()
     user_groups: int = 1
     logprobs: bool = False   # the runner implements prefill_logprobs and decode_logprobs
+    # names the KV the runner stores (weights, layout, KV dtype, page size): pages read from one runner
+    # are written only into a runner with the same identity; "" = no read_kv_pages / write_kv_pages
+    kv_identity: str = ""
 
 
 class ModelRunner(Protocol):
@@ -126,3 +129,10 @@ class ModelRunner(Protocol):
 
     def decode_logprobs(self, inp: DecodeInput) -> DecodeLogprobs:
         """``decode`` that also returns the logprobs of the users whose ``sampling.logprobs`` is set."""
+
+    def read_kv_pages(self, page_ids: list[int]) -> list[Any]:
+        """Each page's K and V in every layer as the chips store them, one host array per page (only
+        runners with ``info.kv_identity``); the array does not depend on the page's user group."""
+
+    def write_kv_pages(self, page_ids: list[int], pages: list[Any]) -> None:
+        """Write arrays from ``read_kv_pages`` (of a runner with the same identity) into these pages."""

@@ -15,6 +15,12 @@ it goes to the one whose prefix cache serves the most of its prompt, then the on
 free pages, then the lowest id. The queue stays first-in first-out: when the head fits no group,
 nobody behind it is admitted. A decoding user short of a page preempts the newest running user
 of its own group; other groups are not touched. A preempted request is placed again from scratch.
+
+With KV tiers (``kv_tiers``) admission looks past the device cache's hits into the tiers: the
+pages they hold are restored into the fresh pages just allocated (``KvTiers.start_restore``);
+the engine writes them before the prompt's first chunk and asks for that chunk again (``chunk``).
+While a restore is being read, and before it is due, the other users decode (its chunk waits).
+Finishing or preempting a request drops a restore still pending.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ttdist.engine.errors import OverloadedError
+from ttdist.engine.kv_tiers import KvTiers
 from ttdist.engine.page_groups import GroupedPagePool
 from ttdist.engine.sequence import Sequence, SequenceStatus
 
@@ -56,8 +63,10 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, pool: GroupedPagePool, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, pool: GroupedPagePool, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic,
+                 tiers: KvTiers | None = None) -> None:
         self.pool = pool
+        self.tiers = tiers
         self.config = config
         self.clock = clock
         self.waiting: deque[Sequence] = deque()
@@ -87,7 +96,7 @@ class Scheduler:
         """Take ``seq`` out of the queues and give its pages back at once."""
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-            self.pool.deallocate(seq)
+            self._release(seq)
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
@@ -96,14 +105,16 @@ class Scheduler:
         prefilling = next((s for s in self.running if s.needs_prefill), None)
         decoding = [s for s in self.running if not s.needs_prefill]
         if prefilling is not None:
-            if not (self._last_was_chunk and decoding):
+            if not (self._last_was_chunk and decoding) and not self._awaits_restore(prefilling, decoding):
                 return self._chunk(prefilling)
         elif self.waiting and len(self.running) < self.config.max_batch and (group := self._place(self.waiting[0])) is not None:
             seq = self.waiting.popleft()
             self._admit(seq, group)
             if seq.needs_prefill:
-                return self._chunk(seq)
-            decoding.append(seq)
+                if not self._awaits_restore(seq, decoding):
+                    return self._chunk(seq)
+            else:
+                decoding.append(seq)
         self._last_was_chunk = False
         batch = self._make_room(decoding)
         return DecodeStep(batch) if batch else None
@@ -125,12 +136,25 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, group: int) -> None:
         cached = self.pool.allocate(seq, group)
+        if self.tiers is not None and self.pool.prefix_caching and not seq.recomputes_prefix:
+            first, usable = cached // self.pool.page_size, (len(seq) - 1) // self.pool.page_size
+            found = self.tiers.match(seq, first, usable) if first < usable else 0
+            if found:
+                self.tiers.start_restore(seq, first, found)
         seq.status = SequenceStatus.RUNNING
         if seq.num_cached_tokens is None:
             seq.num_cached_tokens = cached
             seq.first_scheduled_s = self.clock()
             self._admitted.append(seq)
         self.running.append(seq)
+
+    def _awaits_restore(self, seq: Sequence, decoding: list[Sequence]) -> bool:
+        """The others decode while ``seq``'s restore is still being read and not yet due."""
+        return bool(decoding) and seq.restore is not None and not self.tiers.restore_due(seq)
+
+    def chunk(self, seq: Sequence) -> PrefillStep:
+        """``seq``'s next prompt chunk from where it stands now (after a restore moved it on)."""
+        return self._chunk(seq)
 
     def _chunk(self, seq: Sequence) -> PrefillStep:
         self._last_was_chunk = True
@@ -149,9 +173,14 @@ class Scheduler:
                 batch.append(seq)
         return batch
 
+    def _release(self, seq: Sequence) -> None:
+        if self.tiers is not None:
+            self.tiers.drop_restore(seq)
+        self.pool.deallocate(seq)
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.pool.deallocate(seq)
+        self._release(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1

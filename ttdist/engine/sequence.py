@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from ttdist.engine.grammar.compiler import GrammarState
 from ttdist.engine.request import FinishReason, SamplingParams
@@ -52,6 +53,7 @@ class Sequence:
     penalties: PenaltySpec | None = None    # the runner's penalties and biases (None: every setting neutral)
     grammar: GrammarState | None = None     # where the output stands in its structured-output grammar
     bad_words: tuple[tuple[int, ...], ...] = ()   # token sequences the output may not end in (``engine.bad_words``)
+    restore: Any = None                     # kv_tiers.PendingRestore: prefix pages being read back from a KV tier
 
     @property
     def recomputes_prefix(self) -> bool:

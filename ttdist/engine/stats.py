@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from ttdist.engine.kv_tiers.stats import KvTierStats
+
 
 @dataclass
 class EngineStats:
@@ -35,6 +37,7 @@ class EngineStats:
     user_groups: int = 1           # KV user groups (a Galaxy's column groups); the pages above are their totals
     free_pages_per_group: list[int] = field(default_factory=list)   # group g's free pages, by group id
     running_per_group: list[int] = field(default_factory=list)      # group g's running users, by group id
+    kv_tiers: KvTierStats = field(default_factory=KvTierStats)      # host and node KV tiers (disabled: zeros)
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,14 @@ class Backend(Protocol):
         whose rows are sharded on an axis (``x`` holding the same users per chip) name each chip's
         own users, in the page ids of that chip's cache."""
 
+    def read_pages(self, cache: Any, pages: Sequence[int]) -> np.ndarray:
+        """Logical pages ``pages`` (dim 0 of the cache's global shape) as the chips store them, ``[n,
+        kv_heads, page_size, head_dim]`` float32: each KV head from the chips holding it, each page from
+        the chips of its pool (a block-float cache reads back its block values exactly)."""
+
+    def write_pages(self, cache: Any, pages: Sequence[int], data: np.ndarray) -> None:
+        """Write ``read_pages``' arrays into logical pages ``pages``; every other page is left as it was."""
+
     def sdpa_prefill(
         self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, page_table: np.ndarray | PerDevice, start_pos: int,
         scale: float,

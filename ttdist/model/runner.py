@@ -19,6 +19,7 @@ from ttdist.mesh.backend import MeshError, SamplingBatch
 from ttdist.mesh.placement import REPLICATED, Shard, with_axis
 from ttdist.mesh.precision import DType
 from ttdist.mesh.spec import MeshSpec, parse_mesh
+from ttdist.model import kv_pages
 from ttdist.model.config import LlamaConfig
 from ttdist.model.kv_budget import LoadTimes, Stopwatch
 from ttdist.model.layout import Layout
@@ -181,6 +182,7 @@ class MeshModelRunner:
             eos_token_ids=tuple(config.eos_token_ids),
             user_groups=groups,
             logprobs=True,
+            kv_identity=kv_pages.identity(weights, self.backend.name, kv, page_size),
         )
 
     @classmethod
@@ -361,6 +363,15 @@ class MeshModelRunner:
         token = int(self.backend.read_ids(ids_t)[0])
         sampled = rows_to_logprobs(self.backend.read_rows(rows_t), [token], [inp.sampling.logprobs])[0]
         return PrefillLogprobs(token, sampled, prompt)
+
+    # ------------------------------------------------------------------ KV pages for the KV tiers
+    def read_kv_pages(self, page_ids: list[int]) -> list[np.ndarray]:
+        """Each page's K and V in every layer as stored: ``[layers, 2, kv_heads, page_size, hd]`` per
+        page (``kv_pages``), the same whichever user group's pool it came from."""
+        return kv_pages.read(self.backend, self.model, page_ids)
+
+    def write_kv_pages(self, page_ids: list[int], pages: list[np.ndarray]) -> None:
+        kv_pages.write(self.backend, self.model, page_ids, pages)
 
     def close(self) -> None:
         for trace in self._traces.values():

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ttdist.engine.kv_tiers.config import KvTierConfig
+from ttdist.engine.kv_tiers.node_tier import DEFAULT_ROOT as DEFAULT_NODE_DIR
 from ttdist.engine.logprobs import LOGPROBS_MODES
 from ttdist.mesh.precision import Precision
 from ttdist.mesh.spec import MeshSpecError, parse_mesh
@@ -243,6 +245,9 @@ class ClusterConfig:
             return self.models
         return (ModelConfig(model=self.model, dtype=self.dtype, groups=self.groups, policy=self.policy,
                             chat_template=self.api.chat_template, autoscale=self.autoscale),)
+    kv_host_bytes: str = "auto"                  # each replica's host-memory KV tier: bytes, 8GiB, 10%, auto (10 % of RAM), 0 = off
+    kv_node_bytes: str = "0"                     # the node KV tier the replicas of a host share (0 = off)
+    kv_node_dir: str = DEFAULT_NODE_DIR          # where the node tier keeps its files (memory: /dev/shm)
 
     def check(self) -> None:
         if self.models:
@@ -282,6 +287,11 @@ class ClusterConfig:
             raise ClusterConfigError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
         if self.generation_config not in ("auto", "vllm"):
             raise ClusterConfigError(f"generation_config must be auto or vllm, got {self.generation_config!r}")
+        for name in ("kv_host_bytes", "kv_node_bytes"):
+            try:
+                KvTierConfig.from_sizes(getattr(self, name))
+            except ValueError as err:
+                raise ClusterConfigError(f"{name}: {err}") from None
         if not self.ready_wait_s >= 0:
             raise ClusterConfigError(f"ready_wait_s must be >= 0 seconds, got {self.ready_wait_s}")
         try:

@@ -177,6 +177,7 @@ class Coordinator(AutoscalingMixin):
             host=cfg.replica_host, dispatch_core=group.dispatch_core,
             cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s, logprobs_mode=cfg.logprobs_mode,
             tracing=cfg.tracing,
+            kv_host_bytes=cfg.kv_host_bytes, kv_node_bytes=cfg.kv_node_bytes, kv_node_dir=cfg.kv_node_dir,
         )
 
     async def _weights_for(self, setup: ReplicaSetup, node_id: str):

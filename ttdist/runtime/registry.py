@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from ttdist.dashboard.events import Event, EventKind
 from ttdist.dashboard.replica_state import ReplicaState, state_label
 from ttdist.dashboard.status import HistogramSnapshot
+from ttdist.engine.kv_tiers.stats import KvTierStats
 from ttdist.engine.stats import EngineLiveness
 from ttdist.errors import PermanentError
 from ttdist.model.kv_budget import ReplicaMemory
@@ -77,6 +78,7 @@ class Heartbeat:
     memory: ReplicaMemory | None = None   # KV budget and chip DRAM from the replica's ledger
     kv_user_groups: int = 1               # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() from older replicas)
+    kv_tiers: KvTierStats | None = None   # the replica's host and node KV tiers (None: not reported)
 
 
 @dataclass
@@ -125,6 +127,7 @@ class ReplicaRecord:
             kv_pages_capped_by_host=bool(self.memory and self.memory.kv_pages_capped_by_host),
             dram=self.memory.dram if self.memory else None, crash_loop=self.crash_loop,
             kv_user_groups=s.kv_user_groups if s else 1, kv_pages_free_per_group=s.kv_pages_free_per_group if s else (),
+            kv_tiers=s.kv_tiers if s else None,
         )
 
 

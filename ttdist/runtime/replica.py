@@ -27,6 +27,8 @@ from typing import Any, Callable
 import ray
 
 from ttdist.engine.faults import NO_FAULTS, EngineFaults
+from ttdist.engine.kv_tiers.config import KvTierConfig
+from ttdist.engine.kv_tiers.node_tier import DEFAULT_ROOT as DEFAULT_NODE_DIR
 from ttdist.engine.process import EngineProcess
 from ttdist.engine.serving import ServingEngine
 from ttdist.engine.stats import EngineStats
@@ -86,6 +88,9 @@ class ReplicaSetup:
     faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
     logprobs_mode: str = "raw"    # logprobs of generated tokens: raw, or processed (after temperature)
     tracing: TracingConfig = TracingConfig()   # OTLP spans of sampled requests (off by default)
+    kv_host_bytes: str = "0"      # KV kept off the chips (``KvTierConfig.from_sizes``): read where the replica runs
+    kv_node_bytes: str = "0"
+    kv_node_dir: str = DEFAULT_NODE_DIR
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,8 @@ def build_core(setup: ReplicaSetup, weights):
         max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options, logprobs_mode=s.logprobs_mode,
     )
     tokenizer = Tokenizer.from_dir_if_present(s.model_dir) if s.model_dir else None
-    config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens, faults=s.faults)
+    config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens, faults=s.faults,
+                          kv_tiers=KvTierConfig.from_sizes(s.kv_host_bytes, s.kv_node_bytes, s.kv_node_dir))
     return EngineCore(runner, tokenizer, config)
 
 
@@ -237,6 +243,7 @@ class ReplicaActor:
             backend_label(self.setup.backend, self.setup.emulate),
             stats.total_pages, stats.free_pages, stats.running, stats.waiting, stats.tokens_per_second,
             kv_user_groups=stats.user_groups, kv_pages_free_per_group=tuple(stats.free_pages_per_group),
+            kv_tiers=stats.kv_tiers,
         )
 
     async def engine_stats(self) -> EngineStats:
@@ -253,7 +260,7 @@ class ReplicaActor:
             prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
             requests_finished_total=st.requests_finished_total,
             prefix_delta=self._prefix.delta(hashes), memory=self.memory,
-            kv_user_groups=st.user_groups, kv_pages_free_per_group=tuple(st.free_pages_per_group),
+            kv_user_groups=st.user_groups, kv_pages_free_per_group=tuple(st.free_pages_per_group), kv_tiers=st.kv_tiers,
             ttft_histogram=ttft, inter_token_histogram=inter_token,
             pid=os.getpid(), node_id=self.node_id(), address=self.address, engine=self.engine.liveness(),
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ttdist.dashboard.events import Event
 from ttdist.dashboard.replica_state import ReplicaState, state_label
 from ttdist.dashboard.status import LatencySummary
+from ttdist.engine.kv_tiers.stats import KvTierStats
 from ttdist.mesh.accounting import ChipDram
 from ttdist.runtime.autoscale.status import PoolStatus
 from ttdist.runtime.request_checks import ModelCard
@@ -49,6 +50,7 @@ class ReplicaEntry:
     kv_user_groups: int = 1                 # KV user groups (a Galaxy's column groups); pages above are totals
     kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() if not reported)
     model: str = ""                         # the served model whose pool it is in
+    kv_tiers: KvTierStats | None = None     # host and node KV tiers (None: not reported)
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(
@@ -60,7 +62,21 @@ class ReplicaEntry:
             kv_pages_capped_by_host=self.kv_pages_capped_by_host, **_dram_fields(self.dram),
             kv_user_groups=self.kv_user_groups, kv_pages_free_per_group=self.kv_pages_free_per_group,
             model=self.model,
+            kv_tiers=kv_tiers_proto(self.kv_tiers),
         )
+
+
+def kv_tiers_proto(stats: KvTierStats | None) -> pb.KvTierStatus | None:
+    """The engine's tier counters as the public message (None stays unset)."""
+    if stats is None:
+        return None
+    def tier(c):
+        return pb.KvTierCounters(**vars(c))
+    return pb.KvTierStatus(
+        enabled=stats.enabled, host=tier(stats.host), node=tier(stats.node), offloaded_pages=stats.offloaded_pages,
+        restored_pages=stats.restored_pages, restored_tokens=stats.restored_tokens, restore_fallbacks=stats.restore_fallbacks,
+        restore_seconds_total=stats.restore_s_total, offload_seconds_total=stats.offload_s_total,
+    )
 
 
 @dataclass(frozen=True)

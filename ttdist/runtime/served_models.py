@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ttdist.dashboard.events import EventKind
@@ -113,5 +113,6 @@ def replica_snapshot(r: ReplicaRecord, now: float) -> ReplicaSnapshot:
         last_heartbeat_age_s=now - r.last_heartbeat if r.last_heartbeat else 0.0,
         requests_finished_total=s.requests_finished_total if s else 0,
         kv_user_groups=s.kv_user_groups if s else 1,
-        kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [], **histograms,
+        kv_pages_free_per_group=list(s.kv_pages_free_per_group) if s else [],
+        kv_tiers=asdict(s.kv_tiers) if s and s.kv_tiers else {}, **histograms,
     )

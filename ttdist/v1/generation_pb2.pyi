@@ -284,7 +284,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second", "kv_pages_budget", "kv_pages_capped_by_host", "dram_total_bytes", "dram_weights_bytes", "dram_kv_bytes", "dram_other_bytes", "kv_user_groups", "kv_pages_free_per_group", "model")
+    __slots__ = ("replica_id", "state", "pid", "node_id", "mesh", "backend", "kv_pages_total", "kv_pages_free", "running", "waiting", "address", "tokens_per_second", "kv_pages_budget", "kv_pages_capped_by_host", "dram_total_bytes", "dram_weights_bytes", "dram_kv_bytes", "dram_other_bytes", "kv_user_groups", "kv_pages_free_per_group", "model", "kv_tiers")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +306,7 @@ class ReplicaStatus(_message.Message):
     KV_USER_GROUPS_FIELD_NUMBER: _ClassVar[int]
     KV_PAGES_FREE_PER_GROUP_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    KV_TIERS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     state: str
     pid: int
@@ -327,7 +328,52 @@ class ReplicaStatus(_message.Message):
     kv_user_groups: int
     kv_pages_free_per_group: _containers.RepeatedScalarFieldContainer[int]
     model: str
-    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ..., kv_pages_capped_by_host: _Optional[bool] = ..., dram_total_bytes: _Optional[int] = ..., dram_weights_bytes: _Optional[int] = ..., dram_kv_bytes: _Optional[int] = ..., dram_other_bytes: _Optional[int] = ..., kv_user_groups: _Optional[int] = ..., kv_pages_free_per_group: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ...) -> None: ...
+    kv_tiers: KvTierStatus
+    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., node_id: _Optional[str] = ..., mesh: _Optional[str] = ..., backend: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., address: _Optional[str] = ..., tokens_per_second: _Optional[float] = ..., kv_pages_budget: _Optional[int] = ..., kv_pages_capped_by_host: _Optional[bool] = ..., dram_total_bytes: _Optional[int] = ..., dram_weights_bytes: _Optional[int] = ..., dram_kv_bytes: _Optional[int] = ..., dram_other_bytes: _Optional[int] = ..., kv_user_groups: _Optional[int] = ..., kv_pages_free_per_group: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., kv_tiers: _Optional[_Union[KvTierStatus, _Mapping]] = ...) -> None: ...
+
+class KvTierCounters(_message.Message):
+    __slots__ = ("capacity_bytes", "pages", "bytes", "hits", "misses", "evictions", "bytes_in", "bytes_out", "rejected")
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    capacity_bytes: int
+    pages: int
+    bytes: int
+    hits: int
+    misses: int
+    evictions: int
+    bytes_in: int
+    bytes_out: int
+    rejected: int
+    def __init__(self, capacity_bytes: _Optional[int] = ..., pages: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+
+class KvTierStatus(_message.Message):
+    __slots__ = ("enabled", "host", "node", "offloaded_pages", "restored_pages", "restored_tokens", "restore_fallbacks", "restore_seconds_total", "offload_seconds_total")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    OFFLOADED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    host: KvTierCounters
+    node: KvTierCounters
+    offloaded_pages: int
+    restored_pages: int
+    restored_tokens: int
+    restore_fallbacks: int
+    restore_seconds_total: float
+    offload_seconds_total: float
+    def __init__(self, enabled: _Optional[bool] = ..., host: _Optional[_Union[KvTierCounters, _Mapping]] = ..., node: _Optional[_Union[KvTierCounters, _Mapping]] = ..., offloaded_pages: _Optional[int] = ..., restored_pages: _Optional[int] = ..., restored_tokens: _Optional[int] = ..., restore_fallbacks: _Optional[int] = ..., restore_seconds_total: _Optional[float] = ..., offload_seconds_total: _Optional[float] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("replicas", "model", "policy", "generation_defaults", "models", "autoscale")

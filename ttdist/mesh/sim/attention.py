@@ -12,7 +12,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from ttdist.mesh.backend import PerDevice
+from ttdist.mesh.backend import PerDevice, TransferLedger
 from ttdist.mesh.errors import MeshError
 from ttdist.mesh.placement import Placements, Replicate, Shard, normalize, require_reduced
 from ttdist.mesh.precision import DType, quantize
@@ -24,6 +24,7 @@ class AttentionHost(Protocol):
     """What ``AttentionOps`` uses of the backend it is mixed into (``SimBackend``)."""
 
     device: torch.device
+    transfers: TransferLedger
 
     def _wrap(self, data: torch.Tensor, placements: Placements, dtype: DType | None = None,
               name: str = "activations") -> SimTensor: ...
@@ -66,6 +67,40 @@ class AttentionOps:
         t = self.zeros((n_kv, num_pages, page_size, head_dim), tuple(stored[p] for p in placements), dtype=dtype, name=name)
         t.placements = placements
         return t
+
+    def read_pages(self, cache: SimTensor, pages: Sequence[int]) -> np.ndarray:
+        """Logical pages ``pages`` of a paged cache as stored: ``[n, kv_heads, page_size, hd]`` (float32)."""
+        blocks = [_heads_global(self._page_view(cache, k), cache.placements) for k in pages]
+        out = torch.stack(blocks).cpu().numpy() if blocks else np.zeros((0,), np.float32)
+        self.transfers.readback(out.nbytes)
+        return out
+
+    def write_pages(self, cache: SimTensor, pages: Sequence[int], data: np.ndarray) -> None:
+        """Write ``read_pages``' arrays into logical pages ``pages`` on every chip that holds them."""
+        data = np.asarray(data, dtype=np.float32)
+        if data.shape[:1] != (len(pages),):
+            raise MeshError(f"write_pages: {len(pages)} pages, got data of shape {data.shape}")
+        self.transfers.upload(data.nbytes)
+        head_axis = next((a for a in (0, 1) if cache.placements[a] == Shard(1)), None)
+        for k, block in zip(pages, torch.as_tensor(data, device=self.device)):
+            view = self._page_view(cache, k)             # [A0, A1, kv_local, ps, hd]
+            if head_axis is not None:
+                chips = view.shape[head_axis]
+                block = block.unflatten(0, (chips, -1)).unsqueeze(1 - head_axis)
+            view.copy_(block.expand_as(view))
+
+    @staticmethod
+    def _page_view(cache: SimTensor, page: int) -> torch.Tensor:
+        """The chips' storage of logical page ``page``: ``[A0, A1, kv_local, ps, hd]`` (a view), the axis
+        that shards pages narrowed to the chips holding it."""
+        data = cache.data                                # [R', C', kv_local, pages_local, ps, hd]
+        local = data.shape[3]
+        page_axis = next((a for a in (0, 1) if cache.placements[a] == Shard(0)), None)
+        chip, index = divmod(int(page), local) if page_axis is not None else (0, int(page))
+        if not 0 <= index < local or (page_axis is not None and chip >= data.shape[page_axis]):
+            raise MeshError(f"page {page} is not in paged cache {cache.name!r}")
+        view = data[:, :, :, index]
+        return view.narrow(page_axis, chip, 1) if page_axis is not None else view
 
     def _slots(self, num_pages: int, page_size: int, page_table: np.ndarray, positions: np.ndarray):
         positions = np.asarray(positions, dtype=np.int64)
@@ -196,3 +231,11 @@ class AttentionOps:
             return parts[0][0]
         grid = [torch.cat([parts[r * cols + c][0] for c in range(cols)], dim=1) if cols > 1 else parts[r][0] for r in range(rows)]
         return torch.cat(grid, dim=0) if rows > 1 else grid[0]
+
+
+def _heads_global(block: torch.Tensor, placements: Placements) -> torch.Tensor:
+    """``[A0, A1, kv_local, ps, hd]`` -> ``[kv, ps, hd]``: the KV heads of the chips that split them, in order."""
+    head_axis = next((a for a in (0, 1) if placements[a] == Shard(1)), None)
+    if head_axis is None:
+        return block[0, 0]
+    return block.narrow(1 - head_axis, 0, 1).squeeze(1 - head_axis).flatten(0, 1)

@@ -27,7 +27,7 @@ import numpy as np
 import ttnn
 
 from ttdist.mesh.backend import MeshError, PerDevice
-from ttdist.mesh.placement import Placements, require_reduced
+from ttdist.mesh.placement import Placements, Shard, require_reduced
 from ttdist.mesh.precision import DType
 from ttdist.mesh.ttnn import configs as cfg
 from ttdist.mesh.ttnn.tensor import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, TtnnTensor
@@ -200,6 +200,55 @@ class AttentionOps:
             raise MeshError(f"paged_update_cache: {x.name!r} has {x.shape[0]} users; a decode batch holds at most {cfg.TILE}")
         pos, table = self._decode_indices(cache, positions, page_table)
         ttnn.experimental.paged_update_cache(cache.value, x.value, update_idxs_tensor=pos, page_table=table)
+
+    # ------------------------------------------------------------------ pages for the KV tiers
+    def read_pages(self, cache, pages) -> np.ndarray:
+        """Logical pages of a paged cache ``[n, kv_heads, page_size, hd]`` float32: each page sliced out
+        of every chip's cache (``ttnn.slice``), widened to float32 on the chips (bfloat8_b blocks read
+        back exactly) and read back; the chips of the page's pool give it. Blocking readbacks on the
+        command queue the steps use: a second command queue (tt-metal's "Multiple CQs") would let them
+        run beside a step; that is not wired here."""
+        out = []
+        for page in pages:
+            chip, index = self._page_at(cache, page)
+            out.append(self._read_local_page(cache, index)[chip])
+        return np.stack(out) if out else np.zeros((0, *cache.shape[1:]), np.float32)
+
+    def write_pages(self, cache, pages, data) -> None:
+        """Write ``read_pages``' arrays into logical pages: ``paged_fill_cache`` of one page, each chip
+        through the same local page id; the chips of other pools rewrite what they held there."""
+        data = np.asarray(data, dtype=np.float32)
+        for page, block in zip(pages, data):
+            chip, index = self._page_at(cache, page)
+            whole = self._read_local_page(cache, index)
+            whole[chip] = block
+            value = self.from_host(whole, cache.placements, dtype=cache.dtype, name="kv_page")
+            value.kind = CACHE
+            placed = self._materialize(value, cache.dtype, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+            ttnn.experimental.paged_fill_cache(cache.value, placed, self._ints(np.array([[index]])), batch_idx=0)
+            self.deallocate(value)
+
+    def _page_at(self, cache, page: int) -> tuple[int, int]:
+        """(index along the axis that shards pages, local page id) of logical page ``page``."""
+        if cache.kind != CACHE:
+            raise MeshError(f"{cache.name!r} is not a paged cache")
+        local = cache.shape[0]
+        axis = next((a for a in (0, 1) if cache.placements[a] == Shard(0)), None)
+        chip, index = divmod(int(page), local) if axis is not None else (0, int(page))
+        if not 0 <= index < local or chip >= (self.spec.shape[axis] if axis is not None else 1):
+            raise MeshError(f"page {page} is not in paged cache {cache.name!r}")
+        return chip, index
+
+    def _read_local_page(self, cache, index: int) -> np.ndarray:
+        """Local page ``index`` of every pool: ``[pools, kv_heads, page_size, hd]`` float32."""
+        value = ttnn.slice(cache.value, [index, 0, 0, 0], [index + 1, *cache.shape[1:]])
+        if value.dtype != ttnn.float32:
+            value = ttnn.typecast(value, ttnn.float32)
+        part = self._wrap(value, (1, *cache.shape[1:]), cache.placements, dtype=DType.float32, name="kv_page", kind=CACHE)
+        try:
+            return np.array(self.to_host(part), dtype=np.float32)
+        finally:
+            self.deallocate(part)
 
     def _check_cache(self, cache, x) -> None:
         if cache.kind != CACHE or cache.ndim != 4:
