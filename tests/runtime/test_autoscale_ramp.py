@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 MIN, MAX = 1, 3
 OUTPUT = 40                       # tokens per request: 0.8 s of 20 ms steps
-LOW, HIGH = (0.5, 8.0), (8.0, 20.0)   # (rate, seconds): ~0.4 ongoing (1 replica), ~6.4 ongoing (capped at 3)
-SCHEDULE = [LOW, HIGH, (0.5, 16.0)]
+LOW, HIGH = (0.5, 6.0), (8.0, 14.0)   # (rate, seconds): ~0.4 ongoing (1 replica), ~6.4 ongoing (capped at 3)
+SCHEDULE = [LOW, HIGH, (0.5, 10.0)]
 SCALE = AutoscaleConfig(min_replicas=MIN, max_replicas=MAX, target=2, upscale_delay_s=1.0, downscale_delay_s=4.0,
                         drain_timeout_s=60.0)
 ENGINE = ScriptedEngineConfig(vocab_size=1000, step_s=0.02, max_context=4096, page_size=16, num_pages=512)
