@@ -110,6 +110,21 @@ async def test_jsonl_prompts(make_stack, tmp_path):  # noqa: F811
     assert (s["completed"], s["input_tokens"], s["output_tokens"]) == (2, 5, 11)
 
 
+async def test_a_rate_schedule_sends_each_phase_its_count(make_stack, tmp_path):  # noqa: F811
+    stack = await make_stack(n=1, engine=ENGINE)
+    code, out, err = await ttdist(
+        "bench", "--target", f"127.0.0.1:{stack.server.port}", "--rate-schedule", "10:0.5,40:0.5,0:0.5,10:0.3",
+        "--arrival", "fixed", "--input-len", "4", "--output-len", "3", "--warmup", "0",
+        "--json", str(tmp_path / "r.json"), "--no-progress")
+    assert code == 0, err
+    run = json.loads((tmp_path / "r.json").read_text())["runs"][0]
+    assert run["load"]["schedule"] == [[10.0, 0.5], [40.0, 0.5], [0.0, 0.5], [10.0, 0.3]]
+    assert run["summary"]["completed"] == 5 + 20 + 3 == finished(stack) and run["summary"]["failed"] == 0
+    starts = [r["start_s"] for r in run["requests"]]
+    assert starts == sorted(starts) and starts[25] - starts[24] >= 0.5    # the pause
+    assert "rate:s 10:0.5,40:0.5,0:0.5,10:0.3 fixed" in out
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--request-rate", "0"], "--request-rate: must be > 0"),
     (["--request-rate", "-3"], "--request-rate: must be > 0"),
@@ -121,6 +136,10 @@ async def test_jsonl_prompts(make_stack, tmp_path):  # noqa: F811
     (["--output-len", "zero"], "--output-len:"),
     (["--max-concurrency", "0"], "--max-concurrency: must be at least 1"),
     (["--num-prompts", "0"], "--num-prompts:"),
+    (["--rate-schedule", "1:5,fast"], "--rate-schedule: 'fast'"),
+    (["--rate-schedule", "0:5"], "--rate-schedule: '0:5' sends no request"),
+    (["--rate-schedule", "1:5", "--sweep", "1,2"], "--rate-schedule: sets the rates"),
+    (["--rate-schedule", "1:5", "--num-prompts", "4"], "--rate-schedule: sets the rates"),
     (["--backend", "openai"], "--vocab-size:"),
     (["--workload", "jsonl", "--dataset", "/nonexistent.jsonl"], "--dataset:"),
 ])

@@ -9,7 +9,7 @@ import pytest
 
 from ttdist.loadgen import Load, LoadError, WorkloadError, parse_length, parse_slo, random_requests, shared_prefix_requests
 from ttdist.loadgen.metrics import SloError, request_metrics, summarize
-from ttdist.loadgen.runner import intervals
+from ttdist.loadgen.runner import Phase, intervals, parse_schedule, schedule_times
 from ttdist.loadgen.targets import Outcome
 
 
@@ -79,3 +79,19 @@ def test_schedules():
         with pytest.raises(LoadError) as err:
             Load(**kwargs)
         assert err.value.field == field
+
+
+def test_rate_schedule_phases():
+    ramp = Load(arrival="fixed", schedule=parse_schedule("0.5:4, 4:1,0:2,1:2"))
+    assert ramp.schedule == (Phase(0.5, 4), Phase(4, 1), Phase(0, 2), Phase(1, 2)) and ramp.count == 8
+    assert schedule_times(ramp) == [0.0, 2.0, 4.0, 4.25, 4.5, 4.75, 7.0, 8.0]   # the pause: nothing in 5..7
+    assert intervals(ramp, 8) == [0.0, 2.0, 2.0, 0.25, 0.25, 0.25, 2.25, 1.0]
+    poisson = schedule_times(Load(seed=5, schedule=parse_schedule("10:1,100:1")))
+    assert len(poisson) == 110 and poisson == sorted(poisson)
+    assert all(t < 1 for t in poisson[:10]) and all(1 <= t < 2 for t in poisson[10:])   # each phase its count
+    with pytest.raises(LoadError):
+        intervals(ramp, 7)
+    for text in ("fast", "1:0", "-1:5", "inf:2", "1:2:3", "0:5"):
+        with pytest.raises(LoadError) as err:
+            parse_schedule(text)
+        assert err.value.field == "rate-schedule"

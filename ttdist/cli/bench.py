@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     api.add_argument("--model", default="", help="model id for the OpenAI API (default: the one it serves)")
     work = p.add_argument_group("workload")
     work.add_argument("--workload", choices=("random", "shared-prefix", "jsonl"), default="random")
-    work.add_argument("--num-prompts", type=int, default=100, help="requests per run (default %(default)s)")
+    work.add_argument("--num-prompts", type=int, help="requests per run (default 100; a --rate-schedule sets it)")
     work.add_argument("--input-len", default="128", help="prompt tokens: N, LO..HI, normal:MEAN,STD or exp:MEAN")
     work.add_argument("--output-len", default="128", help="tokens to generate, same forms (default %(default)s)")
     work.add_argument("--num-prefixes", type=int, default=8, help="shared-prefix: distinct prefixes")
@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     load = p.add_argument_group("load")
     load.add_argument("--request-rate", type=float, default=math.inf,
                       help="requests per second (default inf: all at once, capped by --max-concurrency)")
+    load.add_argument("--rate-schedule", metavar="RATE:SECONDS,...",
+                      help="phases of request rates in turn, e.g. 1:10,6:20,1:20 (a rising then falling load; "
+                           "each sends round(rate*seconds) requests, rate 0 pauses)")
     load.add_argument("--arrival", choices=("poisson", "fixed"), default="poisson", help="inter-arrival times")
     load.add_argument("--max-concurrency", type=int, help="most requests in flight")
     load.add_argument("--sweep", metavar="RATES", help="comma-separated request rates to run in turn (e.g. 1,2,4,inf)")
@@ -63,8 +66,21 @@ def register(subparsers) -> None:
 
 
 def _loads(args):
-    from ttdist.loadgen import Load, LoadError
+    from ttdist.loadgen import Load, LoadError, parse_schedule
 
+    if args.rate_schedule:
+        if args.sweep or not math.isinf(args.request_rate) or args.num_prompts is not None:
+            raise CommandError("--rate-schedule: sets the rates and the request count; leave out --sweep, "
+                               "--request-rate and --num-prompts", EXIT_USAGE)
+        try:
+            load = Load(arrival=args.arrival, concurrency=args.max_concurrency, warmup=args.warmup, seed=args.seed,
+                        schedule=parse_schedule(args.rate_schedule))
+        except LoadError as e:
+            raise CommandError(f"--{e.field}: {str(e).split(': ', 1)[1]}", EXIT_USAGE) from None
+        args.num_prompts = load.count
+        return [load]
+    if args.num_prompts is None:
+        args.num_prompts = 100
     try:
         rates = [float(r) for r in args.sweep.split(",")] if args.sweep else [args.request_rate]
     except ValueError:
@@ -109,6 +125,7 @@ def _check(args):
         raise CommandError(str(e), EXIT_USAGE) from None
     except WorkloadError as e:
         raise _usage(e) from None
+    loads = _loads(args)
     if args.num_prompts < 1:
         raise CommandError(f"--num-prompts: must be at least 1, got {args.num_prompts}", EXIT_USAGE)
     if args.vocab_size is not None and args.vocab_size < 11:
@@ -121,7 +138,7 @@ def _check(args):
             _workload(args, 0, 1, args.seed)
         except WorkloadError as e:
             raise _usage(e) from None
-    return slo, _loads(args)
+    return slo, loads
 
 
 def _target(args):

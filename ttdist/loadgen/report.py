@@ -13,7 +13,7 @@ JSON_SCHEMA_VERSION = 1
 
 def _line(label: str, value) -> str:
     text = value if isinstance(value, str) else (f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
-    return f"{label:<{WIDTH - len(text) - 1}} {text}"
+    return f"{label:<{max(len(label), WIDTH - len(text) - 1)}} {text}"
 
 
 def _ms(x: float) -> str:
@@ -78,7 +78,8 @@ def to_json(runs: list[Run], config: dict) -> dict:
         "version": JSON_SCHEMA_VERSION,
         "config": config,
         "runs": [{"load": {"rate": None if math.isinf(r.load.rate) else r.load.rate, "arrival": r.load.arrival,
-                           "concurrency": r.load.concurrency, "warmup": r.load.warmup},
-                  "summary": r.summary.to_json(),
+                           "concurrency": r.load.concurrency, "warmup": r.load.warmup,
+                           "schedule": [[p.rate, p.seconds] for p in r.load.schedule] or None},
+                  "started_at": r.started_at, "summary": r.summary.to_json(),
                   "requests": [m.to_json() for m in r.requests]} for r in runs],
     }
