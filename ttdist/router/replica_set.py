@@ -74,6 +74,7 @@ class ReplicaSet:
         self.suspect_s = suspect_s
         self._table: RoutingTable | None = None
         self._by_id: dict[str, ReplicaEntry] = {}
+        self._base: list[ReplicaView] = []   # the table's views with no load of this router's and no suspect
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GenerationStub]] = {}
         self.links: dict[str, ReplicaLink] = {}
         self.loads: dict[str, Load] = {}
@@ -86,9 +87,13 @@ class ReplicaSet:
         return self._table
 
     def apply(self, table: RoutingTable) -> None:
-        """Take ``table``; the channels and links to addresses no longer in it close."""
+        """Take ``table``; the channels and links to addresses no longer in it close. An entry whose
+        prefix set is unchanged gets its hashes from the entry held."""
+        if any(e.prefix_unchanged for e in table.replicas):
+            table = replace(table, replicas=tuple(self._with_prefixes(e) for e in table.replicas))
         self._table = table
         self._by_id = {e.replica_id: e for e in table.replicas}
+        self._base = [ReplicaView(e.replica_id, e.state, e.running, e.waiting, 0, e.prefix_hashes) for e in table.replicas]
         addresses = {e.address for e in table.replicas}
         for address in [a for a in self._stubs if a not in addresses]:
             link = self.links.pop(address, None)
@@ -96,6 +101,21 @@ class ReplicaSet:
                 asyncio.get_running_loop().create_task(link.close())
             channel, _ = self._stubs.pop(address)
             asyncio.get_running_loop().create_task(channel.close())
+
+    def _with_prefixes(self, entry: ReplicaEntry) -> ReplicaEntry:
+        if not entry.prefix_unchanged:
+            return entry
+        held = self._by_id.get(entry.replica_id)
+        if held is not None and (held.pid, held.prefix_seq) == (entry.pid, entry.prefix_seq):
+            return replace(entry, prefix_hashes=held.prefix_hashes, prefix_unchanged=False)
+        # not the set held (a concurrent refresh took another): none now, the whole set next time
+        return replace(entry, prefix_seq=-1, prefix_unchanged=False)
+
+    def prefix_held(self) -> dict[str, tuple[int, int]]:
+        """Per replica, the (pid, prefix_seq) of the prefix set held (for the coordinator's next table)."""
+        if self._table is None:
+            return {}
+        return {e.replica_id: (e.pid, e.prefix_seq) for e in self._table.replicas if e.prefix_seq >= 0}
 
     def gone(self, replica_id: str) -> bool:
         """The replica left the table or the table marks it failed."""
@@ -111,11 +131,17 @@ class ReplicaSet:
         self._stubs.clear()
 
     def views(self) -> list[ReplicaView]:
+        """One view per replica (built once per table: only those this router loads or suspects
+        are built per call)."""
         views = []
         now = time.monotonic()
-        for e in self.table.replicas:
-            load = self.loads.get(e.replica_id, Load())
+        for e, base in zip(self.table.replicas, self._base):
+            load = self.loads.get(e.replica_id)
             suspect = self.suspects.get(e.replica_id)
+            if suspect is None and (load is None or not (load.running or load.waiting or load.pending_prefill_tokens)):
+                views.append(base)
+                continue
+            load = load or Load()
             state = SUSPECT if suspect is not None and suspect.covers(e, now) else e.state
             views.append(ReplicaView(
                 e.replica_id, state, max(e.running, load.running), max(e.waiting, load.waiting),

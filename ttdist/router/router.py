@@ -133,7 +133,7 @@ class Router:
         return self.replicas.views()
 
     async def refresh(self) -> None:
-        report = replace(self.report_snapshot(), events=tuple(self._events))
+        report = replace(self.report_snapshot(), events=tuple(self._events), prefix_held=self.replicas.prefix_held())
         table = await self.source.table(report)
         self._events = self._events[len(report.events):]
         self._apply(table)

@@ -297,7 +297,8 @@ class Coordinator(AutoscalingMixin):
             self.registry.record(report.events)   # a ring: bounded however long it runs
         name = model or first
         scaler = self.scalers.get(name)
-        return RoutingTable(self.models[name].card, self.registry.entries(name), scaler.status() if scaler else None)
+        entries = self.registry.entries(name, report.prefix_held if report is not None else None)
+        return RoutingTable(self.models[name].card, entries, scaler.status() if scaler else None)
 
     async def model_cards(self) -> list[ModelCard]:
         """Every served model's card, in spec order."""

@@ -33,6 +33,8 @@ def apply_delta(held: frozenset[int], held_seq: int, delta: PrefixDelta) -> tupl
         return delta.added, delta.seq
     if delta.base != held_seq:
         return None
+    if not (delta.removed or delta.added):   # most heartbeats: no copy of a set of thousands of hashes
+        return held, delta.seq
     return (held - delta.removed) | delta.added, delta.seq
 
 

@@ -116,18 +116,23 @@ class ReplicaRecord:
             return f"{self.state} (cannot start)"
         return state_label(self.state, self.crash_loop)
 
-    def entry(self) -> ReplicaEntry:
+    def entry(self, held: tuple[int, int] | None = None) -> ReplicaEntry:
+        """As the router needs it; ``held``: the (pid, prefix_seq) the asking router holds (its
+        hashes are left out when they are still that set)."""
         s = self.stats
+        numbered = s is not None and self.prefix_seq != FULL and s.prefix_hashes is self.prefix_hashes
+        seq = self.prefix_seq if numbered else FULL
+        unchanged = numbered and held == (self.pid, seq)
         return ReplicaEntry(
             replica_id=self.replica_id, address=self.address, state=self.state, pid=self.pid, model=self.model,
             node_id=self.node_id, mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=s.free_pages if s else self.kv_pages_total, running=s.running if s else 0,
             waiting=s.waiting if s else 0, tokens_per_second=s.tokens_per_second if s else 0.0,
-            prefix_hashes=s.prefix_hashes if s else frozenset(), kv_pages_budget=self.memory.kv_pages_budget if self.memory else self.kv_pages_budget,
+            prefix_hashes=s.prefix_hashes if s and not unchanged else frozenset(), kv_pages_budget=self.memory.kv_pages_budget if self.memory else self.kv_pages_budget,
             kv_pages_capped_by_host=bool(self.memory and self.memory.kv_pages_capped_by_host),
             dram=self.memory.dram if self.memory else None, crash_loop=self.crash_loop,
             kv_user_groups=s.kv_user_groups if s else 1, kv_pages_free_per_group=s.kv_pages_free_per_group if s else (),
-            kv_tiers=s.kv_tiers if s else None,
+            kv_tiers=s.kv_tiers if s else None, prefix_seq=seq, prefix_unchanged=unchanged,
         )
 
 
@@ -326,7 +331,9 @@ class Registry:
         self._move(r, ReplicaState.STARTING, now, EventKind.REPLICA_RESTARTING,
                    f"restart {r.restarts} after {now - r.since:.1f} s failed")
 
-    def entries(self, model: str | None = None) -> tuple[ReplicaEntry, ...]:
-        """The replicas as the router needs them; only ``model``'s pool when it is given."""
-        return tuple(r.entry() for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
+    def entries(self, model: str | None = None, held: dict[str, tuple[int, int]] | None = None) -> tuple[ReplicaEntry, ...]:
+        """The replicas as the router needs them; only ``model``'s pool when it is given; ``held``:
+        the prefix sets the asking router holds (``RouterReport.prefix_held``)."""
+        held = held or {}
+        return tuple(r.entry(held.get(r.replica_id)) for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
                      if model is None or r.model == model)

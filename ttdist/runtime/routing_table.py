@@ -2,7 +2,10 @@
 
 The coordinator hands the router a ``RoutingTable`` (every replica's address, health state
 and last heartbeat figures); the router hands back a ``RouterReport`` (latency summaries and
-events such as migrations) each time it asks.
+events such as migrations) each time it asks. A replica's prefix hashes (thousands per replica)
+travel only when they changed: the report says which numbered set (``prefix_held``) the router
+holds per replica, and an entry whose set is still that one comes with ``prefix_unchanged`` and
+no hashes (the router keeps its own copy).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class ReplicaEntry:
     kv_pages_free_per_group: tuple[int, ...] = ()   # group g's free pages, by group id (() if not reported)
     model: str = ""                         # the served model whose pool it is in
     kv_tiers: KvTierStats | None = None     # host and node KV tiers (None: not reported)
+    prefix_seq: int = -1                    # the number of ``prefix_hashes`` (-1: unnumbered, always sent)
+    prefix_unchanged: bool = False          # the asking router holds set ``prefix_seq`` of this pid: hashes left out
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(
@@ -113,6 +118,7 @@ class RouterReport:
     router_id: str = ""       # which router (several may serve one port); the coordinator keeps one report each
     model: str = ""           # the served model it routes (a router runs one ``Router`` per model)
     waiting_for_replica: int = 0   # that model's requests held now for want of a replica (its autoscaler reads it)
+    prefix_held: dict[str, tuple[int, int]] = field(default_factory=dict)   # replica id -> (pid, prefix_seq) it holds
 
 def _combined_latency(summaries: list[LatencySummary]) -> LatencySummary:
     """Several routers' windows as one: p50 weighted by count (approximate), the worst p99."""

@@ -44,9 +44,10 @@ class CacheAware(Policy):
         least = min(replicas, key=lambda r: (loads[r.replica_id], r.replica_id))
         if self._imbalanced(loads.values()) or not request.block_hashes:
             chosen = least
-        else:
-            best = max(replicas, key=lambda r: (self._match(r, request), -loads[r.replica_id]))
-            chosen = best if self._match(best, request) > 0 else least
+        else:   # only a replica holding the first page can match at all: score just those
+            first, sent = request.block_hashes[0], self._sent
+            held = [r for r in replicas if first in r.prefix_hashes or first in sent.get(r.replica_id, ())]
+            chosen = max(held, key=lambda r: (self._match(r, request), -loads[r.replica_id])) if held else least
         self._remember(chosen.replica_id, request)
         return chosen
 
