@@ -27,6 +27,6 @@ def test_pages_read_and_written_on_ttnn(backend, spec):
     pages = kv_pages.read(backend, model, [3])
     heads = model.layout.n_kv_local * model.layout.n_inner
     assert pages[0].dtype == np.uint16 and pages[0].shape == (2, 2, heads, 32, 32)
-    last = model.groups.total_pages - 1
+    last = model.groups.pages - 1   # the last page of group 0: a user's pages lie in one group (Galaxy)
     kv_pages.write(backend, model, [last], pages)
     model.prefill_forward(list(range(5)), 32, [last, 5])
