@@ -6,7 +6,7 @@ What is real and what is a stand-in:
   registry records), ``Registry.started`` / ``heartbeat`` (prefix deltas applied) / ``tick``, the
   coordinator's ``heartbeat``, ``routing_table`` and ``snapshot`` methods, the dashboard's
   ``DashboardServer.sample`` + ``status_json``, the replica side's ``PrefixSender``, ``Router``
-  (its refresh loop at the default ``refresh_s``, ``ReplicaSet``, ``views``) and ``route`` with
+  (its refresh loop at the default ``refresh_s``, ``ReplicaSet``, ``choose``) and ``route`` with
   every policy in ``ttdist/router/policies/``.
 - Stand-ins: no Ray and no replica processes. The replicas are plain objects in this process
   (``StandIns``: load figures and a prefix cache per replica, each heartbeating every
@@ -22,9 +22,10 @@ Measured per size:
   one router's table fetches every ``refresh_s``, serializing the table), as a share of a core;
 - table propagation: a replica's load change (seen at its next heartbeat) and a state change made
   at the coordinator (draining) -> the running router's table has it (wall time, p50 / max);
-- routing decision time p50 / p99 per policy: the router's ``views()`` + ``route`` (what ``_pick``
-  does), every replica holding ``--prefixes`` cached prompts of ``--pages`` pages (a share of them
-  behind common system prompts), 60 % of requests continuing a cached prompt;
+- routing decision time p50 / p99 per policy: the router's ``choose`` (what ``_pick`` does: the
+  ready candidates less suspects, then ``route``), every replica holding ``--prefixes`` cached
+  prompts of ``--pages`` pages (a share of them behind common system prompts), 60 % of requests
+  continuing a cached prompt;
 - status API: ``Coordinator.snapshot`` and the dashboard's ``status_json`` over it.
 Targets (issue 32): coordinator < 25 % of a core and pick p99 < 1 ms at 1,024 replicas, cost per
 replica growing no faster than linearly (growth = cost per replica at the largest size / at the
@@ -50,7 +51,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ttdist.dashboard.replica_state import ReplicaState  # noqa: E402
-from ttdist.router.policies import POLICIES, RequestInfo, make_policy, route  # noqa: E402
+from ttdist.router.policies import POLICIES, RequestInfo, make_policy  # noqa: E402
 from ttdist.router.router import Router, RouterConfig  # noqa: E402
 from ttdist.runtime.config import ClusterConfig, ReplicaGroup  # noqa: E402
 from ttdist.runtime.coordinator import Coordinator  # noqa: E402
@@ -211,7 +212,7 @@ async def propagation(coordinator: Coordinator, fleet: StandIns, router: Router,
 
 
 def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: int) -> list[float]:
-    """Seconds per routing decision (``views`` + ``route``), the router's own load counts moving."""
+    """Seconds per routing decision (``Router.choose``, what ``_pick`` does), the router's own load counts moving."""
     rng = random.Random(2)
     router.policy = make_policy(policy)
     ids = list(fleet.replicas)
@@ -226,7 +227,7 @@ def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: 
             hashes = fleet.prompt()
         info = RequestInfo(f"req-{k}", prompt_tokens=32 * len(hashes), block_hashes=hashes)
         t0 = time.perf_counter()
-        chosen = route(router.policy, router.views(), info)
+        chosen = router.choose(info)
         times.append(time.perf_counter() - t0)
         router.replicas.load(chosen.replica_id).queued(info.prompt_tokens)
         inflight.append((chosen.replica_id, info.prompt_tokens))
@@ -296,7 +297,7 @@ def report(results: list[SizeResult]) -> None:
         print(f"{r.replicas:8d}  {r.cpu_share * 100:7.1f} % ({r.table_share * 100:4.1f} %)  {pct(r.load_delay, .5) * 1e3:10.0f} / {max(r.load_delay) * 1e3:4.0f}"
               f"  {pct(r.state_delay, .5) * 1e3:14.0f} / {max(r.state_delay) * 1e3:4.0f}"
               f"  {r.snapshot_s * 1e3:11.1f}  {r.status_json_s * 1e3:14.1f}")
-    print("\nrouting decision (views + route), p50 / p99 ms")
+    print("\nrouting decision (Router.choose), p50 / p99 ms")
     print("replicas  " + "  ".join(f"{name:>18s}" for name in POLICIES))
     for r in results:
         print(f"{r.replicas:8d}  " + "  ".join(
