@@ -25,7 +25,7 @@ from ttdist.router.policies.candidates import Candidates, Pool
 from ttdist.router.replica_link import ReplicaLink
 from ttdist.runtime.auth import cluster_channel
 from ttdist.dashboard.replica_state import ReplicaState
-from ttdist.runtime.routing_table import ReplicaEntry, RoutingTable
+from ttdist.runtime.routing_table import WHOLE, ReplicaEntry, RoutingTable, TableVersion
 from ttdist.v1 import generation_pb2 as pb
 from ttdist.v1 import generation_pb2_grpc as pb_grpc
 
@@ -88,6 +88,7 @@ class ReplicaSet:
         self.suspect_s = suspect_s
         self._table: RoutingTable | None = None
         self._by_id: dict[str, ReplicaEntry] = {}
+        self._whole: TableVersion | None = None   # the version of the whole table held (None: ask for it whole)
         self.pool = Pool()   # the table's views with this router's loads, no suspects
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GenerationStub]] = {}
         self.links: dict[str, ReplicaLink] = {}
@@ -101,14 +102,54 @@ class ReplicaSet:
         return self._table
 
     def apply(self, table: RoutingTable) -> None:
-        """Take ``table``; the channels and links to addresses no longer in it close. An entry whose
-        prefix set is unchanged gets its hashes from the entry held."""
+        """Take ``table`` (a whole one, or the changes since the one held: merged into it); the
+        channels and links to addresses no longer in it close. An entry whose prefix set is
+        unchanged gets its hashes from the entry held."""
+        changed = None
+        if table.changes_since != WHOLE:
+            changed = {e.replica_id for e in table.replicas}
+            merged = self._merged(table)
+            if merged is None:
+                return
+            table = merged
         if any(e.prefix_unchanged for e in table.replicas):
             table = replace(table, replicas=tuple(self._with_prefixes(e) for e in table.replicas))
+        same_ids = (changed is not None and len(table.replicas) == len(self._by_id)
+                    and all(r in self._by_id for r in changed))
         self._table = table
+        self._whole = table.version
         self._by_id = {e.replica_id: e for e in table.replicas}
-        self.pool.set_views(self._view(e) for e in table.replicas)
-        addresses = {e.address for e in table.replicas}
+        if same_ids:   # the same replicas: only the changed views change
+            for replica_id in changed:
+                self.pool.update(self._view(self._by_id[replica_id]))
+        else:
+            self.pool.set_views(self._view(e) for e in table.replicas)
+        self._close_gone({e.address for e in table.replicas})
+
+    def _merged(self, table: RoutingTable) -> RoutingTable | None:
+        """The table held with ``table``'s changes; None when they cannot apply to it (another
+        registry's, older than it, or after changes it does not have): the next report asks for
+        the whole table."""
+        held = self._table.version if self._table is not None else None
+        if (held is None or table.version is None or held.epoch != table.version.epoch
+                or held.change < table.changes_since):
+            self._whole = None
+            return None
+        if table.version.change <= held.change:   # a concurrent refresh's older answer: nothing new
+            return None
+        changed = {e.replica_id: e for e in table.replicas}
+        if any(r not in changed and r not in self._by_id for r in table.replica_ids):
+            self._whole = None
+            return None
+        entries = tuple(changed.get(r) or self._by_id[r] for r in table.replica_ids)
+        return replace(table, replicas=entries, changes_since=WHOLE, replica_ids=())
+
+    @property
+    def table_version(self) -> TableVersion | None:
+        """The version of the whole table held (for the coordinator's next table; None: send it whole)."""
+        return self._whole
+
+    def _close_gone(self, addresses: set[str]) -> None:
         for address in [a for a in self._stubs if a not in addresses]:
             link = self.links.pop(address, None)
             if link is not None:

@@ -138,11 +138,12 @@ class Router:
         return route(self.policy, self.replicas.candidates(), info, exclude)
 
     async def refresh(self) -> None:
-        report = replace(self.report_snapshot(), events=tuple(self._events), prefix_held=self.replicas.prefix_held())
+        report = replace(self.report_snapshot(), events=tuple(self._events), prefix_held=self.replicas.prefix_held(),
+                         table_version=self.replicas.table_version)
         table = await self.source.table(report)
         self._events = self._events[len(report.events):]
         self._apply(table)
-        ready = any(v.state == ReplicaState.READY for v in self.views())
+        ready = len(self.replicas.candidates()) > 0
         serving = not self._draining and (ready or table.starts_on_demand)
         changed, self._serving = serving != self._serving, serving
         if changed and self.on_serving is not None:

@@ -49,9 +49,9 @@ from ttdist.runtime.autoscale.pool import PoolScaler
 from ttdist.runtime.coordinator_autoscale import AutoscalingMixin
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.request_checks import ModelCard
-from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
+from ttdist.runtime.registry import CHANGES, EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
-from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
+from ttdist.runtime.routing_table import RouterReport, RoutingTable, TableVersion, combine_reports
 from ttdist.runtime.served_models import ServedModel, convert_weights, model_snapshot, replica_snapshot, resolve_card
 
 PROBE_TIMEOUT_S = 2.0
@@ -288,7 +288,8 @@ class Coordinator(AutoscalingMixin):
         return held
 
     async def routing_table(self, report: RouterReport | None = None, model: str = "") -> RoutingTable:
-        """``model``'s table (its card and pool; "" = the first model's)."""
+        """``model``'s table (its card and pool; "" = the first model's): the entries changed after
+        the table the router holds whole (``report.table_version``), or the whole table."""
         await self._recovered.wait()   # after a restart: not before every replica re-registered or failed
         first = next(iter(self.models))
         if report is not None:
@@ -297,8 +298,15 @@ class Coordinator(AutoscalingMixin):
             self.registry.record(report.events)   # a ring: bounded however long it runs
         name = model or first
         scaler = self.scalers.get(name)
-        entries = self.registry.entries(name, report.prefix_held if report is not None else None)
-        return RoutingTable(self.models[name].card, entries, scaler.status() if scaler else None)
+        registry, held = self.registry, report.prefix_held if report is not None else None
+        version = TableVersion(registry.epoch, CHANGES.now)
+        seen = report.table_version if report is not None else None
+        if seen is None or seen.epoch != registry.epoch or seen.change > version.change:
+            return RoutingTable(self.models[name].card, registry.entries(name, held), scaler.status() if scaler else None,
+                                version)
+        ids, entries = registry.changed_entries(name, held, seen.change)
+        return RoutingTable(self.models[name].card, entries, scaler.status() if scaler else None, version,
+                            changes_since=seen.change, replica_ids=ids)
 
     async def model_cards(self) -> list[ModelCard]:
         """Every served model's card, in spec order."""
