@@ -99,3 +99,21 @@ async def test_a_table_of_changes_that_cannot_apply_is_dropped_and_the_whole_one
     await router.refresh()
     assert source.tables[-1].changes_since == WHOLE and router.replicas.table_version is not None
     assert router.table.replicas == coordinator.registry.entries()
+
+
+async def test_a_prefix_set_the_router_does_not_hold_is_sent_though_unchanged():
+    bench = _bench()
+    coordinator = await bench.build_coordinator(4)
+    fleet = bench.StandIns(sorted(coordinator.registry.replicas), prefixes=3, pages=2)
+    router = Router(RouterConfig(policy="cache_aware"), bench.InProcessSource(coordinator))
+    for rid in fleet.replicas:
+        await bench.send_beat(coordinator, fleet, rid)
+    await router.refresh()
+    held = router.replicas.prefix_held()
+    lost = dict(held)
+    del lost["replica-1"]   # e.g. a concurrent refresh left the router without it
+    table = await coordinator.routing_table(RouterReport(prefix_held=lost, table_version=router.replicas.table_version))
+    assert [e.replica_id for e in table.replicas] == ["replica-1"]
+    assert table.replicas[0].prefix_hashes == fleet.replicas["replica-1"].cached()
+    table = await coordinator.routing_table(RouterReport(prefix_held=held, table_version=router.replicas.table_version))
+    assert table.replicas == ()
