@@ -211,8 +211,10 @@ async def propagation(coordinator: Coordinator, fleet: StandIns, router: Router,
     return delays
 
 
-def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: int) -> list[float]:
-    """Seconds per routing decision (``Router.choose``, what ``_pick`` does), the router's own load counts moving."""
+def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: int,
+               cpu: list[float] | None = None) -> list[float]:
+    """Seconds per routing decision (``Router.choose``, what ``_pick`` does), the router's own load
+    counts moving; ``cpu`` gets each decision's thread CPU time (wall time less other processes' turns)."""
     rng = random.Random(2)
     router.policy = make_policy(policy)
     ids = list(fleet.replicas)
@@ -226,9 +228,11 @@ def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: 
         else:
             hashes = fleet.prompt()
         info = RequestInfo(f"req-{k}", prompt_tokens=32 * len(hashes), block_hashes=hashes)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         chosen = router.choose(info)
         times.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.thread_time() - c0)
         router.replicas.load(chosen.replica_id).queued(info.prompt_tokens)
         inflight.append((chosen.replica_id, info.prompt_tokens))
         if len(inflight) > 64:
@@ -268,6 +272,7 @@ class SizeResult:
     load_delay: list[float]
     state_delay: list[float]
     picks: dict[str, list[float]]
+    picks_cpu: dict[str, list[float]]
     snapshot_s: float
     status_json_s: float
     table_replicas: int
@@ -286,9 +291,11 @@ async def run_size(n: int, prefixes: int, pages: int, picks: int, changes: int) 
         beats.cancel()
         await router.stop()
     await router.refresh()
-    times = {name: pick_times(router, fleet, name, picks, pages) for name in POLICIES}
+    cpu: dict[str, list[float]] = {name: [] for name in POLICIES}
+    times = {name: pick_times(router, fleet, name, picks, pages, cpu[name]) for name in POLICIES}
     snap, js = await status_times(coordinator)
-    return SizeResult(n, beats_cpu + tables_cpu, tables_cpu, delays["load"], delays["state"], times, snap, js, len(router.table.replicas))
+    return SizeResult(n, beats_cpu + tables_cpu, tables_cpu, delays["load"], delays["state"], times, cpu, snap, js,
+                      len(router.table.replicas))
 
 
 def report(results: list[SizeResult]) -> None:
@@ -297,11 +304,12 @@ def report(results: list[SizeResult]) -> None:
         print(f"{r.replicas:8d}  {r.cpu_share * 100:7.1f} % ({r.table_share * 100:4.1f} %)  {pct(r.load_delay, .5) * 1e3:10.0f} / {max(r.load_delay) * 1e3:4.0f}"
               f"  {pct(r.state_delay, .5) * 1e3:14.0f} / {max(r.state_delay) * 1e3:4.0f}"
               f"  {r.snapshot_s * 1e3:11.1f}  {r.status_json_s * 1e3:14.1f}")
-    print("\nrouting decision (Router.choose), p50 / p99 ms")
-    print("replicas  " + "  ".join(f"{name:>18s}" for name in POLICIES))
-    for r in results:
-        print(f"{r.replicas:8d}  " + "  ".join(
-            f"{pct(t, .5) * 1e3:8.3f} / {pct(t, .99) * 1e3:7.3f}" for t in r.picks.values()))
+    for title, which in (("wall", "picks"), ("thread CPU time: less other processes' turns on a shared machine", "picks_cpu")):
+        print(f"\nrouting decision (Router.choose), p50 / p99 ms, {title}")
+        print("replicas  " + "  ".join(f"{name:>18s}" for name in POLICIES))
+        for r in results:
+            print(f"{r.replicas:8d}  " + "  ".join(
+                f"{pct(t, .5) * 1e3:8.3f} / {pct(t, .99) * 1e3:7.3f}" for t in getattr(r, which).values()))
     lo, hi = results[0], results[-1]
     if hi.replicas == lo.replicas:
         return
@@ -312,9 +320,11 @@ def report(results: list[SizeResult]) -> None:
           f" status_json {growth(lo.status_json_s, hi.status_json_s):.2f}, " + ", ".join(
               f"{name} p50 {growth(pct(lo.picks[name], .5), pct(hi.picks[name], .5)):.2f}" for name in POLICIES))
     worst = max(pct(t, .99) for t in hi.picks.values())
+    worst_cpu = max(pct(t, .99) for t in hi.picks_cpu.values())
     print(f"targets at {hi.replicas}: coordinator {hi.cpu_share * 100:.1f} % of a core (< 25 %):"
-          f" {'met' if hi.cpu_share < 0.25 else 'MISSED'}; worst pick p99 {worst * 1e3:.3f} ms (< 1 ms):"
-          f" {'met' if worst < 1e-3 else 'MISSED'}")
+          f" {'met' if hi.cpu_share < 0.25 else 'MISSED'}; worst pick p99 {worst * 1e3:.3f} ms wall,"
+          f" {worst_cpu * 1e3:.3f} ms CPU (< 1 ms): {'met' if worst < 1e-3 else 'MISSED'}"
+          f"{'' if worst < 1e-3 else ' (CPU: met)' if worst_cpu < 1e-3 else ''}")
 
 
 def main() -> None:
