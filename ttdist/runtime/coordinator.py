@@ -49,10 +49,11 @@ from ttdist.runtime.autoscale.pool import PoolScaler
 from ttdist.runtime.coordinator_autoscale import AutoscalingMixin
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.request_checks import ModelCard
-from ttdist.runtime.registry import CHANGES, EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
+from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError, ReplicaRecord, Registry
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
-from ttdist.runtime.routing_table import RouterReport, RoutingTable, TableVersion, combine_reports
+from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
 from ttdist.runtime.served_models import ServedModel, convert_weights, model_snapshot, replica_snapshot, resolve_card
+from ttdist.runtime.table_changes import table_for
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
@@ -298,15 +299,7 @@ class Coordinator(AutoscalingMixin):
             self.registry.record(report.events)   # a ring: bounded however long it runs
         name = model or first
         scaler = self.scalers.get(name)
-        registry, held = self.registry, report.prefix_held if report is not None else None
-        version = TableVersion(registry.epoch, CHANGES.now)
-        seen = report.table_version if report is not None else None
-        if seen is None or seen.epoch != registry.epoch or seen.change > version.change:
-            return RoutingTable(self.models[name].card, registry.entries(name, held), scaler.status() if scaler else None,
-                                version)
-        ids, entries = registry.changed_entries(name, held, seen.change)
-        return RoutingTable(self.models[name].card, entries, scaler.status() if scaler else None, version,
-                            changes_since=seen.change, replica_ids=ids)
+        return table_for(self.registry, name, self.models[name].card, scaler.status() if scaler else None, report)
 
     async def model_cards(self) -> list[ModelCard]:
         """Every served model's card, in spec order."""

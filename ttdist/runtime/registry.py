@@ -34,8 +34,8 @@ serve console follows them), ``none_can_start`` says when no replica can ever se
 
 Each record carries the number of its last change that a router would see (``change``, from one
 clock: any assignment to a field its ``entry`` shows, when the value differs; a heartbeat whose
-figures are the last one's changes nothing), so ``changed_entries`` lists only the replicas
-changed after a router's table (routing_table.py says how tables travel as changes).
+figures are the last one's changes nothing), so a router's next table lists only the replicas
+changed after its last (table_changes.py).
 """
 
 from __future__ import annotations
@@ -391,15 +391,6 @@ class Registry:
         the prefix sets the asking router holds (``RouterReport.prefix_held``)."""
         held = held or {}
         return tuple(r.entry(held.get(r.replica_id)) for r in self.pool(model))
-
-    def changed_entries(self, model: str | None, held: dict[str, tuple[int, int]] | None,
-                        since: int) -> tuple[tuple[str, ...], tuple[ReplicaEntry, ...]]:
-        """Every replica's id (in order) and the entries of those changed after change ``since``
-        or whose numbered prefix set the router does not hold (``held``)."""
-        held = held or {}
-        records = self.pool(model)
-        return tuple(r.replica_id for r in records), tuple(
-            r.entry(held.get(r.replica_id)) for r in records if r.change > since or r.prefix_missing(held.get(r.replica_id)))
 
     def pool(self, model: str | None = None) -> list[ReplicaRecord]:
         """The records, in replica-id order; only ``model``'s pool when it is given."""

@@ -11,8 +11,8 @@ Entries travel only when they changed, too: each table says which change of the 
 as of (``version``: the registry's epoch and its change number); the router reports the version
 of the whole table it holds (``RouterReport.table_version``), and the next table lists only the
 entries changed after it (``changes_since``), with every replica's id in order
-(``replica_ids``), so the router merges them into what it holds. A version from another epoch
-(a restarted coordinator), or none, gets the whole table.
+(``replica_ids``), so the router merges them into what it holds (table_changes.py builds them).
+A version from another epoch (a restarted coordinator), or none, gets the whole table.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 A policy picks one replica for one request with ``select(replicas, request)``; ``Policy`` gives
 every policy the hooks it may ignore (``on_complete``) as no-ops, so a policy file holds only its
-algorithm. ``route`` filters out replicas that are not ready (and any it must avoid, such as the
-one a stream is migrating away from) before any policy runs, so a policy never sees an unhealthy
-replica and always gets at least one: ``Candidates`` (candidates.py), the ready ones in id
-order, with the load and prefix queries answered without a pass in Python over every replica.
+algorithm. ``route`` (candidates.py) filters out replicas that are not ready (and any it must
+avoid, such as the one a stream is migrating away from) before any policy runs, so a policy
+never sees an unhealthy replica and always gets at least one: ``Candidates``, the ready ones in
+id order, with the load and prefix queries answered without a pass in Python over every replica.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Sequence
 import numpy as np
 
 from ttdist.dashboard.replica_state import ReplicaState
-from ttdist.router.policies.candidates import Candidates, Pool
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,9 @@ class Policy:
 
     name = ""
 
-    def select(self, replicas: Candidates, request: RequestInfo) -> ReplicaView:
-        """One of ``replicas`` (never empty, all ready, in id order) for ``request``."""
+    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
+        """One of ``replicas`` (never empty, all ready, in id order: ``Candidates`` from ``route``,
+        candidates.py) for ``request``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement select()")
 
     def on_complete(self, replica_id: str, request: RequestInfo) -> None:
@@ -82,19 +82,3 @@ class Policy:
 
 class NoReplicaError(RuntimeError):
     """No replica is ready to take a request."""
-
-
-def route(
-    policy: Policy,
-    replicas: Candidates | Sequence[ReplicaView],
-    request: RequestInfo,
-    exclude: frozenset[str] = frozenset(),
-) -> ReplicaView:
-    """Health filtering, then the policy: the replica that gets ``request``. ``replicas``: the
-    router's candidates, or any views (made into candidates here, a pass over them)."""
-    if not isinstance(replicas, Candidates):
-        replicas = Pool(replicas).candidates()
-    healthy = replicas.without(exclude)
-    if not healthy:
-        raise NoReplicaError(f"no replica is ready (replicas: {healthy.describe() or 'none registered'})")
-    return policy.select(healthy, request)

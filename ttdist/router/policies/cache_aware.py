@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ttdist.router.policies.base import Candidates, LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
 from ttdist.router.policies.prefix_index import PrefixIndex
 
 

@@ -14,19 +14,19 @@ lowest load, then the lowest id), ``load_range``, ``holders`` / ``among`` (which
 page hash) and ``best`` (the lowest load, then id, among some of them). Loads are computed as
 ``LoadWeights.loads`` over the arrays: the same float operations, in the same order, as
 ``LoadWeights.load`` on one view, so every pick is the one a pass over the views would make.
+
+``route``: health filtering (ready, not excluded), then the policy.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Collection, Iterable, Iterator, Sequence, overload
+from typing import Collection, Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
 from ttdist.dashboard.replica_state import ReplicaState
+from ttdist.router.policies.base import LoadWeights, NoReplicaError, Policy, ReplicaView, RequestInfo
 from ttdist.router.policies.prefix_index import PrefixIndex
-
-if TYPE_CHECKING:
-    from ttdist.router.policies.base import LoadWeights, ReplicaView
 
 
 class Pool:
@@ -77,7 +77,7 @@ class Pool:
         return Candidates(self, frozenset(blocked), labels or {})
 
 
-class Candidates(Sequence["ReplicaView"]):
+class Candidates(Sequence[ReplicaView]):
     def __init__(self, pool: Pool, blocked: frozenset[str], labels: dict[str, str]) -> None:
         self._pool = pool
         self._labels = labels
@@ -153,3 +153,19 @@ class Candidates(Sequence["ReplicaView"]):
         at = np.fromiter(map(pool.positions.__getitem__, replica_ids), np.intp, len(replica_ids))
         loads = weights.loads(pool.running[at], pool.waiting[at], pool.pending[at])
         return pool.views[int(at[loads == loads.min()].min())]
+
+
+def route(
+    policy: Policy,
+    replicas: Candidates | Sequence[ReplicaView],
+    request: RequestInfo,
+    exclude: frozenset[str] = frozenset(),
+) -> ReplicaView:
+    """Health filtering, then the policy: the replica that gets ``request``. ``replicas``: the
+    router's candidates, or any views (made into candidates here, a pass over them)."""
+    if not isinstance(replicas, Candidates):
+        replicas = Pool(replicas).candidates()
+    healthy = replicas.without(exclude)
+    if not healthy:
+        raise NoReplicaError(f"no replica is ready (replicas: {healthy.describe() or 'none registered'})")
+    return policy.select(healthy, request)

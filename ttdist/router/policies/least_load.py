@@ -8,7 +8,8 @@ prefill count as one more request.
 
 from __future__ import annotations
 
-from ttdist.router.policies.base import Candidates, LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
 
 
 class LeastLoad(Policy):

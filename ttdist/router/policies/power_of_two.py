@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 
-from ttdist.router.policies.base import Candidates, LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
 
 
 class PowerOfTwo(Policy):

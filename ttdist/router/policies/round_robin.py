@@ -7,7 +7,8 @@ the ready set the rotation continues over the new set. No parameters.
 
 from __future__ import annotations
 
-from ttdist.router.policies.base import Candidates, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.base import Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
 
 
 class RoundRobin(Policy):
