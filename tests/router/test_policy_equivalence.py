@@ -98,19 +98,20 @@ def reference_views(replicas: ReplicaSet, loads: dict[str, tuple[int, int, int]]
     return out
 
 
+@pytest.mark.parametrize("count", [24, 64])   # random.sample draws one way up to 21 ready replicas, another above
 @pytest.mark.parametrize("name", ["round_robin", "least_load", "power_of_two", "cache_aware"])
-def test_picks_through_the_pool_match_the_plain_pass(name):
+def test_picks_through_the_pool_match_the_plain_pass(name, count):
     rng = random.Random(11)
     pool_of_prompts = prompts(rng, 60)
     replicas = ReplicaSet("", 1000.0)
     policy, reference = make_policy(name), Reference(name)
-    ids = [f"replica-{k:02d}" for k in range(24)]
+    ids = [f"replica-{k:02d}" for k in range(count)]
     cached = {rid: frozenset(h for p in rng.sample(pool_of_prompts, 6) for h in p) for rid in ids}
     pids = dict.fromkeys(ids, 1)
     inflight: list[tuple[str, int, bool]] = []
     own: dict[str, list[int]] = {}
     picked = []
-    for step in range(600):
+    for step in range(400):
         if step % 20 == 0:   # a new table: heartbeat figures, states, sets, membership move
             for rid in rng.sample(ids, 4):
                 cached[rid] = frozenset(h for p in rng.sample(pool_of_prompts, 6) for h in p)
@@ -157,4 +158,4 @@ def test_picks_through_the_pool_match_the_plain_pass(name):
                 else:
                     own[rid][1] -= 1
                     own[rid][2] -= tokens
-    assert len(set(picked)) > 5 and len(picked) > 400   # the scenario exercised many replicas and picks
+    assert len(set(picked)) > 5 and len(picked) > 250   # the scenario exercised many replicas and picks
