@@ -6,7 +6,7 @@ What is real and what is a stand-in:
   registry records), ``Registry.started`` / ``heartbeat`` (prefix deltas applied) / ``tick``, the
   coordinator's ``heartbeat``, ``routing_table`` and ``snapshot`` methods, the dashboard's
   ``DashboardServer.sample`` + ``status_json``, the replica side's ``PrefixSender``, ``Router``
-  (its refresh loop at the default ``refresh_s``, ``ReplicaSet``, ``views``) and ``route`` with
+  (its refresh loop at the default ``refresh_s``, ``ReplicaSet``, ``choose``) and ``route`` with
   every policy in ``ttdist/router/policies/``.
 - Stand-ins: no Ray and no replica processes. The replicas are plain objects in this process
   (``StandIns``: load figures and a prefix cache per replica, each heartbeating every
@@ -22,9 +22,10 @@ Measured per size:
   one router's table fetches every ``refresh_s``, serializing the table), as a share of a core;
 - table propagation: a replica's load change (seen at its next heartbeat) and a state change made
   at the coordinator (draining) -> the running router's table has it (wall time, p50 / max);
-- routing decision time p50 / p99 per policy: the router's ``views()`` + ``route`` (what ``_pick``
-  does), every replica holding ``--prefixes`` cached prompts of ``--pages`` pages (a share of them
-  behind common system prompts), 60 % of requests continuing a cached prompt;
+- routing decision time p50 / p99 per policy: the router's ``choose`` (what ``_pick`` does: the
+  ready candidates less suspects, then ``route``), every replica holding ``--prefixes`` cached
+  prompts of ``--pages`` pages (a share of them behind common system prompts), 60 % of requests
+  continuing a cached prompt;
 - status API: ``Coordinator.snapshot`` and the dashboard's ``status_json`` over it.
 Targets (issue 32): coordinator < 25 % of a core and pick p99 < 1 ms at 1,024 replicas, cost per
 replica growing no faster than linearly (growth = cost per replica at the largest size / at the
@@ -50,7 +51,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ttdist.dashboard.replica_state import ReplicaState  # noqa: E402
-from ttdist.router.policies import POLICIES, RequestInfo, make_policy, route  # noqa: E402
+from ttdist.router.policies import POLICIES, RequestInfo, make_policy  # noqa: E402
 from ttdist.router.router import Router, RouterConfig  # noqa: E402
 from ttdist.runtime.config import ClusterConfig, ReplicaGroup  # noqa: E402
 from ttdist.runtime.coordinator import Coordinator  # noqa: E402
@@ -210,8 +211,10 @@ async def propagation(coordinator: Coordinator, fleet: StandIns, router: Router,
     return delays
 
 
-def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: int) -> list[float]:
-    """Seconds per routing decision (``views`` + ``route``), the router's own load counts moving."""
+def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: int,
+               cpu: list[float] | None = None) -> list[float]:
+    """Seconds per routing decision (``Router.choose``, what ``_pick`` does), the router's own load
+    counts moving; ``cpu`` gets each decision's thread CPU time (wall time less other processes' turns)."""
     rng = random.Random(2)
     router.policy = make_policy(policy)
     ids = list(fleet.replicas)
@@ -225,9 +228,11 @@ def pick_times(router: Router, fleet: StandIns, policy: str, picks: int, pages: 
         else:
             hashes = fleet.prompt()
         info = RequestInfo(f"req-{k}", prompt_tokens=32 * len(hashes), block_hashes=hashes)
-        t0 = time.perf_counter()
-        chosen = route(router.policy, router.views(), info)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        chosen = router.choose(info)
         times.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.thread_time() - c0)
         router.replicas.load(chosen.replica_id).queued(info.prompt_tokens)
         inflight.append((chosen.replica_id, info.prompt_tokens))
         if len(inflight) > 64:
@@ -267,6 +272,7 @@ class SizeResult:
     load_delay: list[float]
     state_delay: list[float]
     picks: dict[str, list[float]]
+    picks_cpu: dict[str, list[float]]
     snapshot_s: float
     status_json_s: float
     table_replicas: int
@@ -285,9 +291,11 @@ async def run_size(n: int, prefixes: int, pages: int, picks: int, changes: int) 
         beats.cancel()
         await router.stop()
     await router.refresh()
-    times = {name: pick_times(router, fleet, name, picks, pages) for name in POLICIES}
+    cpu: dict[str, list[float]] = {name: [] for name in POLICIES}
+    times = {name: pick_times(router, fleet, name, picks, pages, cpu[name]) for name in POLICIES}
     snap, js = await status_times(coordinator)
-    return SizeResult(n, beats_cpu + tables_cpu, tables_cpu, delays["load"], delays["state"], times, snap, js, len(router.table.replicas))
+    return SizeResult(n, beats_cpu + tables_cpu, tables_cpu, delays["load"], delays["state"], times, cpu, snap, js,
+                      len(router.table.replicas))
 
 
 def report(results: list[SizeResult]) -> None:
@@ -296,11 +304,12 @@ def report(results: list[SizeResult]) -> None:
         print(f"{r.replicas:8d}  {r.cpu_share * 100:7.1f} % ({r.table_share * 100:4.1f} %)  {pct(r.load_delay, .5) * 1e3:10.0f} / {max(r.load_delay) * 1e3:4.0f}"
               f"  {pct(r.state_delay, .5) * 1e3:14.0f} / {max(r.state_delay) * 1e3:4.0f}"
               f"  {r.snapshot_s * 1e3:11.1f}  {r.status_json_s * 1e3:14.1f}")
-    print("\nrouting decision (views + route), p50 / p99 ms")
-    print("replicas  " + "  ".join(f"{name:>18s}" for name in POLICIES))
-    for r in results:
-        print(f"{r.replicas:8d}  " + "  ".join(
-            f"{pct(t, .5) * 1e3:8.3f} / {pct(t, .99) * 1e3:7.3f}" for t in r.picks.values()))
+    for title, which in (("wall", "picks"), ("thread CPU time: less other processes' turns on a shared machine", "picks_cpu")):
+        print(f"\nrouting decision (Router.choose), p50 / p99 ms, {title}")
+        print("replicas  " + "  ".join(f"{name:>18s}" for name in POLICIES))
+        for r in results:
+            print(f"{r.replicas:8d}  " + "  ".join(
+                f"{pct(t, .5) * 1e3:8.3f} / {pct(t, .99) * 1e3:7.3f}" for t in getattr(r, which).values()))
     lo, hi = results[0], results[-1]
     if hi.replicas == lo.replicas:
         return
@@ -311,9 +320,11 @@ def report(results: list[SizeResult]) -> None:
           f" status_json {growth(lo.status_json_s, hi.status_json_s):.2f}, " + ", ".join(
               f"{name} p50 {growth(pct(lo.picks[name], .5), pct(hi.picks[name], .5)):.2f}" for name in POLICIES))
     worst = max(pct(t, .99) for t in hi.picks.values())
+    worst_cpu = max(pct(t, .99) for t in hi.picks_cpu.values())
     print(f"targets at {hi.replicas}: coordinator {hi.cpu_share * 100:.1f} % of a core (< 25 %):"
-          f" {'met' if hi.cpu_share < 0.25 else 'MISSED'}; worst pick p99 {worst * 1e3:.3f} ms (< 1 ms):"
-          f" {'met' if worst < 1e-3 else 'MISSED'}")
+          f" {'met' if hi.cpu_share < 0.25 else 'MISSED'}; worst pick p99 {worst * 1e3:.3f} ms wall,"
+          f" {worst_cpu * 1e3:.3f} ms CPU (< 1 ms): {'met' if worst < 1e-3 else 'MISSED'}"
+          f"{'' if worst < 1e-3 else ' (CPU: met)' if worst_cpu < 1e-3 else ''}")
 
 
 def main() -> None:

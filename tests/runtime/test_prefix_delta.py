@@ -51,3 +51,20 @@ def test_a_delta_on_a_set_the_registry_does_not_hold_is_not_applied():
     reg.heartbeat("r0", replace(BEAT, prefix_delta=PrefixDelta(FULL, 1, frozenset({1, 2}))), 1.1)
     assert reg.heartbeat("r0", replace(BEAT, prefix_delta=PrefixDelta(7, 8, frozenset({3}))), 1.2) == 1
     assert held(reg) == frozenset({1, 2})
+
+
+def test_an_unchanged_set_keeps_its_number_so_tables_leave_it_out():
+    reg = registry()
+    reg.started("r0", 1.0, pid=11, node_id="n", address="a:1", kv_pages_total=12)
+    sender = PrefixSender()
+    sender.acked(reg.heartbeat("r0", beat(sender, set(range(100))), 1.1))
+    entry = reg.entries()[0]
+    for k in range(3):   # the same pages cached: an empty delta on the same number, every time
+        same = beat(sender, set(range(100)))
+        assert (same.prefix_delta.base, same.prefix_delta.seq) == (entry.prefix_seq, entry.prefix_seq)
+        sender.acked(reg.heartbeat("r0", same, 1.2 + k))
+    assert reg.entries(None, {"r0": (11, entry.prefix_seq)})[0].prefix_unchanged
+    changed = beat(sender, set(range(1, 101)))
+    assert changed.prefix_delta.seq == entry.prefix_seq + 1
+    sender.acked(reg.heartbeat("r0", changed, 2.0))
+    assert held(reg) == frozenset(range(1, 101)) and not reg.entries(None, {"r0": (11, entry.prefix_seq)})[0].prefix_unchanged

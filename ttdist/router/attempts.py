@@ -91,6 +91,8 @@ class Attempts:
     def avoid(self, table: RoutingTable) -> frozenset[str]:
         """Ids of the replicas whose current incarnation this request must not go to."""
         skip = self.failed_on | self.overloaded_on
+        if not skip:
+            return frozenset()
         return frozenset(e.replica_id for e in table.replicas if incarnation(e) in skip)
 
     def all_overloaded(self, table: RoutingTable, ready: Callable[[ReplicaEntry], bool]) -> bool:

@@ -132,12 +132,18 @@ class Router:
     def views(self) -> list[ReplicaView]:
         return self.replicas.views()
 
+    def choose(self, info: RequestInfo, exclude: frozenset[str] = frozenset()) -> ReplicaView:
+        """The policy's replica for ``info`` among the ready ones, less suspects and ``exclude``
+        (raises ``NoReplicaError`` when none is left)."""
+        return route(self.policy, self.replicas.candidates(), info, exclude)
+
     async def refresh(self) -> None:
-        report = replace(self.report_snapshot(), events=tuple(self._events), prefix_held=self.replicas.prefix_held())
+        report = replace(self.report_snapshot(), events=tuple(self._events), prefix_held=self.replicas.prefix_held(),
+                         table_version=self.replicas.table_version)
         table = await self.source.table(report)
         self._events = self._events[len(report.events):]
         self._apply(table)
-        ready = any(v.state == ReplicaState.READY for v in self.views())
+        ready = len(self.replicas.candidates()) > 0
         serving = not self._draining and (ready or table.starts_on_demand)
         changed, self._serving = serving != self._serving, serving
         if changed and self.on_serving is not None:
@@ -190,7 +196,7 @@ class Router:
         if flight is None:
             return self.config.routers > 1 and await self._abort_on_replicas(request_id)
         flight.aborted = True
-        entry = self.table.entry(flight.replica_id) if flight.replica_id else None
+        entry = self.replicas.entry(flight.replica_id) if flight.replica_id else None
         if entry is not None and await self.replicas.abort(entry.address, flight.sub_id) is None:
             if flight.call is not None:
                 flight.call.cancel()
@@ -286,7 +292,7 @@ class Router:
             if trace is not None:
                 trace.routed(routing, replica, info)
             attempts.tried.append(replica.replica_id)
-            entry = self.table.entry(replica.replica_id)
+            entry = self.replicas.entry(replica.replica_id)
             end = SegmentEnd()
             async for item in self._segment(req, flight, entry, prompt, info, progress, deadline, trace).run():
                 if isinstance(item, SegmentEnd):
@@ -336,7 +342,7 @@ class Router:
         def pick():
             if attempts.overloaded_on and attempts.all_overloaded(self.table, lambda e: e.state == ReplicaState.READY):
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", "every ready replica is overloaded")
-            return route(self.policy, self.views(), info, attempts.avoid(self.table))
+            return self.choose(info, attempts.avoid(self.table))
 
         until = deadline if deadline is not None else time.monotonic() + self.config.ready_wait_s
         try:

@@ -53,6 +53,7 @@ from ttdist.runtime.registry import EventPage, Heartbeat, NoReplicaCanStartError
 from ttdist.runtime.replica import NAMESPACE, ReplicaActor, ReplicaSetup, replica_actor_name, restarted_by_ray
 from ttdist.runtime.routing_table import RouterReport, RoutingTable, combine_reports
 from ttdist.runtime.served_models import ServedModel, convert_weights, model_snapshot, replica_snapshot, resolve_card
+from ttdist.runtime.table_changes import table_for
 
 PROBE_TIMEOUT_S = 2.0
 NAME_FREE_TIMEOUT_S = 30.0   # a restarted replica's actor name is free once Ray has its old actor dead
@@ -288,7 +289,8 @@ class Coordinator(AutoscalingMixin):
         return held
 
     async def routing_table(self, report: RouterReport | None = None, model: str = "") -> RoutingTable:
-        """``model``'s table (its card and pool; "" = the first model's)."""
+        """``model``'s table (its card and pool; "" = the first model's): the entries changed after
+        the table the router holds whole (``report.table_version``), or the whole table."""
         await self._recovered.wait()   # after a restart: not before every replica re-registered or failed
         first = next(iter(self.models))
         if report is not None:
@@ -297,8 +299,7 @@ class Coordinator(AutoscalingMixin):
             self.registry.record(report.events)   # a ring: bounded however long it runs
         name = model or first
         scaler = self.scalers.get(name)
-        entries = self.registry.entries(name, report.prefix_held if report is not None else None)
-        return RoutingTable(self.models[name].card, entries, scaler.status() if scaler else None)
+        return table_for(self.registry, name, self.models[name].card, scaler.status() if scaler else None, report)
 
     async def model_cards(self) -> list[ModelCard]:
         """Every served model's card, in spec order."""

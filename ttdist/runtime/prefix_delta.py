@@ -3,9 +3,10 @@
 A replica with thousands of cached pages would otherwise send thousands of hashes with every
 heartbeat (every 50 ms while requests start and end). ``PrefixSender`` (replica side) numbers
 each heartbeat's set and sends only what changed since the set the coordinator last
-acknowledged; ``apply_delta`` (coordinator side) applies a change to the set it holds. The
-coordinator answers each heartbeat with the number of the set it now holds; when that is not
-one the replica remembers (a restarted coordinator holds none, a beat was lost or ignored), the
+acknowledged (a set equal to the acknowledged one keeps its number: an empty delta, and routing
+tables need not carry the set again); ``apply_delta`` (coordinator side) applies a change to the
+set it holds. The coordinator answers each heartbeat with the number of the set it now holds;
+when that is not one the replica remembers (a restarted coordinator holds none, a beat was lost or ignored), the
 replica's next heartbeat sends the whole set again. Either side can restart at any time.
 """
 
@@ -48,6 +49,9 @@ class PrefixSender:
         self._keep = keep
 
     def delta(self, current: frozenset[int]) -> PrefixDelta:
+        if self._acked is not None and self._acked[1] == current:
+            seq = self._acked[0]   # unchanged: the same number, so tables need not carry the set again
+            return PrefixDelta(seq, seq, frozenset())
         self._seq += 1
         self._sent[self._seq] = current
         while len(self._sent) > self._keep:

@@ -31,11 +31,18 @@ machine is tested without clocks or Ray:
   restarted, ``reason`` saying why it last failed.
 Every transition appends an ``Event``; ``events_after`` pages through them by number (the
 serve console follows them), ``none_can_start`` says when no replica can ever serve.
+
+Each record carries the number of its last change that a router would see (``change``, from one
+clock: any assignment to a field its ``entry`` shows, when the value differs; a heartbeat whose
+figures are the last one's changes nothing), so a router's next table lists only the replicas
+changed after its last (table_changes.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 
 from ttdist.dashboard.events import Event, EventKind
@@ -81,6 +88,34 @@ class Heartbeat:
     kv_tiers: KvTierStats | None = None   # the replica's host and node KV tiers (None: not reported)
 
 
+class ChangeClock:
+    """Numbers changes in order: ``tick`` a new one, ``now`` the last."""
+
+    def __init__(self) -> None:
+        self._count = itertools.count(1)
+        self.now = 0
+
+    def tick(self) -> int:
+        self.now = next(self._count)
+        return self.now
+
+
+CHANGES = ChangeClock()   # one clock for every record: a table's version is a point on it
+
+# The record fields its routing-table entry shows: assigning a different value is a change.
+ENTRY_FIELDS = frozenset({"replica_id", "address", "state", "pid", "model", "node_id", "mesh", "backend",
+                          "kv_pages_total", "kv_pages_budget", "memory", "crash_loop", "prefix_seq", "prefix_hashes"})
+_UNSET = object()
+
+
+def _figures(beat: Heartbeat | None) -> tuple | None:
+    """The part of a heartbeat a routing-table entry shows."""
+    if beat is None:
+        return None
+    return (beat.free_pages, beat.running, beat.waiting, beat.tokens_per_second, beat.prefix_hashes,
+            beat.kv_user_groups, beat.kv_pages_free_per_group, beat.kv_tiers)
+
+
 @dataclass
 class ReplicaRecord:
     replica_id: str
@@ -109,6 +144,25 @@ class ReplicaRecord:
     prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
     prefix_seq: int = FULL                        # the number of that set (FULL: none held)
     model: str = ""                               # the served model's name (its pool; ``group`` indexes its groups)
+    change: int = field(default=0, repr=False, compare=False)   # its entry's last change (``CHANGES``)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "change", CHANGES.tick())   # a new record is a change
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ENTRY_FIELDS:
+            old = self.__dict__.get(name, _UNSET)
+            if old is not value and (old is _UNSET or old != value):
+                object.__setattr__(self, "change", CHANGES.tick())
+        elif name == "stats" and _figures(self.__dict__.get("stats")) != _figures(value):
+            object.__setattr__(self, "change", CHANGES.tick())
+        object.__setattr__(self, name, value)
+
+    def prefix_missing(self, held: tuple[int, int] | None) -> bool:
+        """Its entry has a numbered prefix set that a router holding ``held`` does not hold."""
+        s = self.stats
+        return (s is not None and self.prefix_seq != FULL and s.prefix_hashes is self.prefix_hashes
+                and held != (self.pid, self.prefix_seq))
 
     @property
     def state_label(self) -> str:
@@ -162,6 +216,7 @@ class Registry:
     max_events: int = 500
     logged: int = 0   # events appended so far: the number of the newest
     event_counts: dict[tuple[str, str], int] = field(default_factory=dict)   # (model, kind) -> events so far
+    epoch: str = field(default_factory=lambda: uuid.uuid4().hex[:12])   # numbers its changes (a restart: another)
 
     def add(self, record: ReplicaRecord, now: float) -> None:
         record.state, record.since = ReplicaState.STARTING, now
@@ -335,5 +390,8 @@ class Registry:
         """The replicas as the router needs them; only ``model``'s pool when it is given; ``held``:
         the prefix sets the asking router holds (``RouterReport.prefix_held``)."""
         held = held or {}
-        return tuple(r.entry(held.get(r.replica_id)) for r in sorted(self.replicas.values(), key=lambda r: r.replica_id)
-                     if model is None or r.model == model)
+        return tuple(r.entry(held.get(r.replica_id)) for r in self.pool(model))
+
+    def pool(self, model: str | None = None) -> list[ReplicaRecord]:
+        """The records, in replica-id order; only ``model``'s pool when it is given."""
+        return sorted((r for r in self.replicas.values() if model is None or r.model == model), key=lambda r: r.replica_id)

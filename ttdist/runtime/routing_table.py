@@ -6,6 +6,13 @@ events such as migrations) each time it asks. A replica's prefix hashes (thousan
 travel only when they changed: the report says which numbered set (``prefix_held``) the router
 holds per replica, and an entry whose set is still that one comes with ``prefix_unchanged`` and
 no hashes (the router keeps its own copy).
+
+Entries travel only when they changed, too: each table says which change of the registry it is
+as of (``version``: the registry's epoch and its change number); the router reports the version
+of the whole table it holds (``RouterReport.table_version``), and the next table lists only the
+entries changed after it (``changes_since``), with every replica's id in order
+(``replica_ids``), so the router merges them into what it holds (table_changes.py builds them).
+A version from another epoch (a restarted coordinator), or none, gets the whole table.
 """
 
 from __future__ import annotations
@@ -85,12 +92,27 @@ def kv_tiers_proto(stats: KvTierStats | None) -> pb.KvTierStatus | None:
 
 
 @dataclass(frozen=True)
+class TableVersion:
+    """Which state of the registry a table shows: changes up to ``change`` of registry ``epoch``."""
+
+    epoch: str
+    change: int
+
+
+WHOLE = -1   # ``RoutingTable.changes_since`` of a whole table
+
+
+@dataclass(frozen=True)
 class RoutingTable:
-    """One served model's table: its card and its pool's replicas."""
+    """One served model's table: its card and its pool's replicas (only those changed after
+    ``changes_since`` when that is not ``WHOLE``: ``replica_ids`` then lists them all, in order)."""
 
     card: ModelCard
     replicas: tuple[ReplicaEntry, ...] = ()
     autoscale: PoolStatus | None = None   # the model's pool follows its load (None: a fixed count)
+    version: TableVersion | None = None   # the registry state it shows (None: not versioned)
+    changes_since: int = WHOLE
+    replica_ids: tuple[str, ...] = ()
 
     @property
     def starts_on_demand(self) -> bool:
@@ -119,6 +141,7 @@ class RouterReport:
     model: str = ""           # the served model it routes (a router runs one ``Router`` per model)
     waiting_for_replica: int = 0   # that model's requests held now for want of a replica (its autoscaler reads it)
     prefix_held: dict[str, tuple[int, int]] = field(default_factory=dict)   # replica id -> (pid, prefix_seq) it holds
+    table_version: TableVersion | None = None   # of the whole table it holds (None: send the whole table)
 
 def _combined_latency(summaries: list[LatencySummary]) -> LatencySummary:
     """Several routers' windows as one: p50 weighted by count (approximate), the worst p99."""

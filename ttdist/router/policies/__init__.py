@@ -8,9 +8,9 @@ from ttdist.router.policies.base import (
     Policy,
     ReplicaView,
     RequestInfo,
-    route,
 )
 from ttdist.router.policies.cache_aware import CacheAware
+from ttdist.router.policies.candidates import Candidates, Pool, route
 from ttdist.router.policies.least_load import LeastLoad
 from ttdist.router.policies.power_of_two import PowerOfTwo
 from ttdist.router.policies.round_robin import RoundRobin
@@ -36,6 +36,6 @@ def make_policy(name: str) -> Policy:
 
 
 __all__ = [
-    "CacheAware", "LeastLoad", "LoadWeights", "NoReplicaError", "POLICIES", "Policy", "PowerOfTwo",
+    "CacheAware", "Candidates", "LeastLoad", "LoadWeights", "NoReplicaError", "POLICIES", "Policy", "Pool", "PowerOfTwo",
     "ReplicaView", "RequestInfo", "RoundRobin", "UnknownPolicyError", "make_policy", "route",
 ]

@@ -2,16 +2,18 @@
 
 A policy picks one replica for one request with ``select(replicas, request)``; ``Policy`` gives
 every policy the hooks it may ignore (``on_complete``) as no-ops, so a policy file holds only its
-algorithm. The router
-filters out replicas that are not ready (and any it must avoid, such as the one a stream
-is migrating away from) before any policy runs, so a policy never sees an unhealthy
-replica and always gets at least one.
+algorithm. ``route`` (candidates.py) filters out replicas that are not ready (and any it must
+avoid, such as the one a stream is migrating away from) before any policy runs, so a policy
+never sees an unhealthy replica and always gets at least one: ``Candidates``, the ready ones in
+id order, with the load and prefix queries answered without a pass in Python over every replica.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
+
+import numpy as np
 
 from ttdist.dashboard.replica_state import ReplicaState
 
@@ -59,6 +61,10 @@ class LoadWeights:
         pending = replica.pending_prefill_tokens / self.prefill_tokens_per_request
         return replica.running + replica.waiting + pending
 
+    def loads(self, running: np.ndarray, waiting: np.ndarray, pending_prefill_tokens: np.ndarray) -> np.ndarray:
+        """``load`` of many replicas at once (float arrays): the same operations in the same order."""
+        return running + waiting + pending_prefill_tokens / self.prefill_tokens_per_request
+
 
 class Policy:
     """The base of every routing policy: ``select`` to implement, the other hooks no-ops."""
@@ -66,7 +72,8 @@ class Policy:
     name = ""
 
     def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
-        """One of ``replicas`` (never empty, all ready) for ``request``."""
+        """One of ``replicas`` (never empty, all ready, in id order: ``Candidates`` from ``route``,
+        candidates.py) for ``request``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement select()")
 
     def on_complete(self, replica_id: str, request: RequestInfo) -> None:
@@ -75,18 +82,3 @@ class Policy:
 
 class NoReplicaError(RuntimeError):
     """No replica is ready to take a request."""
-
-
-def route(
-    policy: Policy,
-    replicas: Sequence[ReplicaView],
-    request: RequestInfo,
-    exclude: frozenset[str] = frozenset(),
-) -> ReplicaView:
-    """Health filtering, then the policy: the replica that gets ``request``."""
-    healthy = [r for r in replicas if r.state == ReplicaState.READY and r.replica_id not in exclude]
-    if not healthy:
-        known = ", ".join(f"{r.replica_id}={r.state}" for r in replicas) or "none registered"
-        raise NoReplicaError(f"no replica is ready (replicas: {known})")
-    healthy.sort(key=lambda r: r.replica_id)
-    return policy.select(healthy, request)

@@ -10,6 +10,10 @@ Algorithm (after SGLang's cache-aware router):
    (heartbeats lag; without this a burst of same-prefix requests would scatter).
 3. The longest match wins; ties go to the lower load, then the lower replica id. With no
    match at all, least load decides.
+How (not what) it computes: the replicas holding page 0 come from an index of page hashes to
+holders (the router's ``PrefixIndex`` of the heartbeat sets, and one of its own for the hashes
+it sent), then narrow page by page to those holding the next too; the last non-empty set holds
+the longest match. A pick costs the prompt's pages and the holders, not a pass over every replica.
 Parameters: ``balance_abs`` (default 8), ``balance_rel`` (default 1.5), ``remembered``
 (default 16384 hashes remembered per replica, oldest forgotten first), ``weights`` as in
 least_load.
@@ -18,9 +22,10 @@ least_load.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
 
 from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
+from ttdist.router.policies.prefix_index import PrefixIndex
 
 
 class CacheAware(Policy):
@@ -38,28 +43,35 @@ class CacheAware(Policy):
         self.remembered = remembered
         self.weights = weights or LoadWeights()
         self._sent: dict[str, OrderedDict[int, None]] = {}
+        self._sent_index = PrefixIndex()   # the same hashes, by hash: who was sent each
 
-    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
-        loads = {r.replica_id: self.weights.load(r) for r in replicas}
-        least = min(replicas, key=lambda r: (loads[r.replica_id], r.replica_id))
-        if self._imbalanced(loads.values()) or not request.block_hashes:
-            chosen = least
-        else:   # only a replica holding the first page can match at all: score just those
-            first, sent = request.block_hashes[0], self._sent
-            held = [r for r in replicas if first in r.prefix_hashes or first in sent.get(r.replica_id, ())]
-            chosen = max(held, key=lambda r: (self._match(r, request), -loads[r.replica_id])) if held else least
+    def select(self, replicas: Candidates, request: RequestInfo) -> ReplicaView:
+        if self._imbalanced(*replicas.load_range(self.weights)) or not request.block_hashes:
+            chosen = replicas.least(self.weights)
+        else:
+            longest = self._longest(replicas, request.block_hashes)
+            chosen = replicas.best(longest, self.weights) if longest else replicas.least(self.weights)
         self._remember(chosen.replica_id, request)
         return chosen
-
 
     def match_length(self, replica: ReplicaView, request: RequestInfo) -> int:
         """Leading prompt pages ``replica`` is believed to hold."""
         return self._match(replica, request)
 
-    def _imbalanced(self, loads) -> bool:
-        values = list(loads)
-        high, low = max(values), min(values)
+    def _imbalanced(self, low: float, high: float) -> bool:
         return high - low > self.balance_abs and high > self.balance_rel * low
+
+    def _longest(self, replicas: Candidates, hashes: tuple[int, ...]) -> set[str]:
+        """The candidates believed to hold the most leading pages of ``hashes`` (empty: none holds page 0)."""
+        alive = replicas.among(replicas.holders(hashes[0]))
+        alive |= replicas.among(self._sent_index.holders(hashes[0]))
+        for h in hashes[1:] if alive else ():
+            narrower = alive.intersection(replicas.holders(h))
+            narrower |= alive.intersection(self._sent_index.holders(h))
+            if not narrower:
+                break
+            alive = narrower
+        return alive
 
     def _match(self, replica: ReplicaView, request: RequestInfo) -> int:
         sent = self._sent.get(replica.replica_id, {})
@@ -73,7 +85,9 @@ class CacheAware(Policy):
     def _remember(self, replica_id: str, request: RequestInfo) -> None:
         sent = self._sent.setdefault(replica_id, OrderedDict())
         for h in request.block_hashes:
+            if h not in sent:
+                self._sent_index.add(replica_id, h)
             sent[h] = None
             sent.move_to_end(h)
         while len(sent) > self.remembered:
-            sent.popitem(last=False)
+            self._sent_index.discard(replica_id, sent.popitem(last=False)[0])

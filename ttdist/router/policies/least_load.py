@@ -8,9 +8,8 @@ prefill count as one more request.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
 
 
 class LeastLoad(Policy):
@@ -19,5 +18,5 @@ class LeastLoad(Policy):
     def __init__(self, weights: LoadWeights | None = None) -> None:
         self.weights = weights or LoadWeights()
 
-    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
-        return min(replicas, key=lambda r: (self.weights.load(r), r.replica_id))
+    def select(self, replicas: Candidates, request: RequestInfo) -> ReplicaView:
+        return replicas.least(self.weights)

@@ -9,9 +9,9 @@ makes the sequence reproducible; ``weights`` as in least_load.
 from __future__ import annotations
 
 import random
-from typing import Sequence
 
 from ttdist.router.policies.base import LoadWeights, Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
 
 
 class PowerOfTwo(Policy):
@@ -21,10 +21,11 @@ class PowerOfTwo(Policy):
         self._rng = random.Random(seed)
         self.weights = weights or LoadWeights()
 
-    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
+    def select(self, replicas: Candidates, request: RequestInfo) -> ReplicaView:
         if len(replicas) == 1:
             return replicas[0]
-        first, second = self._rng.sample(list(replicas), 2)
+        i, j = self._rng.sample(range(len(replicas)), 2)   # the draws of sampling the list itself
+        first, second = replicas[i], replicas[j]
         if self.weights.load(second) < self.weights.load(first):
             return second
         return first

@@ -7,9 +7,8 @@ the ready set the rotation continues over the new set. No parameters.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from ttdist.router.policies.base import Policy, ReplicaView, RequestInfo
+from ttdist.router.policies.candidates import Candidates
 
 
 class RoundRobin(Policy):
@@ -18,7 +17,7 @@ class RoundRobin(Policy):
     def __init__(self) -> None:
         self._counter = 0
 
-    def select(self, replicas: Sequence[ReplicaView], request: RequestInfo) -> ReplicaView:
+    def select(self, replicas: Candidates, request: RequestInfo) -> ReplicaView:
         chosen = replicas[self._counter % len(replicas)]
         self._counter += 1
         return chosen
