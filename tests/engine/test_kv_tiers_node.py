@@ -9,6 +9,7 @@ import numpy as np
 from ttdist.engine.config import EngineConfig
 from ttdist.engine.core import EngineCore
 from ttdist.engine.kv_tiers import KvBlock, KvTierConfig, NodeTier
+from ttdist.engine.page_pool import block_hashes
 
 from tests.support.engine_fakes import FakeRunner, reference_output
 from tests.support.engine_requests import request
@@ -42,6 +43,8 @@ def test_a_turn_routed_to_the_other_replica_restores_its_prefix_from_the_node_ti
     serve(a, "other", list(range(30, 52)))          # A evicts the chat's pages: published to the node tier
     a.tiers.flush()
     assert a.stats().kv_tiers.node.pages == 4
+    chat_pages = block_hashes(CHAT, PAGE)
+    assert sorted(b.tier_hashes()) == sorted(chat_pages)      # what B reports to the router: the shared node tier's
     turn2 = CHAT + list(first.output_ids) + [5, 6, 7]
     got = serve(b, "t2", turn2)                      # replica B never saw the chat
     assert got.output_ids == reference_output(fake_b, turn2, 2)

@@ -1,6 +1,7 @@
 """Every policy picks through the router's kept ``Pool`` exactly what the plain pass over the
-views picked: the reference below is that pass (the policies as they were before the pool),
-run side by side on random tables, this router's own loads moving, suspects and exclusions."""
+views picked: the reference below is that pass (the policies as they were before the pool, with
+cache_aware's tier pages at half a device page), run side by side on random tables (prefix and
+KV-tier sets), this router's own loads moving, suspects and exclusions."""
 
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ class Reference:
             chosen = least
         else:
             first = request.block_hashes[0]
-            held = [r for r in replicas if first in r.prefix_hashes or first in self.sent.get(r.replica_id, ())]
-            chosen = max(held, key=lambda r: (self.match(r, request), -loads[r.replica_id])) if held else least
+            held = [r for r in replicas if first in r.prefix_hashes or first in self.sent.get(r.replica_id, ())
+                    or first in r.tier_prefix_hashes]
+            chosen = max(held, key=lambda r: (self.score(r, request), -loads[r.replica_id])) if held else least
         sent = self.sent.setdefault(chosen.replica_id, OrderedDict())
         for h in request.block_hashes:
             sent[h] = None
@@ -68,14 +70,20 @@ class Reference:
             sent.popitem(last=False)
         return chosen
 
-    def match(self, replica, request):
+    def score(self, replica, request):
+        """Device pages, then half a point per tier page right after them."""
         sent = self.sent.get(replica.replica_id, {})
         n = 0
         for h in request.block_hashes:
             if h not in replica.prefix_hashes and h not in sent:
                 break
             n += 1
-        return n
+        tier = 0
+        for h in request.block_hashes[n:]:
+            if h not in replica.tier_prefix_hashes:
+                break
+            tier += 1
+        return n + 0.5 * tier
 
 
 def prompts(rng: random.Random, count: int) -> list[tuple[int, ...]]:
@@ -94,7 +102,8 @@ def reference_views(replicas: ReplicaSet, loads: dict[str, tuple[int, int, int]]
     for e in replicas.table.replicas:
         running, waiting, pending = loads.get(e.replica_id, (0, 0, 0))
         out.append(ReplicaView(e.replica_id, SUSPECT if e.replica_id in suspected else e.state,
-                               max(e.running, running), max(e.waiting, waiting), pending, e.prefix_hashes))
+                               max(e.running, running), max(e.waiting, waiting), pending, e.prefix_hashes,
+                               e.tier_prefix_hashes))
     return out
 
 
@@ -107,6 +116,11 @@ def test_picks_through_the_pool_match_the_plain_pass(name, count):
     policy, reference = make_policy(name), Reference(name)
     ids = [f"replica-{k:02d}" for k in range(count)]
     cached = {rid: frozenset(h for p in rng.sample(pool_of_prompts, 6) for h in p) for rid in ids}
+    # KV tiers: a node tier shared by each 4 replicas, plus each one's host tier (prompt heads cut short)
+    nodes = [frozenset(h for p in rng.sample(pool_of_prompts, 4) for h in p[:rng.randint(1, len(p))])
+             for _ in range(count // 4)]
+    tiers = {rid: nodes[k // 4] | frozenset(h for p in rng.sample(pool_of_prompts, 3) for h in p[:rng.randint(1, len(p))])
+             for k, rid in enumerate(ids)}
     pids = dict.fromkeys(ids, 1)
     inflight: list[tuple[str, int, bool]] = []
     own: dict[str, list[int]] = {}
@@ -121,7 +135,8 @@ def test_picks_through_the_pool_match_the_plain_pass(name, count):
             states = [ReplicaState.READY] * 6 + [ReplicaState.UNHEALTHY, ReplicaState.DRAINING]
             replicas.apply(RoutingTable(CARD, tuple(
                 ReplicaEntry(rid, f"{rid}:1", rng.choice(states), pid=pids[rid], running=rng.randrange(4),
-                             waiting=rng.randrange(3), prefix_hashes=cached[rid]) for rid in present)))
+                             waiting=rng.randrange(3), prefix_hashes=cached[rid], tier_prefix_hashes=tiers[rid])
+                for rid in present)))
         if rng.random() < 0.03 and replicas.table.replicas:
             replicas.suspect(rng.choice(replicas.table.replicas))
         base = rng.choice(pool_of_prompts)

@@ -18,7 +18,7 @@ METHODS = sorted(name for name, member in vars(ServingEngine).items()
 
 def test_the_protocol_has_what_a_replica_uses():
     assert METHODS == ["abort", "generate", "inject_faults", "launch", "liveness", "memory", "read_prefix_hashes",
-                       "read_stats", "stop"]
+                       "read_stats", "read_tier_hashes", "stop"]
 
 
 @pytest.mark.parametrize("engine", [AsyncEngine, EngineProcess, ScriptedEngine])

@@ -362,9 +362,9 @@ class EngineCore:
         with self._lock:
             return self.pool.prefix_hashes()
 
-    def host_prefix_hashes(self) -> list[int]:
-        """Block hashes the host tier holds (none without tiers)."""
-        return self.tiers.host_hashes() if self.tiers is not None else []
+    def tier_hashes(self) -> list[int]:
+        """Block hashes the KV tiers could restore: host tier and node tier (none without tiers)."""
+        return self.tiers.restorable_hashes() if self.tiers is not None else []
 
     def close(self) -> None:
         """Stop the KV tiers' transfer thread (after its node-tier writes); calling it again is harmless."""

@@ -182,6 +182,9 @@ class AsyncEngine(InProcessEngine):
     def prefix_hashes(self) -> list[int]:
         return self.core.prefix_hashes()
 
+    def tier_hashes(self) -> list[int]:
+        return self.core.tier_hashes()
+
     def _submit(self, request: GenerationRequest) -> tuple[OutputStream, Sequence]:
         with self._wake:
             if self._stopped_reason is not None:

@@ -39,6 +39,9 @@ class ServingEngine(Protocol):
     async def read_prefix_hashes(self) -> list[int]:
         """The chained hashes of the pages its prefix cache holds."""
 
+    async def read_tier_hashes(self) -> list[int]:
+        """The chained hashes of the pages its KV tiers could restore (host tier, node tier)."""
+
     async def inject_faults(self, faults: EngineFaults) -> None:
         """Cause ``faults`` from now on (tests)."""
 
@@ -57,7 +60,7 @@ class ServingEngine(Protocol):
 
 class InProcessEngine:
     """The reads of ``ServingEngine`` for an engine whose figures live in this process
-    (``AsyncEngine``, ``ScriptedEngine``): its own ``stats``, ``prefix_hashes`` and ``inject``
+    (``AsyncEngine``, ``ScriptedEngine``): its own ``stats``, ``prefix_hashes``, ``tier_hashes`` and ``inject``
     answer at once, so the coroutines only return them."""
 
     async def read_stats(self) -> EngineStats:
@@ -65,6 +68,9 @@ class InProcessEngine:
 
     async def read_prefix_hashes(self) -> list[int]:
         return self.prefix_hashes()
+
+    async def read_tier_hashes(self) -> list[int]:
+        return self.tier_hashes()
 
     async def inject_faults(self, faults: EngineFaults) -> None:
         self.inject(faults)

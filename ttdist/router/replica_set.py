@@ -162,7 +162,8 @@ class ReplicaSet:
             return entry
         held = self._by_id.get(entry.replica_id)
         if held is not None and (held.pid, held.prefix_seq) == (entry.pid, entry.prefix_seq):
-            return replace(entry, prefix_hashes=held.prefix_hashes, prefix_unchanged=False)
+            return replace(entry, prefix_hashes=held.prefix_hashes, tier_prefix_hashes=held.tier_prefix_hashes,
+                           prefix_unchanged=False)
         # not the set held (a concurrent refresh took another): none now, the whole set next time
         return replace(entry, prefix_seq=-1, prefix_unchanged=False)
 
@@ -192,9 +193,9 @@ class ReplicaSet:
     def _view(self, e: ReplicaEntry) -> ReplicaView:
         load = self.loads.get(e.replica_id)
         if load is None:
-            return ReplicaView(e.replica_id, e.state, e.running, e.waiting, 0, e.prefix_hashes)
+            return ReplicaView(e.replica_id, e.state, e.running, e.waiting, 0, e.prefix_hashes, e.tier_prefix_hashes)
         return ReplicaView(e.replica_id, e.state, max(e.running, load.running), max(e.waiting, load.waiting),
-                           load.pending_prefill_tokens, e.prefix_hashes)
+                           load.pending_prefill_tokens, e.prefix_hashes, e.tier_prefix_hashes)
 
     def _load_changed(self, replica_id: str) -> None:
         entry = self._by_id.get(replica_id)

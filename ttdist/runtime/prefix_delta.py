@@ -8,6 +8,11 @@ tables need not carry the set again); ``apply_delta`` (coordinator side) applies
 set it holds. The coordinator answers each heartbeat with the number of the set it now holds;
 when that is not one the replica remembers (a restarted coordinator holds none, a beat was lost or ignored), the
 replica's next heartbeat sends the whole set again. Either side can restart at any time.
+
+A second set rides on the same numbers: the pages the replica's KV tiers could restore (its
+host tier and the node tier it shares, ``tier_added`` / ``tier_removed``). Both sets change
+together under one ``seq`` (a change to either is a new number), so acknowledgements and the
+router's "unchanged" shortcut cover both.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ FULL = -1     # ``PrefixDelta.base`` of a whole set
 @dataclass(frozen=True)
 class PrefixDelta:
     """Set number ``seq``: the set numbered ``base`` minus ``removed`` plus ``added``
-    (``base == FULL``: ``added`` is the whole set)."""
+    (``base == FULL``: ``added`` is the whole set); the tier set likewise with ``tier_*``."""
 
     base: int
     seq: int
     added: frozenset[int]
     removed: frozenset[int] = frozenset()
+    tier_added: frozenset[int] = frozenset()
+    tier_removed: frozenset[int] = frozenset()
 
 
 def apply_delta(held: frozenset[int], held_seq: int, delta: PrefixDelta) -> tuple[frozenset[int], int] | None:
@@ -39,27 +46,36 @@ def apply_delta(held: frozenset[int], held_seq: int, delta: PrefixDelta) -> tupl
     return (held - delta.removed) | delta.added, delta.seq
 
 
+def apply_tier_delta(held: frozenset[int], delta: PrefixDelta) -> frozenset[int]:
+    """The tier set after ``delta`` (only once ``apply_delta`` took ``delta``: same base)."""
+    if delta.base == FULL:
+        return delta.tier_added
+    if not (delta.tier_removed or delta.tier_added):
+        return held
+    return (held - delta.tier_removed) | delta.tier_added
+
+
 class PrefixSender:
     """The replica's side: ``delta`` for each heartbeat, ``acked`` with the coordinator's answer."""
 
     def __init__(self, keep: int = 8) -> None:
         self._seq = 0
-        self._sent: dict[int, frozenset[int]] = {}   # sets not yet acknowledged, by number
-        self._acked: tuple[int, frozenset[int]] | None = None
+        self._sent: dict[int, tuple[frozenset[int], frozenset[int]]] = {}   # (set, tier set) not yet acknowledged
+        self._acked: tuple[int, tuple[frozenset[int], frozenset[int]]] | None = None
         self._keep = keep
 
-    def delta(self, current: frozenset[int]) -> PrefixDelta:
-        if self._acked is not None and self._acked[1] == current:
-            seq = self._acked[0]   # unchanged: the same number, so tables need not carry the set again
+    def delta(self, current: frozenset[int], tiers: frozenset[int] = frozenset()) -> PrefixDelta:
+        if self._acked is not None and self._acked[1] == (current, tiers):
+            seq = self._acked[0]   # unchanged: the same number, so tables need not carry the sets again
             return PrefixDelta(seq, seq, frozenset())
         self._seq += 1
-        self._sent[self._seq] = current
+        self._sent[self._seq] = (current, tiers)
         while len(self._sent) > self._keep:
             del self._sent[min(self._sent)]
         if self._acked is None:
-            return PrefixDelta(FULL, self._seq, current)
-        seq, base = self._acked
-        return PrefixDelta(seq, self._seq, current - base, base - current)
+            return PrefixDelta(FULL, self._seq, current, tier_added=tiers)
+        seq, (base, tier_base) = self._acked
+        return PrefixDelta(seq, self._seq, current - base, base - current, tiers - tier_base, tier_base - tiers)
 
     def acked(self, seq: int | None) -> None:
         """The coordinator holds set ``seq`` now (None or unknown: send the whole set next)."""

@@ -53,7 +53,7 @@ from ttdist.engine.stats import EngineLiveness
 from ttdist.errors import PermanentError
 from ttdist.model.kv_budget import ReplicaMemory
 from ttdist.runtime.config import HealthConfig
-from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta
+from ttdist.runtime.prefix_delta import FULL, PrefixDelta, apply_delta, apply_tier_delta
 from ttdist.runtime.routing_table import ReplicaEntry
 
 
@@ -76,6 +76,7 @@ class Heartbeat:
     requests_finished_total: int = 0
     prefix_hashes: frozenset[int] = frozenset()   # as the registry holds them (the replica sends ``prefix_delta``)
     prefix_delta: PrefixDelta | None = None       # what changed in the replica's cached page hashes
+    tier_prefix_hashes: frozenset[int] = frozenset()   # pages its KV tiers could restore, as the registry holds them
     ttft_histogram: HistogramSnapshot | None = None
     inter_token_histogram: HistogramSnapshot | None = None
     engine: EngineLiveness | None = None   # the step loop's liveness (None: not reported)
@@ -104,7 +105,8 @@ CHANGES = ChangeClock()   # one clock for every record: a table's version is a p
 
 # The record fields its routing-table entry shows: assigning a different value is a change.
 ENTRY_FIELDS = frozenset({"replica_id", "address", "state", "pid", "model", "node_id", "mesh", "backend",
-                          "kv_pages_total", "kv_pages_budget", "memory", "crash_loop", "prefix_seq", "prefix_hashes"})
+                          "kv_pages_total", "kv_pages_budget", "memory", "crash_loop", "prefix_seq", "prefix_hashes",
+                          "tier_prefix_hashes"})
 _UNSET = object()
 
 
@@ -113,7 +115,7 @@ def _figures(beat: Heartbeat | None) -> tuple | None:
     if beat is None:
         return None
     return (beat.free_pages, beat.running, beat.waiting, beat.tokens_per_second, beat.prefix_hashes,
-            beat.kv_user_groups, beat.kv_pages_free_per_group, beat.kv_tiers)
+            beat.tier_prefix_hashes, beat.kv_user_groups, beat.kv_pages_free_per_group, beat.kv_tiers)
 
 
 @dataclass
@@ -143,6 +145,7 @@ class ReplicaRecord:
     cannot_start: bool = False   # its start failed for good (a PermanentError): left failed, not restarted
     prefix_hashes: frozenset[int] = frozenset()   # its cached page hashes, built from heartbeat deltas
     prefix_seq: int = FULL                        # the number of that set (FULL: none held)
+    tier_prefix_hashes: frozenset[int] = frozenset()   # the pages its KV tiers could restore (same deltas, same seq)
     model: str = ""                               # the served model's name (its pool; ``group`` indexes its groups)
     change: int = field(default=0, repr=False, compare=False)   # its entry's last change (``CHANGES``)
 
@@ -182,7 +185,8 @@ class ReplicaRecord:
             node_id=self.node_id, mesh=self.mesh, backend=self.backend, kv_pages_total=self.kv_pages_total,
             kv_pages_free=s.free_pages if s else self.kv_pages_total, running=s.running if s else 0,
             waiting=s.waiting if s else 0, tokens_per_second=s.tokens_per_second if s else 0.0,
-            prefix_hashes=s.prefix_hashes if s and not unchanged else frozenset(), kv_pages_budget=self.memory.kv_pages_budget if self.memory else self.kv_pages_budget,
+            prefix_hashes=s.prefix_hashes if s and not unchanged else frozenset(),
+            tier_prefix_hashes=s.tier_prefix_hashes if s and not unchanged else frozenset(), kv_pages_budget=self.memory.kv_pages_budget if self.memory else self.kv_pages_budget,
             kv_pages_capped_by_host=bool(self.memory and self.memory.kv_pages_capped_by_host),
             dram=self.memory.dram if self.memory else None, crash_loop=self.crash_loop,
             kv_user_groups=s.kv_user_groups if s else 1, kv_pages_free_per_group=s.kv_pages_free_per_group if s else (),
@@ -293,7 +297,8 @@ class Registry:
             merged = apply_delta(r.prefix_hashes, r.prefix_seq, beat.prefix_delta)
             if merged is not None:
                 r.prefix_hashes, r.prefix_seq = merged
-            beat = replace(beat, prefix_hashes=r.prefix_hashes, prefix_delta=None)
+                r.tier_prefix_hashes = apply_tier_delta(r.tier_prefix_hashes, beat.prefix_delta)
+            beat = replace(beat, prefix_hashes=r.prefix_hashes, tier_prefix_hashes=r.tier_prefix_hashes, prefix_delta=None)
         self._heartbeat(r, beat, now)
         return r.prefix_seq if r is not None else FULL
 

@@ -253,13 +253,14 @@ class ReplicaActor:
     async def heartbeat(self) -> Heartbeat:
         st = await self.engine.read_stats()
         hashes = frozenset(await self.engine.read_prefix_hashes())
+        tiers = frozenset(await self.engine.read_tier_hashes()) if st.kv_tiers.enabled else frozenset()
         ttft, inter_token = self.latency.snapshot()
         return Heartbeat(
             running=st.running, waiting=st.waiting, free_pages=st.free_pages, total_pages=st.total_pages,
             prefix_hit_rate=st.prefix_hit_rate, tokens_per_second=st.tokens_per_second,
             prompt_tokens_total=st.prompt_tokens_total, generation_tokens_total=st.generation_tokens_total,
             requests_finished_total=st.requests_finished_total,
-            prefix_delta=self._prefix.delta(hashes), memory=self.memory,
+            prefix_delta=self._prefix.delta(hashes, tiers), memory=self.memory,
             kv_user_groups=st.user_groups, kv_pages_free_per_group=tuple(st.free_pages_per_group), kv_tiers=st.kv_tiers,
             ttft_histogram=ttft, inter_token_histogram=inter_token,
             pid=os.getpid(), node_id=self.node_id(), address=self.address, engine=self.engine.liveness(),

@@ -5,7 +5,8 @@ and last heartbeat figures); the router hands back a ``RouterReport`` (latency s
 events such as migrations) each time it asks. A replica's prefix hashes (thousands per replica)
 travel only when they changed: the report says which numbered set (``prefix_held``) the router
 holds per replica, and an entry whose set is still that one comes with ``prefix_unchanged`` and
-no hashes (the router keeps its own copy).
+no hashes (the router keeps its own copy). The same holds for the pages a replica's KV tiers
+could restore (``tier_prefix_hashes``), numbered with the prefix set.
 
 Entries travel only when they changed, too: each table says which change of the registry it is
 as of (``version``: the registry's epoch and its change number); the router reports the version
@@ -63,6 +64,7 @@ class ReplicaEntry:
     kv_tiers: KvTierStats | None = None     # host and node KV tiers (None: not reported)
     prefix_seq: int = -1                    # the number of ``prefix_hashes`` (-1: unnumbered, always sent)
     prefix_unchanged: bool = False          # the asking router holds set ``prefix_seq`` of this pid: hashes left out
+    tier_prefix_hashes: frozenset[int] = frozenset()   # pages its KV tiers could restore (numbered with ``prefix_seq``)
 
     def to_proto(self) -> pb.ReplicaStatus:
         return pb.ReplicaStatus(

@@ -185,6 +185,9 @@ class ScriptedEngine(InProcessEngine):
     def prefix_hashes(self) -> list[int]:
         return list(self._cache)
 
+    def tier_hashes(self) -> list[int]:
+        return []   # no KV tiers
+
     async def _loop(self) -> None:
         try:
             await self._steps()

@@ -56,6 +56,17 @@ class NodeTier:
     def contains(self, block_hash: int) -> bool:
         return self.path(block_hash).is_file()
 
+    def hashes(self) -> list[int]:
+        """The block hashes of every published entry (from the file names: nothing is read)."""
+        out = []
+        for name in os.listdir(self.folder):
+            if name.endswith(SUFFIX):
+                try:
+                    out.append(int(name[:-len(SUFFIX)], 16))
+                except ValueError:
+                    continue
+        return out
+
     def put(self, block: KvBlock) -> bool:
         """Publish ``block`` (a no-op when a replica already did); False when it cannot fit."""
         target = self.path(block.block_hash)

@@ -200,8 +200,12 @@ class KvTiers:
                            self.totals.restored_pages, self.totals.restored_tokens, self.totals.restore_fallbacks,
                            self.totals.restore_s_total, self.totals.offload_s_total)
 
-    def host_hashes(self) -> list[int]:
-        return self.host.lru_order()
+    def restorable_hashes(self) -> list[int]:
+        """Block hashes a restore could read: this replica's host tier, then the node tier it shares."""
+        hashes = self.host.lru_order()
+        if self.node is not None:
+            hashes = list(dict.fromkeys(hashes + self.node.hashes()))
+        return hashes
 
     def close(self) -> None:
         """Let the node-tier writes started finish (each is published whole or not at all), then stop."""

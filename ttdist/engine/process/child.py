@@ -108,6 +108,8 @@ def _control_value(core: EngineCore, call: ControlCall):
         return core.stats()
     if call.op is ControlOp.PREFIX_HASHES:
         return core.prefix_hashes()
+    if call.op is ControlOp.TIER_HASHES:
+        return core.tier_hashes()
     core.faults = call.arg   # ControlOp.INJECT
     return None
 

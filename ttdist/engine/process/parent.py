@@ -230,7 +230,10 @@ class EngineProcess:
         return await self._on_control_thread(self._stats)
 
     async def read_prefix_hashes(self) -> list[int]:
-        return await self._on_control_thread(self._prefix_hashes)
+        return await self._on_control_thread(self._hashes, ControlOp.PREFIX_HASHES)
+
+    async def read_tier_hashes(self) -> list[int]:
+        return await self._on_control_thread(self._hashes, ControlOp.TIER_HASHES)
 
     async def inject_faults(self, faults: EngineFaults) -> None:
         """Cause ``faults`` in the child's engine from now on (tests)."""
@@ -247,9 +250,9 @@ class EngineProcess:
                 raise
         return self._last_stats
 
-    def _prefix_hashes(self) -> list[int]:
+    def _hashes(self, op: ControlOp) -> list[int]:
         try:
-            return self._call(ControlOp.PREFIX_HASHES)
+            return self._call(op)
         except EngineStoppedError:
             return []
 

@@ -56,6 +56,7 @@ class ControlOp(enum.Enum):
 
     STATS = "stats"
     PREFIX_HASHES = "prefix_hashes"
+    TIER_HASHES = "tier_hashes"
     INJECT = "inject"
 
 

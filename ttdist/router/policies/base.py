@@ -26,7 +26,8 @@ class ReplicaView:
     router's own count of its streams there (fresher, but blind to other routers);
     ``pending_prefill_tokens`` are the prompt tokens of this router's streams that have
     not produced a first token yet. ``prefix_hashes`` are the chained page hashes the
-    replica's prefix cache held at its last heartbeat.
+    replica's prefix cache held at its last heartbeat; ``tier_prefix_hashes`` those its KV
+    tiers could restore then (its host tier and the node tier of its host).
     """
 
     replica_id: str
@@ -35,6 +36,7 @@ class ReplicaView:
     waiting: int = 0
     pending_prefill_tokens: int = 0
     prefix_hashes: frozenset[int] = frozenset()
+    tier_prefix_hashes: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 ``Pool`` holds every replica a router knows, in replica-id order: its ``ReplicaView`` and, as
 arrays, the running / waiting / pending-prefill figures a load is computed from, plus a
-``PrefixIndex`` of the page hashes each holds. The router keeps one up to date: a whole table
+``PrefixIndex`` of the page hashes each holds on its chips and one of those its KV tiers could
+restore. The router keeps one up to date: a whole table
 at a time (``set_views``, a few times a second) and one replica at a time as its own streams
 start and end (``update``). A plain list of views makes a throwaway one (``Pool(views)``).
 
@@ -10,8 +11,8 @@ start and end (``update``). A plain list of views makes a throwaway one (``Pool(
 may go to (not ``blocked``: suspects, replicas it must avoid), in replica-id order. It is a
 ``Sequence[ReplicaView]`` (round_robin indexes it, power_of_two samples positions) with the
 queries the load and cache policies need answered over arrays and the index: ``least`` (the
-lowest load, then the lowest id), ``load_range``, ``holders`` / ``among`` (which replicas hold a
-page hash) and ``best`` (the lowest load, then id, among some of them). Loads are computed as
+lowest load, then the lowest id), ``load_range``, ``holders`` / ``tier_holders`` / ``among``
+(which replicas hold a page hash, on chips / in tiers) and ``best`` (the lowest load, then id, among some of them). Loads are computed as
 ``LoadWeights.loads`` over the arrays: the same float operations, in the same order, as
 ``LoadWeights.load`` on one view, so every pick is the one a pass over the views would make.
 
@@ -32,6 +33,7 @@ from ttdist.router.policies.prefix_index import PrefixIndex
 class Pool:
     def __init__(self, views: Iterable[ReplicaView] = ()) -> None:
         self.index = PrefixIndex()
+        self.tier_index = PrefixIndex()
         self.views: list[ReplicaView] = []
         self.positions: dict[str, int] = {}
         self.running = self.waiting = self.pending = np.zeros(0)
@@ -45,11 +47,14 @@ class Pool:
         positions = {v.replica_id: k for k, v in enumerate(ordered)}
         if len(positions) != len(ordered):
             raise ValueError("replica ids in a routing table must be unique")
-        held = {v.replica_id: v.prefix_hashes for v in self.views}
+        held = {v.replica_id: v for v in self.views}
         for v in ordered:
-            self.index.replace(v.replica_id, held.pop(v.replica_id, frozenset()), v.prefix_hashes)
-        for replica_id, hashes in held.items():   # left the table
-            self.index.replace(replica_id, hashes, frozenset())
+            old = held.pop(v.replica_id, None)
+            self.index.replace(v.replica_id, old.prefix_hashes if old else frozenset(), v.prefix_hashes)
+            self.tier_index.replace(v.replica_id, old.tier_prefix_hashes if old else frozenset(), v.tier_prefix_hashes)
+        for replica_id, old in held.items():   # left the table
+            self.index.replace(replica_id, old.prefix_hashes, frozenset())
+            self.tier_index.replace(replica_id, old.tier_prefix_hashes, frozenset())
         self.views, self.positions = ordered, positions
         n = len(ordered)
         self.running = np.fromiter((v.running for v in ordered), np.float64, n)
@@ -67,6 +72,7 @@ class Pool:
         self.views[k] = view
         self.running[k], self.waiting[k], self.pending[k] = view.running, view.waiting, view.pending_prefill_tokens
         self.index.replace(view.replica_id, old.prefix_hashes, view.prefix_hashes)
+        self.tier_index.replace(view.replica_id, old.tier_prefix_hashes, view.tier_prefix_hashes)
         ready = view.state == ReplicaState.READY
         if ready != (old.state == ReplicaState.READY):
             self.ready[k] = ready
@@ -138,6 +144,10 @@ class Candidates(Sequence[ReplicaView]):
     def holders(self, page_hash: int) -> Collection[str]:
         """The ids of the pool's replicas whose prefix set holds ``page_hash`` (candidates or not)."""
         return self._pool.index.holders(page_hash)
+
+    def tier_holders(self, page_hash: int) -> Collection[str]:
+        """The ids of the pool's replicas whose KV tiers could restore ``page_hash`` (candidates or not)."""
+        return self._pool.tier_index.holders(page_hash)
 
     def among(self, replica_ids: Iterable[str]) -> set[str]:
         """Those of ``replica_ids`` that are candidates."""
