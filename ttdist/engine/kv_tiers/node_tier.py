@@ -7,7 +7,8 @@ never see each other's pages. A page is the file ``<block hash>.kvb``: a magic, 
 
 Entries are published only when complete: a writer writes a temporary file in the same folder
 and renames it into place (atomic on POSIX), so a replica killed mid-offload leaves at most a
-stray temporary file (removed by the next writer once old), never a half entry. A reader checks
+stray temporary file (removed by the next writer once old), never a half entry; a write that
+fails (the folder's memory or disk is full) removes its temporary file and keeps nothing. A reader checks
 the identity, the hash, the token ids and the checksum; any mismatch is a miss and a file that
 is not sound is removed. Capacity is in bytes over the whole folder: a writer makes room by
 removing the least recently used files (a read touches a file's mtime).
@@ -78,9 +79,13 @@ class NodeTier:
         with self._lock:
             self._make_room(len(data))
             tmp = self.folder / f".{block.block_hash:016x}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except OSError:   # the folder's memory (or disk) is full: not kept, and no half file left behind
+                _unlink(tmp)
+                return False
             self.counters.bytes_in += len(data)
             self._refresh()
         return True
