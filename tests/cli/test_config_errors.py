@@ -42,6 +42,7 @@ SPEC_ERRORS = [
     ("ready_wait_s: -1", "ready_wait_s must be >= 0"),
     ("weights_cache: 5", "weights_cache must be a string or null"),
     ("kv_host_bytes: 100TB", "kv_host_bytes: the host KV tier's 100,000,000,000,000 bytes are more than this host's RAM"),
+    ("kv_node_bytes: 100TB", "kv_node_bytes: the node KV tier's 100,000,000,000,000 bytes are more than this host's RAM"),
     ("colour: blue", "unknown setting 'colour'"),
     ("health: {heartbeat_s: soon}", "health.heartbeat_s must be a number, got 'soon'"),
     ("health: {heartbeat_s: 0}", "health.heartbeat_s must be > 0"),
@@ -104,6 +105,7 @@ FLAG_ERRORS = [
     (["--kv-host-bytes", "100PB"], "--kv-host-bytes: kv_host_bytes: cannot read the size '100PB'"),
     (["--kv-host-bytes", "100TB"], "--kv-host-bytes: kv_host_bytes: the host KV tier's 100,000,000,000,000 bytes are more than"),
     (["--kv-node-bytes", "-5"], "--kv-node-bytes: kv_node_bytes: cannot read the size '-5'"),
+    (["--kv-node-bytes", "100TB"], "--kv-node-bytes: kv_node_bytes: the node KV tier's 100,000,000,000,000 bytes are more than"),
 ]
 
 
@@ -126,6 +128,8 @@ def test_the_console_command_reports_spec_and_flag_errors_the_same_way(tmp_path)
     assert_one_line_error(ttdist("launch", str(policy)), 2, "unknown policy 'fastest'")
     assert_one_line_error(ttdist("serve", "--dtype", "float7"), 2, "--dtype", "unknown precision 'float7'")
     assert_one_line_error(ttdist("serve", "--policy", "fastest", "--dashboard-port", "-1"), 2, "unknown policy")
+    assert_one_line_error(ttdist("serve", "--kv-host-bytes", "100TB", "--dashboard-port", "-1"), 2, "--kv-host-bytes",
+                          "more than this host's RAM")
     # argparse's own type errors: exit 2, no traceback, the flag named
     proc = ttdist("serve", "--replicas", "two")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

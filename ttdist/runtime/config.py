@@ -287,9 +287,9 @@ class ClusterConfig:
             raise ClusterConfigError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
         if self.generation_config not in ("auto", "vllm"):
             raise ClusterConfigError(f"generation_config must be auto or vllm, got {self.generation_config!r}")
-        for name in ("kv_host_bytes", "kv_node_bytes"):
-            try:
-                KvTierConfig.from_sizes(getattr(self, name))
+        for name, sizes in (("kv_host_bytes", (self.kv_host_bytes, 0)), ("kv_node_bytes", (0, self.kv_node_bytes))):
+            try:   # each size as the tier it sizes (the error names that tier)
+                KvTierConfig.from_sizes(*sizes)
             except ValueError as err:
                 raise ClusterConfigError(f"{name}: {err}") from None
         if not self.ready_wait_s >= 0:
