@@ -4,7 +4,8 @@
 arrays, the running / waiting / pending-prefill figures a load is computed from, plus a
 ``PrefixIndex`` of the page hashes each holds on its chips and one of those its KV tiers could
 restore. The router keeps one up to date: a whole table at a time (``set_views``, a few times a
-second) and one replica at a time as its own streams start and end (``update``). A plain list of views makes a throwaway one (``Pool(views)``).
+second) and one replica at a time as its own streams start and end (``update``). A plain list
+of views makes a throwaway one (``Pool(views)``).
 
 ``Candidates`` is what a policy's ``select`` gets: the ready replicas of a pool that the request
 may go to (not ``blocked``: suspects, replicas it must avoid), in replica-id order. It is a
@@ -12,8 +13,9 @@ may go to (not ``blocked``: suspects, replicas it must avoid), in replica-id ord
 queries the load and cache policies need answered over arrays and the index: ``least`` (the
 lowest load, then the lowest id), ``load_range``, ``holders`` / ``tier_holders`` / ``among``
 (which replicas hold a page hash, on chips / in tiers) and ``best`` (the lowest load, then id,
-among some of them). Loads are computed as ``LoadWeights.loads`` over the arrays: the same float operations, in the same order, as
-``LoadWeights.load`` on one view, so every pick is the one a pass over the views would make.
+among some of them). Loads are computed as ``LoadWeights.loads`` over the arrays: the same
+float operations, in the same order, as ``LoadWeights.load`` on one view, so every pick is the
+one a pass over the views would make.
 
 ``route``: health filtering (ready, not excluded), then the policy.
 """
