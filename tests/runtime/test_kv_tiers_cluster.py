@@ -86,7 +86,8 @@ def test_a_turn_on_the_replica_that_never_saw_it_restores_its_prefix_from_the_no
 
         def reported():
             t = ray.get(coordinator.routing_table.remote())
-            return t if all(chat_pages <= e.tier_prefix_hashes for e in t.replicas) and on_chips <= t.entry(b.replica_id).prefix_hashes else None
+            tiers_shown = all(chat_pages <= e.tier_prefix_hashes for e in t.replicas)
+            return t if tiers_shown and on_chips <= t.entry(b.replica_id).prefix_hashes else None
         seen = wait_for(reported, 60, "the tier sets and replica-1's pages in the routing table")
         wait_for(lambda: all(router_holds(coordinator, e.replica_id, e.prefix_seq) for e in seen.replicas), 60,
                  "the router to hold that table")
