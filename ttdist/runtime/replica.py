@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ from ttdist.engine.process import EngineProcess
 from ttdist.engine.serving import ServingEngine
 from ttdist.engine.stats import EngineStats
 from ttdist.model.kv_budget import ReplicaMemory, replica_memory
+from ttdist.runtime import priority
 from ttdist.runtime.autoscale.cold_start import Placed, process_start_time
 from ttdist.runtime.config import backend_label
 from ttdist.runtime.request_checks import ModelCard
@@ -58,6 +60,11 @@ def restarted_by_ray() -> bool:
         return ray.get_runtime_context().was_current_actor_reconstructed
 
 
+def _in_ray_actor() -> bool:
+    """True in a Ray actor's process (tests also build a ``ReplicaActor`` in their own process)."""
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 def replica_actor_name(replica_id: str) -> str:
     """The Ray actor name of a replica (namespace ``NAMESPACE``); a restarted coordinator finds it by it."""
     return f"ttdist-{replica_id}"
@@ -79,7 +86,8 @@ class ReplicaSetup:
     max_batch: int = 32
     default_max_tokens: int = 256
     heartbeat_s: float = 0.5
-    cpu_threads: int = 1
+    cpu_threads: int = 1          # torch threads (and ``OMP_NUM_THREADS``) of the engine
+    niceness: int | None = None   # nice levels below Ray this replica sets itself to (None: as Ray started it)
     host: str = "127.0.0.1"    # "" = this node's IP
     cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
     dispatch_core: str = "auto"   # ttnn backend: which cores dispatch (ReplicaGroup.dispatch_core)
@@ -192,6 +200,16 @@ class ReplicaActor:
         if setup.devices:
             # before anything can open the chips: this replica sees only its own
             os.environ["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
+        if _in_ray_actor():
+            # what Ray's plain worker lacks, set here rather than by a runtime_env of the replica's own
+            # (which costs a fresh worker process); before the engine process inherits it
+            os.environ["OMP_NUM_THREADS"] = str(setup.cpu_threads)
+        self.nice_level = os.getpriority(os.PRIO_PROCESS, 0)
+        if setup.niceness is not None and _in_ray_actor():
+            done, self.nice_level = priority.set_level(setup.niceness)
+            if not done:
+                print(f"ttdist: {setup.replica_id} could not set itself {setup.niceness} nice levels below Ray "
+                      f"(needs CAP_SYS_NICE); it runs at nice {self.nice_level}", file=sys.stderr)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
