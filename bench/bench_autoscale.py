@@ -5,10 +5,14 @@ Scripted replicas (``--step-ms`` per decode step, ``--batch`` users at once) on 
 cluster; closed-loop users send greedy requests of ``--max-tokens`` back to back: ``--users``
 of them, then 4x as many, then ``--users`` again, ``--phase-s`` each. The autoscaled pool
 (``min_replicas`` 1, ``max_replicas`` 4, target ``ongoing_requests`` = ``--batch``) is sampled
-twice a second; it prints the replica count over time (``--plot FILE`` draws it), the reaction
-time (load step -> the pool's new replicas all serving), goodput (requests per second whose
-TTFT met ``--slo-ms``) and replica-seconds used (replicas in the pool, starting ones
-included), then the same load on a static cluster of 4 replicas.
+twice a second; it prints the replica count over time (``--plot FILE`` draws it), when the
+pool settled after each step (its final count, all serving), and for each replica a scale-up
+started its reaction, load step -> its first token to a user, split into the decision (step
+-> the autoscaler's decision), the coordinator's ``ColdStart`` phases and the first token
+(serving -> a router sent it a request and its first token came back), with the p50 and max
+over those replicas; then goodput (requests per second whose TTFT met ``--slo-ms``) and
+replica-seconds used (replicas in the pool, starting ones included) against the same load on
+a static cluster of 4 replicas.
 
     .venv/bin/python bench/bench_autoscale.py [--phase-s 20] [--users 8] [--batch 8] [--plot autoscale.png]
 """
