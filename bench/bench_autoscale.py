@@ -14,7 +14,7 @@ over those replicas; then goodput (requests per second whose TTFT met ``--slo-ms
 replica-seconds used (replicas in the pool, starting ones included) against the same load on
 a static cluster of 4 replicas.
 
-    .venv/bin/python bench/bench_autoscale.py [--phase-s 20] [--users 8] [--batch 8] [--plot autoscale.png]
+    .venv/bin/python bench/bench_autoscale.py [--phase-s 20] [--users 8] [--batch 8] [--upscale-delay-s 2] [--plot autoscale.png]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ttdist.v1 import generation_pb2_grpc as pb_grpc  # noqa: E402
 
 @dataclass
 class Run:
-    samples: list[tuple[float, int, int]] = field(default_factory=list)   # (t, in pool, ready)
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)   # (t, in pool, ready, ongoing)
     ttfts: list[float] = field(default_factory=list)
     failed: int = 0
     seconds: float = 0.0
@@ -100,7 +100,7 @@ def drive(address: str, phases: list[tuple[int, float]], max_tokens: int, coordi
         while time.monotonic() < until:
             replicas = ray.get(coordinator.snapshot.remote(), timeout=30).replicas
             run.samples.append((time.monotonic() - start, sum(r.state != "draining" for r in replicas),
-                                sum(r.state == "ready" for r in replicas)))
+                                sum(r.state == "ready" for r in replicas), sum(r.running + r.waiting for r in replicas)))
             time.sleep(0.5)
     run.seconds = time.monotonic() - start
     stop.set()
@@ -127,7 +127,7 @@ def served(config: ClusterConfig, phases, max_tokens: int) -> Run:
 
 def report(name: str, run: Run, slo_s: float) -> tuple[float, float]:
     good = sum(t <= slo_s for t in run.ttfts) / run.seconds
-    replica_s = sum(pool for _, pool, _ in run.samples) * (run.seconds / max(1, len(run.samples)))
+    replica_s = sum(pool for _, pool, _, _ in run.samples) * (run.seconds / max(1, len(run.samples)))
     print(f"{name}: {len(run.ttfts)} requests, {run.failed} failed or cut, goodput {good:.2f} req/s "
           f"(TTFT <= {slo_s * 1000:.0f} ms), replica-seconds {replica_s:.0f}")
     return good, replica_s
@@ -138,7 +138,7 @@ def reaction(run: Run, phases) -> list[float]:
     out, t0 = [], 0.0
     for (users, seconds), nxt in zip(phases, phases[1:]):
         t0 += seconds
-        after = [(t, pool, ready) for t, pool, ready in run.samples if t >= t0 and t < t0 + nxt[1]]
+        after = [(t, pool, ready) for t, pool, ready, _ in run.samples if t >= t0 and t < t0 + nxt[1]]
         if not after:
             continue
         final = after[-1][1]
@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--step-ms", type=float, default=14.0)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--slo-ms", type=float, default=500.0)
+    ap.add_argument("--upscale-delay-s", type=float, default=2.0)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
     phases = [(args.users, args.phase_s), (4 * args.users, args.phase_s), (args.users, args.phase_s)]
@@ -181,14 +182,16 @@ def main() -> None:
                                   num_pages=1024)
     base = ClusterConfig(engine="scripted", scripted=engine, groups=(ReplicaGroup(count=4),), port=0, dashboard_port=None,
                          max_batch=args.batch, policy="least_load", health=HealthConfig(heartbeat_s=0.25))
-    scale = AutoscaleConfig(min_replicas=1, max_replicas=4, target=args.batch, upscale_delay_s=2.0,
+    scale = AutoscaleConfig(min_replicas=1, max_replicas=4, target=args.batch, upscale_delay_s=args.upscale_delay_s,
                             downscale_delay_s=2 * args.phase_s / 5, drain_timeout_s=60.0)
     auto = served(replace(base, groups=(ReplicaGroup(),), autoscale=scale), phases, args.max_tokens)
-    print("t (s)  users  replicas (in pool / ready)")
+    print("t (s)  users  replicas (in pool / ready)  ongoing (running + waiting on the replicas)")
     ends = [sum(s for _, s in phases[:i + 1]) for i in range(len(phases))]
-    for t, pool, ready in auto.samples[::4]:
+    for t, pool, ready, ongoing in auto.samples[::4]:
         users = phases[min(sum(t >= e for e in ends), len(phases) - 1)][0]
-        print(f"{t:5.1f}  {users:5d}  {pool} / {ready}")
+        print(f"{t:5.1f}  {users:5d}  {pool} / {ready}  {ongoing}")
+    for d in auto.status.decisions:
+        print(f"decision at {d.time - auto.steps[0]:5.1f} s: {d.previous} -> {d.replicas}: {d.reason}")
     times = reaction(auto, phases)
     print("pool settled (load step -> the pool's count final and all of it serving): "
           + ", ".join(f"{x:.1f} s" for x in times))
@@ -212,8 +215,8 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 3))
-        ax.step([t for t, _, _ in auto.samples], [p for _, p, _ in auto.samples], where="post", label="in pool")
-        ax.step([t for t, _, _ in auto.samples], [r for _, _, r in auto.samples], where="post", label="ready")
+        ax.step([t for t, *_ in auto.samples], [p for _, p, _, _ in auto.samples], where="post", label="in pool")
+        ax.step([t for t, *_ in auto.samples], [r for _, _, r, _ in auto.samples], where="post", label="ready")
         ax.set_xlabel("seconds")
         ax.set_ylabel("replicas")
         ax.legend()
