@@ -1,7 +1,9 @@
 """The replica actor: one engine + model on one mesh, serving ``Generation`` on an internal port.
 
-A thin shell: the coordinator creates it with a ``ReplicaSetup``, asks which node it landed
-on, then calls ``start`` with the weights (a converted-weight cache path on the
+A thin shell: the coordinator creates it with a ``ReplicaSetup`` (``replica_setup.py``) in
+Ray's plain worker, where it sets its own nice level, ``OMP_NUM_THREADS`` and
+``TT_VISIBLE_DEVICES`` (``priority.py``: no ``runtime_env`` of its own, so Ray may hand it a
+worker it pre-started), asks which node it landed on, then calls ``start`` with the weights (a converted-weight cache path on the
 coordinator's node, the shards themselves through the Ray object store elsewhere). Once
 serving it sends a ``Heartbeat`` to the coordinator every ``heartbeat_s``, and sooner (at
 most one per ``MIN_BEAT_GAP_S``) when a request starts or ends, so the registry's running
