@@ -52,6 +52,16 @@ def test_down_goes_to_the_largest_count_wanted_over_the_delay():
     assert run(CFG, [16, 0, 8, 0, 0, 0, 0], n=4) == [(6.0, 4, 2)]
 
 
+def test_a_rise_seen_in_two_steps_grows_again_once_the_higher_count_held_for_the_delay():
+    # wanted 2 from t=1, 4 from t=2: to 2 at t=4, and to 4 at t=5 (4 wanted since t=2), not a
+    # whole delay after the first decision
+    assert run(CFG, [4, 8, 16, 16, 16, 16], n=1) == [(4.0, 1, 2), (5.0, 2, 4)]
+
+
+def test_a_fall_seen_in_two_steps_shrinks_again_once_the_lower_count_held_for_the_delay():
+    assert run(CFG, [16, 8, 0, 0, 0, 0, 0, 0, 0], n=4) == [(6.0, 4, 2), (7.0, 2, 1)]
+
+
 def test_no_shrinking_while_a_replica_starts():
     scaler = Autoscaler(CFG)
     assert [scaler.step(PoolLoad(replicas=2, ready=1, starting=1), float(t)) for t in range(10)] == [None] * 10
@@ -180,9 +190,11 @@ def test_cold_start_phases_add_up_from_the_decision():
     assert (took.placement_s, took.process_start_s, took.weight_load_s, took.kv_sizing_s, took.engine_start_s,
             took.registration_s) == (1.5, 1.5, 2.0, 0.5, 3.5, 1.0)
     assert took.total_s == 10.0 and took.describe().startswith("serving 10.00 s after the decision: placement 1.50 s")
+    assert took.decided == 100.0 and not took.prestarted
     # a worker process Ray had started before the decision: placed at once, its start counted from the decision
     early = cold_start("r", 100.0, Placed("n", 90.0, 100.5), 1.0, None, 102.0)
     assert (early.placement_s, early.process_start_s, early.engine_start_s, early.registration_s) == (0.0, 0.5, 1.0, 0.5)
+    assert early.prestarted and "process start (a pre-started worker) 0.50 s" in early.describe()
 
 
 def test_a_process_start_time_is_before_now():

@@ -46,6 +46,7 @@ from ttdist.dashboard.status import ClusterSnapshot, EventCount
 from ttdist.mesh.spec import parse_mesh
 from ttdist.runtime.autoscale.cold_start import cold_start
 from ttdist.runtime.autoscale.pool import PoolScaler
+from ttdist.runtime import priority
 from ttdist.runtime.coordinator_autoscale import AutoscalingMixin
 from ttdist.runtime.config import NICENESS_ENV, ClusterConfig
 from ttdist.runtime.request_checks import ModelCard
@@ -78,6 +79,9 @@ class Coordinator(AutoscalingMixin):
         self._next_replica = 0           # replica ids are never reused: replica-0, replica-1, ...
         self._draining: set[asyncio.Task] = set()   # scale-down drains in flight
         self._removed: set[str] = set()             # replicas drained away: never adopted again
+        # replicas take Ray's plain (pre-started) workers and set their nice level themselves where
+        # a worker may; elsewhere a runtime_env sets it, at the cost of a fresh worker process each
+        self._nice_in_actor = config.niceness is None or priority.can_reach(config.niceness)
         self._recovered = asyncio.Event()
         self._recovery: asyncio.Task | None = None
         # after a restart the pool's replicas re-register from their heartbeats before it decides anything
@@ -175,6 +179,7 @@ class Coordinator(AutoscalingMixin):
             num_pages=min(record.kv_pages_budget, cfg.max_kv_pages) if cfg.engine == "scripted" else 0,
             max_pages=cfg.max_kv_pages if in_host_ram else None, max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
+            niceness=cfg.niceness if self._nice_in_actor else None,
             host=cfg.replica_host, dispatch_core=group.dispatch_core,
             cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s, logprobs_mode=cfg.logprobs_mode,
             tracing=cfg.tracing,
@@ -201,11 +206,8 @@ class Coordinator(AutoscalingMixin):
         to record its cold start."""
         setup = self._setups[rid]
         group = self._group(self.registry.replicas[rid])
-        env = {"OMP_NUM_THREADS": str(self.config.cpu_threads)}
-        if self.config.niceness is not None:
-            env[NICENESS_ENV] = str(self.config.niceness)
-        if setup.devices:
-            env["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
+        env = {} if self._nice_in_actor else {"OMP_NUM_THREADS": str(self.config.cpu_threads),
+                                               NICENESS_ENV: str(self.config.niceness)}
         try:
             actor = await self._create_replica_actor(rid, group, env)
             self._actors[rid] = actor
@@ -236,8 +238,9 @@ class Coordinator(AutoscalingMixin):
         options = dict(
             name=replica_actor_name(rid), namespace=NAMESPACE, lifetime="detached", num_cpus=0,
             resources=dict(group.resources) or None, max_restarts=0, max_concurrency=1000,
-            runtime_env={"env_vars": env},
         )
+        if env:   # a runtime_env of its own: Ray starts a fresh worker process for it
+            options["runtime_env"] = {"env_vars": env}
         deadline = time.monotonic() + NAME_FREE_TIMEOUT_S
         while True:
             try:

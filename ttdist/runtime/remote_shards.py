@@ -5,6 +5,10 @@ A replica on the converting node opens the entry in place (``WeightSource(entry=
 another node is handed ``RemoteShards``: the coordinator puts each file of the entry in bounded
 chunks, and the replica fetches them one at a time into a node-local copy of the entry first,
 then opens that copy like any other.
+
+The weights loader is imported where it is used: a replica actor unpickles its ``WeightSource``
+but its engine process opens it, and the loader's imports (``ml_dtypes``: ~0.8 s on a loaded
+2-core host) held up every replica's ``start`` call before it ran.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ttdist.model.weights import cache_format as cf
-from ttdist.model.weights.sharded_load import ShardedWeights, load_converted
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ttdist.model.weights.sharded_load import ShardedWeights
 
 TRANSFER_CHUNK = 256 << 20
 
@@ -38,6 +44,8 @@ class RemoteShards:
     def put(cls, entry: str | Path) -> "RemoteShards":
         import ray
 
+        from ttdist.model.weights import cache_format as cf
+
         entry = Path(entry)
         manifest = cf.read_manifest(entry)
         refs: dict[str, list] = {}
@@ -51,6 +59,8 @@ class RemoteShards:
 
     def fetch(self, root: str | Path | None = None) -> Path:
         import ray
+
+        from ttdist.model.weights import cache_format as cf
 
         dest = Path(root or Path(tempfile.gettempdir()) / "ttdist-weights") / self.name
         if (dest / cf.MANIFEST).exists():
@@ -76,12 +86,16 @@ class WeightSource:
     precision: str = ""
 
     def open(self) -> ShardedWeights:
+        from ttdist.model.weights.sharded_load import load_converted
+
         entry = self.entry if self.remote is None else str(self.remote.fetch())
         return load_converted(entry, precision=self.precision or None)
 
 
 def open_weights(weights) -> ShardedWeights:
     """``ShardedWeights`` from whatever a replica was handed (cache path, source, or weights)."""
+    from ttdist.model.weights.sharded_load import load_converted
+
     if isinstance(weights, (str, Path)):
         return load_converted(weights)
     if isinstance(weights, WeightSource):

@@ -1,7 +1,9 @@
 """The replica actor: one engine + model on one mesh, serving ``Generation`` on an internal port.
 
-A thin shell: the coordinator creates it with a ``ReplicaSetup``, asks which node it landed
-on, then calls ``start`` with the weights (a converted-weight cache path on the
+A thin shell: the coordinator creates it with a ``ReplicaSetup`` (``replica_setup.py``) in
+Ray's plain worker, where it sets its own nice level, ``OMP_NUM_THREADS`` and
+``TT_VISIBLE_DEVICES`` (``priority.py``: no ``runtime_env`` of its own, so Ray may hand it a
+worker it pre-started), asks which node it landed on, then calls ``start`` with the weights (a converted-weight cache path on the
 coordinator's node, the shards themselves through the Ray object store elsewhere). Once
 serving it sends a ``Heartbeat`` to the coordinator every ``heartbeat_s``, and sooner (at
 most one per ``MIN_BEAT_GAP_S``) when a request starts or ends, so the registry's running
@@ -19,31 +21,33 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import ray
 
-from ttdist.engine.faults import NO_FAULTS, EngineFaults
-from ttdist.engine.kv_tiers.config import KvTierConfig
-from ttdist.engine.kv_tiers.node_tier import DEFAULT_ROOT as DEFAULT_NODE_DIR
+from ttdist.engine.faults import EngineFaults
 from ttdist.engine.process import EngineProcess
 from ttdist.engine.serving import ServingEngine
 from ttdist.engine.stats import EngineStats
-from ttdist.model.kv_budget import ReplicaMemory, replica_memory
+from ttdist.model.kv_budget import ReplicaMemory
+from ttdist.runtime import priority
 from ttdist.runtime.autoscale.cold_start import Placed, process_start_time
 from ttdist.runtime.config import backend_label
-from ttdist.runtime.request_checks import ModelCard
 from ttdist.runtime.prefix_delta import PrefixSender
 from ttdist.runtime.registry import Heartbeat
 from ttdist.runtime.replica_latency import ReplicaLatency
 from ttdist.runtime.replica_service import start_replica_server
-from ttdist.runtime.scripted_engine import ScriptedEngine, ScriptedEngineConfig
+from ttdist.runtime.replica_setup import ReplicaSetup, build_core, core_memory
+from ttdist.runtime.scripted_engine import ScriptedEngine
 from ttdist.dashboard.replica_state import ReplicaState
 from ttdist.runtime.routing_table import ReplicaEntry
-from ttdist.tracing import TracingConfig, make_tracing
+from ttdist.tracing import make_tracing
+
+__all__ = ["ReplicaActor", "ReplicaSetup", "StartedReplica", "build_core", "build_engine", "core_memory"]
 
 COORDINATOR_NAME = "ttdist-coordinator"
 NAMESPACE = "ttdist"
@@ -58,39 +62,14 @@ def restarted_by_ray() -> bool:
         return ray.get_runtime_context().was_current_actor_reconstructed
 
 
+def _in_ray_actor() -> bool:
+    """True in a Ray actor's process (tests also build a ``ReplicaActor`` in their own process)."""
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 def replica_actor_name(replica_id: str) -> str:
     """The Ray actor name of a replica (namespace ``NAMESPACE``); a restarted coordinator finds it by it."""
     return f"ttdist-{replica_id}"
-
-
-@dataclass(frozen=True)
-class ReplicaSetup:
-    replica_id: str
-    mesh: str
-    backend: str
-    card: ModelCard
-    emulate: bool = False         # ttnn backend on emulated chips (ttdist.mesh.ttnn_emu installed in the engine's process)
-    model_dir: str = ""
-    devices: tuple[int, ...] = ()
-    engine: str = "model"
-    scripted: ScriptedEngineConfig = field(default_factory=ScriptedEngineConfig)
-    num_pages: int = 256          # model engine: 0 sizes the cache from the backend's DRAM ledger,
-    max_pages: int | None = None  # at most this many pages (a simulated cache lives in host RAM)
-    max_batch: int = 32
-    default_max_tokens: int = 256
-    heartbeat_s: float = 0.5
-    cpu_threads: int = 1
-    host: str = "127.0.0.1"    # "" = this node's IP
-    cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
-    dispatch_core: str = "auto"   # ttnn backend: which cores dispatch (ReplicaGroup.dispatch_core)
-    stall_after_s: float = 5.0    # the engine has work but made no step for this long: health NOT_SERVING
-    engine_process: bool = True   # model engine: its step loop in a process of its own (EngineProcess)
-    faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
-    logprobs_mode: str = "raw"    # logprobs of generated tokens: raw, or processed (after temperature)
-    tracing: TracingConfig = TracingConfig()   # OTLP spans of sampled requests (off by default)
-    kv_host_bytes: str = "0"      # KV kept off the chips (``KvTierConfig.from_sizes``): read where the replica runs
-    kv_node_bytes: str = "0"
-    kv_node_dir: str = DEFAULT_NODE_DIR
 
 
 @dataclass(frozen=True)
@@ -101,44 +80,6 @@ class StartedReplica:
     kv_pages_total: int
     memory: ReplicaMemory | None = None   # KV budget and chip DRAM from the backend's ledger (model engines)
     start_s: float = 0.0                  # how long ``start`` took (engine built and launched, server up)
-
-
-def build_core(setup: ReplicaSetup, weights):
-    """The model's ``EngineCore`` on its mesh from ``weights`` (a converted-weight cache path, a
-    ``WeightSource`` or the ``ShardedWeights``), with ``cpu_threads`` torch threads on the simulator
-    (the ttnn backend never imports torch). Runs where the step loop will run."""
-    from ttdist.engine.core import EngineCore
-    from ttdist.engine.config import EngineConfig
-    from ttdist.engine.tokenizer import Tokenizer
-    from ttdist.model.runner import MeshModelRunner
-    from ttdist.runtime.remote_shards import open_weights
-
-    s = setup
-    options = None
-    if s.backend == "sim":
-        import torch
-
-        torch.set_num_threads(s.cpu_threads)
-    else:
-        if s.emulate:   # before the ttnn backend is imported: ``import ttnn`` is the emulator from here on
-            from ttdist.mesh import ttnn_emu
-
-            ttnn_emu.install()
-        options = {"dispatch_core": s.dispatch_core}
-    sharded = open_weights(weights)
-    runner = MeshModelRunner.from_sharded(
-        sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages or None, max_pages=s.max_pages,
-        max_batch=s.max_batch, max_context=s.card.max_context, backend_options=options, logprobs_mode=s.logprobs_mode,
-    )
-    tokenizer = Tokenizer.from_dir_if_present(s.model_dir) if s.model_dir else None
-    config = EngineConfig(max_batch=s.max_batch, default_max_tokens=s.default_max_tokens, faults=s.faults,
-                          kv_tiers=KvTierConfig.from_sizes(s.kv_host_bytes, s.kv_node_bytes, s.kv_node_dir))
-    return EngineCore(runner, tokenizer, config)
-
-
-def core_memory(core) -> ReplicaMemory | None:
-    """The KV budget and chip DRAM of a built engine's runner (its backend's ledger)."""
-    return replica_memory(core.runner)
 
 
 def build_engine(setup: ReplicaSetup, weights) -> ServingEngine:
@@ -192,6 +133,16 @@ class ReplicaActor:
         if setup.devices:
             # before anything can open the chips: this replica sees only its own
             os.environ["TT_VISIBLE_DEVICES"] = ",".join(str(d) for d in setup.devices)
+        if _in_ray_actor():
+            # what Ray's plain worker lacks, set here rather than by a runtime_env of the replica's own
+            # (which costs a fresh worker process); before the engine process inherits it
+            os.environ["OMP_NUM_THREADS"] = str(setup.cpu_threads)
+        self.nice_level = os.getpriority(os.PRIO_PROCESS, 0)
+        if setup.niceness is not None and _in_ray_actor():
+            done, self.nice_level = priority.set_level(setup.niceness)
+            if not done:
+                print(f"ttdist: {setup.replica_id} could not set itself {setup.niceness} nice levels below Ray "
+                      f"(needs CAP_SYS_NICE); it runs at nice {self.nice_level}", file=sys.stderr)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

@@ -4,7 +4,8 @@ Phases, each measured where it happens:
 
 - ``placement``: the decision until Ray runs the actor's worker process on a node (waiting for
   free ``tt_chips``, or for Ray's autoscaler to add a node, is spent here);
-- ``process_start``: that worker process starting and constructing the replica actor;
+- ``process_start``: that worker process starting and constructing the replica actor (only
+  the construction when Ray hands it a worker it had pre-started: ``prestarted``);
 - ``weight_load``: the converted-weight cache read (node-locally when the node has it,
   through the Ray object store otherwise) and placed on the mesh;
 - ``kv_sizing``: the KV cache sized from the backend's DRAM ledger and allocated;
@@ -55,6 +56,8 @@ class ColdStart:
     engine_start_s: float
     registration_s: float
     weights_via: str = ""      # "cache" (node-local) or "object_store"
+    decided: float = 0.0       # unix seconds of the decision that asked for it (serving at decided + total_s)
+    prestarted: bool = False   # its worker process was up before the decision (one Ray had pre-started)
 
     @property
     def total_s(self) -> float:
@@ -63,7 +66,8 @@ class ColdStart:
 
     def describe(self) -> str:
         via = f" ({self.weights_via})" if self.weights_via else ""
-        return (f"serving {self.total_s:.2f} s after the decision: placement {self.placement_s:.2f} s, process start "
+        worker = " (a pre-started worker)" if self.prestarted else ""
+        return (f"serving {self.total_s:.2f} s after the decision: placement {self.placement_s:.2f} s, process start{worker} "
                 f"{self.process_start_s:.2f} s, weight load{via} {self.weight_load_s:.2f} s, KV sizing "
                 f"{self.kv_sizing_s:.2f} s, engine start {self.engine_start_s:.2f} s, registration {self.registration_s:.2f} s")
 
@@ -78,4 +82,5 @@ def cold_start(replica_id: str, decided: float, placed: Placed, start_s: float, 
     weights, kv = (load.weight_load_s, load.kv_sizing_s) if load else (0.0, 0.0)
     engine = max(0.0, start_s - weights - kv)
     registration = max(0.0, serving - decided - placement - process - start_s)
-    return ColdStart(replica_id, placement, process, weights, kv, engine, registration, weights_via)
+    return ColdStart(replica_id, placement, process, weights, kv, engine, registration, weights_via, decided,
+                     prestarted=placed.process_started < decided)

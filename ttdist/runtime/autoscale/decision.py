@@ -10,11 +10,14 @@ Algorithm (the pool's ``AutoscaleConfig``):
    p90 is above the target, one fewer while it is below ``SLO_DOWN_FRACTION`` of it (latency
    is not linear in replicas), no change in between or without observations. Clamped to
    ``[min_replicas, max_replicas]``.
-2. Hysteresis: the pool grows only once ``wanted`` has stayed above the current count for
-   ``upscale_delay_s``, to the smallest count wanted over that stretch; it shrinks only once
-   ``wanted`` has stayed below for ``downscale_delay_s``, to the largest count wanted over
-   that stretch. Any tick where ``wanted`` equals the count (or crosses to the other side)
-   starts the stretch again, so a load that wavers around a boundary changes nothing.
+2. Hysteresis, per count: the pool grows to a count once ``wanted`` has stayed at or above it
+   for ``upscale_delay_s`` (to the largest such count: the smallest wanted over that stretch),
+   and shrinks to a count once ``wanted`` has stayed at or below it for ``downscale_delay_s``
+   (the smallest such). Any tick where ``wanted`` equals the count (or crosses to the other
+   side) starts every stretch again, so a load that wavers around a boundary changes nothing.
+   A stretch toward a count beyond the one just decided goes on across the decision: a load
+   seen rising in two steps (the heartbeats catching up with a jump) grows the pool the second
+   time as soon as that count has been wanted for the delay, not a whole delay after the first.
 3. An empty pool with a request waiting (or below ``min_replicas``) grows at once: a waiting
    request is not a fluctuation.
 4. No shrinking while a replica of the pool is still starting (the stretch below starts once
@@ -70,12 +73,13 @@ class Decision:
 
 @dataclass(frozen=True)
 class ScaleState:
-    """The stretch ``wanted`` has stayed above (or below) the count: since when, and its bound."""
+    """Each count ``wanted`` has kept asking for beyond the pool's (all above it, or all below),
+    with the time since when: ``((count, since), ...)``."""
 
-    above_since: float | None = None
-    above_floor: int = 0          # the smallest count wanted since ``above_since``
-    below_since: float | None = None
-    below_ceiling: int = 0        # the largest count wanted since ``below_since``
+    held: tuple[tuple[int, float], ...] = ()
+
+    def since(self, count: int) -> float | None:
+        return next((t for c, t in self.held if c == count), None)
 
 
 def wanted(config: AutoscaleConfig, load: PoolLoad) -> tuple[int, str]:
@@ -109,22 +113,18 @@ def decide(config: AutoscaleConfig, load: PoolLoad, state: ScaleState, now: floa
     n = load.replicas
     if want > n and (n == 0 or n < config.min_replicas):
         return Decision(want, n, f"{why}: {n} -> {want} now"), ScaleState()
-    if want > n:
-        since = now if state.above_since is None else state.above_since
-        floor = want if state.above_since is None else min(state.above_floor, want)
-        if now - since >= config.upscale_delay_s:
-            return Decision(floor, n, f"{why}: wanted >= {floor} for {now - since:.1f} s: {n} -> {floor}"), ScaleState()
-        return None, ScaleState(above_since=since, above_floor=floor)
-    if want < n and load.starting:
+    if want == n or (want < n and load.starting):
         return None, ScaleState()
-    if want < n:
-        since = now if state.below_since is None else state.below_since
-        ceiling = want if state.below_since is None else max(state.below_ceiling, want)
-        if now - since >= config.downscale_delay_s:
-            return (Decision(ceiling, n, f"{why}: wanted <= {ceiling} for {now - since:.1f} s: {n} -> {ceiling}"),
-                    ScaleState())
-        return None, ScaleState(below_since=since, below_ceiling=ceiling)
-    return None, ScaleState()
+    up = want > n
+    counts = range(n + 1, want + 1) if up else range(want, n)
+    held = tuple((c, now if state.since(c) is None else state.since(c)) for c in counts)
+    delay = config.upscale_delay_s if up else config.downscale_delay_s
+    due = [(c, since) for c, since in held if now - since >= delay]
+    if not due:
+        return None, ScaleState(held)
+    count, since = max(due) if up else min(due)
+    later = ScaleState(tuple((c, t) for c, t in held if (c > count if up else c < count)))
+    return Decision(count, n, f"{why}: wanted {'>=' if up else '<='} {count} for {now - since:.1f} s: {n} -> {count}"), later
 
 
 class Autoscaler:
