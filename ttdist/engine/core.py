@@ -221,6 +221,7 @@ class EngineCore:
                 self.pool.cache_full_pages(seq)
                 if seq.num_preemptions == 0:
                     seq.num_cached_tokens = (seq.num_cached_tokens or 0) + restored
+                    seq.restored_s = self.clock()
                     self.metrics.on_admitted(0, restored)
             if seq.needs_prefill:
                 return self.scheduler.chunk(seq)
