@@ -229,6 +229,8 @@ def test_a_host_tier_restore_runs_in_the_step_that_admits_it(extra, first_step):
     assert outs[0].token_ids == reference_output(fake, prompt, 1)
     run(core)
     assert outs[-1].usage.cached_tokens == 12
+    timings = outs[-1].timings                           # the restore was written between admission and the first token
+    assert timings.queue_s <= timings.restored_s <= timings.ttft_s and timings.restored_s > 0
     assert executor.queue == [] and core.stats().kv_tiers.restore_fallbacks == 0
     assert_pool_empty(core)
 
