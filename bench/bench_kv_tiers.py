@@ -56,6 +56,7 @@ class Result:
     host_pages: int
     restored_pages: int
     parts: dict[str, float]            # mean seconds of TTFT per part (queue, restore, prefill, other)
+    engine: dict[str, float]           # seconds the engine spent in prefill, decode, KV transfers and the rest
     pages: int
     working_set: int
 
@@ -94,16 +95,31 @@ def run(path: Path, p: dict, page: int, host_bytes: int, seed: int, think_s: flo
     runner = MeshModelRunner.from_checkpoint(path, mesh="1x1", backend="sim", dtype="float32", page_size=page,
                                              num_pages=pages, max_batch=p["batch"], max_context=context)
     prefilled = [0]
-    prefill = runner.prefill
+    spent = {"prefill": 0.0, "decode": 0.0, "kv transfers": 0.0}
+
+    def timed(name: str, fn):
+        def call(*args):
+            begin = clock()
+            try:
+                return fn(*args)
+            finally:
+                spent[name] += clock() - begin
+        return call
+
+    clock = time.process_time if cpu else time.monotonic
+    prefill = timed("prefill", runner.prefill)
 
     def counted(inp):
         prefilled[0] += len(inp.token_ids)
         return prefill(inp)
 
     runner.prefill = counted
+    runner.decode = timed("decode", runner.decode)
+    runner.read_kv_pages = timed("kv transfers", runner.read_kv_pages)
+    runner.write_kv_pages = timed("kv transfers", runner.write_kv_pages)
     tiers = KvTierConfig(host_bytes=host_bytes)
     core = EngineCore(runner, None, EngineConfig(max_batch=p["batch"], max_waiting=p["conversations"], prefill_chunk=256,
-                                                 kv_tiers=tiers), clock=time.process_time if cpu else time.monotonic)
+                                                 kv_tiers=tiers), clock=clock)
     rng = random.Random(seed)
     vocab = runner.info.vocab_size
     system = [rng.randrange(3, vocab) for _ in range(p["system"])]
@@ -146,7 +162,8 @@ def run(path: Path, p: dict, page: int, host_bytes: int, seed: int, think_s: flo
     stats = core.stats()
     core.close()
     return Result(ttft, prefilled[0], stats.cached_tokens_total, generated, wall, outputs, stats.kv_tiers.host.bytes,
-                  stats.kv_tiers.host.pages, stats.kv_tiers.restored_pages, ttft_parts(timings), pages, working_set)
+                  stats.kv_tiers.host.pages, stats.kv_tiers.restored_pages, ttft_parts(timings),
+                  dict(spent, rest=wall - sum(spent.values())), pages, working_set)
 
 
 def ttft_parts(timings: list) -> dict[str, float]:
@@ -212,6 +229,9 @@ def main() -> None:
     print("\nmean TTFT parts (ms):  " + "  ".join(f"{k:>8}" for k in ("queue", "restore", "prefill", "other")))
     for name, r in results.items():
         print(f"{name:22}" + "  ".join(f"{v * 1e3:>8.1f}" for v in r.parts.values()))
+    print("\nengine time (s):       " + "  ".join(f"{k:>12}" for k in next(iter(results.values())).engine))
+    for name, r in results.items():
+        print(f"{name:22}" + "  ".join(f"{v:>12.2f}" for v in r.engine.values()))
     off, on = results["tier off"], results["tier on"]
     print(f"\nTTFT p50 {quantile(off.ttft_s, 0.5) / quantile(on.ttft_s, 0.5):.2f}x lower with the tier; "
           f"prefill tokens {100 * (1 - on.prefilled / off.prefilled):.0f}% fewer; "
