@@ -25,6 +25,7 @@ SPEC_ERRORS = [
     ("replicas: [{mesh: 1x2, devices: [[0, 1, 2]]}]", "is not 2 chips for mesh 1x2"),
     ("replicas: [{resources: {tt_chips: lots}}]", "replicas[0].resources must map resource names to numbers"),
     ("replicas: [{dispatch_core: sideways}]", "replicas[0].dispatch_core must be one of"),
+    ("replicas: [{command_queues: 3}]", "replicas[0].command_queues must be 1, 2 or 0"),
     ("replicas: [{emulate: true}]", "replicas[0].emulate runs the ttnn backend on emulated chips: it needs backend ttnn"),
     ("replicas: [{backend: ttnn, emulate: maybe}]", "replicas[0].emulate must be true or false"),
     ("replicas: [{colour: blue}]", "replicas[0]: unknown setting 'colour'"),

@@ -36,9 +36,13 @@ def run(core: EngineCore, max_steps: int = 1000) -> dict[str, list[int]]:
     raise AssertionError("engine did not drain")
 
 
-def make(num_pages: int = 4, host_blocks: int = 16, executor=None, wait_s: float = 60.0, **runner) -> tuple[FakeRunner, EngineCore]:
+def make(num_pages: int = 4, host_blocks: int = 16, executor=None, wait_s: float = 60.0, node_dir=None,
+         **runner) -> tuple[FakeRunner, EngineCore]:
+    """An engine over the fake runner; with ``node_dir`` a node tier there and no host tier, so restores
+    are read on ``executor`` (the host tier's are taken at admission, never pending)."""
     fake = FakeRunner(page_size=PAGE, num_pages=num_pages, **runner)
-    tiers = KvTierConfig(host_bytes=host_blocks * BLOCK_BYTES, inline=executor is None, restore_wait_s=wait_s)
+    tiers = KvTierConfig(host_bytes=0 if node_dir else host_blocks * BLOCK_BYTES, node_bytes=1 << 20 if node_dir else 0,
+                         node_dir=str(node_dir or ""), inline=executor is None, restore_wait_s=wait_s)
     core = EngineCore(fake, None, EngineConfig(prefill_chunk=8, kv_tiers=tiers), kv_executor=executor)
     return fake, core
 
@@ -118,9 +122,9 @@ def test_a_corrupt_block_is_never_written_and_the_prompt_is_recomputed():
     assert (stats.host.rejected, stats.restore_fallbacks) == (1, 1)
 
 
-def test_a_restore_racing_an_abort_writes_nothing():
+def test_a_restore_racing_an_abort_writes_nothing(tmp_path):
     executor = ManualExecutor()
-    fake, core = make(num_pages=8, executor=executor)
+    fake, core = make(num_pages=8, executor=executor, node_dir=tmp_path)
     last_usage(core, "a", A)
     last_usage(core, "b", B + C + [1, 2, 3])             # 29 tokens: every page, A's evicted
     executor.run_all()
@@ -137,9 +141,9 @@ def test_a_restore_racing_an_abort_writes_nothing():
     assert_pool_empty(core)
 
 
-def test_preempted_while_restoring_then_restored_on_readmission():
+def test_preempted_while_restoring_then_restored_on_readmission(tmp_path):
     executor = ManualExecutor()
-    fake, core = make(num_pages=5, executor=executor)
+    fake, core = make(num_pages=5, executor=executor, node_dir=tmp_path)
     last_usage(core, "a", A)
     last_usage(core, "b", B + [1, 2, 3, 4, 5, 6])        # 19 tokens: all 5 pages, A's blocks evicted
     executor.run_all()
@@ -179,11 +183,12 @@ def test_host_memory_pressure_shrinks_the_tier_and_fails_no_request():
     assert core.tiers.host.capacity_bytes == 3 * BLOCK_BYTES // 2 and core.tiers.host.bytes_held == BLOCK_BYTES   # half, the oldest out
 
 
-def test_a_restore_not_ready_in_time_falls_back_to_recompute():
+def test_a_restore_not_ready_in_time_falls_back_to_recompute(tmp_path):
     executor = ManualExecutor()
-    fake, core = make(executor=executor, wait_s=0.0)
+    fake, core = make(executor=executor, wait_s=0.0, node_dir=tmp_path)
     last_usage(core, "a", A)
     last_usage(core, "b", B)
+    executor.run_all()                                   # A's pages published to the node tier
     done = last_usage(core, "a2", A, max_tokens=2)       # its read never ran: recomputed
     assert done.usage.cached_tokens == 0 and fake.kv_writes == []
     assert done.output_ids == reference_output(fake, A, 2)
@@ -197,6 +202,37 @@ def test_sizes_and_a_tier_larger_than_host_ram():
         parse_size("lots")
     with pytest.raises(KvTierSizeError, match="more than this host's RAM"):
         KvTierConfig(host_bytes=10**18).check()
+
+
+def _restore_while_long_decodes(prompt: list[int]) -> tuple[FakeRunner, EngineCore, ManualExecutor, list[RequestOutput]]:
+    """A's blocks in the host tier, "long" decoding; ``prompt`` (A's pages first) admitted, one step run."""
+    executor = ManualExecutor()                          # never run: a host-tier restore must not need it
+    fake, core = make(num_pages=8, executor=executor)
+    last_usage(core, "a", A)
+    last_usage(core, "b", B + C + [1, 2, 3])             # every page: A's blocks go to the host tier
+    core.add_request(request("long", [60, 61], max_tokens=20))
+    core.step()                                          # "long" decodes from now on
+    outs: list[RequestOutput] = []
+    core.add_request(request("a2", prompt, max_tokens=2), sink=outs.append)
+    fake.calls.clear()
+    core.step()
+    return fake, core, executor, outs
+
+
+@pytest.mark.parametrize("extra, first_step", [([7], ["prefill"]), ([], ["decode"])])
+def test_a_host_tier_restore_runs_in_the_step_that_admits_it(extra, first_step):
+    """Its pages are written and its remaining chunk runs in the admitting step, no decode first;
+    with one token left it decodes with the others in that same step."""
+    prompt = A + extra
+    fake, core, executor, outs = _restore_while_long_decodes(prompt)
+    assert fake.kv_writes and [c[0] for c in fake.calls] == first_step
+    assert outs[0].token_ids == reference_output(fake, prompt, 1)
+    run(core)
+    assert outs[-1].usage.cached_tokens == 12
+    timings = outs[-1].timings                           # the restore was written between admission and the first token
+    assert timings.queue_s <= timings.restored_s <= timings.ttft_s and timings.restored_s > 0
+    assert executor.queue == [] and core.stats().kv_tiers.restore_fallbacks == 0
+    assert_pool_empty(core)
 
 
 def test_tiers_stay_off_for_a_runner_that_cannot_read_pages():

@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                    help="with --backend ttnn: run on emulated chips of --mesh (no ttnn package or chips needed)")
     p.add_argument("--dispatch-core", default="auto", choices=DISPATCH_CORES,
                    help="ttnn: cores that dispatch programs (default %(default)s: what the platform recommends)")
+    p.add_argument("--command-queues", type=int, default=0, choices=(0, 1, 2),
+                   help="ttnn: command queues per mesh; with 2 the KV tiers' page transfers use the second "
+                        "(default 0: 2 on chips, 1 on mocked chips)")
     p.add_argument("--policy", default="round_robin",
                    help="round_robin, least_load, power_of_two or cache_aware (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address the API and dashboard listen on (default %(default)s)")
@@ -103,7 +106,8 @@ def config_from_args(args: argparse.Namespace):
     try:
         config = ClusterConfig(
             model=args.model, groups=(ReplicaGroup(count=args.replicas, mesh=args.mesh, backend=args.backend,
-                                              dispatch_core=args.dispatch_core, emulate=args.emulate),),
+                                              dispatch_core=args.dispatch_core, command_queues=args.command_queues,
+                                              emulate=args.emulate),),
             policy=args.policy, host=args.host, port=args.port,
             dashboard_port=None if args.dashboard_port < 0 else args.dashboard_port,
             dtype=args.dtype, max_kv_pages=args.max_kv_pages, api=api_from_args(args),

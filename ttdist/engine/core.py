@@ -160,9 +160,7 @@ class EngineCore:
     def step(self) -> list[RequestOutput]:
         """Run one prefill chunk or one decode step; the outputs it produced (may be empty)."""
         with self._lock:
-            work = self.scheduler.schedule()
-            for seq in self.scheduler.take_admitted():
-                self.metrics.on_admitted(seq.num_prompt_tokens, seq.num_cached_tokens or 0)
+            work = self._schedule()
             if self.tiers is not None:
                 work = self._move_kv(work)
             if work is None:
@@ -200,22 +198,34 @@ class EngineCore:
         with self._lock:
             return failed + self._after_decode(work, result)
 
+    def _schedule(self) -> PrefillStep | DecodeStep | None:
+        work = self.scheduler.schedule()
+        for seq in self.scheduler.take_admitted():
+            self.metrics.on_admitted(seq.num_prompt_tokens, seq.num_cached_tokens or 0)
+        return work
+
     def _move_kv(self, work: PrefillStep | DecodeStep | None) -> PrefillStep | DecodeStep | None:
         """Keep the pages this step's scheduling evicted, then restore the prefilling user's
-        prefix from the tiers: its chunk then starts after the restored pages (None: it decodes next)."""
-        evicted = self.pool.take_evicted()
-        if evicted:
-            self.tiers.offload(evicted, self.runner.read_kv_pages)
-        if not isinstance(work, PrefillStep) or work.seq.restore is None:
-            return work
-        seq = work.seq
-        restored = self.tiers.finish_restore(seq, self.runner.write_kv_pages)
-        if restored:
-            self.pool.cache_full_pages(seq)
-            if seq.num_preemptions == 0:
-                seq.num_cached_tokens = (seq.num_cached_tokens or 0) + restored
-                self.metrics.on_admitted(0, restored)
-        return self.scheduler.chunk(seq) if seq.needs_prefill else None
+        prefix from the tiers: its chunk then starts after the restored pages. A restore that
+        leaves it one token to compute makes it a decoding user: this step is scheduled again
+        (it decodes with the others, or the next request is admitted), no step goes empty."""
+        while True:
+            evicted = self.pool.take_evicted()
+            if evicted:
+                self.tiers.offload(evicted, self.runner.read_kv_pages)
+            if not isinstance(work, PrefillStep) or work.seq.restore is None:
+                return work
+            seq = work.seq
+            restored = self.tiers.finish_restore(seq, self.runner.write_kv_pages)
+            if restored:
+                self.pool.cache_full_pages(seq)
+                if seq.num_preemptions == 0:
+                    seq.num_cached_tokens = (seq.num_cached_tokens or 0) + restored
+                    seq.restored_s = self.clock()
+                    self.metrics.on_admitted(0, restored)
+            if seq.needs_prefill:
+                return self.scheduler.chunk(seq)
+            work = self._schedule()
 
     def _prefill_input(self, work: PrefillStep) -> PrefillInput:
         seq = work.seq

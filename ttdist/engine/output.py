@@ -156,5 +156,6 @@ def _timings(seq: Sequence, now: float) -> Timings:
     inter = (seq.last_token_s - seq.first_token_s) / gaps if gaps > 0 and seq.first_token_s is not None else 0.0
     chunks = tuple((a - seq.arrival_s, b - seq.arrival_s, n) for a, b, n in seq.prefill_chunks or ())
     last = (seq.last_token_s - seq.arrival_s) if seq.last_token_s is not None else 0.0
+    restored = (seq.restored_s - seq.arrival_s) if seq.restored_s is not None else 0.0
     return Timings(queue_s=queue, ttft_s=ttft, mean_inter_token_s=inter, total_s=total, prefill_chunks=chunks,
-                   last_token_s=last)
+                   last_token_s=last, restored_s=restored)

@@ -92,6 +92,7 @@ class Timings:
     total_s: float
     prefill_chunks: tuple[tuple[float, float, int], ...] = ()
     last_token_s: float = 0.0     # arrival to the last token (0: none)
+    restored_s: float = 0.0       # arrival to its prefix pages restored from a KV tier written (0: none restored)
 
 
 @dataclass

@@ -19,7 +19,8 @@ of its own group; other groups are not touched. A preempted request is placed ag
 With KV tiers (``kv_tiers``) admission looks past the device cache's hits into the tiers: the
 pages they hold are restored into the fresh pages just allocated (``KvTiers.start_restore``);
 the engine writes them before the prompt's first chunk and asks for that chunk again (``chunk``).
-While a restore is being read, and before it is due, the other users decode (its chunk waits).
+A host-tier restore is ready at admission, so that chunk runs in the admitting step. While a
+node-tier restore is being read, and before it is due, the other users decode (its chunk waits).
 Finishing or preempting a request drops a restore still pending.
 """
 

@@ -47,6 +47,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     first_scheduled_s: float | None = None
     first_token_s: float | None = None
+    restored_s: float | None = None         # when pages restored from a KV tier were written (first admission)
     last_token_s: float | None = None
     prefill_chunks: list[tuple[float, float, int]] | None = None   # (start, end, tokens) on the clock, when traced
     prompt_logprobs: list = field(default_factory=list)   # TokenLogprob of prompt positions 1.. computed so far

@@ -56,6 +56,7 @@ class ReplicaGroup:
     resources: dict[str, float] = field(default_factory=dict)
     devices: tuple[tuple[int, ...], ...] = ()   # one device-id list per replica, or empty
     dispatch_core: str = "auto"                 # ttnn: cores that dispatch; auto = what the platform recommends
+    command_queues: int = 0                     # ttnn: 1 or 2 (KV page transfers on the second); 0 = auto (2 on chips)
     emulate: bool = False                       # ttnn on emulated chips of ``mesh`` (ttdist.mesh.ttnn_emu), no ttnn needed
 
     @property
@@ -77,6 +78,8 @@ class ReplicaGroup:
         if self.emulate and self.backend != "ttnn":
             raise ClusterConfigError(f"{where}.emulate runs the ttnn backend on emulated chips: it needs backend ttnn, "
                                      f"not {self.backend!r} (the simulator needs no chips)")
+        if self.command_queues not in (0, 1, 2):
+            raise ClusterConfigError(f"{where}.command_queues must be 1, 2 or 0 (auto), got {self.command_queues!r}")
         if self.dispatch_core not in DISPATCH_CORES:
             raise ClusterConfigError(f"{where}.dispatch_core must be one of {', '.join(DISPATCH_CORES)}, got {self.dispatch_core!r}")
         if self.devices and len(self.devices) != self.count:

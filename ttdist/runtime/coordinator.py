@@ -180,7 +180,7 @@ class Coordinator(AutoscalingMixin):
             max_pages=cfg.max_kv_pages if in_host_ram else None, max_batch=cfg.max_batch,
             default_max_tokens=cfg.default_max_tokens, heartbeat_s=cfg.health.heartbeat_s, cpu_threads=cfg.cpu_threads,
             niceness=cfg.niceness if self._nice_in_actor else None,
-            host=cfg.replica_host, dispatch_core=group.dispatch_core,
+            host=cfg.replica_host, dispatch_core=group.dispatch_core, command_queues=group.command_queues,
             cluster_token=cfg.cluster_token, stall_after_s=cfg.health.stall_after_s, logprobs_mode=cfg.logprobs_mode,
             tracing=cfg.tracing,
             kv_host_bytes=cfg.kv_host_bytes, kv_node_bytes=cfg.kv_node_bytes, kv_node_dir=cfg.kv_node_dir,

@@ -40,6 +40,7 @@ class ReplicaSetup:
     host: str = "127.0.0.1"    # "" = this node's IP
     cluster_token: str = field(default="", repr=False)   # callers of the internal port must present it
     dispatch_core: str = "auto"   # ttnn backend: which cores dispatch (ReplicaGroup.dispatch_core)
+    command_queues: int = 0       # ttnn backend: 1 or 2 command queues, 0 = auto (ReplicaGroup.command_queues)
     stall_after_s: float = 5.0    # the engine has work but made no step for this long: health NOT_SERVING
     engine_process: bool = True   # model engine: its step loop in a process of its own (EngineProcess)
     faults: EngineFaults = NO_FAULTS   # faults caused on purpose (tests)
@@ -71,7 +72,7 @@ def build_core(setup: ReplicaSetup, weights):
             from ttdist.mesh import ttnn_emu
 
             ttnn_emu.install()
-        options = {"dispatch_core": s.dispatch_core}
+        options = {"dispatch_core": s.dispatch_core, "command_queues": s.command_queues or None}
     sharded = open_weights(weights)
     runner = MeshModelRunner.from_sharded(
         sharded, backend=s.backend, page_size=s.card.page_size, num_pages=s.num_pages or None, max_pages=s.max_pages,

@@ -8,9 +8,9 @@ holds is only marked recently used.
 
 Restore: at admission the prefix lookup continues past the device cache's hits page by page
 into the host tier, then the node tier, while pages are found (``match``). Fresh device pages
-were allocated for them with the rest of the prompt; ``start_restore`` reads the blocks on the
-transfer thread (a node-tier read is a file read and a checksum), and before the prompt's first
-chunk runs ``finish_restore`` writes them into those pages (``ModelRunner.write_kv_pages``),
+were allocated for them with the rest of the prompt; ``start_restore`` takes the host tier's
+blocks at once (so the prompt's first chunk need not wait a step for them) and reads the node
+tier's on the transfer thread (a file read and a checksum), and before the prompt's first chunk runs ``finish_restore`` writes them into those pages (``ModelRunner.write_kv_pages``),
 counts their tokens computed and lets the chunks start after them. A restore not read within
 ``restore_wait_s``, or one whose block turned out bad, falls back to recomputing those tokens;
 an abort or a preemption drops it (its pages were freed by then; nothing is written).
@@ -134,23 +134,37 @@ class KvTiers:
         return found
 
     def start_restore(self, seq: Sequence, first: int, count: int) -> None:
-        """Start reading pages ``first..first + count - 1`` of ``seq`` for its fresh device pages."""
+        """Take pages ``first..first + count - 1`` of ``seq`` for its fresh device pages: those the host
+        tier holds at once (memory: a lookup and a checksum, ready before the next step), the rest
+        read from the node tier on the transfer thread."""
         hashes = list(seq.token_hashes[first:first + count])
         ids = [self._tokens(seq, i) for i in range(first, first + count)]
-        future = self.executor.submit(self._load, hashes, ids)
+        blocks = self._from_host(hashes, ids)
+        if len(blocks) == count or self.node is None:
+            future: Future = Future()
+            future.set_result(blocks)
+        else:
+            future = self.executor.submit(self._from_node, blocks, hashes[len(blocks):], ids[len(blocks):])
         seq.restore = PendingRestore(first, hashes, ids, future, self.clock())
 
-    def _load(self, hashes: list[int], ids: list[tuple[int, ...]]) -> list[KvBlock]:
-        """The blocks in order, up to the first one no tier can give soundly."""
+    def _from_host(self, hashes: list[int], ids: list[tuple[int, ...]]) -> list[KvBlock]:
+        """The host tier's blocks in order, up to the first it cannot give soundly."""
         blocks = []
         for block_hash, tokens in zip(hashes, ids):
             block = self.host.get(block_hash, tokens)
-            if block is None and self.node is not None:
-                block = self.node.get(block_hash, tokens)
-                if block is not None:
-                    self.host.put(block)
             if block is None:
                 break
+            blocks.append(block)
+        return blocks
+
+    def _from_node(self, blocks: list[KvBlock], hashes: list[int], ids: list[tuple[int, ...]]) -> list[KvBlock]:
+        """``blocks`` then the node tier's, in order, up to the first no tier can give soundly."""
+        blocks = list(blocks)
+        for block_hash, tokens in zip(hashes, ids):
+            block = self.host.get(block_hash, tokens) or self.node.get(block_hash, tokens)
+            if block is None:
+                break
+            self.host.put(block)
             blocks.append(block)
         return blocks
 

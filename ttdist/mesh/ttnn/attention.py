@@ -21,6 +21,7 @@ Q/K weight columns.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -31,6 +32,7 @@ from ttdist.mesh.placement import Placements, Shard, require_reduced
 from ttdist.mesh.precision import DType
 from ttdist.mesh.ttnn import configs as cfg
 from ttdist.mesh.ttnn.tensor import CACHE, HEADS_DECODE, HEADS_PREFILL, ROWS, TtnnTensor
+from ttdist.mesh.ttnn.device import COMPUTE_CQ, TRANSFER_CQ, order, transfer_cq
 
 
 @runtime_checkable
@@ -204,28 +206,31 @@ class AttentionOps:
     # ------------------------------------------------------------------ pages for the KV tiers
     def read_pages(self, cache, pages) -> np.ndarray:
         """Logical pages of a paged cache ``[n, kv_heads, page_size, hd]`` float32: each page sliced out
-        of every chip's cache (``ttnn.slice``), widened to float32 on the chips (bfloat8_b blocks read
-        back exactly) and read back; the chips of the page's pool give it. Blocking readbacks on the
-        command queue the steps use: a second command queue (tt-metal's "Multiple CQs") would let them
-        run beside a step; that is not wired here."""
-        out = []
-        for page in pages:
-            chip, index = self._page_at(cache, page)
-            out.append(self._read_local_page(cache, index)[chip])
-        return np.stack(out) if out else np.zeros((0, *cache.shape[1:]), np.float32)
+        of every chip's cache (``ttnn.slice``) and widened to float32 on the chips (bfloat8_b blocks
+        read back exactly) on queue 0, then read back on the transfer queue once queue 0 has made
+        them (``order``); the chips of the page's pool give it."""
+        where = [self._page_at(cache, page) for page in pages]
+        return np.stack([local[chip] for local, (chip, _) in zip(self._read_local_pages(cache, [i for _, i in where]), where)]) \
+            if pages else np.zeros((0, *cache.shape[1:]), np.float32)
 
     def write_pages(self, cache, pages, data) -> None:
-        """Write ``read_pages``' arrays into logical pages: ``paged_fill_cache`` of one page, each chip
-        through the same local page id; the chips of other pools rewrite what they held there."""
+        """Write ``read_pages``' arrays into logical pages: each page's pools read (the chips of other
+        pools rewrite what they held there), uploaded on the transfer queue, then, once queue 0 is
+        ordered after the uploads, ``paged_fill_cache`` of one page per page on queue 0."""
         data = np.asarray(data, dtype=np.float32)
-        for page, block in zip(pages, data):
-            chip, index = self._page_at(cache, page)
-            whole = self._read_local_page(cache, index)
-            whole[chip] = block
-            value = self.from_host(whole, cache.placements, dtype=cache.dtype, name="kv_page")
-            value.kind = CACHE
-            placed = self._materialize(value, cache.dtype, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
-            ttnn.experimental.paged_fill_cache(cache.value, placed, self._ints(np.array([[index]])), batch_idx=0)
+        where = [self._page_at(cache, page) for page in pages]
+        wholes = self._read_local_pages(cache, [i for _, i in where])
+        placed = []
+        with self._on_transfer_queue():
+            for whole, block, (chip, index) in zip(wholes, data, where):
+                whole[chip] = block
+                value = self.from_host(whole, cache.placements, dtype=cache.dtype, name="kv_page")
+                value.kind = CACHE
+                self._materialize(value, cache.dtype, ttnn.TILE_LAYOUT, ttnn.DRAM_MEMORY_CONFIG)
+                placed.append((value, self._ints(np.array([[index]]))))
+        order(self.mesh, TRANSFER_CQ, COMPUTE_CQ)
+        for value, table in placed:
+            ttnn.experimental.paged_fill_cache(cache.value, value.value, table, batch_idx=0)
             self.deallocate(value)
 
     def _page_at(self, cache, page: int) -> tuple[int, int]:
@@ -239,16 +244,31 @@ class AttentionOps:
             raise MeshError(f"page {page} is not in paged cache {cache.name!r}")
         return chip, index
 
-    def _read_local_page(self, cache, index: int) -> np.ndarray:
-        """Local page ``index`` of every pool: ``[pools, kv_heads, page_size, hd]`` float32."""
-        value = ttnn.slice(cache.value, [index, 0, 0, 0], [index + 1, *cache.shape[1:]])
-        if value.dtype != ttnn.float32:
-            value = ttnn.typecast(value, ttnn.float32)
-        part = self._wrap(value, (1, *cache.shape[1:]), cache.placements, dtype=DType.float32, name="kv_page", kind=CACHE)
+    def _read_local_pages(self, cache, indices: list[int]) -> list[np.ndarray]:
+        """Local pages ``indices`` of every pool, each ``[pools, kv_heads, page_size, hd]`` float32:
+        sliced and widened on queue 0, read back on the transfer queue after them."""
+        parts = []
+        for index in indices:
+            value = ttnn.slice(cache.value, [index, 0, 0, 0], [index + 1, *cache.shape[1:]])
+            if value.dtype != ttnn.float32:
+                value = ttnn.typecast(value, ttnn.float32)
+            parts.append(self._wrap(value, (1, *cache.shape[1:]), cache.placements, dtype=DType.float32, name="kv_page", kind=CACHE))
+        order(self.mesh, COMPUTE_CQ, TRANSFER_CQ)
         try:
-            return np.array(self.to_host(part), dtype=np.float32)
+            with self._on_transfer_queue():
+                return [np.array(self.to_host(part), dtype=np.float32) for part in parts]
         finally:
-            self.deallocate(part)
+            for part in parts:
+                self.deallocate(part)
+
+    @contextmanager
+    def _on_transfer_queue(self):
+        """Uploads and readbacks in this block name the transfer queue (none on a one-queue mesh)."""
+        self._transfer_cq = transfer_cq(self.mesh)
+        try:
+            yield
+        finally:
+            self._transfer_cq = None
 
     def _check_cache(self, cache, x) -> None:
         if cache.kind != CACHE or cache.ndim != 4:

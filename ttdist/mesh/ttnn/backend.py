@@ -56,6 +56,7 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
         self.grid = self.mesh.grid
         self.transfers = TransferLedger()
         self._consts: dict[tuple, ttnn.Tensor] = {}
+        self._transfer_cq = None   # the queue uploads and readbacks name while a KV page transfer runs
 
     @property
     def can_trace(self) -> bool:
@@ -73,13 +74,13 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
     def _upload(self, array: np.ndarray, mesh_dims, dtype: DType, layout, memory) -> ttnn.Tensor:
         host = ttnn.Tensor(np.ascontiguousarray(array), cfg.ttnn_dtype(dtype), None, layout, mesh_mapper=self._mapper(mesh_dims))
         self.transfers.upload(array.nbytes)
-        return host.to(self.device, memory)
+        return host.to(self.device, memory) if self._transfer_cq is None else host.to(self.device, memory, cq_id=self._transfer_cq)
 
     def _upload_pieces(self, pieces: np.ndarray, dtype: DType, layout, memory) -> ttnn.Tensor:
         """``[R', C', *piece4]``: one host buffer per chip from its own piece, onto its chip."""
         host = host_shards(pieces, self.spec.shape, cfg.ttnn_dtype(dtype), layout)
         self.transfers.upload(self.spec.num_chips * pieces[0, 0].nbytes)
-        return host.to(self.device, memory)
+        return host.to(self.device, memory) if self._transfer_cq is None else host.to(self.device, memory, cq_id=self._transfer_cq)
 
     # ------------------------------------------------------------------ persistent step inputs
     @staticmethod
@@ -193,7 +194,8 @@ class TtnnBackend(AttentionOps, CollectiveOps, SamplingOps, LogprobOps, PenaltyO
         value = self._materialize_default(t)
         if value.dtype == ttnn.bfloat16:  # numpy has no bfloat16: widen on device before reading
             value = ttnn.typecast(value, ttnn.float32)
-        pieces = [np.asarray(p.cpu().to_numpy()) for p in ttnn.get_device_tensors(value)]
+        cq = {} if self._transfer_cq is None else {"cq_id": self._transfer_cq}   # queue 1 inside a KV page transfer
+        pieces = [np.asarray(p.cpu(**cq).to_numpy()) for p in ttnn.get_device_tensors(value)]
         self.transfers.readback(sum(p.nbytes for p in pieces))
         local = [t.local_view(p) for p in pieces]
         return assemble(local, self.spec.shape, t.placements)

@@ -14,6 +14,16 @@ device (``compute_with_storage_grid_size``), so it follows the dispatch choice.
 Before opening, the spec's chip count is checked against the chips this process sees
 (``TT_VISIBLE_DEVICES``), so a mesh the system lacks is a ``MeshError`` naming the fix.
 
+Command queues (``command_queues``, tt-metal's "Multiple CQs"): a mesh the backend opens on chips
+has two. Every program runs on queue 0 (``COMPUTE_CQ``); the KV tiers' page reads back from and
+uploads to the chips run on queue 1 (``TRANSFER_CQ``), ordered against queue 0 by events
+(``order``), as the guide uses a second queue for I/O. Programs stay on queue 0: ttnn refuses a
+program on queue 1 while queue 0 owns the sub-device ("Can't enqueue program from cq 1"). A
+device handed in (``device`` / ``parent``) is taken to have one queue unless ``command_queues=2``
+says so (ttnn cannot be asked how many a mesh was opened with); with one, everything runs on
+queue 0. A mock cluster opens one queue by default: under the worker-row dispatch its grid
+needs there are no dispatch cores for a second ("No more available dispatch cores").
+
 Tracing: ``DecodeTrace`` captures one decode step (``begin_trace_capture`` /
 ``end_trace_capture``) and replays it with ``execute_trace``. Inputs that change per step
 must live in persistent device tensors refreshed with ``copy_host_to_device_tensor``
@@ -34,6 +44,8 @@ from ttdist.mesh.ttnn.configs import Grid, interleaved_bytes
 
 DEFAULT_TRACE_REGION = 64 << 20
 DISPATCH_AUTO = "auto"
+COMPUTE_CQ = 0      # the steps (and their traces) run here
+TRANSFER_CQ = 1     # KV page transfers, where the mesh has a second queue
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,8 @@ class TtnnOptions:
     ``worker_grid``: limit ops to this many worker columns x rows (default: the device's grid);
     ``dram_sharded_decode``: decode matmuls read DRAM-sharded weights (the guide's choice);
     ``trace_region_bytes``: device memory reserved for decode traces;
-    ``dispatch_core``: ``auto`` or ``<worker|eth>_<row|col>`` (see the module doc).
+    ``dispatch_core``: ``auto`` or ``<worker|eth>_<row|col>`` (see the module doc);
+    ``command_queues``: 1 or 2 (None: 2 for a mesh the backend opens on chips, else 1).
     """
 
     device: object = None
@@ -55,6 +68,7 @@ class TtnnOptions:
     dram_sharded_decode: bool = True
     trace_region_bytes: int = DEFAULT_TRACE_REGION
     dispatch_core: str = DISPATCH_AUTO
+    command_queues: int | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict) -> "TtnnOptions":
@@ -66,6 +80,8 @@ class TtnnOptions:
         if opts.worker_grid is not None and (len(opts.worker_grid) != 2 or min(opts.worker_grid) < 1):
             raise MeshError(f"ttnn backend: worker_grid must be (columns, rows) >= 1, got {opts.worker_grid}")
         dispatch_config(opts.dispatch_core)
+        if opts.command_queues not in (None, 1, 2):
+            raise MeshError(f"ttnn backend: command_queues must be 1 or 2, got {opts.command_queues}")
         return opts
 
 
@@ -75,6 +91,7 @@ class MeshHandle:
     grid: Grid
     owned: bool
     dram_baseline: int
+    command_queues: int = 1
 
     @property
     def can_trace(self) -> bool:
@@ -118,32 +135,56 @@ def check_chips(spec: MeshSpec) -> None:
         raise MeshError(too_few_chips(spec, have, os.environ.get("TT_VISIBLE_DEVICES")))
 
 
-def open_device(spec: MeshSpec, trace_region_bytes: int = DEFAULT_TRACE_REGION, dispatch_core: str = DISPATCH_AUTO):
-    """Open the whole mesh for ``spec`` (checks the chip count, sets the fabric first)."""
+def open_device(spec: MeshSpec, trace_region_bytes: int = DEFAULT_TRACE_REGION, dispatch_core: str = DISPATCH_AUTO,
+                command_queues: int = 1):
+    """Open the whole mesh for ``spec`` (checks the chip count, sets the fabric first) with
+    ``command_queues`` command queues."""
     dispatch = dispatch_config(dispatch_core)
     check_chips(spec)
     fabric = fabric_for(spec)
     if fabric is not None:
         ttnn.set_fabric_config(fabric)
     extra = {} if dispatch is None else {"dispatch_core_config": dispatch}
-    return ttnn.open_mesh_device(ttnn.MeshShape(spec.rows, spec.cols), trace_region_size=trace_region_bytes, **extra)
+    return ttnn.open_mesh_device(ttnn.MeshShape(spec.rows, spec.cols), trace_region_size=trace_region_bytes,
+                                 num_command_queues=command_queues, **extra)
 
 
 def open_mesh(spec: MeshSpec, options: TtnnOptions) -> MeshHandle:
-    owned = False
+    owned, queues = False, options.command_queues or 1
     if options.device is not None:
         device = options.device
     elif options.parent is not None:
         device = options.parent.create_submesh(ttnn.MeshShape(spec.rows, spec.cols), ttnn.MeshCoordinate(*options.offset))
     else:
-        device, owned = open_device(spec, options.trace_region_bytes, options.dispatch_core), True
+        queues = options.command_queues or (1 if mock_cluster() else 2)
+        device, owned = open_device(spec, options.trace_region_bytes, options.dispatch_core, queues), True
     shape = tuple(device.shape)
     if shape != spec.shape:
         raise MeshError(f"ttnn backend: the device mesh is {shape[0]}x{shape[1]} but the spec {spec.name!r} is {spec.shape_str}")
     full = device.compute_with_storage_grid_size()
     gx, gy = options.worker_grid or (full.x, full.y)
     grid = Grid(min(gx, full.x), min(gy, full.y))
-    return MeshHandle(device, grid, owned, dram_allocated(device))
+    return MeshHandle(device, grid, owned, dram_allocated(device), queues)
+
+
+def transfer_cq(handle: MeshHandle):
+    """The queue KV page transfers use: ``TRANSFER_CQ`` on a two-queue mesh, else None (queue 0)."""
+    return ttnn.QueueId(TRANSFER_CQ) if handle.command_queues > 1 else None
+
+
+def order(handle: MeshHandle, first: int, then: int) -> None:
+    """What queue ``then`` is given next runs after everything queue ``first`` was given so far: an
+    event recorded on ``first`` that ``then`` waits for on the device (``wait_for_event``), or, on a
+    mock cluster (where ``wait_for_event`` crashes the process, as trace capture does), that the
+    host waits for (``event_synchronize``) before it enqueues more."""
+    if handle.command_queues < 2:
+        return
+    event = ttnn.record_event(handle.device, ttnn.QueueId(first))
+    if mock_cluster():
+        ttnn.event_synchronize(event)
+    else:
+        ttnn.wait_for_event(ttnn.QueueId(then), event)
+
 
 
 def dram_allocated(device) -> int:

@@ -14,7 +14,8 @@ buffers it names when the trace is executed, so a trace sees what was written in
 buffers (``copy_host_to_device_tensor``) and nothing of a tensor made anew; outputs of
 captured ops hold poison until the first replay and keep their buffers across replays.
 As on chips, host writes and reads are refused while a trace is being captured, and a replay
-that reads a buffer freed outside the trace raises.
+that reads a buffer freed outside the trace raises. Ops and transfers run on command queues
+(``queues``: opened with ``num_command_queues``; events order them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttdist.mesh.ttnn_emu import storage
+from ttdist.mesh.ttnn_emu.queues import Queues, queue_of
 from ttdist.mesh.ttnn_emu.tensor import Buffer, Tensor
 from ttdist.mesh.ttnn_emu.types import (BufferType, CoreCoord, DispatchCoreAxis, DispatchCoreConfig, DispatchCoreType, FabricConfig,
                                         Layout, MemoryConfig, MeshCoordinate, MeshShape, TILE)
@@ -64,7 +66,7 @@ class _Trace:
 class MeshDevice:
     """One emulated mesh (or submesh) of Wormhole chips."""
 
-    def __init__(self, shape: MeshShape, *, trace_region_size: int = 0, dispatch=None, parent=None):
+    def __init__(self, shape: MeshShape, *, trace_region_size: int = 0, dispatch=None, parent=None, num_command_queues: int = 1):
         self.shape = MeshShape(int(shape[0]), int(shape[1]))
         self.shape_tuple = (self.shape.rows, self.shape.cols)
         self.system = SYSTEMS.get(self.shape_tuple, f"{self.shape.rows}x{self.shape.cols}")
@@ -72,6 +74,7 @@ class MeshDevice:
         self.trace_region_size = trace_region_size
         self.dispatch = dispatch
         self.parent = parent
+        self.queues = Queues(num_command_queues)
         self.closed = False
         self.programs: set = set()
         self.dram_bytes = 0
@@ -107,7 +110,8 @@ class MeshDevice:
         r0, c0 = (offset.row, offset.col) if offset is not None else (0, 0)
         if r0 + rows > self.shape.rows or c0 + cols > self.shape.cols:
             raise RuntimeError(f"create_submesh: {rows}x{cols} at {r0},{c0} does not fit the {self.shape.rows}x{self.shape.cols} mesh")
-        return MeshDevice(MeshShape(rows, cols), trace_region_size=self.trace_region_size, dispatch=self.dispatch, parent=self)
+        return MeshDevice(MeshShape(rows, cols), trace_region_size=self.trace_region_size, dispatch=self.dispatch, parent=self,
+                          num_command_queues=self.queues.count)
 
     def __repr__(self) -> str:
         return f"MeshDevice(emulated {self.system}, {self.shape.rows}x{self.shape.cols})"
@@ -126,7 +130,7 @@ class MeshDevice:
             self.dram_bytes -= buf.nbytes
         buf.freed = True
 
-    def upload(self, host: Tensor, memory_config: MemoryConfig) -> Tensor:
+    def upload(self, host: Tensor, memory_config: MemoryConfig, cq_id=None) -> Tensor:
         """A host tensor's pieces onto the chips (a single host tensor goes to every chip)."""
         self._refuse_in_capture("writing a host tensor to the device")
         pieces = host._host
@@ -135,28 +139,35 @@ class MeshDevice:
         out = Tensor._make(host.shape, host.dtype, host.layout)
         out._buffer = self.allocate(pieces, out, memory_config)
         out._buffer.shared = True  # host arrays are never written: ops replace buffers, in-place writers copy first
+        self.queues.enqueue("to_device", queue_of(cq_id), writes=[out._buffer], program=False)
         return out
 
-    def read(self, t: Tensor) -> np.ndarray:
+    def read(self, t: Tensor, cq_id=None, blocking: bool = True) -> np.ndarray:
         self._refuse_in_capture("reading a tensor back from the device")
+        cq = queue_of(cq_id)
+        self.queues.enqueue("from_device", cq, reads=[t._buffer], program=False)
+        if blocking:
+            self.queues.host_drained(cq)
         data = t._buffer.data
         chip = getattr(t, "_chip", None)
         if chip is not None:
             return np.array(data[chip[0] % data.shape[0], chip[1] % data.shape[1]][None, None])
         return np.array(data)
 
-    def write(self, host: Tensor, target: Tensor) -> None:
+    def write(self, host: Tensor, target: Tensor, cq_id=None) -> None:
         """``copy_host_to_device_tensor``: the host pieces into the target's existing buffer."""
         self._refuse_in_capture("copy_host_to_device_tensor")
         buf = target.live_buffer()
+        self.queues.enqueue("copy_host_to_device_tensor", queue_of(cq_id), writes=[buf], program=False)
         if (host.shape, host.dtype, host.layout) != (target.shape, target.dtype, target.layout):
             raise RuntimeError(f"TT_FATAL copy_host_to_device_tensor: host {list(host.shape)} {host.dtype} {host.layout} does not "
                                f"match the device tensor {list(target.shape)} {target.dtype} {target.layout}")
         buf.data, buf.shared = host._host, True
 
     # ------------------------------------------------------------------ ops and traces
-    def launch(self, op: str, inputs, outputs, kernel, attrs=()) -> None:
-        """Check, count the program, then run ``kernel`` now or record it into the trace being captured."""
+    def launch(self, op: str, inputs, outputs, kernel, attrs=(), writes=()) -> None:
+        """Check, count the program, then run ``kernel`` now or record it into the trace being captured.
+        ``writes``: inputs the op writes in place (its outputs it writes anyway)."""
         self._check_open()
         buffers = []
         for t in inputs:
@@ -164,6 +175,8 @@ class MeshDevice:
             if buf.device is not self:
                 raise RuntimeError(f"{op}: an input lives on {buf.device}, not on {self}")
             buffers.append(buf)
+        written = [t._buffer for t in list(outputs) + list(writes)]
+        self.queues.enqueue(op, queue_of(None), reads=[b for b in buffers if all(b is not w for w in written)], writes=written)
         specs = tuple((tuple(t.padded_shape), t.dtype, t.layout, t.memory_config().kind) for t in list(inputs) + list(outputs))
         self.programs.add((op, specs, attrs))
         if self.capturing is not None:
@@ -194,6 +207,10 @@ class MeshDevice:
         trace = self.traces.get(trace_id)
         if trace is None or not trace.done:
             raise TraceError(f"execute_trace: no captured trace {trace_id}")
+        touched = list({id(b): b for _, buffers, _ in trace.ops for b in buffers}.values())
+        self.queues.enqueue("execute_trace", queue_of(cq_id), writes=touched)   # a replay may write any buffer it names
+        if blocking:
+            self.queues.host_drained(queue_of(cq_id))
         if self.capturing is not None:
             raise TraceError("execute_trace during a capture")
         for op, buffers, kernel in trace.ops:
@@ -241,15 +258,17 @@ def open_mesh_device(mesh_shape=None, **kwargs) -> MeshDevice:
     dispatch = kwargs.get("dispatch_core_config")
     if dispatch is not None and not isinstance(dispatch, DispatchCoreConfig):
         raise TypeError("open_mesh_device: dispatch_core_config must be a ttnn.DispatchCoreConfig")
-    return MeshDevice(shape, trace_region_size=int(kwargs.get("trace_region_size", 0)), dispatch=dispatch)
+    return MeshDevice(shape, trace_region_size=int(kwargs.get("trace_region_size", 0)), dispatch=dispatch,
+                      num_command_queues=int(kwargs.get("num_command_queues", 1)))
 
 
 def close_mesh_device(device: MeshDevice) -> None:
     device.closed = True
 
 
-def synchronize_device(device: MeshDevice, *args, **kwargs) -> None:
+def synchronize_device(device: MeshDevice, cq_id=None, sub_device_ids=()) -> None:
     device._check_open()
+    device.queues.host_drained(None if cq_id is None else int(cq_id))
 
 
 @dataclass(frozen=True)
@@ -289,15 +308,15 @@ def copy_host_to_device_tensor(host: Tensor, device_tensor: Tensor, cq_id=None) 
     host._check_alive()
     if host._buffer is not None:
         raise RuntimeError("copy_host_to_device_tensor: the source must be a host tensor")
-    device_tensor.live_buffer().device.write(host, device_tensor)
+    device_tensor.live_buffer().device.write(host, device_tensor, cq_id)
 
 
-def to_device(tensor: Tensor, device: MeshDevice, memory_config: MemoryConfig | None = None, cq_id=None) -> Tensor:
-    return tensor.to(device, memory_config)
+def to_device(tensor: Tensor, device: MeshDevice, memory_config: MemoryConfig | None = None, cq_id=None, queue_id=None) -> Tensor:
+    return tensor.to(device, memory_config, queue_id if queue_id is not None else cq_id)
 
 
-def from_device(tensor: Tensor, blocking: bool = True, cq_id=None) -> Tensor:
-    return tensor.cpu(blocking)
+def from_device(tensor: Tensor, blocking: bool = True, cq_id=None, queue_id=None) -> Tensor:
+    return tensor.cpu(blocking, queue_id if queue_id is not None else cq_id)
 
 
 def deallocate(tensor: Tensor, force: bool = True) -> None:

@@ -12,7 +12,7 @@ import importlib.machinery
 import types as pytypes
 
 from ttdist.mesh.ttnn_emu import device as dev
-from ttdist.mesh.ttnn_emu import mapping, ops_ccl, ops_data, ops_eltwise, ops_heads, ops_matmul, ops_norm, ops_sdpa
+from ttdist.mesh.ttnn_emu import mapping, ops_ccl, ops_data, ops_eltwise, ops_heads, ops_matmul, ops_norm, ops_sdpa, queues
 from ttdist.mesh.ttnn_emu import types as t
 from ttdist.mesh.ttnn_emu.tensor import Shape, Tensor, TensorDeallocated
 
@@ -53,8 +53,15 @@ _CONSTANTS = {
     "uint8": t.DataType.UINT8, "ROW_MAJOR_LAYOUT": t.Layout.ROW_MAJOR, "TILE_LAYOUT": t.Layout.TILE, "TILE_SIZE": t.TILE,
 }
 
-_FUNCTIONS = {
-    # devices, traces, transfers
+_QUEUES = {
+    "QueueId": queues.QueueId, "MeshEvent": queues.MeshEvent, "record_event": queues.record_event,
+    "wait_for_event": queues.wait_for_event, "event_synchronize": queues.event_synchronize,
+    "command_queue": queues.command_queue, "QueueRaceError": queues.QueueRaceError,
+    "get_current_command_queue_id_for_thread": queues.get_current_command_queue_id_for_thread,
+}
+
+_HOST = {
+    # devices, traces, transfers (those that move data take ``cq_id``)
     "open_mesh_device": dev.open_mesh_device, "close_mesh_device": dev.close_mesh_device, "set_fabric_config": dev.set_fabric_config,
     "get_num_devices": dev.get_num_devices, "synchronize_device": dev.synchronize_device, "get_memory_view": dev.get_memory_view,
     "begin_trace_capture": dev.begin_trace_capture, "end_trace_capture": dev.end_trace_capture,
@@ -63,6 +70,11 @@ _FUNCTIONS = {
     "to_device": dev.to_device, "from_device": dev.from_device,
     "create_mesh_mapper": mapping.create_mesh_mapper, "from_host_shards": mapping.from_host_shards,
     "get_device_tensors": mapping.get_device_tensors, "Tensor": Tensor, "Shape": Shape,
+    # errors the emulator raises
+    "TensorDeallocated": TensorDeallocated, "TraceError": dev.TraceError, "NotModeled": NotModeled,
+}
+
+_OPS = {   # every op takes ttnn's ``queue_id=`` (``queues.on_queue``)
     # data movement and creation
     "reshape": ops_data.reshape, "permute": ops_data.permute, "slice": ops_data.slice, "concat": ops_data.concat,
     "to_memory_config": ops_data.to_memory_config, "sharded_to_interleaved": ops_data.sharded_to_interleaved,
@@ -79,8 +91,6 @@ _FUNCTIONS = {
     "embedding": ops_norm.embedding,
     # collectives
     "all_gather": ops_ccl.all_gather, "reduce_scatter": ops_ccl.reduce_scatter, "all_reduce": ops_ccl.all_reduce,
-    # errors the emulator raises
-    "TensorDeallocated": TensorDeallocated, "TraceError": dev.TraceError, "NotModeled": NotModeled,
 }
 
 _EXPERIMENTAL = {
@@ -98,12 +108,19 @@ _TRANSFORMER = {
 }
 
 
+_FUNCTIONS = {**_HOST, **_QUEUES, **_OPS}
+
+
+def _ops(names: dict) -> dict:
+    return {k: queues.on_queue(v) if callable(v) and not isinstance(v, type) else v for k, v in names.items()}
+
+
 def build() -> dict[str, pytypes.ModuleType]:
     """Fresh ``ttnn``, ``ttnn.experimental`` and ``ttnn.transformer`` modules, keyed by import name."""
-    experimental = _module("ttnn.experimental", _EXPERIMENTAL)
-    transformer = _module("ttnn.transformer", _TRANSFORMER)
-    root = _module("ttnn", {**_TYPES, **_CONSTANTS, **_FUNCTIONS, "experimental": experimental, "transformer": transformer,
-                            "EMULATED": True})
+    experimental = _module("ttnn.experimental", _ops(_EXPERIMENTAL))
+    transformer = _module("ttnn.transformer", _ops(_TRANSFORMER))
+    root = _module("ttnn", {**_TYPES, **_CONSTANTS, **_HOST, **_QUEUES, **_ops(_OPS), "experimental": experimental,
+                            "transformer": transformer, "EMULATED": True})
     return {"ttnn": root, "ttnn.experimental": experimental, "ttnn.transformer": transformer}
 
 

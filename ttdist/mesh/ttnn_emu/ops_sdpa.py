@@ -88,7 +88,7 @@ def paged_update_cache(cache, x, *, update_idxs=None, update_idxs_tensor=None, p
         data = _writable(cache, lead)
         data[rr, cc, page, :, pos[valid] % page_size, :] = storage.round_to(np.broadcast_to(rows, lead + rows.shape[2:])[rr, cc, bb], cache.dtype)
 
-    device.launch(op, [cache, x, update_idxs_tensor, page_table], [], run, (batch_offset,))
+    device.launch(op, [cache, x, update_idxs_tensor, page_table], [], run, (batch_offset,), writes=[cache])
     return cache   # in place; ttnn returns the cache it wrote
 
 
@@ -134,7 +134,7 @@ def paged_fill_cache(cache, x, page_table, *, batch_idx: int = 0, batch_idx_tens
                     chunk = s[:, i * page_size: (i + 1) * page_size]
                     data[r, c, page, :, : chunk.shape[1]] = chunk
 
-    device.launch(op, [cache, x, page_table], [], run, (batch_idx,))
+    device.launch(op, [cache, x, page_table], [], run, (batch_idx,), writes=[cache])
     return cache   # in place; ttnn returns the cache it wrote
 
 

@@ -48,9 +48,10 @@ class Buffer:
     ``owner`` is the trace id that allocated it during a capture (None outside one): a
     trace may free and reuse its own buffers, but replaying a trace that reads a buffer
     freed outside it is an error. ``shared``: ``data`` is also a host tensor's array, so an op
-    that writes the buffer in place copies it first."""
+    that writes the buffer in place copies it first. ``queues``: (queue, "r"/"w") -> (op index,
+    op name) of the last op of each command queue that read / wrote it (``queues.Queues``)."""
 
-    __slots__ = ("data", "device", "memory_config", "freed", "owner", "nbytes", "shared")
+    __slots__ = ("data", "device", "memory_config", "freed", "owner", "nbytes", "shared", "queues")
 
     def __init__(self, data: np.ndarray, device, memory_config: MemoryConfig, nbytes: int, owner=None, shared: bool = False):
         self.data = data
@@ -60,6 +61,7 @@ class Buffer:
         self.owner = owner
         self.nbytes = nbytes
         self.shared = shared
+        self.queues: dict = {}
 
 
 class Tensor:
@@ -169,14 +171,14 @@ class Tensor:
         self._check_alive()
         if self._buffer is not None:
             raise RuntimeError("ttnn.Tensor.to: the tensor is already on a device")
-        return device.upload(self, memory_config or DRAM_MEMORY_CONFIG)
+        return device.upload(self, memory_config or DRAM_MEMORY_CONFIG, cq_id)
 
     def cpu(self, blocking: bool = True, cq_id=None) -> "Tensor":
         """Read a device tensor back (a host tensor of the same per-chip pieces)."""
         self._check_alive()
         if self._buffer is None:
             return self
-        return self._make(self._shape, self._dtype, self._layout, host=self._buffer.device.read(self),
+        return self._make(self._shape, self._dtype, self._layout, host=self._buffer.device.read(self, cq_id, blocking),
                           mesh_shape=self._buffer.device.shape_tuple)
 
     def to_list(self) -> list:
